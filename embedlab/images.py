@@ -1,0 +1,151 @@
+"""Robust image decoding: every file is either converted to RGB correctly or rejected with a reason.
+
+Handles CMYK, 16-bit, palette (with transparency), RGBA, greyscale, EXIF orientation, animated and
+multi-page files (first frame), decompression bombs, truncated, zero-byte, non-image and unsupported files,
+broken symlinks and non-UTF-8 file names.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+SUPPORTED_FORMATS = {"JPEG", "PNG", "BMP", "WEBP", "TIFF", "GIF", "MPO", "PPM", "JPEG2000"}
+DEFAULT_MAX_PIXELS = 178_956_970  # PIL's own default limit
+
+# The IJG standard luminance quantisation table (quality 50), in zig-zag-free natural order.
+_IJG_LUMA = np.array([
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], dtype=float)
+
+
+class ImageError(Exception):
+    """A file that cannot be embedded; `reason` is a short machine-friendly label."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class DecodedImage:
+    image: Image.Image          # RGB, orientation applied
+    meta: dict                  # content_sha1, width, height, format, mode, jpeg_quality, frames, notes
+
+
+def estimate_jpeg_quality(img: Image.Image) -> float | None:
+    """IJG quality (1-100) estimated from the luminance quantisation table; None for non-JPEGs."""
+    tables = getattr(img, "quantization", None)
+    if not tables or 0 not in tables:
+        return None
+    q = np.asarray(tables[0], dtype=float)
+    if q.size != 64:
+        return None
+    scale = float(np.mean(q / _IJG_LUMA) * 100)
+    quality = (200 - scale) / 2 if scale <= 100 else 5000 / scale
+    return float(np.clip(round(quality), 1, 100))
+
+
+def _to_rgb(img: Image.Image, notes: list[str]) -> Image.Image:
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
+        notes.append(f"{mode} scaled to 8 bit")
+        return Image.fromarray(np.clip(arr / top * 255 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        hi = arr.max() if arr.max() > 1 else 1.0
+        notes.append("float image scaled to 8 bit")
+        return Image.fromarray(np.clip(arr / hi * 255 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode = img.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        notes.append("alpha composited on white")
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    if mode == "CMYK":
+        notes.append("CMYK converted")
+    return img.convert("RGB") if mode != "RGB" else img
+
+
+def decode_image(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS, data: bytes | None = None) -> DecodedImage:
+    """Read, validate and convert one file. Raises ImageError with a reason when it cannot be embedded."""
+    if data is None:
+        if os.path.islink(path) and not os.path.exists(path):
+            raise ImageError("broken-symlink", os.readlink(path))
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            raise ImageError("missing-file") from None
+        except IsADirectoryError:
+            raise ImageError("is-a-directory") from None
+        except OSError as exc:
+            raise ImageError("unreadable", str(exc)) from None
+    if not data:
+        raise ImageError("zero-byte-file")
+    sha1 = hashlib.sha1(data).hexdigest()
+    notes: list[str] = []
+    old_limit = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            try:
+                img = Image.open(io.BytesIO(data))
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+                raise ImageError("decompression-bomb", str(exc)) from None
+            except UnidentifiedImageError:
+                raise ImageError("not-an-image", "no decoder recognises the content") from None
+            fmt = img.format or "unknown"
+            if fmt not in SUPPORTED_FORMATS:
+                raise ImageError("unsupported-format", fmt)
+            frames = int(getattr(img, "n_frames", 1) or 1)
+            if frames > 1:
+                img.seek(0)
+                notes.append(f"first of {frames} frames")
+            quality = estimate_jpeg_quality(img) if fmt in ("JPEG", "MPO") else None
+            try:
+                img.load()
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+                raise ImageError("decompression-bomb", str(exc)) from None
+            except (OSError, SyntaxError, ValueError) as exc:
+                raise ImageError("truncated-or-corrupt", str(exc)) from None
+            orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
+            if orientation not in (1, None):
+                img = ImageOps.exif_transpose(img)
+                notes.append(f"EXIF orientation {orientation} applied")
+            src_mode = img.mode
+            rgb = _to_rgb(img, notes)
+    except ImageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any other decoder failure is a per-file error, not a crash
+        raise ImageError("decode-error", f"{type(exc).__name__}: {exc}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = old_limit
+    meta = {"content_sha1": sha1, "width": rgb.width, "height": rgb.height, "format": fmt, "mode": src_mode,
+            "jpeg_quality": quality, "frames": frames, "bytes": len(data), "notes": "; ".join(notes)}
+    return DecodedImage(rgb, meta)
+
+
+def mean_luma(img: Image.Image) -> float:
+    """Mean sRGB luma (Rec. 709 weights) in [0, 1], on a thumbnail."""
+    thumb = img.copy()
+    thumb.thumbnail((256, 256))
+    arr = np.asarray(thumb, dtype=np.float32) / 255.0
+    return float((arr @ np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)).mean())
+
+
+def load_rgb(path: str) -> np.ndarray:
+    """An HxWx3 uint8 array for a file (orientation applied); raises ImageError."""
+    return np.asarray(decode_image(path).image, dtype=np.uint8)

@@ -1,0 +1,321 @@
+"""open_clip models: the one place embedlab creates CLIP models, resolves weights and encodes.
+
+`--model NAME --pretrained TAG|hf-hub:ID|PATH|none` everywhere. NAME is any open_clip architecture (or one of
+embedlab's registered configs: embedlab-tiny, embedlab-tiny-rn for tests, embedlab-demo for the offline demo);
+TAG is an open_clip pretrained tag; `hf-hub:ORG/REPO` a Hugging Face hub model; PATH a local checkpoint file;
+`none` a random initialisation with a fixed seed (tests and benchmarks only).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError, DeviceError, ModelLoadError
+
+# Hub look-ups must fail within seconds when offline, not after minutes of retries.
+os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "3")
+os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "5")
+
+log = logging.getLogger(__name__)
+_CONFIGS_REGISTERED = False
+RANDOM_TAGS = ("none", "random", "")
+
+
+def register_configs() -> None:
+    """Register embedlab's model configs (package data) with open_clip's registry, once."""
+    global _CONFIGS_REGISTERED
+    if _CONFIGS_REGISTERED:
+        return
+    import open_clip
+
+    cfg_dir = resources.files("embedlab") / "data" / "model_configs"
+    open_clip.add_model_config(Path(str(cfg_dir)))
+    _CONFIGS_REGISTERED = True
+
+
+def list_models() -> list[str]:
+    register_configs()
+    import open_clip
+
+    return open_clip.list_models()
+
+
+def resolve_device(spec: str | None = "auto") -> "torch.device":
+    """'auto' picks CUDA when present (and logs the choice); 'cuda' without a GPU is an error, never a fallback."""
+    import torch
+
+    spec = (spec or "auto").lower()
+    if spec == "auto":
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        log.info("--device auto chose %s", dev)
+        return dev
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceError(f"--device {spec} was requested but no CUDA GPU is available (torch {torch.__version__}, "
+                              f"CUDA build {torch.version.cuda}). Use --device cpu or --device auto.")
+        dev = torch.device(spec)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"--device {spec}: only {torch.cuda.device_count()} GPU(s) visible.")
+        return dev
+    if spec == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise DeviceError("--device mps was requested but MPS is not available. Use --device cpu.")
+        return torch.device("mps")
+    if spec == "cpu":
+        return torch.device("cpu")
+    raise ConfigError(f"Unknown device {spec!r}. Choose auto, cpu, cuda, cuda:N or mps.")
+
+
+@dataclass
+class LoadedModel:
+    """An open_clip model with its preprocessing, tokenizer and identity (what made the vectors)."""
+
+    model: Any
+    preprocess: Any
+    tokenizer: Any
+    device: Any
+    info: dict = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        return int(self.info["embed_dim"])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.info["image_size"])
+
+
+def _classify_pretrained(model: str, pretrained: str | None) -> tuple[str, str, str | None]:
+    """(model_name_for_open_clip, kind, pretrained_arg) where kind is random|file|hf-hub|tag."""
+    p = (pretrained or "").strip()
+    if model.startswith("hf-hub:"):
+        return model, "hf-hub", None
+    if p.startswith("hf-hub:"):
+        return p, "hf-hub", None
+    if p.lower() in RANDOM_TAGS:
+        return model, "random", None
+    if os.path.sep in p or p.endswith((".pt", ".pth", ".bin", ".safetensors")) or os.path.exists(p):
+        if not os.path.isfile(p):
+            raise ModelLoadError(f"--pretrained {p}: checkpoint file not found. Pass an existing open_clip checkpoint "
+                                 "file, a pretrained tag (see `embedlab models`), or hf-hub:ORG/REPO.")
+        return model, "file", os.path.abspath(p)
+    return model, "tag", p
+
+
+def _state_hash(model) -> str:
+    import torch
+
+    h = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu()
+        if t.dtype == torch.bfloat16:
+            t = t.float()
+        h.update(key.encode())
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _hub_reachable(url: str, timeout: float = 3.0) -> str | None:
+    """None when a TCP connection to the URL's host opens within `timeout`, else the reason."""
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"{parsed.hostname}:{port} unreachable ({exc})"
+
+
+def _preflight_fetch(name: str, kind: str, tag: str | None) -> None:
+    """Fail within seconds when weights are neither cached nor reachable (the hub client retries for ~50 s)."""
+    if kind not in ("tag", "hf-hub") or os.environ.get("HF_HUB_OFFLINE") == "1":
+        return
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(name, tag) if kind == "tag" else {"hf_hub": name[len("hf-hub:"):]}
+    if cfg.get("hf_hub"):
+        from huggingface_hub import try_to_load_from_cache
+
+        names = [cfg.get("hf_hub_filename"), "open_clip_model.safetensors", "open_clip_pytorch_model.bin",
+                 "open_clip_config.json"]
+        repo_id = "/".join(cfg["hf_hub"].rstrip("/").split("/")[:2])
+        for fname in filter(None, names):
+            if isinstance(try_to_load_from_cache(repo_id, fname), str):
+                return
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    elif cfg.get("url"):
+        cached = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(cfg["url"])
+        if cached.exists():
+            return
+        endpoint = cfg["url"]
+    else:
+        return
+    reason = _hub_reachable(endpoint)
+    if reason:
+        raise ModelLoadError(
+            f"Cannot fetch weights for {name} / {tag or name}: {reason}, and they are not in the local cache. "
+            f"On an offline machine, download the checkpoint elsewhere and pass the file with "
+            f"--pretrained /path/to/open_clip_model.safetensors (or set HF_HUB_OFFLINE=1 to use only cached files).")
+
+
+def load_model(model: str, pretrained: str | None = None, device: str | Any = "cpu", seed: int = 0) -> LoadedModel:
+    """Create an open_clip model and its eval preprocessing; raise ModelLoadError with a fix when weights can't be had."""
+    register_configs()
+    import open_clip
+    import torch
+
+    from ._io import sha256_file
+
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    name, kind, arg = _classify_pretrained(model, pretrained)
+    if kind != "hf-hub" and name not in open_clip.list_models():
+        close = [m for m in open_clip.list_models() if m.lower().replace("-", "") == name.lower().replace("-", "")]
+        hint = f" Did you mean {close[0]}?" if close else ""
+        raise ModelLoadError(f"Unknown model {name!r}.{hint} See `embedlab models` for the architectures open_clip knows "
+                             "(embedlab adds embedlab-tiny, embedlab-tiny-rn and embedlab-demo).")
+    if kind == "tag":
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if arg not in tags:
+            raise ModelLoadError(f"Unknown pretrained tag {arg!r} for {name}. Available: {', '.join(tags) or 'none'}; "
+                                 "or pass a local checkpoint file, hf-hub:ORG/REPO, or none (random init).")
+    _preflight_fetch(name, kind, arg)
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    try:
+        if kind == "random":
+            created = open_clip.create_model_and_transforms(name, pretrained=None, device=dev)
+        elif kind == "hf-hub":
+            created = open_clip.create_model_and_transforms(name, device=dev)
+        else:
+            created = open_clip.create_model_and_transforms(name, pretrained=arg, device=dev)
+    except Exception as exc:  # noqa: BLE001 - every fetch/parse failure gets the same helpful message
+        where = arg or name
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        raise ModelLoadError(
+            f"Could not load weights for {model} / {pretrained} ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}). "
+            f"{'HF_HUB_OFFLINE=1 is set, so nothing can be downloaded. ' if offline else ''}"
+            f"If this machine is offline, download the checkpoint on a connected machine (e.g. `open_clip` caches it "
+            f"under ~/.cache/huggingface) and pass the file: --model {model if not model.startswith('hf-hub:') else 'ARCH'} "
+            f"--pretrained /path/to/open_clip_model.safetensors. Tried: {where}.") from exc
+    clip_model, _, preprocess = created
+    clip_model.eval()
+    tokenizer = open_clip.get_tokenizer(name)
+    visual = clip_model.visual
+    image_size = getattr(visual, "image_size", None)
+    image_size = image_size[0] if isinstance(image_size, (tuple, list)) else image_size
+    pp_cfg = getattr(visual, "preprocess_cfg", {}) or {}
+    weights_sha = sha256_file(arg) if kind == "file" else _state_hash(clip_model)
+    embed_dim = int(getattr(clip_model, "embed_dim", 0) or clip_model.encode_image(
+        torch.zeros(1, 3, image_size, image_size, device=dev)).shape[-1])
+    info = {
+        "model": model, "pretrained": pretrained or "none", "pretrained_kind": kind,
+        "weights_sha256": weights_sha, "random_init_seed": seed if kind == "random" else None,
+        "embed_dim": embed_dim, "image_size": int(image_size),
+        "mean": list(pp_cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+        "std": list(pp_cfg.get("std", open_clip.OPENAI_DATASET_STD)),
+        "interpolation": pp_cfg.get("interpolation", "bicubic"), "resize_mode": pp_cfg.get("resize_mode", "shortest"),
+        "preprocess": repr(preprocess).replace("\n", " "),
+        "open_clip_version": open_clip.__version__, "torch_version": torch.__version__,
+        "tokenizer": type(tokenizer).__name__, "context_length": int(getattr(tokenizer, "context_length", 77)),
+        "device": str(dev),
+    }
+    log.info("loaded %s/%s (%s) in %.1fs on %s", model, pretrained, kind, time.perf_counter() - t0, dev)
+    return LoadedModel(clip_model, preprocess, tokenizer, dev, info)
+
+
+def autocast_context(device):
+    """bf16 autocast on CUDA (fp16 where bf16 is unsupported); a no-op on the CPU so CPU results stay bitwise."""
+    import contextlib
+
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def compute_dtype(device) -> str:
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        return "bfloat16-autocast" if torch.cuda.is_bf16_supported() else "float16-autocast"
+    return "float32"
+
+
+def _encode_text_cut(model, tokens):
+    """CLIP.encode_text with the context cut to tokens.shape[1]; exact under the causal mask."""
+    import torch.nn.functional as F
+    from open_clip.transformer import text_global_pool
+
+    n = tokens.shape[1]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype)
+    x = x + model.positional_embedding[:n].to(cast_dtype)
+    mask = model.attn_mask[:n, :n] if model.attn_mask is not None else None
+    x = model.transformer(x, attn_mask=mask)
+    x = model.ln_final(x)
+    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    if model.text_projection is not None:
+        x = model.text_projection(x) if isinstance(model.text_projection, torch_nn_linear()) else x @ model.text_projection
+    return F.normalize(x, dim=-1)
+
+
+def torch_nn_linear():
+    from torch import nn
+
+    return nn.Linear
+
+
+def supports_cut_context(model) -> bool:
+    """True for open_clip's CLIP class with a causal mask and argmax/last pooling (where cutting is exact)."""
+    return (hasattr(model, "token_embedding") and hasattr(model, "positional_embedding")
+            and getattr(model, "attn_mask", None) is not None
+            and getattr(model, "text_pool_type", "argmax") in ("argmax", "last", "eos"))
+
+
+def encode_texts(lm: LoadedModel, texts: list[str], batch_size: int = 512, cut_context: bool = True,
+                 progress: bool = False) -> np.ndarray:
+    """L2-normalised text embeddings, float32 (n, dim). Batches are cut to their longest tokenised prompt."""
+    import torch
+    import torch.nn.functional as F
+
+    model, device = lm.model, lm.device
+    out = np.empty((len(texts), lm.dim), dtype=np.float32)
+    cut = cut_context and supports_cut_context(model)
+    iterator = range(0, len(texts), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(iterator, desc="encode text", unit="batch", total=(len(texts) + batch_size - 1) // batch_size)
+    with torch.inference_mode(), autocast_context(device):
+        for start in iterator:
+            tokens = lm.tokenizer(texts[start:start + batch_size]).to(device)
+            if cut:
+                length = int((tokens != 0).sum(1).max().item())
+                feats = _encode_text_cut(model, tokens[:, :max(length, 2)])
+            else:
+                feats = F.normalize(model.encode_text(tokens), dim=-1)
+            out[start:start + len(feats)] = feats.float().cpu().numpy()
+    return out
+
+
+def encode_image_batch(lm: LoadedModel, pixels) -> np.ndarray:
+    """L2-normalised image embeddings (float32) for a preprocessed batch (B, 3, S, S)."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.inference_mode(), autocast_context(lm.device):
+        feats = lm.model.encode_image(pixels.to(lm.device, non_blocking=True))
+    return F.normalize(feats.float(), dim=-1).cpu().numpy()
