@@ -159,6 +159,111 @@ def search_cmd(run: Path = typer.Argument(..., help="Run folder made by `embedla
     typer.echo(f"[{info['index']}, {info['ntotal']} vectors{extra}]")
 
 
+@app.command("residual")
+@handle_errors
+def residual_cmd(run: Path = typer.Argument(..., help="Run folder (the 'from' set, and the 'to' set unless --to-run)."),
+                 from_: str = typer.Option(..., "--from", help="The starting set: a set label (backlit), COLUMN=VALUE, or several joined by commas."),
+                 to: str = typer.Option(..., "--to", help="The target set, same syntax (e.g. welllit)."),
+                 out: Path = typer.Option(..., "--out", "-o", help="Output .npy (a JSON sidecar is written beside it)."),
+                 to_run: Optional[Path] = typer.Option(None, help="Take the 'to' set from this run (same model and preprocessing required)."),
+                 method: str = typer.Option("rave", help="rave (the paper: normalise, mean, normalise, subtract, normalise) or mean-diff."),
+                 bootstrap: int = typer.Option(200, help="Bootstrap resamples for the stability figure (0 = skip)."),
+                 seed: int = typer.Option(0, help="Random seed for the bootstrap.")):
+    """Compute the residual vector between two image sets (the paper's formula) with its sidecar."""
+    from .residual import residual
+
+    res = residual(run, from_, to, out, to_run=str(to_run) if to_run else None, method=method, bootstrap=bootstrap, seed=seed)
+    info = res.info
+    typer.echo(f"wrote {out} (dim {len(res.vector)}, thr {res.thr:.4f}; {info['from']['count']} '{from_}' -> "
+               f"{info['to']['count']} '{to}' images; cos(v_from, v_to) = {info['cos_v_from_v_to']:.4f})")
+    if info["bootstrap"]:
+        b = info["bootstrap"]
+        typer.echo(f"bootstrap stability ({b['n_boot']} resamples of {b['unit']}s): mean cosine {b['mean_cosine']:.3f}, "
+                   f"95% interval [{b['ci95'][0]:.3f}, {b['ci95'][1]:.3f}]")
+    for w in info["nonsemantic"]["warnings"]:
+        typer.echo(f"warning: {w}", err=True)
+
+
+@app.command("explain-residual")
+@handle_errors
+def explain_residual_cmd(residual: Path = typer.Argument(..., help="residual.npy (with its sidecar)."),
+                         vocab: Optional[str] = typer.Option(None, help="tokens (all tokenizer tokens, as RAVE), words, model "
+                                                             "(the model's own, default when it ships one), or a file with one concept per line. Default: model, else words."),
+                         templates: Optional[str] = typer.Option(None, help="none ('{}', default), photo, ensemble, or a template containing {}."),
+                         top: int = typer.Option(30, help="Concepts per side after deflation (1-500)."),
+                         out: Path = typer.Option(Path("report"), "--out", "-o", help="Report folder."),
+                         candidates: int = typer.Option(500, help="Top concepts that get per-image statistics (AUROC, Welch p, BH q)."),
+                         permutations: int = typer.Option(1000, help="Label shuffles for the family-wise permutation test (0 = skip)."),
+                         seed: int = typer.Option(0, help="Seed for the shuffles."),
+                         exemplars: int = typer.Option(3, help="Exemplar images per top concept and set."),
+                         device: str = typer.Option("auto", help=DEVICE_HELP)):
+    """Rank the concepts a residual carries, with significance, into report.{json,csv,md,html}."""
+    from .explain import explain_residual
+
+    rep = explain_residual(residual, out, vocab=vocab, templates=templates, top=top, candidates=candidates,
+                           permutations=permutations, seed=seed, exemplars=exemplars, device=device)
+    for side in ("adds", "removes"):
+        rows = [c for c in rep["concepts"] if c["direction"] == side][:5]
+        typer.echo(f"{side}: " + ", ".join(f"{c['concept']} ({c['score_centred']:.3f}"
+                                          + (f", p={c['p_fwer_deflated']:.3g}" if c.get("p_fwer_deflated") is not None else "") + ")"
+                                          for c in rows))
+    typer.echo(f"report: {rep['files']['html']} (also .json, .csv, .md)")
+
+
+@app.command("correct")
+@handle_errors
+def correct_cmd(residual: Path = typer.Argument(..., help="residual.npy to correct."),
+                out: Path = typer.Option(..., "--out", "-o", help="Corrected .npy (with sidecar)."),
+                remove: Optional[List[str]] = typer.Option(None, help="A concept to project out (centred text embedding); repeatable."),
+                remove_pair: Optional[List[str]] = typer.Option(None, help="'PROMPT|BASELINE': project out the difference of two prompts; repeatable."),
+                remove_labelled: Optional[str] = typer.Option(None, help="'RUN:COLUMN=VALUE': learn directions separating those images (INLP)."),
+                preset: Optional[str] = typer.Option(None, help="rave-shift: the paper's shifted residual (method.md 2.8)."),
+                k: int = typer.Option(15, help="Tokens per side for --preset rave-shift."),
+                vocab: Optional[str] = typer.Option(None, help="Vocabulary whose mean centres --remove concepts (as in explain-residual)."),
+                templates: Optional[str] = typer.Option(None, help="Templates for --remove concepts."),
+                device: str = typer.Option("auto", help=DEVICE_HELP)):
+    """Remove bias directions from a residual by orthogonal projection; writes every edit to the sidecar."""
+    from .correct import correct
+    from .errors import ConfigError
+
+    pairs = []
+    for spec in remove_pair or []:
+        if "|" not in spec:
+            raise ConfigError(f"--remove-pair takes 'PROMPT|BASELINE' (e.g. 'a photo of a person|a photo'). Got {spec!r}.")
+        a, b = spec.split("|", 1)
+        pairs.append((a.strip(), b.strip()))
+    labelled = None
+    if remove_labelled:
+        run_path, _, attr = remove_labelled.rpartition(":")
+        if not run_path:
+            raise ConfigError(f"--remove-labelled takes RUN:COLUMN=VALUE. Got {remove_labelled!r}.")
+        labelled = (run_path, attr)
+    res = correct(residual, out, remove=remove, remove_pair=pairs, remove_labelled=labelled, preset=preset, k=k,
+                  vocab=vocab, templates=templates, device=device)
+    c = res.info["correction"]
+    typer.echo(f"wrote {out}: cos(r, r') = {c['cos_before_after']:.4f}, {100 * c['fraction_of_norm_removed']:.1f}% of |r| removed, "
+               f"thr {c['thr_before']:.4f} -> {c['thr_after']:.4f}")
+    for d, e in zip(c["directions"], res.info["edits"][-len(c["directions"]):]):
+        typer.echo(f"  {e.get('concept') or e.get('prompt') or e['kind']}: projection {d['projection_before']:.4f} -> {d['projection_after']:.2e}")
+
+
+@app.command("plot")
+@handle_errors
+def plot_cmd(run: Path = typer.Argument(..., help="Run folder."),
+             out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default RUN/plots)."),
+             color_by: str = typer.Option("role", help="Metadata column that colours the points."),
+             residual: Optional[Path] = typer.Option(None, help="Draw this residual's direction."),
+             umap: bool = typer.Option(True, help="Also draw a UMAP (cosine) map."),
+             projector: bool = typer.Option(True, help="Export tensors.tsv/metadata.tsv for the TensorBoard projector.")):
+    """2-D maps (PCA, UMAP) of a run's image embeddings, coloured by set, with the residual drawn."""
+    from .plot import plot
+
+    files = plot(run, out, color_by=color_by, residual=str(residual) if residual else None,
+                 methods=("pca", "umap") if umap else ("pca",), projector=projector)
+    for k, v in files.items():
+        typer.echo(f"{k}: {v}")
+
+
 def main() -> None:
     """Console entry point."""
     try:

@@ -254,7 +254,7 @@ def compute_dtype(device) -> str:
     return "float32"
 
 
-def _encode_text_cut(model, tokens):
+def _encode_text_cut(model, tokens, normalize: bool = True):
     """CLIP.encode_text with the context cut to tokens.shape[1]; exact under the causal mask."""
     import torch.nn.functional as F
     from open_clip.transformer import text_global_pool
@@ -269,7 +269,7 @@ def _encode_text_cut(model, tokens):
     x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
     if model.text_projection is not None:
         x = model.text_projection(x) if isinstance(model.text_projection, torch_nn_linear()) else x @ model.text_projection
-    return F.normalize(x, dim=-1)
+    return F.normalize(x, dim=-1) if normalize else x
 
 
 def torch_nn_linear():
@@ -286,8 +286,9 @@ def supports_cut_context(model) -> bool:
 
 
 def encode_texts(lm: LoadedModel, texts: list[str], batch_size: int = 512, cut_context: bool = True,
-                 progress: bool = False) -> np.ndarray:
-    """L2-normalised text embeddings, float32 (n, dim). Batches are cut to their longest tokenised prompt."""
+                 progress: bool = False, normalize: bool = True) -> np.ndarray:
+    """Text embeddings, float32 (n, dim), L2-normalised unless `normalize=False` (the raw projected features
+    RAVE's shift uses). Batches are cut to their longest tokenised prompt (exact under the causal mask)."""
     import torch
     import torch.nn.functional as F
 
@@ -304,9 +305,10 @@ def encode_texts(lm: LoadedModel, texts: list[str], batch_size: int = 512, cut_c
             tokens = lm.tokenizer(texts[start:start + batch_size]).to(device)
             if cut:
                 length = int((tokens != 0).sum(1).max().item())
-                feats = _encode_text_cut(model, tokens[:, :max(length, 2)])
+                feats = _encode_text_cut(model, tokens[:, :max(length, 2)], normalize)
             else:
-                feats = F.normalize(model.encode_text(tokens), dim=-1)
+                feats = model.encode_text(tokens)
+                feats = F.normalize(feats, dim=-1) if normalize else feats
             out[start:start + len(feats)] = feats.float().cpu().numpy()
     return out
 

@@ -1,0 +1,172 @@
+"""Corrective edits of a residual: orthogonal projection out of chosen directions (method.md 2.8, anchors 3).
+
+Directions: text concepts (on the centred vocabulary), prompt differences ("a photo of a person" minus
+"a photo"), directions learned from user-labelled images (INLP), and the paper's own `rave-shift` preset.
+Pure functions first; `correct()` does the I/O.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError, IncompatibleRunError
+from .residual import Residual, l2n, load_residual, save_residual
+
+log = logging.getLogger(__name__)
+
+
+def gram_schmidt(directions: np.ndarray, tol: float = 1e-6) -> np.ndarray:
+    """Orthonormal basis (k, d) of the span of `directions` (m, d); near-dependent rows are dropped."""
+    basis: list[np.ndarray] = []
+    for v in np.atleast_2d(np.asarray(directions, np.float64)):
+        w = v - sum((v @ b) * b for b in basis) if basis else v.copy()
+        n = np.linalg.norm(w)
+        if n > tol * max(1.0, np.linalg.norm(v)):
+            basis.append(w / n)
+    return np.array(basis).reshape(-1, np.asarray(directions).shape[-1])
+
+
+def project_out(r: np.ndarray, directions: np.ndarray) -> tuple[np.ndarray, dict]:
+    """r' = normalise(r - Q Q^T r) for an orthonormal basis Q of `directions`; with statistics."""
+    r = l2n(np.asarray(r, np.float64))
+    Q = gram_schmidt(directions)
+    removed = Q.T @ (Q @ r) if len(Q) else np.zeros_like(r)
+    kept = r - removed
+    if np.linalg.norm(kept) < 1e-9:
+        raise ConfigError("The edit would remove the whole residual (it lies in the span of the chosen directions).")
+    r_new = l2n(kept)
+    return r_new, {"fraction_of_norm_removed": float(1 - np.linalg.norm(kept)),
+                   "fraction_of_sq_norm_removed": float(removed @ removed), "cos_before_after": float(r @ r_new),
+                   "basis_rank": int(len(Q))}
+
+
+def rave_shift_direction(r: np.ndarray, E_raw: np.ndarray, k: int = 15) -> tuple[np.ndarray, dict]:
+    """method.md 2.8: score raw token embeddings by cosine with r; a = norm(mean_top-k s*E), b = norm(mean_bottom-k s*E),
+    u = norm(a + b). (The reference hard-codes k = 15 and crashes on an undefined name; here k is an option.)"""
+    if not 1 <= k <= len(E_raw) // 2:
+        raise ConfigError(f"--k must be in [1, {len(E_raw) // 2}]. Got {k}.")
+    r = l2n(np.asarray(r, np.float64))
+    E = np.asarray(E_raw, np.float64)
+    s = (E @ r) / np.linalg.norm(E, axis=1).clip(1e-12)
+    order = np.argsort(-s)
+    top, bottom = order[:k], order[::-1][:k]
+    a = l2n((s[top, None] * E[top]).mean(0))
+    b = l2n((s[bottom, None] * E[bottom]).mean(0))
+    return l2n(a + b), {"top_indices": top.tolist(), "bottom_indices": bottom.tolist(),
+                        "top_scores": s[top].tolist(), "bottom_scores": s[bottom].tolist()}
+
+
+def inlp_directions(X: np.ndarray, y: np.ndarray, max_iter: int = 10, seed: int = 0, tol: float = 0.05) -> tuple[np.ndarray, list]:
+    """Iterative nullspace projection (Ravfogel et al.): fit a linear classifier for the attribute, keep its
+    direction, project it out of X, repeat until held-out accuracy is within `tol` of the majority rate."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+
+    X = l2n(np.asarray(X, np.float64))
+    y = np.asarray(y).astype(int)
+    if len(np.unique(y)) != 2:
+        raise ConfigError("A learned direction needs images of both kinds: the attribute is true for all or none of them.")
+    majority = max(y.mean(), 1 - y.mean())
+    dirs, history = [], []
+    Xp = X.copy()
+    for it in range(max_iter):
+        Xtr, Xte, ytr, yte = train_test_split(Xp, y, test_size=0.3, random_state=seed + it, stratify=y)
+        clf = LogisticRegression(max_iter=2000).fit(Xtr, ytr)
+        acc = float(clf.score(Xte, yte))
+        history.append({"iteration": it, "heldout_accuracy": acc, "majority_rate": float(majority)})
+        if acc <= majority + tol:
+            break
+        w = l2n(clf.coef_[0])
+        dirs.append(w)
+        Xp = Xp - np.outer(Xp @ w, w)
+    return np.array(dirs).reshape(-1, X.shape[1]), history
+
+
+def correct(residual: str | os.PathLike, out: str | os.PathLike, *, remove: list[str] | None = None,
+            remove_pair: list[tuple[str, str]] | None = None, remove_labelled: tuple[str, str] | None = None,
+            preset: str | None = None, k: int = 15, vocab: str | None = None, templates: str | None = None,
+            device: str = "auto") -> Residual:
+    """Project chosen directions out of a residual and write `out` (.npy) with a sidecar listing every edit.
+
+    remove: concept names (centred text embeddings); remove_pair: (prompt, baseline prompt) differences;
+    remove_labelled: (RUN, COLUMN=VALUE) learns directions (INLP) separating images with that attribute;
+    preset 'rave-shift' reproduces method.md 2.8 with `k` tokens."""
+    from . import models, vocab as vb
+
+    res = load_residual(residual)
+    mi = res.info["model"]
+    if not (remove or remove_pair or remove_labelled or preset):
+        raise ConfigError("correct needs at least one of --remove, --remove-pair, --remove-labelled or --preset.")
+    if preset not in (None, "rave-shift"):
+        raise ConfigError(f"Unknown preset {preset!r}. Available: rave-shift.")
+    r = l2n(res.vector)
+    edits, dirs = [], []
+    needs_text = bool(remove or remove_pair or preset)
+    lm = None
+    if needs_text:
+        lm = models.load_model(mi["model"], mi["pretrained"], device)
+        if lm.info["weights_sha256"] != mi["weights_sha256"] or lm.dim != len(r):
+            raise IncompatibleRunError(f"{residual} was made with other weights or dimension than {mi['model']}/{mi['pretrained']}.")
+    if remove:
+        V = vb.resolve_vocab(vocab, lm)
+        tpls = vb.resolve_templates(templates)
+        E_vocab, _ = vb.embed_concepts(lm, V.concepts, tpls)
+        mu = E_vocab.mean(0, dtype=np.float64)
+        E_c, _ = vb.embed_concepts(lm, list(remove), tpls, cache=False)
+        for concept, e in zip(remove, E_c):
+            d = l2n(e - mu)
+            dirs.append(d)
+            edits.append({"kind": "concept", "concept": concept, "vocabulary_centre": V.source, "templates": tpls})
+    for a, b in remove_pair or []:
+        ea, eb = models.encode_texts(lm, [a, b])
+        dirs.append(l2n(ea.astype(np.float64) - eb))
+        edits.append({"kind": "prompt-pair", "prompt": a, "baseline": b})
+    if remove_labelled:
+        from .runs import Run
+        from .residual import _select
+
+        run_path, attribute = remove_labelled
+        run = Run(run_path)
+        if run.manifest["embed_dim"] != len(r) or run.manifest["weights_sha256"] != mi["weights_sha256"]:
+            raise IncompatibleRunError(f"Run {run_path} was made with another model than residual {residual}.")
+        y = _select_any(run, attribute)
+        D, history = inlp_directions(run.vectors, y)
+        if len(D) == 0:
+            raise ConfigError(f"No linear direction predicts {attribute!r} in {run_path} above chance; nothing to remove.")
+        dirs.extend(D)
+        edits.append({"kind": "learned-inlp", "run": str(run_path), "attribute": attribute, "directions": len(D),
+                      "history": history})
+    if preset == "rave-shift":
+        V = vb.resolve_vocab("tokens", lm)
+        E_raw, _ = vb.embed_concepts(lm, V.concepts, ["{}"], normalize=False)
+        u, detail = rave_shift_direction(r, E_raw, k)
+        dirs.append(u)
+        edits.append({"kind": "rave-shift", "k": k, "vocabulary": V.source,
+                      "removed_info_from": [V.concepts[i] for i in detail["top_indices"]],
+                      "added_info_from": [V.concepts[i] for i in detail["bottom_indices"]]})
+    D = np.array(dirs)
+    if D.shape[1] != len(r):
+        raise IncompatibleRunError(f"Edit directions have dimension {D.shape[1]} but the residual {len(r)}.")
+    r_new, stats = project_out(r, D)
+    per_dir = [{"projection_before": float(l2n(d) @ r), "projection_after": float(l2n(d) @ r_new)} for d in D]
+    v_to = res.v_to
+    info = dict(res.info)
+    info["edits"] = list(res.info.get("edits", [])) + [dict(e) for e in edits]
+    info["correction"] = dict(stats, directions=per_dir, thr_before=res.thr, thr_after=float(v_to @ r_new),
+                              source_residual=str(Path(residual).resolve()))
+    info["thr"] = float(v_to @ r_new)
+    save_residual(out, r_new, info)
+    return Residual(r_new.astype(np.float32), info, Path(out))
+
+
+def _select_any(run, attribute: str) -> np.ndarray:
+    meta = run.metadata
+    col, _, value = attribute.partition("=")
+    if not value:
+        raise ConfigError(f"--remove-labelled needs COLUMN=VALUE (e.g. role=welllit). Got {attribute!r}.")
+    if col not in meta.columns:
+        raise ConfigError(f"Run {run.path} has no column {col!r}. Columns: {', '.join(meta.columns)}.")
+    return (meta[col].astype(str) == value).to_numpy()
