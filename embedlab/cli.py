@@ -264,6 +264,115 @@ def plot_cmd(run: Path = typer.Argument(..., help="Run folder."),
         typer.echo(f"{k}: {v}")
 
 
+@app.command("train")
+@handle_errors
+def train_cmd(out: Path = typer.Option(..., "--out", "-o", help="Training run folder (rerun the same command to resume)."),
+              residual: Optional[Path] = typer.Option(None, help="Residual .npy (e.g. corrected.npy) guiding --guidance residual; "
+                                                      "its sidecar gives thr and the guidance model."),
+              backlit: str = typer.Option(..., help="Images to enhance: MANIFEST.jsonl[:SELECTOR], RUN[:SELECTOR] or a folder "
+                                          "(default selector role=backlit)."),
+              welllit: Optional[str] = typer.Option(None, help="Well-lit set (latent/prompt modes; default selector role=welllit). "
+                                                   "Unpaired: any well-lit set; paired: the GT of the same scenes."),
+              guidance: str = typer.Option("residual", help="residual (RAVE), latent (CLIP-LIT-Latent), prompt (CLIP-LIT) or none."),
+              model: Optional[str] = typer.Option(None, help="Guidance CLIP for latent/prompt (default ViT-B-32). " + MODEL_HELP),
+              pretrained: Optional[str] = typer.Option(None, help="Its weights (default openai). " + PRETRAINED_HELP),
+              identity: str = typer.Option("clip", help="clip: feature loss through --identity-model (the paper); "
+                                           "pixel: L1 in linear light (NOT the paper; for when no tower is available)."),
+              identity_model: str = typer.Option("RN101", help="open_clip image tower for the identity loss (ResNet: stem+4 stages; ViT: 5 blocks)."),
+              identity_pretrained: str = typer.Option("openai", help="Its weights. " + PRETRAINED_HELP),
+              preset: str = typer.Option("paper", help="paper (Adam 2e-5, batch 8, 512 px, 5,200 iterations) or cpu-small "
+                                         "(identity init, 64 px crops of 128 px images, batch 4, 200 iterations)."),
+              init: Optional[str] = typer.Option(None, help="reconstruct (the paper's identity-loss warm-up), identity "
+                                                 "(output = input at step 0) or a checkpoint (embedlab's or a published .pth)."),
+              iters: Optional[int] = typer.Option(None, help="Network iterations in total (reconstruction included)."),
+              recon_iters: Optional[int] = typer.Option(None, help="Reconstruction warm-up iterations (init reconstruct)."),
+              stage_iters: Optional[int] = typer.Option(None, help="Network iterations per stage (2,100 in the paper)."),
+              guidance_iters: Optional[int] = typer.Option(None, help="Prompt/latent refinement iterations per cycle (1,000)."),
+              guidance_init_iters: Optional[int] = typer.Option(None, help="Prompt/latent cross-entropy initialisation (8,000)."),
+              lr: Optional[float] = typer.Option(None, help="Adam learning rate of the network (2e-5)."),
+              batch_size: Optional[int] = typer.Option(None, help="Batch size (8)."),
+              size: Optional[int] = typer.Option(None, help="Images are squash-resized to SIZE x SIZE before augmentation (512)."),
+              crop: Optional[int] = typer.Option(None, help="Random crop after resizing (off in the paper)."),
+              pixel_loss: Optional[float] = typer.Option(None, help="EXTENSION (not in the paper, off): weight of a pixel loss."),
+              seed: Optional[int] = typer.Option(None, help="Random seed (0)."),
+              device: str = typer.Option("auto", help=DEVICE_HELP),
+              overwrite: bool = typer.Option(False, help="Start afresh, deleting an existing run in --out.")):
+    """Train the enhancement network with RAVE, CLIP-LIT-Latent or CLIP-LIT guidance."""
+    from .enhance.train import train
+
+    result = train(out, preset=preset, overwrite=overwrite, guidance=guidance, residual=str(residual) if residual else None,
+                   backlit=backlit, welllit=welllit, model=model, pretrained=pretrained, identity=identity,
+                   identity_model=identity_model, identity_pretrained=identity_pretrained, init=init, iters=iters,
+                   recon_iters=recon_iters, stage_iters=stage_iters, guidance_iters=guidance_iters,
+                   guidance_init_iters=guidance_init_iters, lr=lr, batch_size=batch_size, size=size, crop=crop,
+                   pixel_loss=pixel_loss, seed=seed, device=device)
+    typer.echo(f"trained {result['steps']} iterations in {result['seconds_this_call']} s; enhancer: {result['enhancer']}")
+
+
+@app.command("enhance")
+@handle_errors
+def enhance_cmd(checkpoint: Path = typer.Argument(..., help="enhancer.safetensors, ckpt_last.pt, or a published CLIP-LIT/RAVE .pth."),
+                inputs: List[str] = typer.Argument(..., help="Image files or folders."),
+                out: Path = typer.Option(..., "--out", "-o", help="Output folder (PNG, named by input stem)."),
+                device: str = typer.Option("auto", help=DEVICE_HELP),
+                batch_size: int = typer.Option(4, help="Images of one size per forward pass."),
+                max_pixels: int = typer.Option(16_000_000, help="Above this, the illumination map is computed on a downscaled copy.")):
+    """Enhance images at full resolution with a trained or published network."""
+    from .enhance.infer import enhance
+
+    results = enhance(checkpoint, inputs, out, device=device, batch_size=batch_size, max_pixels=max_pixels)
+    ok = sum(r["output"] is not None for r in results)
+    typer.echo(f"enhanced {ok} image(s) into {out}" + (f"; {len(results) - ok} skipped" if ok < len(results) else ""))
+
+
+@app.command("evaluate")
+@handle_errors
+def evaluate_cmd(pred: Path = typer.Option(..., help="Folder of enhanced images."),
+                 gt: Optional[str] = typer.Option(None, help="Ground-truth folder (pairs by exact stem) or a manifest (.jsonl)."),
+                 out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where per_image.csv and summary.json go (default PRED/metrics)."),
+                 gray: bool = typer.Option(False, help="Also the RAVE repo's grayscale PSNR/SSIM protocol."),
+                 lpips: bool = typer.Option(False, help="Also LPIPS (needs the lpips package and local AlexNet weights)."),
+                 inputs: Optional[str] = typer.Option(None, help="Folder of the inputs, for the residual projection of inputs."),
+                 residual: Optional[Path] = typer.Option(None, help="Report the mean projection of embeddings on this residual."),
+                 device: str = typer.Option("auto", help=DEVICE_HELP)):
+    """PSNR/SSIM (and LPIPS) against ground truth, exposure statistics, and the residual projection."""
+    from .enhance.evaluate import evaluate
+
+    summary = evaluate(pred, gt, out, gray=gray, lpips=lpips, inputs=inputs, residual=str(residual) if residual else None,
+                       device=device)
+    _print_json({k: v for k, v in summary.items()})
+
+
+@app.command("synth-backlit")
+@handle_errors
+def synth_backlit_cmd(src: List[str] = typer.Argument(..., help="Photos: files, folders, or 'pkg' (the package photos)."),
+                      out: Path = typer.Option(..., "--out", "-o", help="Output folder (images/, originals/, manifest.jsonl, params.json)."),
+                      recipe: str = typer.Option("A", help="A (backlight via a background mask; data.md 2.2), B (radial light) or C (global exposure)."),
+                      seeds: int = typer.Option(1, help="Variants per photo (recipes A and B)."),
+                      first_seed: int = typer.Option(0, help="First seed."),
+                      split: str = typer.Option("train", help="Split recorded in the manifest.")):
+    """Render paired synthetic backlit (or exposure-error) versions of photos, with a manifest."""
+    from .enhance.synthset import synth_backlit
+
+    r = synth_backlit(src, out, recipe=recipe, seeds=seeds, first_seed=first_seed, split=split)
+    typer.echo(f"wrote {r['images']} images and {r['manifest']}")
+
+
+@app.command("pretrain-demo")
+@handle_errors
+def pretrain_demo_cmd(out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the checkpoint (default: the user cache, keyed by the recipe)."),
+                      device: str = typer.Option("auto", help=DEVICE_HELP),
+                      steps: Optional[int] = typer.Option(None, help="Training steps (default: the full schedule)."),
+                      seed: int = typer.Option(0, help="Seed (the model is deterministic on the CPU for a seed)."),
+                      force: bool = typer.Option(False, help="Retrain even when a cached model exists.")):
+    """Train (or find cached) the small offline demo CLIP (a DEMO model: lighting words and package-photo objects only)."""
+    from .demo_clip import pretrain_demo
+
+    extra = {"steps": steps} if steps else {}
+    ckpt = pretrain_demo(out, device=device, force=force, seed=seed, **extra)
+    typer.echo(f"demo CLIP: {ckpt}\nuse it with: --model embedlab-demo --pretrained {ckpt}")
+
+
 def main() -> None:
     """Console entry point."""
     try:

@@ -1,0 +1,272 @@
+"""The offline demo CLIP: a small lighting-aware open_clip model that embedlab trains itself.
+
+A DEMO AND TEST MODEL, not a real CLIP: it knows lighting words and the package photos' objects, nothing else.
+Training data: the photos shipped inside scikit-image and scikit-learn (plus Debian wallpaper photos when
+installed), rendered under five lighting conditions (well-lit, Recipe-A backlit, Recipe-B radial backlight,
+global dark, global overexposed) and captioned from a small grammar (lighting synonyms x object tags).
+The loss is a multi-positive contrastive loss: every caption whose stated attributes match an image counts as
+a positive for it, so the many images that share a caption are not pushed apart. The checkpoint is an
+open_clip state dict (safetensors) for the registered config `embedlab-demo`, loadable with
+`--model embedlab-demo --pretrained PATH`; its vocabulary ships beside it as PATH.vocab.txt.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import photos, synth
+from ._io import atomic_write_bytes, atomic_write_json, cache_dir, read_json
+
+log = logging.getLogger(__name__)
+MODEL_NAME = "embedlab-demo"
+CLASSES = ("welllit", "backlit", "dark", "overexposed")
+SYNONYMS = {
+    "welllit": ("well-lit", "evenly lit", "properly exposed", "bright daylight"),
+    "backlit": ("backlit", "silhouetted", "against the light", "contre-jour"),
+    "dark": ("dark", "underexposed", "dim", "murky"),
+    "overexposed": ("overexposed", "washed-out", "blown-out", "faded"),
+}
+TEMPLATES = ("a {L} photo of a {O}.", "a photo of a {O}, {L}.", "{L} {O}", "a {O} that is {L}.")
+LIGHT_ONLY = ("a {L} photo.", "{L}", "a photo that is {L}.")
+OBJECT_ONLY = ("a photo of a {O}.", "{O}")
+
+
+@dataclass(frozen=True)
+class DemoRecipe:
+    """Everything that determines the trained model; its hash keys the cache."""
+
+    seed: int = 0
+    steps: int = 700
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup: int = 50
+    base_short_side: int = 96
+    render_seeds: int = 12
+    image_size: int = 64
+    photos: tuple = field(default_factory=tuple)
+    version: int = 1
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def default_recipe(**overrides) -> DemoRecipe:
+    uris = tuple(p.uri for p in photos.package_photos()) + tuple(f"deb:{p}" for p in photos.debian_photos())
+    return DemoRecipe(photos=uris, **overrides)
+
+
+def photo_objects(uri: str) -> tuple[str, ...]:
+    for p in photos.package_photos():
+        if p.uri == uri:
+            return p.objects
+    return ("scene",)
+
+
+def vocabulary() -> list[str]:
+    """The words and phrases of the caption grammar (lighting synonyms, then object tags)."""
+    words = [s for c in CLASSES for s in SYNONYMS[c]]
+    objs = sorted({o for p in photos.package_photos() for o in p.objects} | {"scene"})
+    return words + objs
+
+
+def lighting_words() -> set[str]:
+    return {s for c in CLASSES for s in SYNONYMS[c]}
+
+
+def _load_base(uri: str, short_side: int) -> np.ndarray:
+    from PIL import Image
+
+    arr = photos.load_photo(uri) if uri.startswith("pkg:") else np.asarray(Image.open(uri[4:]).convert("RGB"))
+    img = Image.fromarray(arr)
+    scale = short_side / min(img.size)
+    img = img.resize((max(short_side, round(img.width * scale)), max(short_side, round(img.height * scale))), Image.BICUBIC)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def render_condition(base: np.ndarray, cls: str, seed: int) -> np.ndarray:
+    """One lighting variant of a base photo. Backlit alternates Recipe A (even seeds) and B (odd seeds)."""
+    rng = np.random.default_rng(10_000_000 + seed)
+    if cls == "welllit":
+        return synth.recipe_c(base, float(rng.uniform(-0.3, 0.3))).image
+    if cls == "backlit":
+        return (synth.recipe_a if seed % 2 == 0 else synth.recipe_b)(base, seed).image
+    if cls == "dark":
+        return synth.recipe_c(base, float(rng.uniform(-3.5, -2.0))).image
+    if cls == "overexposed":
+        return synth.recipe_c(base, float(rng.uniform(1.3, 2.5))).image
+    raise ValueError(cls)
+
+
+def render_pool(recipe: DemoRecipe, seeds: range) -> list[tuple[np.ndarray, str, str]]:
+    """(image, class, photo uri) for every photo x class x seed."""
+    pool = []
+    for uri in recipe.photos:
+        base = _load_base(uri, recipe.base_short_side)
+        for cls in CLASSES:
+            for seed in seeds:
+                pool.append((render_condition(base, cls, seed), cls, uri))
+    return pool
+
+
+def _random_crop(img: np.ndarray, size: int, rng: np.random.Generator):
+    from PIL import Image
+
+    h, w, _ = img.shape
+    frac = rng.uniform(0.6, 1.0)
+    ch, cw = max(8, int(min(h, w) * frac)), max(8, int(min(h, w) * frac))
+    y0, x0 = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+    crop = Image.fromarray(img[y0:y0 + ch, x0:x0 + cw]).resize((size, size), Image.BICUBIC)
+    arr = np.asarray(crop)
+    return arr[:, ::-1] if rng.random() < 0.5 else arr
+
+
+def _caption(cls: str | None, obj: str | None, rng: np.random.Generator) -> str:
+    L = SYNONYMS[cls][rng.integers(len(SYNONYMS[cls]))] if cls else None
+    if cls and obj:
+        return TEMPLATES[rng.integers(len(TEMPLATES))].format(L=L, O=obj)
+    if cls:
+        return LIGHT_ONLY[rng.integers(len(LIGHT_ONLY))].format(L=L)
+    return OBJECT_ONLY[rng.integers(len(OBJECT_ONLY))].format(O=obj)
+
+
+def _to_tensor(batch: list[np.ndarray], mean, std):
+    import torch
+
+    x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float() / 255.0
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def train_demo_clip(recipe: DemoRecipe, out_dir: Path, device: str = "auto", progress: bool = True) -> dict:
+    """Train the demo CLIP for `recipe` into out_dir (checkpoint, vocabulary, metadata). Deterministic on CPU."""
+    import torch
+    import torch.nn.functional as F
+
+    from . import models
+
+    dev = models.resolve_device(device)
+    torch.manual_seed(recipe.seed)
+    rng = np.random.default_rng(recipe.seed)
+    t0 = time.perf_counter()
+    pool = render_pool(recipe, range(recipe.render_seeds))
+    t_render = time.perf_counter() - t0
+    lm = models.load_model(MODEL_NAME, "none", dev, seed=recipe.seed)
+    model, tok = lm.model, lm.tokenizer
+    model.train()
+    mean, std = lm.info["mean"], lm.info["std"]
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "token_embedding" not in n and "positional" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "token_embedding" not in n and "positional" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / recipe.warmup) *
+                                              0.5 * (1 + np.cos(np.pi * min(1.0, s / recipe.steps))))
+    objects_of = {uri: photo_objects(uri) for uri in recipe.photos}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=recipe.steps, desc="pretrain-demo", unit="step", dynamic_ncols=True)
+    losses = []
+    for step in range(recipe.steps):
+        idx = rng.integers(0, len(pool), recipe.batch_size)
+        imgs, img_keys, captions, cap_keys = [], [], [], []
+        for i in idx:
+            arr, cls, uri = pool[i]
+            obj = objects_of[uri][rng.integers(len(objects_of[uri]))]
+            imgs.append(_random_crop(arr, recipe.image_size, rng))
+            img_keys.append((cls, set(objects_of[uri])))
+            kind = rng.random()
+            c_cls, c_obj = (cls, obj) if kind < 0.6 else ((cls, None) if kind < 0.85 else (None, obj))
+            captions.append(_caption(c_cls, c_obj, rng))
+            cap_keys.append((c_cls, c_obj))
+        target = torch.tensor([[float((cc is None or cc == ic) and (co is None or co in iobjs)) for cc, co in cap_keys]
+                               for ic, iobjs in img_keys])
+        pixels = _to_tensor(imgs, mean, std).to(dev)
+        tokens = tok(captions).to(dev)
+        img_f = F.normalize(model.encode_image(pixels), dim=-1)
+        txt_f = F.normalize(model.encode_text(tokens), dim=-1)
+        logits = model.logit_scale.exp().clamp(max=100) * img_f @ txt_f.T
+        t_img = (target / target.sum(1, keepdim=True)).to(dev)
+        t_txt = (target.T / target.T.sum(1, keepdim=True)).to(dev)
+        loss = 0.5 * (-(t_img * F.log_softmax(logits, 1)).sum(1).mean() - (t_txt * F.log_softmax(logits.T, 1)).sum(1).mean())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if bar is not None:
+            bar.update(1)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+    if bar is not None:
+        bar.close()
+    model.eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from safetensors.torch import save_file
+
+    ckpt = out_dir / f"{MODEL_NAME}.safetensors"
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    save_file(state, str(tmp))
+    os.replace(tmp, ckpt)
+    atomic_write_bytes(ckpt.with_suffix(".vocab.txt"), ("\n".join(vocabulary()) + "\n").encode())
+    meta = {"model": MODEL_NAME, "checkpoint": str(ckpt), "recipe": asdict(recipe), "recipe_key": recipe.key(),
+            "label": "embedlab demo model: trained offline on package photos; not a general-purpose CLIP",
+            "train_seconds": round(time.perf_counter() - t0, 1), "render_seconds": round(t_render, 1),
+            "device": str(dev), "final_loss": float(np.mean(losses[-20:])), "loss_curve": losses[::10],
+            "torch_version": torch.__version__, "threads": torch.get_num_threads()}
+    atomic_write_json(out_dir / "train.json", meta)
+    return meta
+
+
+def pretrain_demo(out: str | os.PathLike | None = None, device: str = "auto", force: bool = False,
+                  progress: bool = True, **recipe_overrides) -> Path:
+    """Train (or reuse from the cache) the demo CLIP; returns the checkpoint path.
+
+    The cache key is the recipe's hash, so the second call with the same recipe is instant."""
+    recipe = default_recipe(**recipe_overrides)
+    out_dir = Path(out) if out else cache_dir() / "demo_clip" / recipe.key()
+    ckpt = out_dir / f"{MODEL_NAME}.safetensors"
+    if ckpt.exists() and (out_dir / "train.json").exists() and not force:
+        if read_json(out_dir / "train.json").get("recipe_key") == recipe.key():
+            log.info("demo CLIP found in cache: %s", ckpt)
+            return ckpt
+    log.info("training the demo CLIP (recipe %s) into %s", recipe.key(), out_dir)
+    train_demo_clip(recipe, out_dir, device, progress)
+    return ckpt
+
+
+def zero_shot_lighting(lm, images: list[np.ndarray]) -> np.ndarray:
+    """Predicted class index (into CLASSES) per image, from prompt ensembles of the lighting synonyms."""
+    import torch
+
+    from . import models
+
+    protos = []
+    for cls in CLASSES:
+        e = models.encode_texts(lm, [t.format(L=s) for s in SYNONYMS[cls] for t in LIGHT_ONLY])
+        v = e.mean(0)
+        protos.append(v / np.linalg.norm(v))
+    P = np.stack(protos)
+    feats = []
+    for s in range(0, len(images), 256):
+        batch = [np.asarray(_center_resize(im, lm.image_size)) for im in images[s:s + 256]]
+        feats.append(models.encode_image_batch(lm, _to_tensor(batch, lm.info["mean"], lm.info["std"])))
+    return (np.concatenate(feats) @ P.T).argmax(1)
+
+
+def _center_resize(img: np.ndarray, size: int):
+    from PIL import Image
+
+    im = Image.fromarray(img)
+    scale = size / min(im.size)
+    im = im.resize((max(size, round(im.width * scale)), max(size, round(im.height * scale))), Image.BICUBIC)
+    left, top = (im.width - size) // 2, (im.height - size) // 2
+    return im.crop((left, top, left + size, top + size))

@@ -1,0 +1,95 @@
+"""Image lists for training and evaluation from a manifest or a run folder ("PATH[:SELECTOR]"), and the
+paper's augmentations with per-step seeded randomness (so a resumed run sees the same batches)."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+
+
+def resolve_images(spec: str, default_selector: str) -> list[str]:
+    """Real file paths for 'MANIFEST.jsonl[:SELECTOR]', 'RUN[:SELECTOR]' or a folder of images."""
+    from .. import manifests as mf
+    from ..runs import Run
+
+    path, selector = spec, default_selector
+    if ":" in spec and not os.path.exists(spec):
+        path, selector = spec.rsplit(":", 1)
+    p = Path(path)
+    if p.is_dir() and (p / "manifest.json").exists():
+        from ..residual import _select
+
+        run = Run(p)
+        return list(run.metadata.loc[_select(run, selector), "file"])
+    if p.is_dir():
+        files = sorted(str(f) for f in p.iterdir() if f.suffix.lower() in mf.IMAGE_EXTENSIONS)
+        if not files:
+            raise ConfigError(f"Folder {p} holds no images.")
+        return files
+    if p.suffix == ".jsonl":
+        man = mf.read_manifest(p)
+        entries = man.entries
+        for part in [s for s in selector.split(",") if s]:
+            col, _, val = part.partition("=") if "=" in part else ("role", "", part)
+            entries = [e for e in entries if str(getattr(e, col, None)) == val]
+        if not entries:
+            man.select(role=selector)
+        return [mf.materialize(man, e.path, e) for e in entries]
+    raise ConfigError(f"{spec!r} is neither a manifest (.jsonl), a run folder nor a folder of images.")
+
+
+def load_resized(paths: list[str], size: int) -> torch.Tensor:
+    """uint8 (N, 3, size, size): each image squash-resized to size x size (the paper resizes to 512x512)."""
+    from PIL import Image
+
+    from ..images import decode_image
+
+    out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
+    for i, p in enumerate(paths):
+        img = decode_image(p).image.resize((size, size), Image.LANCZOS)
+        out[i] = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+    return out
+
+
+def augment(batch: torch.Tensor, rng: np.random.Generator, zoom=(0.7, 1.3)) -> torch.Tensor:
+    """method.md 1.7: hflip, vflip, transpose (p 0.5 each), per-axis zoom (p 0.3) and rotation (p 0.3, +-90 deg),
+    with reflect borders. `batch` is float (B, 3, H, W) in [0, 1]."""
+    out = []
+    for x in batch:
+        if rng.random() < 0.5:
+            x = x.flip(-1)
+        if rng.random() < 0.5:
+            x = x.flip(-2)
+        if rng.random() < 0.5:
+            x = x.transpose(-1, -2)
+        zy = zx = 1.0
+        angle = 0.0
+        if rng.random() < 0.3:
+            zy, zx = rng.uniform(*zoom), rng.uniform(*zoom)
+        if rng.random() < 0.3:
+            angle = rng.uniform(-90, 90)
+        if zy != 1.0 or angle != 0.0:
+            a = math.radians(angle)
+            theta = torch.tensor([[math.cos(a) / zx, -math.sin(a) / zx, 0.0],
+                                  [math.sin(a) / zy, math.cos(a) / zy, 0.0]], dtype=x.dtype)
+            grid = F.affine_grid(theta[None], [1, *x.shape], align_corners=False)
+            x = F.grid_sample(x[None], grid, mode="bilinear", padding_mode="reflection", align_corners=False)[0]
+        out.append(x)
+    return torch.stack(out)
+
+
+def sample_batch(images: torch.Tensor, batch_size: int, rng: np.random.Generator, augment_on: bool = True,
+                 crop: int | None = None) -> torch.Tensor:
+    """A random batch (float, [0, 1]); optionally a random crop of `crop` px."""
+    idx = rng.integers(0, len(images), batch_size)
+    x = images[idx].float() / 255.0
+    if crop and crop < x.shape[-1]:
+        y0, x0 = rng.integers(0, x.shape[-2] - crop + 1), rng.integers(0, x.shape[-1] - crop + 1)
+        x = x[..., y0:y0 + crop, x0:x0 + crop]
+    return augment(x, rng) if augment_on else x

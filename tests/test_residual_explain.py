@@ -1,0 +1,207 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedlab import explain, vocab
+from embedlab.correct import gram_schmidt, project_out, rave_shift_direction
+from embedlab.residual import bootstrap_stability, compare_nonsemantic, l2n, load_residual, rave_residual
+
+from conftest import REPO
+
+
+def test_rave_formula_and_thr():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(50, 16)), rng.normal(size=(60, 16)) + 0.5
+    r, thr, v_from, v_to = rave_residual(a, b)
+    na, nb = l2n(a), l2n(b)
+    exp_from, exp_to = l2n(na.mean(0)), l2n(nb.mean(0))
+    assert np.allclose(r, l2n(exp_to - exp_from)) and np.isclose(thr, exp_to @ r)
+    assert np.isclose(thr, np.sqrt((1 - exp_from @ exp_to) / 2))        # method.md 2.2
+    stab = bootstrap_stability(a, b, n_boot=50)
+    assert 0.5 < stab["mean_cosine"] <= 1 and stab["ci95"][0] <= stab["mean_cosine"] <= stab["ci95"][1]
+
+
+def test_cut_context_text_encoding_is_exact(tiny_model):
+    from embedlab import models
+
+    texts = ["backlit", "a photo of a cat on a sunny day", "x", "a very long prompt " * 3]
+    cut = models.encode_texts(tiny_model, texts, cut_context=True)
+    full = models.encode_texts(tiny_model, texts, cut_context=False)
+    assert np.abs(cut - full).max() < 1e-5
+    raw = models.encode_texts(tiny_model, texts, normalize=False)
+    assert np.allclose(l2n(raw), full, atol=1e-5)
+
+
+def test_text_embeddings_are_cached(tiny_model):
+    concepts = ["sunny", "dark", "cat"]
+    e1, info1 = vocab.embed_concepts(tiny_model, concepts, ["a photo of {}."])
+    e2, info2 = vocab.embed_concepts(tiny_model, concepts, ["a photo of {}."])
+    assert info1["cache"] == "miss" and info2["cache"] == "hit" and np.array_equal(e1, e2)
+    tokens = vocab.tokenizer_tokens(tiny_model.tokenizer)
+    assert len(tokens) == 49408
+    words = vocab.words_from_tokens(tokens)
+    assert "photo" in words and all(w.isalpha() for w in words)
+
+
+@pytest.fixture(scope="module")
+def planted_vocab(tiny_model):
+    words = vocab.words_from_tokens(vocab.tokenizer_tokens(tiny_model.tokenizer))[:3000]
+    extra = ["sunlit", "sunlight", "sunlighting", "puppy", "puppies", "puppy dog"]   # synonyms, near-duplicates
+    concepts = [w for w in words if w not in extra] + extra
+    E, _ = vocab.embed_concepts(tiny_model, concepts, ["{}"])
+    C, _ = explain.centre(E)
+    return concepts, E, C
+
+
+def _planted_sets(concepts, C, seed, n=220, light_w=0.3, bias_w=0.3):
+    rng = np.random.default_rng(seed)
+    d = C.shape[1]
+    light, bias = C[concepts.index("sunlit")], C[concepts.index("puppy")]
+    centre = l2n(rng.normal(size=d))
+    A = l2n(centre + 0.35 * rng.normal(size=(n, d)))
+    B = l2n(centre + 0.35 * rng.normal(size=(n, d)) + light_w * light + bias_w * bias)
+    return A, B, light, bias
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_planted_lighting_and_bias_are_found_and_significant(planted_vocab, seed):
+    concepts, E, C = planted_vocab
+    A, B, light, bias = _planted_sets(concepts, C, seed)
+    r = rave_residual(A, B)[0]
+    out = explain.explain_vectors(r, E, concepts, A, B, top=10, permutations=1000, seed=seed)
+    top2 = set(out["adds"]["concept"].head(2))
+    assert top2 == {"sunlit", "puppy"}, out["adds"].head(5)
+    assert (out["adds"]["p_fwer"].head(2) < 0.05).all()
+    assert (out["adds"]["p_fwer_deflated"].head(2) < 0.05).all()
+    assert out["info"]["permutation"]["K"] == 1000
+    assert out["info"]["permutation"]["smallest_attainable_p"] == pytest.approx(1 / 1001)
+    # correcting the bias word removes >= 95% of the projection on it and keeps the lighting direction
+    r2, stats = project_out(r, [bias])
+    assert abs(r2 @ bias) <= 0.05 * abs(r @ bias)
+    assert (r2 @ light) / np.linalg.norm(light) >= 0.9 * 1 or (l2n(r2) @ l2n(light)) >= 0.9
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_negative_control_two_halves_of_one_set(planted_vocab, seed):
+    concepts, E, C = planted_vocab
+    A, _, _, _ = _planted_sets(concepts, C, seed, n=400)
+    rng = np.random.default_rng(100 + seed)
+    idx = rng.permutation(len(A))
+    h1, h2 = A[idx[:200]], A[idx[200:]]
+    r = rave_residual(h1, h2)[0]
+    out = explain.explain_vectors(r, E, concepts, h1, h2, top=10, permutations=1000, seed=seed)
+    for side in ("adds", "removes"):
+        assert (out[side]["p_fwer"] >= 0.05).all()
+        assert (out[side]["p_fwer_deflated"] >= 0.05).all()
+    assert out["info"]["candidates_q_below_05"] == 0
+
+
+def test_permutation_respects_groups():
+    is_to = np.array([0, 0, 1, 1, 0, 1], bool)
+    groups = np.array(["a", "a", "a", "b", "b", "b"])          # groups span both sets: shuffle within groups
+    labels, info = explain.permutation_labels(is_to, groups, 50, 0)
+    assert "within groups" in info["scheme"]
+    for row in labels:
+        assert row[:3].sum() == 1 and row[3:].sum() == 2
+    nested = np.array(["a", "a", "b", "b", "c", "c"])
+    labels, info = explain.permutation_labels(np.array([0, 0, 1, 1, 0, 0], bool), nested, 20, 0)
+    assert info["scheme"].startswith("groups permuted") and info["distinct_shuffles"] == pytest.approx(3)
+    for row in labels:
+        assert row[0] == row[1] and row[2] == row[3] and row[4] == row[5]
+
+
+def test_projection_helpers():
+    rng = np.random.default_rng(0)
+    D = rng.normal(size=(3, 10))
+    Q = gram_schmidt(np.vstack([D, D[0] + D[1]]))
+    assert Q.shape == (3, 10) and np.allclose(Q @ Q.T, np.eye(3), atol=1e-10)
+    r = l2n(rng.normal(size=10))
+    r2, stats = project_out(r, D)
+    assert np.allclose(D @ r2, 0, atol=1e-10) and np.isclose(np.linalg.norm(r2), 1)
+    r3, _ = project_out(r2, D)
+    assert np.allclose(r3, r2)                                        # idempotent
+    E = rng.normal(size=(100, 10))
+    u, detail = rave_shift_direction(r, E, k=15)
+    assert len(detail["top_indices"]) == 15 and np.isclose(np.linalg.norm(u), 1)
+    s = (E @ r) / np.linalg.norm(E, axis=1)
+    top, bot = np.argsort(-s)[:15], np.argsort(s)[:15]
+    a, b = l2n((s[top, None] * E[top]).mean(0)), l2n((s[bot, None] * E[bot]).mean(0))
+    assert np.allclose(u, l2n(a + b))
+
+
+def test_nonsemantic_comparison_warns_on_resolution():
+    import pandas as pd
+
+    a = pd.DataFrame({"width": [256] * 20, "height": [256] * 20, "jpeg_quality": [75.0] * 20, "mean_luma": np.linspace(.2, .4, 20),
+                      "format": ["JPEG"] * 20})
+    b = pd.DataFrame({"width": [2040] * 20, "height": [1356] * 20, "jpeg_quality": [None] * 20, "mean_luma": np.linspace(.25, .45, 20),
+                      "format": ["PNG"] * 20})
+    out = compare_nonsemantic(a, b)
+    text = " ".join(out["warnings"])
+    assert "width separates" in text and "formats differ" in text
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "embedlab", *args], capture_output=True, text=True, cwd=REPO,
+                          env=dict(os.environ), timeout=600)
+
+
+def test_end_to_end_cli_flow(tmp_path, tiny_run):
+    res = tmp_path / "residual.npy"
+    r = _cli("residual", str(tiny_run), "--from", "role=backlit,split=train", "--to", "role=welllit,split=train",
+             "--out", str(res), "--bootstrap", "50", "--device", "cpu") if False else \
+        _cli("residual", str(tiny_run), "--from", "role=backlit,split=train", "--to", "role=welllit,split=train",
+             "--out", str(res), "--bootstrap", "50")
+    assert r.returncode == 0, r.stderr
+    vec = np.load(res, allow_pickle=False)
+    assert vec.dtype == np.float32 and vec.shape == (64,)
+    side = json.loads(res.with_suffix(".json").read_text())
+    assert side["from"]["count"] == 20 and side["bootstrap"]["unit"] == "group" and "thr" in side
+    vocab_file = tmp_path / "vocab.txt"
+    vocab_file.write_text("cat\nflower\n<b>bold</b>\nrocket\nbacklit\nwell-lit\nperson\nmotorcycle\n")
+    rep = tmp_path / "report"
+    r = _cli("explain-residual", str(res), "--vocab", str(vocab_file), "--top", "5", "--permutations", "200",
+             "--out", str(rep), "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    for f in ("report.json", "report.csv", "report.md", "report.html"):
+        assert (rep / f).stat().st_size > 0
+    html = (rep / "report.html").read_text()
+    assert "<b>bold</b>" not in html and "&lt;b&gt;bold&lt;/b&gt;" in html
+    report = json.loads((rep / "report.json").read_text())
+    assert report["info"]["permutation"]["K"] == 200 and report["exemplars"]
+    corrected = tmp_path / "corrected.npy"
+    r = _cli("correct", str(res), "--remove", "cat", "--remove-pair", "a photo of a flower|a photo", "--vocab",
+             str(vocab_file), "--out", str(corrected), "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    c = load_residual(corrected)
+    assert len(c.info["edits"]) == 2 and c.info["correction"]["cos_before_after"] < 1
+    for d in c.info["correction"]["directions"]:
+        assert abs(d["projection_after"]) < 1e-6
+    r = _cli("correct", str(res), "--preset", "rave-shift", "--k", "15", "--out", str(tmp_path / "shift.npy"), "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    shifted = load_residual(tmp_path / "shift.npy")
+    assert len(shifted.info["edits"][0]["removed_info_from"]) == 15
+    r = _cli("correct", str(res), "--remove-labelled", f"{tiny_run}:group=chelsea", "--out", str(tmp_path / "inlp.npy"))
+    assert r.returncode in (0, 1)   # INLP may find nothing learnable in a random model; either way a clear outcome
+    r = _cli("plot", str(tiny_run), "--residual", str(res), "--out", str(tmp_path / "plots"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "plots" / "map_pca.png").exists() and (tmp_path / "plots" / "map_umap.png").exists()
+    assert (tmp_path / "plots" / "projector" / "metadata.tsv").read_text().startswith("row_id\t")
+
+
+def test_mismatched_residual_is_refused(tmp_path, tiny_run):
+    from embedlab.errors import IncompatibleRunError
+    from embedlab.residual import residual, save_residual
+    from embedlab.correct import correct
+
+    res = residual(tiny_run, "backlit", "welllit", tmp_path / "r.npy", bootstrap=0)
+    info = dict(res.info)
+    info["model"] = dict(info["model"], weights_sha256="0" * 64)
+    save_residual(tmp_path / "bad.npy", res.vector, info)
+    with pytest.raises(IncompatibleRunError):
+        correct(tmp_path / "bad.npy", tmp_path / "c.npy", remove_pair=[("a", "b")], device="cpu")
