@@ -373,6 +373,28 @@ def pretrain_demo_cmd(out: Optional[Path] = typer.Option(None, "--out", "-o", he
     typer.echo(f"demo CLIP: {ckpt}\nuse it with: --model embedlab-demo --pretrained {ckpt}")
 
 
+@app.command("demo")
+@handle_errors
+def demo_cmd(out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="Output folder (index.html is the entry point)."),
+             model: Optional[str] = typer.Option(None, help="Default: the offline demo CLIP (trained and cached on first use). "
+                                                 "Or any open_clip model, e.g. ViT-B-32 with --pretrained openai."),
+             pretrained: Optional[str] = typer.Option(None, help=PRETRAINED_HELP),
+             enhancer: Optional[Path] = typer.Option(None, help="Use this enhancer (e.g. a published RAVE .pth) instead of training one."),
+             train_iters: int = typer.Option(150, help="Iterations of the short RAVE training."),
+             permutations: int = typer.Option(1000, help="Shuffles for the concept report's permutation test."),
+             device: str = typer.Option("auto", help=DEVICE_HELP)):
+    """Run the whole chain on the bundled demo data and write one index.html."""
+    from .demo import demo
+
+    result = demo(out, model=model, pretrained=pretrained, device=device, enhancer=str(enhancer) if enhancer else None,
+                  train_iters=train_iters, permutations=permutations)
+    for name, path in result["artifacts"].items():
+        typer.echo(f"{name:14s} {path}")
+    typer.echo(f"bias concept removed: {result['bias_concept']}; PSNR input {result['metrics']['input'].get('psnr'):.2f} dB -> "
+               f"enhanced {result['metrics']['enhanced'].get('psnr'):.2f} dB; total {result['total_s']} s")
+    typer.echo(f"open {out / 'index.html'}")
+
+
 def main() -> None:
     """Console entry point."""
     try:

@@ -43,7 +43,7 @@ class DemoRecipe:
     """Everything that determines the trained model; its hash keys the cache."""
 
     seed: int = 0
-    steps: int = 700
+    steps: int = 600
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.05

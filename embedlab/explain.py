@@ -154,6 +154,29 @@ def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
     return false_discovery_control(np.clip(p, 0, 1)) if len(p) else p
 
 
+def welch_all_concepts(x_from: np.ndarray, x_to: np.ndarray, C: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """Welch t-test p-values (to vs from) of per-image similarity for EVERY concept, from the two sets' means and
+    covariances: never an images x vocabulary matrix, and no selection before testing (so BH over the whole
+    vocabulary controls the false discovery rate, where BH over a score-selected shortlist would not)."""
+    from scipy.stats import t as student_t
+
+    a, b = l2n(x_from), l2n(x_to)
+    na, nb = len(a), len(b)
+    if na < 2 or nb < 2:
+        return np.ones(len(C))
+    delta = b.mean(0) - a.mean(0)
+    Sa, Sb = np.cov(a, rowvar=False) / na, np.cov(b, rowvar=False) / nb
+    p = np.empty(len(C))
+    for s in range(0, len(C), chunk):
+        c = np.asarray(C[s:s + chunk], np.float64)
+        va, vb = np.einsum("ij,jk,ik->i", c, Sa, c), np.einsum("ij,jk,ik->i", c, Sb, c)
+        se2 = np.maximum(va + vb, 1e-300)
+        t = (c @ delta) / np.sqrt(se2)
+        df = se2 ** 2 / np.maximum(va ** 2 / (na - 1) + vb ** 2 / (nb - 1), 1e-300)
+        p[s:s + chunk] = 2 * student_t.sf(np.abs(t), df)
+    return p
+
+
 def concept_statistics(x_from: np.ndarray, x_to: np.ndarray, concepts_unit: np.ndarray) -> pd.DataFrame:
     """Per concept: mean similarity in each set, difference, AUROC (to vs from), Welch t-test p (nominal)."""
     from scipy.stats import mannwhitneyu, ttest_ind
@@ -209,7 +232,8 @@ def explain_vectors(r: np.ndarray, E: np.ndarray, concepts: list[str], x_from: n
             extra = [j for j in tables[side]["vocab_index"] if j not in set(cand_idx)]
             cand_idx = np.r_[cand_idx, np.asarray(extra, int)]
         stats = concept_statistics(x_from, x_to, C[cand_idx])
-        stats["q_bh"] = benjamini_hochberg(stats["welch_p"].to_numpy())
+        q_all = benjamini_hochberg(welch_all_concepts(x_from, x_to, C))   # BH over the whole vocabulary
+        stats["q_bh"] = q_all[cand_idx]
         stats.index = cand_idx
         X = np.concatenate([x_from, x_to])
         is_to = np.r_[np.zeros(len(x_from), bool), np.ones(len(x_to), bool)]

@@ -128,12 +128,12 @@ def extract(manifest: str | os.PathLike, model: str, pretrained: str | None, out
     for name, value, lo in (("batch_size", batch_size, 1), ("shard_size", shard_size, 1)):
         if int(value) < lo:
             raise ConfigError(f"The '{name}' option of extract must be an int >= {lo}. Got {value} instead.")
+    dev = models.resolve_device(device)
     man = mf.read_manifest(manifest)
     entries = [e for e in man.entries if not roles or e.role in roles]
     if not entries:
         man.select(role=roles[0] if roles else None)  # raises with the roles present
     run_dir = Path(out)
-    dev = models.resolve_device(device)
     lm = models.load_model(model, pretrained, dev)
     records = [e.to_record() for e in entries]
     identity = {

@@ -112,7 +112,7 @@ def _summary_lines(report: dict) -> list[str]:
         lines.append(info["significance_note"])
     lines.append("Scores: cosine with the centred vocabulary (the text mean removed); z against the vocabulary; "
                  "raw_cosine as RAVE ranks. p_fwer: family-wise adjusted (max statistic over the vocabulary); "
-                 "p_fwer_deflated: the same test at each deflation step; welch_p/q_bh: per-concept, across candidates (nominal).")
+                 "p_fwer_deflated: the same test at each deflation step; welch_p: per-concept Welch t-test (nominal); q_bh: Benjamini-Hochberg over the whole vocabulary.")
     return lines
 
 

@@ -175,9 +175,9 @@ def test_checkpoint_file_path_and_device_errors(tmp_path, tiny_model):
     if not torch.cuda.is_available():
         with pytest.raises(DeviceError, match="no CUDA GPU"):
             models.resolve_device("cuda")
-        r = _cli("extract", "-m", "x.jsonl", "--model", "embedlab-tiny", "--pretrained", "none", "--out", str(tmp_path / "r"),
-                 "--device", "cuda")
-        assert r.returncode == 1 and "Error:" in r.stderr
+        r = _cli("extract", "-m", "data_manifests/demo.jsonl", "--model", "embedlab-tiny", "--pretrained", "none",
+                 "--out", str(tmp_path / "r"), "--device", "cuda")
+        assert r.returncode == 1 and "no CUDA GPU" in r.stderr
 
 
 def test_unfetchable_weights_fail_fast_with_help(tmp_path):
@@ -188,7 +188,7 @@ def test_unfetchable_weights_fail_fast_with_help(tmp_path):
     base = subprocess.run([sys.executable, "-c", "import embedlab.models, open_clip, faiss"], env=env, cwd=REPO)
     import_time = time.perf_counter() - start
     start = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "embedlab", "extract", "-m", "x.jsonl", "--model", "ViT-B-32", "--pretrained",
+    r = subprocess.run([sys.executable, "-m", "embedlab", "extract", "-m", "data_manifests/demo.jsonl", "--model", "ViT-B-32", "--pretrained",
                         "openai", "--out", str(tmp_path / "r"), "--device", "cpu"], env=env, capture_output=True,
                        text=True, cwd=REPO, timeout=120)
     elapsed = time.perf_counter() - start

@@ -1,0 +1,81 @@
+"""Enhancement quality and speed on Recipe-A pairs of the package photos (shared/README.md protocol).
+
+    python analyses/bench_enhance.py [--checkpoints ../shared/checkpoints] [--trained PATH] [--device auto]
+
+Pairs: scikit-image astronaut, chelsea, coffee, rocket, stereo_motorcycle()[0] and scikit-learn's two sample images,
+at full size, Recipe A seeds 0 and 1 (14 pairs). Rows: the backlit input, gamma 0.5, CLAHE (equalize_adapthist
+defaults), every published checkpoint (test-time forward on the full image), and optionally a model trained by
+embedlab (--trained). RGB PSNR / SSIM (scikit-image, data_range 1, channel_axis 2) averaged; plus enhancement
+throughput in megapixels/s. Writes analyses/results/bench_enhance.json.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+PHOTOS = ("pkg:skimage/astronaut", "pkg:skimage/chelsea", "pkg:skimage/coffee", "pkg:skimage/rocket",
+          "pkg:skimage/motorcycle", "pkg:sklearn/china.jpg", "pkg:sklearn/flower.jpg")
+
+
+def main() -> None:
+    import torch
+    from skimage import exposure
+
+    from _common import write_json
+    from embedlab import models
+    from embedlab.enhance.evaluate import psnr_ssim_rgb
+    from embedlab.enhance.infer import enhance_array, load_enhancer
+    from embedlab.photos import load_photo
+    from embedlab.synth import recipe_a
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoints", default=str(Path(__file__).resolve().parents[2] / "shared" / "checkpoints"))
+    ap.add_argument("--trained", nargs="*", default=[], help="embedlab enhancer checkpoints to add as rows.")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    dev = models.resolve_device(args.device)
+    pairs = []
+    for uri in PHOTOS:
+        gt = load_photo(uri)
+        for seed in (0, 1):
+            pairs.append((recipe_a(gt, seed).image / 255.0, gt / 255.0))
+    rows = {}
+
+    def score(name, fn):
+        ps, ss = zip(*(psnr_ssim_rgb(np.clip(fn(x), 0, 1), g) for x, g in pairs))
+        rows[name] = {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss))}
+        print(f"{name:36s} PSNR {rows[name]['psnr']:6.2f}  SSIM {rows[name]['ssim']:.3f}")
+
+    score("input", lambda x: x)
+    score("gamma 0.5", lambda x: x ** 0.5)
+    score("CLAHE", lambda x: exposure.equalize_adapthist(x))
+    ckpts = sorted(Path(args.checkpoints).glob("*/*.pth")) if Path(args.checkpoints).exists() else []
+    ckpts += [Path(p) for p in args.trained]
+    mp_s = {}
+    for ck in ckpts:
+        net = load_enhancer(ck, dev)
+        name = f"{ck.parent.name}/{ck.stem}" if ck.suffix == ".pth" else f"embedlab/{ck.parent.name}"
+
+        def run(x, net=net):
+            t = torch.from_numpy(x).float().permute(2, 0, 1)[None]
+            return enhance_array(net, t)[0].permute(1, 2, 0).cpu().numpy()
+
+        t0 = time.perf_counter()
+        score(name, run)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        mp_s[name] = sum(x.shape[0] * x.shape[1] for x, _ in pairs) / 1e6 / (time.perf_counter() - t0)
+    if mp_s:
+        print(f"enhancement throughput on {dev}: {np.mean(list(mp_s.values())):.2f} megapixels/s (metrics included)")
+    write_json("bench_enhance.json", {"pairs": "7 package photos x Recipe A seeds 0, 1 (full size)", "rows": rows,
+                                      "megapixels_per_s": mp_s, "device": str(dev)}, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Text-side speed of explain-residual: the first encode of all 49,408 tokenizer tokens (batched, context cut to
+the longest prompt of each batch) vs one token per forward at full context (RAVE's loop; timed on a sample and
+extrapolated, labelled as such), and a cached explain call in-process (imports excluded) beside the CLI's wall time.
+
+    python analyses/bench_explain.py [--models embedlab-tiny ViT-B-32] [--sample 500] [--threads 2]
+
+Writes analyses/results/bench_explain.json.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def one_at_a_time(lm, texts) -> float:
+    import torch
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for t in texts:
+            lm.model.encode_text(lm.tokenizer([t]).to(lm.device))
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    import torch
+
+    from _common import write_json
+    from embedlab import models, vocab
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["embedlab-tiny", "ViT-B-32"])
+    ap.add_argument("--sample", type=int, default=500)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--batch-size", type=int, default=1024)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = []
+    for name in args.models:
+        lm = models.load_model(name, "none", args.device)
+        tokens = vocab.tokenizer_tokens(lm.tokenizer)
+        t0 = time.perf_counter()
+        models.encode_texts(lm, tokens, batch_size=args.batch_size)
+        batched = time.perf_counter() - t0
+        rng = np.random.default_rng(0)
+        sample = [tokens[i] for i in rng.choice(len(tokens), args.sample, replace=False)]
+        one_at_a_time(lm, sample[:5])
+        slow = one_at_a_time(lm, sample) * len(tokens) / len(sample)
+        row = {"model": name, "tokens": len(tokens), "batched_cut_context_s": round(batched, 2),
+               "one_per_forward_full_context_s_extrapolated": round(slow, 1), "sample_for_extrapolation": args.sample,
+               "ratio": round(slow / batched, 1), "device": str(lm.device), "batch_size": args.batch_size,
+               "threads": torch.get_num_threads()}
+        print(f"{name:14s} all {len(tokens)} tokens: batched {batched:7.1f} s   one-at-a-time {slow:8.1f} s "
+              f"(extrapolated from {args.sample})   ratio {slow / batched:6.1f}x")
+        rows.append(row)
+    # A cached explain call: a small run of the tiny model, the full token vocabulary, K = 1000 shuffles.
+    from embedlab.explain import explain_residual
+    from embedlab.extract import extract
+    from embedlab.manifests import manifest
+    from embedlab.residual import residual
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_explain_"))
+    os.environ.setdefault("EMBEDLAB_CACHE", str(tmp / "cache"))
+    man, _ = manifest("demo", ".", tmp / "demo.jsonl")
+    model = args.models[-1]
+    extract(man, model, "none", tmp / "run", device=args.device, workers=0, progress=False)
+    residual(tmp / "run", "role=backlit,split=train", "role=welllit,split=train", tmp / "r.npy", bootstrap=0)
+    explain_residual(tmp / "r.npy", tmp / "rep", vocab="tokens", device=args.device, progress=False)   # fills the cache
+    t0 = time.perf_counter()
+    rep = explain_residual(tmp / "r.npy", tmp / "rep2", vocab="tokens", device=args.device, progress=False)
+    cached = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "embedlab", "-q", "explain-residual", str(tmp / "r.npy"), "--vocab", "tokens",
+                    "--out", str(tmp / "rep3"), "--device", args.device], check=True, env=dict(os.environ),
+                   capture_output=True)
+    cli = time.perf_counter() - t0
+    print(f"cached explain call ({model}, {rep['info']['vocabulary_size']} tokens, K=1000): in-process {cached:.2f} s, "
+          f"CLI wall {cli:.2f} s")
+    write_json("bench_explain.json", {"encode": rows, "cached_explain": {
+        "model": model, "vocabulary": "tokens", "vocabulary_size": rep["info"]["vocabulary_size"], "permutations": 1000,
+        "in_process_s": round(cached, 3), "cli_wall_s": round(cli, 3), "text_cache": rep["info"]["text_cache"]}}, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One GPU check, under 5 minutes on an H100/H200: every benchmark on the GPU, all JSON into one folder.
+#
+# The lent GPU machines have their own Python 3.12 and torch, and no network. What they lack travels as wheels in
+# the git-ignored folder .gpu_carry/ (never committed). Prepare it here once:
+#   mkdir -p .gpu_carry && python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+#     --platform manylinux2014_x86_64 -d .gpu_carry open_clip_torch ftfy wcwidth faiss-cpu
+#   python3 -m pip wheel --no-deps -w .gpu_carry .          # embedlab itself
+# then run it through the device tool with carry [".gpu_carry"] and the command
+#   bash analyses/gpu_check.sh
+# Results land in $OUT (the device tool's folder) or analyses/results/gpu/.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+RESULTS="${OUT:-analyses/results/gpu}"
+mkdir -p "$RESULTS"
+if [ -d .gpu_carry ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu_carry/*.whl && export PYTHONPATH=/tmp/site
+fi
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 EMBEDLAB_CACHE=/tmp/embedlab-cache
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$RESULTS/gpu.txt"
+run() { echo "== $*"; timeout 150 python3 "$@" --out "$RESULTS" 2>&1 | tail -15; }
+run analyses/bench_extract.py --models ViT-B-32 ViT-L-14 --n 4096 --naive-n 256 --size 512x384 --batch-size 512 \
+    --workers 8 --device cuda --decode torchvision
+run analyses/bench_train.py --batch 8 --size 512 --device cuda --iters 10
+run analyses/bench_explain.py --models embedlab-tiny ViT-B-32 --device cuda
+run analyses/bench_enhance.py --device cuda --checkpoints .gpu_carry/checkpoints   # cp -r ../shared/checkpoints .gpu_carry/ first
+ls -la "$RESULTS"
