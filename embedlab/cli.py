@@ -180,8 +180,6 @@ def residual_cmd(run: Path = typer.Argument(..., help="Run folder (the 'from' se
         b = info["bootstrap"]
         typer.echo(f"bootstrap stability ({b['n_boot']} resamples of {b['unit']}s): mean cosine {b['mean_cosine']:.3f}, "
                    f"95% interval [{b['ci95'][0]:.3f}, {b['ci95'][1]:.3f}]")
-    for w in info["nonsemantic"]["warnings"]:
-        typer.echo(f"warning: {w}", err=True)
 
 
 @app.command("explain-residual")

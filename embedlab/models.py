@@ -192,6 +192,11 @@ def load_model(model: str, pretrained: str | None = None, device: str | Any = "c
     _preflight_fetch(name, kind, arg)
     t0 = time.perf_counter()
     torch.manual_seed(seed)
+    root = logging.getLogger()
+    quiet_root = kind == "random" and root.level <= logging.WARNING
+    if quiet_root:   # open_clip warns on root that no weights were loaded: here that is what was asked for
+        previous = root.level
+        root.setLevel(logging.ERROR)
     try:
         if kind == "random":
             created = open_clip.create_model_and_transforms(name, pretrained=None, device=dev)
@@ -208,6 +213,9 @@ def load_model(model: str, pretrained: str | None = None, device: str | Any = "c
             f"If this machine is offline, download the checkpoint on a connected machine (e.g. `open_clip` caches it "
             f"under ~/.cache/huggingface) and pass the file: --model {model if not model.startswith('hf-hub:') else 'ARCH'} "
             f"--pretrained /path/to/open_clip_model.safetensors. Tried: {where}.") from exc
+    finally:
+        if quiet_root:
+            root.setLevel(previous)
     clip_model, _, preprocess = created
     clip_model.eval()
     tokenizer = open_clip.get_tokenizer(name)
