@@ -279,7 +279,7 @@ def train_cmd(out: Path = typer.Option(..., "--out", "-o", help="Training run fo
               identity_model: str = typer.Option("RN101", help="open_clip image tower for the identity loss (ResNet: stem+4 stages; ViT: 5 blocks)."),
               identity_pretrained: str = typer.Option("openai", help="Its weights. " + PRETRAINED_HELP),
               preset: str = typer.Option("paper", help="paper (Adam 2e-5, batch 8, 512 px, 5,200 iterations) or cpu-small "
-                                         "(identity init, 64 px crops of 128 px images, batch 4, 200 iterations)."),
+                                         "(identity init, 128 px crops of 256 px images, batch 4, 200 iterations)."),
               init: Optional[str] = typer.Option(None, help="reconstruct (the paper's identity-loss warm-up), identity "
                                                  "(output = input at step 0) or a checkpoint (embedlab's or a published .pth)."),
               iters: Optional[int] = typer.Option(None, help="Network iterations in total (reconstruction included)."),

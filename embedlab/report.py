@@ -45,15 +45,15 @@ def bar_chart(adds: pd.DataFrame, removes: pd.DataFrame, k: int = 15):
 
     a, r = adds.head(k), removes.head(k)
     labels = list(a["concept"]) + list(r["concept"])
-    vals = list(a["score_centred"]) + list(r["score_centred"])
+    vals = list(a["cosine_at_pick"]) + list(r["cosine_at_pick"])
     colors = ["#2b8a3e"] * len(a) + ["#c92a2a"] * len(r)
     fig, ax = plt.subplots(figsize=(7, 0.28 * len(labels) + 1))
     y = np.arange(len(labels))[::-1]
     ax.barh(y, vals, color=colors)
     ax.set_yticks(y, labels, fontsize=8)
     ax.axvline(0, color="k", lw=0.6)
-    ax.set_xlabel("cosine with the residual (centred vocabulary)")
-    ax.set_title("top concepts: green = added by the residual, red = removed")
+    ax.set_xlabel("cosine with the residual at the concept's deflation step (centred vocabulary)")
+    ax.set_title("ranked concepts: green = added by the residual, red = removed")
     return fig
 
 
@@ -107,7 +107,11 @@ def _summary_lines(report: dict) -> list[str]:
     perm = info.get("permutation")
     if perm and perm.get("K"):
         lines.append(f"Permutation test: K = {perm['K']} shuffles ({perm['scheme']}), distinct shuffles possible "
-                     f"~10^{perm['log10_distinct_shuffles']:.1f}, smallest attainable p = {perm['smallest_attainable_p']:.4g}.")
+                     f"~10^{perm['log10_distinct_shuffles']:.1f}, smallest attainable p = {perm['smallest_attainable_p']:.4g}."
+                     + (" Shuffling within groups holds each group's make-up fixed, so differences between groups (such as "
+                        "a content bias carried by which scenes each set holds) cannot reach significance, and few or "
+                        "unbalanced groups make the test conservative; read AUROC and q_bh beside it."
+                        if "within groups" in perm["scheme"] else ""))
     elif info.get("significance_note"):
         lines.append(info["significance_note"])
     lines.append("Scores: cosine with the centred vocabulary (the text mean removed); z against the vocabulary; "
