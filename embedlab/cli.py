@@ -193,13 +193,15 @@ def explain_residual_cmd(residual: Path = typer.Argument(..., help="residual.npy
                          candidates: int = typer.Option(500, help="Top concepts that get per-image statistics (AUROC, Welch p, BH q)."),
                          permutations: int = typer.Option(1000, help="Label shuffles for the family-wise permutation test (0 = skip)."),
                          seed: int = typer.Option(0, help="Seed for the shuffles."),
+                         deflated_steps: int = typer.Option(10, help="Deflation steps that get the sequential permutation test (p_fwer_deflated)."),
                          exemplars: int = typer.Option(3, help="Exemplar images per top concept and set."),
                          device: str = typer.Option("auto", help=DEVICE_HELP)):
     """Rank the concepts a residual carries, with significance, into report.{json,csv,md,html}."""
     from .explain import explain_residual
 
     rep = explain_residual(residual, out, vocab=vocab, templates=templates, top=top, candidates=candidates,
-                           permutations=permutations, seed=seed, exemplars=exemplars, device=device)
+                           permutations=permutations, seed=seed, exemplars=exemplars, device=device,
+                           deflated_steps=deflated_steps)
     for side in ("adds", "removes"):
         rows = [c for c in rep["concepts"] if c["direction"] == side][:5]
         typer.echo(f"{side}: " + ", ".join(f"{c['concept']} ({c['score_centred']:.3f}"

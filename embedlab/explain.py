@@ -31,19 +31,25 @@ def deflation_ranking(r: np.ndarray, C: np.ndarray, n_top: int, sign: float = 1.
     """Greedy, non-redundant ranking (TextSpan-style): pick the concept with the largest sign*cos with the
     current residual, project it out of the residual and of every candidate, renormalise candidates, repeat.
 
+    Deflated candidates are never materialised: with orthonormal picks t_i and the deflated residual rr,
+    (P c) . rr = c . rr and |P c|^2 = 1 - sum_i (c . t_i)^2, so each step costs two matrix-vector products.
     Returns per pick: index, the score at pick time and the fraction of |r|^2 it explains (cumulative too)."""
     rr = np.asarray(r, np.float64) * sign
     total = float(rr @ rr)
-    cand = np.array(C, dtype=np.float32, copy=True)
-    alive = np.ones(len(cand), bool)
+    Cf = np.ascontiguousarray(C, dtype=np.float32)
+    C64 = np.asarray(C, np.float64)
+    cn2 = np.ones(len(C), np.float64)
+    alive = np.ones(len(C), bool)
+    basis: list[np.ndarray] = []
     picks, cum = [], 0.0
-    for _ in range(min(n_top, len(cand))):
-        scores = cand @ rr.astype(np.float32)
+    c_dot_rr = (Cf @ rr.astype(np.float32)).astype(np.float64)      # kept up to date by rank-one corrections
+    for _ in range(min(n_top, len(C))):
+        scores = c_dot_rr / np.sqrt(np.maximum(cn2, 1e-12))
         scores[~alive] = -np.inf
         j = int(np.argmax(scores))
         if not np.isfinite(scores[j]):
             break
-        t = cand[j].astype(np.float64)
+        t = C64[j] - sum((C64[j] @ b) * b for b in basis) if basis else C64[j].copy()
         t /= np.linalg.norm(t) or 1.0
         proj = float(rr @ t)
         explained = proj * proj / total if total else 0.0
@@ -51,12 +57,13 @@ def deflation_ranking(r: np.ndarray, C: np.ndarray, n_top: int, sign: float = 1.
         picks.append({"index": j, "score_at_pick": float(scores[j]), "explained": explained, "cum_explained": cum,
                       "cosine_at_pick": float(scores[j]) / math.sqrt(max(1.0 - (cum - explained), 1e-12)),
                       "direction": t.astype(np.float32)})
+        basis.append(t)
         rr = rr - proj * t
-        cand -= np.outer(cand @ t.astype(np.float32), t.astype(np.float32))
-        norms = np.linalg.norm(cand, axis=1)
-        alive &= norms > 1e-4
+        c_dot_t = (Cf @ t.astype(np.float32)).astype(np.float64)
+        c_dot_rr -= proj * c_dot_t
+        cn2 -= c_dot_t ** 2
+        alive &= cn2 > 1e-8
         alive[j] = False
-        cand /= np.where(norms > 1e-12, norms, 1.0)[:, None]
     return picks
 
 
@@ -133,17 +140,20 @@ def permutation_null(X: np.ndarray, labels: np.ndarray, C: np.ndarray, method: s
             proj_r = sign * (R @ T.T)
             cn2 = np.ones(V, np.float32)
             rn2 = np.ones(len(R), np.float32)
-            alive = np.ones(V, bool)
+            inv = np.empty(V, np.float32)
+            val = np.empty_like(S)
             for i, j in enumerate(idx):
-                val = S / np.sqrt(np.maximum(cn2, 1e-8))[None, :]
-                val[:, ~alive] = -np.inf
+                np.sqrt(np.maximum(cn2, 1e-8), out=inv)
+                np.divide(1.0, inv, out=inv)
+                np.multiply(S, inv, out=val)
+                dead = np.union1d(np.flatnonzero(cn2 <= 1e-8), np.asarray(idx[:i], int))   # picked: out of the race
+                if len(dead):
+                    val[:, dead] = -np.inf
                 out["seq_" + side][s:s + chunk, i] = val.max(1) / np.sqrt(np.maximum(rn2, 1e-12))
                 a, b = CT[side][:, i], proj_r[:, i]
-                S -= np.outer(b, a)
+                S -= b[:, None] * a[None, :]
                 cn2 -= a * a
                 rn2 -= b * b
-                alive[j] = False
-                alive &= cn2 > 1e-8
     return out
 
 
@@ -165,11 +175,18 @@ def welch_all_concepts(x_from: np.ndarray, x_to: np.ndarray, C: np.ndarray, chun
     if na < 2 or nb < 2:
         return np.ones(len(C))
     delta = b.mean(0) - a.mean(0)
-    Sa, Sb = np.cov(a, rowvar=False) / na, np.cov(b, rowvar=False) / nb
+    # c^T Cov c from the centred data when a set is smaller than the dimension (cheaper), else from Cov
+    Da, Db = (a - a.mean(0)) / np.sqrt((na - 1) * na), (b - b.mean(0)) / np.sqrt((nb - 1) * nb)
+
+    def quad(c, D):
+        if len(D) < D.shape[1]:
+            return ((c @ D.T) ** 2).sum(1)
+        return ((c @ (D.T @ D)) * c).sum(1)
+
     p = np.empty(len(C))
     for s in range(0, len(C), chunk):
         c = np.asarray(C[s:s + chunk], np.float64)
-        va, vb = np.einsum("ij,jk,ik->i", c, Sa, c), np.einsum("ij,jk,ik->i", c, Sb, c)
+        va, vb = quad(c, Da), quad(c, Db)
         se2 = np.maximum(va + vb, 1e-300)
         t = (c @ delta) / np.sqrt(se2)
         df = se2 ** 2 / np.maximum(va ** 2 / (na - 1) + vb ** 2 / (nb - 1), 1e-300)
@@ -195,12 +212,14 @@ def concept_statistics(x_from: np.ndarray, x_to: np.ndarray, concepts_unit: np.n
 
 def explain_vectors(r: np.ndarray, E: np.ndarray, concepts: list[str], x_from: np.ndarray | None = None,
                     x_to: np.ndarray | None = None, groups: np.ndarray | None = None, *, top: int = 30,
-                    candidates: int = 500, permutations: int = 1000, seed: int = 0, method: str = "rave") -> dict:
+                    candidates: int = 500, permutations: int = 1000, seed: int = 0, method: str = "rave",
+                    deflated_steps: int = 10) -> dict:
     """Rank concepts for residual `r` (d,) against text embeddings `E` (V, d) of `concepts`.
 
     With the two sets' image vectors, add per-concept statistics for the top `candidates` and a
     permutation test of the whole ranking (family-wise adjusted p by the max statistic). `groups` (for the
-    concatenation [x_from; x_to]) restricts the shuffles to exchangeable units."""
+    concatenation [x_from; x_to]) restricts the shuffles to exchangeable units. The sequential (deflated) test
+    covers the first `deflated_steps` picks of each side (its cost is shuffles x vocabulary x steps)."""
     if E.shape[0] != len(concepts):
         raise ConfigError(f"{len(concepts)} concepts but {E.shape[0]} embeddings.")
     if E.shape[1] != len(r):
@@ -242,8 +261,9 @@ def explain_vectors(r: np.ndarray, E: np.ndarray, concepts: list[str], x_from: n
         if permutations > 0:
             labels, perm_info = permutation_labels(is_to, groups, permutations, seed)
             perm_info["K"] = permutations
-            deflations = {side: (sign, [pk["index"] for pk in picks_by_side[side]],
-                                 np.array([pk["direction"] for pk in picks_by_side[side]]).reshape(-1, C.shape[1]))
+            perm_info["deflated_steps"] = deflated_steps
+            deflations = {side: (sign, [pk["index"] for pk in picks_by_side[side][:deflated_steps]],
+                                 np.array([pk["direction"] for pk in picks_by_side[side][:deflated_steps]]).reshape(-1, C.shape[1]))
                           for side, sign in (("adds", 1.0), ("removes", -1.0))}
             null = permutation_null(X, labels, C, method, deflations)
             perm_info["seconds"] = round(time.perf_counter() - t0, 3)
@@ -263,10 +283,10 @@ def explain_vectors(r: np.ndarray, E: np.ndarray, concepts: list[str], x_from: n
                 stat = sign * tab["score_centred"].to_numpy()
                 extreme = null["max"] if side == "adds" else -null["min"]
                 tab["p_fwer"] = (1 + (extreme[None, :] >= stat[:, None]).sum(1)) / (permutations + 1)
-                seq_obs = np.array([pk["cosine_at_pick"] for pk in picks_by_side[side]])
+                seq_obs = np.array([pk["cosine_at_pick"] for pk in picks_by_side[side][:deflated_steps]])
                 seq_null = null["seq_" + side]
-                p_seq = (1 + (seq_null >= seq_obs[None, :]).sum(0)) / (permutations + 1)
-                tab["p_fwer_deflated"] = np.maximum.accumulate(p_seq)
+                p_seq = np.maximum.accumulate((1 + (seq_null >= seq_obs[None, :]).sum(0)) / (permutations + 1))
+                tab["p_fwer_deflated"] = np.r_[p_seq, np.full(len(tab) - len(p_seq), np.nan)]
         out["info"].update(candidates=int(len(cand_idx)), permutation=perm_info,
                            n_from=int(len(x_from)), n_to=int(len(x_to)),
                            significant_fwer_05=int(sum((t.get("p_fwer", pd.Series(dtype=float)) < 0.05).sum()
@@ -305,7 +325,8 @@ def _exemplars(run, mask: np.ndarray, query: np.ndarray, k: int) -> list[dict]:
 
 def explain_residual(residual: str | os.PathLike, out: str | os.PathLike = "report", *, vocab: str | None = None,
                      templates: str | None = None, top: int = 30, candidates: int = 500, permutations: int = 1000,
-                     seed: int = 0, exemplars: int = 3, device: str = "auto", progress: bool = True) -> dict:
+                     seed: int = 0, exemplars: int = 3, device: str = "auto", progress: bool = True,
+                     deflated_steps: int = 10) -> dict:
     """Rank concepts for a residual file and write report.{json,csv,md,html} into `out`. Returns the report dict."""
     from . import models, report as rep, vocab as vb
     from .residual import load_residual
@@ -316,10 +337,8 @@ def explain_residual(residual: str | os.PathLike, out: str | os.PathLike = "repo
         raise ConfigError("--permutations must be >= 0 and --candidates >= 1.")
     res = load_residual(residual)
     mi = res.info["model"]
-    lm = models.load_model(mi["model"], mi["pretrained"], device)
-    if lm.info["weights_sha256"] != mi["weights_sha256"]:
-        raise IncompatibleRunError(f"{residual} was made with other weights of {mi['model']}/{mi['pretrained']} "
-                                   f"(sha256 {mi['weights_sha256'][:12]}...); text embeddings would not match.")
+    # the network is built (and its weights checked against the residual's) only if some text is not cached
+    lm = models.TextModelHandle(mi["model"], mi["pretrained"], mi["weights_sha256"], len(res.vector), device)
     V = vb.resolve_vocab(vocab, lm)
     tpls = vb.resolve_templates(templates)
     t0 = time.perf_counter()
@@ -338,7 +357,8 @@ def explain_residual(residual: str | os.PathLike, out: str | os.PathLike = "repo
         note = f"Significance skipped: the source runs could not be read ({exc})."
         log.warning(note)
     result = explain_vectors(res.vector, E, V.concepts, x_from, x_to, groups, top=top, candidates=candidates,
-                             permutations=permutations, seed=seed, method=res.info.get("method", "rave"))
+                             permutations=permutations, seed=seed, method=res.info.get("method", "rave"),
+                             deflated_steps=deflated_steps)
     info = dict(result["info"], vocabulary=V.name, vocabulary_source=V.source, templates=tpls,
                 text_embedding_seconds=round(t_embed, 3), text_cache=cache_info["cache"], significance_note=note)
     if V.name == "model":

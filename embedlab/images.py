@@ -139,10 +139,9 @@ def decode_image(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS, data: b
 
 
 def mean_luma(img: Image.Image) -> float:
-    """Mean sRGB luma (Rec. 709 weights) in [0, 1], on a thumbnail."""
-    thumb = img.copy()
-    thumb.thumbnail((256, 256))
-    arr = np.asarray(thumb, dtype=np.float32) / 255.0
+    """Mean sRGB luma (Rec. 709 weights) in [0, 1], on a box-reduced copy (about 64 px on the short side)."""
+    factor = max(1, min(img.size) // 64)
+    arr = np.asarray(img.reduce(factor) if factor > 1 else img, dtype=np.float32) / 255.0
     return float((arr @ np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)).mean())
 
 

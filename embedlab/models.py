@@ -242,6 +242,44 @@ def load_model(model: str, pretrained: str | None = None, device: str | Any = "c
     return LoadedModel(clip_model, preprocess, tokenizer, dev, info)
 
 
+class TextModelHandle:
+    """A model known by its identity (from a residual's sidecar) that is created only when text must be encoded,
+    so a call served entirely from the text-embedding cache never builds the network."""
+
+    def __init__(self, model: str, pretrained: str, weights_sha256: str, dim: int, device="auto"):
+        self.model_name, self.pretrained, self.device = model, pretrained, device
+        self.dim = int(dim)
+        self._lm: LoadedModel | None = None
+        self._tokenizer = None
+        name, kind, _ = _classify_pretrained(model, pretrained)
+        self._open_clip_name = name
+        self.info = {"model": model, "pretrained": pretrained, "pretrained_kind": kind, "weights_sha256": weights_sha256}
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            register_configs()
+            import open_clip
+
+            self._tokenizer = open_clip.get_tokenizer(self._open_clip_name)
+            self.info.update(tokenizer=type(self._tokenizer).__name__,
+                             context_length=int(getattr(self._tokenizer, "context_length", 77)))
+        return self._tokenizer
+
+    def loaded(self) -> LoadedModel:
+        """The real model; refuses weights that differ from the expected identity."""
+        if self._lm is None:
+            from .errors import IncompatibleRunError
+
+            lm = load_model(self.model_name, self.pretrained, self.device)
+            if lm.info["weights_sha256"] != self.info["weights_sha256"] or lm.dim != self.dim:
+                raise IncompatibleRunError(
+                    f"The weights of {self.model_name}/{self.pretrained} (sha256 {lm.info['weights_sha256'][:12]}...) differ "
+                    f"from those the vectors were made with ({self.info['weights_sha256'][:12]}...).")
+            self._lm = lm
+        return self._lm
+
+
 def autocast_context(device):
     """bf16 autocast on CUDA (fp16 where bf16 is unsupported); a no-op on the CPU so CPU results stay bitwise."""
     import contextlib

@@ -19,7 +19,7 @@ def png_data_uri(fig) -> str:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=80)
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
@@ -116,7 +116,7 @@ def _summary_lines(report: dict) -> list[str]:
         lines.append(info["significance_note"])
     lines.append("Scores: cosine with the centred vocabulary (the text mean removed); z against the vocabulary; "
                  "raw_cosine as RAVE ranks. p_fwer: family-wise adjusted (max statistic over the vocabulary); "
-                 "p_fwer_deflated: the same test at each deflation step; welch_p: per-concept Welch t-test (nominal); q_bh: Benjamini-Hochberg over the whole vocabulary.")
+                 "p_fwer_deflated: the same test at each deflation step (the first steps; blank beyond); welch_p: per-concept Welch t-test (nominal); q_bh: Benjamini-Hochberg over the whole vocabulary.")
     return lines
 
 

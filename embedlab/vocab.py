@@ -116,6 +116,7 @@ def embed_concepts(lm, concepts: list[str], templates: list[str], batch_size: in
     Cached per (weights sha256, tokenizer, concept list, templates): the second call reads one .npy."""
     from . import models
 
+    _ = lm.tokenizer  # a lazy handle fills in its tokenizer identity here
     key_src = json.dumps({"w": lm.info["weights_sha256"], "tok": lm.info.get("tokenizer"), "ctx": lm.info.get("context_length"),
                           "concepts": hashlib.sha256("\n".join(concepts).encode("utf-8", "surrogateescape")).hexdigest(),
                           "templates": templates, "normalize": normalize}, sort_keys=True)
@@ -125,6 +126,8 @@ def embed_concepts(lm, concepts: list[str], templates: list[str], batch_size: in
         emb = load_npy(path)
         if emb.shape == (len(concepts), lm.dim):
             return emb, {"cache": "hit", "cache_file": str(path)}
+    if hasattr(lm, "loaded"):
+        lm = lm.loaded()
     acc = np.zeros((len(concepts), lm.dim), np.float64)
     for tpl in templates:
         acc += models.encode_texts(lm, [tpl.format(c) for c in concepts], batch_size=batch_size, progress=progress,
