@@ -1,7 +1,7 @@
 """Extraction throughput: a naive one-image-at-a-time loop (as the public reference code) vs `embedlab extract`.
 
     python analyses/bench_extract.py [--models embedlab-tiny ViT-B-32] [--n 192] [--size 512x384]
-                                     [--batch-size 64] [--workers 2] [--device auto] [--decode pil]
+                                     [--naive-n 256] [--batch-size 64] [--workers 2] [--device auto] [--decode pil]
 
 Inputs: the seven package photos (scikit-image, scikit-learn), each resized to SIZE and re-encoded as JPEG q90,
 with seeded crops and flips to make N distinct files. Weights: random init (`--pretrained none`), same FLOPs as
@@ -64,8 +64,8 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["embedlab-tiny", "ViT-B-32"])
-    ap.add_argument("--n", type=int, default=192)
-    ap.add_argument("--naive-n", type=int, default=None, help="Images for the naive loop (default: all).")
+    ap.add_argument("--n", type=int, default=1024)
+    ap.add_argument("--naive-n", type=int, default=256, help="Images for the naive loop (its rate is steady after a few).")
     ap.add_argument("--size", default="512x384")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=2)
