@@ -59,7 +59,7 @@ def naive_loop(lm, files) -> float:
 def main() -> None:
     from _common import write_json
     from embedlab import models
-    from embedlab.extract import extract
+    from embedlab.extract import default_workers, extract
     from embedlab.manifests import manifest
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -68,7 +68,7 @@ def main() -> None:
     ap.add_argument("--naive-n", type=int, default=256, help="Images for the naive loop (its rate is steady after a few).")
     ap.add_argument("--size", default="512x384")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=None, help="Default: extract's own choice (recorded).")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--decode", default="pil", help="pil or torchvision (GPU JPEG decode when the device is CUDA).")
     ap.add_argument("--out", default=None)
@@ -84,15 +84,19 @@ def main() -> None:
             naive_files = files[: args.naive_n] if args.naive_n else files
             naive_loop(lm, naive_files[:4])                             # warm-up
             naive = naive_loop(lm, naive_files)
-            extract(man, name, "none", tmp / "warm", device=args.device, batch_size=args.batch_size, workers=0,
-                    progress=False, overwrite=True, decode=args.decode)                # warm-up (and cache of imports)
+            if not (tmp / "warm.jsonl").exists():
+                make_inputs(tmp / "warm_images", args.batch_size, (w, h))
+                manifest("flat", tmp / "warm_images", tmp / "warm.jsonl", role="bench")
+            extract(tmp / "warm.jsonl", name, "none", tmp / "warm", device=args.device, batch_size=args.batch_size,
+                    workers=0, progress=False, overwrite=True, decode=args.decode)             # warm-up
             summary = extract(man, name, "none", tmp / f"run_{name}", device=args.device, batch_size=args.batch_size,
                               workers=args.workers, progress=False, overwrite=True, decode=args.decode)
             ours = summary["this_call"]["images_per_second"]
             row = {"model": name, "naive_img_per_s": round(naive, 2), "embedlab_img_per_s": ours,
                    "ratio": round(ours / naive, 2), "device": str(lm.device), "images": len(files),
                    "naive_images": len(naive_files), "image_size": args.size, "batch_size": args.batch_size,
-                   "workers": args.workers, "decode": args.decode}
+                   "workers": args.workers if args.workers is not None else f"auto ({default_workers(lm)})",
+                   "decode": args.decode}
             print(f"{name:16s} naive {naive:8.1f} img/s   embedlab {ours:8.1f} img/s   ratio {ours / naive:5.2f}x")
             results.append(row)
             del lm

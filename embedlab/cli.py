@@ -118,7 +118,7 @@ def extract_cmd(manifest: Path = typer.Option(..., "--manifest", "-m", help="Dat
                 out: Path = typer.Option(..., "--out", "-o", help="Run folder to create or resume."),
                 device: str = typer.Option("auto", help=DEVICE_HELP),
                 batch_size: int = typer.Option(64, help="Images per forward pass."),
-                workers: Optional[int] = typer.Option(None, help="DataLoader worker processes (default min(4, cores); 0 = in-process)."),
+                workers: Optional[int] = typer.Option(None, help="DataLoader worker processes (default: on a GPU up to 8; on the CPU all cores for small towers, 1 for large ones; 0 = in-process)."),
                 shard_size: int = typer.Option(1024, help="Images per shard (the unit of resume)."),
                 decode: str = typer.Option("pil", help="pil (PIL decode + open_clip preprocess) or torchvision "
                                            "(batched torchvision.io.decode_jpeg on the device; a different, recorded preprocessing)."),

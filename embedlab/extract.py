@@ -74,8 +74,16 @@ class _ImageDataset:
                 "error": None}
 
 
-def _collate(batch: list[dict]) -> list[dict]:
-    return batch
+def _collate(batch: list[dict]) -> dict:
+    """Runs in the worker: one stacked tensor per batch crosses the process boundary, not one per image."""
+    import torch
+
+    good = [b for b in batch if b["error"] is None]
+    stacked = None
+    if good and "pixels" in good[0]:
+        stacked = torch.stack([b.pop("pixels") for b in good])
+    return {"good": good, "pixels": stacked, "errors": [(b["row_id"], b["error"]) for b in batch if b["error"] is not None],
+            "n": len(batch)}
 
 
 def _device_preprocess(images: list, size: int, mean, std, device):
@@ -100,6 +108,16 @@ def _device_preprocess(images: list, size: int, mean, std, device):
     std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
     return (x - mean_t) / std_t, [float((o[0] * torch.tensor([0.2126, 0.7152, 0.0722], device=device).view(3, 1, 1)).sum(0).mean())
                                   for o in out]
+
+
+def default_workers(lm) -> int:
+    """Decode workers: on a GPU, up to 8; on the CPU, every core for small (decode-bound) towers, and one for
+    large (compute-bound) towers, whose forward pass needs the cores (busy decoders there slow it down)."""
+    cores = os.cpu_count() or 1
+    if lm.device.type == "cuda":
+        return min(8, cores)
+    params = sum(p.numel() for p in lm.model.visual.parameters())
+    return min(4, cores) if params < 10_000_000 else 1
 
 
 def input_hash(records: list[dict]) -> str:
@@ -163,7 +181,7 @@ def extract(manifest: str | os.PathLike, model: str, pretrained: str | None, out
 
     done = set(Run(run_dir).done_shards())
     todo = [s for s in range(header["shards"]) if s not in done]
-    n_workers = min(4, os.cpu_count() or 1) if workers is None else int(workers)
+    n_workers = default_workers(lm) if workers is None else int(workers)
     fault_after = int(os.environ.get("EMBEDLAB_FAULT_AFTER_SHARDS", "0") or 0)
     embedded = skipped = 0
     t0 = time.perf_counter()
@@ -205,19 +223,19 @@ def _embed_items(items, lm, decode, batch_size, n_workers, max_pixels, bar):
                         prefetch_factor=4 if n_workers > 0 else None)
     vecs, metas, errs = [], [], []
     for batch in loader:
-        good = [b for b in batch if b["error"] is None]
-        errs.extend((b["row_id"], b["error"]) for b in batch if b["error"] is not None)
+        good = batch["good"]
+        errs.extend(batch["errors"])
         if good:
             if decode == "torchvision":
                 pixels, lumas = _decode_batch_on_device(good, lm)
                 for b, luma in zip(good, lumas):
                     b["meta"]["mean_luma"] = luma
             else:
-                pixels = torch.stack([b["pixels"] for b in good])
+                pixels = batch["pixels"]
             vecs.extend(models.encode_image_batch(lm, pixels))
             metas.extend((b["row_id"], b["meta"]) for b in good)
         if bar is not None:
-            bar.update(len(batch))
+            bar.update(batch["n"])
     return vecs, metas, errs
 
 
