@@ -44,7 +44,11 @@ def search(run: str | os.PathLike, text: str | None = None, image: str | None = 
     r = Run(run)
     lm = load_run_model(r, device)
     query = models.encode_texts(lm, [text]) if text is not None else embed_query_image(lm, image)
+    from .index import maybe_to_gpu
+
     exact = r.load_index()
+    if lm.device.type == "cuda":
+        exact = maybe_to_gpu(exact)   # only with a GPU build of FAISS; else unchanged
     scores, ids = faiss_search(exact, query, k)
     info = {"index": "exact (IndexFlatIP)", "k": k, "ntotal": int(exact.ntotal)}
     if index != "flat":

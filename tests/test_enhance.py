@@ -206,3 +206,26 @@ def test_synth_backlit_cli(tmp_path):
     assert np.array_equal(got, recipe_a(load_photo("pkg:skimage/chelsea"), 1).image)
     params = json.loads((tmp_path / "s" / "params.json").read_text())
     assert params[1]["seed"] == 1 and "ev_fg" in params[1]
+
+
+def test_paired_batches_share_their_augmentation_and_the_pixel_loss_extension_trains(tiny_run, residual_file, tmp_path):
+    from embedlab.enhance.data import sample_batch
+    from embedlab.enhance.train import Trainer, make_config
+
+    imgs = (torch.rand(5, 3, 40, 40) * 255).to(torch.uint8)
+    out = sample_batch(imgs, 16, np.random.default_rng(0), True, 24, paired=imgs.clone())
+    assert out.shape == (16, 6, 24, 24) and torch.equal(out[:, :3], out[:, 3:])
+    tr = Trainer(make_config("cpu-small", out=str(tmp_path / "px"), **_opts(tiny_run, residual_file, pixel_loss=1.0)))
+    assert tr.gt is not None and len(tr.gt) == len(tr.backlit)
+    terms = tr.network_step(np.random.default_rng(0), reconstruct=False)
+    assert terms["pixel"] > 0
+
+
+def test_init_from_a_published_checkpoint():
+    from embedlab.enhance.train import load_enhancer_state
+
+    ckpt = shared_dir() / "checkpoints" / "rave" / "rave_unpaired.pth"
+    net = EnhancementNet("train")
+    net.load_state_dict(load_enhancer_state(ckpt))
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert torch.equal(net.cond1.weight, raw["module.cond1.weight"])

@@ -44,6 +44,38 @@ def resolve_images(spec: str, default_selector: str) -> list[str]:
     raise ConfigError(f"{spec!r} is neither a manifest (.jsonl), a run folder nor a folder of images.")
 
 
+def resolve_pairs(spec: str, default_selector: str) -> tuple[list[str], list[str]]:
+    """(images, paired ground truths) for a manifest or run spec; every selected image must have a `gt`."""
+    from .. import manifests as mf
+    from ..runs import Run
+
+    path, selector = spec, default_selector
+    if ":" in spec and not os.path.exists(spec):
+        path, selector = spec.rsplit(":", 1)
+    p = Path(path)
+    if p.is_dir() and (p / "manifest.json").exists():
+        from ..residual import _select
+
+        run = Run(p)
+        meta = run.metadata.loc[_select(run, selector)]
+        man = mf.read_manifest(run.manifest["source_manifest"])
+        by_line = {e.line: e for e in man.entries}
+        entries = [by_line[int(line)] for line in meta["manifest_line"]]
+    elif p.suffix == ".jsonl":
+        man = mf.read_manifest(p)
+        entries = man.entries
+        for part in [s for s in selector.split(",") if s]:
+            col, _, val = part.partition("=") if "=" in part else ("role", "", part)
+            entries = [e for e in entries if str(getattr(e, col, None)) == val]
+    else:
+        raise ConfigError(f"--pixel-loss needs paired data: pass a manifest or run whose records have \"gt\" ({spec}).")
+    missing = [e.path for e in entries if not e.gt]
+    if missing or not entries:
+        raise ConfigError(f"--pixel-loss needs a ground truth for every training image; {len(missing)} of {len(entries)} "
+                          f"have none (e.g. {missing[:2]}). Fix: use paired data (e.g. BAID with GT) or drop --pixel-loss.")
+    return [mf.materialize(man, e.path, e) for e in entries], [mf.materialize(man, e.gt) for e in entries]
+
+
 def load_resized(paths: list[str], size: int) -> torch.Tensor:
     """uint8 (N, 3, size, size): each image squash-resized to size x size (the paper resizes to 512x512)."""
     from PIL import Image
@@ -85,10 +117,13 @@ def augment(batch: torch.Tensor, rng: np.random.Generator, zoom=(0.7, 1.3)) -> t
 
 
 def sample_batch(images: torch.Tensor, batch_size: int, rng: np.random.Generator, augment_on: bool = True,
-                 crop: int | None = None) -> torch.Tensor:
-    """A random batch (float, [0, 1]); optionally a random crop of `crop` px."""
+                 crop: int | None = None, paired: torch.Tensor | None = None) -> torch.Tensor:
+    """A random batch (float, [0, 1]); optionally a random crop of `crop` px. With `paired` (ground truths aligned
+    with `images`) the pairs share one crop and augmentation and come back as 6 channels (image, then GT)."""
     idx = rng.integers(0, len(images), batch_size)
     x = images[idx].float() / 255.0
+    if paired is not None:
+        x = torch.cat([x, paired[idx].float() / 255.0], 1)
     if crop and crop < x.shape[-1]:
         y0, x0 = rng.integers(0, x.shape[-2] - crop + 1), rng.integers(0, x.shape[-1] - crop + 1)
         x = x[..., y0:y0 + crop, x0:x0 + crop]

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .._io import atomic_write_json, read_json
 from ..errors import ConfigError, IncompatibleRunError
 from . import losses as L
-from .data import load_resized, resolve_images, sample_batch
+from .data import load_resized, resolve_images, resolve_pairs, sample_batch
 from .network import EnhancementNet, strip_module_prefix
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class TrainConfig:
     augment: bool = True
     bank_views: int = 4                       # augmented views per image in the prompt/latent feature banks
     prompt_length: int = 16
-    pixel_loss: float = 0.0                   # extension, off by default: weight of an L1 to paired GT (not in the paper)
+    pixel_loss: float = 0.0                   # EXTENSION, off by default: weight of an L1 to the paired GT (not in the paper)
     display_iter: int = 20
     sample_iter: int = 200
     ckpt_iter: int = 200
@@ -152,7 +152,13 @@ class Trainer:
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self._load_guidance_model()
         self._load_identity_model()
-        self.backlit_paths = resolve_images(cfg.backlit, "role=backlit")
+        self.gt = None
+        if cfg.pixel_loss > 0:   # the extension: pairs from the manifest's "gt" (not in the paper)
+            self.backlit_paths, gt_paths = resolve_pairs(cfg.backlit, "role=backlit")
+            self.gt = load_resized(gt_paths, cfg.size)
+            log.info("pixel loss (an extension, not in the paper): weight %g, %d pairs", cfg.pixel_loss, len(gt_paths))
+        else:
+            self.backlit_paths = resolve_images(cfg.backlit, "role=backlit")
         self.welllit_paths = resolve_images(cfg.welllit, "role=welllit") if cfg.welllit else []
         self.backlit = load_resized(self.backlit_paths, cfg.size)
         self.welllit = load_resized(self.welllit_paths, cfg.size) if self.welllit_paths else None
@@ -256,7 +262,10 @@ class Trainer:
 
     def network_step(self, rng: np.random.Generator, reconstruct: bool) -> dict:
         cfg = self.cfg
-        x = sample_batch(self.backlit, cfg.batch_size, rng, cfg.augment, cfg.crop).to(self.dev)
+        x = sample_batch(self.backlit, cfg.batch_size, rng, cfg.augment, cfg.crop, self.gt).to(self.dev)
+        gt = None
+        if self.gt is not None:
+            x, gt = x[:, :3].contiguous(), x[:, 3:].contiguous()
         if self.cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         terms = {}
@@ -279,6 +288,10 @@ class Trainer:
                     g = L.clip_enhance_loss(self.encoder(out), gv)
                     loss = loss + L.W_CLIP * g
                     terms["guidance"] = g.item()
+            if gt is not None:
+                px = (out.float() - gt).abs().mean()
+                loss = loss + cfg.pixel_loss * px
+                terms["pixel"] = px.item()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
