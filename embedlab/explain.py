@@ -121,7 +121,6 @@ def permutation_null(X: np.ndarray, labels: np.ndarray, C: np.ndarray, method: s
     out = {"max": np.empty(K), "min": np.empty(K)}
     Cf = np.ascontiguousarray(C, dtype=np.float32)
     deflations = deflations or {}
-    CT = {side: Cf @ T.T for side, (_, _, T) in deflations.items()}
     for side, (_, idx, T) in deflations.items():
         out["seq_" + side] = np.empty((K, len(idx)))
     for s in range(0, K, chunk):
@@ -136,24 +135,10 @@ def permutation_null(X: np.ndarray, labels: np.ndarray, C: np.ndarray, method: s
         out["max"][s:s + chunk] = S0.max(1)
         out["min"][s:s + chunk] = S0.min(1)
         for side, (sign, idx, T) in deflations.items():
-            S = S0 * sign
-            proj_r = sign * (R @ T.T)
-            cn2 = np.ones(V, np.float32)
-            rn2 = np.ones(len(R), np.float32)
-            inv = np.empty(V, np.float32)
-            val = np.empty_like(S)
-            for i, j in enumerate(idx):
-                np.sqrt(np.maximum(cn2, 1e-8), out=inv)
-                np.divide(1.0, inv, out=inv)
-                np.multiply(S, inv, out=val)
-                dead = np.union1d(np.flatnonzero(cn2 <= 1e-8), np.asarray(idx[:i], int))   # picked: out of the race
-                if len(dead):
-                    val[:, dead] = -np.inf
-                out["seq_" + side][s:s + chunk, i] = val.max(1) / np.sqrt(np.maximum(rn2, 1e-12))
-                a, b = CT[side][:, i], proj_r[:, i]
-                S -= b[:, None] * a[None, :]
-                cn2 -= a * a
-                rn2 -= b * b
+            if len(idx):
+                A = np.ascontiguousarray((Cf @ T.T).T, dtype=np.float32)          # (m, V): concept . pick
+                B = np.ascontiguousarray(sign * (R @ T.T), dtype=np.float32)       # (K, m): shuffled r . pick
+                out["seq_" + side][s:s + chunk] = sequential_max(S0, sign, A, B, np.asarray(idx, np.int64))
     return out
 
 
@@ -162,6 +147,74 @@ def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
 
     p = np.asarray(p, float)
     return false_discovery_control(np.clip(p, 0, 1)) if len(p) else p
+
+
+def _step_tables(A: np.ndarray, picked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per deflation step: 1/|P c| for every concept and a -inf penalty for concepts out of the race."""
+    m, V = A.shape
+    inv = np.empty((m, V), np.float32)
+    pen = np.zeros((m, V), np.float32)
+    cn2 = np.ones(V, np.float64)
+    for i in range(m):
+        inv[i] = 1.0 / np.sqrt(np.maximum(cn2, 1e-8))
+        pen[i, cn2 <= 1e-8] = -np.inf
+        pen[i, picked[:i]] = -np.inf
+        cn2 -= A[i].astype(np.float64) ** 2
+    return inv, pen
+
+
+def sequential_max_reference(S0, sign, A, B, picked) -> np.ndarray:
+    """NumPy reference of `sequential_max` (for tests)."""
+    inv, pen = _step_tables(A, picked)
+    S = (sign * S0).astype(np.float32)
+    rn2 = np.ones(len(S))
+    out = np.empty((len(S), len(picked)))
+    for i in range(len(picked)):
+        out[:, i] = (S * inv[i] + pen[i]).max(1) / np.sqrt(np.maximum(rn2, 1e-12))
+        S -= B[:, i:i + 1] * A[i][None, :]
+        rn2 -= B[:, i].astype(np.float64) ** 2
+    return out
+
+
+def sequential_max(S0: np.ndarray, sign: float, A: np.ndarray, B: np.ndarray, picked: np.ndarray) -> np.ndarray:
+    """For each shuffle (a row of S0: its scores against the undeflated concepts), the best cosine at each
+    deflation step when the shuffled residual and the concepts are deflated by the observed picks. One fused
+    pass per row (numba), so a row of the vocabulary stays in cache across the steps."""
+    inv, pen = _step_tables(A, picked)
+    out = np.empty((S0.shape[0], A.shape[0]))
+    _sequential_max_kernel()(np.ascontiguousarray(S0, np.float32), np.float32(sign), A, B, inv, pen, out)
+    return out
+
+
+_KERNEL = None
+
+
+def _sequential_max_kernel():
+    global _KERNEL
+    if _KERNEL is None:
+        import numba
+
+        @numba.njit(parallel=True, cache=True)
+        def kernel(S0, sign, A, B, inv, pen, out):
+            K, V = S0.shape
+            m = A.shape[0]
+            for k in numba.prange(K):
+                row = S0[k] * sign
+                rn2 = 1.0
+                for i in range(m):
+                    best = -np.inf
+                    for v in range(V):
+                        val = row[v] * inv[i, v] + pen[i, v]
+                        if val > best:
+                            best = val
+                    out[k, i] = best / np.sqrt(max(rn2, 1e-12))
+                    b = B[k, i]
+                    for v in range(V):
+                        row[v] -= b * A[i, v]
+                    rn2 -= float(b) * float(b)
+
+        _KERNEL = kernel
+    return _KERNEL
 
 
 def welch_all_concepts(x_from: np.ndarray, x_to: np.ndarray, C: np.ndarray, chunk: int = 8192) -> np.ndarray:

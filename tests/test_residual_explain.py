@@ -250,3 +250,19 @@ def test_inlp_finds_and_removes_a_planted_attribute():
     assert len(D) >= 1 and history[0]["heldout_accuracy"] > 0.95
     assert abs(l2n(D[0]) @ attr) > 0.8
     assert history[-1]["heldout_accuracy"] <= history[-1]["majority_rate"] + 0.05 or len(D) == 10
+
+
+def test_fused_sequential_null_matches_the_numpy_reference():
+    rng = np.random.default_rng(0)
+    K, V, m, d = 40, 3000, 5, 32
+    C = l2n(rng.normal(size=(V, d))).astype(np.float32)
+    T = np.linalg.qr(rng.normal(size=(d, m)))[0].T.astype(np.float32)
+    R = l2n(rng.normal(size=(K, d))).astype(np.float32)
+    S0 = R @ C.T
+    A = np.ascontiguousarray((C @ T.T).T)
+    for sign in (1.0, -1.0):
+        B = np.ascontiguousarray(sign * (R @ T.T))
+        picked = np.array([3, 10, 20, 30, 40])
+        fast = explain.sequential_max(S0, sign, A, B, picked)
+        ref = explain.sequential_max_reference(S0, sign, A, B, picked)
+        assert np.allclose(fast, ref, atol=1e-6)
