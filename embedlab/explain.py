@@ -363,11 +363,10 @@ def _set_vectors(side: dict):
     return run, mask
 
 
-def _exemplars(run, mask: np.ndarray, query: np.ndarray, k: int) -> list[dict]:
+def _exemplars(run, index, mask: np.ndarray, query: np.ndarray, k: int) -> list[dict]:
     """Nearest images of one set to a concept, through the run's FAISS index (restricted to the set's ids)."""
     import faiss
 
-    index = run.load_index()
     ids = run.metadata["row_id"].to_numpy()[mask].astype(np.int64)
     params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(ids))
     scores, found = index.search(np.ascontiguousarray(query[None], dtype=np.float32), min(k, len(ids)), params=params)
@@ -428,17 +427,19 @@ def explain_residual(residual: str | os.PathLike, out: str | os.PathLike = "repo
         run_a, mask_a, run_b, mask_b = runs
         hists = []
         C = result["centred"]
+        xa, xb = l2n(x_from), l2n(x_to)
+        index_a, index_b = run_a.load_index(), run_b.load_index()
         for side, n in (("adds", 5), ("removes", 3)):
             for _, row in result[side].head(n).iterrows():
                 j = int(row["vocab_index"])
-                s_a, s_b = l2n(x_from) @ C[j], l2n(x_to) @ C[j]
-                hists.append((row["concept"], rep.png_data_uri(rep.similarity_histogram(
-                    row["concept"], s_a, s_b, res.info["from"]["selector"], res.info["to"]["selector"]))))
+                hists.append((row["concept"], xa @ C[j], xb @ C[j]))
                 if exemplars > 0:
                     ex = {"concept": row["concept"], "direction": side,
-                          "from": _exemplars(run_a, mask_a, E[j], exemplars), "to": _exemplars(run_b, mask_b, E[j], exemplars)}
+                          "from": _exemplars(run_a, index_a, mask_a, E[j], exemplars),
+                          "to": _exemplars(run_b, index_b, mask_b, E[j], exemplars)}
                     report["exemplars"].append(ex)
-        figures["histograms"] = hists
+        figures["histograms"] = rep.png_data_uri(rep.similarity_histograms(
+            hists, res.info["from"]["selector"], res.info["to"]["selector"]))
     html_exemplars = [{**ex, **{s: [dict(it, thumb=rep.thumb_data_uri(it["file"])) for it in ex[s]] for s in ("from", "to")}}
                       for ex in report["exemplars"]]
     report["files"] = rep.write_report(out, report, figures, html_exemplars)

@@ -57,19 +57,27 @@ def bar_chart(adds: pd.DataFrame, removes: pd.DataFrame, k: int = 15):
     return fig
 
 
-def similarity_histogram(concept: str, s_from: np.ndarray, s_to: np.ndarray, name_from: str, name_to: str):
+def similarity_histograms(items: list[tuple[str, np.ndarray, np.ndarray]], name_from: str, name_to: str):
+    """One figure: per top concept, a histogram of per-image similarity in set A vs set B."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4, 2.4))
-    bins = np.linspace(min(s_from.min(), s_to.min()), max(s_from.max(), s_to.max()), 25)
-    ax.hist(s_from, bins=bins, alpha=0.6, label=name_from, color="#495057")
-    ax.hist(s_to, bins=bins, alpha=0.6, label=name_to, color="#f08c00")
-    ax.set_title(concept, fontsize=9)
-    ax.set_xlabel("per-image similarity", fontsize=8)
-    ax.legend(fontsize=7)
+    cols = 4
+    rows = max(1, (len(items) + cols - 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.3 * rows), squeeze=False)
+    for ax, (concept, s_from, s_to) in zip(axes.flat, items):
+        bins = np.linspace(min(s_from.min(), s_to.min()), max(s_from.max(), s_to.max()) + 1e-9, 25)
+        ax.hist(s_from, bins=bins, alpha=0.6, label=name_from, color="#495057")
+        ax.hist(s_to, bins=bins, alpha=0.6, label=name_to, color="#f08c00")
+        ax.set_title(concept, fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(items):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.supxlabel("per-image similarity to the concept (centred)", fontsize=8)
+    fig.tight_layout()
     return fig
 
 
@@ -152,9 +160,8 @@ def render_html(report: dict, table: pd.DataFrame, figures: dict) -> str:
                                                for c, v in row.items()) + "</tr>")
         parts.append("</table>")
     if figures.get("histograms"):
-        parts.append("<h2>Per-image similarity, set A vs set B</h2><div class='figs'>")
-        parts += [f"<img alt='{e(name)}' src='{uri}'>" for name, uri in figures["histograms"]]
-        parts.append("</div>")
+        parts.append("<h2>Per-image similarity, set A vs set B</h2><div class='figs'>"
+                     f"<img alt='per-image similarity histograms' src='{figures['histograms']}'></div>")
     if report.get("exemplars"):
         parts.append("<h2>Exemplar images per concept</h2>")
         for ex in report["exemplars"]:
