@@ -62,8 +62,7 @@ class Manifest:
     @property
     def root(self) -> Path:
         base = self.path.parent if self.path is not None else Path.cwd()
-        return (base / self.header.get("root", ".")).resolve() if not os.path.isabs(self.header.get("root", ".")) \
-            else Path(self.header["root"])
+        return (base / self.header.get("root", ".")).resolve()   # an absolute root replaces the base
 
     @property
     def name(self) -> str:

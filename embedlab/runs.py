@@ -13,7 +13,7 @@ ids are those row ids.
 """
 from __future__ import annotations
 
-import os
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,8 +120,6 @@ def write_shard(run_dir: Path, shard: int, vectors: np.ndarray, meta: pd.DataFra
     name = shard_name(shard)
     atomic_save_npy(sdir / f"emb_{name}.npy", vectors)
     for frame, prefix in ((meta, "meta"), (errors, "err")):
-        import io
-
         buf = io.BytesIO()
         frame.to_parquet(buf, index=False)
         atomic_write_bytes(sdir / f"{prefix}_{name}.parquet", buf.getvalue())
@@ -141,10 +139,6 @@ def check_identity(existing: dict, wanted: dict, run_dir: Path) -> None:
 def clear_run(run_dir: Path) -> None:
     import shutil
 
-    for sub in ("shards",):
-        shutil.rmtree(run_dir / sub, ignore_errors=True)
+    shutil.rmtree(run_dir / "shards", ignore_errors=True)
     for f in ("manifest.json", "metadata.parquet", "errors.csv", "index.faiss"):
-        try:
-            os.remove(run_dir / f)
-        except FileNotFoundError:
-            pass
+        (run_dir / f).unlink(missing_ok=True)
