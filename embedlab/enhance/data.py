@@ -13,18 +13,35 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 
 
+def _split_spec(spec: str, default_selector: str) -> tuple[Path, str]:
+    """'PATH[:SELECTOR]' -> (path, selector); a path that exists as written wins over the split."""
+    if ":" in spec and not os.path.exists(spec):
+        path, selector = spec.rsplit(":", 1)
+        return Path(path), selector
+    return Path(spec), default_selector
+
+
+def _is_run(p: Path) -> bool:
+    return p.is_dir() and (p / "manifest.json").exists()
+
+
+def _manifest_entries(man, selector: str) -> list:
+    """Manifest entries matching a selector: a set label, COLUMN=VALUE, or several joined by commas."""
+    entries = man.entries
+    for part in [s for s in selector.split(",") if s]:
+        col, _, val = part.partition("=") if "=" in part else ("role", "", part)
+        entries = [e for e in entries if str(getattr(e, col, None)) == val]
+    return entries
+
+
 def resolve_images(spec: str, default_selector: str) -> list[str]:
     """Real file paths for 'MANIFEST.jsonl[:SELECTOR]', 'RUN[:SELECTOR]' or a folder of images."""
     from .. import manifests as mf
+    from ..residual import _select
     from ..runs import Run
 
-    path, selector = spec, default_selector
-    if ":" in spec and not os.path.exists(spec):
-        path, selector = spec.rsplit(":", 1)
-    p = Path(path)
-    if p.is_dir() and (p / "manifest.json").exists():
-        from ..residual import _select
-
+    p, selector = _split_spec(spec, default_selector)
+    if _is_run(p):
         run = Run(p)
         return list(run.metadata.loc[_select(run, selector), "file"])
     if p.is_dir():
@@ -34,12 +51,9 @@ def resolve_images(spec: str, default_selector: str) -> list[str]:
         return files
     if p.suffix == ".jsonl":
         man = mf.read_manifest(p)
-        entries = man.entries
-        for part in [s for s in selector.split(",") if s]:
-            col, _, val = part.partition("=") if "=" in part else ("role", "", part)
-            entries = [e for e in entries if str(getattr(e, col, None)) == val]
+        entries = _manifest_entries(man, selector)
         if not entries:
-            man.select(role=selector)
+            man.select(role=selector)   # raises, listing the labels present
         return [mf.materialize(man, e.path, e) for e in entries]
     raise ConfigError(f"{spec!r} is neither a manifest (.jsonl), a run folder nor a folder of images.")
 
@@ -47,15 +61,11 @@ def resolve_images(spec: str, default_selector: str) -> list[str]:
 def resolve_pairs(spec: str, default_selector: str) -> tuple[list[str], list[str]]:
     """(images, paired ground truths) for a manifest or run spec; every selected image must have a `gt`."""
     from .. import manifests as mf
+    from ..residual import _select
     from ..runs import Run
 
-    path, selector = spec, default_selector
-    if ":" in spec and not os.path.exists(spec):
-        path, selector = spec.rsplit(":", 1)
-    p = Path(path)
-    if p.is_dir() and (p / "manifest.json").exists():
-        from ..residual import _select
-
+    p, selector = _split_spec(spec, default_selector)
+    if _is_run(p):
         run = Run(p)
         meta = run.metadata.loc[_select(run, selector)]
         man = mf.read_manifest(run.manifest["source_manifest"])
@@ -63,10 +73,7 @@ def resolve_pairs(spec: str, default_selector: str) -> tuple[list[str], list[str
         entries = [by_line[int(line)] for line in meta["manifest_line"]]
     elif p.suffix == ".jsonl":
         man = mf.read_manifest(p)
-        entries = man.entries
-        for part in [s for s in selector.split(",") if s]:
-            col, _, val = part.partition("=") if "=" in part else ("role", "", part)
-            entries = [e for e in entries if str(getattr(e, col, None)) == val]
+        entries = _manifest_entries(man, selector)
     else:
         raise ConfigError(f"--pixel-loss needs paired data: pass a manifest or run whose records have \"gt\" ({spec}).")
     missing = [e.path for e in entries if not e.gt]
