@@ -117,7 +117,6 @@ def main() -> None:
         guidance_costs[mode] = {"init_step_s": timed(lambda: tg.guidance_step(g_rng, False), args.iters * 3, dev)}
         tg.earlier = [tg.banks["backlit"], tg.banks["backlit"]]
         guidance_costs[mode]["rank_step_s"] = timed(lambda: tg.guidance_step(g_rng, True), args.iters * 3, dev)
-        del tg
     # default schedules (method.md 1.6, 2.4, 2.5): RAVE = 1,000 reconstruction + 4,200 guided (best round ends at 5,200);
     # CLIP-LIT(-Latent) = 8,000 CE iterations + 1,000 reconstruction + 11 cycles of (2,100 network + 1,000 guidance)
     cycles = 11

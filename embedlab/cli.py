@@ -5,9 +5,7 @@ Exit codes: 0 success, 1 failure (an embedlab error: one line, no traceback unle
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional

@@ -126,7 +126,6 @@ def correct(residual: str | os.PathLike, out: str | os.PathLike, *, remove: list
         edits.append({"kind": "prompt-pair", "prompt": a, "baseline": b})
     if remove_labelled:
         from .runs import Run
-        from .residual import _select
 
         run_path, attribute = remove_labelled
         run = Run(run_path)

@@ -14,8 +14,6 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
-
 from ._io import atomic_write_bytes, atomic_write_json
 from .errors import ConfigError
 
@@ -212,7 +210,7 @@ def write_index(out: Path, result: dict) -> Path:
         f"<h2>2. Correction</h2><p>Removed concept (rule: the top-ranked added concept that is not a lighting word): "
         f"<b>{e(str(result['bias_concept']))}</b>. "
         + (f"cos(r, r') = {corr.get('cos_before_after', float('nan')):.4f}, {100 * corr.get('fraction_of_norm_removed', 0):.1f}% of |r| removed. "
-           if corr else "") + f"<a href='corrected.json'>sidecar</a>.</p>",
+           if corr else "") + "<a href='corrected.json'>sidecar</a>.</p>",
         f"<h2>3. Embedding maps</h2><p><img src='{rel(arts['plot_pca'])}' width='48%'>"
         + (f"<img src='{rel(arts['plot_umap'])}' width='48%'>" if "plot_umap" in arts else "") + "</p>",
         f"<h2>4. Enhancement of held-out backlit photos</h2><p>Columns: backlit input, enhanced, original. "

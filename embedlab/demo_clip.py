@@ -245,8 +245,6 @@ def pretrain_demo(out: str | os.PathLike | None = None, device: str = "auto", fo
 
 def zero_shot_lighting(lm, images: list[np.ndarray]) -> np.ndarray:
     """Predicted class index (into CLASSES) per image, from prompt ensembles of the lighting synonyms."""
-    import torch
-
     from . import models
 
     protos = []

@@ -10,7 +10,6 @@ import logging
 import math
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -117,7 +116,7 @@ def permutation_null(X: np.ndarray, labels: np.ndarray, C: np.ndarray, method: s
     total = Xn.sum(0)
     n_to = labels.sum(1, keepdims=True).astype(np.float64)
     n_from = labels.shape[1] - n_to
-    K, V = len(labels), len(C)
+    K = len(labels)
     out = {"max": np.empty(K), "min": np.empty(K)}
     Cf = np.ascontiguousarray(C, dtype=np.float32)
     deflations = deflations or {}

@@ -17,7 +17,7 @@ from . import manifests as mf
 from ._io import atomic_write_json, display_path, read_json
 from .errors import ConfigError
 from .images import DEFAULT_MAX_PIXELS, ImageError, decode_image, estimate_jpeg_quality, mean_luma
-from .runs import IDENTITY_KEYS, Run, check_identity, clear_run, shard_name, write_shard
+from .runs import Run, check_identity, clear_run, write_shard
 
 log = logging.getLogger(__name__)
 DECODERS = ("pil", "torchvision")
@@ -131,7 +131,7 @@ def extract(manifest: str | os.PathLike, model: str, pretrained: str | None, out
             device: str = "auto", batch_size: int = 64, workers: int | None = None, shard_size: int = 1024,
             decode: str = "pil", vector_dtype: str = "float32", overwrite: bool = False,
             roles: list[str] | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-            progress: bool = True, index_kind: str = "flat") -> dict:
+            progress: bool = True) -> dict:
     """Embed every image of a manifest into a run folder; rerunning the same call resumes where it stopped.
 
     Returns the run's summary (counts, skipped files, throughput). Raises IncompatibleRunError when `out`
@@ -207,12 +207,11 @@ def extract(manifest: str | os.PathLike, model: str, pretrained: str | None, out
     if bar is not None:
         bar.close()
     elapsed = time.perf_counter() - t0
-    return finalize(run_dir, header, index_kind, this_call={"embedded": embedded, "skipped": skipped,
+    return finalize(run_dir, header, this_call={"embedded": embedded, "skipped": skipped,
                                                            "seconds": elapsed, "started": t_start})
 
 
 def _embed_items(items, lm, decode, batch_size, n_workers, max_pixels, bar):
-    import torch
     from torch.utils.data import DataLoader
 
     from . import models
@@ -267,7 +266,7 @@ def _meta_frame(metas, entries, items) -> pd.DataFrame:
                       "jpeg_quality": "float64", "mean_luma": "float64"})
 
 
-def finalize(run_dir: Path, header: dict, index_kind: str = "flat", this_call: dict | None = None) -> dict:
+def finalize(run_dir: Path, header: dict, this_call: dict | None = None) -> dict:
     """Consolidate metadata, errors and the FAISS index from the done shards; mark the run complete."""
     from .index import build_index, write_index
 

@@ -48,7 +48,7 @@ def list_models() -> list[str]:
     return open_clip.list_models()
 
 
-def resolve_device(spec: str | None = "auto") -> "torch.device":
+def resolve_device(spec: str | None = "auto") -> Any:
     """'auto' picks CUDA when present (and logs the choice); 'cuda' without a GPU is an error, never a fallback."""
     import torch
 

@@ -7,7 +7,6 @@ shape (d,)) plus a JSON sidecar `residual.json`.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path

@@ -163,7 +163,6 @@ def test_cpu_training_end_to_end_through_the_cli(tiny_run, residual_file, tmp_pa
             f"{tiny_run}:role=backlit,split=train", "--preset", "cpu-small", "--identity", "pixel", "--iters", "10",
             "--size", "64", "--crop", "64", "--device", "cpu")
     assert r.returncode == 0, r.stderr[-2000:]
-    from embedlab.manifests import read_manifest, materialize
     from embedlab.runs import Run
 
     inputs = tmp_path / "inputs"
@@ -182,7 +181,6 @@ def test_cpu_training_end_to_end_through_the_cli(tiny_run, residual_file, tmp_pa
 
     for f, o in zip(sorted(files, key=lambda p: Path(p).stem), outs):
         assert Image.open(o).size == Image.open(f).size
-    demo = read_manifest(Path(Run(tiny_run).manifest["source_manifest"]))
     r = cli("evaluate", "--pred", str(tmp_path / "enh"), "--gt", str(Path(Run(tiny_run).manifest["source_manifest"])),
             "--gray", "--lpips")
     assert r.returncode == 0, r.stderr[-2000:]

@@ -1,4 +1,3 @@
-import json
 import os
 import subprocess
 import sys
@@ -185,7 +184,7 @@ def test_unfetchable_weights_fail_fast_with_help(tmp_path):
     env["HF_ENDPOINT"] = "http://127.0.0.1:9"   # a closed local port
     env["EMBEDLAB_CACHE"] = str(tmp_path / "cache")
     start = time.perf_counter()
-    base = subprocess.run([sys.executable, "-c", "import embedlab.models, open_clip, faiss"], env=env, cwd=REPO)
+    subprocess.run([sys.executable, "-c", "import embedlab.models, open_clip, faiss"], env=env, cwd=REPO)
     import_time = time.perf_counter() - start
     start = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "embedlab", "extract", "-m", "data_manifests/demo.jsonl", "--model", "ViT-B-32", "--pretrained",

@@ -4,8 +4,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-
 from .. import photos, synth
 from .._io import atomic_write_json
 from ..errors import ConfigError

@@ -10,11 +10,10 @@ uninterrupted one.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
