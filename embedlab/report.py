@@ -52,6 +52,7 @@ def bar_chart(adds: pd.DataFrame, removes: pd.DataFrame, k: int = 15):
     ax.barh(y, vals, color=colors)
     ax.set_yticks(y, labels, fontsize=8)
     ax.axvline(0, color="k", lw=0.6)
+    fig.subplots_adjust(left=0.3)
     ax.set_xlabel("cosine with the residual at the concept's deflation step (centred vocabulary)")
     ax.set_title("ranked concepts: green = added by the residual, red = removed")
     return fig
