@@ -131,7 +131,9 @@ def correct(residual: str | os.PathLike, out: str | os.PathLike, *, remove: list
         run = Run(run_path)
         if run.manifest["embed_dim"] != len(r) or run.manifest["weights_sha256"] != mi["weights_sha256"]:
             raise IncompatibleRunError(f"Run {run_path} was made with another model than residual {residual}.")
-        y = _select_any(run, attribute)
+        if "=" not in attribute:
+            raise ConfigError(f"--remove-labelled needs COLUMN=VALUE (e.g. role=welllit). Got {attribute!r}.")
+        y = run.select(attribute)
         D, history = inlp_directions(run.vectors, y)
         if len(D) == 0:
             raise ConfigError(f"No linear direction predicts {attribute!r} in {run_path} above chance; nothing to remove.")
@@ -160,12 +162,3 @@ def correct(residual: str | os.PathLike, out: str | os.PathLike, *, remove: list
     save_residual(out, r_new, info)
     return Residual(r_new.astype(np.float32), info, Path(out))
 
-
-def _select_any(run, attribute: str) -> np.ndarray:
-    meta = run.metadata
-    col, _, value = attribute.partition("=")
-    if not value:
-        raise ConfigError(f"--remove-labelled needs COLUMN=VALUE (e.g. role=welllit). Got {attribute!r}.")
-    if col not in meta.columns:
-        raise ConfigError(f"Run {run.path} has no column {col!r}. Columns: {', '.join(meta.columns)}.")
-    return (meta[col].astype(str) == value).to_numpy()
