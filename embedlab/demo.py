@@ -11,6 +11,7 @@ import html
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -99,8 +100,6 @@ def demo(out: str | os.PathLike = "demo_out", *, model: str | None = None, pretr
     else:
         log.warning("demo: every added concept is a lighting word; nothing to remove")
         c = res
-        import shutil
-
         shutil.copy(res_path, corrected)
         shutil.copy(res_path.with_suffix(".json"), corrected.with_suffix(".json"))
     arts["corrected"] = str(corrected)
@@ -119,8 +118,6 @@ def demo(out: str | os.PathLike = "demo_out", *, model: str | None = None, pretr
     man = read_manifest(man_path)
     test_inputs = out / "test_inputs"
     test_inputs.mkdir(exist_ok=True)
-    import shutil
-
     for e in man.entries:
         if e.split == "test" and e.role == "backlit":
             src = Path(materialize(man, e.path, e))

@@ -183,8 +183,6 @@ def _cli(*args):
 def test_end_to_end_cli_flow(tmp_path, tiny_run):
     res = tmp_path / "residual.npy"
     r = _cli("residual", str(tiny_run), "--from", "role=backlit,split=train", "--to", "role=welllit,split=train",
-             "--out", str(res), "--bootstrap", "50", "--device", "cpu") if False else \
-        _cli("residual", str(tiny_run), "--from", "role=backlit,split=train", "--to", "role=welllit,split=train",
              "--out", str(res), "--bootstrap", "50")
     assert r.returncode == 0, r.stderr
     vec = np.load(res, allow_pickle=False)

@@ -256,7 +256,7 @@ class Trainer:
         with torch.no_grad():
             maps_in = self.identity(inp)
         maps_out = self.identity(out)
-        w = tuple(weights[: len(maps_out)]) if len(maps_out) <= len(weights) else tuple(weights) + (1.0,) * (len(maps_out) - len(weights))
+        w = (tuple(weights) + (1.0,) * len(maps_out))[: len(maps_out)]   # ViT towers may give fewer or more maps
         return L.identity_loss(maps_out, maps_in, w)
 
     def network_step(self, rng: np.random.Generator, reconstruct: bool) -> dict:
