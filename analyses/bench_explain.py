@@ -3,8 +3,9 @@ the longest prompt of each batch) vs one token per forward at full context (RAVE
 extrapolated, labelled as such), and a cached explain call in-process (imports excluded) beside the CLI's wall time.
 
     python analyses/bench_explain.py [--models embedlab-tiny ViT-B-32] [--sample 500] [--threads 2]
+    python analyses/bench_explain.py --cached-only --models ViT-B-32     # the cached call only (fills a cache first)
 
-Writes analyses/results/bench_explain.json.
+Writes analyses/results/bench_explain.json (bench_explain_cached.json with --cached-only).
 """
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--cached-only", action="store_true", help="Skip the encode comparison; time the cached call only.")
+    ap.add_argument("--repeats", type=int, default=5, help="Cached calls timed in-process (the median is reported).")
+    ap.add_argument("--many", type=int, default=2000, help="Images per set for the synthetic many-image timing.")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.threads:
@@ -66,32 +69,62 @@ def main() -> None:
         print(f"{name:14s} all {len(tokens)} tokens: batched {batched:7.1f} s   one-at-a-time {slow:8.1f} s "
               f"(extrapolated from {args.sample})   ratio {slow / batched:6.1f}x")
         rows.append(row)
-    # A cached explain call: a small run of the tiny model, the full token vocabulary, K = 1000 shuffles.
-    from embedlab.explain import explain_residual
+    # A cached explain call: the demo run, the full token vocabulary, K = 1000 shuffles.
+    from embedlab.explain import explain_residual, explain_vectors
     from embedlab.extract import extract
     from embedlab.manifests import manifest
     from embedlab.residual import residual
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_explain_"))
-    os.environ.setdefault("EMBEDLAB_CACHE", str(tmp / "cache"))
+    os.environ.setdefault("EMBEDLAB_CACHE", str(tmp / "cache"))    # set it to reuse an already filled text cache
     man, _ = manifest("demo", ".", tmp / "demo.jsonl")
     model = args.models[-1]
     extract(man, model, "none", tmp / "run", device=args.device, workers=0, progress=False)
     residual(tmp / "run", "role=backlit,split=train", "role=welllit,split=train", tmp / "r.npy", bootstrap=0)
     explain_residual(tmp / "r.npy", tmp / "rep", vocab="tokens", device=args.device, progress=False)   # fills the cache
-    t0 = time.perf_counter()
-    rep = explain_residual(tmp / "r.npy", tmp / "rep2", vocab="tokens", device=args.device, progress=False)
-    cached = time.perf_counter() - t0
+    times = []
+    for i in range(args.repeats):
+        t0 = time.perf_counter()
+        rep = explain_residual(tmp / "r.npy", tmp / f"rep{i}", vocab="tokens", device=args.device, progress=False)
+        times.append(time.perf_counter() - t0)
+    cached = float(np.median(times))
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "embedlab", "-q", "explain-residual", str(tmp / "r.npy"), "--vocab", "tokens",
-                    "--out", str(tmp / "rep3"), "--device", args.device], check=True, env=dict(os.environ),
+                    "--out", str(tmp / "rep_cli"), "--device", args.device], check=True, env=dict(os.environ),
                    capture_output=True)
     cli = time.perf_counter() - t0
-    print(f"cached explain call ({model}, {rep['info']['vocabulary_size']} tokens, K=1000): in-process {cached:.2f} s, "
-          f"CLI wall {cli:.2f} s")
+    info = rep["info"]
+    print(f"cached explain call ({model}, {info['vocabulary_size']} tokens, {info['n_from']} + {info['n_to']} images, "
+          f"K=1000): in-process median {cached:.2f} s over {args.repeats} (min {min(times):.2f}, max {max(times):.2f}; "
+          f"permutation test {info['permutation']['seconds']:.2f} s), CLI wall {cli:.2f} s")
+    # The same scoring with many images (the pure function; synthetic unit vectors, no I/O, no figures): the
+    # permutation test's cost is shuffles x vocabulary x dimension, nearly independent of the number of images.
+    from embedlab.vocab import embed_concepts, resolve_templates, resolve_vocab
+    from embedlab.models import TextModelHandle
+    from embedlab.residual import load_residual
+
+    res = load_residual(tmp / "r.npy")
+    mi = res.info["model"]
+    lm = TextModelHandle(mi["model"], mi["pretrained"], mi["weights_sha256"], len(res.vector), args.device)
+    V = resolve_vocab("tokens", lm)
+    E, _ = embed_concepts(lm, V.concepts, resolve_templates(None))
+    rng = np.random.default_rng(0)
+    d = E.shape[1]
+    base = rng.normal(size=d)
+    x_from = base + rng.normal(size=(args.many, d))
+    x_to = base + rng.normal(size=(args.many, d)) + 0.3 * rng.normal(size=d)
+    explain_vectors(res.vector, E, V.concepts, x_from, x_to)
+    t0 = time.perf_counter()
+    explain_vectors(res.vector, E, V.concepts, x_from, x_to)
+    many = time.perf_counter() - t0
+    print(f"explain_vectors with {args.many} + {args.many} synthetic image vectors, same vocabulary, K=1000: {many:.2f} s")
     write_json("bench_explain_cached.json" if args.cached_only else "bench_explain.json", {"encode": rows, "cached_explain": {
-        "model": model, "vocabulary": "tokens", "vocabulary_size": rep["info"]["vocabulary_size"], "permutations": 1000,
-        "in_process_s": round(cached, 3), "cli_wall_s": round(cli, 3), "text_cache": rep["info"]["text_cache"]}}, args.out)
+        "model": model, "vocabulary": "tokens", "vocabulary_size": info["vocabulary_size"], "permutations": 1000,
+        "images": [info["n_from"], info["n_to"]], "repeats": args.repeats, "in_process_s": round(cached, 3),
+        "in_process_all_s": [round(t, 3) for t in times], "permutation_test_s": info["permutation"]["seconds"],
+        "cli_wall_s": round(cli, 3), "text_cache": info["text_cache"],
+        "explain_vectors_many_images_s": round(many, 3), "many_images": [args.many, args.many],
+        "target_in_process_s": 2.0}}, args.out)
 
 
 if __name__ == "__main__":

@@ -252,7 +252,7 @@ class TextModelHandle:
         self._lm: LoadedModel | None = None
         self._tokenizer = None
         name, kind, _ = _classify_pretrained(model, pretrained)
-        self._open_clip_name = name
+        self.open_clip_name = name
         self.info = {"model": model, "pretrained": pretrained, "pretrained_kind": kind, "weights_sha256": weights_sha256}
 
     @property
@@ -261,7 +261,7 @@ class TextModelHandle:
             register_configs()
             import open_clip
 
-            self._tokenizer = open_clip.get_tokenizer(self._open_clip_name)
+            self._tokenizer = open_clip.get_tokenizer(self.open_clip_name)
             self.info.update(tokenizer=type(self._tokenizer).__name__,
                              context_length=int(getattr(self._tokenizer, "context_length", 77)))
         return self._tokenizer

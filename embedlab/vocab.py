@@ -50,6 +50,42 @@ def tokenizer_tokens(tokenizer) -> list[str]:
     raise ConfigError(f"Cannot list the tokens of tokenizer {type(tokenizer).__name__}; pass --vocab FILE instead.")
 
 
+def tokenizer_record(lm) -> dict:
+    """{'tokenizer': type name, 'context_length': n, 'tokens': decoded tokens} of a model's tokenizer, and the
+    first two copied into lm.info (they are part of the text-cache key).
+
+    For a model known only by name (a lazy `TextModelHandle`, as in a cached explain call) the record is
+    cached per (open_clip model name, open_clip version): building a tokenizer imports all of open_clip (about
+    4 s on two cores) and decoding 49,408 tokens takes a further 0.2 s, more than the rest of a cached call."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from ._io import read_json
+
+    name = getattr(lm, "open_clip_name", None)
+    try:
+        open_clip_version = version("open_clip_torch")
+    except PackageNotFoundError:       # a source checkout without metadata: no key to trust, no cache
+        open_clip_version = None
+    path = None
+    if name is not None and open_clip_version is not None:
+        key = hashlib.sha256(json.dumps({"model": name, "open_clip": open_clip_version}).encode()).hexdigest()[:24]
+        path = cache_dir() / "tokenizers" / f"{key}.json"
+        if path.exists():
+            try:
+                rec = read_json(path)
+                lm.info.update(tokenizer=rec["tokenizer"], context_length=rec["context_length"])
+                return rec
+            except (ValueError, KeyError, OSError) as exc:
+                log.warning("Ignoring an unreadable tokenizer cache file %s (%s); rebuilding it.", path, exc)
+    tok = lm.tokenizer
+    rec = {"model": name or lm.info.get("model"), "tokenizer": type(tok).__name__,
+           "context_length": int(getattr(tok, "context_length", 77)), "tokens": tokenizer_tokens(tok)}
+    lm.info.update(tokenizer=rec["tokenizer"], context_length=rec["context_length"])
+    if path is not None:
+        atomic_write_json(path, rec)
+    return rec
+
+
 def words_from_tokens(tokens: list[str]) -> list[str]:
     """Whole alphabetic words (3+ letters, lower case) among the tokens, deduplicated, in token order."""
     seen, out = set(), []
@@ -91,7 +127,7 @@ def resolve_vocab(spec: str | None, lm) -> Vocabulary:
             raise ConfigError(f"{lm.info['model']}/{lm.info['pretrained']} ships no vocabulary; use tokens, words or a file.")
         return Vocabulary("model", read_vocab_file(own), f"the model's own vocabulary ({own.name})")
     if spec in ("tokens", "words"):
-        tokens = tokenizer_tokens(lm.tokenizer)
+        tokens = tokenizer_record(lm)["tokens"]
         if spec == "tokens":
             uniq = list(dict.fromkeys(t for t in tokens if t))
             return Vocabulary("tokens", uniq, f"all {len(tokens)} tokenizer tokens ({len(uniq)} distinct strings)")
@@ -116,7 +152,8 @@ def embed_concepts(lm, concepts: list[str], templates: list[str], batch_size: in
     Cached per (weights sha256, tokenizer, concept list, templates): the second call reads one .npy."""
     from . import models
 
-    _ = lm.tokenizer  # a lazy handle fills in its tokenizer identity here
+    if "tokenizer" not in lm.info:
+        tokenizer_record(lm)  # the tokenizer's identity, in lm.info, is part of the key
     key_src = json.dumps({"w": lm.info["weights_sha256"], "tok": lm.info.get("tokenizer"), "ctx": lm.info.get("context_length"),
                           "concepts": hashlib.sha256("\n".join(concepts).encode("utf-8", "surrogateescape")).hexdigest(),
                           "templates": templates, "normalize": normalize}, sort_keys=True)

@@ -47,6 +47,20 @@ def test_text_embeddings_are_cached(tiny_model):
     assert "photo" in words and all(w.isalpha() for w in words)
 
 
+def test_a_cached_call_builds_no_tokenizer(tiny_model):
+    """The token vocabulary and the tokenizer's identity come from a cache on the second call: a lazy handle
+    (what explain-residual uses) then never builds the tokenizer, which would import all of open_clip."""
+    from embedlab import models
+
+    first = models.TextModelHandle("embedlab-tiny", "none", "sha-not-checked-here", 64)
+    v1 = vocab.resolve_vocab("tokens", first)
+    second = models.TextModelHandle("embedlab-tiny", "none", "sha-not-checked-here", 64)
+    v2 = vocab.resolve_vocab("tokens", second)
+    assert second._tokenizer is None
+    assert v2.concepts == v1.concepts == list(dict.fromkeys(t for t in vocab.tokenizer_tokens(tiny_model.tokenizer) if t))
+    assert (second.info["tokenizer"], second.info["context_length"]) == (first.info["tokenizer"], first.info["context_length"])
+
+
 @pytest.fixture(scope="module")
 def planted_vocab():
     """A real (random-init) open_clip text tower: the 128-d embedlab-demo architecture (64-d towers crowd a
@@ -263,3 +277,52 @@ def test_fused_sequential_null_matches_the_numpy_reference():
         fast = explain.sequential_max(S0, sign, A, B, picked)
         ref = explain.sequential_max_reference(S0, sign, A, B, picked)
         assert np.allclose(fast, ref, atol=1e-6)
+
+
+def test_blocked_permutation_null_matches_a_direct_computation():
+    """The null is computed block by block over the vocabulary in several threads: it must equal scoring
+    every shuffle against the whole vocabulary at once."""
+    rng = np.random.default_rng(1)
+    n, V, d = 30, 1000, 24
+    X = l2n(rng.normal(size=(n, d)))
+    C = l2n(rng.normal(size=(V, d))).astype(np.float32)
+    labels, _ = explain.permutation_labels(np.arange(n) >= 12, None, 50, seed=0)
+    r = l2n(rng.normal(size=d))
+    picks = explain.deflation_rankings(r, C, 6)
+    deflations = {side: (sign, [p["index"] for p in pk], np.array([p["direction"] for p in pk]))
+                  for side, sign, pk in (("adds", 1.0, picks[0]), ("removes", -1.0, picks[1]))}
+    got = explain.permutation_null(X, labels, C, "rave", deflations, block=97, rows=16, threads=3)
+    R = explain.shuffled_residuals(X, labels, "rave")
+    S0 = R @ C.T
+    assert np.allclose(got["max"], S0.max(1), atol=1e-6) and np.allclose(got["min"], S0.min(1), atol=1e-6)
+    for side, (sign, idx, T) in deflations.items():
+        A = np.ascontiguousarray(T.astype(np.float32) @ C.T)
+        B = sign * (R @ T.T.astype(np.float32))
+        ref = explain.sequential_max_reference(S0, sign, A, B, np.array(idx))
+        assert np.allclose(got["seq_" + side], ref, atol=1e-5)
+    # the first step of each side is the plain maximum (of -score for 'removes')
+    assert np.allclose(got["seq_adds"][:, 0], got["max"], atol=1e-6)
+    assert np.allclose(got["seq_removes"][:, 0], -got["min"], atol=1e-6)
+
+
+def test_deflation_rankings_follow_the_definition():
+    """Against the definition, with every candidate materialised: pick the best cosine with the residual,
+    project the pick out of the residual and of every candidate, renormalise, repeat (both signs at once)."""
+    rng = np.random.default_rng(2)
+    C = l2n(rng.normal(size=(500, 16))).astype(np.float32)
+    r = l2n(rng.normal(size=16))
+    both = explain.deflation_rankings(r, C, 8)
+    for sign, fast in zip((1.0, -1.0), both):
+        rr, D, picked = sign * r, C.astype(np.float64), []
+        for step in range(8):
+            norms = np.linalg.norm(D, axis=1)
+            cos = (D @ rr) / np.maximum(norms, 1e-12) / np.linalg.norm(rr)
+            cos[picked] = -np.inf
+            j = int(np.argmax(cos))
+            assert fast[step]["index"] == j
+            assert np.isclose(fast[step]["cosine_at_pick"], cos[j], atol=1e-5)
+            t = D[j] / norms[j]
+            picked.append(j)
+            rr = rr - (rr @ t) * t
+            D = D - np.outer(D @ t, t)
+        assert np.isclose(fast[-1]["cum_explained"], 1 - rr @ rr, atol=1e-6)
