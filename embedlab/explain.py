@@ -282,25 +282,36 @@ def _kernels():
         flags = {"nnan", "nsz", "reassoc", "contract"}
 
         @numba.njit(nogil=True, cache=True, fastmath=flags)
-        def step(row, inv, pen, a, b):
-            best = np.float32(-np.inf)
+        def step(row, inv, pen, a, b, vals, keys):
+            """max_v (row * inv + pen), then row -= b * a. `keys` is `vals` viewed as int32: LLVM does not
+            vectorise a float max reduction here but does an integer one, so the maximum is taken over an
+            order-preserving integer image of the floats (flip the low 31 bits of negatives), its own inverse."""
             for v in range(row.shape[0]):
-                val = row[v] * inv[v] + pen[v]
-                best = max(best, val)
+                vals[v] = row[v] * inv[v] + pen[v]
+            for v in range(row.shape[0]):
                 row[v] -= b * a[v]
-            return best
+            best = np.int32(-2147483648)
+            for v in range(row.shape[0]):
+                x = keys[v]
+                best = max(best, x ^ ((x >> 31) & np.int32(0x7FFFFFFF)))
+            return best ^ ((best >> 31) & np.int32(0x7FFFFFFF))
 
         @numba.njit(nogil=True, cache=True, fastmath=flags)
         def sequential_max(S, sign, A, B, inv, pen, v0, best):
             """Rows of S score the concepts v0 .. v0 + w; best[k, i] = max over them at step i (before the
-            division by |P r|). One fused pass per step: the maximum, then the deflation by pick i."""
+            division by |P r|). Per step: the maximum, then the deflation by pick i."""
             K, w = S.shape
             row = np.empty(w, np.float32)
+            vals = np.empty(w, np.float32)
+            keys = vals.view(np.int32)
+            out = np.empty(1, np.int32)
+            as_float = out.view(np.float32)
             for k in range(K):
                 for v in range(w):
                     row[v] = S[k, v] * sign
                 for i in range(A.shape[0]):
-                    best[k, i] = step(row, inv[i, v0:v0 + w], pen[i, v0:v0 + w], A[i, v0:v0 + w], B[k, i])
+                    out[0] = step(row, inv[i, v0:v0 + w], pen[i, v0:v0 + w], A[i, v0:v0 + w], B[k, i], vals, keys)
+                    best[k, i] = as_float[0]
 
         @numba.njit(parallel=True, cache=True, fastmath=flags)
         def times_vocab(C, T, out):

@@ -73,9 +73,11 @@ def tokenizer_record(lm) -> dict:
         if path.exists():
             try:
                 rec = read_json(path)
+                if not isinstance(rec.get("tokens"), list):
+                    raise ValueError("no token list")
                 lm.info.update(tokenizer=rec["tokenizer"], context_length=rec["context_length"])
                 return rec
-            except (ValueError, KeyError, OSError) as exc:
+            except (ValueError, KeyError, AttributeError, OSError) as exc:
                 log.warning("Ignoring an unreadable tokenizer cache file %s (%s); rebuilding it.", path, exc)
     tok = lm.tokenizer
     rec = {"model": name or lm.info.get("model"), "tokenizer": type(tok).__name__,
