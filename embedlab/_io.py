@@ -75,6 +75,13 @@ def display_path(path: str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one, else every core)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def cache_dir() -> Path:
     """The user's cache folder for embedlab (EMBEDLAB_CACHE, else XDG_CACHE_HOME/embedlab, else ~/.cache/embedlab)."""
     env = os.environ.get("EMBEDLAB_CACHE")

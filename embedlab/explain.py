@@ -17,9 +17,11 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, IncompatibleRunError
-from .residual import l2n
+from ._io import usable_cores
+from .residual import group_codes, l2n
 
 log = logging.getLogger(__name__)
+SIDES = {"adds": 1.0, "removes": -1.0}     # ranking side -> sign of the score it ranks by
 
 
 def unit_rows32(X: np.ndarray, inplace: bool = False) -> np.ndarray:
@@ -119,10 +121,7 @@ def permutation_labels(is_to: np.ndarray, groups: np.ndarray | None, n_perm: int
     both ways) have labels shuffled within each group; without groups, images are permuted."""
     rng = np.random.default_rng(seed)
     n = len(is_to)
-    if groups is None:
-        codes = np.arange(n)
-    else:
-        codes = pd.factorize(pd.Series(groups).astype(str))[0]
+    codes = group_codes(groups, n)
     n_groups = codes.max() + 1
     to_frac = np.bincount(codes, weights=is_to.astype(float), minlength=n_groups) / np.bincount(codes, minlength=n_groups)
     nested = bool(np.all((to_frac == 0) | (to_frac == 1)))
@@ -204,8 +203,7 @@ def permutation_null(X: np.ndarray, labels: np.ndarray, C: np.ndarray, method: s
                     kernel(S, sign, A, B[k0:k0 + rows], inv, pen, v0, out[k0:k0 + rows])
         return mx, mn, seq
 
-    n_threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(max(1, min(n_threads, len(starts)))) as pool:
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(max(1, min(threads or usable_cores(), len(starts)))) as pool:
         parts = list(pool.map(work, starts))
     out = {"max": np.max([p[0] for p in parts], 0).astype(np.float64),
            "min": np.min([p[1] for p in parts], 0).astype(np.float64)}
@@ -396,8 +394,8 @@ def explain_vectors(r: np.ndarray, E: np.ndarray, concepts: list[str], x_from: n
     out: dict = {"info": {"vocabulary_size": len(concepts), "text_mean_norm": float(np.linalg.norm(text_mean)),
                           "score": "cosine of r with the centred, renormalised concept embedding"}}
     tables, picks_by_side = {}, {}
-    both = deflation_rankings(r, C, top, (1.0, -1.0))
-    for (side, sign), picks in zip((("adds", 1.0), ("removes", -1.0)), both):
+    both = deflation_rankings(r, C, top, tuple(SIDES.values()))
+    for (side, sign), picks in zip(SIDES.items(), both):
         picks_by_side[side] = picks
         rows = []
         for rank, pk in enumerate(picks, 1):
@@ -411,9 +409,9 @@ def explain_vectors(r: np.ndarray, E: np.ndarray, concepts: list[str], x_from: n
     if x_from is not None and x_to is not None and len(x_from) and len(x_to):
         n_cand = min(candidates, len(concepts))
         cand_idx = np.argsort(-np.abs(s_centred))[:n_cand]
-        for side in tables:
-            extra = [j for j in tables[side]["vocab_index"] if j not in set(cand_idx)]
-            cand_idx = np.r_[cand_idx, np.asarray(extra, int)]
+        shortlisted = set(cand_idx.tolist())
+        ranked = [j for tab in tables.values() for j in tab["vocab_index"]]
+        cand_idx = np.r_[cand_idx, np.asarray(list(dict.fromkeys(j for j in ranked if j not in shortlisted)), int)]
         stats = concept_statistics(x_from, x_to, C[cand_idx])
         q_all = benjamini_hochberg(welch_all_concepts(x_from, x_to, C))   # BH over the whole vocabulary
         stats["q_bh"] = q_all[cand_idx]
@@ -428,7 +426,7 @@ def explain_vectors(r: np.ndarray, E: np.ndarray, concepts: list[str], x_from: n
             perm_info["deflated_steps"] = deflated_steps
             deflations = {side: (sign, [pk["index"] for pk in picks_by_side[side][:deflated_steps]],
                                  np.array([pk["direction"] for pk in picks_by_side[side][:deflated_steps]]).reshape(-1, C.shape[1]))
-                          for side, sign in (("adds", 1.0), ("removes", -1.0))}
+                          for side, sign in SIDES.items()}
             null = permutation_null(X, labels, C, method, deflations)
             perm_info["seconds"] = round(time.perf_counter() - t0, 3)
             finite = perm_info["distinct_shuffles"] not in (0, float("inf"))
@@ -443,8 +441,7 @@ def explain_vectors(r: np.ndarray, E: np.ndarray, concepts: list[str], x_from: n
             for col in ("mean_sim_from", "mean_sim_to", "diff", "auroc", "welch_p", "q_bh"):
                 tab[col] = stats.loc[idx, col].to_numpy()
             if permutations > 0:
-                sign = 1.0 if side == "adds" else -1.0
-                stat = sign * tab["score_centred"].to_numpy()
+                stat = SIDES[side] * tab["score_centred"].to_numpy()
                 extreme = null["max"] if side == "adds" else -null["min"]
                 tab["p_fwer"] = (1 + (extreme[None, :] >= stat[:, None]).sum(1)) / (permutations + 1)
                 seq_obs = np.array([pk["cosine_at_pick"] for pk in picks_by_side[side][:deflated_steps]])
@@ -513,8 +510,7 @@ def explain_residual(residual: str | os.PathLike, out: str | os.PathLike = "repo
     try:
         (run_a, mask_a), (run_b, mask_b) = _set_vectors(res.info["from"]), _set_vectors(res.info["to"])
         x_from, x_to = run_a.vectors[mask_a], run_b.vectors[mask_b]
-        g = pd.concat([run_a.metadata.loc[mask_a, "group"], run_b.metadata.loc[mask_b, "group"]]).astype(str).to_numpy()
-        groups = g
+        groups = pd.concat([run_a.metadata.loc[mask_a, "group"], run_b.metadata.loc[mask_b, "group"]]).astype(str).to_numpy()
         runs = (run_a, mask_a, run_b, mask_b)
     except (ConfigError, FileNotFoundError, KeyError) as exc:
         note = f"Significance skipped: the source runs could not be read ({exc})."

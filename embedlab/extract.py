@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from . import manifests as mf
-from ._io import atomic_write_json, display_path, read_json
+from ._io import atomic_write_bytes, atomic_write_json, display_path, read_json, usable_cores
 from .errors import ConfigError
 from .images import DEFAULT_MAX_PIXELS, ImageError, decode_image, estimate_jpeg_quality, mean_luma
 from .runs import Run, check_identity, clear_run, write_shard
@@ -113,7 +113,7 @@ def _device_preprocess(images: list, size: int, mean, std, device):
 def default_workers(lm) -> int:
     """Decode workers: on a GPU, up to 8; on the CPU, every core for small (decode-bound) towers, and one for
     large (compute-bound) towers, whose forward pass needs the cores (busy decoders there slow it down)."""
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     if lm.device.type == "cuda":
         return min(8, cores)
     params = sum(p.numel() for p in lm.model.visual.parameters())
@@ -283,8 +283,6 @@ def finalize(run_dir: Path, header: dict, this_call: dict | None = None) -> dict
 
         buf = io.BytesIO()
         meta.to_parquet(buf, index=False)
-        from ._io import atomic_write_bytes
-
         atomic_write_bytes(run_dir / "metadata.parquet", buf.getvalue())
         atomic_write_bytes(run_dir / "errors.csv", errors.to_csv(index=False).encode("utf-8", "backslashreplace"))
         index = build_index(run.vectors, meta["row_id"].to_numpy(), "flat")

@@ -167,7 +167,8 @@ def render_html(report: dict, table: pd.DataFrame, figures: dict) -> str:
         parts.append(f"<h2>{'Added' if side == 'adds' else 'Removed'} concepts</h2><table><tr>"
                      + "".join(f"<th>{e(c)}</th>" for c in t.columns) + "</tr>")
         for _, row in t.iterrows():
-            sig = " class='sig'" if float(row.get("p_fwer_deflated", 1) if pd.notna(row.get("p_fwer_deflated", np.nan)) else 1) < 0.05 else ""
+            p_deflated = row.get("p_fwer_deflated")
+            sig = " class='sig'" if pd.notna(p_deflated) and float(p_deflated) < 0.05 else ""
             parts.append(f"<tr{sig}>" + "".join(f"<td class='c'>{e(_fmt(v))}</td>" if c == "concept" else f"<td>{e(_fmt(v))}</td>"
                                                for c, v in row.items()) + "</tr>")
         parts.append("</table>")

@@ -54,7 +54,8 @@ def compute_residual(x_from: np.ndarray, x_to: np.ndarray, method: str = "rave")
     return (rave_residual if method == "rave" else mean_difference)(x_from, x_to)
 
 
-def _group_codes(groups: np.ndarray | None, n: int) -> np.ndarray:
+def group_codes(groups: np.ndarray | None, n: int) -> np.ndarray:
+    """Integer codes 0..G-1 of each item's group; each item its own group when `groups` is None."""
     if groups is None:
         return np.arange(n)
     return pd.factorize(pd.Series(groups).astype(str))[0]
@@ -67,7 +68,7 @@ def bootstrap_stability(x_from, x_to, groups_from=None, groups_to=None, n_boot: 
     Resamples groups (scenes) with replacement when groups are given, else images."""
     full = compute_residual(x_from, x_to, method)[0]
     rng = np.random.default_rng(seed)
-    codes = [_group_codes(groups_from, len(x_from)), _group_codes(groups_to, len(x_to))]
+    codes = [group_codes(groups_from, len(x_from)), group_codes(groups_to, len(x_to))]
     members = [[np.flatnonzero(c == g) for g in range(c.max() + 1)] for c in codes]
     cos = []
     for _ in range(n_boot):

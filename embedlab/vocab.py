@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import atomic_save_npy, atomic_write_json, cache_dir, load_npy
+from ._io import atomic_save_npy, atomic_write_json, cache_dir, load_npy, read_json
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -58,8 +58,6 @@ def tokenizer_record(lm) -> dict:
     cached per (open_clip model name, open_clip version): building a tokenizer imports all of open_clip (about
     4 s on two cores) and decoding 49,408 tokens takes a further 0.2 s, more than the rest of a cached call."""
     from importlib.metadata import PackageNotFoundError, version
-
-    from ._io import read_json
 
     name = getattr(lm, "open_clip_name", None)
     try:
