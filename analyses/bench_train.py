@@ -88,8 +88,8 @@ def main() -> None:
         g_total = 0.0
         id_total = 0.0
         for i in range(len(out)):            # one image per tower call, fp32, as the reference code
-            f = tr.encoder(out[i:i + 1])
-            g_total = g_total + ((f @ tr.v_res - tr.thr) ** 2).sum()
+            f = tr.guidance.encoder(out[i:i + 1])
+            g_total = g_total + ((f @ tr.guidance.v_res - tr.guidance.thr) ** 2).sum()
             with torch.no_grad():
                 m_in = tr.identity(x[i:i + 1])
             m_out = tr.identity(out[i:i + 1])
@@ -111,12 +111,13 @@ def main() -> None:
     for mode in ("latent", "prompt"):
         tg = Trainer(make_config("paper", out=str(tmp / mode), guidance=mode, bank_views=1, guidance_size=min(256, size),
                                  **{k: v for k, v in common.items() if k != "residual"}))
-        tg.banks["backlit"] = tg.build_bank(tg.backlit, 1)
-        tg.banks["welllit"] = tg.build_bank(tg.welllit, 2)
+        gm = tg.guidance
+        gm.banks["backlit"] = gm.build_bank(tg.backlit, 1)
+        gm.banks["welllit"] = gm.build_bank(tg.welllit, 2)
         g_rng = np.random.default_rng(2)
-        guidance_costs[mode] = {"init_step_s": timed(lambda: tg.guidance_step(g_rng, False), args.iters * 3, dev)}
-        tg.earlier = [tg.banks["backlit"], tg.banks["backlit"]]
-        guidance_costs[mode]["rank_step_s"] = timed(lambda: tg.guidance_step(g_rng, True), args.iters * 3, dev)
+        guidance_costs[mode] = {"init_step_s": timed(lambda: gm.guidance_step(g_rng, False), args.iters * 3, dev)}
+        gm.earlier = [gm.banks["backlit"], gm.banks["backlit"]]
+        guidance_costs[mode]["rank_step_s"] = timed(lambda: gm.guidance_step(g_rng, True), args.iters * 3, dev)
     # default schedules (method.md 1.6, 2.4, 2.5): RAVE = 1,000 reconstruction + 4,200 guided (best round ends at 5,200);
     # CLIP-LIT(-Latent) = 8,000 CE iterations + 1,000 reconstruction + 11 cycles of (2,100 network + 1,000 guidance)
     cycles = 11

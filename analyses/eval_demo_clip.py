@@ -67,7 +67,7 @@ def run_eval(device: str = "cpu", steps: int | None = None) -> dict:
     r_bias = rave_residual(X[back], X[planted_well])[0]
     biased = explain.explain_vectors(r_bias, E, V.concepts, X[back], X[planted_well], top=5, permutations=1000)
     top3 = list(biased["adds"]["concept"].head(3))
-    removed = pick_bias_concept(biased["adds"].to_dict(orient="records"), dc.MODEL_NAME)
+    removed = pick_bias_concept(biased["adds"].to_dict(orient="records"))
     C, _ = explain.centre(E)
     r_fixed, stats = project_out(r_bias, [C[V.concepts.index(removed)]]) if removed else (r_bias, {})
     result = {

@@ -6,6 +6,9 @@
 #   mkdir -p .gpu_carry && python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
 #     --platform manylinux2014_x86_64 -d .gpu_carry open_clip_torch ftfy wcwidth faiss-cpu
+#   python3 -m pip download --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#     -d .gpu_carry "ray>=2.9"                              # with its dependencies (msgpack, protobuf, jsonschema, ...)
 #   python3 -m pip wheel --no-deps -w .gpu_carry .          # embedlab itself
 # then run it through the device tool with carry [".gpu_carry"] and the command
 #   bash analyses/gpu_check.sh
@@ -20,8 +23,14 @@ fi
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 EMBEDLAB_CACHE=/tmp/embedlab-cache
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$RESULTS/gpu.txt"
 run() { echo "== $*"; timeout 150 python3 "$@" --out "$RESULTS" 2>&1 | tail -15; }
-run analyses/bench_extract.py --models ViT-B-32 ViT-L-14 --n 4096 --naive-n 256 --size 512x384 --batch-size 512 \
-    --workers 8 --device cuda --decode torchvision
+# extraction: --decode auto (nvJPEG on the GPU) at 512x384 and 1600x1200, ViT-B-32 and ViT-L-14, vs the naive loop
+run analyses/bench_extract.py --suite naive --models ViT-B-32 ViT-L-14 --n 4096 --naive-n 256 --size 512x384 \
+    --batch-size 512 --workers 8 --device cuda --decode auto --tag-size
+run analyses/bench_extract.py --suite naive --models ViT-B-32 ViT-L-14 --n 1024 --naive-n 64 --size 1600x1200 \
+    --batch-size 256 --workers 8 --device cuda --decode auto --tag-size
+# the same on the Ray engine: a local Ray instance, one actor on the one GPU, vs the local engine (start-up excluded)
+run analyses/bench_extract.py --suite ray-gpu --models ViT-B-32 --scale-n 4096 --size 512x384 --batch-size 512 \
+    --device cuda --decode auto --repeats 1
 run analyses/bench_train.py --batch 8 --size 512 --device cuda --iters 10
 run analyses/bench_explain.py --models embedlab-tiny ViT-B-32 --device cuda
 run analyses/bench_enhance.py --device cuda --checkpoints .gpu_carry/checkpoints   # cp -r ../shared/checkpoints .gpu_carry/ first

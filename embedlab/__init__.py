@@ -9,12 +9,15 @@ __version__ = "0.1.0"
 
 _API = {
     "manifest": "embedlab.manifests", "read_manifest": "embedlab.manifests",
-    "extract": "embedlab.extract", "search": "embedlab.search", "Run": "embedlab.runs",
-    "load_model": "embedlab.models", "list_models": "embedlab.models",
+    "extract": "embedlab.extract", "search": "embedlab.search", "Run": "embedlab.runs", "merge_runs": "embedlab.runs",
+    "index_run": "embedlab.index", "Selector": "embedlab.selector",
+    "load_model": "embedlab.models", "list_models": "embedlab.models", "load_verified": "embedlab.models",
     "residual": "embedlab.residual", "compute_residual": "embedlab.residual", "load_residual": "embedlab.residual",
     "explain_residual": "embedlab.explain", "correct": "embedlab.correct", "plot": "embedlab.plot",
-    "train": "embedlab.enhance.train", "enhance": "embedlab.enhance.infer", "evaluate": "embedlab.enhance.evaluate",
-    "synth_backlit": "embedlab.enhance.synthset", "pretrain_demo": "embedlab.demo_clip", "demo": "embedlab.demo",
+    "embedding_map": "embedlab.embedding_map",
+    "train": "embedlab.enhance.train", "register_guidance": "embedlab.enhance.guidance",
+    "list_guidance": "embedlab.enhance.guidance", "enhance": "embedlab.enhance.infer", "evaluate": "embedlab.enhance.evaluate",
+    "synth_backlit": "embedlab.synth_dataset", "pretrain_demo": "embedlab.demo_clip", "demo": "embedlab.demo",
 }
 
 __all__ = sorted(_API) + ["__version__"]

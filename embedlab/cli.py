@@ -4,6 +4,7 @@ Exit codes: 0 success, 1 failure (an embedlab error: one line, no traceback unle
 """
 from __future__ import annotations
 
+import enum
 import functools
 import logging
 import sys
@@ -13,6 +14,8 @@ from typing import List, Optional
 import typer
 
 from . import __version__
+from .enhance.guidance import list_guidance
+from .index import KINDS as _INDEX_KINDS
 from .errors import EmbedlabError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -22,11 +25,10 @@ _STATE = {"debug": False}
 
 MODEL_HELP = "open_clip architecture (e.g. ViT-B-32), hf-hub:ORG/REPO, or embedlab-demo / embedlab-tiny."
 PRETRAINED_HELP = "Weights: an open_clip pretrained tag (e.g. openai), hf-hub:ORG/REPO, a local checkpoint file, or none (random init)."
+INDEX_KINDS = tuple(_INDEX_KINDS)
+SearchIndex = enum.Enum("SearchIndex", {k: k for k in ("run", *INDEX_KINDS)}, type=str)        # real choices
+IndexKindChoice = enum.Enum("IndexKindChoice", {k: k for k in ("auto", *INDEX_KINDS)}, type=str)
 DEVICE_HELP = "auto (GPU when present, says which), cpu, cuda, cuda:N. 'cuda' without a GPU is an error."
-
-
-def _echo(msg: str) -> None:
-    typer.echo(msg)
 
 
 def handle_errors(fn):
@@ -42,7 +44,20 @@ def handle_errors(fn):
         except KeyboardInterrupt:
             typer.echo("Interrupted. Finished work is kept; rerun the same command to resume.", err=True)
             raise typer.Exit(130)
+        except OSError as exc:     # the file system said no (permissions, disk full, a file where a folder goes)
+            if _STATE["debug"]:
+                raise
+            typer.echo(f"Error: {_os_error_line(exc)}", err=True)
+            raise typer.Exit(1)
     return wrapper
+
+
+def _os_error_line(exc: OSError) -> str:
+    from ._io import display_path
+
+    names = [display_path(str(f)) for f in (exc.filename, exc.filename2) if f is not None]
+    return (f"{exc.strerror or type(exc).__name__}: {' -> '.join(names) or str(exc)}. Fix the path or its permissions "
+            "and rerun (--debug shows the traceback).")
 
 
 def _version(value: bool):
@@ -90,8 +105,8 @@ def models_cmd(pattern: str = typer.Argument("", help="Only names containing thi
 
 @app.command("manifest")
 @handle_errors
-def manifest_cmd(layout: str = typer.Argument(..., help="flat, baid, lol, lolv2, sice, fivek480, afifi or demo."),
-                 root: Path = typer.Argument(Path("."), help="Dataset root folder (ignored for demo)."),
+def manifest_cmd(layout: str = typer.Argument(..., help="flat, baid, lol, lolv2, sice, fivek480, afifi, webdataset or demo."),
+                 root: Path = typer.Argument(Path("."), help="Dataset root folder (ignored for demo); webdataset: a folder of .tar shards or a glob."),
                  out: Path = typer.Option(..., "--out", "-o", help="Manifest file to write (.jsonl)."),
                  role: str = typer.Option("welllit", help="Set label for every image (flat layout only)."),
                  split: Optional[str] = typer.Option(None, help="Split for every image (flat: default train; baid: override)."),
@@ -104,6 +119,8 @@ def manifest_cmd(layout: str = typer.Argument(..., help="flat, baid, lol, lolv2,
         opts["split"] = split
     path, report = manifest(layout, root, out, **opts)
     typer.echo(f"wrote {path} ({report['count']} images)")
+    for note in report.get("notes", [])[:10]:
+        typer.echo(f"note: {note}")
     if report.get("dropped_duplicates"):
         typer.echo(f"dropped {len(report['dropped_duplicates'])} duplicate(s): {', '.join(report['dropped_duplicates'][:10])}")
 
@@ -116,20 +133,26 @@ def extract_cmd(manifest: Path = typer.Option(..., "--manifest", "-m", help="Dat
                 out: Path = typer.Option(..., "--out", "-o", help="Run folder to create or resume."),
                 device: str = typer.Option("auto", help=DEVICE_HELP),
                 batch_size: int = typer.Option(64, help="Images per forward pass."),
-                workers: Optional[int] = typer.Option(None, help="DataLoader worker processes (default: on a GPU up to 8; on the CPU all cores for small towers, 1 for large ones; 0 = in-process)."),
+                workers: Optional[int] = typer.Option(None, help="DataLoader worker processes (default: on a GPU up to 8; on the CPU all cores for small towers, 1 for large ones; 0 = in-process). With --engine ray: CPUs (decode threads) per actor."),
                 shard_size: int = typer.Option(1024, help="Images per shard (the unit of resume)."),
-                decode: str = typer.Option("pil", help="pil (PIL decode + open_clip preprocess) or torchvision "
-                                           "(batched torchvision.io.decode_jpeg on the device; a different, recorded preprocessing)."),
+                decode: str = typer.Option("auto", help="auto (torchvision on CUDA, pil elsewhere), pil (PIL decode + open_clip preprocess) or torchvision "
+                                           "(batched torchvision.io.decode_jpeg on the device, nvJPEG on CUDA; a different, recorded preprocessing)."),
                 dtype: str = typer.Option("float32", help="Stored vector dtype: float32 or float16."),
                 role: Optional[List[str]] = typer.Option(None, help="Only embed images with this set label (repeatable)."),
                 overwrite: bool = typer.Option(False, help="Replace a run folder made with another configuration."),
+                max_aspect: float = typer.Option(100.0, help="Refuse images whose long side exceeds this many times the short side (recorded as extreme-aspect; bounds the memory of the short-side resize)."),
+                engine: str = typer.Option("local", help="local (this process and its decode workers) or ray (Ray actors: one per GPU, or per CPU share; pip install 'embedlab[ray]')."),
+                address: Optional[str] = typer.Option(None, help="--engine ray: address of a running Ray cluster (e.g. auto, or HEAD:6379); default: start a local instance. The run folder must be on storage every node mounts at the same path."),
+                gpus_per_worker: Optional[float] = typer.Option(None, help="--engine ray: GPUs per actor (default 1 when the cluster has GPUs)."),
+                break_lock: bool = typer.Option(False, help="Take over the run folder's lock from a process that is gone (e.g. killed on another machine)."),
                 progress: bool = typer.Option(True, help="Show a progress bar.")):
     """Embed a manifest's images into a resumable run folder (vectors, metadata, FAISS index)."""
     from .extract import extract
 
     summary = extract(manifest, model, pretrained, out, device=device, batch_size=batch_size, workers=workers,
                       shard_size=shard_size, decode=decode, vector_dtype=dtype, overwrite=overwrite, roles=role,
-                      progress=progress)
+                      max_aspect=max_aspect, engine=engine, address=address, gpus_per_worker=gpus_per_worker,
+                      break_lock=break_lock, progress=progress)
     typer.echo(f"run {out}: {summary['embedded']} embedded, {summary['skipped']} skipped"
                + (f" ({', '.join(f'{k}: {v}' for k, v in summary['skipped_by_reason'].items())}; see {out}/errors.csv)"
                   if summary["skipped"] else "")
@@ -142,19 +165,79 @@ def search_cmd(run: Path = typer.Argument(..., help="Run folder made by `embedla
                text: Optional[str] = typer.Option(None, help="Text query."),
                image: Optional[Path] = typer.Option(None, help="Image query (a file)."),
                k: int = typer.Option(10, "--k", "-k", help="How many results."),
-               index: str = typer.Option("flat", help="flat (exact, default), hnsw or ivf (approximate: recall@k is reported)."),
+               index: SearchIndex = typer.Option("run",
+                                         help="run: the run's own index (built by extract or `embedlab index`; default). "
+                                              "A kind (" + ", ".join(INDEX_KINDS) + "): build that index in memory for this "
+                                              "query. An approximate index's recall against exact search is printed."),
                device: str = typer.Option("auto", help=DEVICE_HELP),
                as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")):
     """Top-k nearest images of a run to a text or image query, with scores."""
     from .search import search
 
-    table, info = search(run, text=text, image=str(image) if image else None, k=k, index=index, device=device)
+    table, info = search(run, text=text, image=str(image) if image else None, k=k, index=index.value, device=device)
     if as_json:
         _print_json({"info": info, "results": table.to_dict(orient="records")})
         return
     typer.echo(table.to_string(index=False))
-    extra = f"; recall@{k} vs exact = {info['recall_at_k']:.3f} over {info['recall_queries']} queries" if "recall_at_k" in info else ""
-    typer.echo(f"[{info['index']}, {info['ntotal']} vectors{extra}]")
+    extra = ""
+    if not info["exact"]:
+        rec = ", ".join(f"@{kk} {v:.3f}" for kk, v in info.get("recall", {}).items())
+        extra = f"; recall vs exact search: {rec or 'not measured'} ({info.get('search_params') or 'default search'})"
+    typer.echo(f"[answered by {info['index']} index, {info['ntotal']} vectors{extra}]")
+
+
+@app.command("index")
+@handle_errors
+def index_cmd(run: Path = typer.Argument(..., help="Run folder made by `embedlab extract` (or `embedlab runs merge`)."),
+              kind: IndexKindChoice = typer.Option("auto",
+                                       help="auto: by size (exact below 1M vectors when they fit the budget, HNSW when its "
+                                            "graph fits, else IVF with float32, 8-bit or PQ codes). Or: " +
+                                            "; ".join(f"{k.name}: {k.help}" for k in _INDEX_KINDS.values()) + "."),
+              memory_budget: str = typer.Option("4G", help="Memory the finished index may take (e.g. 4G, 512M); auto picks "
+                                                "the most precise kind that fits, an explicit kind over it is refused."),
+              nlist: Optional[int] = typer.Option(None, help="Inverted lists for IVF kinds (default 2^round(log2(4 sqrt(N))))."),
+              train_size: Optional[int] = typer.Option(None, help="Vectors sampled to train IVF kinds (default 50 per list, "
+                                                       "at least 10,000)."),
+              queries: int = typer.Option(500, help="Held-out queries for tuning, and as many again for the recall@1/10/100 "
+                                          "measured against exact search."),
+              recall_target: float = typer.Option(0.95, help="recall@10 the search setting (nprobe / efSearch) is tuned to reach."),
+              seed: int = typer.Option(0, help="Seed for the training sample and the queries."),
+              as_json: bool = typer.Option(False, "--json", help="Print the index record as JSON.")):
+    """Build the run's FAISS index out of core (trained on a sample, filled shard by shard, written atomically; on the GPU
+    with a GPU build of FAISS) and record its recall and latency in the run manifest."""
+    from .index import index_run
+
+    info = index_run(run, kind.value, memory_budget=memory_budget, nlist=nlist, train_size=train_size, queries=queries,
+                     recall_target=recall_target, seed=seed)
+    if as_json:
+        _print_json(info)
+        return
+    typer.echo(f"wrote {run / info['file']}: {info['kind']} ({info['factory']}; {info['why']}), {info['ntotal']:,} vectors, "
+               f"{info['size_bytes'] / 2**20:.1f} MiB, built in {info['build_seconds']:.1f} s")
+    if not info["exact"]:
+        rec = ", ".join(f"@{k} {v:.3f}" for k, v in info["recall"].items())
+        typer.echo(f"recall vs exact search ({info['recall_queries']} held-out queries): {rec}; search {info['search_params']}")
+    typer.echo(f"single-query latency: median {info['latency']['median_ms']:.3f} ms, p95 {info['latency']['p95_ms']:.3f} ms")
+
+
+runs_app = typer.Typer(no_args_is_help=True, help="Work with run folders as wholes (merge).")
+app.add_typer(runs_app, name="runs")
+
+
+@runs_app.command("merge")
+@handle_errors
+def runs_merge_cmd(runs: List[Path] = typer.Argument(..., help="Two or more finished run folders of the same model and preprocessing."),
+                   out: Path = typer.Option(..., "--out", "-o", help="The merged run folder to write."),
+                   overwrite: bool = typer.Option(False, help="Replace --out if it exists."),
+                   index_budget: str = typer.Option("4G", help="Build the exact index while its float32 vectors fit this "
+                                                    "memory; beyond, run `embedlab index` on the merged run.")):
+    """Merge runs extracted separately (several machines, days) into one run; refuses mixed models or preprocessing.
+    Row ids are renumbered; the column merged_from names each image's source run."""
+    from .runs import merge_runs
+
+    summary = merge_runs(runs, out, overwrite=overwrite, index_budget=index_budget)
+    typer.echo(f"merged {summary['merged']} runs into {out}: {summary['embedded']} images, {summary['skipped']} skipped"
+               + (f"; {summary['index'].get('note')}" if summary.get("index", {}).get("note") else ""))
 
 
 @app.command("residual")
@@ -166,11 +249,16 @@ def residual_cmd(run: Path = typer.Argument(..., help="Run folder (the 'from' se
                  to_run: Optional[Path] = typer.Option(None, help="Take the 'to' set from this run (same model and preprocessing required)."),
                  method: str = typer.Option("rave", help="rave (the paper: normalise, mean, normalise, subtract, normalise) or mean-diff."),
                  bootstrap: int = typer.Option(200, help="Bootstrap resamples for the stability figure (0 = skip)."),
-                 seed: int = typer.Option(0, help="Random seed for the bootstrap.")):
-    """Compute the residual vector between two image sets (the paper's formula) with its sidecar."""
+                 seed: int = typer.Option(0, help="Random seed for the bootstrap."),
+                 memory_budget: str = typer.Option("1G", help="Memory for what the streaming pass keeps beyond one block of "
+                                                   "vectors (per-group sums, bootstrap weights), e.g. 512M, 2G.")):
+    """Compute the residual vector between two image sets (the paper's formula) with its sidecar.
+
+    Streams the run's memory-mapped vectors once, block by block: runs larger than memory are fine."""
     from .residual import residual
 
-    res = residual(run, from_, to, out, to_run=str(to_run) if to_run else None, method=method, bootstrap=bootstrap, seed=seed)
+    res = residual(run, from_, to, out, to_run=str(to_run) if to_run else None, method=method, bootstrap=bootstrap, seed=seed,
+                   memory_budget=memory_budget)
     info = res.info
     typer.echo(f"wrote {out} (dim {len(res.vector)}, thr {res.thr:.4f}; {info['from']['count']} '{from_}' -> "
                f"{info['to']['count']} '{to}' images; cos(v_from, v_to) = {info['cos_v_from_v_to']:.4f})")
@@ -178,6 +266,9 @@ def residual_cmd(run: Path = typer.Argument(..., help="Run folder (the 'from' se
         b = info["bootstrap"]
         typer.echo(f"bootstrap stability ({b['n_boot']} resamples of {b['unit']}s): mean cosine {b['mean_cosine']:.3f}, "
                    f"95% interval [{b['ci95'][0]:.3f}, {b['ci95'][1]:.3f}]")
+
+
+FamilyChoice = enum.Enum("FamilyChoice", {k: k for k in ("page", "adds", "removes")}, type=str)   # permutation.FAMILIES
 
 
 @app.command("explain-residual")
@@ -192,6 +283,8 @@ def explain_residual_cmd(residual: Path = typer.Argument(..., help="residual.npy
                          permutations: int = typer.Option(1000, help="Label shuffles for the family-wise permutation test (0 = skip)."),
                          seed: int = typer.Option(0, help="Seed for the shuffles."),
                          deflated_steps: int = typer.Option(10, help="Deflation steps that get the sequential permutation test (p_fwer_deflated)."),
+                         family: FamilyChoice = typer.Option("page", help="What p_fwer controls: page (both lists, one family) or a one-sided question about one list (adds or removes; the other list gets no p-values)."),
+                         min_explained: float = typer.Option(0.001, help="A list ends at a pick that explains less than this share of |r|^2."),
                          exemplars: int = typer.Option(3, help="Exemplar images per top concept and set."),
                          device: str = typer.Option("auto", help=DEVICE_HELP)):
     """Rank the concepts a residual carries, with significance, into report.{json,csv,md,html}."""
@@ -199,7 +292,7 @@ def explain_residual_cmd(residual: Path = typer.Argument(..., help="residual.npy
 
     rep = explain_residual(residual, out, vocab=vocab, templates=templates, top=top, candidates=candidates,
                            permutations=permutations, seed=seed, exemplars=exemplars, device=device,
-                           deflated_steps=deflated_steps)
+                           deflated_steps=deflated_steps, family=family.value, min_explained=min_explained)
     for side in ("adds", "removes"):
         rows = [c for c in rep["concepts"] if c["direction"] == side][:5]
         typer.echo(f"{side}: " + ", ".join(f"{c['concept']} ({c['score_centred']:.3f}"
@@ -232,10 +325,12 @@ def correct_cmd(residual: Path = typer.Argument(..., help="residual.npy to corre
         pairs.append((a.strip(), b.strip()))
     labelled = None
     if remove_labelled:
-        run_path, _, attr = remove_labelled.rpartition(":")
-        if not run_path:
+        from .selector import split_spec
+
+        if ":" not in remove_labelled:
             raise ConfigError(f"--remove-labelled takes RUN:COLUMN=VALUE. Got {remove_labelled!r}.")
-        labelled = (run_path, attr)
+        run_path, selector = split_spec(remove_labelled, "")
+        labelled = (str(run_path), str(selector))
     res = correct(residual, out, remove=remove, remove_pair=pairs, remove_labelled=labelled, preset=preset, k=k,
                   vocab=vocab, templates=templates, device=device)
     c = res.info["correction"]
@@ -245,6 +340,24 @@ def correct_cmd(residual: Path = typer.Argument(..., help="residual.npy to corre
         typer.echo(f"  {e.get('concept') or e.get('prompt') or e['kind']}: projection {d['projection_before']:.4f} -> {d['projection_after']:.2e}")
 
 
+@app.command("probe-residual")
+@handle_errors
+def probe_residual_cmd(residual: Path = typer.Argument(..., help="residual.npy (with its sidecar: model and thr)."),
+                       images: List[str] = typer.Argument(..., help="Images: files, folders, or MANIFEST.jsonl[:SELECTOR]."),
+                       out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default RESIDUAL_probe/ beside the residual)."),
+                       selector: str = typer.Option("role=backlit", help="Selector for manifests (COLUMN=VALUE[,...])."),
+                       edit: Optional[List[str]] = typer.Option(None, help="Only these edits (repeatable; default all)."),
+                       max_images: int = typer.Option(32, help="At most this many images (a seeded sample)."),
+                       device: str = typer.Option("auto", help=DEVICE_HELP)):
+    """Which image edits (exposure, gamma, contrast, saturation, shadows, highlights, glare, blur, JPEG, downscale)
+    move the images' projection on a residual towards its target thr: a table with 95% CIs and a plot."""
+    from .probe import probe_residual
+
+    r = probe_residual(residual, images, out, selector=selector, edits=edit, max_images=max_images, device=device)
+    typer.echo(r["table"])
+    typer.echo(f"probe: {r['files']['png']} (also .json, .csv, .md)")
+
+
 @app.command("plot")
 @handle_errors
 def plot_cmd(run: Path = typer.Argument(..., help="Run folder."),
@@ -252,14 +365,36 @@ def plot_cmd(run: Path = typer.Argument(..., help="Run folder."),
              color_by: str = typer.Option("role", help="Metadata column that colours the points."),
              residual: Optional[Path] = typer.Option(None, help="Draw this residual's direction."),
              umap: bool = typer.Option(True, help="Also draw a UMAP (cosine) map."),
-             projector: bool = typer.Option(True, help="Export tensors.tsv/metadata.tsv for the TensorBoard projector.")):
+             projector: bool = typer.Option(True, help="Export tensors.tsv/metadata.tsv for the TensorBoard projector."),
+             max_points: int = typer.Option(10_000, help="Larger runs are drawn from a seeded sample of this many images, "
+                                            "stratified by --color-by and group (the titles and sample.json say so)."),
+             seed: int = typer.Option(0, help="Seed for the sample and for UMAP.")):
     """2-D maps (PCA, UMAP) of a run's image embeddings, coloured by set, with the residual drawn."""
     from .plot import plot
 
     files = plot(run, out, color_by=color_by, residual=str(residual) if residual else None,
-                 methods=("pca", "umap") if umap else ("pca",), projector=projector)
+                 methods=("pca", "umap") if umap else ("pca",), projector=projector, max_points=max_points, seed=seed)
     for k, v in files.items():
         typer.echo(f"{k}: {v}")
+
+
+@app.command("embedding-map")
+@handle_errors
+def embedding_map_cmd(run: Path = typer.Argument(..., help="Run folder."),
+                      out: Optional[Path] = typer.Option(None, "--out", "-o", help="The .html to write (default RUN/map.html)."),
+                      residual: Optional[Path] = typer.Option(None, help="Draw this residual (its sets are found in the run by their selectors)."),
+                      color_by: str = typer.Option("role", help="Metadata column coloured at first (any column can be picked on the page)."),
+                      max_points: int = typer.Option(2000, help="Subsample bigger runs to this many images (seeded; the page states it)."),
+                      umap: bool = typer.Option(True, help="Also compute a UMAP (cosine) view.")):
+    """Interactive map of a run's image embeddings: one offline HTML page, PCA/UMAP, thumbnails on hover, search."""
+    from .embedding_map import embedding_map
+
+    typer.echo(str(embedding_map(run, out, residual=str(residual) if residual else None, color_by=color_by,
+                                 max_points=max_points, methods=("pca", "umap") if umap else ("pca",))))
+
+
+GUIDANCE_MODES = list_guidance()            # the registry (embedlab.enhance.guidance) is the source of choices and help
+GuidanceChoice = enum.Enum("GuidanceChoice", {k: k for k in GUIDANCE_MODES}, type=str)
 
 
 @app.command("train")
@@ -271,7 +406,7 @@ def train_cmd(out: Path = typer.Option(..., "--out", "-o", help="Training run fo
                                           "(default selector role=backlit)."),
               welllit: Optional[str] = typer.Option(None, help="Well-lit set (latent/prompt modes; default selector role=welllit). "
                                                    "Unpaired: any well-lit set; paired: the GT of the same scenes."),
-              guidance: str = typer.Option("residual", help="residual (RAVE), latent (CLIP-LIT-Latent), prompt (CLIP-LIT) or none."),
+              guidance: GuidanceChoice = typer.Option("residual", help="; ".join(f"{k}: {v}" for k, v in GUIDANCE_MODES.items()) + "."),
               model: Optional[str] = typer.Option(None, help="Guidance CLIP for latent/prompt (default ViT-B-32). " + MODEL_HELP),
               pretrained: Optional[str] = typer.Option(None, help="Its weights (default openai). " + PRETRAINED_HELP),
               identity: str = typer.Option("clip", help="clip: feature loss through --identity-model (the paper); "
@@ -298,7 +433,7 @@ def train_cmd(out: Path = typer.Option(..., "--out", "-o", help="Training run fo
     """Train the enhancement network with RAVE, CLIP-LIT-Latent or CLIP-LIT guidance."""
     from .enhance.train import train
 
-    result = train(out, preset=preset, overwrite=overwrite, guidance=guidance, residual=str(residual) if residual else None,
+    result = train(out, preset=preset, overwrite=overwrite, guidance=guidance.value, residual=str(residual) if residual else None,
                    backlit=backlit, welllit=welllit, model=model, pretrained=pretrained, identity=identity,
                    identity_model=identity_model, identity_pretrained=identity_pretrained, init=init, iters=iters,
                    recon_iters=recon_iters, stage_iters=stage_iters, guidance_iters=guidance_iters,
@@ -314,11 +449,16 @@ def enhance_cmd(checkpoint: Path = typer.Argument(..., help="enhancer.safetensor
                 out: Path = typer.Option(..., "--out", "-o", help="Output folder (PNG, named by input stem)."),
                 device: str = typer.Option("auto", help=DEVICE_HELP),
                 batch_size: int = typer.Option(4, help="Images of one size per forward pass."),
-                max_pixels: int = typer.Option(16_000_000, help="Above this, the illumination map is computed on a downscaled copy.")):
+                max_pixels: int = typer.Option(16_000_000, help="Above this many pixels per image (default 16,000,000 = 16 MP) "
+                                               "the illumination map is estimated on a downscaled copy and upsampled; "
+                                               "logged once per image."),
+                precision: str = typer.Option("fp32", help="fp32 (default; matches the published code's outputs to 1e-5) or "
+                                              "bf16 (autocast: faster on a GPU, outputs differ by up to ~1e-2).")):
     """Enhance images at full resolution with a trained or published network."""
     from .enhance.infer import enhance
 
-    results = enhance(checkpoint, inputs, out, device=device, batch_size=batch_size, max_pixels=max_pixels)
+    results = enhance(checkpoint, inputs, out, device=device, batch_size=batch_size, max_pixels=max_pixels,
+                      precision=precision)
     ok = sum(r["output"] is not None for r in results)
     typer.echo(f"enhanced {ok} image(s) into {out}" + (f"; {len(results) - ok} skipped" if ok < len(results) else ""))
 
@@ -350,7 +490,7 @@ def synth_backlit_cmd(src: List[str] = typer.Argument(..., help="Photos: files, 
                       first_seed: int = typer.Option(0, help="First seed."),
                       split: str = typer.Option("train", help="Split recorded in the manifest.")):
     """Render paired synthetic backlit (or exposure-error) versions of photos, with a manifest."""
-    from .enhance.synthset import synth_backlit
+    from .synth_dataset import synth_backlit
 
     r = synth_backlit(src, out, recipe=recipe, seeds=seeds, first_seed=first_seed, split=split)
     typer.echo(f"wrote {r['images']} images and {r['manifest']}")
@@ -362,13 +502,18 @@ def pretrain_demo_cmd(out: Optional[Path] = typer.Option(None, "--out", "-o", he
                       device: str = typer.Option("auto", help=DEVICE_HELP),
                       steps: Optional[int] = typer.Option(None, help="Training steps (default: the full schedule)."),
                       seed: int = typer.Option(0, help="Seed (the model is deterministic on the CPU for a seed)."),
-                      force: bool = typer.Option(False, help="Retrain even when a cached model exists.")):
+                      force: bool = typer.Option(False, help="Retrain even when a cached (or shipped) model exists."),
+                      pack: Optional[Path] = typer.Option(None, "--pack", help="Also write the shippable pack (token rows "
+                                                          "the grammar uses + all other tensors) into this folder, "
+                                                          "e.g. embedlab/data/demo_clip.")):
     """Train (or find cached) the small offline demo CLIP (a DEMO model: lighting words and package-photo objects only)."""
-    from .demo_clip import pretrain_demo
+    from .demo_clip import pack_model, pretrain_demo
 
     extra = {"steps": steps} if steps else {}
     ckpt = pretrain_demo(out, device=device, force=force, seed=seed, **extra)
     typer.echo(f"demo CLIP: {ckpt}\nuse it with: --model embedlab-demo --pretrained {ckpt}")
+    if pack:
+        typer.echo(f"pack: {pack_model(ckpt, pack)}")
 
 
 @app.command("demo")
@@ -378,14 +523,19 @@ def demo_cmd(out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="Out
                                                  "Or any open_clip model, e.g. ViT-B-32 with --pretrained openai."),
              pretrained: Optional[str] = typer.Option(None, help=PRETRAINED_HELP),
              enhancer: Optional[Path] = typer.Option(None, help="Use this enhancer (e.g. a published RAVE .pth) instead of training one."),
-             train_iters: int = typer.Option(150, help="Iterations of the short RAVE training."),
+             train_iters: int = typer.Option(150, help="Iterations of the short RAVE training (the 'demo' train preset)."),
              permutations: int = typer.Option(1000, help="Shuffles for the concept report's permutation test."),
+             compare: bool = typer.Option(False, help="Also train CLIP-LIT-Latent on the same budget for the curve figure."),
+             raw_curve: bool = typer.Option(True, help="Also train on the raw (uncorrected) residual for the curve figure."),
              device: str = typer.Option("auto", help=DEVICE_HELP)):
     """Run the whole chain on the bundled demo data and write one index.html."""
     from .demo import demo
+    from .demo_clip import first_run_notice
 
+    if model is None:
+        typer.echo(first_run_notice())
     result = demo(out, model=model, pretrained=pretrained, device=device, enhancer=str(enhancer) if enhancer else None,
-                  train_iters=train_iters, permutations=permutations)
+                  train_iters=train_iters, permutations=permutations, compare=compare, raw_curve=raw_curve)
     for name, path in result["artifacts"].items():
         typer.echo(f"{name:14s} {path}")
     typer.echo(f"bias concept removed: {result['bias_concept']}; PSNR input {result['metrics']['input'].get('psnr'):.2f} dB -> "
@@ -394,9 +544,27 @@ def demo_cmd(out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="Out
 
 
 def main() -> None:
-    """Console entry point."""
+    """Console entry point. Exit codes: 0 success, 1 an embedlab error, 2 a usage error (each one line on stderr,
+    the traceback with --debug), 130 interrupted."""
     try:
-        app()
+        from typer._click import exceptions as click_exc     # typer >= 0.2x vendors click
+    except ImportError:  # pragma: no cover - older typer uses click itself
+        from click import exceptions as click_exc
+    try:
+        code = app(standalone_mode=False)
+    except click_exc.NoArgsIsHelpError as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click_exc.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "embedlab"
+        typer.echo(f"Error: {' '.join(exc.format_message().split()).rstrip('.')}. See `{where} --help`.", err=True)
+        sys.exit(2)
+    except typer.Abort:
+        typer.echo("Aborted.", err=True)
+        sys.exit(1)
     except EmbedlabError as exc:  # raised outside a command (e.g. by a callback)
+        if _STATE["debug"]:
+            raise
         typer.echo(f"Error: {exc}", err=True)
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

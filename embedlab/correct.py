@@ -85,6 +85,60 @@ def inlp_directions(X: np.ndarray, y: np.ndarray, max_iter: int = 10, seed: int 
     return np.array(dirs).reshape(-1, X.shape[1]), history
 
 
+def _concept_edits(lm, remove: list[str], vocab: str | None, templates: str | None) -> tuple[list, list]:
+    """Directions of concepts: their text embeddings minus the vocabulary's mean (both cached)."""
+    from . import vocab as vb
+
+    V = vb.resolve_vocab(vocab, lm)
+    tpls = vb.resolve_templates(templates)
+    E_vocab, _ = vb.embed_concepts(lm, V.concepts, tpls)
+    mu = E_vocab.mean(0, dtype=np.float64)
+    E_c, _ = vb.embed_concepts(lm, list(remove), tpls)
+    dirs = [l2n(e - mu) for e in E_c]
+    return dirs, [{"kind": "concept", "concept": c, "vocabulary_centre": V.source, "templates": tpls} for c in remove]
+
+
+def _pair_edits(lm, remove_pair: list[tuple[str, str]]) -> tuple[list, list]:
+    """Directions of prompt differences (prompt minus its baseline prompt)."""
+    from . import vocab as vb
+
+    dirs, edits = [], []
+    for a, b in remove_pair:
+        (ea, eb), _ = vb.embed_concepts(lm, [a, b], ["{}"])
+        dirs.append(l2n(ea.astype(np.float64) - eb))
+        edits.append({"kind": "prompt-pair", "prompt": a, "baseline": b})
+    return dirs, edits
+
+
+def _labelled_edits(remove_labelled: tuple[str, str], model_identity: dict, dim: int, residual) -> tuple[list, list]:
+    """Directions learned (INLP) from a run's images labelled by COLUMN=VALUE."""
+    from .runs import Run
+
+    run_path, attribute = remove_labelled
+    run = Run(run_path)
+    if run.manifest["embed_dim"] != dim or run.manifest["weights_sha256"] != model_identity["weights_sha256"]:
+        raise IncompatibleRunError(f"Run {run_path} was made with another model than residual {residual}.")
+    if "=" not in attribute:
+        raise ConfigError(f"--remove-labelled needs COLUMN=VALUE (e.g. role=welllit). Got {attribute!r}.")
+    D, history = inlp_directions(run.vectors, run.select(attribute))
+    if len(D) == 0:
+        raise ConfigError(f"No linear direction predicts {attribute!r} in {run_path} above chance; nothing to remove.")
+    return list(D), [{"kind": "learned-inlp", "run": str(run_path), "attribute": attribute, "directions": len(D),
+                      "history": history}]
+
+
+def _rave_shift_edits(lm, r: np.ndarray, k: int) -> tuple[list, list]:
+    """method.md 2.8's direction from the raw token embeddings (cached)."""
+    from . import vocab as vb
+
+    V = vb.resolve_vocab("tokens", lm)
+    E_raw, _ = vb.embed_concepts(lm, V.concepts, ["{}"], normalize=False)
+    u, detail = rave_shift_direction(r, E_raw, k)
+    return [u], [{"kind": "rave-shift", "k": k, "vocabulary": V.source,
+                  "removed_info_from": [V.concepts[i] for i in detail["top_indices"]],
+                  "added_info_from": [V.concepts[i] for i in detail["bottom_indices"]]}]
+
+
 def correct(residual: str | os.PathLike, out: str | os.PathLike, *, remove: list[str] | None = None,
             remove_pair: list[tuple[str, str]] | None = None, remove_labelled: tuple[str, str] | None = None,
             preset: str | None = None, k: int = 15, vocab: str | None = None, templates: str | None = None,
@@ -94,7 +148,7 @@ def correct(residual: str | os.PathLike, out: str | os.PathLike, *, remove: list
     remove: concept names (centred text embeddings); remove_pair: (prompt, baseline prompt) differences;
     remove_labelled: (RUN, COLUMN=VALUE) learns directions (INLP) separating images with that attribute;
     preset 'rave-shift' reproduces method.md 2.8 with `k` tokens."""
-    from . import models, vocab as vb
+    from . import models
 
     res = load_residual(residual)
     mi = res.info["model"]
@@ -103,51 +157,21 @@ def correct(residual: str | os.PathLike, out: str | os.PathLike, *, remove: list
     if preset not in (None, "rave-shift"):
         raise ConfigError(f"Unknown preset {preset!r}. Available: rave-shift.")
     r = l2n(res.vector)
-    edits, dirs = [], []
-    needs_text = bool(remove or remove_pair or preset)
-    lm = None
-    if needs_text:
-        lm = models.load_model(mi["model"], mi["pretrained"], device)
-        if lm.info["weights_sha256"] != mi["weights_sha256"] or lm.dim != len(r):
-            raise IncompatibleRunError(f"{residual} was made with other weights or dimension than {mi['model']}/{mi['pretrained']}.")
+    # as in explain: the network is built (and its weights checked against the residual's) only if some text
+    # is not in the text-embedding cache
+    lm = models.TextModelHandle(mi["model"], mi["pretrained"], mi["weights_sha256"], len(r), device) \
+        if (remove or remove_pair or preset) else None
+    parts = []
     if remove:
-        V = vb.resolve_vocab(vocab, lm)
-        tpls = vb.resolve_templates(templates)
-        E_vocab, _ = vb.embed_concepts(lm, V.concepts, tpls)
-        mu = E_vocab.mean(0, dtype=np.float64)
-        E_c, _ = vb.embed_concepts(lm, list(remove), tpls, cache=False)
-        for concept, e in zip(remove, E_c):
-            d = l2n(e - mu)
-            dirs.append(d)
-            edits.append({"kind": "concept", "concept": concept, "vocabulary_centre": V.source, "templates": tpls})
-    for a, b in remove_pair or []:
-        ea, eb = models.encode_texts(lm, [a, b])
-        dirs.append(l2n(ea.astype(np.float64) - eb))
-        edits.append({"kind": "prompt-pair", "prompt": a, "baseline": b})
+        parts.append(_concept_edits(lm, remove, vocab, templates))
+    if remove_pair:
+        parts.append(_pair_edits(lm, remove_pair))
     if remove_labelled:
-        from .runs import Run
-
-        run_path, attribute = remove_labelled
-        run = Run(run_path)
-        if run.manifest["embed_dim"] != len(r) or run.manifest["weights_sha256"] != mi["weights_sha256"]:
-            raise IncompatibleRunError(f"Run {run_path} was made with another model than residual {residual}.")
-        if "=" not in attribute:
-            raise ConfigError(f"--remove-labelled needs COLUMN=VALUE (e.g. role=welllit). Got {attribute!r}.")
-        y = run.select(attribute)
-        D, history = inlp_directions(run.vectors, y)
-        if len(D) == 0:
-            raise ConfigError(f"No linear direction predicts {attribute!r} in {run_path} above chance; nothing to remove.")
-        dirs.extend(D)
-        edits.append({"kind": "learned-inlp", "run": str(run_path), "attribute": attribute, "directions": len(D),
-                      "history": history})
+        parts.append(_labelled_edits(remove_labelled, mi, len(r), residual))
     if preset == "rave-shift":
-        V = vb.resolve_vocab("tokens", lm)
-        E_raw, _ = vb.embed_concepts(lm, V.concepts, ["{}"], normalize=False)
-        u, detail = rave_shift_direction(r, E_raw, k)
-        dirs.append(u)
-        edits.append({"kind": "rave-shift", "k": k, "vocabulary": V.source,
-                      "removed_info_from": [V.concepts[i] for i in detail["top_indices"]],
-                      "added_info_from": [V.concepts[i] for i in detail["bottom_indices"]]})
+        parts.append(_rave_shift_edits(lm, r, k))
+    dirs = [d for part_dirs, _ in parts for d in part_dirs]
+    edits = [e for _, part_edits in parts for e in part_edits]
     D = np.array(dirs)
     if D.shape[1] != len(r):
         raise IncompatibleRunError(f"Edit directions have dimension {D.shape[1]} but the residual {len(r)}.")

@@ -7,7 +7,6 @@ top-ranked concept that is not a lighting word) -> a short RAVE training with th
 """
 from __future__ import annotations
 
-import html
 import json
 import logging
 import os
@@ -19,6 +18,7 @@ from ._io import atomic_write_bytes, atomic_write_json
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
+LOOP_MAX_PIXELS = 128 * 192   # held-out illumination maps are estimated at about the training scale (96 px images)
 
 # Words that name lighting or exposure. The demo model's caption grammar is the authority for its own words;
 # this list extends the rule to real CLIP vocabularies.
@@ -28,16 +28,16 @@ GENERAL_LIGHTING_WORDS = {"light", "lit", "lighting", "bright", "brightness", "d
                           "daylight", "contrast", "haze", "hazy", "flare"}
 
 
-def lighting_words(model: str) -> set[str]:
+def lighting_words() -> set[str]:
     from .demo_clip import lighting_words as grammar_words
 
     words = set(GENERAL_LIGHTING_WORDS) | grammar_words()
     return words | {w for phrase in words for w in phrase.replace("-", " ").split()}
 
 
-def pick_bias_concept(concepts: list[dict], model: str) -> str | None:
+def pick_bias_concept(concepts: list[dict]) -> str | None:
     """The rule: the top-ranked concept the residual adds that is not a lighting word of the caption grammar."""
-    light = lighting_words(model)
+    light = lighting_words()
     for c in concepts:
         if c["direction"] != "adds":
             continue
@@ -49,15 +49,21 @@ def pick_bias_concept(concepts: list[dict], model: str) -> str | None:
 
 def demo(out: str | os.PathLike = "demo_out", *, model: str | None = None, pretrained: str | None = None,
          device: str = "auto", enhancer: str | None = None, train_iters: int = 150, permutations: int = 1000,
-         identity: str = "guidance-tower", progress: bool = True, demo_steps: int | None = None) -> dict:
-    """Run the demo chain into `out`; returns a dict of every artifact's path and the headline numbers."""
+         identity: str = "guidance-tower", progress: bool = True, demo_steps: int | None = None,
+         compare: bool = False, raw_curve: bool = True, curve_every: int = 25) -> dict:
+    """Run the demo chain into `out`; returns a dict of every artifact's path and the headline numbers.
+
+    The enhancer trains with the `demo` preset (embedlab.enhance.train.PRESETS) on the corrected residual, scored on
+    the held-out photos every `curve_every` iterations; `raw_curve` also trains one on the raw residual for the
+    curve figure, `compare` one with CLIP-LIT-Latent on the same budget."""
     from . import correct as corr
+    from .demo_loop import HeldOut, plot_curves, quality_bars, train_with_curve
     from .enhance.evaluate import evaluate
     from .enhance.infer import enhance
-    from .enhance.train import train
     from .explain import explain_residual
     from .extract import extract
     from .manifests import manifest, materialize, read_manifest
+    from .embedding_map import embedding_map
     from .plot import plot
     from .residual import residual
 
@@ -93,7 +99,7 @@ def demo(out: str | os.PathLike = "demo_out", *, model: str | None = None, pretr
                               progress=progress)
     arts["report"] = report["files"]["html"]
     lap("explain-residual")
-    bias = pick_bias_concept(report["concepts"], model)
+    bias = pick_bias_concept(report["concepts"])
     corrected = out / "corrected.npy"
     if bias is not None:
         c = corr.correct(res_path, corrected, remove=[bias], device=device)
@@ -104,42 +110,69 @@ def demo(out: str | os.PathLike = "demo_out", *, model: str | None = None, pretr
         shutil.copy(res_path.with_suffix(".json"), corrected.with_suffix(".json"))
     arts["corrected"] = str(corrected)
     lap("correct")
+    man = read_manifest(man_path)
+    test_inputs = out / "test_inputs"
+    test_inputs.mkdir(exist_ok=True)
+    pairs = []
+    for e in man.entries:
+        if e.split == "test" and e.role == "backlit":
+            src = Path(materialize(man, e.path, e))
+            shutil.copy(src, test_inputs / src.name)
+            pairs.append((str(test_inputs / src.name), materialize(man, e.gt)))
+    held = HeldOut([p for p, _ in pairs], [g for _, g in pairs], str(corrected), device)
+    scores = held.baselines()
+    loop = {"held_out_images": held.names, "thr": held.thr, "max_pixels": LOOP_MAX_PIXELS}
     if enhancer:
         ckpt = enhancer
         arts["enhancer"] = str(enhancer)
     else:
         ident = {"identity_model": model, "identity_pretrained": pretrained} if identity == "guidance-tower" else {"identity": "pixel"}
-        tr = train(out / "train", preset="cpu-small", overwrite=True, progress=progress, residual=str(corrected),
-                   backlit=f"{run_dir}:role=backlit,split=train", iters=train_iters, device=device, **ident)
-        ckpt = tr["enhancer"]
+        common = dict(preset="demo", backlit=f"{run_dir}:role=backlit,split=train", iters=train_iters, device=device,
+                      progress=progress, **ident)
+        runs = {"RAVE, corrected residual": dict(residual=str(corrected))}
+        if raw_curve:
+            runs["RAVE, raw residual"] = dict(residual=str(res_path))
+        if compare:
+            runs["CLIP-LIT-Latent"] = dict(guidance="latent", model=model, pretrained=pretrained,
+                                           welllit=f"{run_dir}:role=welllit,split=train")
+        curves, train_s = {}, {}
+        for i, (label, opts) in enumerate(runs.items()):
+            folder = out / ("train" if i == 0 else f"train_{i}")
+            r = train_with_curve(folder, held, curve_every, LOOP_MAX_PIXELS, **common, **opts)
+            curves[label], train_s[label] = r["curve"], r["train_seconds"]
+            if i == 0:
+                ckpt = r["enhancer"]
         arts["enhancer"] = ckpt
         arts["training_log"] = str(out / "train" / "log.csv")
+        arts["plot_training_curves"] = str(plot_curves(curves, scores["input"], held.thr, scores,
+                                                       out / "training_curves.png"))
+        loop.update(curves=curves, train_seconds=train_s, preset="demo", iters=train_iters)
     lap("train")
-    man = read_manifest(man_path)
-    test_inputs = out / "test_inputs"
-    test_inputs.mkdir(exist_ok=True)
-    for e in man.entries:
-        if e.split == "test" and e.role == "backlit":
-            src = Path(materialize(man, e.path, e))
-            shutil.copy(src, test_inputs / src.name)
-    enhance(ckpt, [str(test_inputs)], out / "enhanced", device=device, progress=progress)
+    enhance(ckpt, [str(test_inputs)], out / "enhanced", device=device, progress=progress, max_pixels=LOOP_MAX_PIXELS)
     arts["enhanced"] = str(out / "enhanced")
     lap("enhance")
     metrics = evaluate(out / "enhanced", str(man_path), out / "metrics", residual=str(corrected), inputs=str(test_inputs),
                        device=device)
-    baseline = evaluate(test_inputs, str(man_path), out / "metrics_input")
     arts["metrics"] = metrics["files"]["summary"]
+    from .images import load_rgb
+
+    loop["enhanced_by"] = f"published enhancer {enhancer}" if enhancer else "RAVE guidance, corrected residual, demo preset"
+    scores = {"input": scores["input"],
+              "enhanced": held.scores([load_rgb(str(out / "enhanced" / f"{n}.png")) for n in held.names]),
+              "CLAHE": scores["CLAHE"], "gamma 0.5": scores["gamma 0.5"]}
+    loop["bars"] = quality_bars(scores["input"], scores["enhanced"], held.thr)
     lap("evaluate")
     plots = plot(run_dir, out / "plots", residual=str(res_path))
     arts.update({f"plot_{k}": v for k, v in plots.items()})
     grid = before_after_grid(test_inputs, out / "enhanced", man, out / "before_after.png")
     arts["before_after"] = str(grid)
+    arts["map"] = str(embedding_map(run_dir, out / "map.html", residual=str(res_path),
+                                    nav=[("demo index", "index.html"), ("concept report", "report/report.html")]))
     lap("plots")
     result = {"artifacts": arts, "bias_concept": bias, "model": f"{model}/{pretrained}",
               "residual_top": [c["concept"] for c in report["concepts"] if c["direction"] == "adds"][:5],
-              "metrics": {"enhanced": {k: metrics.get(k) for k in ("psnr", "ssim", "mean_luma")},
-                          "input": {k: baseline.get(k) for k in ("psnr", "ssim", "mean_luma")},
-                          "residual_projection": metrics.get("residual_projection")},
+              "metrics": {**scores, "residual_projection": metrics.get("residual_projection")},
+              "loop": loop,
               "correction": {k: v for k, v in c.info.get("correction", {}).items() if k != "directions"} if bias else None,
               "extract": {k: summary[k] for k in ("embedded", "skipped")}, "timings_s": timings,
               "total_s": round(time.perf_counter() - t0, 1)}
@@ -164,7 +197,8 @@ def before_after_grid(inputs: Path, enhanced: Path, man, path: Path) -> Path:
         ims = [Image.open(f).convert("RGB"), Image.open(enh).convert("RGB")]
         if f.stem in gt_by_stem:
             ims.append(Image.open(gt_by_stem[f.stem]).convert("RGB"))
-        ims = [im.resize((round(im.width * 256 / im.height), 256)) for im in ims]
+        ims = [_label(im.resize((round(im.width * 256 / im.height), 256)), name)
+               for im, name in zip(ims, ("backlit input", "enhanced", "original"))]
         row = Image.new("RGB", (sum(i.width for i in ims) + 8 * (len(ims) - 1), 256), "white")
         x = 0
         for im in ims:
@@ -182,47 +216,141 @@ def before_after_grid(inputs: Path, enhanced: Path, man, path: Path) -> Path:
     return path
 
 
+HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "ms_ssim": True, "lpips": False, "niqe": False, "brisque": False,
+                    "delta_e": False, "ciede2000": False, "mae": False, "mse": False}
+PAGE_KEYS = {"artifacts", "bias_concept", "model", "residual_top", "metrics", "correction", "timings_s", "total_s"}
+
+
+def _scalar(v) -> bool:
+    return isinstance(v, (int, float, str, bool)) or v is None
+
+
+def metric_views(metrics: dict) -> tuple[list, list, list]:
+    """demo.json's metrics as page parts, whatever keys they hold: a table of the variants (dicts of numbers
+    sharing keys, e.g. input and enhanced), key/value lines for other flat dicts, the rest as JSON."""
+    variants = {k: v for k, v in (metrics or {}).items() if isinstance(v, dict) and v and all(_scalar(x) for x in v.values())}
+    lists, tables = [], []
+    keyed = {}
+    for k, v in variants.items():
+        keyed.setdefault(frozenset(v), []).append(k)
+    for keys, names in keyed.items():
+        if len(names) > 1:
+            cols = [c for c in variants[names[0]]]
+            tables.append({"title": "Metrics: " + ", ".join(names), "columns": cols, "rows": [(n, variants[n]) for n in names]})
+        else:
+            lists.append((names[0], list(variants[names[0]].items())))
+    extras = [(k, json.dumps(v, default=str)[:400]) for k, v in (metrics or {}).items()
+              if k not in variants and not (isinstance(v, dict) and not v)]
+    return tables, lists, extras
+
+
+def compare_cards(tables: list) -> tuple[list, str]:
+    """Each variant against the reference row (the input when present): improved, got worse, unchanged or
+    changed (a metric with no better/worse direction, such as mean luma)."""
+    cards, buckets = [], {"improved": [], "got worse": [], "unchanged": [], "changed (no better/worse direction)": []}
+    for t in tables:
+        names = [n for n, _ in t["rows"]]
+        ref = next((n for n in names if "input" in n or "baseline" in n), names[0])
+        ref_vals = dict(t["rows"])[ref]
+        for name, vals in t["rows"]:
+            for metric in t["columns"] if name != ref else []:
+                a, b = ref_vals.get(metric), vals.get(metric)
+                if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+                    continue
+                better = HIGHER_IS_BETTER.get(metric.lower())
+                word = ("unchanged" if f"{a:.4g}" == f"{b:.4g}" else "changed (no better/worse direction)" if better is None
+                        else "improved" if (b > a) == better else "got worse")
+                cls = {"improved": "up", "got worse": "down"}.get(word, "flat")
+                cards.append({"name": metric, "ref": a, "val": b, "ref_name": ref, "val_name": name, "word": word, "cls": cls})
+                buckets[word].append(f"{metric} ({_f(a)} → {_f(b)})")
+    return cards, " ".join(f"{word.capitalize()}: {', '.join(items)}." for word, items in buckets.items() if items)
+
+
+def file_groups(out: Path, cap: int = 40) -> list[dict]:
+    """Every file under the demo folder, grouped by top-level folder (links relative to `out`)."""
+    top = sorted(p for p in out.iterdir() if p.is_file() and not p.name.startswith("."))
+    groups = [{"name": "demo folder", "href": ".", "entries": [(p.name, p.name) for p in top], "more": 0}]
+    for d in sorted(p for p in out.iterdir() if p.is_dir()):
+        files = sorted(f for f in d.rglob("*") if f.is_file())
+        items = [(str(f.relative_to(out)), str(f.relative_to(out))) for f in files[:cap]]
+        groups.append({"name": d.name + "/", "href": d.name + "/", "entries": items, "more": max(0, len(files) - cap)})
+    return groups
+
+
+def _report_lead(report_html: Path) -> list:
+    import pandas as pd
+
+    from . import report as rep
+
+    path = Path(report_html).with_suffix(".json")
+    if not path.exists():
+        return []
+    r = json.loads(path.read_text())
+    table = pd.DataFrame(r["concepts"]) if r.get("concepts") else pd.DataFrame(columns=["direction", "concept"])
+    return rep.lead_sentences(r, table)
+
+
+def _shown(v, out: Path):
+    """A value for the page: an absolute path under the demo folder becomes relative to it."""
+    if isinstance(v, str) and os.path.isabs(v) and Path(v).resolve().is_relative_to(Path(out).resolve()):
+        return os.path.relpath(v, out)
+    return v
+
+
+def _label(im, text: str):
+    """A column header drawn on a grid tile (top-left, white on a dark box), so the grid reads on its own."""
+    from PIL import ImageDraw, ImageFont
+
+    draw = ImageDraw.Draw(im)
+    font = ImageFont.load_default(size=16)
+    box = draw.textbbox((8, 6), text, font=font)
+    draw.rectangle((box[0] - 5, box[1] - 4, box[2] + 5, box[3] + 4), fill=(0, 0, 0))
+    draw.text((8, 6), text, fill=(255, 255, 255), font=font)
+    return im
+
+
 def write_index(out: Path, result: dict) -> Path:
-    e = html.escape
+    """index.html from demo.json's content (rendered generically), and the report page's links back to it."""
+    from . import report as rep
+
+    out = Path(out)
     arts = result["artifacts"]
 
     def rel(p):
-        return e(os.path.relpath(p, out))
+        return os.path.relpath(p, out)
 
-    m = result["metrics"]
-    rows = "".join(f"<tr><td>{e(name)}</td><td>{_f(v.get('psnr'))}</td><td>{_f(v.get('ssim'))}</td><td>{_f(v.get('mean_luma'))}</td></tr>"
-                   for name, v in (("backlit input", m["input"]), ("enhanced", m["enhanced"])))
-    proj = m.get("residual_projection") or {}
-    corr = result.get("correction") or {}
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>embedlab demo</title><style>body{font-family:system-ui,"
-        "sans-serif;margin:2em;max-width:1100px}td,th{border:1px solid #ccc;padding:3px 8px}table{border-collapse:collapse}"
-        "img{max-width:100%}</style></head><body><h1>embedlab demo</h1>",
-        f"<p>Model: <code>{e(result['model'])}</code>. The demo manifest plants a content bias: its well-lit training set "
-        f"over-represents one photo. The residual (backlit &rarr; well-lit) carries it; the concept report names it; "
-        f"<code>correct</code> removes it before training.</p>",
-        f"<h2>1. Concept report</h2><p>Top concepts the residual adds: {e(', '.join(result['residual_top']))}. "
-        f"<a href='{rel(arts['report'])}'>Open the full report</a> (<a href='report/report.json'>json</a>, "
-        f"<a href='report/report.csv'>csv</a>, <a href='report/report.md'>md</a>).</p>",
-        f"<h2>2. Correction</h2><p>Removed concept (rule: the top-ranked added concept that is not a lighting word): "
-        f"<b>{e(str(result['bias_concept']))}</b>. "
-        + (f"cos(r, r') = {corr.get('cos_before_after', float('nan')):.4f}, {100 * corr.get('fraction_of_norm_removed', 0):.1f}% of |r| removed. "
-           if corr else "") + "<a href='corrected.json'>sidecar</a>.</p>",
-        f"<h2>3. Embedding maps</h2><p><img src='{rel(arts['plot_pca'])}' width='48%'>"
-        + (f"<img src='{rel(arts['plot_umap'])}' width='48%'>" if "plot_umap" in arts else "") + "</p>",
-        f"<h2>4. Enhancement of held-out backlit photos</h2><p>Columns: backlit input, enhanced, original. "
-        f"<img src='{rel(arts['before_after'])}'></p>",
-        f"<h2>5. Metrics</h2><table><tr><th></th><th>PSNR (RGB)</th><th>SSIM</th><th>mean luma</th></tr>{rows}</table>"
-        f"<p>Mean projection on the corrected residual: input {_f(proj.get('input'))}, enhanced {_f(proj.get('enhanced'))} "
-        f"(target thr {_f(proj.get('thr'))}). <a href='{rel(arts['metrics'])}'>summary.json</a>, "
-        f"<a href='metrics/per_image.csv'>per-image CSV</a>.</p>",
-        "<h2>Artifacts</h2><ul>" + "".join(f"<li>{e(k)}: <a href='{rel(v)}'>{rel(v)}</a></li>" for k, v in arts.items()
-                                           if k != "index") + "</ul>",
-        f"<p>Timings (s): {e(json.dumps(result['timings_s']))}; total {result['total_s']} s.</p></body></html>"]
+    tables, lists, extras = metric_views(result.get("metrics") or {})
+    cards, headline = compare_cards(tables)
+    report_html = arts.get("report")
+    map_href = rel(arts["map"]) if arts.get("map") else None
+    nav = [("demo index", "index.html")] + ([("concept report", rel(report_html))] if report_html else []) \
+        + ([("embedding map", map_href)] if map_href else []) + ([("demo.json", "demo.json")] if (out / "demo.json").exists() else [])
+    figures = [(k, rel(v)) for k, v in arts.items() if str(v).endswith(".png") and k != "before_after"]
+    report_files = [(f"report.{s}", rel(Path(report_html).with_suffix(f".{s}"))) for s in ("json", "csv", "md")
+                    if report_html and Path(report_html).with_suffix(f".{s}").exists()]
+    extras += [(k, json.dumps(v, default=str)[:400]) for k, v in result.items() if k not in PAGE_KEYS]
+    train_dir = Path(arts["training_log"]).parent if arts.get("training_log") else None
+    samples = sorted((train_dir / "samples").glob("*.png")) if train_dir else []
+    training = {"log": rel(arts["training_log"]), "samples": [rel(p) for p in samples],
+                "folder": rel(train_dir) + "/"} if train_dir else None
+    page = rep.render_page(
+        "index.html.j2", nav_links=nav, model=result.get("model", ""), headline=headline, cards=cards,
+        metric_tables=tables, metric_lists=lists, before_after=rel(arts["before_after"]) if arts.get("before_after") else None,
+        report_lead=_report_lead(report_html) if report_html else [], report_href=rel(report_html) if report_html else "",
+        report_files=report_files, bias=str(result.get("bias_concept")),
+        correction=[(k, _shown(v, out)) for k, v in (result.get("correction") or {}).items() if _scalar(v)], map_href=map_href,
+        figures=figures, extras=extras, files=file_groups(out), training=training,
+        timings=list((result.get("timings_s") or {}).items()), total=result.get("total_s"))
     path = out / "index.html"
-    atomic_write_bytes(path, "".join(parts).encode())
+    atomic_write_bytes(path, page.encode())
+    if map_href:
+        rep.set_nav(out / map_href, nav)
+    if report_html and Path(report_html).exists():
+        up = os.path.relpath(out, Path(report_html).parent)
+        rep.set_nav(report_html, [(label, href if href.startswith(("http", "/")) else os.path.join(up, href))
+                                  for label, href in nav])
     return path
 
 
 def _f(v) -> str:
-    return "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
+    return "n/a" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from . import photos, synth
-from ._io import atomic_write_bytes, atomic_write_json, cache_dir, read_json
+from ._io import atomic_path, atomic_write_bytes, atomic_write_json, cache_dir, read_json
 
 log = logging.getLogger(__name__)
 MODEL_NAME = "embedlab-demo"
@@ -43,7 +43,7 @@ class DemoRecipe:
     """Everything that determines the trained model; its hash keys the cache."""
 
     seed: int = 0
-    steps: int = 600
+    steps: int = 300
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.05
@@ -52,7 +52,8 @@ class DemoRecipe:
     render_seeds: int = 12
     image_size: int = 64
     photos: tuple = field(default_factory=tuple)
-    version: int = 1
+    variants: str = "spatial"     # "spatial" (v2: see render_condition) or "global" (the v1 lighting variants)
+    version: int = 2
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
@@ -91,12 +92,35 @@ def _load_base(uri: str, short_side: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def render_condition(base: np.ndarray, cls: str, seed: int) -> np.ndarray:
-    """One lighting variant of a base photo. Backlit alternates Recipe A (even seeds) and B (odd seeds)."""
+def render_spatial(base: np.ndarray, seed: int, ev_fg: tuple, ev_bg: tuple, glare: bool) -> np.ndarray:
+    """Spatially varying lighting through Recipe A's background mask with chosen exposure ranges (stops, linear
+    light) for the subject (mask 0) and the background (mask 1), optionally with Recipe A's veiling glare."""
+    rng = np.random.default_rng(20_000_000 + seed)
+    img = base / 255.0
+    m = synth.backlight_mask(img, rng)
+    x = synth.srgb_to_linear(img) * (2.0 ** (m * rng.uniform(*ev_bg) + (1 - m) * rng.uniform(*ev_fg)))[..., None]
+    if glare:
+        x, _ = synth.add_veiling_glare(x, m, rng)
+    return (synth.linear_to_srgb(x) * 255 + 0.5).astype(np.uint8)
+
+
+def render_condition(base: np.ndarray, cls: str, seed: int, variants: str = "spatial") -> np.ndarray:
+    """One lighting variant of a base photo.
+
+    "global" (v1): well-lit = +-0.3 EV; backlit alternates Recipe A (even seeds) and B (odd seeds).
+    "spatial" (v2) decouples "backlit" from "bright pixels" so the backlit -> well-lit direction rewards a brighter
+    subject rather than a darker frame: half the well-lit variants keep the subject exposed under a brighter,
+    glaring background (ev_fg +-0.3, ev_bg +0.3..+1.5, glare), and a third of the backlit ones darken only the
+    subject (ev_fg -4..-2, ev_bg +-0.3, no glare); the others are Recipe A and B as in v1."""
     rng = np.random.default_rng(10_000_000 + seed)
+    spatial = variants == "spatial"
     if cls == "welllit":
+        if spatial and seed % 2 == 1:
+            return render_spatial(base, seed, (-0.3, 0.3), (0.3, 1.5), glare=True)
         return synth.recipe_c(base, float(rng.uniform(-0.3, 0.3))).image
     if cls == "backlit":
+        if spatial and seed % 3 == 2:
+            return render_spatial(base, seed, (-4.0, -2.0), (-0.3, 0.3), glare=False)
         return (synth.recipe_a if seed % 2 == 0 else synth.recipe_b)(base, seed).image
     if cls == "dark":
         return synth.recipe_c(base, float(rng.uniform(-3.5, -2.0))).image
@@ -112,7 +136,7 @@ def render_pool(recipe: DemoRecipe, seeds: range) -> list[tuple[np.ndarray, str,
         base = _load_base(uri, recipe.base_short_side)
         for cls in CLASSES:
             for seed in seeds:
-                pool.append((render_condition(base, cls, seed), cls, uri))
+                pool.append((render_condition(base, cls, seed, recipe.variants), cls, uri))
     return pool
 
 
@@ -213,9 +237,8 @@ def train_demo_clip(recipe: DemoRecipe, out_dir: Path, device: str = "auto", pro
 
     ckpt = out_dir / f"{MODEL_NAME}.safetensors"
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = ckpt.with_name(ckpt.name + ".tmp")
-    save_file(state, str(tmp))
-    os.replace(tmp, ckpt)
+    with atomic_path(ckpt) as tmp:
+        save_file(state, str(tmp))
     atomic_write_bytes(ckpt.with_suffix(".vocab.txt"), ("\n".join(vocabulary()) + "\n").encode())
     meta = {"model": MODEL_NAME, "checkpoint": str(ckpt), "recipe": asdict(recipe), "recipe_key": recipe.key(),
             "label": "embedlab demo model: trained offline on package photos; not a general-purpose CLIP",
@@ -238,8 +261,84 @@ def pretrain_demo(out: str | os.PathLike | None = None, device: str = "auto", fo
         if read_json(out_dir / "train.json").get("recipe_key") == recipe.key():
             log.info("demo CLIP found in cache: %s", ckpt)
             return ckpt
+    if out is None and not force and packaged_key() == recipe.key():
+        log.info("demo CLIP: unpacking the copy shipped with embedlab (recipe %s) into %s", recipe.key(), out_dir)
+        return unpack_packaged(out_dir)
     log.info("training the demo CLIP (recipe %s) into %s", recipe.key(), out_dir)
     train_demo_clip(recipe, out_dir, device, progress)
+    return ckpt
+
+
+# A copy of the default recipe's model ships inside the package (made by `embedlab pretrain-demo --pack`), so the
+# first `embedlab demo` needs no training. The token-embedding table (49,408 x 128) is most of the checkpoint, and
+# training only changes the rows of the caption grammar's tokens: the pack keeps those rows and every other tensor;
+# unpacking sets the never-trained rows to zero (they held random-init values no demo text uses).
+PACKAGED = Path(__file__).resolve().parent / "data" / "demo_clip"
+PACKED_FILE = f"{MODEL_NAME}.packed.safetensors"
+TOKEN_KEY = "token_embedding.weight"
+
+
+def packaged_key() -> str | None:
+    meta = PACKAGED / "train.json"
+    return read_json(meta).get("recipe_key") if meta.exists() and (PACKAGED / PACKED_FILE).exists() else None
+
+
+def first_run_notice(steps: int | None = None) -> str:
+    """One line for the demo's first output: does this run train the demo CLIP, and for about how long?"""
+    recipe = default_recipe(**({"steps": steps} if steps else {}))
+    folder = cache_dir() / "demo_clip" / recipe.key()
+    if (folder / f"{MODEL_NAME}.safetensors").exists():
+        return f"demo CLIP: cached ({folder}); no training needed."
+    if packaged_key() == recipe.key():
+        return "demo CLIP: using the copy shipped with embedlab (recipe %s); no training needed." % recipe.key()
+    est = read_json(PACKAGED / "train.json").get("train_seconds") if (PACKAGED / "train.json").exists() else None
+    per_step = (est / read_json(PACKAGED / "train.json")["recipe"]["steps"]) if est else 1.0
+    return (f"demo CLIP: this first run TRAINS it ({recipe.steps} steps, about {per_step * recipe.steps / 60:.0f} min "
+            f"on 2 idle CPU cores; cached afterwards).")
+
+
+def pack_model(ckpt: str | os.PathLike, dest: str | os.PathLike = PACKAGED) -> Path:
+    """Write the shippable pack of a trained demo CLIP (see PACKAGED) and its train.json into `dest`."""
+    from safetensors.torch import load_file, save_file
+
+    from . import models
+
+    ckpt = Path(ckpt)
+    meta = read_json(ckpt.parent / "train.json")
+    state = load_file(str(ckpt))
+    init = models.load_model(MODEL_NAME, "none", "cpu", seed=int(meta["recipe"]["seed"])).model.state_dict()
+    changed = (state[TOKEN_KEY] != init[TOKEN_KEY]).any(1).nonzero().flatten()
+    packed = {k: v.contiguous() for k, v in state.items() if k != TOKEN_KEY}
+    packed.update(token_rows=state[TOKEN_KEY][changed].contiguous(), token_ids=changed.contiguous())
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dest / PACKED_FILE) as tmp:
+        save_file(packed, str(tmp), metadata={"vocab_size": str(state[TOKEN_KEY].shape[0])})
+    meta = {k: v for k, v in meta.items() if k != "checkpoint"}
+    atomic_write_json(dest / "train.json", dict(meta, packed_token_rows=int(len(changed)),
+                                                packed_from_sha256=hashlib.sha256(ckpt.read_bytes()).hexdigest()))
+    return dest / PACKED_FILE
+
+
+def unpack_packaged(out_dir: Path, src: Path = PACKAGED) -> Path:
+    """Rebuild a loadable checkpoint (with vocabulary and train.json) from a pack."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src / PACKED_FILE), "pt") as f:
+        state = {k: f.get_tensor(k) for k in f.keys()}
+        vocab_size = int(f.metadata()["vocab_size"])
+    rows, ids = state.pop("token_rows"), state.pop("token_ids")
+    table = torch.zeros((vocab_size, rows.shape[1]), dtype=rows.dtype)
+    table[ids] = rows
+    state[TOKEN_KEY] = table
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = out_dir / f"{MODEL_NAME}.safetensors"
+    with atomic_path(ckpt) as tmp:
+        save_file(state, str(tmp))
+    atomic_write_bytes(ckpt.with_suffix(".vocab.txt"), ("\n".join(vocabulary()) + "\n").encode())
+    atomic_write_json(out_dir / "train.json", dict(read_json(src / "train.json"), checkpoint=str(ckpt), source="packaged"))
     return ckpt
 
 

@@ -27,3 +27,7 @@ class IncompatibleRunError(EmbedlabError, ValueError):
 
 class MissingDependencyError(EmbedlabError, ImportError):
     """An optional package is not installed."""
+
+
+class InputFileError(EmbedlabError, ValueError):
+    """An input file cannot be used: it holds pickled objects (refused for safety), is damaged, or is another kind."""

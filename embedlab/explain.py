@@ -1,10 +1,13 @@
 """Read a residual in words: centred-vocabulary scores, greedy deflation, and significance.
 
-Pure functions on arrays (`centre`, `deflation_rankings`, `shuffled_residuals`, `permutation_null`,
-`concept_statistics`, `explain_vectors`) carry the method; `explain_residual()` does the I/O (residual sidecar,
-run folders, model, cached text embeddings) and writes report.{json,csv,md,html}. The two inner loops that
-touch the whole vocabulary many times (the deflation's products and the sequential permutation null) are
-numba kernels, checked against plain NumPy definitions in the tests.
+Pure functions on arrays (`centre`, `deflation_rankings`, `side_lists`, `test_units`, `unit_statistics`,
+`explain_vectors`) carry the method; the permutation null lives in `permutation`; `explain_residual()` does the I/O
+(residual sidecar, run folders, model, cached text embeddings) and writes report.{json,csv,md,html}. The
+deflation's products with the whole vocabulary are a numba kernel, checked against the definition in the tests.
+
+Significance is one family per page: p_fwer and p_fwer_deflated control the chance of any false positive on
+the page (both lists) at once, and the per-concept statistics (AUROC, Welch p, BH q) count the same units as
+the shuffles (images, or groups when the images come in groups).
 """
 from __future__ import annotations
 
@@ -16,12 +19,14 @@ import time
 import numpy as np
 import pandas as pd
 
+from ._io import check_output_dir
 from .errors import ConfigError, IncompatibleRunError
-from ._io import usable_cores
-from .residual import group_codes, l2n
+from .permutation import FAMILIES, SIDES, add_group_sums, draw_shuffles, family_p, group_layout, permutation_null
+from .residual import l2n
 
 log = logging.getLogger(__name__)
-SIDES = {"adds": 1.0, "removes": -1.0}     # ranking side -> sign of the score it ranks by
+MIN_EXPLAINED = 0.001     # a side's list ends at a pick that explains less than this share of |r|^2
+SMALL_VOCAB = 1 << 20     # vocabulary x dimension below which the deflation's products stay in NumPy
 
 
 def unit_rows32(X: np.ndarray, inplace: bool = False) -> np.ndarray:
@@ -41,29 +46,25 @@ def centre(E: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return unit_rows32(np.subtract(E, mu.astype(np.float32), dtype=np.float32), inplace=True), mu
 
 
-def deflation_ranking(r: np.ndarray, C: np.ndarray, n_top: int, sign: float = 1.0) -> list[dict]:
-    """Greedy, non-redundant ranking (TextSpan-style): pick the concept with the largest sign*cos with the
-    current residual, project it out of the residual and of every candidate, renormalise candidates, repeat.
-
-    Returns per pick: index, the score at pick time and the fraction of |r|^2 it explains (cumulative too)."""
-    return deflation_rankings(r, C, n_top, (sign,))[0]
-
-
 def deflation_rankings(r: np.ndarray, C: np.ndarray, n_top: int, signs=(1.0, -1.0)) -> list[list[dict]]:
-    """`deflation_ranking` for several signs at once (one ranking each), reading the vocabulary once per step.
+    """Greedy, non-redundant rankings (TextSpan-style), one per sign: pick the concept with the largest
+    sign*cos with the current residual, project it out of the residual and of every candidate, renormalise the
+    candidates, repeat. Per pick: index, the score at pick time and the share of |r|^2 it explains (cumulative
+    too). The rankings are computed together, reading the vocabulary once per step.
 
     Deflated candidates are never materialised: with orthonormal picks t_i and the deflated residual rr,
     (P c) . rr = c . rr and |P c|^2 = 1 - sum_i (c . t_i)^2, so a step costs one product of the vocabulary
     with the new pick directions (one column per ranking)."""
     Cf = np.ascontiguousarray(C, dtype=np.float32)
-    kernel = _kernels().times_vocab
 
     def times_vocab(vectors) -> np.ndarray:
         # (V, len(vectors)): one parallel pass over the vocabulary (4 ms for 40k x 512 and two vectors on two
-        # cores, where numpy's OpenBLAS takes 9 ms for the same product)
+        # cores, where numpy's OpenBLAS takes 9 ms); a small vocabulary stays in NumPy (no threads to wake)
         vectors = np.ascontiguousarray(vectors, np.float32)
+        if Cf.size < SMALL_VOCAB:
+            return (Cf @ vectors.T).astype(np.float64)
         out = np.empty((len(Cf), len(vectors)), np.float32)
-        kernel(Cf, vectors, out)
+        _kernels().times_vocab(Cf, vectors, out)
         return out.astype(np.float64)
 
     n = len(signs)
@@ -110,113 +111,35 @@ def deflation_rankings(r: np.ndarray, C: np.ndarray, n_top: int, signs=(1.0, -1.
     return picks
 
 
-def _log_binom(n: int, k: int) -> float:
-    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
 
-
-def permutation_labels(is_to: np.ndarray, groups: np.ndarray | None, n_perm: int, seed: int) -> tuple[np.ndarray, dict]:
-    """(n_perm, n) boolean 'to' labels under the null, and how they were drawn.
-
-    Groups nested in one set are permuted as units; groups that span both sets (pairs, scenes photographed
-    both ways) have labels shuffled within each group; without groups, images are permuted."""
-    rng = np.random.default_rng(seed)
-    n = len(is_to)
-    codes = group_codes(groups, n)
-    n_groups = codes.max() + 1
-    to_frac = np.bincount(codes, weights=is_to.astype(float), minlength=n_groups) / np.bincount(codes, minlength=n_groups)
-    nested = bool(np.all((to_frac == 0) | (to_frac == 1)))
-    labels = np.empty((n_perm, n), bool)
-    if nested:
-        group_to = to_frac == 1
-        for k in range(n_perm):
-            labels[k] = rng.permutation(group_to)[codes]
-        log_distinct = _log_binom(int(n_groups), int(group_to.sum()))
-        scheme = "groups permuted as units" if groups is not None else "images permuted"
-    else:
-        grouped_order = np.argsort(codes, kind="stable")
-        sorted_labels = is_to[grouped_order]
-        for k in range(n_perm):
-            order = np.lexsort((rng.random(n), codes))
-            labels[k, order] = sorted_labels
-        counts_to = np.bincount(codes, weights=is_to.astype(float), minlength=n_groups).astype(int)
-        sizes = np.bincount(codes, minlength=n_groups)
-        log_distinct = float(sum(_log_binom(int(s), int(t)) for s, t in zip(sizes, counts_to)))
-        scheme = "labels shuffled within groups (groups span both sets)"
-    distinct = math.exp(log_distinct) if log_distinct < 700 else float("inf")
-    return labels, {"scheme": scheme, "n_units": int(n_groups), "distinct_shuffles": distinct,
-                    "log10_distinct_shuffles": log_distinct / math.log(10)}
-
-
-def shuffled_residuals(X: np.ndarray, labels: np.ndarray, method: str = "rave", chunk: int = 256) -> np.ndarray:
-    """(K, d) float32: the residual recomputed under each row of `labels` (True = the 'to' set)."""
-    Xn = l2n(X) if method == "rave" else np.asarray(X, np.float64)
-    total = Xn.sum(0)
-    n_to = labels.sum(1, keepdims=True).astype(np.float64)
-    n_from = labels.shape[1] - n_to
-    R = np.empty((len(labels), Xn.shape[1]), np.float32)
-    for s in range(0, len(labels), chunk):
-        sum_to = labels[s:s + chunk].astype(np.float64) @ Xn
-        sum_from = total - sum_to
-        if method == "rave":
-            R[s:s + chunk] = l2n(l2n(sum_to) - l2n(sum_from))
-        else:
-            R[s:s + chunk] = l2n(sum_to / n_to[s:s + chunk] - sum_from / n_from[s:s + chunk])
-    return R
-
-
-def permutation_null(X: np.ndarray, labels: np.ndarray, C: np.ndarray, method: str = "rave",
-                     deflations: dict | None = None, block: int = 1024, rows: int = 512,
-                     threads: int | None = None) -> dict:
-    """For each shuffle: recompute the residual and score the whole vocabulary. Returns the max and min score
-    per shuffle, and, for each ranking side in `deflations` ({side: (sign, picked indices, orthonormal pick
-    directions (m, d))}), the best cosine at each deflation step when the shuffled residual is deflated by
-    the same picks (a sequential null).
-
-    The vocabulary is cut into blocks of `block` concepts, handed to `threads` workers; a worker scores a
-    block against `rows` shuffles at a time (single-threaded BLAS) and reduces it while it is in cache,
-    so memory holds `threads` x rows x block scores, never shuffles x vocabulary."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from threadpoolctl import threadpool_limits
-
-    R = shuffled_residuals(X, labels, method)
-    K = len(R)
-    Cf = np.ascontiguousarray(C, dtype=np.float32)
-    sides = []
-    for side, (sign, idx, T) in (deflations or {}).items():
-        T = np.asarray(T, np.float32).reshape(len(idx), Cf.shape[1])
-        A = np.ascontiguousarray(T @ Cf.T)                                       # (m, V): pick . concept
-        B = np.ascontiguousarray(sign * (R @ T.T), dtype=np.float32)            # (K, m): shuffled r . pick
-        sides.append((side, np.float32(sign), A, B, _step_tables(A, np.asarray(idx, np.int64))))
-    starts = list(range(0, len(Cf), block))
-    kernel = _kernels().sequential_max
-
-    def work(v0: int):
-        Cb = Cf[v0:v0 + block]
-        mx, mn = np.empty(K, np.float32), np.empty(K, np.float32)
-        seq = [np.empty((K, s[2].shape[0]), np.float32) for s in sides]
-        for k0 in range(0, K, rows):
-            S = R[k0:k0 + rows] @ Cb.T
-            mx[k0:k0 + rows], mn[k0:k0 + rows] = S.max(1), S.min(1)
-            for out, (_, sign, A, B, (inv, pen)) in zip(seq, sides):
-                if A.shape[0]:
-                    kernel(S, sign, A, B[k0:k0 + rows], inv, pen, v0, out[k0:k0 + rows])
-        return mx, mn, seq
-
-    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(max(1, min(threads or usable_cores(), len(starts)))) as pool:
-        parts = list(pool.map(work, starts))
-    out = {"max": np.max([p[0] for p in parts], 0).astype(np.float64),
-           "min": np.min([p[1] for p in parts], 0).astype(np.float64)}
-    for j, (side, _, A, B, _) in enumerate(sides):
-        best = np.max([p[2][j] for p in parts], 0).astype(np.float64)
-        out["seq_" + side] = best / np.sqrt(np.maximum(_residual_norms2(B), 1e-12))
+def side_lists(rankings: list[list[dict]], scores: np.ndarray, min_explained: float = MIN_EXPLAINED) -> dict[str, list[dict]]:
+    """Cut each side's ranking (`deflation_rankings` for the signs of SIDES) so that a concept is listed once, on
+    the side of its sign: a side's list ends at the first pick whose own centred score (its cosine with the whole
+    residual) or whose cosine at its deflation step has the other sign or is zero, or that explains less than
+    `min_explained` of |r|^2. (Past that point a greedy ranking picks what is left, whatever its direction.)"""
+    out = {}
+    for (side, sign), picks in zip(SIDES.items(), rankings):
+        kept = []
+        for pk in picks:
+            if sign * scores[pk["index"]] <= 0 or pk["cosine_at_pick"] <= 0 or pk["explained"] < min_explained:
+                break
+            kept.append(pk)
+        out[side] = kept
     return out
 
 
-def _residual_norms2(B: np.ndarray) -> np.ndarray:
-    """|P r|^2 at each deflation step: 1 - the squared projections on the picks removed before it."""
-    b2 = np.asarray(B, np.float64) ** 2
-    return 1.0 - np.cumsum(np.c_[np.zeros(len(b2)), b2], axis=1)[:, :b2.shape[1]]
+RANKING_COLUMNS = ["rank", "direction", "concept", "vocab_index", "score_centred", "z", "raw_cosine", "score_at_pick",
+                   "cosine_at_pick", "explained", "cum_explained"]
+
+
+def _ranking_table(side: str, picks: list[dict], concepts: list[str], s_centred, z, s_raw) -> pd.DataFrame:
+    sign = SIDES[side]
+    rows = [{"rank": rank, "direction": side, "concept": concepts[pk["index"]], "vocab_index": pk["index"],
+             "score_centred": float(s_centred[pk["index"]]), "z": float(z[pk["index"]]),
+             "raw_cosine": float(s_raw[pk["index"]]), "score_at_pick": float(sign * pk["score_at_pick"]),
+             "cosine_at_pick": float(sign * pk["cosine_at_pick"]), "explained": pk["explained"],
+             "cum_explained": pk["cum_explained"]} for rank, pk in enumerate(picks, 1)]
+    return pd.DataFrame(rows, columns=RANKING_COLUMNS)
 
 
 def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
@@ -226,92 +149,245 @@ def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
     return false_discovery_control(np.clip(p, 0, 1)) if len(p) else p
 
 
-def _step_tables(A: np.ndarray, picked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per deflation step: 1/|P c| for every concept and a -inf penalty for concepts out of the race."""
-    m, V = A.shape
-    inv = np.empty((m, V), np.float32)
-    pen = np.zeros((m, V), np.float32)
-    cn2 = np.ones(V, np.float64)
-    for i in range(m):
-        inv[i] = 1.0 / np.sqrt(np.maximum(cn2, 1e-8))
-        pen[i, cn2 <= 1e-8] = -np.inf
-        pen[i, picked[:i]] = -np.inf
-        cn2 -= A[i].astype(np.float64) ** 2
-    return inv, pen
+def _kish(w: np.ndarray) -> float:
+    """Kish's effective sample size (sum w)^2 / sum w^2 of units weighted by w."""
+    w = np.asarray(w, np.float64)
+    return float(w.sum() ** 2 / (w ** 2).sum()) if len(w) else 0.0
 
 
-def sequential_max_reference(S0, sign, A, B, picked) -> np.ndarray:
-    """NumPy reference of `sequential_max` (for tests)."""
-    inv, pen = _step_tables(A, picked)
-    S = (sign * S0).astype(np.float32)
-    rn2 = np.ones(len(S))
-    out = np.empty((len(S), len(picked)))
-    for i in range(len(picked)):
-        out[:, i] = (S * inv[i] + pen[i]).max(1) / np.sqrt(np.maximum(rn2, 1e-12))
-        S -= B[:, i:i + 1] * A[i][None, :]
-        rn2 -= B[:, i].astype(np.float64) ** 2
+def test_units(x_from: np.ndarray, x_to: np.ndarray, groups: np.ndarray | None = None) -> dict:
+    """The units the per-concept statistics count: the same units the shuffles exchange.
+
+    No groups (or one image per group): unit image vectors. Groups nested in the sets: one row per group, the
+    mean of its unit image vectors (correlated images of one scene are not counted as independent). Groups that
+    span both sets: per spanning group its 'from' mean and its 'to' mean, compared within the group (`paired`:
+    to minus from); groups held by one set carry no within-group contrast. `effective_n` is Kish's
+    (sum w)^2 / sum w^2 with w the images per unit, summed over the sets (paired: w = n_from n_to / n of the
+    group), the count that the residual's image-weighted means really rest on."""
+    a, b = l2n(x_from), l2n(x_to)
+    is_to = np.r_[np.zeros(len(a), bool), np.ones(len(b), bool)]
+    codes, sizes, counts_to, nested = group_layout(is_to, groups)
+    if groups is None or len(sizes) == len(is_to):
+        return {"from": a, "to": b, "paired": None, "unit": "images", "n_from": len(a), "n_to": len(b),
+                "effective_n": float(len(a) + len(b)), "shuffle": "between"}
+    n_f, n_t = sizes - counts_to, counts_to
+    sums_f, sums_t = np.zeros((len(sizes), a.shape[1])), np.zeros((len(sizes), a.shape[1]))
+    add_group_sums(sums_f, codes[~is_to], a)
+    add_group_sums(sums_t, codes[is_to], b)
+    if nested:
+        f, t = n_f > 0, n_t > 0
+        return {"from": sums_f[f] / n_f[f, None], "to": sums_t[t] / n_t[t, None], "paired": None, "unit": "groups",
+                "n_from": int(f.sum()), "n_to": int(t.sum()), "effective_n": _kish(n_f[f]) + _kish(n_t[t]),
+                "shuffle": "between"}
+    both = (n_f > 0) & (n_t > 0)
+    uf, ut = sums_f[both] / n_f[both, None], sums_t[both] / n_t[both, None]
+    return {"from": uf, "to": ut, "paired": ut - uf, "unit": "groups", "n_from": int(both.sum()),
+            "n_to": int(both.sum()), "effective_n": _kish(n_f[both] * n_t[both] / sizes[both]), "shuffle": "within"}
+
+
+def _spread(X: np.ndarray) -> np.ndarray:
+    """A matrix D with |D c|^2 = the variance of the mean of X's rows along c: the centred rows scaled, or their
+    (d, d) triangular factor when there are more rows than dimensions (cheaper to apply)."""
+    n = len(X)
+    D = (X - X.mean(0)) / np.sqrt((n - 1) * n)
+    return np.linalg.qr(D, mode="r") if n > D.shape[1] else D
+
+
+def _along(c: np.ndarray, D: np.ndarray) -> np.ndarray:
+    return ((c @ D.T) ** 2).sum(1)
+
+
+def welch_all_concepts(u_from: np.ndarray, u_to: np.ndarray, C: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """Welch t-test p-values (to vs from) of the units' similarity (rows: unit image vectors or group means) for
+    EVERY concept, from the two sets' means and spreads: never a units x vocabulary matrix, and no selection
+    before testing (so BH over the whole vocabulary controls the false discovery rate)."""
+    from scipy.stats import t as student_t
+
+    na, nb = len(u_from), len(u_to)
+    if na < 2 or nb < 2:
+        return np.ones(len(C))
+    delta = u_to.mean(0) - u_from.mean(0)
+    Da, Db = _spread(np.asarray(u_from, np.float64)), _spread(np.asarray(u_to, np.float64))
+    p = np.empty(len(C))
+    for s in range(0, len(C), chunk):
+        c = np.asarray(C[s:s + chunk], np.float64)
+        va, vb = _along(c, Da), _along(c, Db)
+        se2 = np.maximum(va + vb, 1e-300)
+        df = se2 ** 2 / np.maximum(va ** 2 / (na - 1) + vb ** 2 / (nb - 1), 1e-300)
+        p[s:s + chunk] = 2 * student_t.sf(np.abs(c @ delta) / np.sqrt(se2), df)
+    return p
+
+
+def paired_all_concepts(D: np.ndarray, C: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """Paired t-test p-values for EVERY concept: rows of D are per-group differences (to mean - from mean)."""
+    from scipy.stats import t as student_t
+
+    G = len(D)
+    if G < 2:
+        return np.ones(len(C))
+    m, S = D.mean(0), _spread(np.asarray(D, np.float64))
+    p = np.empty(len(C))
+    for s in range(0, len(C), chunk):
+        c = np.asarray(C[s:s + chunk], np.float64)
+        p[s:s + chunk] = 2 * student_t.sf(np.abs(c @ m) / np.sqrt(np.maximum(_along(c, S), 1e-300)), G - 1)
+    return p
+
+
+def unit_statistics(units: dict, C: np.ndarray, cand_idx: np.ndarray) -> pd.DataFrame:
+    """Per candidate concept (rows indexed by vocabulary index), on the test units of `test_units`: mean
+    similarity in each set, difference, AUROC (to vs from units), welch_p (a paired t-test within groups when
+    groups span the sets; nominal) and q_bh, Benjamini-Hochberg over the WHOLE vocabulary's p-values."""
+    from scipy.stats import mannwhitneyu
+
+    p_all = (paired_all_concepts(units["paired"], C) if units["paired"] is not None
+             else welch_all_concepts(units["from"], units["to"], C))
+    q_all = benjamini_hochberg(p_all)
+    Cc = np.asarray(C[cand_idx], np.float32)
+    sa, sb = units["from"].astype(np.float32) @ Cc.T, units["to"].astype(np.float32) @ Cc.T
+    auroc = mannwhitneyu(sb, sa, axis=0, alternative="two-sided").statistic / (len(sa) * len(sb))
+    return pd.DataFrame({"mean_sim_from": sa.mean(0), "mean_sim_to": sb.mean(0), "diff": sb.mean(0) - sa.mean(0),
+                         "auroc": auroc, "welch_p": p_all[cand_idx], "q_bh": q_all[cand_idx]}, index=cand_idx)
+
+
+def deflated_family_p(observed: dict, null_seq: dict) -> dict:
+    """p_fwer_deflated: at each deflation step one family over the sides that reach it (`family_p`), then a
+    running maximum along each side (a step counts only once the steps before it do)."""
+    out = {s: np.empty(len(v)) for s, v in observed.items()}
+    for i in range(max((len(v) for v in observed.values()), default=0)):
+        sides = [s for s, v in observed.items() if len(v) > i]
+        p = family_p({s: observed[s][i] for s in sides}, {s: null_seq[s][:, i] for s in sides},
+                     {s: observed[s][i:i + 1] for s in sides})
+        for s in sides:
+            out[s][i] = p[s][0]
+    return {s: np.maximum.accumulate(v) for s, v in out.items()}
+
+
+def permutation_test(x_from, x_to, groups, C: np.ndarray, s_centred: np.ndarray, lists: dict, *, permutations: int,
+                     seed: int, method: str, deflated_steps: int, family: str) -> tuple[dict, dict]:
+    """The page's family-wise permutation test: ({info}, {side: (p_fwer, p_fwer_deflated) of its listed picks}).
+
+    The statistic is each side's maximum over the whole vocabulary (sign x centred score), standardised by its
+    own null and combined over the family's sides (`family_p`): under the null, p_fwer < alpha for any concept
+    of the page happens in at most alpha of splits. The deflated test does the same at each step."""
+    t0 = time.perf_counter()
+    sides = tuple(SIDES) if family == "page" else (family,)
+    sh = draw_shuffles(np.r_[np.zeros(len(x_from), bool), np.ones(len(x_to), bool)], groups, permutations, seed)
+    steps = {s: lists[s][:deflated_steps] for s in sides}
+    deflations = {s: (SIDES[s], [pk["index"] for pk in steps[s]],
+                      np.array([pk["direction"] for pk in steps[s]], np.float32).reshape(-1, C.shape[1])) for s in sides}
+    null = permutation_null((x_from, x_to), sh, C, method, deflations)     # the two sets read block by block
+    side_null = {"adds": null["max"], "removes": -null["min"]}
+    raw = family_p({s: float(np.max(SIDES[s] * s_centred)) for s in sides}, {s: side_null[s] for s in sides},
+                   {s: SIDES[s] * s_centred[[pk["index"] for pk in lists[s]]] for s in sides})
+    seq = deflated_family_p({s: np.array([pk["cosine_at_pick"] for pk in steps[s]]) for s in sides},
+                            {s: null["seq_" + s] for s in sides})
+    pvals = {s: (raw[s], np.r_[seq[s], np.full(len(lists[s]) - len(seq[s]), np.nan)]) for s in sides}
+    info = dict(sh.info, K=permutations, deflated_steps=deflated_steps, family=family,
+                family_note=FAMILY_NOTES[family], seconds=round(time.perf_counter() - t0, 3))
+    finite = info["distinct_shuffles"] not in (0, float("inf"))
+    info["smallest_attainable_p"] = max(1.0 / (permutations + 1), 1.0 / info["distinct_shuffles"] if finite else 0.0)
+    info["null_max_score_95"] = float(np.quantile(null["max"], 0.95))
+    info["null_min_score_05"] = float(np.quantile(null["min"], 0.05))
+    return info, pvals
+
+
+FAMILY_NOTES = {
+    "page": "one family for the page: both lists and every deflation step; p_fwer < alpha anywhere on the page "
+            "happens in at most alpha of null splits",
+    "adds": "one-sided question, what the residual adds: only the 'adds' list is tested (the 'removes' list "
+            "carries no p-values)",
+    "removes": "one-sided question, what the residual removes: only the 'removes' list is tested (the 'adds' "
+               "list carries no p-values)"}
+STAT_COLUMNS = ("mean_sim_from", "mean_sim_to", "diff", "auroc", "welch_p", "q_bh")
+
+
+def _candidate_indices(s_centred: np.ndarray, tables: dict, candidates: int) -> np.ndarray:
+    """The `candidates` concepts of largest |score|, and every listed concept."""
+    cand = np.argsort(-np.abs(s_centred))[:min(candidates, len(s_centred))]
+    listed = [j for tab in tables.values() for j in tab["vocab_index"] if j not in set(cand.tolist())]
+    return np.r_[cand, np.asarray(list(dict.fromkeys(listed)), int)]
+
+
+def _significance(tables: dict, lists: dict, x_from, x_to, groups, C, s_centred, *, candidates: int,
+                  permutations: int, seed: int, method: str, deflated_steps: int, family: str) -> tuple[dict, pd.DataFrame]:
+    """Per-concept statistics on the test units and the permutation test, written into the tables in place."""
+    units = test_units(x_from, x_to, groups)
+    cand_idx = _candidate_indices(s_centred, tables, candidates)
+    stats = unit_statistics(units, C, cand_idx)
+    perm_info, pvals = {"K": permutations, "family": family}, {}
+    if permutations > 0:
+        perm_info, pvals = permutation_test(x_from, x_to, groups, C, s_centred, lists, permutations=permutations,
+                                            seed=seed, method=method, deflated_steps=deflated_steps, family=family)
+    for side, tab in tables.items():
+        rows = stats.loc[tab["vocab_index"].to_numpy(int)]
+        for col in STAT_COLUMNS:
+            tab[col] = rows[col].to_numpy()
+        if permutations > 0:
+            tab["p_fwer"], tab["p_fwer_deflated"] = pvals.get(side, (np.full(len(tab), np.nan),) * 2)
+    count = {col: int(sum((t[col] < 0.05).sum() for t in tables.values() if col in t)) for col in ("p_fwer", "p_fwer_deflated")}
+    test_unit = {k: units[k] for k in ("unit", "n_from", "n_to", "effective_n", "shuffle")}
+    test_unit.update(shuffle=units["shuffle"] if permutations > 0 else "none", family=family,
+                     effective_n=round(test_unit["effective_n"], 1))
+    return ({"candidates": int(len(cand_idx)), "permutation": perm_info, "n_from": int(len(x_from)),
+             "n_to": int(len(x_to)), "test_unit": test_unit, "significant_fwer_05": count["p_fwer"],
+             "significant_fwer_deflated_05": count["p_fwer_deflated"],
+             "candidates_q_below_05": int((stats["q_bh"] < 0.05).sum())}, stats)
+
+
+def explain_vectors(r: np.ndarray, E: np.ndarray, concepts: list[str], x_from: np.ndarray | None = None,
+                    x_to: np.ndarray | None = None, groups: np.ndarray | None = None, *, top: int = 30,
+                    candidates: int = 500, permutations: int = 1000, seed: int = 0, method: str = "rave",
+                    deflated_steps: int = 10, family: str = "page", min_explained: float = MIN_EXPLAINED) -> dict:
+    """Rank concepts for residual `r` (d,) against text embeddings `E` (V, d) of `concepts`.
+
+    Each side's list is a greedy deflation, cut where its picks stop pointing its way (`side_lists`). With the
+    two sets' image vectors, add per-concept statistics on the test units (`test_units`: images, or groups) for
+    the top `candidates` and a permutation test of the whole page (`permutation_test`; `family` "adds" or
+    "removes" asks a one-sided question instead). `groups` (for the concatenation [x_from; x_to]) restricts the
+    shuffles to exchangeable units. The sequential (deflated) test covers the first `deflated_steps` picks of
+    each side (its cost is shuffles x vocabulary x steps)."""
+    if E.shape[0] != len(concepts):
+        raise ConfigError(f"{len(concepts)} concepts but {E.shape[0]} embeddings.")
+    if E.shape[1] != len(r):
+        raise IncompatibleRunError(f"Residual has dimension {len(r)} but the text embeddings {E.shape[1]}: different models.")
+    if family not in FAMILIES:
+        raise ConfigError(f"The 'family' parameter must be one of {FAMILIES}. Got {family!r} instead.")
+    if not 0 <= min_explained < 1:
+        raise ConfigError(f"The 'min_explained' parameter must be a float in [0, 1). Got {min_explained!r} instead.")
+    r = l2n(np.asarray(r, np.float64))
+    E = unit_rows32(E)
+    C, text_mean = centre(E)
+    s_centred = C @ r.astype(np.float32)
+    s_raw = E @ r.astype(np.float32)
+    z = (s_centred - s_centred.mean()) / (s_centred.std() or 1.0)
+    out: dict = {"info": {"vocabulary_size": len(concepts), "text_mean_norm": float(np.linalg.norm(text_mean)),
+                          "score": "cosine of r with the centred, renormalised concept embedding",
+                          "min_explained": min_explained}}
+    lists = side_lists(deflation_rankings(r, C, top, tuple(SIDES.values())), s_centred, min_explained)
+    tables = {side: _ranking_table(side, lists[side], concepts, s_centred, z, s_raw) for side in SIDES}
+    if x_from is not None and x_to is not None and len(x_from) and len(x_to):
+        info, out["candidate_stats"] = _significance(
+            tables, lists, x_from, x_to, groups, C, s_centred, candidates=candidates, permutations=permutations,
+            seed=seed, method=method, deflated_steps=deflated_steps, family=family)
+        out["info"].update(info)
+    out["adds"], out["removes"] = tables["adds"], tables["removes"]
+    out["centred"] = C
+    out["scores_centred"] = s_centred
     return out
-
-
-def sequential_max(S0: np.ndarray, sign: float, A: np.ndarray, B: np.ndarray, picked: np.ndarray) -> np.ndarray:
-    """For each shuffle (a row of S0: its scores against the undeflated concepts), the best cosine at each
-    deflation step when the shuffled residual and the concepts are deflated by the observed picks.
-    (`permutation_null` runs the same kernel block by block.)"""
-    inv, pen = _step_tables(A, picked)
-    best = np.empty((S0.shape[0], A.shape[0]), np.float32)
-    _kernels().sequential_max(np.ascontiguousarray(S0, np.float32), np.float32(sign), np.ascontiguousarray(A, np.float32),
-                             np.ascontiguousarray(B, np.float32), inv, pen, 0, best)
-    return best.astype(np.float64) / np.sqrt(np.maximum(_residual_norms2(B), 1e-12))
 
 
 _KERNELS = None
 
 
 def _kernels():
-    """The numba kernels, compiled (or loaded from numba's cache) on first use."""
+    """The deflation's numba kernel, compiled (or loaded from numba's cache) on first use."""
     global _KERNELS
     if _KERNELS is None:
         from types import SimpleNamespace
 
         import numba
 
-        # No NaN reaches the kernels, and neither a maximum nor (to float32 rounding) a dot product depends on
-        # the order of its terms; -inf stays meaningful (it marks concepts out of the race): no 'ninf' flag.
-        flags = {"nnan", "nsz", "reassoc", "contract"}
-
-        @numba.njit(nogil=True, cache=True, fastmath=flags)
-        def step(row, inv, pen, a, b, vals, keys):
-            """max_v (row * inv + pen), then row -= b * a. `keys` is `vals` viewed as int32: LLVM does not
-            vectorise a float max reduction here but does an integer one, so the maximum is taken over an
-            order-preserving integer image of the floats (flip the low 31 bits of negatives), its own inverse."""
-            for v in range(row.shape[0]):
-                vals[v] = row[v] * inv[v] + pen[v]
-            for v in range(row.shape[0]):
-                row[v] -= b * a[v]
-            best = np.int32(-2147483648)
-            for v in range(row.shape[0]):
-                x = keys[v]
-                best = max(best, x ^ ((x >> 31) & np.int32(0x7FFFFFFF)))
-            return best ^ ((best >> 31) & np.int32(0x7FFFFFFF))
-
-        @numba.njit(nogil=True, cache=True, fastmath=flags)
-        def sequential_max(S, sign, A, B, inv, pen, v0, best):
-            """Rows of S score the concepts v0 .. v0 + w; best[k, i] = max over them at step i (before the
-            division by |P r|). Per step: the maximum, then the deflation by pick i."""
-            K, w = S.shape
-            row = np.empty(w, np.float32)
-            vals = np.empty(w, np.float32)
-            keys = vals.view(np.int32)
-            out = np.empty(1, np.int32)
-            as_float = out.view(np.float32)
-            for k in range(K):
-                for v in range(w):
-                    row[v] = S[k, v] * sign
-                for i in range(A.shape[0]):
-                    out[0] = step(row, inv[i, v0:v0 + w], pen[i, v0:v0 + w], A[i, v0:v0 + w], B[k, i], vals, keys)
-                    best[k, i] = as_float[0]
-
-        @numba.njit(parallel=True, cache=True, fastmath=flags)
+        @numba.njit(parallel=True, cache=True, fastmath={"nnan", "nsz", "reassoc", "contract"})
         def times_vocab(C, T, out):
             """out = C @ T.T for a tall C (V, d) and a few rows T (n, d)."""
             for v in numba.prange(C.shape[0]):
@@ -321,154 +397,26 @@ def _kernels():
                         acc += C[v, k] * T[j, k]
                     out[v, j] = acc
 
-        _KERNELS = SimpleNamespace(sequential_max=sequential_max, times_vocab=times_vocab)
+        _KERNELS = SimpleNamespace(times_vocab=times_vocab)
     return _KERNELS
 
 
-def welch_all_concepts(x_from: np.ndarray, x_to: np.ndarray, C: np.ndarray, chunk: int = 8192) -> np.ndarray:
-    """Welch t-test p-values (to vs from) of per-image similarity for EVERY concept, from the two sets' means and
-    covariances: never an images x vocabulary matrix, and no selection before testing (so BH over the whole
-    vocabulary controls the false discovery rate, where BH over a score-selected shortlist would not)."""
-    from scipy.stats import t as student_t
-
-    a, b = l2n(x_from), l2n(x_to)
-    na, nb = len(a), len(b)
-    if na < 2 or nb < 2:
-        return np.ones(len(C))
-    delta = b.mean(0) - a.mean(0)
-    # c^T Cov c from the centred data when a set is smaller than the dimension (cheaper), else from Cov
-    Da, Db = (a - a.mean(0)) / np.sqrt((na - 1) * na), (b - b.mean(0)) / np.sqrt((nb - 1) * nb)
-
-    def quad(c, D):
-        if len(D) < D.shape[1]:
-            return ((c @ D.T) ** 2).sum(1)
-        return ((c @ (D.T @ D)) * c).sum(1)
-
-    p = np.empty(len(C))
-    for s in range(0, len(C), chunk):
-        c = np.asarray(C[s:s + chunk], np.float64)
-        va, vb = quad(c, Da), quad(c, Db)
-        se2 = np.maximum(va + vb, 1e-300)
-        t = (c @ delta) / np.sqrt(se2)
-        df = se2 ** 2 / np.maximum(va ** 2 / (na - 1) + vb ** 2 / (nb - 1), 1e-300)
-        p[s:s + chunk] = 2 * student_t.sf(np.abs(t), df)
-    return p
-
-
-def concept_statistics(x_from: np.ndarray, x_to: np.ndarray, concepts_unit: np.ndarray) -> pd.DataFrame:
-    """Per concept: mean similarity in each set, difference, AUROC (to vs from), Welch t-test p (nominal)."""
-    from scipy.stats import mannwhitneyu, ttest_ind
-
-    sa = l2n(x_from).astype(np.float32) @ concepts_unit.T
-    sb = l2n(x_to).astype(np.float32) @ concepts_unit.T
-    u = mannwhitneyu(sb, sa, axis=0, alternative="two-sided").statistic
-    auroc = u / (len(sa) * len(sb))
-    if len(sa) > 1 and len(sb) > 1:
-        p = ttest_ind(sb, sa, axis=0, equal_var=False).pvalue
-    else:
-        p = np.full(sa.shape[1], np.nan)
-    return pd.DataFrame({"mean_sim_from": sa.mean(0), "mean_sim_to": sb.mean(0), "diff": sb.mean(0) - sa.mean(0),
-                         "auroc": auroc, "welch_p": np.nan_to_num(p, nan=1.0)})
-
-
-def explain_vectors(r: np.ndarray, E: np.ndarray, concepts: list[str], x_from: np.ndarray | None = None,
-                    x_to: np.ndarray | None = None, groups: np.ndarray | None = None, *, top: int = 30,
-                    candidates: int = 500, permutations: int = 1000, seed: int = 0, method: str = "rave",
-                    deflated_steps: int = 10) -> dict:
-    """Rank concepts for residual `r` (d,) against text embeddings `E` (V, d) of `concepts`.
-
-    With the two sets' image vectors, add per-concept statistics for the top `candidates` and a
-    permutation test of the whole ranking (family-wise adjusted p by the max statistic). `groups` (for the
-    concatenation [x_from; x_to]) restricts the shuffles to exchangeable units. The sequential (deflated) test
-    covers the first `deflated_steps` picks of each side (its cost is shuffles x vocabulary x steps)."""
-    if E.shape[0] != len(concepts):
-        raise ConfigError(f"{len(concepts)} concepts but {E.shape[0]} embeddings.")
-    if E.shape[1] != len(r):
-        raise IncompatibleRunError(f"Residual has dimension {len(r)} but the text embeddings {E.shape[1]}: different models.")
-    r = l2n(np.asarray(r, np.float64))
-    E = unit_rows32(E)
-    C, text_mean = centre(E)
-    s_centred = C @ r.astype(np.float32)
-    s_raw = E @ r.astype(np.float32)
-    z = (s_centred - s_centred.mean()) / (s_centred.std() or 1.0)
-    out: dict = {"info": {"vocabulary_size": len(concepts), "text_mean_norm": float(np.linalg.norm(text_mean)),
-                          "score": "cosine of r with the centred, renormalised concept embedding"}}
-    tables, picks_by_side = {}, {}
-    both = deflation_rankings(r, C, top, tuple(SIDES.values()))
-    for (side, sign), picks in zip(SIDES.items(), both):
-        picks_by_side[side] = picks
-        rows = []
-        for rank, pk in enumerate(picks, 1):
-            j = pk["index"]
-            rows.append({"rank": rank, "direction": side, "concept": concepts[j], "vocab_index": j,
-                         "score_centred": float(s_centred[j]), "z": float(z[j]), "raw_cosine": float(s_raw[j]),
-                         "score_at_pick": float(sign * pk["score_at_pick"]),
-                         "cosine_at_pick": float(sign * pk["cosine_at_pick"]), "explained": pk["explained"],
-                         "cum_explained": pk["cum_explained"]})
-        tables[side] = pd.DataFrame(rows)
-    if x_from is not None and x_to is not None and len(x_from) and len(x_to):
-        n_cand = min(candidates, len(concepts))
-        cand_idx = np.argsort(-np.abs(s_centred))[:n_cand]
-        shortlisted = set(cand_idx.tolist())
-        ranked = [j for tab in tables.values() for j in tab["vocab_index"]]
-        cand_idx = np.r_[cand_idx, np.asarray(list(dict.fromkeys(j for j in ranked if j not in shortlisted)), int)]
-        stats = concept_statistics(x_from, x_to, C[cand_idx])
-        q_all = benjamini_hochberg(welch_all_concepts(x_from, x_to, C))   # BH over the whole vocabulary
-        stats["q_bh"] = q_all[cand_idx]
-        stats.index = cand_idx
-        X = np.concatenate([x_from, x_to])
-        is_to = np.r_[np.zeros(len(x_from), bool), np.ones(len(x_to), bool)]
-        t0 = time.perf_counter()
-        perm_info: dict = {"K": permutations}
-        if permutations > 0:
-            labels, perm_info = permutation_labels(is_to, groups, permutations, seed)
-            perm_info["K"] = permutations
-            perm_info["deflated_steps"] = deflated_steps
-            deflations = {side: (sign, [pk["index"] for pk in picks_by_side[side][:deflated_steps]],
-                                 np.array([pk["direction"] for pk in picks_by_side[side][:deflated_steps]]).reshape(-1, C.shape[1]))
-                          for side, sign in SIDES.items()}
-            null = permutation_null(X, labels, C, method, deflations)
-            perm_info["seconds"] = round(time.perf_counter() - t0, 3)
-            finite = perm_info["distinct_shuffles"] not in (0, float("inf"))
-            perm_info["smallest_attainable_p"] = max(1.0 / (permutations + 1),
-                                                     1.0 / perm_info["distinct_shuffles"] if finite else 0.0)
-            perm_info["null_max_score_95"] = float(np.quantile(null["max"], 0.95))
-            perm_info["null_min_score_05"] = float(np.quantile(null["min"], 0.05))
-        for side, tab in tables.items():
-            if tab.empty:
-                continue
-            idx = tab["vocab_index"].to_numpy()
-            for col in ("mean_sim_from", "mean_sim_to", "diff", "auroc", "welch_p", "q_bh"):
-                tab[col] = stats.loc[idx, col].to_numpy()
-            if permutations > 0:
-                stat = SIDES[side] * tab["score_centred"].to_numpy()
-                extreme = null["max"] if side == "adds" else -null["min"]
-                tab["p_fwer"] = (1 + (extreme[None, :] >= stat[:, None]).sum(1)) / (permutations + 1)
-                seq_obs = np.array([pk["cosine_at_pick"] for pk in picks_by_side[side][:deflated_steps]])
-                seq_null = null["seq_" + side]
-                p_seq = np.maximum.accumulate((1 + (seq_null >= seq_obs[None, :]).sum(0)) / (permutations + 1))
-                tab["p_fwer_deflated"] = np.r_[p_seq, np.full(len(tab) - len(p_seq), np.nan)]
-        out["info"].update(candidates=int(len(cand_idx)), permutation=perm_info,
-                           n_from=int(len(x_from)), n_to=int(len(x_to)),
-                           significant_fwer_05=int(sum((t.get("p_fwer", pd.Series(dtype=float)) < 0.05).sum()
-                                                       for t in tables.values())),
-                           significant_fwer_deflated_05=int(sum((t.get("p_fwer_deflated", pd.Series(dtype=float)) < 0.05).sum()
-                                                                for t in tables.values())),
-                           candidates_q_below_05=int((stats["q_bh"] < 0.05).sum()))
-        out["candidate_stats"] = stats
-    out["adds"], out["removes"] = tables["adds"], tables["removes"]
-    out["centred"] = C
-    out["scores_centred"] = s_centred
-    return out
+def set_groups(*columns) -> np.ndarray | None:
+    """Group labels of the concatenated sets: None when no image has one; an image without one is its own group."""
+    g = pd.concat([pd.Series(np.asarray(c, dtype=object)) for c in columns], ignore_index=True)
+    missing = g.isna().to_numpy()
+    if missing.all():
+        return None
+    g = g.astype(str).to_numpy()
+    g[missing] = [f"\0image {i}" for i in np.flatnonzero(missing)]
+    return g
 
 
 def _set_vectors(side: dict):
     from .runs import Run
-    from .residual import _select
 
     run = Run(side["run"])
-    mask = _select(run, side["selector"])
-    return run, mask
+    return run, run.select(side["selector"])
 
 
 def _exemplars(run, index, mask: np.ndarray, query: np.ndarray, k: int) -> list[dict]:
@@ -486,7 +434,7 @@ def _exemplars(run, index, mask: np.ndarray, query: np.ndarray, k: int) -> list[
 def explain_residual(residual: str | os.PathLike, out: str | os.PathLike = "report", *, vocab: str | None = None,
                      templates: str | None = None, top: int = 30, candidates: int = 500, permutations: int = 1000,
                      seed: int = 0, exemplars: int = 3, device: str = "auto", progress: bool = True,
-                     deflated_steps: int = 10) -> dict:
+                     deflated_steps: int = 10, family: str = "page", min_explained: float = MIN_EXPLAINED) -> dict:
     """Rank concepts for a residual file and write report.{json,csv,md,html} into `out`. Returns the report dict."""
     from . import models, report as rep, vocab as vb
     from .residual import load_residual
@@ -495,6 +443,7 @@ def explain_residual(residual: str | os.PathLike, out: str | os.PathLike = "repo
         raise ConfigError(f"The 'top' option of explain-residual must be an int in [1, 500]. Got {top} instead.")
     if permutations < 0 or candidates < 1:
         raise ConfigError("--permutations must be >= 0 and --candidates >= 1.")
+    check_output_dir(out)          # an --out that is an existing file: one line now, not a traceback at the end
     res = load_residual(residual)
     mi = res.info["model"]
     # the network is built (and its weights checked against the residual's) only if some text is not cached
@@ -509,15 +458,16 @@ def explain_residual(residual: str | os.PathLike, out: str | os.PathLike = "repo
     note = None
     try:
         (run_a, mask_a), (run_b, mask_b) = _set_vectors(res.info["from"]), _set_vectors(res.info["to"])
-        x_from, x_to = run_a.vectors[mask_a], run_b.vectors[mask_b]
-        groups = pd.concat([run_a.metadata.loc[mask_a, "group"], run_b.metadata.loc[mask_b, "group"]]).astype(str).to_numpy()
+        x_from, x_to = run_a.take(mask_a), run_b.take(mask_b)     # the two sets only, read block by block
+        groups = set_groups(run_a.read_metadata(["group"])["group"][mask_a],
+                            run_b.read_metadata(["group"])["group"][mask_b])
         runs = (run_a, mask_a, run_b, mask_b)
     except (ConfigError, FileNotFoundError, KeyError) as exc:
         note = f"Significance skipped: the source runs could not be read ({exc})."
         log.warning(note)
     result = explain_vectors(res.vector, E, V.concepts, x_from, x_to, groups, top=top, candidates=candidates,
                              permutations=permutations, seed=seed, method=res.info.get("method", "rave"),
-                             deflated_steps=deflated_steps)
+                             deflated_steps=deflated_steps, family=family, min_explained=min_explained)
     info = dict(result["info"], vocabulary=V.name, vocabulary_source=V.source, templates=tpls,
                 text_embedding_seconds=round(t_embed, 3), text_cache=cache_info["cache"], significance_note=note)
     if V.name == "model":
@@ -539,7 +489,7 @@ def explain_residual(residual: str | os.PathLike, out: str | os.PathLike = "repo
         for side, n in (("adds", 5), ("removes", 3)):
             for _, row in result[side].head(n).iterrows():
                 j = int(row["vocab_index"])
-                hists.append((row["concept"], xa @ C[j], xb @ C[j]))
+                hists.append((row["concept"], xa @ C[j], xb @ C[j], side))
                 if exemplars > 0:
                     ex = {"concept": row["concept"], "direction": side,
                           "from": _exemplars(run_a, index_a, mask_a, E[j], exemplars),

@@ -15,8 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .colour import LUMA
+
 SUPPORTED_FORMATS = {"JPEG", "PNG", "BMP", "WEBP", "TIFF", "GIF", "MPO", "PPM", "JPEG2000"}
 DEFAULT_MAX_PIXELS = 178_956_970  # PIL's own default limit
+# Longest side / shortest side beyond which an image is refused as `extreme-aspect`: CLIP preprocessing resizes the
+# short side to the model's input (224-336 px), so a 200000x1 strip would become a 224 x 44.8M image (30 GB).
+# At 100:1 the resized copy stays under 336 * 33600 * 3 bytes = 34 MB (uint8), 135 MB as float32.
+DEFAULT_MAX_ASPECT = 100.0
 
 # The IJG standard luminance quantisation table (quality 50), in zig-zag-free natural order.
 _IJG_LUMA = np.array([
@@ -78,20 +84,86 @@ def _to_rgb(img: Image.Image, notes: list[str]) -> Image.Image:
     return img.convert("RGB") if mode != "RGB" else img
 
 
-def decode_image(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS, data: bytes | None = None) -> DecodedImage:
-    """Read, validate and convert one file. Raises ImageError with a reason when it cannot be embedded."""
-    if data is None:
-        if os.path.islink(path) and not os.path.exists(path):
-            raise ImageError("broken-symlink", os.readlink(path))
+_FDS: dict = {}
+
+
+def _tar_fd(path: str) -> int:
+    """A read-only descriptor per (process, tar file), kept open: members are read with pread (thread-safe)."""
+    key = (os.getpid(), path)
+    fd = _FDS.get(key)
+    if fd is None:
+        if len(_FDS) >= 64:
+            for old in [k for k in _FDS if k[0] == os.getpid()][:32]:
+                os.close(_FDS.pop(old))
+        fd = _FDS[key] = os.open(path, os.O_RDONLY)
+    return fd
+
+
+def read_bytes(source) -> bytes:
+    """The bytes of a file path, or of a tar member given as (tar path, data offset, size). Raises ImageError."""
+    if isinstance(source, tuple):
+        tar, offset, size = source[:3]
         try:
-            with open(path, "rb") as fh:
-                data = fh.read()
+            data = os.pread(_tar_fd(tar), size, offset)
         except FileNotFoundError:
-            raise ImageError("missing-file") from None
-        except IsADirectoryError:
-            raise ImageError("is-a-directory") from None
+            raise ImageError("missing-file", f"webdataset shard {os.fsencode(tar).decode('utf-8', 'backslashreplace')}") from None
         except OSError as exc:
             raise ImageError("unreadable", str(exc)) from None
+        if len(data) != size:
+            raise ImageError("truncated-or-corrupt", f"tar member has {len(data)} of {size} bytes (shard truncated or changed)")
+        return data
+    path = source
+    if os.path.islink(path) and not os.path.exists(path):
+        raise ImageError("broken-symlink", os.readlink(path))
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        raise ImageError("missing-file") from None
+    except IsADirectoryError:
+        raise ImageError("is-a-directory") from None
+    except OSError as exc:
+        raise ImageError("unreadable", str(exc)) from None
+
+
+def check_aspect(width: int, height: int, max_aspect: float | None) -> None:
+    """Refuse an image whose long side exceeds `max_aspect` times its short side, from its header (before any
+    pixel is decoded or resized): the short-side resize of CLIP preprocessing would blow up memory."""
+    if max_aspect is None or min(width, height) <= 0:
+        return
+    ratio = max(width, height) / min(width, height)
+    if ratio > max_aspect:
+        raise ImageError("extreme-aspect", f"{width}x{height} px, aspect {ratio:.0f}:1 is above the limit {max_aspect:g}:1 "
+                         "(--max-aspect): resizing its short side to the model input would need "
+                         f"{resized_bytes(width, height, 224) / 2**30:.1f} GiB at 224 px; crop it or raise --max-aspect")
+
+
+def resized_bytes(width: int, height: int, size: int, channels: int = 3, itemsize: int = 4) -> int:
+    """Bytes of the intermediate image a shortest-side resize to `size` makes (before the centre crop)."""
+    short, long = min(width, height), max(width, height)
+    return int(size) * max(int(size), round(long * size / max(1, short))) * channels * itemsize
+
+
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"\x00\x00\x00\x0cjP  ", "JPEG2000"))
+
+
+def signature_format(data: bytes) -> str | None:
+    """The image format a file's magic bytes announce (PNG, JPEG, GIF, TIFF, BMP, WEBP, JPEG2000), else None."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data[:2] == b"BM" and data[6:10] == b"\x00\x00\x00\x00":     # BMP: magic, file size, zero reserved bytes
+        return "BMP"
+    return next((fmt for magic, fmt in _SIGNATURES if data.startswith(magic)), None)
+
+
+def decode_image(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS, data: bytes | None = None,
+                 max_aspect: float | None = None) -> DecodedImage:
+    """Read, validate and convert one file. Raises ImageError with a reason when it cannot be embedded.
+
+    `max_aspect` (None: no limit) refuses extreme strips from the header, before decoding (`check_aspect`)."""
+    if data is None:
+        data = read_bytes(path)
     if not data:
         raise ImageError("zero-byte-file")
     sha1 = hashlib.sha1(data).hexdigest()
@@ -106,10 +178,15 @@ def decode_image(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS, data: b
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
                 raise ImageError("decompression-bomb", str(exc)) from None
             except UnidentifiedImageError:
+                fmt = signature_format(data)
+                if fmt:   # the file says it is an image (magic bytes) but no decoder can read it: damaged
+                    raise ImageError("truncated-or-corrupt", f"starts with the {fmt} signature but cannot be decoded "
+                                     "(damaged header or bad checksum)") from None
                 raise ImageError("not-an-image", "no decoder recognises the content") from None
             fmt = img.format or "unknown"
             if fmt not in SUPPORTED_FORMATS:
                 raise ImageError("unsupported-format", fmt)
+            check_aspect(img.width, img.height, max_aspect)
             frames = int(getattr(img, "n_frames", 1) or 1)
             if frames > 1:
                 img.seek(0)
@@ -142,7 +219,7 @@ def mean_luma(img: Image.Image) -> float:
     """Mean sRGB luma (Rec. 709 weights) in [0, 1], on a box-reduced copy (about 64 px on the short side)."""
     factor = max(1, min(img.size) // 64)
     arr = np.asarray(img.reduce(factor) if factor > 1 else img, dtype=np.float32) / 255.0
-    return float((arr @ np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)).mean())
+    return float((arr @ LUMA.astype(np.float32)).mean())
 
 
 def load_rgb(path: str) -> np.ndarray:

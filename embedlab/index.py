@@ -1,66 +1,144 @@
-"""FAISS indices over a run's vectors. Exact inner product (IndexFlatIP) by default; approximate on request,
-always reported with its recall@k against exact search. Uses the GPU build of FAISS when installed."""
+"""FAISS indices over a run's vectors, built out of core: trained on a sample, filled shard by shard from the
+memory-mapped vectors, written atomically. Exact inner product (flat) by default; approximate kinds (HNSW,
+IVF, IVF-SQ8, IVF-PQ) are chosen by size (`auto`, see `auto_kind`) and always recorded with their recall@1/10/100
+against exact search on held-out queries and their single-query latency, in the run manifest.
+
+Kinds live in one table, `KINDS` (name -> builder and help); the CLI builds its choices from it.
+"""
 from __future__ import annotations
 
 import logging
+import math
+import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
+from ._io import atomic_path, atomic_write_json, read_json
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
+INDEX_FILE = "index.faiss"
+RECALL_KS = (1, 10, 100)
+DEFAULT_BUDGET = "4G"
 
 
-def build_index(vectors: np.ndarray, ids: np.ndarray, kind: str = "flat"):
-    """An IndexIDMap2 over `vectors` (n, d) float32 with int64 `ids`. kind: flat | hnsw | ivf."""
+@dataclass(frozen=True)
+class IndexKind:
+    name: str
+    factory: Callable[[int, int, int, int | None], str]   # (n, d, budget bytes, nlist) -> FAISS factory string
+    memory: Callable[[int, int, int], int]                 # (n, d, nlist) -> bytes the filled index holds
+    help: str
+    exact: bool = False
+
+
+def ivf_lists(n: int) -> int:
+    """Inverted lists for n vectors: 2^round(log2(4 sqrt(n))) (autofaiss's rule), at least 1, and at most n/39
+    so that every list gets the 39 training points k-means asks for."""
+    k = 2 ** int(round(math.log2(max(1.0, 4 * math.sqrt(max(1, n))))))
+    return int(max(1, min(k, n // 39)))
+
+
+def hnsw_links(n: int, d: int, budget: int) -> int:
+    """autofaiss's HNSW size rule: m = floor((budget / (4 n) - d) / 2), capped at 32 (0: it does not fit)."""
+    m = int((budget / (4 * max(1, n)) - d) // 2)
+    return min(m, 32) if m >= 8 else 0
+
+
+def pq_bytes(n: int, d: int, budget: int) -> int:
+    """Largest PQ code size (bytes per vector) dividing d whose codes fit the budget (0: none)."""
+    for m in (256, 128, 64, 48, 32, 24, 16, 8, 4):
+        if d % m == 0 and m <= d and n * (m + 8) <= budget:
+            return m
+    return 0
+
+
+KINDS: dict[str, IndexKind] = {k.name: k for k in (
+    IndexKind("flat", lambda n, d, b, k: "Flat", lambda n, d, k: n * (4 * d + 8),
+              "exact inner product (IndexFlatIP): every vector in memory as float32", exact=True),
+    IndexKind("hnsw", lambda n, d, b, k: f"HNSW{max(8, hnsw_links(n, d, b) or 32)}",
+              lambda n, d, k: n * (4 * d + 8 + 8 * 8), "graph (HNSW, M links per vector, M as large as the budget "
+              "allows up to 32): fast, approximate, float32 vectors in memory"),
+    IndexKind("ivf", lambda n, d, b, k: f"IVF{k or ivf_lists(n)},Flat", lambda n, d, k: n * (4 * d + 8) + 4 * d * (k or 1),
+              "inverted lists (IVF, k-means cells, float32 vectors): approximate, searched cell by cell"),
+    IndexKind("ivfsq8", lambda n, d, b, k: f"IVF{k or ivf_lists(n)},SQ8", lambda n, d, k: n * (d + 8) + 4 * d * (k or 1),
+              "inverted lists with 8-bit scalar-quantised vectors: 4x smaller than ivf, near its recall"),
+    IndexKind("ivfpq", lambda n, d, b, k: f"IVF{k or ivf_lists(n)},PQ{pq_bytes(n, d, b) or 8}x8",
+              lambda n, d, k: n * 40 + 4 * d * (k or 1),
+              "inverted lists with product-quantised codes (the largest code that fits the budget): smallest"),
+)}
+KIND_CHOICES = ("auto", *KINDS)
+
+
+def auto_kind(n: int, d: int, budget: int) -> tuple[str, str]:
+    """(kind, why) by the field's size rule (autofaiss, anchors section 2): exact below about a million vectors
+    when they fit; HNSW when its graph fits the budget; beyond, IVF with float32, 8-bit or PQ codes, the most
+    precise that fits."""
+    if n < 1_000_000 and KINDS["flat"].memory(n, d, 0) <= budget:
+        return "flat", f"{n:,} vectors (< 1M) fit the budget as float32: exact search"
+    if hnsw_links(n, d, budget):
+        return "hnsw", f"an HNSW{hnsw_links(n, d, budget)} graph over {n:,} vectors fits the budget"
+    k = ivf_lists(n)
+    for kind in ("ivf", "ivfsq8"):
+        if KINDS[kind].memory(n, d, k) <= budget:
+            return kind, f"{n:,} x {d} vectors: HNSW does not fit; {kind} with {k} lists does"
+    if pq_bytes(n, d, budget):
+        return "ivfpq", f"{n:,} x {d} vectors: only product-quantised codes ({pq_bytes(n, d, budget)} B each) fit"
+    raise ConfigError(f"No index of {n:,} x {d} vectors fits a memory budget of {budget / 2**30:.2f} GiB; "
+                      "raise memory_budget.")
+
+
+def use_gpu() -> bool:
     import faiss
 
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    d = vectors.shape[1]
-    if kind == "flat":
-        base = faiss.IndexFlatIP(d)
-    elif kind == "hnsw":
-        base = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
-    elif kind == "ivf":
-        nlist = max(1, int(4 * np.sqrt(max(1, len(vectors)))))
-        base = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-        base.train(vectors)
-        base.nprobe = max(1, nlist // 8)
-    else:
-        raise ConfigError(f"Unknown index kind {kind!r}. Choose flat (exact), hnsw or ivf (approximate).")
-    index = faiss.IndexIDMap2(base)
-    if len(vectors):
-        index.add_with_ids(vectors, np.asarray(ids, dtype=np.int64))
-    return index
-
-
-def write_index(index, path: str | Path) -> None:
-    import os
-
-    import faiss
-
-    tmp = str(path) + ".tmp"
-    faiss.write_index(index, tmp)
-    os.replace(tmp, path)
-
-
-def read_index(path: str | Path):
-    import faiss
-
-    if not Path(path).exists():
-        raise ConfigError(f"No FAISS index at {path}; the run is unfinished. Rerun the same `embedlab extract` command to finish it.")
-    return faiss.read_index(str(path))
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
 def maybe_to_gpu(index):
     """Move an index to GPU 0 when a GPU build of FAISS and a GPU are present; else return it unchanged."""
     import faiss
 
-    if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+    if use_gpu():
         res = faiss.StandardGpuResources()
         return faiss.index_cpu_to_gpu(res, 0, index)
     return index
+
+
+def build_index(vectors: np.ndarray, ids: np.ndarray, kind: str = "flat"):
+    """An in-memory IndexIDMap2 over `vectors` (n, d) float32 with int64 `ids` (for small arrays; runs use
+    `index`). kind: a name of `KINDS`."""
+    import faiss
+
+    if kind not in KINDS:
+        raise ConfigError(f"Unknown index kind {kind!r}. Choose one of {', '.join(KINDS)}.")
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, d = vectors.shape
+    index = faiss.IndexIDMap2(faiss.index_factory(d, KINDS[kind].factory(n, d, 1 << 62, None), faiss.METRIC_INNER_PRODUCT))
+    if not index.is_trained:
+        index.train(vectors)
+    if n:
+        index.add_with_ids(vectors, np.asarray(ids, dtype=np.int64))
+    return index
+
+
+def write_index(index, path: str | os.PathLike) -> None:
+    """Write atomically: a temporary file in the same folder, then a rename."""
+    import faiss
+
+    with atomic_path(path) as tmp:
+        faiss.write_index(index, str(tmp))
+
+
+def read_index(path: str | os.PathLike):
+    import faiss
+
+    if not Path(path).exists():
+        raise ConfigError(f"No FAISS index at {path}. Build one with `embedlab index {Path(path).parent}` "
+                          "(or rerun the same `embedlab extract` command if the run is unfinished).")
+    return faiss.read_index(str(path))
 
 
 def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -73,3 +151,222 @@ def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
     """Mean fraction of the exact top-k found in the approximate top-k."""
     hits = [len(set(a[a >= 0]) & set(e[e >= 0])) / max(1, (e >= 0).sum()) for a, e in zip(approx_ids, exact_ids)]
     return float(np.mean(hits)) if hits else 1.0
+
+
+def merge_topk(scores: np.ndarray, ids: np.ndarray, new_scores: np.ndarray, new_ids: np.ndarray, k: int):
+    """Keep the k best of two (nq, *) candidate lists (scores descending)."""
+    s, i = np.concatenate([scores, new_scores], 1), np.concatenate([ids, new_ids], 1)
+    top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(s, top, 1), np.take_along_axis(i, top, 1)
+
+
+def exact_search(run, queries: np.ndarray, k: int, ids: np.ndarray | None = None, block: int = 65536):
+    """Exact top-k by inner product over every vector of `run`, streamed block by block from the memory-mapped
+    shards (never the whole run in memory). Returns (scores, ids); ids are `ids[position]` (default row_id)."""
+    Q = np.ascontiguousarray(np.atleast_2d(queries), np.float32)
+    ids = run.read_metadata(["row_id"])["row_id"].to_numpy() if ids is None else ids
+    best_s = np.full((len(Q), k), -np.inf, np.float32)
+    best_i = np.full((len(Q), k), -1, np.int64)
+    for pos, X in run.iter_vectors(block=block):
+        S = Q @ X.T
+        kk = min(k, S.shape[1])
+        part = np.argpartition(-S, kk - 1, axis=1)[:, :kk]
+        best_s, best_i = merge_topk(best_s, best_i, np.take_along_axis(S, part, 1), ids[pos][part], k)
+    return best_s, best_i
+
+
+def parse_bytes(size: "str | int") -> int:
+    """'4G', '512M', '1.5G' or a number of bytes -> bytes."""
+    if isinstance(size, (int, np.integer)):
+        return int(size)
+    text = str(size).strip().upper().removesuffix("B").removesuffix("I")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(text[-1:], 1)
+    try:
+        return int(float(text[:-1] if mult > 1 else text) * mult)
+    except ValueError:
+        raise ConfigError(f"A memory size must look like 4G, 512M or a number of bytes. Got {size!r} instead.") from None
+
+
+def _without_self(ids: np.ndarray, scores: np.ndarray, own: np.ndarray, k: int):
+    """Drop each query's own id from its (k + 1) results, keeping k: a query taken from the run must not count
+    finding itself."""
+    keep = ids != own[:, None]
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)
+
+
+def held_out_recall(index, run, queries: np.ndarray, own: np.ndarray, ks=RECALL_KS, ids: np.ndarray | None = None,
+                    exact=None) -> dict:
+    """recall@k for each k of `ks`: the mean fraction of the exact top-k (streamed exact search, the query's own
+    vector excluded) that the index returns in its top-k."""
+    kmax = max(ks)
+    e_s, e_i = exact if exact is not None else exact_search(run, queries, kmax + 1, ids)
+    e_i, _ = _without_self(e_i, e_s, own, kmax)
+    a_s, a_i = search(index, queries, kmax + 1)
+    a_i, _ = _without_self(a_i, a_s, own, kmax)
+    return {str(k): round(recall_at_k(a_i[:, :k], e_i[:, :k]), 4) for k in ks}
+
+
+def query_latency_ms(index, queries: np.ndarray, n: int = 200, k: int = 10) -> dict:
+    """Single-query latency: queries searched one at a time on one thread (FAISS's OpenMP threads only add
+    synchronisation to a single query, and spin badly on a busy machine): median and 95th percentile, ms."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    times = []
+    try:
+        for q in queries[:n]:
+            t0 = time.perf_counter()
+            index.search(np.ascontiguousarray(q[None], np.float32), k)
+            times.append((time.perf_counter() - t0) * 1000)
+    finally:
+        faiss.omp_set_num_threads(before)
+    return {"median_ms": round(float(np.median(times)), 4), "p95_ms": round(float(np.percentile(times, 95)), 4),
+            "queries": len(times), "k": k, "threads": 1}
+
+
+def _search_grid(index, kind: str) -> list[str]:
+    if kind == "hnsw":
+        return [f"efSearch={e}" for e in (16, 32, 64, 128, 256, 512, 1024)]
+    if kind.startswith("ivf"):
+        nlist = _ivf(index).nlist
+        return [f"nprobe={p}" for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if p <= nlist]
+    return []
+
+
+def _ivf(index):
+    import faiss
+
+    return faiss.extract_index_ivf(index)
+
+
+def set_search_params(index, params: str | None) -> None:
+    import faiss
+
+    if params:
+        base = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+        faiss.ParameterSpace().set_index_parameters(base, params)
+
+
+def tune(index, run, kind: str, queries: np.ndarray, own: np.ndarray, ids: np.ndarray, target: float) -> tuple[str | None, dict]:
+    """The cheapest search setting (nprobe / efSearch) whose recall@10 on these tuning queries reaches `target`
+    (else the most thorough one tried), and the recall of each setting tried."""
+    grid = _search_grid(index, kind)
+    exact = exact_search(run, queries, 11, ids)
+    tried = {}
+    for params in grid:
+        set_search_params(index, params)
+        tried[params] = held_out_recall(index, run, queries, own, (10,), ids, exact)["10"]
+        if tried[params] >= target:
+            return params, tried
+    return (grid[-1] if grid else None), tried
+
+
+def _new_index(kind: str, n: int, d: int, budget: int, nlist: int | None):
+    import faiss
+
+    key = KINDS[kind].factory(n, d, budget, nlist)
+    base = faiss.index_factory(d, key, faiss.METRIC_INNER_PRODUCT)
+    # IVF indices keep the ids themselves (and move to the GPU as they are); others get an id map
+    return (base if kind.startswith("ivf") else faiss.IndexIDMap2(base)), key
+
+
+def _fill(run, kind: str, n: int, d: int, budget: int, nlist: int | None, ids: np.ndarray, train_pos: np.ndarray,
+          block: int):
+    """Train on the sampled rows, then add shard by shard (block by block) from the memory-mapped vectors; on the
+    GPU when a GPU build of FAISS is installed (IVF kinds), copied back to the CPU for writing."""
+    import faiss
+
+    index, key = _new_index(kind, n, d, budget, nlist)
+    gpu = use_gpu() and kind.startswith("ivf")
+    work = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index) if gpu else index
+    if not work.is_trained:
+        work.train(run.take(train_pos))
+    for pos, X in run.iter_vectors(block=block):
+        work.add_with_ids(X, ids[pos])
+    return (faiss.index_gpu_to_cpu(work) if gpu else work), key, gpu
+
+
+def index_run(run, kind: str = "auto", *, memory_budget: "str | int" = DEFAULT_BUDGET, nlist: int | None = None,
+          train_size: int | None = None, queries: int = 500, recall_target: float = 0.95, seed: int = 0,
+          block: int = 65536, write: bool = True) -> dict:
+    """Build the run's FAISS index out of core and write it atomically to RUN/index.faiss.
+
+    `kind`: auto (by size, see `auto_kind`) or a name of `KINDS`. Approximate kinds are trained on a seeded sample
+    (`train_size`, default 50 points per IVF list), their search setting is the cheapest reaching `recall_target`
+    recall@10 on tuning queries, and their recall@1/10/100 against exact search (streamed) is measured on other
+    held-out queries, with the single-query latency. The record goes into the run manifest under "index".
+    Returns it (with the index object under "index_object" when `write` is False)."""
+    from .runs import Run
+
+    r = Run(run)
+    budget = parse_bytes(memory_budget)
+    if kind not in KIND_CHOICES:
+        raise ConfigError(f"The 'kind' option of index must be one of {KIND_CHOICES}. Got {kind!r} instead.")
+    if nlist is not None and nlist < 1:
+        raise ConfigError(f"The 'nlist' option of index must be an int >= 1. Got {nlist} instead.")
+    n, d = len(r), r.dim
+    if n == 0:
+        raise ConfigError(f"Run {r.path} holds no vectors to index.")
+    why = "requested"
+    if kind == "auto":
+        kind, why = auto_kind(n, d, budget)
+    k_lists = (nlist or ivf_lists(n)) if kind.startswith("ivf") else None
+    need = KINDS[kind].memory(n, d, k_lists or 0)
+    if need > budget:
+        raise ConfigError(f"A {kind} index of {n:,} x {d} vectors needs about {need / 2**30:.2f} GiB, over the memory "
+                          f"budget of {budget / 2**30:.2f} GiB. Use kind='auto' or raise memory_budget.")
+    ids = r.read_metadata(["row_id"])["row_id"].to_numpy().astype(np.int64)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    n_q = min(queries, n // 4) if not KINDS[kind].exact else 0
+    n_train = 0 if KINDS[kind].exact or kind == "hnsw" else min(n - 2 * n_q, train_size or max(50 * (k_lists or 1), 10_000))
+    train_pos = np.sort(perm[:n_train])
+    tune_pos, eval_pos = np.sort(perm[n_train:n_train + n_q]), np.sort(perm[n_train + n_q:n_train + 2 * n_q])
+    t0 = time.perf_counter()
+    idx, key, gpu = _fill(r, kind, n, d, budget, k_lists, ids, train_pos, block)
+    info = {"kind": kind, "factory": key, "why": why, "exact": KINDS[kind].exact, "ntotal": int(idx.ntotal), "dim": d,
+            "memory_budget_bytes": budget, "estimated_bytes": int(need), "build_seconds": round(time.perf_counter() - t0, 3),
+            "gpu": gpu, "train_size": int(n_train), "seed": seed}
+    if not KINDS[kind].exact and n_q:
+        params, tried = tune(idx, r, kind, r.take(tune_pos), ids[tune_pos], ids, recall_target)
+        set_search_params(idx, params)
+        eq = r.take(eval_pos)
+        info.update(search_params=params, tuning={"recall_at_10": tried, "queries": int(n_q), "target": recall_target},
+                    recall=held_out_recall(idx, r, eq, ids[eval_pos], RECALL_KS, ids), recall_queries=int(n_q),
+                    recall_note="held-out queries (not in the training sample nor the tuning queries) against exact "
+                                "search over every vector; each query's own vector excluded")
+        info["latency"] = query_latency_ms(idx, eq)
+    else:
+        info["latency"] = query_latency_ms(idx, r.take(np.sort(perm[:min(n, 20)])))     # exact: a scan, few suffice
+    if not write:
+        return dict(info, index_object=idx)
+    path = r.path / INDEX_FILE
+    write_index(idx, path)
+    info["file"], info["size_bytes"] = INDEX_FILE, path.stat().st_size
+    record_index(r.path, info)
+    log.info("index %s: %s (%s), %d vectors, %.1f s", r.path, kind, key, n, info["build_seconds"])
+    return info
+
+
+def record_index(run_dir: Path, info: dict) -> None:
+    manifest = read_json(Path(run_dir) / "manifest.json")
+    manifest["index"] = info
+    atomic_write_json(Path(run_dir) / "manifest.json", manifest)
+
+
+def finalize_index(run_dir: str | os.PathLike, memory_budget: "str | int" = DEFAULT_BUDGET) -> dict:
+    """`extract`'s last step: the exact flat index, built shard by shard, while its float32 vectors fit
+    `memory_budget`; beyond, no index, and a message pointing to `embedlab index`."""
+    from .runs import Run
+
+    r = Run(run_dir)
+    need, budget = KINDS["flat"].memory(len(r), r.dim, 0), parse_bytes(memory_budget)
+    if need > budget:
+        msg = (f"no index built: an exact index of {len(r):,} vectors needs {need / 2**30:.2f} GiB, over the "
+               f"{budget / 2**30:.2f} GiB budget. Build an approximate one with `embedlab index {r.path} --kind auto`.")
+        log.warning(msg)
+        (r.path / INDEX_FILE).unlink(missing_ok=True)
+        return {"kind": None, "exact": False, "ntotal": 0, "note": msg}
+    return index_run(r.path, "flat", memory_budget=budget)

@@ -24,12 +24,11 @@ from typing import Any, Iterable
 import numpy as np
 
 from . import photos
-from ._io import atomic_write_bytes, cache_dir, display_path
+from ._io import IMAGE_EXTENSIONS, atomic_write_bytes, cache_dir, display_path, hash_records, list_images
 from .errors import ManifestError
 
 FORMAT_VERSION = 1
-RECORD_FIELDS = ("path", "role", "split", "group", "pair_id", "gt", "source", "license", "params", "synth")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+RECORD_FIELDS = ("path", "role", "split", "group", "pair_id", "gt", "source", "license", "params", "synth", "tar", "meta")
 
 
 @dataclass
@@ -44,6 +43,8 @@ class ManifestEntry:
     license: str | None = None
     params: dict | None = None
     synth: dict | None = None
+    tar: dict | None = None      # webdataset member: {"file": tar path (like `path`), "member", "offset", "size"}
+    meta: dict | None = None     # per-image source metadata (img2dataset's url, caption, key, status, width, height)
     line: int = 0
 
     def to_record(self) -> dict:
@@ -83,26 +84,31 @@ class Manifest:
             counts[e.role] = counts.get(e.role, 0) + 1
         return counts
 
-    def select(self, role: str | None = None, split: str | None = None) -> list[ManifestEntry]:
-        """Entries with the given role and/or split; an error names the manifest and the roles it has."""
-        out = [e for e in self.entries if (role is None or e.role == role) and (split is None or e.split == split)]
+    def select(self, selector=None, *, role: str | None = None, split: str | None = None) -> list[ManifestEntry]:
+        """Entries a selector picks (a `Selector`, or its text: 'backlit', 'role=backlit,split=test'), or those with
+        the given role and/or split; an error names the manifest and the roles it has."""
+        from .selector import Selector
+
+        clauses = [f"role={role}"] * (role is not None) + [f"split={split}"] * (split is not None)
+        if selector is None and not clauses:
+            return list(self.entries)
+        sel = Selector.parse(selector if selector is not None else ",".join(clauses))
+        out = sel.filter(self.entries)
         if not out:
             splits = sorted({e.split for e in self.entries})
+            wanted = " and ".join(f"{c}={v!r}" for c, v in sel.clauses)
             raise ManifestError(
-                f"No image in {self.path} has role={role!r}" + (f" and split={split!r}" if split else "") +
-                f". Roles present: {self.roles()}; splits: {splits}. Fix: pass one of those labels, or add records "
-                f"with \"role\": \"{role}\" to the manifest.")
+                f"No image in {self.path} has {wanted}. Roles present: {self.roles()}; splits: {splits}. Fix: pass one "
+                f"of those labels, or add records with those values (e.g. \"role\": \"{dict(sel.clauses).get('role', 'backlit')}\") "
+                "to the manifest.")
         return out
 
     def fingerprint(self) -> str:
-        h = hashlib.sha256()
-        for e in self.entries:
-            h.update(json.dumps(e.to_record(), sort_keys=True).encode("utf-8", "surrogateescape"))
-        return h.hexdigest()
+        return hash_records(e.to_record() for e in self.entries)
 
 
 def is_virtual(path: str) -> bool:
-    return path.startswith("pkg:") or path.startswith("synth:")
+    return path.startswith("pkg:") or path.startswith("synth:") or path.startswith(WDS_PREFIX)
 
 
 def read_manifest(path: str | os.PathLike, check_files: bool = True) -> Manifest:
@@ -114,43 +120,58 @@ def read_manifest(path: str | os.PathLike, check_files: bool = True) -> Manifest
     seen: dict[str, int] = {}
     with open(path, encoding="utf-8") as fh:
         for lineno, raw in enumerate(fh, 1):
-            text = raw.strip()
-            if not text or text.startswith("#"):
+            item = parse_line(path, lineno, raw, after_entries=bool(manifest.entries))
+            if item is None:
                 continue
-            try:
-                rec = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ManifestError(f"{path} line {lineno}: not valid JSON ({exc.msg}). Fix: one JSON object per line.") from None
-            if not isinstance(rec, dict):
-                raise ManifestError(f"{path} line {lineno}: expected a JSON object, got {type(rec).__name__}.")
-            if "embedlab_manifest" in rec:
-                if manifest.entries:
-                    raise ManifestError(f"{path} line {lineno}: the header must be the first record.")
-                if rec["embedlab_manifest"] != FORMAT_VERSION:
-                    raise ManifestError(f"{path} line {lineno}: unsupported manifest version {rec['embedlab_manifest']!r} (expected {FORMAT_VERSION}).")
-                manifest.header = rec
+            if isinstance(item, dict):
+                manifest.header = item
                 continue
-            unknown = set(rec) - set(RECORD_FIELDS)
-            if unknown:
-                raise ManifestError(f"{path} line {lineno}: unknown field(s) {sorted(unknown)}. Allowed: {list(RECORD_FIELDS)}.")
-            for key in ("path", "role"):
-                if not isinstance(rec.get(key), str) or not rec[key]:
-                    raise ManifestError(f"{path} line {lineno}: missing \"{key}\" (a non-empty string). Every record needs path and role.")
-            entry = ManifestEntry(line=lineno, **{k: rec[k] for k in rec})
-            entry.split = entry.split or "train"
+            entry = item
             if entry.path in seen:
-                raise ManifestError(f"{path} line {lineno}: duplicate path {entry.path!r} (first on line {seen[entry.path]}). "
-                                    "Fix: list each image once; use \"group\" to tie variants of one scene together.")
+                raise _duplicate(path, lineno, entry.path, seen[entry.path])
             seen[entry.path] = lineno
-            if entry.path.startswith("synth:") and not isinstance(entry.synth, dict):
-                raise ManifestError(f"{path} line {lineno}: virtual path {entry.path!r} needs a \"synth\" object "
-                                    "like {\"recipe\": \"A\", \"source\": \"pkg:skimage/astronaut\", \"seed\": 0}.")
             manifest.entries.append(entry)
     if not manifest.entries:
         raise ManifestError(f"{path} lists zero images. Fix: add records, or regenerate it with `embedlab manifest`.")
     if check_files:
         validate_files(manifest)
     return manifest
+
+
+def parse_line(path, lineno: int, raw: str, after_entries: bool = False):
+    """One manifest line: None (blank or comment), the header (a dict) or a validated ManifestEntry."""
+    text = raw.strip()
+    if not text or text.startswith("#"):
+        return None
+    try:
+        rec = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{path} line {lineno}: not valid JSON ({exc.msg}). Fix: one JSON object per line.") from None
+    if not isinstance(rec, dict):
+        raise ManifestError(f"{path} line {lineno}: expected a JSON object, got {type(rec).__name__}.")
+    if "embedlab_manifest" in rec:
+        if after_entries:
+            raise ManifestError(f"{path} line {lineno}: the header must be the first record.")
+        if rec["embedlab_manifest"] != FORMAT_VERSION:
+            raise ManifestError(f"{path} line {lineno}: unsupported manifest version {rec['embedlab_manifest']!r} (expected {FORMAT_VERSION}).")
+        return rec
+    unknown = set(rec) - set(RECORD_FIELDS)
+    if unknown:
+        raise ManifestError(f"{path} line {lineno}: unknown field(s) {sorted(unknown)}. Allowed: {list(RECORD_FIELDS)}.")
+    for key in ("path", "role"):
+        if not isinstance(rec.get(key), str) or not rec[key]:
+            raise ManifestError(f"{path} line {lineno}: missing \"{key}\" (a non-empty string). Every record needs path and role.")
+    entry = ManifestEntry(line=lineno, **{k: rec[k] for k in rec})
+    entry.split = entry.split or "train"
+    if entry.path.startswith("synth:") and not isinstance(entry.synth, dict):
+        raise ManifestError(f"{path} line {lineno}: virtual path {entry.path!r} needs a \"synth\" object "
+                            "like {\"recipe\": \"A\", \"source\": \"pkg:skimage/astronaut\", \"seed\": 0}.")
+    return entry
+
+
+def _duplicate(path, lineno: int, value: str, first: int) -> ManifestError:
+    return ManifestError(f"{path} line {lineno}: duplicate path {value!r} (first on line {first}). "
+                         "Fix: list each image once; use \"group\" to tie variants of one scene together.")
 
 
 def validate_files(manifest: Manifest) -> None:
@@ -168,6 +189,9 @@ def validate_files(manifest: Manifest) -> None:
             if not os.path.lexists(full):
                 what = "image" if key == "path" else "paired ground truth (broken pair)"
                 missing.append(f"{manifest.where(e)}: {what} {display_path(full)} not found")
+    for tar in sorted({e.tar["file"] for e in manifest.entries if e.tar}):
+        if not os.path.isfile(manifest.resolve(tar)):
+            missing.append(f"{manifest.path}: webdataset shard {display_path(manifest.resolve(tar))} not found")
     if missing:
         more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
         raise ManifestError("; ".join(missing[:5]) + more + ". Fix: correct the paths or the header's \"root\", "
@@ -241,22 +265,23 @@ def _cached_png(rel: str, make) -> str:
 def _images_in(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise ManifestError(f"Folder {folder} does not exist. Fix: point ROOT at the dataset root.")
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    return list_images(folder)
 
 
 _DUP = re.compile(r"^(?P<stem>.*?)\((?P<k>\d+)\)$")
 
 
-def _baid_stem(stem: str) -> tuple[str, int]:
+def baid_stem(stem: str) -> tuple[str, int]:
+    """('name', k) for BAID's duplicate file names 'name(k)'; ('name', 1) for any other stem."""
     m = _DUP.match(stem)
     return (m.group("stem"), int(m.group("k"))) if m else (stem, 1)
 
 
 def _pairs_by_stem(inputs: list[Path], gts: list[Path], dropped: list[str]) -> list[tuple[Path, Path | None, str]]:
-    gt_by_stem = {_baid_stem(p.stem)[0]: p for p in gts if _baid_stem(p.stem)[1] == 1}
+    gt_by_stem = {baid_stem(p.stem)[0]: p for p in gts if baid_stem(p.stem)[1] == 1}
     out, taken = [], set()
     for p in inputs:
-        stem, k = _baid_stem(p.stem)
+        stem, k = baid_stem(p.stem)
         if k > 1 or stem in taken:
             dropped.append(p.name)
             continue
@@ -270,7 +295,7 @@ def generate(layout: str, root: str | os.PathLike, **opts: Any) -> tuple[list[di
     if layout not in LAYOUTS:
         raise ManifestError(f"Unknown layout {layout!r}. Available: {', '.join(sorted(LAYOUTS))}.")
     root = Path(root)
-    if layout != "demo" and not root.is_dir():
+    if layout not in ("demo", "webdataset") and not root.is_dir():
         raise ManifestError(f"Dataset root {root} does not exist. Fix: pass the folder that holds the {layout} data.")
     records, report = LAYOUTS[layout](root, **opts)
     if not records:
@@ -448,7 +473,8 @@ def _gen_demo(root: Path, backlit_seeds: int = 4, bias_copies: int = 8, test_see
 
 
 LAYOUTS = {"flat": _gen_flat, "baid": _gen_baid, "lol": _gen_lol, "lolv2": _gen_lolv2, "sice": _gen_sice,
-           "fivek480": _gen_fivek480, "afifi": _gen_afifi, "demo": _gen_demo}
+           "fivek480": _gen_fivek480, "afifi": _gen_afifi, "demo": _gen_demo,
+           "webdataset": lambda root, **o: (list(iter_webdataset_records(root, **o)[1]), {})}
 LAYOUT_HELP = {
     "flat": "ROOT/*.png|jpg (DIV2K, Backlit300, BAID_380); one role for all files",
     "baid": "ROOT/test/resize_input + ROOT/test/resize_gt (CLIP-LIT), ROOT/BAID_380/resize_input, or ROOT/train/backlit + ROOT/train/well-lit (RAVE)",
@@ -458,14 +484,242 @@ LAYOUT_HELP = {
     "fivek480": "ROOT/{train,test}.txt, ROOT/input/JPG/480p/<name>.jpg, ROOT/expertC/JPG/480p/<name>.jpg",
     "afifi": "ROOT/{training,validation,testing}/INPUT_IMAGES/<name>_{N1.5,N1,0,P1,P1.5}.JPG with GT_IMAGES/<name>.jpg",
     "demo": "(no ROOT needed) the photos inside scikit-image and scikit-learn, plus Recipe-A backlit versions",
+    "webdataset": "ROOT/*.tar or a glob (img2dataset output: KEY.jpg with KEY.json / KEY.txt per sample); read in place",
 }
 
 
 def manifest(layout: str, root: str | os.PathLike, out: str | os.PathLike, **opts: Any) -> tuple[Path, dict]:
     """Generate a manifest file for a dataset layout; returns its path and a report."""
     out = Path(out)
+    if layout == "webdataset":     # streams: millions of members never sit in memory as records
+        return webdataset_manifest(root, out, **opts)
     records, report = generate(layout, root, **opts)
     root_rel = os.path.relpath(Path(root).resolve(), out.resolve().parent) if layout != "demo" else "."
     header = {"name": out.stem, "layout": layout, "root": root_rel}
     write_manifest(out, records, header)
     return out, report
+
+
+# ---------------------------------------------------------------- webdataset (tar shards, as img2dataset writes)
+WDS_PREFIX = "wds:"
+WDS_SEP = "::"
+WDS_META_FIELDS = ("url", "caption", "key", "status", "width", "height")
+_SIDECAR_MAX_BYTES = 1 << 20
+
+
+def webdataset_tars(spec: str | os.PathLike) -> tuple[Path, list[Path]]:
+    """The root folder and the sorted tar shards named by a folder (its *.tar) or a glob."""
+    import glob
+
+    text = os.fspath(spec)
+    if os.path.isdir(text):
+        root, tars = Path(text), sorted(Path(text).glob("*.tar"))
+    else:
+        tars = sorted(Path(p) for p in glob.glob(text) if p.endswith(".tar") and os.path.isfile(p))
+        root = Path(os.path.commonpath([str(p.parent) for p in tars])) if tars else Path(os.path.dirname(text) or ".")
+    if not tars:
+        raise ManifestError(f"No .tar shard found at {display_path(text)}. Fix: pass the folder that holds the "
+                            "webdataset shards (00000.tar, ...) or a glob such as 'shards/*.tar'.")
+    return root, tars
+
+
+def wds_key(member: str) -> tuple[str, str]:
+    """(sample key, extension) of a webdataset member: the key is the name up to the first dot of its basename."""
+    folder, _, base = member.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ext.lower()
+
+
+def scan_tar(tar_path: Path, notes: list[str]):
+    """Yield (key, {ext: (member, offset, size, sidecar bytes or None)}) per sample, streaming through the tar.
+
+    Members of one sample are contiguous (the webdataset convention). A damaged tar ends the scan with a note;
+    samples read before the damage are kept."""
+    import tarfile
+
+    current, parts = None, {}
+    try:
+        with tarfile.open(tar_path, mode="r|", encoding="utf-8", errors="surrogateescape") as tf:
+            for info in tf:
+                if not info.isfile():
+                    continue
+                key, ext = wds_key(info.name)
+                if key != current and parts:
+                    yield current, parts
+                    parts = {}
+                current = key
+                side = None
+                if ext in ("json", "txt") and info.size <= _SIDECAR_MAX_BYTES:
+                    side = tf.extractfile(info).read()
+                parts[ext] = (info.name, info.offset_data, info.size, side)
+                tf.members = []          # tarfile keeps every member it has seen; a stream must not
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        notes.append(f"{display_path(str(tar_path))}: damaged after the samples read so far ({exc})")
+    if parts:
+        yield current, parts
+
+
+def _wds_meta(parts: dict) -> dict | None:
+    meta: dict = {}
+    if parts.get("json") and parts["json"][3]:
+        try:
+            js = json.loads(parts["json"][3].decode("utf-8", "surrogateescape"))
+            meta = {k: js[k] for k in WDS_META_FIELDS if isinstance(js, dict) and js.get(k) is not None}
+        except ValueError:
+            meta = {"status": "unreadable-json"}
+    if "caption" not in meta and parts.get("txt") and parts["txt"][3] is not None:
+        meta["caption"] = parts["txt"][3].decode("utf-8", "surrogateescape")
+    return meta or None
+
+
+def iter_webdataset_records(spec, role: str = "welllit", split: str = "train", source: str | None = None, **_):
+    """(root, record iterator, notes) for the tar shards of `spec`: one record per sample with an image member."""
+    root, tars = webdataset_tars(spec)
+    notes: list[str] = []
+    exts = {e.lstrip(".") for e in IMAGE_EXTENSIONS}
+
+    def records():
+        for tar in tars:
+            rel = os.path.relpath(tar, root)
+            for key, parts in scan_tar(tar, notes):
+                image_ext = next((e for e in parts if e in exts), None)
+                if image_ext is None:
+                    notes.append(f"{display_path(rel)}: sample {display_path(key)!r} has no image member")
+                    continue
+                member, offset, size, _ = parts[image_ext]
+                yield {"path": f"{WDS_PREFIX}{rel}{WDS_SEP}{member}", "role": role, "split": split, "group": key,
+                       "source": source or root.name, "meta": _wds_meta(parts),
+                       "tar": {"file": rel, "member": member, "offset": offset, "size": size}}
+    return root, records(), notes
+
+
+def webdataset_manifest(spec, out: Path, role: str = "welllit", split: str | None = None, source: str | None = None,
+                        **_) -> tuple[Path, dict]:
+    """Write a manifest for webdataset tar shards, one line at a time (the records are never all in memory)."""
+    root, records, notes = iter_webdataset_records(spec, role=role, split=split or "train", source=source)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    header = {"embedlab_manifest": FORMAT_VERSION, "name": out.stem, "layout": "webdataset",
+              "root": os.path.relpath(root.resolve(), out.resolve().parent)}
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    count = 0
+    with open(tmp, "w", encoding="ascii") as fh:            # json.dumps escapes every non-ASCII character
+        fh.write(json.dumps(header) + "\n")
+        for rec in records:
+            fh.write(json.dumps({k: v for k, v in rec.items() if v is not None}) + "\n")
+            count += 1
+    if not count:
+        tmp.unlink()
+        raise ManifestError(f"No image member in the tar shards at {display_path(os.fspath(spec))}. "
+                            f"Fix: check the shards ({LAYOUT_HELP['webdataset']}).")
+    os.replace(tmp, out)
+    return out, {"count": count, "notes": notes}
+
+
+# ---------------------------------------------------------------- streaming manifests (millions of lines)
+class LazyEntries:
+    """A read-only sequence of manifest entries kept as byte offsets into the manifest file (12 bytes per entry):
+    an entry is parsed when it is asked for, so a manifest of millions of lines never sits in memory as objects.
+    Safe across fork (each process opens its own handle)."""
+
+    def __init__(self, path: Path, offsets: np.ndarray, lines: np.ndarray):
+        self.path, self.offsets, self.lines = Path(path), offsets, lines
+        self._fh = None
+        self._pid = None
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def _handle(self):
+        if self._fh is None or self._pid != os.getpid():
+            self._fh, self._pid = open(self.path, "rb"), os.getpid()
+        return self._fh
+
+    def __getitem__(self, i: int) -> ManifestEntry:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        fh = self._handle()
+        fh.seek(int(self.offsets[i]))
+        return parse_line(self.path, int(self.lines[i]), fh.readline().decode("utf-8"))
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    def __getstate__(self):
+        return {"path": self.path, "offsets": self.offsets, "lines": self.lines, "_fh": None, "_pid": None}
+
+
+@dataclass
+class ManifestScan:
+    """What one streaming pass over a manifest yields (see `scan_manifest`)."""
+
+    manifest: Manifest            # entries: a LazyEntries of the selected records
+    fingerprint: str              # Manifest.fingerprint() of the whole manifest
+    input_hash: str               # the same hash over the selected records only
+    roles: dict
+    with_meta: int                # selected records that carry source metadata (webdataset .json)
+
+
+def scan_manifest(path: str | os.PathLike, roles: list[str] | None = None, check_files: bool = True,
+                  chunk: int = 4096) -> ManifestScan:
+    """Validate a manifest like `read_manifest` in one streaming pass, keeping only the byte offsets of the records
+    whose role is in `roles` (all when None), and the hashes a run's identity needs."""
+    path = Path(path)
+    if not path.exists():
+        raise ManifestError(f"Manifest {path} does not exist. Create one with `embedlab manifest LAYOUT ROOT --out {path}`.")
+    from array import array
+
+    man = Manifest(path=path)
+    offsets, lines, keys = array("q"), array("i"), array("q")       # 20 bytes per line while scanning
+    whole, chosen, counts, pending, with_meta = hashlib.sha256(), hashlib.sha256(), {}, [], 0
+    with open(path, "rb") as fh:
+        at, lineno = 0, 0
+        for raw in fh:
+            lineno += 1
+            item = parse_line(path, lineno, raw.decode("utf-8"), after_entries=bool(counts))
+            if isinstance(item, dict):
+                man.header = item
+            elif item is not None:
+                blob = json.dumps(item.to_record(), sort_keys=True).encode("utf-8", "surrogateescape")
+                whole.update(blob)
+                counts[item.role] = counts.get(item.role, 0) + 1
+                keys.append(hash(item.path))                          # 64-bit, per process
+                if not roles or item.role in roles:
+                    chosen.update(blob)
+                    offsets.append(at)
+                    lines.append(lineno)
+                    with_meta += item.meta is not None
+                    if check_files:
+                        pending.append(item)
+                if check_files and len(pending) >= chunk:
+                    validate_files(Manifest(path, man.header, pending))
+                    pending = []
+            at += len(raw)
+    if not counts:
+        raise ManifestError(f"{path} lists zero images. Fix: add records, or regenerate it with `embedlab manifest`.")
+    if check_files and pending:
+        validate_files(Manifest(path, man.header, pending))
+    _check_duplicates(path, np.frombuffer(keys, dtype=np.int64))
+    man.entries = LazyEntries(path, np.frombuffer(offsets, dtype=np.int64).copy(), np.frombuffer(lines, dtype=np.int32).copy())
+    return ManifestScan(man, whole.hexdigest(), chosen.hexdigest(), counts, with_meta)
+
+
+def _check_duplicates(path: Path, keys: np.ndarray) -> None:
+    """Duplicate paths, found from 64-bit hashes (sorted); a hash collision is confirmed on the paths themselves."""
+    order = np.argsort(keys, kind="stable")
+    same = np.flatnonzero(keys[order][1:] == keys[order][:-1])
+    if not len(same):
+        return
+    suspects = set(order[same].tolist()) | set(order[same + 1].tolist())
+    seen: dict[str, int] = {}
+    with open(path, encoding="utf-8") as fh:
+        k = -1
+        for lineno, raw in enumerate(fh, 1):
+            item = parse_line(path, lineno, raw)
+            if isinstance(item, ManifestEntry):
+                k += 1
+                if k in suspects:
+                    if item.path in seen:
+                        raise _duplicate(path, lineno, item.path, seen[item.path])
+                    seen[item.path] = lineno

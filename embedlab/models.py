@@ -7,6 +7,7 @@ TAG is an open_clip pretrained tag; `hf-hub:ORG/REPO` a Hugging Face hub model; 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -19,10 +20,6 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, DeviceError, ModelLoadError
-
-# Hub look-ups must fail within seconds when offline, not after minutes of retries.
-os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "3")
-os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "5")
 
 log = logging.getLogger(__name__)
 _CONFIGS_REGISTERED = False
@@ -137,6 +134,26 @@ def _hub_reachable(url: str, timeout: float = 3.0) -> str | None:
         return f"{parsed.hostname}:{port} unreachable ({exc})"
 
 
+@contextlib.contextmanager
+def _short_hub_timeouts():
+    """Hub look-ups fail within seconds, not after minutes of retries, while weights are fetched; a timeout the
+    user set (HF_HUB_ETAG_TIMEOUT, HF_HUB_DOWNLOAD_TIMEOUT) is kept. Nothing is changed outside this block."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        yield
+        return
+    wanted = {"HF_HUB_ETAG_TIMEOUT": 3, "HF_HUB_DOWNLOAD_TIMEOUT": 5}
+    saved = {k: getattr(constants, k) for k in wanted if hasattr(constants, k) and k not in os.environ}
+    for k in saved:
+        setattr(constants, k, wanted[k])
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(constants, k, v)
+
+
 def _preflight_fetch(name: str, kind: str, tag: str | None) -> None:
     """Fail within seconds when weights are neither cached nor reachable (the hub client retries for ~50 s)."""
     if kind not in ("tag", "hf-hub") or os.environ.get("HF_HUB_OFFLINE") == "1":
@@ -169,16 +186,10 @@ def _preflight_fetch(name: str, kind: str, tag: str | None) -> None:
             f"--pretrained /path/to/open_clip_model.safetensors (or set HF_HUB_OFFLINE=1 to use only cached files).")
 
 
-def load_model(model: str, pretrained: str | None = None, device: str | Any = "cpu", seed: int = 0) -> LoadedModel:
-    """Create an open_clip model and its eval preprocessing; raise ModelLoadError with a fix when weights can't be had."""
-    register_configs()
+def _check_known(name: str, kind: str, arg: str | None) -> None:
+    """Refuse an architecture or pretrained tag open_clip does not know, listing the choices."""
     import open_clip
-    import torch
 
-    from ._io import sha256_file
-
-    dev = device if isinstance(device, torch.device) else resolve_device(device)
-    name, kind, arg = _classify_pretrained(model, pretrained)
     if kind != "hf-hub" and name not in open_clip.list_models():
         close = [m for m in open_clip.list_models() if m.lower().replace("-", "") == name.lower().replace("-", "")]
         hint = f" Did you mean {close[0]}?" if close else ""
@@ -189,33 +200,58 @@ def load_model(model: str, pretrained: str | None = None, device: str | Any = "c
         if arg not in tags:
             raise ModelLoadError(f"Unknown pretrained tag {arg!r} for {name}. Available: {', '.join(tags) or 'none'}; "
                                  "or pass a local checkpoint file, hf-hub:ORG/REPO, or none (random init).")
+
+
+@contextlib.contextmanager
+def _root_log_level(level: int | None):
+    """Raise the root logger's level to `level` inside the block (None, or a root already that quiet: no change)."""
+    root = logging.getLogger()
+    previous = root.level
+    change = level is not None and previous <= logging.WARNING
+    if change:
+        root.setLevel(level)
+    try:
+        yield
+    finally:
+        if change:
+            root.setLevel(previous)
+
+
+def _load_error(model: str, pretrained: str | None, tried: str, exc: Exception) -> ModelLoadError:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    return ModelLoadError(
+        f"Could not load weights for {model} / {pretrained} ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}). "
+        f"{'HF_HUB_OFFLINE=1 is set, so nothing can be downloaded. ' if offline else ''}"
+        f"If this machine is offline, download the checkpoint on a connected machine (e.g. `open_clip` caches it "
+        f"under ~/.cache/huggingface) and pass the file: --model {model if not model.startswith('hf-hub:') else 'ARCH'} "
+        f"--pretrained /path/to/open_clip_model.safetensors. Tried: {tried}.")
+
+
+def load_model(model: str, pretrained: str | None = None, device: str | Any = "cpu", seed: int = 0) -> LoadedModel:
+    """Create an open_clip model and its eval preprocessing; raise ModelLoadError with a fix when weights can't be had."""
+    register_configs()
+    import open_clip
+    import torch
+
+    from ._io import sha256_file
+
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    name, kind, arg = _classify_pretrained(model, pretrained)
+    _check_known(name, kind, arg)
     _preflight_fetch(name, kind, arg)
     t0 = time.perf_counter()
     torch.manual_seed(seed)
-    root = logging.getLogger()
-    quiet_root = kind == "random" and root.level <= logging.WARNING
-    if quiet_root:   # open_clip warns on root that no weights were loaded: here that is what was asked for
-        previous = root.level
-        root.setLevel(logging.ERROR)
     try:
-        if kind == "random":
-            created = open_clip.create_model_and_transforms(name, pretrained=None, device=dev)
-        elif kind == "hf-hub":
-            created = open_clip.create_model_and_transforms(name, device=dev)
-        else:
-            created = open_clip.create_model_and_transforms(name, pretrained=arg, device=dev)
+        # open_clip warns on the root logger that no weights were loaded: for `none` that is what was asked for
+        with _short_hub_timeouts(), _root_log_level(logging.ERROR if kind == "random" else None):
+            if kind == "random":
+                created = open_clip.create_model_and_transforms(name, pretrained=None, device=dev)
+            elif kind == "hf-hub":
+                created = open_clip.create_model_and_transforms(name, device=dev)
+            else:
+                created = open_clip.create_model_and_transforms(name, pretrained=arg, device=dev)
     except Exception as exc:  # noqa: BLE001 - every fetch/parse failure gets the same helpful message
-        where = arg or name
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        raise ModelLoadError(
-            f"Could not load weights for {model} / {pretrained} ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}). "
-            f"{'HF_HUB_OFFLINE=1 is set, so nothing can be downloaded. ' if offline else ''}"
-            f"If this machine is offline, download the checkpoint on a connected machine (e.g. `open_clip` caches it "
-            f"under ~/.cache/huggingface) and pass the file: --model {model if not model.startswith('hf-hub:') else 'ARCH'} "
-            f"--pretrained /path/to/open_clip_model.safetensors. Tried: {where}.") from exc
-    finally:
-        if quiet_root:
-            root.setLevel(previous)
+        raise _load_error(model, pretrained, arg or name, exc) from exc
     clip_model, _, preprocess = created
     clip_model.eval()
     tokenizer = open_clip.get_tokenizer(name)
@@ -240,6 +276,39 @@ def load_model(model: str, pretrained: str | None = None, device: str | Any = "c
     }
     log.info("loaded %s/%s (%s) in %.1fs on %s", model, pretrained, kind, time.perf_counter() - t0, dev)
     return LoadedModel(clip_model, preprocess, tokenizer, dev, info)
+
+
+def load_verified(identity: dict, device: str | Any = "auto", source: str | None = None) -> LoadedModel:
+    """The model that made some vectors, refused when its weights or dimension differ from those recorded.
+
+    Parameters
+    ----------
+    identity : dict
+        'model', 'pretrained' and 'weights_sha256' (and 'embed_dim' when known), as a run's manifest or a
+        residual's info['model'] records them.
+    device : str or torch.device
+    source : str, optional
+        What recorded the identity (e.g. "run runs/a"), for the error message.
+
+    Raises
+    ------
+    IncompatibleRunError
+        When the weights loaded today are not those the vectors were made with.
+    """
+    from .errors import IncompatibleRunError
+
+    lm = load_model(identity["model"], identity["pretrained"], device)
+    want_dim = identity.get("embed_dim")
+    if want_dim is not None and lm.dim != int(want_dim):
+        raise IncompatibleRunError(
+            f"{identity['model']}/{identity['pretrained']} makes {lm.dim}-dimensional embeddings, but the vectors"
+            f"{' of ' + source if source else ''} have {int(want_dim)} dimensions: they were made with another model.")
+    if lm.info["weights_sha256"] != identity["weights_sha256"]:
+        made = f" that made {source}" if source else " the vectors were made with"
+        raise IncompatibleRunError(
+            f"The weights of {identity['model']}/{identity['pretrained']} (sha256 {lm.info['weights_sha256'][:12]}..., "
+            f"dim {lm.dim}) differ from those{made} (sha256 {identity['weights_sha256'][:12]}..., dim {want_dim}).")
+    return lm
 
 
 class TextModelHandle:
@@ -269,21 +338,12 @@ class TextModelHandle:
     def loaded(self) -> LoadedModel:
         """The real model; refuses weights that differ from the expected identity."""
         if self._lm is None:
-            from .errors import IncompatibleRunError
-
-            lm = load_model(self.model_name, self.pretrained, self.device)
-            if lm.info["weights_sha256"] != self.info["weights_sha256"] or lm.dim != self.dim:
-                raise IncompatibleRunError(
-                    f"The weights of {self.model_name}/{self.pretrained} (sha256 {lm.info['weights_sha256'][:12]}...) differ "
-                    f"from those the vectors were made with ({self.info['weights_sha256'][:12]}...).")
-            self._lm = lm
+            self._lm = load_verified(dict(self.info, embed_dim=self.dim), self.device)
         return self._lm
 
 
 def autocast_context(device):
     """bf16 autocast on CUDA (fp16 where bf16 is unsupported); a no-op on the CPU so CPU results stay bitwise."""
-    import contextlib
-
     import torch
 
     if getattr(device, "type", str(device)) == "cuda":
@@ -302,12 +362,19 @@ def compute_dtype(device) -> str:
 
 def _encode_text_cut(model, tokens, normalize: bool = True):
     """CLIP.encode_text with the context cut to tokens.shape[1]; exact under the causal mask."""
+    return text_tower(model, model.token_embedding(tokens), tokens, normalize)
+
+
+def text_tower(model, embedded, tokens, normalize: bool = False):
+    """CLIP's text tower from token embeddings `embedded` (B, n, width) of `tokens` (B, n) on: positional
+    embedding, causal transformer, final LayerNorm, pooling at the end-of-text token, projection -> (B, dim).
+    The embeddings may be learned (CLIP-LIT's prompts); a context cut to n tokens is exact under the causal mask."""
     import torch.nn.functional as F
     from open_clip.transformer import text_global_pool
 
     n = tokens.shape[1]
     cast_dtype = model.transformer.get_cast_dtype()
-    x = model.token_embedding(tokens).to(cast_dtype)
+    x = embedded.to(cast_dtype)
     x = x + model.positional_embedding[:n].to(cast_dtype)
     mask = model.attn_mask[:n, :n] if model.attn_mask is not None else None
     x = model.transformer(x, attn_mask=mask)

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from .errors import ConfigError
 from .residual import l2n
@@ -30,10 +31,40 @@ def umap_2d(X: np.ndarray, seed: int = 0) -> np.ndarray:
     return umap.UMAP(n_neighbors=n_neighbors, min_dist=0.1, metric="cosine", random_state=seed).fit_transform(X)
 
 
+def stratified_sample(labels: np.ndarray, groups: np.ndarray | None, n_max: int, seed: int = 0,
+                      min_per_set: int = 50) -> np.ndarray:
+    """Sorted positions of a seeded sample of at most about `n_max` rows, stratified by set label and by group.
+
+    Each set gets a quota proportional to its size (at least `min_per_set`, or all its rows); within a set the
+    rows are taken group by group in turns (a random row of every group before a second of any), so the sample
+    covers as many groups as it can. Every row when there are at most `n_max`."""
+    n = len(labels)
+    if n <= n_max:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    key = rng.random(n)
+    codes = np.zeros(n, np.int64) if groups is None else pd.factorize(pd.Series(groups))[0]
+    order = np.argsort(key, kind="stable")                     # a random order...
+    turn = np.empty(n, np.int64)
+    turn[order] = pd.Series(codes[order]).groupby(codes[order]).cumcount().to_numpy()   # ...its turn within its group
+    lab_codes, lab_names = pd.factorize(pd.Series(labels))
+    picked = []
+    for li in range(len(lab_names)):
+        rows = np.flatnonzero(lab_codes == li)
+        quota = min(len(rows), max(min_per_set, int(round(n_max * len(rows) / n))))
+        take = np.lexsort((key[rows], turn[rows]))[:quota]      # by turn, then at random
+        picked.append(rows[take])
+    return np.sort(np.concatenate(picked))
+
+
 def plot(run: str | os.PathLike, out: str | os.PathLike | None = None, *, color_by: str = "role",
          residual: str | None = None, methods: tuple[str, ...] = ("pca", "umap"), projector: bool = True,
-         seed: int = 0) -> dict:
-    """Write embedding maps (PNG) and, optionally, a TensorBoard projector export into `out` (default RUN/plots)."""
+         seed: int = 0, max_points: int = 10_000) -> dict:
+    """Write embedding maps (PNG) and, optionally, a TensorBoard projector export into `out` (default RUN/plots).
+
+    A run of more than `max_points` images is drawn from a seeded sample stratified by `color_by` and group
+    (`stratified_sample`), read block by block from the memory-mapped shards; every title and sample.json state
+    its size."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -42,11 +73,28 @@ def plot(run: str | os.PathLike, out: str | os.PathLike | None = None, *, color_
     r = Run(run)
     out = Path(out) if out else r.path / "plots"
     out.mkdir(parents=True, exist_ok=True)
-    X, meta = r.vectors, r.metadata
-    if len(X) < 3:
-        raise ConfigError(f"Run {run} has {len(X)} embedded images; a map needs at least 3.")
-    if color_by not in meta.columns:
-        raise ConfigError(f"No metadata column {color_by!r}. Columns: {', '.join(meta.columns)}.")
+    if max_points < 3:
+        raise ConfigError(f"The 'max_points' option of plot must be an int >= 3. Got {max_points} instead.")
+    wanted = ["row_id", "path", "file", "role", "split", "group", color_by]     # file: the projector's sprite
+    if residual:        # the columns its sets are selected by, to draw the arrow between them
+        from .residual import load_residual
+        from .selector import Selector
+
+        sides = load_residual(residual).info
+        wanted += [c for side in ("from", "to") for c in Selector.parse(sides[side]["selector"]).columns]
+    full = r.read_metadata(r.available_columns(wanted))
+    if len(full) < 3:
+        raise ConfigError(f"Run {run} has {len(full)} embedded images; a map needs at least 3.")
+    if color_by not in full.columns:
+        raise ConfigError(f"No metadata column {color_by!r}. Columns: {', '.join(r.metadata.columns)}.")
+    groups = full["group"].to_numpy() if "group" in full.columns and full["group"].notna().all() else None
+    rows = stratified_sample(full[color_by].astype(str).to_numpy(), groups, max_points, seed)
+    meta = full.iloc[rows].reset_index(drop=True)
+    X = r.take(rows)
+    sample = {"points": int(len(rows)), "of": int(len(full)), "seed": seed, "stratified_by": [color_by, "group"],
+              "max_points": max_points}
+    size_note = (f"all {len(rows):,} images" if len(rows) == len(full) else
+                 f"{len(rows):,} of {len(full):,} images, stratified sample by {color_by} and group, seed {seed}")
     labels = meta[color_by].astype(str).to_numpy()
     res_vec = None
     if residual:
@@ -72,8 +120,8 @@ def plot(run: str | os.PathLike, out: str | os.PathLike | None = None, *, color_
             m = labels == lab
             ax.scatter(Y[m, 0], Y[m, 1], s=14, alpha=0.75, label=f"{lab} ({m.sum()})")
         if residual is not None:
-            side_from = _selector_mask(r, res.info["from"]["selector"])
-            side_to = _selector_mask(r, res.info["to"]["selector"])
+            side_from = _selector_mask(meta, res.info["from"]["selector"])
+            side_to = _selector_mask(meta, res.info["to"]["selector"])
             if side_from is not None and side_to is not None:
                 start = Y[side_from].mean(0)
                 if pca is not None:
@@ -83,23 +131,38 @@ def plot(run: str | os.PathLike, out: str | os.PathLike | None = None, *, color_
                 else:  # UMAP has no linear map: draw the arrow between the two sets' centroids
                     end = Y[side_to].mean(0)
                 ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="->", lw=2.2, color="k"))
-                ax.text(*end, " residual", fontsize=9)
-        ax.set_title(f"{method.upper()} of image embeddings ({'cosine' if method == 'umap' else 'linear'}), by {color_by}")
+                ax.plot([], [], color="k", lw=2.2, label="residual (from set -> to set)")   # in the legend, off the points
+        ax.set_title(f"{method.upper()} of image embeddings ({'cosine' if method == 'umap' else 'linear'}), by {color_by}\n"
+                     f"{size_note}", fontsize=10)
+        if pca is not None:
+            share = pca.explained_variance_ratio_
+            ax.set_xlabel(f"PC1 ({100 * share[0]:.1f}% of variance)")
+            ax.set_ylabel(f"PC2 ({100 * share[1]:.1f}% of variance)")
+        else:
+            ax.set_xlabel("UMAP 1 (cosine neighbourhoods; no units)")
+            ax.set_ylabel("UMAP 2")
         ax.legend(fontsize=8, loc="best")
         path = out / f"map_{method}.png"
+        for t in fig.findobj(matplotlib.text.Text):      # user strings (metadata values) as plain text, never mathtext
+            t.set_parse_math(False)
         fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
         files[method] = str(path)
     if projector:
         files["projector"] = str(export_projector(X, meta, out / "projector"))
+    from ._io import atomic_write_json
+
+    atomic_write_json(out / "sample.json", sample)
+    files["sample"] = str(out / "sample.json")
     return files
 
 
-def _selector_mask(run: Run, selector: str):
-    from .residual import _select
+def _selector_mask(meta, selector: str):
+    """The sampled rows a residual's selector picks (None when it picks none of them)."""
+    from .selector import Selector
 
     try:
-        return _select(run, selector)
+        return Selector.parse(selector).mask(meta)
     except ConfigError:
         return None
 
@@ -111,6 +174,12 @@ def export_projector(X: np.ndarray, meta, folder: Path) -> Path:
     cols = [c for c in ("row_id", "path", "role", "split", "group") if c in meta.columns]
     clean = meta[cols].astype(str).apply(lambda s: s.str.replace("\t", " ").str.replace("\n", " "))
     clean.to_csv(folder / "metadata.tsv", sep="\t", index=False)
+    sprite = ""
+    if "file" in meta.columns and len(meta) <= (8192 // 32) ** 2:    # TensorBoard's sprite limit: 8192 px a side
+        from .embedding_map import write_sprite
+
+        path, size = write_sprite(meta["file"].astype(str).tolist(), folder, 32)
+        sprite = f'  sprite {{\n    image_path: "{path.name}"\n    single_image_dim: {size}\n    single_image_dim: {size}\n  }}\n'
     (folder / "projector_config.pbtxt").write_text(
-        'embeddings {\n  tensor_path: "tensors.tsv"\n  metadata_path: "metadata.tsv"\n}\n')
+        'embeddings {\n  tensor_path: "tensors.tsv"\n  metadata_path: "metadata.tsv"\n' + sprite + '}\n')
     return folder

@@ -1,10 +1,19 @@
-"""Render a concept report (one dict, the source of truth) to CSV, JSON, Markdown and one self-contained HTML."""
+"""Render a concept report (one dict, the source of truth) to CSV, JSON, Markdown and one self-contained HTML.
+
+Pages come from Jinja2 templates (embedlab/templates, autoescaped); user strings reach figures as plain text
+(never matplotlib mathtext), Markdown escaped, and links URL-encoded. Shared by the demo index and the map."""
 from __future__ import annotations
 
 import base64
-import html
+import contextlib
 import io
+import json
+import os
+import re
+from functools import lru_cache
+from importlib import resources
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
@@ -13,6 +22,109 @@ from ._io import atomic_write_bytes, atomic_write_json
 
 COLUMNS = ["rank", "direction", "concept", "score_centred", "z", "raw_cosine", "cosine_at_pick", "cum_explained",
            "mean_sim_from", "mean_sim_to", "diff", "auroc", "welch_p", "q_bh", "p_fwer", "p_fwer_deflated"]
+SHORT_COLUMNS = ["rank", "concept", "score_centred", "auroc", "p_fwer", "q_bh"]
+COLUMN_HELP = {
+    "rank": "order of the greedy (deflated) pick on this side",
+    "direction": "adds: toward the to set; removes: toward the from set",
+    "concept": "the vocabulary entry",
+    "score_centred": "cosine of the residual with the concept's text embedding, vocabulary mean removed",
+    "z": "score_centred standardised against the whole vocabulary",
+    "raw_cosine": "cosine without centring (what RAVE ranks)",
+    "cosine_at_pick": "cosine with the residual at the concept's deflation step (its sign decides the side)",
+    "cum_explained": "share of |r|^2 explained by the picks so far",
+    "mean_sim_from": "mean per-image similarity to the concept in the from set",
+    "mean_sim_to": "mean per-image similarity to the concept in the to set",
+    "diff": "mean_sim_to - mean_sim_from",
+    "auroc": "chance that a to-set image is more similar to the concept than a from-set image",
+    "welch_p": "per-concept Welch t-test, nominal (not corrected)",
+    "q_bh": "Benjamini-Hochberg q over the whole vocabulary",
+    "p_fwer": "family-wise adjusted permutation p (max statistic); green when < 0.05",
+    "p_fwer_deflated": "the same test at each deflation step (first steps only)",
+}
+SIG_LEVEL = 0.05
+SET_NAMES = ("from", "to")
+MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>#!|~])")    # with [ ] escaped, ( ) cannot form a link
+
+
+# ---- small pure helpers -------------------------------------------------------------------------------------
+
+def md_escape(s) -> str:
+    """A user string as literal Markdown text: special characters backslash-escaped, newlines flattened."""
+    return MD_SPECIAL.sub(r"\\\1", " ".join(str(s).splitlines()))
+
+
+def url_for(path) -> str:
+    """A relative path as a URL: each segment percent-encoded ('#', '?', '%', spaces), '/' kept."""
+    return quote(str(path).replace("\\", "/"), safe="/")
+
+
+def fmt(v) -> str:
+    """A number to three significant digits, without wrapping-prone spaces; blanks for missing values."""
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return ""
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return "0" if v == 0 else f"{float(v):.3g}"
+    return str(v)
+
+
+# ---- Jinja2 -----------------------------------------------------------------------------------------------
+
+@lru_cache(maxsize=1)
+def jinja_env():
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("embedlab", "templates"), autoescape=True,
+                             trim_blocks=False, lstrip_blocks=False)
+    env.filters["url"] = lambda p: p if str(p).startswith(("data:", "#", "http://", "https://")) else url_for(p)
+    env.filters["fmt"] = fmt
+    return env
+
+
+def asset(name: str):
+    """A bundled CSS/JS file as markup to inline (pages work offline: nothing is fetched)."""
+    from markupsafe import Markup
+
+    return Markup(resources.files("embedlab").joinpath("templates", name).read_text(encoding="utf-8"))
+
+
+def json_for_script(obj):
+    """JSON safe inside a <script> element (no '</script>' or '<!--' can close it)."""
+    from markupsafe import Markup
+
+    text = json.dumps(obj, allow_nan=False, default=str)
+    return Markup(text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
+
+
+def render_page(template: str, **context) -> str:
+    return jinja_env().get_template(template).render(css=asset("page.css"), **context)
+
+
+def set_nav(html_path: str | Path, links: list[tuple[str, str]]) -> None:
+    """Replace the navigation links of a page written from these templates (e.g. add 'back to the index')."""
+    path = Path(html_path)
+    text = path.read_text(encoding="utf-8")
+    block = jinja_env().from_string('{% from "_nav.html.j2" import nav %}{{ nav(links) }}').render(links=links)
+    inner = block.split("<!--nav:start-->", 1)[1].split("<!--nav:end-->", 1)[0]
+    if "<!--nav:start-->" not in text or "<!--nav:end-->" not in text:
+        return                               # not a page from these templates (an older report): leave it as it is
+    start, end = text.index("<!--nav:start-->") + len("<!--nav:start-->"), text.index("<!--nav:end-->")
+    atomic_write_bytes(path, (text[:start] + inner + text[end:]).encode())
+
+
+# ---- figures ---------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def plain_text_figures():
+    """Matplotlib with mathtext off: a '$' in a concept or selector is drawn as a dollar sign (issue 12.3)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+        yield
 
 
 def png_data_uri(fig) -> str:
@@ -42,67 +154,232 @@ def thumb_data_uri(path: str, size: int = 96) -> str | None:
 
 
 def bar_chart(adds: pd.DataFrame, removes: pd.DataFrame, k: int = 15):
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
-    a, r = adds.head(k), removes.head(k)
-    labels = list(a["concept"]) + list(r["concept"])
-    vals = list(a["cosine_at_pick"]) + list(r["cosine_at_pick"])
-    colors = ["#2b8a3e"] * len(a) + ["#c92a2a"] * len(r)
-    fig, ax = plt.subplots(figsize=(7, 0.28 * len(labels) + 1))
-    y = np.arange(len(labels))[::-1]
-    ax.barh(y, vals, color=colors)
-    ax.set_yticks(y, labels, fontsize=8)
-    ax.axvline(0, color="k", lw=0.6)
-    fig.subplots_adjust(left=0.3)
-    ax.set_xlabel("cosine with the residual at the concept's deflation step (centred vocabulary)")
-    ax.set_title("ranked concepts: green = added by the residual, red = removed")
+    with plain_text_figures():
+        a, r = adds.head(k), removes.head(k)
+        labels = [str(c) for c in list(a["concept"]) + list(r["concept"])]
+        vals = list(a["cosine_at_pick"]) + list(r["cosine_at_pick"])
+        colors = ["#2b8a3e"] * len(a) + ["#c92a2a"] * len(r)
+        fig, ax = plt.subplots(figsize=(7.5, 0.28 * len(labels) + 1.5))
+        y = np.arange(len(labels))[::-1]
+        ax.barh(y, vals, color=colors)
+        ax.set_yticks(y, labels, fontsize=8)
+        ax.axvline(0, color="k", lw=0.6)
+        fig.subplots_adjust(left=0.3, top=1 - 0.6 / (0.28 * len(labels) + 1.5), bottom=0.55 / (0.28 * len(labels) + 1.5))
+        ax.set_xlabel("cosine with the residual at the concept's deflation step (centred vocabulary)", fontsize=8)
+        ax.set_title("Top concepts of the residual from the 'from' set to the 'to' set", fontsize=10)
+        ax.legend(handles=[Patch(color="#2b8a3e", label="added (toward the to set)"),
+                           Patch(color="#c92a2a", label="removed (toward the from set)")], fontsize=7, loc="lower right")
     return fig
 
 
-def similarity_histograms(items: list[tuple[str, np.ndarray, np.ndarray]], name_from: str, name_to: str):
-    """One figure: per top concept, a histogram of per-image similarity in set A vs set B.
+def similarity_histograms(items: list[tuple], name_from: str, name_to: str):
+    """One figure: per top concept, a histogram of per-image similarity in the from set vs the to set.
 
+    `items` are (concept, sims_from, sims_to) or (concept, sims_from, sims_to, side) with side 'adds'/'removes'.
     Filled step outlines (one patch per set, not one per bin) and a fixed grid instead of tight_layout keep
     this to a fraction of a second: it is drawn on every explain call."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    cols = 4
-    rows = max(1, (len(items) + cols - 1) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.3 * rows + 0.5), squeeze=False)
-    fig.subplots_adjust(left=0.04, right=0.99, top=1 - 0.45 / (2.3 * rows + 0.5), bottom=0.5 / (2.3 * rows + 0.5),
-                        wspace=0.22, hspace=0.45)
-    for ax, (concept, s_from, s_to) in zip(axes.flat, items):
-        bins = np.linspace(min(s_from.min(), s_to.min()), max(s_from.max(), s_to.max()) + 1e-9, 25)
-        ax.hist(s_from, bins=bins, density=True, histtype="stepfilled", alpha=0.55, label=name_from, color="#495057")
-        ax.hist(s_to, bins=bins, density=True, histtype="stepfilled", alpha=0.55, label=name_to, color="#f08c00")
-        ax.set_title(concept, fontsize=9)
-        ax.set_yticks([])       # densities: the sets' sizes differ, the shapes are what compares
-        ax.xaxis.set_major_locator(MaxNLocator(4))
-        ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(items):]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    fig.supxlabel("per-image similarity to the concept (centred)", fontsize=8)
+    with plain_text_figures():
+        cols = 4
+        rows = max(1, (len(items) + cols - 1) // cols)
+        height = 2.3 * rows + 0.9
+        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, height), squeeze=False)
+        fig.subplots_adjust(left=0.04, right=0.99, top=1 - 0.85 / height, bottom=0.5 / height, wspace=0.22, hspace=0.5)
+        handles = None
+        for ax, item in zip(axes.flat, items):
+            concept, s_from, s_to = item[:3]
+            side = item[3] if len(item) > 3 else None
+            bins = np.linspace(min(s_from.min(), s_to.min()), max(s_from.max(), s_to.max()) + 1e-9, 25)
+            ax.hist(s_from, bins=bins, density=True, histtype="stepfilled", alpha=0.55, color="#495057",
+                    label=f"from set: {name_from} (n={len(s_from)})")
+            ax.hist(s_to, bins=bins, density=True, histtype="stepfilled", alpha=0.55, color="#f08c00",
+                    label=f"to set: {name_to} (n={len(s_to)})")
+            prefix = {"adds": "added: ", "removes": "removed: "}.get(side, "")
+            ax.set_title(f"{prefix}{concept}", fontsize=9, color={"adds": "#2b8a3e", "removes": "#c92a2a"}.get(side, "k"))
+            ax.set_yticks([])       # densities: the sets' sizes differ, the shapes are what compares
+            ax.xaxis.set_major_locator(MaxNLocator(4))
+            ax.tick_params(labelsize=7)
+            handles = handles or ax.get_legend_handles_labels()
+        for ax in list(axes.flat)[len(items):]:
+            ax.axis("off")
+        if handles:
+            fig.legend(*handles, loc="upper center", ncol=2, fontsize=8, frameon=False)
+        fig.supxlabel("per-image cosine similarity to the concept (centred vocabulary); density", fontsize=8)
     return fig
 
 
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        if np.isnan(v):
-            return ""
-        return f"{v:.3g}" if abs(v) < 1e-3 and v != 0 else f"{v:.3f}"
-    return str(v)
+# ---- what the page says -----------------------------------------------------------------------------------
+
+def _perm(report: dict) -> dict:
+    return report["info"].get("permutation") or {}
+
+
+def significant(table: pd.DataFrame, col: str = "p_fwer") -> pd.DataFrame:
+    if col not in table.columns:
+        return table.iloc[:0]
+    p = pd.to_numeric(table[col], errors="coerce")
+    return table[p < SIG_LEVEL]
+
+
+def test_description(report: dict) -> str:
+    """One line naming the test: unit, shuffle scheme, family, K and the smallest attainable p."""
+    info, perm = report["info"], _perm(report)
+    if not perm.get("K"):
+        return info.get("significance_note") or "No permutation test was run (K = 0), so p_fwer is blank."
+    unit = info.get("test_unit")
+    if unit:
+        n_from, n_to = unit.get("n_from"), unit.get("n_to")
+        what = unit.get("unit", "images")
+        head = (f"Permutation test on {what}: {n_from} + {n_to} {what} (effective n = {fmt(unit.get('effective_n', '?'))} {what}), "
+                f"{perm.get('scheme') or unit.get('shuffle', '')}; family: {perm.get('family_note') or unit.get('family', 'the vocabulary')}")
+    else:
+        head = f"Permutation test: {perm.get('scheme', 'labels shuffled')} ({perm.get('n_units', '?')} units); family: max statistic over the vocabulary"
+    return (f"{head}; K = {perm['K']} shuffles, smallest attainable p = {fmt(perm.get('smallest_attainable_p'))}.")
+
+
+def why_not_significant(report: dict, table: pd.DataFrame) -> str:
+    """Why no concept passes the report's own test, read from how the test was run (no statistics here)."""
+    info, perm = report["info"], _perm(report)
+    if not perm.get("K"):
+        return info.get("significance_note") or "no permutation test was run (K = 0)"
+    shuffle = str((info.get("test_unit") or {}).get("shuffle") or perm.get("scheme", ""))
+    if "within" in shuffle:
+        return ("labels are shuffled within groups (the groups span both sets), and shuffles within groups cannot "
+                "test content that differs between groups, such as which scenes or objects each set holds; "
+                "read AUROC and q_bh beside it")
+    smallest = perm.get("smallest_attainable_p")
+    if smallest is not None and smallest >= SIG_LEVEL:
+        return (f"with {perm.get('n_units', 'these')} exchangeable units only ~10^{perm.get('log10_distinct_shuffles', 0):.1f} "
+                f"distinct shuffles exist, so no p below {fmt(smallest)} can be reached")
+    p = pd.to_numeric(table.get("p_fwer", pd.Series(dtype=float)), errors="coerce")
+    best = fmt(float(p.min())) if p.notna().any() else "n/a"
+    return (f"no concept's score beats the largest score of shuffled sets often enough (smallest p_fwer {best}, "
+            f"family-wise over {info.get('vocabulary_size', 'all')} concepts)")
+
+
+def _sentence(template: str, *args, md: bool = False):
+    """One sentence of our prose with user values filled in: HTML-escaped into markup, or Markdown-escaped
+    (with <b> as ** and <code> dropped) for report.md."""
+    from markupsafe import Markup
+
+    if not md:
+        return Markup(template).format(*args)
+    text = template.replace("<b>", "**").replace("</b>", "**").replace("<code>", "").replace("</code>", "")
+    return text.replace("&lt;", "<").format(*(md_escape(a) for a in args))
+
+
+def lead_sentences(report: dict, table: pd.DataFrame, md: bool = False) -> list:
+    """Three sentences a newcomer can act on: what the residual is, its top concepts, what is significant."""
+    res, info = report["residual"], report["info"]
+    how = ("the normalised mean of the <b>to</b> set's normalised image embeddings minus that of the <b>from</b> set"
+           if res.get("method", "rave") == "rave" else "the mean of the <b>to</b> set's image embeddings minus the mean of the <b>from</b> set's")
+    s1 = _sentence("The residual is " + how + ", normalised to unit length: from = <code>{}</code> ({} images), "
+                   "to = <code>{}</code> ({} images).", res["from"], info.get("n_from", "?"), res["to"],
+                   info.get("n_to", "?"), md=md)
+    top = {side: [str(c) for c in table[table["direction"] == side]["concept"].head(3)] for side in ("adds", "removes")}
+    s2 = _sentence("It points toward <b>{}</b> (added) and away from <b>{}</b> (removed).",
+                   ", ".join(top["adds"]) or "nothing", ", ".join(top["removes"]) or "nothing", md=md)
+    sig = significant(table)
+    if len(sig):
+        names = ", ".join(f"{c} ({'added' if d == 'adds' else 'removed'}, p_fwer {fmt(p)})"
+                          for c, d, p in zip(sig["concept"], sig["direction"], sig["p_fwer"]))
+        s3 = _sentence("Significant by this report's own test (p_fwer &lt; 0.05): <b>{}</b>.", names, md=md)
+    else:
+        s3 = _sentence("No concept is significant by this report's own test (p_fwer &lt; 0.05): {}.",
+                       why_not_significant(report, table), md=md)
+    return [s1, s2, s3]
+
+
+def shown_path(path, base) -> str:
+    """A path as a page in `base` shows it: relative when it lies under base's parent, else as given."""
+    if not path or base is None:
+        return str(path or "")
+    try:
+        p, b = Path(path).resolve(), Path(base).resolve()
+        return os.path.relpath(p, b) if p.is_relative_to(b.parent) else str(path)
+    except (OSError, ValueError):
+        return str(path)
+
+
+def _summary_lines(report: dict, base=None) -> list[str]:
+    info, res = report["info"], report["residual"]
+    lines = [f"Residual: {shown_path(res['path'], base)} ({res['method']}, from {res['from']} to {res['to']}; model {res['model']})",
+             f"Vocabulary: {info['vocabulary']} - {info['vocabulary_source']}; templates {info['templates']}"]
+    if info.get("vocabulary_note"):
+        lines.append(info["vocabulary_note"])
+    lines.append(test_description(report))
+    lines.append("Scores: cosine with the centred vocabulary (the text mean removed); z against the vocabulary; "
+                 "raw_cosine as RAVE ranks. p_fwer: family-wise adjusted (max statistic); p_fwer_deflated: the "
+                 "same test at each deflation step (the first steps; blank beyond); welch_p: per-concept Welch "
+                 "t-test (nominal); q_bh: Benjamini-Hochberg over the whole vocabulary.")
+    lines.append(sign_rule(report))
+    return lines
+
+
+SIGN_RULE = ("Sign rule: a concept is listed as added when both its score_centred and its cosine with the residual "
+             "at its deflation step are positive (the residual points toward it, i.e. toward the to set), and as "
+             "removed when both are negative; a concept appears on one side at most.")
+
+
+def sign_rule(report: dict) -> str:
+    share = report["info"].get("min_explained")
+    stop = (f" A side's list stops when its next pick has the wrong sign or explains less than {fmt(100 * share)}% "
+            "of |r|^2." if isinstance(share, (int, float)) else "")
+    return SIGN_RULE + stop
+
+
+def _rows(t: pd.DataFrame) -> list[dict]:
+    rows = []
+    for _, row in t.iterrows():
+        p, p_defl = row.get("p_fwer"), row.get("p_fwer_deflated")
+        sig = pd.notna(p) and float(p) < SIG_LEVEL
+        dagger = not sig and pd.notna(p_defl) and float(p_defl) < SIG_LEVEL
+        rows.append({"cells": {c: fmt(v) for c, v in row.items()}, "sig": sig, "dagger": dagger})
+    return rows
+
+
+def render_markdown(report: dict, table: pd.DataFrame, base=None) -> str:
+    lead = " ".join(lead_sentences(report, table, md=True))
+    lines = ["# Concept report", "", lead, ""] + [f"- {md_escape(ln)}" for ln in _summary_lines(report, base)] + [""]
+    for side, title in (("adds", "Concepts the residual adds (toward the to set)"),
+                        ("removes", "Concepts the residual removes (toward the from set)")):
+        t = table[table["direction"] == side]
+        lines += [f"## {title}", "", "| " + " | ".join(t.columns) + " |", "|" + "---|" * len(t.columns)]
+        for _, row in t.iterrows():
+            lines.append("| " + " | ".join(md_escape(v) if isinstance(v, str) else fmt(v) for v in row.to_list()) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def render_html(report: dict, table: pd.DataFrame, figures: dict, nav_links: list | None = None, base=None) -> str:
+    info, res = report["info"], report["residual"]
+    columns = [{"name": c, "help": COLUMN_HELP.get(c, ""),
+                "cls": ("c" if c == "concept" else "n") + ("" if c in SHORT_COLUMNS else " x")}
+               for c in table.columns if c != "direction"]
+    order = {c: i for i, c in enumerate(SHORT_COLUMNS)}
+    columns.sort(key=lambda c: order.get(c["name"], len(order)))      # the short view first, the rest one click away
+    sides = []
+    for side, title, toward in (("adds", "Concepts the residual adds", "to"), ("removes", "Concepts the residual removes", "from")):
+        t = table[table["direction"] == side]
+        rows = _rows(t)
+        sides.append({"key": side, "title": f"{title} (toward the {toward} set)", "rows": rows, "rule": sign_rule(report),
+                      "any_deflated": any(r["dagger"] for r in rows)})
+    sets = [{"name": "from", "selector": res["from"], "n": info.get("n_from", "?"), "role": "start of the residual"},
+            {"name": "to", "selector": res["to"], "n": info.get("n_to", "?"), "role": "end of the residual (it points here)"}]
+    return render_page("report.html.j2", nav_links=nav_links or [], lead=lead_sentences(report, table), sets=sets,
+                       residual_path=shown_path(res.get("path", ""), base), model=res.get("model", ""),
+                       vocabulary=f"{info.get('vocabulary')} ({info.get('vocabulary_size', '?')} concepts)",
+                       figures=figures or {}, sides=sides, columns=columns, test_line=test_description(report),
+                       exemplars=report.get("exemplars") or [], details=_summary_lines(report, base))
 
 
 def write_report(out_dir: str | Path, report: dict, figures: dict | None = None,
-                 html_exemplars: list | None = None) -> dict:
+                 html_exemplars: list | None = None, nav_links: list | None = None) -> dict:
     """Write report.json, report.csv, report.md and report.html; returns their paths.
 
     `html_exemplars` are the report's exemplars with inline thumbnails (kept out of the JSON)."""
@@ -112,77 +389,7 @@ def write_report(out_dir: str | Path, report: dict, figures: dict | None = None,
     cols = [c for c in COLUMNS if c in table.columns]
     atomic_write_json(out / "report.json", report)
     atomic_write_bytes(out / "report.csv", table[cols].to_csv(index=False).encode())
-    atomic_write_bytes(out / "report.md", render_markdown(report, table[cols]).encode())
+    atomic_write_bytes(out / "report.md", render_markdown(report, table[cols], out).encode())
     html_report = dict(report, exemplars=html_exemplars if html_exemplars is not None else report.get("exemplars", []))
-    atomic_write_bytes(out / "report.html", render_html(html_report, table[cols], figures or {}).encode())
+    atomic_write_bytes(out / "report.html", render_html(html_report, table[cols], figures or {}, nav_links, out).encode())
     return {k: str(out / f"report.{k}") for k in ("json", "csv", "md", "html")}
-
-
-def _summary_lines(report: dict) -> list[str]:
-    info, res = report["info"], report["residual"]
-    lines = [f"Residual: {res['path']} ({res['method']}, {res['from']} -> {res['to']}; model {res['model']})",
-             f"Vocabulary: {info['vocabulary']} - {info['vocabulary_source']}; templates {info['templates']}"]
-    if info.get("vocabulary_note"):
-        lines.append(info["vocabulary_note"])
-    perm = info.get("permutation")
-    if perm and perm.get("K"):
-        lines.append(f"Permutation test: K = {perm['K']} shuffles ({perm['scheme']}), distinct shuffles possible "
-                     f"~10^{perm['log10_distinct_shuffles']:.1f}, smallest attainable p = {perm['smallest_attainable_p']:.4g}."
-                     + (" Shuffling within groups holds each group's make-up fixed, so differences between groups (such as "
-                        "a content bias carried by which scenes each set holds) cannot reach significance, and few or "
-                        "unbalanced groups make the test conservative; read AUROC and q_bh beside it."
-                        if "within groups" in perm["scheme"] else ""))
-    elif info.get("significance_note"):
-        lines.append(info["significance_note"])
-    lines.append("Scores: cosine with the centred vocabulary (the text mean removed); z against the vocabulary; "
-                 "raw_cosine as RAVE ranks. p_fwer: family-wise adjusted (max statistic over the vocabulary); "
-                 "p_fwer_deflated: the same test at each deflation step (the first steps; blank beyond); welch_p: per-concept Welch t-test (nominal); q_bh: Benjamini-Hochberg over the whole vocabulary.")
-    return lines
-
-
-def render_markdown(report: dict, table: pd.DataFrame) -> str:
-    lines = ["# Concept report", ""] + [f"- {ln}" for ln in _summary_lines(report)] + [""]
-    for side, title in (("adds", "What the residual adds (toward the 'to' set)"),
-                        ("removes", "What the residual removes (toward the 'from' set)")):
-        t = table[table["direction"] == side]
-        lines += [f"## {title}", "", "| " + " | ".join(t.columns) + " |", "|" + "---|" * len(t.columns)]
-        for _, row in t.iterrows():
-            lines.append("| " + " | ".join(_fmt(v).replace("|", "\\|") for v in row.to_list()) + " |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def render_html(report: dict, table: pd.DataFrame, figures: dict) -> str:
-    e = html.escape
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>embedlab concept report</title><style>",
-             "body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;font-size:12px}"
-             "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}td.c{text-align:left}.ex img{margin:2px}"
-             ".sig{background:#d3f9d8}.figs img{margin:4px}</style></head><body><h1>Concept report</h1><ul>"]
-    parts += [f"<li>{e(ln)}</li>" for ln in _summary_lines(report)]
-    parts.append("</ul>")
-    if figures.get("bar"):
-        parts.append(f"<img alt='top concepts' src='{figures['bar']}'>")
-    for side in ("adds", "removes"):
-        t = table[table["direction"] == side]
-        parts.append(f"<h2>{'Added' if side == 'adds' else 'Removed'} concepts</h2><table><tr>"
-                     + "".join(f"<th>{e(c)}</th>" for c in t.columns) + "</tr>")
-        for _, row in t.iterrows():
-            p_deflated = row.get("p_fwer_deflated")
-            sig = " class='sig'" if pd.notna(p_deflated) and float(p_deflated) < 0.05 else ""
-            parts.append(f"<tr{sig}>" + "".join(f"<td class='c'>{e(_fmt(v))}</td>" if c == "concept" else f"<td>{e(_fmt(v))}</td>"
-                                               for c, v in row.items()) + "</tr>")
-        parts.append("</table>")
-    if figures.get("histograms"):
-        parts.append("<h2>Per-image similarity, set A vs set B</h2><div class='figs'>"
-                     f"<img alt='per-image similarity histograms' src='{figures['histograms']}'></div>")
-    if report.get("exemplars"):
-        parts.append("<h2>Exemplar images per concept</h2>")
-        for ex in report["exemplars"]:
-            parts.append(f"<h3>{e(ex['concept'])}</h3><div class='ex'>")
-            for setname in ("from", "to"):
-                parts.append(f"<p>{e(setname)} set: " + "".join(
-                    f"<img title='{e(item['path'])} ({item['score']:.3f})' alt='{e(item['path'])}' src='{item['thumb']}'>"
-                    if item.get("thumb") else f"<span>{e(item['path'])}</span> " for item in ex[setname]) + "</p>")
-            parts.append("</div>")
-    parts.append("</body></html>")
-    return "".join(parts)

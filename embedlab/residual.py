@@ -16,6 +16,7 @@ import pandas as pd
 
 from ._io import atomic_save_npy, atomic_write_json, load_npy, read_json
 from .errors import ConfigError, IncompatibleRunError
+from .index import parse_bytes
 from .runs import Run
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,117 @@ def bootstrap_stability(x_from, x_to, groups_from=None, groups_to=None, n_boot: 
     return {"n_boot": n_boot, "unit": "group" if groups_from is not None else "image",
             "mean_cosine": float(cos.mean()), "ci95": [float(np.percentile(cos, 2.5)), float(np.percentile(cos, 97.5))],
             "seed": seed}
+
+
+def residual_from_sums(sum_from: np.ndarray, n_from, sum_to: np.ndarray, n_to, method: str = "rave"):
+    """`compute_residual` from sufficient statistics: each set's sum of (for rave: unit-normalised) vectors and
+    its count. Rows of 2-D sums are independent replicates (bootstrap). Returns (r, thr, v_from, v_to)."""
+    sum_from, sum_to = np.asarray(sum_from, np.float64), np.asarray(sum_to, np.float64)
+    if method == "rave":                       # norm(mean) = norm(sum): the counts cancel
+        v_from, v_to = l2n(sum_from), l2n(sum_to)
+        r = l2n(v_to - v_from)
+    else:
+        m_from = sum_from / np.asarray(n_from, np.float64)[..., None] if sum_from.ndim == 2 else sum_from / n_from
+        m_to = sum_to / np.asarray(n_to, np.float64)[..., None] if sum_to.ndim == 2 else sum_to / n_to
+        r, v_from, v_to = l2n(m_to - m_from), l2n(m_from), l2n(m_to)
+    thr = np.einsum("...i,...i->...", v_to, r)
+    return r, (float(thr) if np.ndim(thr) == 0 else thr), v_from, v_to
+
+
+def bootstrap_summary(cos: np.ndarray, unit: str, seed: int, scheme: str) -> dict:
+    """The stability figure: mean cosine of the bootstrap residuals to the full one and a 95% percentile interval."""
+    cos = np.asarray(cos, np.float64)
+    return {"n_boot": int(len(cos)), "unit": unit, "mean_cosine": float(cos.mean()),
+            "ci95": [float(np.percentile(cos, 2.5)), float(np.percentile(cos, 97.5))], "seed": seed, "scheme": scheme}
+
+
+def group_bootstrap_from_sums(full: np.ndarray, sums: list[np.ndarray], sizes: list[np.ndarray], n_boot: int,
+                              seed: int, method: str = "rave") -> np.ndarray:
+    """Cosines to `full` of residuals from groups resampled with replacement, computed from per-group sums
+    (G, d) and sizes of each set. Draws exactly as `bootstrap_stability` does (same seed, same resamples)."""
+    rng = np.random.default_rng(seed)
+    cos = np.empty(n_boot)
+    for b in range(n_boot):
+        picked = []
+        for S, n in zip(sums, sizes):
+            counts = np.bincount(rng.integers(0, len(S), len(S)), minlength=len(S)).astype(np.float64)
+            picked.append((counts @ S, counts @ n))
+        r = residual_from_sums(picked[0][0], picked[0][1], picked[1][0], picked[1][1], method)[0]
+        cos[b] = float(r @ full)
+    return cos
+
+
+def image_bootstrap_weights(n_sets: tuple[int, int], n_boot: int, seed: int, exact_limit: int) -> tuple[list, str]:
+    """Per-image bootstrap weights for the two sets. Up to `exact_limit` weights in all: the counts of
+    `bootstrap_stability`'s resamples (same seed, same draws), as (n_boot, n) arrays. Beyond: None, meaning
+    Poisson(1) weights drawn while streaming (`poisson_weights`)."""
+    if n_boot * sum(n_sets) > exact_limit:
+        return [None, None], "poisson"
+    rng = np.random.default_rng(seed)
+    W = [np.empty((n_boot, n), np.float32) for n in n_sets]
+    for b in range(n_boot):
+        for w, n in zip(W, n_sets):
+            w[b] = np.bincount(rng.integers(0, n, n), minlength=n)
+    return W, "multinomial"
+
+
+_F16_TABLE = None
+
+
+def _accumulate_kernel():
+    """numba kernel: one pass over a block of stored vectors (float16 read through a 65,536-entry table, or
+    float32), each row optionally scaled to unit length, added in float64 to its set's total and its group's
+    sum; optionally written out (float32) for the per-image bootstrap's product."""
+    global _F16_TABLE
+    if _F16_TABLE is None:
+        import numba
+
+        @numba.njit(nogil=True, cache=True)
+        def accumulate(X, table, which, codes, normalise, totals, gsums, out):
+            m, d = X.shape
+            row = np.empty(d, np.float64)
+            for i in range(m):
+                s = which[i]
+                if s < 0:
+                    continue
+                n2 = 0.0
+                for j in range(d):
+                    if table is None:
+                        v = np.float64(X[i, j])
+                    else:
+                        v = np.float64(table[X[i, j]])
+                    row[j] = v
+                    n2 += v * v
+                scale = 1.0 / np.sqrt(n2) if normalise and n2 > 0 else 1.0
+                for j in range(d):
+                    totals[s, j] += row[j] * scale
+                if gsums is not None:
+                    g = codes[i]
+                    for j in range(d):
+                        gsums[g, j] += row[j] * scale
+                if out is not None:
+                    for j in range(d):
+                        out[i, j] = row[j] * scale
+
+        table = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
+        _F16_TABLE = (accumulate, table)
+    return _F16_TABLE
+
+
+def accumulate_block(X: np.ndarray, which: np.ndarray, codes: np.ndarray | None, normalise: bool, totals: np.ndarray,
+                     gsums: np.ndarray | None, want_rows: bool = False) -> np.ndarray | None:
+    """Add the rows of X (float16 or float32) to `totals[which[i]]` (and `gsums[codes[i]]`), rows with which < 0
+    skipped; unit-normalised first when `normalise`. Returns the (normalised) rows when `want_rows`."""
+    kernel, table = _accumulate_kernel()
+    X = np.ascontiguousarray(X)
+    if X.dtype == np.float16:
+        X, tab = X.view(np.uint16), table
+    else:
+        X, tab = X.astype(np.float32, copy=False), None
+    out = np.zeros((len(X), X.shape[1]), np.float32) if want_rows else None
+    kernel(X, tab, np.ascontiguousarray(which, np.int8), None if codes is None else np.ascontiguousarray(codes, np.int64),
+           bool(normalise), totals, gsums, out)
+    return out
 
 
 NONSEMANTIC_NUMERIC = ("width", "height", "megapixels", "aspect", "jpeg_quality", "mean_luma")
@@ -151,16 +263,65 @@ def load_residual(path: str | os.PathLike) -> Residual:
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"Residual file {p} not found. Make one with `embedlab residual RUN --from A --to B --out {p}`.")
-    vec = load_npy(p)
-    if vec.ndim != 1 or not np.all(np.isfinite(vec)):
-        raise ConfigError(f"{p}: expected a finite 1-D vector, got shape {vec.shape}.")
+    vec = check_residual_vector(load_npy(p, expect=RESIDUAL_CONTENT + f" (fix: {_RECREATE.format(p=p)})"), p)
     side = sidecar_path(p)
     if not side.exists():
         raise ConfigError(f"{p} has no sidecar {side}; it holds thr and the model identity. Recreate it with `embedlab residual`.")
     info = read_json(side)
     if int(info.get("dim", len(vec))) != len(vec):
         raise IncompatibleRunError(f"{p}: vector has dimension {len(vec)} but its sidecar says {info.get('dim')}.")
-    return Residual(vec.astype(np.float32), info, p)
+    model = info.get("model") or {}
+    if model.get("embed_dim") is not None and int(model["embed_dim"]) != len(vec):
+        raise IncompatibleRunError(f"{p} holds a {len(vec)}-dimensional vector, but its model {model.get('model')}/"
+                                   f"{model.get('pretrained')} makes {int(model['embed_dim'])}-dimensional embeddings. "
+                                   f"Fix: {_RECREATE.format(p=p)} from a run of that model.")
+    return Residual(vec, info, p)
+
+
+RESIDUAL_CONTENT = "a float32 vector of shape (d,), as `embedlab residual` writes"
+_RECREATE = "recreate it with `embedlab residual RUN --from A --to B --out {p}`"
+MIN_RESIDUAL_NORM = 1e-6
+
+
+def check_residual_vector(vec: np.ndarray, source) -> np.ndarray:
+    """A residual as float32, or ConfigError in one line saying what is wrong with it: not a real 1-D vector,
+    NaN or infinite entries, or a (near-)zero norm (no direction: the two sets' means were equal)."""
+    vec = np.asarray(vec)
+    fix = _RECREATE.format(p=source)
+    if vec.dtype.kind not in "fiu":
+        raise ConfigError(f"{source} holds dtype {vec.dtype}, not numbers; a residual is {RESIDUAL_CONTENT}. Fix: {fix}.")
+    if vec.ndim != 1:
+        raise ConfigError(f"{source}: expected a 1-D vector, got shape {vec.shape}. Fix: {fix}.")
+    n_nan, n_inf = int(np.isnan(vec).sum()), int(np.isinf(vec).sum())
+    if n_nan or n_inf:
+        bad = " and ".join(t for t in (f"{n_nan} NaN" if n_nan else "", f"{n_inf} infinite" if n_inf else "") if t)
+        raise ConfigError(f"{source} holds {bad} value(s) among its {len(vec)}; a residual must be finite. Fix: {fix}.")
+    norm = float(np.linalg.norm(vec.astype(np.float64)))
+    if norm < MIN_RESIDUAL_NORM:
+        raise ConfigError(f"{source} has norm {norm:.3g} (below {MIN_RESIDUAL_NORM:g}), so it has no direction: the "
+                          f"two sets' means were equal. Fix: {fix} using two different sets.")
+    return vec.astype(np.float32)
+
+
+def separation(sum_from: np.ndarray, n_from, sum_to: np.ndarray, n_to, method: str = "rave") -> float:
+    """The residual's norm before its final normalisation: |v_to - v_from| (rave: unit set means) or
+    |mean_to - mean_from| (mean-diff)."""
+    if method == "rave":
+        return float(np.linalg.norm(l2n(np.asarray(sum_to, np.float64)) - l2n(np.asarray(sum_from, np.float64))))
+    return float(np.linalg.norm(np.asarray(sum_to, np.float64) / n_to - np.asarray(sum_from, np.float64) / n_from))
+
+
+def check_separation(gap: float, vector_dtype: str, from_: str, to: str) -> None:
+    """Refuse two sets whose means are equal within the rounding of the stored vectors (their residual would be
+    a direction of rounding noise); warn loudly when the gap is within 10x of that floor."""
+    floor = max(MIN_RESIDUAL_NORM, 2 * float(np.finfo(np.dtype(vector_dtype)).eps))
+    if gap <= floor:
+        raise ConfigError(f"Sets {from_} and {to} have the same mean within numerical noise (|v_to - v_from| = "
+                          f"{gap:.3g}, noise floor {floor:.3g} for {vector_dtype} vectors): they are the same images "
+                          f"or indistinguishable. Fix: choose two different sets.")
+    if gap <= 10 * floor:
+        log.warning("residual: the sets' means differ barely above numerical noise (|v_to - v_from| = %.3g, noise "
+                    "floor %.3g): the residual's direction is mostly rounding", gap, floor)
 
 
 def save_residual(path: str | os.PathLike, vector: np.ndarray, info: dict) -> Path:
@@ -172,19 +333,118 @@ def save_residual(path: str | os.PathLike, vector: np.ndarray, info: dict) -> Pa
     return p
 
 
-def _select(run: Run, selector: str) -> np.ndarray:
-    """Selector: a set label ('backlit'), COLUMN=VALUE, or several joined by commas ('role=backlit,split=train')."""
-    mask = np.ones(len(run.metadata), bool)
-    for part in [s for s in selector.split(",") if s]:
-        mask &= run.select(part)
-    if not mask.any():
-        raise ConfigError(f"No image in run {run.path} matches {selector!r} (each part matches some, together none).")
-    return mask
+GROUP_COLUMNS = ("group",)
+
+
+def _set_codes(meta: pd.DataFrame) -> np.ndarray | None:
+    """Group codes 0..G-1 in order of first appearance (as `group_codes`), or None when some image has no group."""
+    if "group" not in meta.columns or not meta["group"].notna().all():
+        return None
+    return pd.factorize(meta["group"])[0]
+
+
+def stream_sums(run: Run, masks: list[np.ndarray], codes: list, method: str = "rave", boot: dict | None = None,
+                block: int = 65536) -> list[dict]:
+    """One pass over the memory-mapped vectors of `run`: per set (disjoint boolean masks over its rows) the float64
+    sum of its (for rave: unit-normalised) vectors and, with `codes`, of each group's; with `boot`
+    ({"weights": per set (n_boot, n) array or None, "n_boot", "seed"}), per-image bootstrap sums (None weights:
+    Poisson(1) per image, from one generator per set, so the draws do not depend on `block`)."""
+    n, d = len(run), run.dim
+    which = np.full(n, -1, np.int8)
+    gcode = np.zeros(n, np.int64)
+    offsets = np.cumsum([0] + [0 if c is None else int(c.max()) + 1 for c in codes])
+    for s, (m, c) in enumerate(zip(masks, codes)):
+        which[m] = s
+        if c is not None:
+            gcode[m] = c + offsets[s]
+    totals = np.zeros((len(masks), d), np.float64)
+    gsums = np.zeros((int(offsets[-1]), d), np.float64) if any(c is not None for c in codes) else None
+    counts = [np.zeros(0)] * len(masks)
+    seen = [0] * len(masks)
+    if boot:
+        bsums = [np.zeros((boot["n_boot"], d), np.float64) for _ in masks]
+        bn = [np.zeros(boot["n_boot"], np.float64) for _ in masks]
+        rngs = [np.random.default_rng([boot["seed"], s + boot.get("first_set", 0)]) for s in range(len(masks))]
+    union = which >= 0
+    rows = None if union.mean() > 0.5 else union
+    for pos, X in run.iter_vectors(rows, block, dtype=None):
+        w = which[pos]
+        Xn = accumulate_block(X, w, gcode[pos] if gsums is not None else None, method == "rave", totals, gsums,
+                              want_rows=bool(boot))
+        if boot:
+            for s in range(len(masks)):
+                hit = np.flatnonzero(w == s)
+                if boot["weights"][s] is not None:
+                    W = boot["weights"][s][:, seen[s]:seen[s] + len(hit)]
+                else:
+                    W = rngs[s].poisson(1.0, (len(hit), boot["n_boot"])).T.astype(np.float32)
+                bsums[s] += (W @ Xn[hit]).astype(np.float64)
+                bn[s] += W.sum(1)
+                seen[s] += len(hit)
+    out = []
+    for s, (m, c) in enumerate(zip(masks, codes)):
+        part = {"sum": totals[s], "count": int(m.sum())}
+        if c is not None:
+            part["group_sums"] = gsums[offsets[s]:offsets[s + 1]]
+            part["group_sizes"] = np.bincount(c).astype(np.float64)
+        if boot:
+            part["boot_sums"], part["boot_counts"] = bsums[s], bn[s]
+        out.append(part)
+    return out
+
+
+def _bootstrap(stats: list[dict], full: np.ndarray, n_boot: int, seed: int, method: str, unit: str, scheme: str) -> dict:
+    if unit == "group":
+        cos = group_bootstrap_from_sums(full, [p["group_sums"] for p in stats], [p["group_sizes"] for p in stats],
+                                        n_boot, seed, method)
+    else:
+        a, b = stats
+        r = residual_from_sums(a["boot_sums"], a["boot_counts"], b["boot_sums"], b["boot_counts"], method)[0]
+        cos = r @ full
+    return bootstrap_summary(cos, unit, seed, scheme)
+
+
+BOOT_SCHEMES = {
+    "group": "groups resampled with replacement (multinomial counts over per-group sums; the same draws as the "
+             "in-memory bootstrap)",
+    "multinomial": "images resampled with replacement (multinomial counts per image; the same draws as the "
+                   "in-memory bootstrap)",
+    "poisson": "Poisson(1) weight per image, drawn while streaming (the Poisson bootstrap: equal in distribution "
+               "to resampling images given the resample size, which varies by about sqrt(n))",
+}
+
+
+def _read_sets(r_from: Run, r_to: Run, from_: str, to: str):
+    from .selector import Selector
+
+    s_from, s_to = Selector.parse(from_), Selector.parse(to)
+    wanted = [*s_from.columns, *s_to.columns, *GROUP_COLUMNS, "width", "height", "format", *NONSEMANTIC_NUMERIC]
+    meta_a = r_from.read_metadata(r_from.available_columns(wanted))
+    meta_b = meta_a if r_to is r_from else r_to.read_metadata(r_to.available_columns(wanted))
+    m_from, m_to = s_from.mask(meta_a, f"run {r_from.path}"), s_to.mask(meta_b, f"run {r_to.path}")
+    if r_to is r_from and np.any(m_from & m_to):
+        raise ConfigError(f"Sets {from_!r} and {to!r} share {int((m_from & m_to).sum())} images; they must be disjoint.")
+    sets = []
+    for meta, m in ((meta_a, m_from), (meta_b, m_to)):
+        part = meta[m].reset_index(drop=True)
+        if "format" in part.columns and isinstance(part["format"].dtype, pd.CategoricalDtype):
+            part["format"] = part["format"].astype(object)     # its counts list the formats present, as before
+        sets.append(part)
+    return m_from, m_to, sets[0], sets[1]
 
 
 def residual(run: str | os.PathLike, from_: str, to: str, out: str | os.PathLike, *, to_run: str | None = None,
-             method: str = "rave", bootstrap: int = 200, seed: int = 0) -> Residual:
-    """Compute the residual from set `from_` to set `to` of a run (or of `to_run`) and write it with its sidecar."""
+             method: str = "rave", bootstrap: int = 200, seed: int = 0, memory_budget: "str | int" = "1G",
+             block: int = 65536) -> Residual:
+    """Compute the residual from set `from_` to set `to` of a run (or of `to_run`) and write it with its sidecar.
+
+    Streams the memory-mapped shards once, `block` vectors at a time, keeping float64 sums per set (and per group
+    for the group bootstrap); `memory_budget` bounds what it holds beyond one block (group sums, bootstrap weights)."""
+    if method not in METHODS:
+        raise ConfigError(f"The 'method' option of residual must be one of {METHODS}. Got {method!r} instead.")
+    if bootstrap < 0:
+        raise ConfigError(f"The 'bootstrap' option of residual must be an int >= 0. Got {bootstrap} instead.")
+    budget = parse_bytes(memory_budget)
     r_from = Run(run)
     r_to = Run(to_run) if to_run else r_from
     if r_to is not r_from and r_from.model_identity != r_to.model_identity:
@@ -193,15 +453,35 @@ def residual(run: str | os.PathLike, from_: str, to: str, out: str | os.PathLike
         raise IncompatibleRunError(f"Runs {r_from.path} and {r_to.path} used different models or preprocessing "
                                    f"({', '.join(diff)}); a residual needs one. Re-extract one of them with the other's "
                                    f"--model {r_from.manifest['model']} --pretrained {r_from.manifest['pretrained']}.")
-    m_from, m_to = _select(r_from, from_), _select(r_to, to)
-    x_from, x_to = r_from.vectors[m_from], r_to.vectors[m_to]
-    meta_from, meta_to = r_from.metadata[m_from], r_to.metadata[m_to]
-    if r_to is r_from and np.any(m_from & m_to):
-        raise ConfigError(f"Sets {from_!r} and {to!r} share {int((m_from & m_to).sum())} images; they must be disjoint.")
-    r, thr, v_from, v_to = compute_residual(x_from, x_to, method)
-    g_from = meta_from["group"].to_numpy() if meta_from["group"].notna().all() else None
-    g_to = meta_to["group"].to_numpy() if meta_to["group"].notna().all() else None
-    stab = bootstrap_stability(x_from, x_to, g_from, g_to, bootstrap, seed, method) if bootstrap > 0 else None
+    m_from, m_to, meta_from, meta_to = _read_sets(r_from, r_to, from_, to)
+    c_from, c_to = _set_codes(meta_from), _set_codes(meta_to)
+    d = r_from.dim
+    unit = "group" if c_from is not None and c_to is not None else "image"
+    if unit == "group" and (c_from.max() + c_to.max() + 2) * d * 8 > budget // 2:
+        log.warning("residual: %d groups' sums would not fit half the memory budget; bootstrapping images instead",
+                    c_from.max() + c_to.max() + 2)
+        unit = "image"
+    codes = [c_from, c_to] if unit == "group" else [None, None]
+    boot = None
+    scheme = "group"
+    if bootstrap and unit == "image":
+        weights, scheme = image_bootstrap_weights((len(meta_from), len(meta_to)), bootstrap, seed, budget // 16)
+        boot = {"weights": weights, "n_boot": bootstrap, "seed": seed}
+    if r_to is r_from:
+        st_from, st_to = stream_sums(r_from, [m_from, m_to], codes, method, boot, block)
+    else:
+        b_from = dict(boot, weights=[boot["weights"][0]]) if boot else None
+        b_to = dict(boot, weights=[boot["weights"][1]], first_set=1) if boot else None
+        st_from = stream_sums(r_from, [m_from], codes[:1], method, b_from, block)[0]
+        st_to = stream_sums(r_to, [m_to], codes[1:], method, b_to, block)[0]
+    if st_from["count"] == 0 or st_to["count"] == 0:
+        raise ConfigError("A residual needs at least one image in each set.")
+    g_from = meta_from["group"].to_numpy() if c_from is not None else None
+    g_to = meta_to["group"].to_numpy() if c_to is not None else None
+    r, thr, v_from, v_to = residual_from_sums(st_from["sum"], st_from["count"], st_to["sum"], st_to["count"], method)
+    check_separation(separation(st_from["sum"], st_from["count"], st_to["sum"], st_to["count"], method),
+                     r_from.manifest.get("vector_dtype", "float32"), f"{r_from.path}:{from_}", f"{r_to.path}:{to}")
+    stab = _bootstrap([st_from, st_to], r, bootstrap, seed, method, unit, BOOT_SCHEMES[scheme]) if bootstrap > 0 else None
     nonsem = compare_nonsemantic(meta_from, meta_to)
     for w in nonsem["warnings"]:
         log.warning("residual: %s", w)

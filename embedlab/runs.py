@@ -45,6 +45,7 @@ class Run:
         self.manifest = read_json(self.path / "manifest.json")
         self._meta: pd.DataFrame | None = None
         self._vectors: np.ndarray | None = None
+        self._shards: list | None = None
 
     @property
     def identity(self) -> dict:
@@ -58,57 +59,129 @@ class Run:
     def done_shards(self) -> list[int]:
         return sorted(int(p.name.split(".")[0]) for p in (self.path / "shards").glob("*.done.json"))
 
-    def _load(self) -> None:
-        shards = self.done_shards()
-        metas, vecs = [], []
-        for s in shards:
-            meta_p = self.path / "shards" / f"meta_{shard_name(s)}.parquet"
-            if meta_p.exists():
-                metas.append(pd.read_parquet(meta_p))
-                vecs.append(load_npy(self.path / "shards" / f"emb_{shard_name(s)}.npy").astype(np.float32))
-        dim = int(self.manifest.get("embed_dim", 0))
-        self._meta = pd.concat(metas, ignore_index=True) if metas else pd.DataFrame({"row_id": []})
-        self._vectors = np.concatenate(vecs) if vecs else np.zeros((0, dim), np.float32)
-        if len(self._meta) != len(self._vectors):
-            raise IncompatibleRunError(f"{self.path}: metadata has {len(self._meta)} rows but vectors {len(self._vectors)}.")
+    def shards(self) -> list[tuple[int, Path, Path, int, int]]:
+        """(shard, vectors file, metadata file, first position, rows) of every done shard with embedded images,
+        in order; positions index `metadata` rows. Vector files are only opened (memory-mapped), never read."""
+        if self._shards is None:
+            out, pos = [], 0
+            for s in self.done_shards():
+                meta_p = self.path / "shards" / f"meta_{shard_name(s)}.parquet"
+                if meta_p.exists():
+                    emb_p = self.path / "shards" / f"emb_{shard_name(s)}.npy"
+                    n = int(np.load(emb_p, mmap_mode="r", allow_pickle=False).shape[0])
+                    out.append((s, emb_p, meta_p, pos, n))
+                    pos += n
+            self._shards = out
+        return self._shards
+
+    def __len__(self) -> int:
+        return sum(s[4] for s in self.shards())
+
+    @property
+    def dim(self) -> int:
+        sh = self.shards()
+        if sh:
+            return int(np.load(sh[0][1], mmap_mode="r", allow_pickle=False).shape[1])
+        return int(self.manifest.get("embed_dim", 0))
+
+    def read_metadata(self, columns: list[str] | None = None) -> pd.DataFrame:
+        """Metadata rows of every done shard (aligned with the vectors); `columns` reads only those, with text
+        columns as categoricals (compact for runs of millions of images)."""
+        if columns is None:
+            return self.metadata
+        parts = []
+        for _, _, meta_p, _, _ in self.shards():
+            parts.append(pd.read_parquet(meta_p, columns=list(columns)))
+        if not parts:
+            return pd.DataFrame({c: [] for c in columns})
+        frame = pd.concat([p.astype({c: "category" for c in p.columns if p[c].dtype == object}) for p in parts],
+                          ignore_index=True)
+        return frame.astype({c: "category" for c in frame.columns if frame[c].dtype == object})
 
     @property
     def metadata(self) -> pd.DataFrame:
         if self._meta is None:
-            self._load()
+            parts = [pd.read_parquet(meta_p) for _, _, meta_p, _, _ in self.shards()]
+            self._meta = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({"row_id": []})
+            if len(self._meta) != len(self):
+                raise IncompatibleRunError(f"{self.path}: metadata has {len(self._meta)} rows but vectors {len(self)}.")
         return self._meta
+
+    def iter_vectors(self, rows: np.ndarray | None = None, block: int = 65536, dtype=np.float32):
+        """Yield (positions, float32 block) over the run's vectors, shard by shard, `block` rows at a time, from
+        memory-mapped shards: memory holds one block, never the run. `rows`: a boolean mask over `metadata`
+        rows, or sorted positions; None = every row. Positions index `metadata` rows. dtype=None: as stored
+        (float16 or float32; a block of a contiguous range is then a view of the mapped file)."""
+        if block < 1:
+            raise ConfigError(f"The 'block' option of iter_vectors must be an int >= 1. Got {block} instead.")
+        total = len(self)
+        if rows is not None:
+            rows = np.asarray(rows)
+            if rows.dtype == bool:
+                if len(rows) != total:
+                    raise ConfigError(f"Row mask has {len(rows)} entries; run {self.path} has {total} images.")
+                rows = np.flatnonzero(rows)
+        for _, emb_p, _, first, n in self.shards():
+            mm = np.load(emb_p, mmap_mode="r", allow_pickle=False)
+            if rows is None:
+                for a in range(0, n, block):
+                    b = min(n, a + block)
+                    yield np.arange(first + a, first + b), np.asarray(mm[a:b], dtype=dtype)
+                continue
+            lo, hi = np.searchsorted(rows, [first, first + n])
+            mine = rows[lo:hi]
+            for a in range(0, len(mine), block):
+                pos = mine[a:a + block]
+                yield pos, np.asarray(mm[pos - first], dtype=dtype)
+
+    def take(self, rows: np.ndarray | None = None, dtype=np.float32) -> np.ndarray:
+        """The selected vectors as one in-memory array (explicit materialisation: size it first)."""
+        n = len(self) if rows is None else int(np.count_nonzero(rows) if np.asarray(rows).dtype == bool else len(rows))
+        out = np.empty((n, self.dim), dtype)
+        at = 0
+        for pos, X in self.iter_vectors(rows):
+            out[at:at + len(pos)] = X
+            at += len(pos)
+        return out
 
     @property
     def vectors(self) -> np.ndarray:
-        """(n_images, dim) float32, L2-normalised, aligned with `metadata` rows."""
+        """(n_images, dim) float32, L2-normalised, aligned with `metadata` rows. Reads the WHOLE run into memory:
+        for large runs use `iter_vectors`."""
         if self._vectors is None:
-            self._load()
+            self._vectors = self.take()
         return self._vectors
 
     def errors(self) -> pd.DataFrame:
         parts = [pd.read_parquet(p) for p in sorted((self.path / "shards").glob("err_*.parquet"))]
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["row_id", "path", "reason", "detail"])
 
-    def select(self, value: str, column: str | None = None) -> np.ndarray:
-        """Boolean mask of rows whose `column` equals `value` (column defaults to the set label, `role`).
+    def select(self, selector) -> np.ndarray:
+        """Boolean mask of the rows a selector (see `embedlab.selector.Selector`) picks, e.g. 'backlit' or
+        'role=backlit,split=train'. Reads only the columns it needs."""
+        from .selector import Selector
 
-        `value` may also be written COLUMN=VALUE (e.g. split=test)."""
-        meta = self.metadata
-        if column is None and "=" in value:
-            column, value = value.split("=", 1)
-        column = column or "role"
-        if column not in meta.columns:
-            raise ConfigError(f"Run {self.path} has no metadata column {column!r}. Columns: {', '.join(meta.columns)}.")
-        mask = meta[column].astype(str).to_numpy() == str(value)
-        if not mask.any():
-            present = sorted(map(str, meta[column].dropna().unique()))[:20]
-            raise ConfigError(f"No image in run {self.path} has {column}={value!r}. Values present: {present}.")
-        return mask
+        sel = Selector.parse(selector)
+        cols = self.available_columns(sel.columns)
+        full = self._meta is not None or len(cols) < len(sel.columns)    # (a missing column: the error lists all)
+        meta = self.metadata if full else self.read_metadata(cols)
+        return sel.mask(meta, where=f"run {self.path}")
+
+    def available_columns(self, wanted) -> list[str]:
+        """The metadata columns of this run among `wanted` (schema read from the first shard only)."""
+        import pyarrow.parquet as pq
+
+        sh = self.shards()
+        names = set(pq.read_schema(sh[0][2]).names) if sh else set()
+        return [c for c in dict.fromkeys(wanted) if c in names]
 
     def load_index(self):
-        from .index import read_index
+        """The run's FAISS index, with the search setting (nprobe / efSearch) recorded when it was built."""
+        from .index import INDEX_FILE, read_index, set_search_params
 
-        return read_index(self.path / "index.faiss")
+        index = read_index(self.path / INDEX_FILE)
+        set_search_params(index, (self.manifest.get("index") or {}).get("search_params"))
+        return index
 
 
 def write_shard(run_dir: Path, shard: int, vectors: np.ndarray, meta: pd.DataFrame, errors: pd.DataFrame,
@@ -142,3 +215,63 @@ def clear_run(run_dir: Path) -> None:
     shutil.rmtree(run_dir / "shards", ignore_errors=True)
     for f in ("manifest.json", "metadata.parquet", "errors.csv", "index.faiss"):
         (run_dir / f).unlink(missing_ok=True)
+
+
+MERGE_KEYS = ("model", "pretrained", "weights_sha256", "preprocess", "decode", "vector_dtype", "embed_dim")
+
+
+def merge_runs(runs: list, out, *, overwrite: bool = False, index_budget: str = "4G") -> dict:
+    """Merge finished runs extracted separately (several machines, several days) into one run folder `out`.
+
+    Refuses runs whose model, weights, preprocessing, decode path, vector dtype or dimension differ (their vectors
+    are not comparable). Row ids are renumbered (run i's ids are offset by the inputs of the runs before it); each
+    image keeps `merged_from` (the index of its source run). Shards are copied one at a time, then the run is
+    finalised like `extract` (metadata, errors, exact index within `index_budget`)."""
+    import hashlib
+    import shutil
+
+    if len(runs) < 2:
+        raise ConfigError(f"The 'runs' option of merge_runs needs at least two runs. Got {len(runs)} instead.")
+    srcs = [Run(p) for p in runs]
+    for r in srcs:
+        if r.manifest.get("status") != "complete":
+            raise IncompatibleRunError(f"Run {r.path} is not complete (status {r.manifest.get('status')!r}); finish it "
+                                       "(rerun its `embedlab extract` command) before merging.")
+    first = srcs[0]
+    for r in srcs[1:]:
+        diff = [k for k in MERGE_KEYS if r.manifest.get(k) != first.manifest.get(k)]
+        if diff:
+            detail = "; ".join(f"{k}: {str(first.manifest.get(k))[:60]!r} vs {str(r.manifest.get(k))[:60]!r}" for k in diff)
+            raise IncompatibleRunError(f"Runs {first.path} and {r.path} differ in {', '.join(diff)} ({detail}); their "
+                                       "vectors are not comparable, so they cannot be merged. Re-extract one with the "
+                                       "other's model and preprocessing.")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it.")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    shard, offset, sources = 0, 0, []
+    for k, r in enumerate(srcs):
+        sources.append({"run": str(r.path.resolve()), "input_hash": r.manifest.get("input_hash"), "row_offset": offset,
+                        "inputs": int(r.manifest.get("inputs", 0)), "compute_dtype": r.manifest.get("compute_dtype")})
+        for s, emb_p, meta_p, _, _ in r.shards():
+            meta = pd.read_parquet(meta_p).assign(merged_from=k)
+            meta["row_id"] += offset
+            err_p = r.path / "shards" / f"err_{shard_name(s)}.parquet"
+            errs = pd.read_parquet(err_p) if err_p.exists() else pd.DataFrame(columns=["row_id", "path", "reason", "detail"])
+            errs["row_id"] = errs["row_id"].astype("int64") + offset
+            done = read_json(r.path / "shards" / f"{shard_name(s)}.done.json")
+            write_shard(out, shard, np.load(emb_p, allow_pickle=False), meta, errs, int(done["inputs"]),
+                        int(done["first_row"]) + offset)
+            shard += 1
+        offset += int(r.manifest.get("inputs", 0))
+    header = {k: v for k, v in first.manifest.items() if k not in ("counts", "index", "status")}
+    header.update(inputs=offset, shards=shard, merged_from=sources, status="running",
+                  input_hash=hashlib.sha256("".join(str(s["input_hash"]) for s in sources).encode()).hexdigest(),
+                  compute_dtype=sorted({str(s["compute_dtype"]) for s in sources}) if len({s["compute_dtype"] for s in sources}) > 1
+                  else first.manifest.get("compute_dtype"))
+    atomic_write_json(out / "manifest.json", header)
+    from .extract import finalize
+
+    return dict(finalize(out, header, index_budget=index_budget), out=str(out), merged=len(srcs))

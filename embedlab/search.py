@@ -6,19 +6,8 @@ import os
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError, IncompatibleRunError
+from .errors import ConfigError
 from .runs import Run
-
-
-def load_run_model(run: Run, device: str = "auto"):
-    """The open_clip model a run was made with (refused if the weights changed since)."""
-    from . import models
-
-    lm = models.load_model(run.manifest["model"], run.manifest["pretrained"], device)
-    if lm.info["weights_sha256"] != run.manifest["weights_sha256"]:
-        raise IncompatibleRunError(f"The weights of {run.manifest['model']}/{run.manifest['pretrained']} differ from those "
-                                   f"that made run {run.path} (sha256 {run.manifest['weights_sha256'][:12]}...).")
-    return lm
 
 
 def embed_query_image(lm, path: str) -> np.ndarray:
@@ -31,42 +20,50 @@ def embed_query_image(lm, path: str) -> np.ndarray:
 
 
 def search(run: str | os.PathLike, text: str | None = None, image: str | None = None, k: int = 10,
-           index: str = "flat", device: str = "auto") -> tuple[pd.DataFrame, dict]:
+           index: str = "run", device: str = "auto") -> tuple[pd.DataFrame, dict]:
     """Top-k images of `run` for a text or an image query: a table (rank, score, row_id, path, role, split)
-    and an info dict. With an approximate index (hnsw/ivf) the info holds its recall@k against exact search."""
+    and an info dict saying which index answered and, for an approximate one, its recall against exact search.
+
+    `index`: "run" (the run's own index, built by extract or `embedlab index`, with the recall recorded then) or
+    a kind of `embedlab.index.KINDS`, built in memory for this query and measured on held-out queries."""
     from . import models
-    from .index import build_index, recall_at_k, search as faiss_search
+    from .index import KINDS, held_out_recall, index_run as build, maybe_to_gpu, search as faiss_search
 
     if (text is None) == (image is None):
         raise ConfigError("search needs exactly one of --text or --image.")
     if k < 1:
         raise ConfigError(f"The 'k' option of search must be an int >= 1. Got {k} instead.")
+    if index != "run" and index not in KINDS:
+        raise ConfigError(f"The 'index' option of search must be 'run' or one of {tuple(KINDS)}. Got {index!r} instead.")
     r = Run(run)
-    lm = load_run_model(r, device)
+    lm = models.load_verified(r.manifest, device, source=f"run {r.path}")
     query = models.encode_texts(lm, [text]) if text is not None else embed_query_image(lm, image)
-    from .index import maybe_to_gpu
-
-    exact = r.load_index()
+    if index == "run":
+        idx, rec = r.load_index(), dict(r.manifest.get("index") or {"kind": "flat", "factory": "Flat", "exact": True})
+    else:
+        rec = build(r.path, index, write=False, queries=min(200, max(1, len(r) // 4)))
+        idx = rec.pop("index_object")
     if lm.device.type == "cuda":
-        exact = maybe_to_gpu(exact)   # only with a GPU build of FAISS; else unchanged
-    scores, ids = faiss_search(exact, query, k)
-    info = {"index": "exact (IndexFlatIP)", "k": k, "ntotal": int(exact.ntotal)}
-    if index != "flat":
-        approx = build_index(r.vectors, r.metadata["row_id"].to_numpy(), index)
-        a_scores, a_ids = faiss_search(approx, query, k)
-        # recall over many queries (every stored vector as a query, capped) is more telling than over one
-        sample = r.vectors[: min(500, len(r.vectors))]
-        _, e_ids = faiss_search(exact, sample, k)
-        _, s_ids = faiss_search(approx, sample, k)
-        info.update(index=f"approximate ({index})", recall_at_k=recall_at_k(s_ids, e_ids),
-                    recall_queries=len(sample), query_recall=recall_at_k(a_ids, ids))
-        scores, ids = a_scores, a_ids
-    meta = r.metadata.set_index("row_id")
+        idx = maybe_to_gpu(idx)   # only with a GPU build of FAISS; else unchanged
+    scores, ids = faiss_search(idx, query, k)
+    info = {"index": f"{rec.get('kind')} ({rec.get('factory')})" + (" exact" if rec.get("exact") else " approximate"),
+            "exact": bool(rec.get("exact")), "k": k, "ntotal": int(idx.ntotal)}
+    if not rec.get("exact"):
+        recall = dict(rec.get("recall") or {})
+        if str(k) not in recall and len(r) <= 1_000_000:     # measure this k (a streamed exact pass per query set)
+            sample = np.sort(np.random.default_rng(1).choice(len(r), min(200, len(r)), replace=False))
+            ids_all = r.read_metadata(["row_id"])["row_id"].to_numpy()
+            recall.update(held_out_recall(idx, r, r.take(sample), ids_all[sample], (k,), ids_all))
+        info.update(recall=recall, recall_queries=rec.get("recall_queries"), search_params=rec.get("search_params"))
+        if str(k) in recall:
+            info["recall_at_k"] = recall[str(k)]
+    meta = r.read_metadata(r.available_columns(["row_id", "path", "role", "split"]))
+    meta = meta[meta["row_id"].isin(ids[0])].set_index("row_id")
     rows = []
     for rank, (s, i) in enumerate(zip(scores[0], ids[0]), 1):
         if i < 0:
             continue
         m = meta.loc[int(i)]
-        rows.append({"rank": rank, "score": float(s), "row_id": int(i), "path": m["path"], "role": m["role"],
-                     "split": m["split"]})
+        rows.append({"rank": rank, "score": float(s), "row_id": int(i), "path": str(m["path"]), "role": str(m["role"]),
+                     "split": str(m["split"])})
     return pd.DataFrame(rows), info

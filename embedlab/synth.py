@@ -12,16 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
-LUMA = np.array([0.2126, 0.7152, 0.0722])
+from .colour import LUMA, linear_to_srgb, srgb_to_linear  # noqa: F401 - part of synth's surface (probe.py)
 
-
-def srgb_to_linear(x: np.ndarray) -> np.ndarray:
-    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
-
-
-def linear_to_srgb(x: np.ndarray) -> np.ndarray:
-    x = np.clip(x, 0, 1)
-    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * x ** (1 / 2.4) - 0.055)
 
 
 def smoothstep(a: float, b: float, x: np.ndarray) -> np.ndarray:
@@ -90,20 +82,11 @@ def _check_u8(u8: np.ndarray) -> np.ndarray:
     return u8
 
 
-def recipe_a(u8: np.ndarray, seed: int = 0) -> Synthesis:
-    """Recipe A (normative): backlight by dual exposure through a background mask, glare, noise, clipping."""
-    u8 = _check_u8(u8)
-    rng = np.random.default_rng(seed)
-    img = u8 / 255.0
-    h, w, _ = img.shape
-    params: dict = {"recipe": "A", "seed": int(seed)}
-    x = srgb_to_linear(img)
-    m = backlight_mask(img, rng, params)
-    ev_bg, ev_fg = rng.uniform(0.3, 1.5), rng.uniform(-4, -2)
-    x = x * (2.0 ** (m * ev_bg + (1 - m) * ev_fg))[..., None]
-    sat = rng.uniform(0.6, 0.9)
-    y = x @ LUMA
-    x = y[..., None] + (x - y[..., None]) * (m + (1 - m) * sat)[..., None]
+def add_veiling_glare(x: np.ndarray, m: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """Recipe A's veiling glare added to linear-light x (h, w, 3): a tinted Gaussian light source at the peak of the
+    blurred background mask `m` in the top 60% of the frame, plus 2% of its strength everywhere. Draws the
+    strength, the radius and the tint from `rng`, in that order."""
+    h, w = m.shape
     m_blur = ndi.gaussian_filter(m, 0.05 * max(h, w))
     m_blur[int(0.6 * h):] = 0
     ys, xs = np.unravel_index(m_blur.argmax(), m_blur.shape)
@@ -113,12 +96,28 @@ def recipe_a(u8: np.ndarray, seed: int = 0) -> Synthesis:
     rho = rng.uniform(0.15, 0.35)
     tint = [1, rng.uniform(0.85, 1), rng.uniform(0.65, 0.95)]
     x = x + (glare * np.exp(-d2 / (2 * rho**2)))[..., None] * tint + 0.02 * glare
+    return x, {"glare": glare, "glare_radius": rho, "glare_tint": [float(t) for t in tint], "light_yx": [int(ys), int(xs)]}
+
+
+def recipe_a(u8: np.ndarray, seed: int = 0) -> Synthesis:
+    """Recipe A (normative): backlight by dual exposure through a background mask, glare, noise, clipping."""
+    u8 = _check_u8(u8)
+    rng = np.random.default_rng(seed)
+    img = u8 / 255.0
+    params: dict = {"recipe": "A", "seed": int(seed)}
+    x = srgb_to_linear(img)
+    m = backlight_mask(img, rng, params)
+    ev_bg, ev_fg = rng.uniform(0.3, 1.5), rng.uniform(-4, -2)
+    x = x * (2.0 ** (m * ev_bg + (1 - m) * ev_fg))[..., None]
+    sat = rng.uniform(0.6, 0.9)
+    y = x @ LUMA
+    x = y[..., None] + (x - y[..., None]) * (m + (1 - m) * sat)[..., None]
+    x, glare_params = add_veiling_glare(x, m, rng)
     noise = rng.normal(size=x.shape)
     k, sigma_r = rng.uniform(5e-4, 3e-3), rng.uniform(5e-4, 2e-3)
     x = x + noise * np.sqrt(np.clip(x, 0, None) * k + sigma_r**2)
     out = (linear_to_srgb(x) * 255 + 0.5).astype(np.uint8)
-    params.update(ev_bg=ev_bg, ev_fg=ev_fg, shadow_saturation=sat, glare=glare, glare_radius=rho,
-                  glare_tint=[float(t) for t in tint], light_yx=[int(ys), int(xs)], noise_k=k, noise_sigma_r=sigma_r)
+    params.update(ev_bg=ev_bg, ev_fg=ev_fg, shadow_saturation=sat, **glare_params, noise_k=k, noise_sigma_r=sigma_r)
     return Synthesis(out, m, _floats(params))
 
 

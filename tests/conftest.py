@@ -60,3 +60,19 @@ def write_photo(path: Path, size=(48, 40), seed=0, fmt=None, **save_kwargs):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path, format=fmt, **save_kwargs)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory):
+    """One `embedlab demo` run through the CLI with the tiny random-init model, shared by every test that reads
+    its pages or artifacts: (output folder, demo.json as a dict, the command's stdout)."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    r = subprocess.run([sys.executable, "-m", "embedlab", "demo", "--out", str(out), "--model", "embedlab-tiny",
+                        "--pretrained", "none", "--train-iters", "6", "--permutations", "100", "--device", "cpu"],
+                       capture_output=True, text=True, cwd=REPO, env=dict(os.environ), timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out, json.loads((out / "demo.json").read_text()), r.stdout

@@ -3,7 +3,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +11,21 @@ import pytest
 from conftest import REPO
 
 
-def test_pretrain_demo_plumbing_is_deterministic_and_cached(tmp_path):
+def test_pretrain_demo_plumbing_is_deterministic_and_cached(tmp_path, monkeypatch):
     from embedlab import demo_clip as dc, models, vocab
 
     a = dc.pretrain_demo(tmp_path / "a", device="cpu", progress=False, steps=3, render_seeds=1)
     b = dc.pretrain_demo(tmp_path / "b", device="cpu", progress=False, steps=3, render_seeds=1)
     assert a.read_bytes() == b.read_bytes()                       # deterministic for a seed
-    t0 = time.perf_counter()
-    assert dc.pretrain_demo(tmp_path / "a", device="cpu", progress=False, steps=3, render_seeds=1) == a
-    assert time.perf_counter() - t0 < 5                           # cached: no retraining
+    stamp = a.stat().st_mtime_ns
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached demo CLIP was retrained")
+
+    with monkeypatch.context() as m:                              # cached: no retraining (not a timed assert)
+        m.setattr(dc, "train_demo_clip", no_training)
+        assert dc.pretrain_demo(tmp_path / "a", device="cpu", progress=False, steps=3, render_seeds=1) == a
+    assert a.stat().st_mtime_ns == stamp
     lm = models.load_model("embedlab-demo", str(a), "cpu")        # through open_clip's checkpoint path
     assert lm.info["pretrained_kind"] == "file" and lm.dim == 128
     v = vocab.resolve_vocab(None, lm)
@@ -34,7 +39,7 @@ def test_bias_rule_skips_lighting_words():
 
     concepts = [{"direction": "adds", "concept": "well-lit"}, {"direction": "adds", "concept": "bright daylight"},
                 {"direction": "removes", "concept": "dog"}, {"direction": "adds", "concept": "cat"}]
-    assert pick_bias_concept(concepts, "embedlab-demo") == "cat"
+    assert pick_bias_concept(concepts) == "cat"
 
 
 class _Links(html.parser.HTMLParser):
@@ -104,4 +109,4 @@ def test_demo_clip_heldout_quality_full_schedule():
     assert res["balanced"]["bottom1_is_backlit_synonym"], res["balanced"]
     assert res["planted"]["planted_object_in_top3"], res["planted"]
     assert res["planted"]["cos_with_balanced_after"] > res["planted"]["cos_with_balanced_before"], res["planted"]
-    assert res["train_seconds"] <= 8 * 60
+    # no bound on res["train_seconds"]: a wall time depends on the machine's load (analyses/ benchmarks time it)

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from embedlab.enhance import losses as L
-from embedlab.enhance.network import EnhancementNet, count_parameters
+from embedlab.enhance.network import EnhancementNet, load_enhancer_state
 
 from conftest import REPO, shared_dir
 
 
 def test_network_size_and_identity_init():
     net = EnhancementNet("train")
-    assert count_parameters(net) == 278_790
+    assert sum(p.numel() for p in net.parameters()) == 278_790
     net.init_identity()
     x = torch.rand(2, 3, 40, 56)
     out, light = net(x)
@@ -102,7 +102,7 @@ def test_rave_iterations_lower_the_guidance_loss(tiny_run, residual_file, tmp_pa
 
     def guidance_loss():
         with torch.no_grad():
-            return L.residual_guidance_loss(tr.encoder(tr.net(x)[0]), tr.v_res, tr.thr).item()
+            return L.residual_guidance_loss(tr.guidance.encoder(tr.net(x)[0]), tr.guidance.v_res, tr.guidance.thr).item()
 
     before = guidance_loss()
     tr.cfg.iters = 25
@@ -111,7 +111,7 @@ def test_rave_iterations_lower_the_guidance_loss(tiny_run, residual_file, tmp_pa
 
 
 def test_resume_is_bitwise_equal_to_an_uninterrupted_run(tiny_run, residual_file, tmp_path):
-    from embedlab.enhance.train import load_enhancer_state, train
+    from embedlab.enhance.train import train
 
     full = train(tmp_path / "full", preset="cpu-small", progress=False, **_opts(tiny_run, residual_file))
     part = train(tmp_path / "part", preset="cpu-small", progress=False, stop_after=4, **_opts(tiny_run, residual_file))
@@ -137,12 +137,12 @@ def test_other_guidance_modes_run(tiny_run, residual_file, tmp_path, mode):
                  welllit=f"{tiny_run}:role=welllit,split=train", iters=6, stage_iters=3, guidance_iters=4,
                  guidance_init_iters=5, bank_views=1, guidance_size=32, thr_train=1e9)
     tr = Trainer(make_config("cpu-small", out=str(tmp_path / mode), **opts))
-    before = tr.guidance_param.detach().clone() if tr.guidance_param is not None else None
+    before = tr.guidance.param.detach().clone() if mode != "none" else None
     result = tr.run(progress=False)
     assert result["finished"]
     if mode != "none":
-        assert not torch.equal(before, tr.guidance_param.detach())
-        assert len(tr.earlier) >= 1                           # a refinement round used earlier outputs
+        assert not torch.equal(before, tr.guidance.param.detach())
+        assert len(tr.guidance.earlier) >= 1                           # a refinement round used earlier outputs
 
 
 def test_train_refuses_a_residual_of_another_model(tiny_run, residual_file, tmp_path):
@@ -220,8 +220,6 @@ def test_paired_batches_share_their_augmentation_and_the_pixel_loss_extension_tr
 
 
 def test_init_from_a_published_checkpoint():
-    from embedlab.enhance.train import load_enhancer_state
-
     ckpt = shared_dir() / "checkpoints" / "rave" / "rave_unpaired.pth"
     net = EnhancementNet("train")
     net.load_state_dict(load_enhancer_state(ckpt))

@@ -16,9 +16,12 @@ from embedlab.runs import Run
 from conftest import REPO, write_photo
 
 
-def _cli(*args, env=None, timeout=600):
+def _cli(*args, env=None, timeout=600, kill_after_shards=None):
     e = dict(os.environ, **(env or {}))
-    return subprocess.run([sys.executable, "-m", "embedlab", *args], capture_output=True, text=True, env=e,
+    # kill_after_shards=N: the process SIGKILLs itself after writing N shards (tests/kill_after_shards.py)
+    entry = ["-m", "embedlab"] if kill_after_shards is None else [str(REPO / "tests" / "kill_after_shards.py"),
+                                                                   str(kill_after_shards)]
+    return subprocess.run([sys.executable, *entry, *args], capture_output=True, text=True, env=e,
                           timeout=timeout, cwd=REPO)
 
 
@@ -56,7 +59,7 @@ def test_killed_extraction_resumes_to_the_same_vectors(tmp_path):
     manifest = _mixed_manifest(tmp_path)
     args = ["extract", "-m", str(manifest), "--model", "embedlab-tiny", "--pretrained", "none", "--device", "cpu",
             "--shard-size", "4", "--batch-size", "3", "--workers", "0", "--no-progress"]
-    killed = _cli(*args, "--out", str(tmp_path / "resumed"), env={"EMBEDLAB_FAULT_AFTER_SHARDS": "2"})
+    killed = _cli(*args, "--out", str(tmp_path / "resumed"), kill_after_shards=2)
     assert killed.returncode == -9, killed.stderr[-2000:]
     partial = Run(tmp_path / "resumed")
     assert partial.manifest["status"] == "running" and len(partial.done_shards()) == 2

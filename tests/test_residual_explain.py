@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from embedlab import explain, vocab
+from embedlab import explain, permutation, vocab
 from embedlab.correct import gram_schmidt, project_out, rave_shift_direction
 from embedlab.residual import bootstrap_stability, compare_nonsemantic, l2n, load_residual, rave_residual
 
@@ -131,7 +131,8 @@ def test_negative_control_two_halves_of_one_set(planted_vocab, seed):
 
 
 def test_family_wise_error_rate_is_calibrated(planted_vocab):
-    """Under the null a valid 5% test rejects in about 5% of splits (the fixed seeds above are three of them)."""
+    """Under the null a valid 5% test rejects in about 5% of splits (the fixed seeds above are three of them):
+    the page (both lists) is one family. (tests/test_significance.py checks the rate on 500 splits.)"""
     concepts, E, C = planted_vocab
     A, _, _, _ = _planted_sets(concepts, C, 7, n=200)
     false_pos = 0
@@ -140,19 +141,19 @@ def test_family_wise_error_rate_is_calibrated(planted_vocab):
         idx = np.random.default_rng(500 + t).permutation(len(A))
         h1, h2 = A[idx[:100]], A[idx[100:]]
         out = explain.explain_vectors(rave_residual(h1, h2)[0], E, concepts, h1, h2, top=3, permutations=200, seed=t)
-        false_pos += bool((out["adds"]["p_fwer"] < 0.05).any())
+        false_pos += bool((out["adds"]["p_fwer"] < 0.05).any() or (out["removes"]["p_fwer"] < 0.05).any())
     assert false_pos / n_splits <= 0.15          # binomial(60, 0.05): P(>= 10) < 0.2%
 
 
 def test_permutation_respects_groups():
     is_to = np.array([0, 0, 1, 1, 0, 1], bool)
     groups = np.array(["a", "a", "a", "b", "b", "b"])          # groups span both sets: shuffle within groups
-    labels, info = explain.permutation_labels(is_to, groups, 50, 0)
+    labels, info = permutation.permutation_labels(is_to, groups, 50, 0)
     assert "within groups" in info["scheme"]
     for row in labels:
         assert row[:3].sum() == 1 and row[3:].sum() == 2
     nested = np.array(["a", "a", "b", "b", "c", "c"])
-    labels, info = explain.permutation_labels(np.array([0, 0, 1, 1, 0, 0], bool), nested, 20, 0)
+    labels, info = permutation.permutation_labels(np.array([0, 0, 1, 1, 0, 0], bool), nested, 20, 0)
     assert info["scheme"].startswith("groups permuted") and info["distinct_shuffles"] == pytest.approx(3)
     for row in labels:
         assert row[0] == row[1] and row[2] == row[3] and row[4] == row[5]
@@ -263,6 +264,19 @@ def test_inlp_finds_and_removes_a_planted_attribute():
     assert history[-1]["heldout_accuracy"] <= history[-1]["majority_rate"] + 0.05 or len(D) == 10
 
 
+def sequential_max_reference(S0, sign, A, B, picked) -> np.ndarray:
+    """NumPy reference of `permutation.sequential_max`."""
+    inv, pen = permutation.step_tables(A, picked)
+    S = (sign * S0).astype(np.float32)
+    rn2 = np.ones(len(S))
+    out = np.empty((len(S), len(picked)))
+    for i in range(len(picked)):
+        out[:, i] = (S * inv[i] + pen[i]).max(1) / np.sqrt(np.maximum(rn2, 1e-12))
+        S -= B[:, i:i + 1] * A[i][None, :]
+        rn2 -= B[:, i].astype(np.float64) ** 2
+    return out
+
+
 def test_fused_sequential_null_matches_the_numpy_reference():
     rng = np.random.default_rng(0)
     K, V, m, d = 40, 3000, 5, 32
@@ -274,8 +288,8 @@ def test_fused_sequential_null_matches_the_numpy_reference():
     for sign in (1.0, -1.0):
         B = np.ascontiguousarray(sign * (R @ T.T))
         picked = np.array([3, 10, 20, 30, 40])
-        fast = explain.sequential_max(S0, sign, A, B, picked)
-        ref = explain.sequential_max_reference(S0, sign, A, B, picked)
+        fast = permutation.sequential_max(S0, sign, A, B, picked)
+        ref = sequential_max_reference(S0, sign, A, B, picked)
         assert np.allclose(fast, ref, atol=1e-6)
 
 
@@ -288,19 +302,19 @@ def test_blocked_permutation_null_matches_a_direct_computation(block):
     n, V, d = 30, 400, 24
     X = l2n(rng.normal(size=(n, d)))
     C = l2n(rng.normal(size=(V, d))).astype(np.float32)
-    labels, _ = explain.permutation_labels(np.arange(n) >= 12, None, 50, seed=0)
+    labels, _ = permutation.permutation_labels(np.arange(n) >= 12, None, 50, seed=0)
     r = l2n(rng.normal(size=d))
     picks = explain.deflation_rankings(r, C, 6)
     deflations = {side: (sign, [p["index"] for p in pk], np.array([p["direction"] for p in pk]))
                   for side, sign, pk in (("adds", 1.0, picks[0]), ("removes", -1.0, picks[1]))}
-    got = explain.permutation_null(X, labels, C, "rave", deflations, block=block, rows=16, threads=3)
-    R = explain.shuffled_residuals(X, labels, "rave")
+    got = permutation.permutation_null(X, labels, C, "rave", deflations, block=block, rows=16, threads=3)
+    R = permutation.shuffled_residuals(X, labels, "rave")
     S0 = R @ C.T
     assert np.allclose(got["max"], S0.max(1), atol=1e-6) and np.allclose(got["min"], S0.min(1), atol=1e-6)
     for side, (sign, idx, T) in deflations.items():
         A = np.ascontiguousarray(T.astype(np.float32) @ C.T)
         B = sign * (R @ T.T.astype(np.float32))
-        ref = explain.sequential_max_reference(S0, sign, A, B, np.array(idx))
+        ref = sequential_max_reference(S0, sign, A, B, np.array(idx))
         assert np.allclose(got["seq_" + side], ref, atol=1e-5)
     # the first step of each side is the plain maximum (of -score for 'removes')
     assert np.allclose(got["seq_adds"][:, 0], got["max"], atol=1e-6)

@@ -10,50 +10,32 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._io import list_images
 from ..errors import ConfigError
-
-
-def _split_spec(spec: str, default_selector: str) -> tuple[Path, str]:
-    """'PATH[:SELECTOR]' -> (path, selector); a path that exists as written wins over the split."""
-    if ":" in spec and not os.path.exists(spec):
-        path, selector = spec.rsplit(":", 1)
-        return Path(path), selector
-    return Path(spec), default_selector
 
 
 def _is_run(p: Path) -> bool:
     return p.is_dir() and (p / "manifest.json").exists()
 
 
-def _manifest_entries(man, selector: str) -> list:
-    """Manifest entries matching a selector: a set label, COLUMN=VALUE, or several joined by commas."""
-    entries = man.entries
-    for part in [s for s in selector.split(",") if s]:
-        col, _, val = part.partition("=") if "=" in part else ("role", "", part)
-        entries = [e for e in entries if str(getattr(e, col, None)) == val]
-    return entries
-
-
 def resolve_images(spec: str, default_selector: str) -> list[str]:
     """Real file paths for 'MANIFEST.jsonl[:SELECTOR]', 'RUN[:SELECTOR]' or a folder of images."""
     from .. import manifests as mf
-    from ..residual import _select
     from ..runs import Run
+    from ..selector import split_spec
 
-    p, selector = _split_spec(spec, default_selector)
+    p, selector = split_spec(spec, default_selector)
     if _is_run(p):
         run = Run(p)
-        return list(run.metadata.loc[_select(run, selector), "file"])
+        return list(run.metadata.loc[run.select(selector), "file"])
     if p.is_dir():
-        files = sorted(str(f) for f in p.iterdir() if f.suffix.lower() in mf.IMAGE_EXTENSIONS)
+        files = [str(f) for f in list_images(p)]
         if not files:
             raise ConfigError(f"Folder {p} holds no images.")
         return files
     if p.suffix == ".jsonl":
         man = mf.read_manifest(p)
-        entries = _manifest_entries(man, selector)
-        if not entries:
-            man.select(role=selector)   # raises, listing the labels present
+        entries = man.select(selector)      # raises, listing the labels present, when none match
         return [mf.materialize(man, e.path, e) for e in entries]
     raise ConfigError(f"{spec!r} is neither a manifest (.jsonl), a run folder nor a folder of images.")
 
@@ -61,19 +43,19 @@ def resolve_images(spec: str, default_selector: str) -> list[str]:
 def resolve_pairs(spec: str, default_selector: str) -> tuple[list[str], list[str]]:
     """(images, paired ground truths) for a manifest or run spec; every selected image must have a `gt`."""
     from .. import manifests as mf
-    from ..residual import _select
     from ..runs import Run
+    from ..selector import split_spec
 
-    p, selector = _split_spec(spec, default_selector)
+    p, selector = split_spec(spec, default_selector)
     if _is_run(p):
         run = Run(p)
-        meta = run.metadata.loc[_select(run, selector)]
+        meta = run.metadata.loc[run.select(selector)]
         man = mf.read_manifest(run.manifest["source_manifest"])
         by_line = {e.line: e for e in man.entries}
         entries = [by_line[int(line)] for line in meta["manifest_line"]]
     elif p.suffix == ".jsonl":
         man = mf.read_manifest(p)
-        entries = _manifest_entries(man, selector)
+        entries = selector.filter(man.entries)
     else:
         raise ConfigError(f"--pixel-loss needs paired data: pass a manifest or run whose records have \"gt\" ({spec}).")
     missing = [e.path for e in entries if not e.gt]

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .._io import atomic_write_bytes, atomic_write_json
+from ..colour import LUMA, LUMA_601
 from ..errors import ConfigError, MissingDependencyError
 
 log = logging.getLogger(__name__)
-_DUP = re.compile(r"\((\d+)\)$")
 
 
 def psnr_ssim_rgb(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
@@ -31,7 +30,7 @@ def psnr_ssim_gray(pred_u8: np.ndarray, gt_u8: np.ndarray) -> tuple[float, float
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
     def gray(a):
-        return (a.astype(np.float64) @ [0.299, 0.587, 0.114]).round().clip(0, 255).astype(np.uint8)
+        return (a.astype(np.float64) @ LUMA_601).round().clip(0, 255).astype(np.uint8)
 
     gp, gg = gray(pred_u8), gray(gt_u8)
     rng = float(gp.max() - gp.min()) or 1.0
@@ -42,13 +41,15 @@ def psnr_ssim_gray(pred_u8: np.ndarray, gt_u8: np.ndarray) -> tuple[float, float
 def exposure_stats(u8: np.ndarray) -> dict:
     """Mean sRGB luma, share of clipped pixels (any channel >= 250) and of near-black pixels (luma < 0.1)."""
     x = u8.astype(np.float32) / 255.0
-    luma = x @ np.array([0.2126, 0.7152, 0.0722], np.float32)
+    luma = x @ LUMA.astype(np.float32)
     return {"mean_luma": float(luma.mean()), "share_clipped": float((u8 >= 250).any(-1).mean()),
             "share_near_black": float((luma < 0.1).mean())}
 
 
 def _stem(name: str) -> str:
-    return _DUP.sub("", Path(name).stem)
+    from ..manifests import baid_stem
+
+    return baid_stem(Path(name).stem)[0]
 
 
 def pair_files(pred_dir: Path, gt: str) -> list[tuple[Path, Path | None]]:
@@ -91,10 +92,11 @@ def evaluate(pred: str | os.PathLike, gt: str | None = None, out: str | os.PathL
     if asked and available. Always: exposure statistics. With `residual`: mean projection on the residual of the
     enhanced images (and of `inputs`, if given) through the residual's model."""
     from ..images import decode_image
+    from .infer import list_inputs
 
     pred_dir = Path(pred)
     out = Path(out) if out else pred_dir / "metrics"
-    pairs = pair_files(pred_dir, gt) if gt else [(p, None) for p in __import__("embedlab.enhance.infer", fromlist=["x"]).list_inputs([str(pred_dir)])]
+    pairs = pair_files(pred_dir, gt) if gt else [(p, None) for p in list_inputs([str(pred_dir)])]
     notes = []
     lp = None
     if lpips and gt:
@@ -153,7 +155,7 @@ def residual_projection(residual: str, enhanced: list[str], inputs: str | None =
 
     res = load_residual(residual)
     mi = res.info["model"]
-    lm = models.load_model(mi["model"], mi["pretrained"], device)
+    lm = models.load_verified(mi, device, source=f"residual {residual}")
 
     def mean_proj(files):
         feats = [models.encode_image_batch(lm, lm.preprocess(decode_image(str(f)).image).unsqueeze(0))[0] for f in files]

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..colour import srgb_to_linear
+
 PAPER_ID_WEIGHTS_RECON = (1.0, 1.0, 1.0, 1.0, 1.0)
 PAPER_ID_WEIGHTS_GUIDED = (1.0, 1.0, 1.0, 1.0, 0.5)
 W_CLIP = 16 * 20            # 320, CLIP-Enhance
@@ -46,9 +48,7 @@ def identity_loss(maps_out: list[torch.Tensor], maps_in: list[torch.Tensor], wei
 
 def pixel_identity_loss(out: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
     """Non-paper option: L1 in linear light, summed over the batch like the feature loss."""
-    def lin(x):
-        return torch.where(x <= 0.04045, x / 12.92, ((x.clamp(min=0) + 0.055) / 1.055) ** 2.4)
-    return (lin(out) - lin(inp)).abs().flatten(1).mean(1).sum()
+    return (srgb_to_linear(out) - srgb_to_linear(inp)).abs().flatten(1).mean(1).sum()
 
 
 def ranking_loss(score_backlit: torch.Tensor, score_welllit: torch.Tensor, earlier: list[torch.Tensor]) -> torch.Tensor:

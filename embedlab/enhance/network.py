@@ -7,9 +7,15 @@ zero padding. Parameter names match the published checkpoints (after stripping t
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .._io import load_weights_file
+from ..errors import ConfigError, IncompatibleRunError
 
 TRAIN_EPS = 1e-9
 
@@ -100,5 +106,25 @@ def strip_module_prefix(state: dict) -> dict:
     return {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def load_enhancer_state(path: str | os.PathLike) -> dict:
+    """A state dict for EnhancementNet from embedlab's safetensors/ckpt or a published .pth (keys 'module.*')."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"Checkpoint {p} not found.")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(p))
+    else:
+        state = load_weights_file(p, "the network's state_dict")
+        if isinstance(state, dict) and "net" in state and isinstance(state["net"], dict):
+            state = state["net"]
+    if not isinstance(state, dict):
+        raise IncompatibleRunError(f"{p} holds a {type(state).__name__}, not a state dict of the enhancement network.")
+    state = strip_module_prefix(state)
+    expected = set(EnhancementNet().state_dict())
+    if set(state) != expected:
+        missing, extra = expected - set(state), set(state) - expected
+        raise IncompatibleRunError(f"{p} is not an enhancement-network checkpoint (missing {sorted(missing)[:3]}, "
+                                   f"unexpected {sorted(extra)[:3]}).")
+    return state

@@ -18,16 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .._io import atomic_write_json, read_json
+from .._io import atomic_path, atomic_write_json, read_json
 from ..errors import ConfigError, IncompatibleRunError
 from . import losses as L
 from .data import load_resized, resolve_images, resolve_pairs, sample_batch
-from .network import EnhancementNet, strip_module_prefix
+from .guidance import get_guidance
+from .network import EnhancementNet, load_enhancer_state
 
 log = logging.getLogger(__name__)
-GUIDANCE_MODES = ("residual", "latent", "prompt", "none")
 
 
 @dataclass
@@ -73,14 +72,10 @@ class TrainConfig:
     preset: str = "paper"
 
     def validate(self) -> None:
-        if self.guidance not in GUIDANCE_MODES:
-            raise ConfigError(f"The 'guidance' option of train must be one of {GUIDANCE_MODES}. Got {self.guidance!r}.")
-        if self.guidance == "residual" and not self.residual:
-            raise ConfigError("--guidance residual needs --residual corrected.npy (made by `embedlab residual`/`correct`).")
+        mode = get_guidance(self.guidance)
         if not self.backlit:
             raise ConfigError("train needs --backlit MANIFEST_OR_RUN (the images to enhance).")
-        if self.guidance in ("latent", "prompt") and not self.welllit:
-            raise ConfigError(f"--guidance {self.guidance} learns from both sets: pass --welllit MANIFEST_OR_RUN.")
+        mode.check_config(self)
         if self.identity not in ("clip", "pixel"):
             raise ConfigError(f"--identity must be clip or pixel. Got {self.identity!r}.")
         for name in ("iters", "batch_size", "size", "stage_iters"):
@@ -96,6 +91,13 @@ PRESETS = {
                   "guidance_init_iters": 150, "batch_size": 4, "size": 256, "crop": 128, "guidance_size": 128,
                   "lr": 2e-5, "display_iter": 10, "sample_iter": 50, "ckpt_iter": 50, "bank_views": 2,
                   "max_extensions": 1},
+    # `embedlab demo`'s schedule on the demo CLIP (64 px input): identity init, whole images squash-resized to
+    # 96 px (no crop: the residual was computed on whole images), batch 4, 150 iterations at lr 3e-4 (15x the
+    # paper's 2e-5; the paper's rate barely moves the network in 150 steps). Loss weights are the paper's.
+    "demo": {"init": "identity", "iters": 150, "recon_iters": 0, "stage_iters": 150, "guidance_iters": 25,
+             "guidance_init_iters": 100, "batch_size": 4, "size": 96, "crop": None, "guidance_size": 96,
+             "lr": 3e-4, "display_iter": 10, "sample_iter": 50, "ckpt_iter": 50, "bank_views": 2,
+             "max_extensions": 0},
 }
 
 
@@ -108,28 +110,6 @@ def make_config(preset: str = "paper", **overrides) -> TrainConfig:
     if unknown:
         raise ConfigError(f"Unknown train option(s): {sorted(unknown)}")
     return TrainConfig(preset=preset, **base)
-
-
-def load_enhancer_state(path: str | os.PathLike) -> dict:
-    """A state dict for EnhancementNet from embedlab's safetensors/ckpt or a published .pth (keys 'module.*')."""
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"Checkpoint {p} not found.")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(p))
-    else:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "net" in state and isinstance(state["net"], dict):
-            state = state["net"]
-    state = strip_module_prefix(state)
-    expected = set(EnhancementNet().state_dict())
-    if set(state) != expected:
-        missing, extra = expected - set(state), set(state) - expected
-        raise IncompatibleRunError(f"{p} is not an enhancement-network checkpoint (missing {sorted(missing)[:3]}, "
-                                   f"unexpected {sorted(extra)[:3]}).")
-    return state
 
 
 class Trainer:
@@ -149,7 +129,8 @@ class Trainer:
         if self.cuda:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self._load_guidance_model()
+        self.guidance = get_guidance(cfg.guidance)(cfg)
+        self.guidance.prepare(self)
         self._load_identity_model()
         self.gt = None
         if cfg.pixel_loss > 0:   # the extension: pairs from the manifest's "gt" (not in the paper)
@@ -163,8 +144,6 @@ class Trainer:
         self.welllit = load_resized(self.welllit_paths, cfg.size) if self.welllit_paths else None
         self.step = 0
         self.schedule_state = {"phase": "init", "stage_end": None, "extensions": 0, "round": 0}
-        self.banks: dict[str, torch.Tensor] = {}
-        self.earlier: list[torch.Tensor] = []
 
     # ----------------------------------------------------------------- setup
     def _init_network(self) -> None:
@@ -173,52 +152,6 @@ class Trainer:
             self.net.init_identity()
         elif init != "reconstruct":
             self.net.load_state_dict(load_enhancer_state(init))
-
-    def _load_guidance_model(self) -> None:
-        from .. import models
-        from ..residual import load_residual
-
-        cfg = self.cfg
-        self.guidance_lm = None
-        self.v_res = None
-        if cfg.guidance == "residual":
-            res = load_residual(cfg.residual)
-            mi = res.info["model"]
-            if cfg.model and (cfg.model, cfg.pretrained) != (mi["model"], mi["pretrained"]):
-                raise IncompatibleRunError(f"--model {cfg.model}/{cfg.pretrained} differs from the residual's model "
-                                           f"{mi['model']}/{mi['pretrained']}; train reads the model from the residual.")
-            self.guidance_lm = models.load_model(mi["model"], mi["pretrained"], self.dev)
-            if self.guidance_lm.info["weights_sha256"] != mi["weights_sha256"] or self.guidance_lm.dim != len(res.vector):
-                raise IncompatibleRunError(f"Residual {cfg.residual} was made with other weights or dimension than "
-                                           f"{mi['model']}/{mi['pretrained']} (dim {len(res.vector)}).")
-            self.v_res = torch.tensor(res.vector, dtype=torch.float32, device=self.dev)
-            self.thr = res.thr
-            log.info("guidance encodes training outputs squash-resized to %d px (as the paper); the residual was "
-                     "computed with: %s", self.guidance_lm.image_size, mi["preprocess"][:160])
-        elif cfg.guidance in ("latent", "prompt"):
-            self.guidance_lm = models.load_model(cfg.model or "ViT-B-32", cfg.pretrained or "openai", self.dev)
-        if self.guidance_lm is not None:
-            from .towers import GuidanceEncoder
-
-            for p in self.guidance_lm.model.parameters():
-                p.requires_grad_(False)
-            self.encoder = GuidanceEncoder(self.guidance_lm).to(self.dev)
-        self.guidance_param = None
-        if cfg.guidance == "latent":
-            g = torch.Generator().manual_seed(cfg.seed)
-            self.guidance_param = torch.nn.Parameter(torch.randn(2, self.guidance_lm.dim, generator=g).to(self.dev))
-        elif cfg.guidance == "prompt":
-            m = self.guidance_lm.model
-            tokens = self.guidance_lm.tokenizer([" ".join(["X"] * cfg.prompt_length)] * 2).to(self.dev)
-            self.prompt_eot = int(tokens[0].argmax())
-            self.prompt_len = self.prompt_eot + 1       # positions after EOT cannot affect it (causal mask)
-            self.prompt_tokens = tokens[:, :self.prompt_len]
-            with torch.no_grad():
-                init = m.token_embedding(self.prompt_tokens).float()
-            self.guidance_param = torch.nn.Parameter(init.clone())
-        if self.guidance_param is not None:
-            lr = cfg.guidance_lr or (5e-4 if cfg.guidance == "latent" else 5e-6)
-            self.guidance_opt = torch.optim.Adam([self.guidance_param], lr=lr, weight_decay=cfg.weight_decay)
 
     def _load_identity_model(self) -> None:
         from .. import models
@@ -235,16 +168,6 @@ class Trainer:
         self.identity = IdentityFeatures(lm).to(self.dev)
 
     # ----------------------------------------------------------------- pieces
-    def guidance_vectors(self) -> torch.Tensor:
-        """(2, d) guidance (index 0 = backlit): the latent vectors, or the prompts through the text tower."""
-        if self.cfg.guidance == "latent":
-            return self.guidance_param
-        m = self.guidance_lm.model
-        x = self.guidance_param + m.positional_embedding[:self.prompt_len]
-        x = m.transformer(x, attn_mask=m.attn_mask[:self.prompt_len, :self.prompt_len])
-        x = m.ln_final(x)[:, self.prompt_eot]
-        return x @ m.text_projection if not isinstance(m.text_projection, torch.nn.Linear) else m.text_projection(x)
-
     def autocast(self):
         from .. import models
 
@@ -277,15 +200,9 @@ class Trainer:
                 ident = self.identity_term(out, x, L.PAPER_ID_WEIGHTS_GUIDED)
                 terms["identity"] = ident.item()
                 loss = L.W_ID_GUIDED * ident
-                if cfg.guidance == "residual":
-                    g = L.residual_guidance_loss(self.encoder(out), self.v_res, self.thr)
-                    loss = loss + L.W_RESIDUAL * g
-                    terms["guidance"] = g.item()
-                elif cfg.guidance in ("latent", "prompt"):
-                    with torch.no_grad():
-                        gv = self.guidance_vectors().detach()
-                    g = L.clip_enhance_loss(self.encoder(out), gv)
-                    loss = loss + L.W_CLIP * g
+                g = self.guidance.loss(out)
+                if g is not None:
+                    loss = loss + self.guidance.weight * g
                     terms["guidance"] = g.item()
             if gt is not None:
                 px = (out.float() - gt).abs().mean()
@@ -297,68 +214,19 @@ class Trainer:
         terms["loss"] = loss.item()
         return terms
 
-    @torch.no_grad()
-    def build_bank(self, images: torch.Tensor, seed: int) -> torch.Tensor:
-        """CLIP features of `bank_views` augmented views per image at guidance_size px (computed once; the
-        reference re-encodes on the CPU inside its data loader every iteration)."""
-        rng = np.random.default_rng(seed)
-        feats = []
-        for _ in range(self.cfg.bank_views):
-            for s in range(0, len(images), 64):
-                x = images[s:s + 64].float() / 255.0
-                x = F.interpolate(x, size=(self.cfg.guidance_size,) * 2, mode="bilinear", align_corners=False)
-                x = augment_views(x, rng, self.cfg.augment).to(self.dev)
-                with self.autocast():
-                    feats.append(self.encoder(x).float())
-        return torch.cat(feats)
-
-    @torch.no_grad()
-    def outputs_bank(self) -> torch.Tensor:
-        """Features of the current network's outputs on the training backlit images at guidance_size px."""
-        feats = []
-        for s in range(0, len(self.backlit), 16):
-            x = self.backlit[s:s + 16].float().div(255.0)
-            x = F.interpolate(x, size=(self.cfg.guidance_size,) * 2, mode="bilinear", align_corners=False).to(self.dev)
-            with self.autocast():
-                out, _ = self.net(x)
-                feats.append(self.encoder(out).float())
-        return torch.cat(feats)
-
-    def guidance_step(self, rng: np.random.Generator, ranking: bool) -> dict:
-        cfg = self.cfg
-        b = self.banks["backlit"][rng.integers(0, len(self.banks["backlit"]), cfg.guidance_batch_size)]
-        w = self.banks["welllit"][rng.integers(0, len(self.banks["welllit"]), cfg.guidance_batch_size)]
-        with self.autocast():
-            gv = self.guidance_vectors().float()
-            if not ranking:
-                feats = torch.cat([b, w])
-                labels = torch.cat([torch.zeros(len(b)), torch.ones(len(w))]).long().to(self.dev)
-                loss = L.guidance_init_loss(feats, labels, gv)
-            else:
-                earlier = [bank[rng.integers(0, len(bank), cfg.guidance_batch_size)] for bank in self.earlier]
-                s_b, s_w = L.negative_probability(b, gv), L.negative_probability(w, gv)
-                loss = L.W_RANK * L.ranking_loss(s_b, s_w, [L.negative_probability(e, gv) for e in earlier])
-        self.guidance_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.guidance_opt.step()
-        return {"loss": loss.item()}
-
     # ----------------------------------------------------------------- checkpoints
     def state(self) -> dict:
         st = {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "step": torch.tensor(self.step),
               "schedule": {k: torch.tensor(-1 if v is None else v) for k, v in self.schedule_state.items() if k != "phase"},
-              "phase": torch.tensor(PHASES.index(self.schedule_state["phase"])),
-              "banks": dict(self.banks), "earlier": list(self.earlier)}
-        if self.guidance_param is not None:
-            st["guidance"] = self.guidance_param.detach().clone()
-            st["guidance_opt"] = self.guidance_opt.state_dict()
-        return st
+              "phase": torch.tensor(PHASES.index(self.schedule_state["phase"]))}
+        own = self.guidance.state()
+        if set(own) & set(st):
+            raise ValueError(f"guidance mode {self.cfg.guidance!r} saves keys the trainer uses: {sorted(set(own) & set(st))}")
+        return {**st, **own}
 
     def save(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        tmp = self.out / "ckpt_last.pt.tmp"
-        torch.save(self.state(), tmp)
-        os.replace(tmp, self.out / "ckpt_last.pt")
+        with atomic_path(self.out / "ckpt_last.pt") as tmp:
+            torch.save(self.state(), tmp)
 
     def load(self, path: Path) -> None:
         st = torch.load(path, map_location=self.dev, weights_only=True)
@@ -367,20 +235,15 @@ class Trainer:
         self.step = int(st["step"])
         self.schedule_state = {k: (None if int(v) == -1 else int(v)) for k, v in st["schedule"].items()}
         self.schedule_state["phase"] = PHASES[int(st["phase"])]
-        self.banks = {k: v.to(self.dev) for k, v in st["banks"].items()}
-        self.earlier = [e.to(self.dev) for e in st["earlier"]]
-        if self.guidance_param is not None and "guidance" in st:
-            with torch.no_grad():
-                self.guidance_param.copy_(st["guidance"])
-            self.guidance_opt.load_state_dict(st["guidance_opt"])
+        self.guidance.load_state(st)
 
     def export(self) -> Path:
         from safetensors.torch import save_file
 
         path = self.out / "enhancer.safetensors"
         state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-        save_file(state, str(path) + ".tmp")
-        os.replace(str(path) + ".tmp", path)
+        with atomic_path(path) as tmp:
+            save_file(state, str(tmp))
         atomic_write_json(self.out / "enhancer.json", {"format": "embedlab-enhancer", "network": "CLIP-LIT/RAVE enhancement net",
                                                        "parameters": 278790, "steps": self.step, "guidance": self.cfg.guidance})
         return path
@@ -389,9 +252,42 @@ class Trainer:
     def run(self, progress: bool = True, stop_after: int | None = None) -> dict:
         """Train until cfg.iters network iterations. `stop_after` ends this call early (for tests of resume)."""
         cfg = self.cfg
+        self._resume_or_start()
+        logs = _TrainLog(self.out, cfg, self.step, progress)
+        t0, done_this_call = time.perf_counter(), 0
+        fixed = self.backlit[: min(4, len(self.backlit))].float() / 255.0
+        try:
+            while self.step < cfg.iters:
+                if stop_after is not None and done_this_call >= stop_after:
+                    break
+                phase = self._advance_schedule()
+                if phase in ("guidance-init", "guidance-rank"):
+                    self._run_guidance_stage(phase, logs.bar)
+                    continue
+                rng = np.random.default_rng([cfg.seed, self.step])
+                terms = self.network_step(rng, reconstruct=phase == "reconstruct")
+                self.step += 1
+                done_this_call += 1
+                self.last_terms = terms
+                logs.record(self.step, phase, terms)
+                if self.step % cfg.sample_iter == 0 or self.step == cfg.iters:
+                    self._save_samples(fixed)
+                if self.step % cfg.ckpt_iter == 0 or self.step == cfg.iters:
+                    self.save()
+        finally:
+            logs.close()
+        self.save()
+        final = self.export() if self.step >= cfg.iters else None
+        return {"out": str(self.out), "steps": self.step, "finished": self.step >= cfg.iters,
+                "enhancer": str(final) if final else None, "seconds_this_call": round(time.perf_counter() - t0, 2),
+                "last": getattr(self, "last_terms", {})}
+
+    def _resume_or_start(self) -> None:
+        """Resume from ckpt_last.pt when the folder holds a run with the same settings (refuse other settings);
+        write the resolved config."""
         self.out.mkdir(parents=True, exist_ok=True)
         cfg_path = self.out / "config.json"
-        resolved = asdict(cfg)
+        resolved = asdict(self.cfg)
         if (self.out / "ckpt_last.pt").exists():
             old = read_json(cfg_path) if cfg_path.exists() else {}
             diff = {k for k in resolved if k not in ("device", "out") and old.get(k) != resolved[k]}
@@ -401,61 +297,6 @@ class Trainer:
             self.load(self.out / "ckpt_last.pt")
             log.info("resuming %s at step %d", self.out, self.step)
         atomic_write_json(cfg_path, resolved)
-        log_path = self.out / "log.csv"
-        new_log = not log_path.exists() or self.step == 0
-        logf = open(log_path, "w" if new_log else "a", newline="")
-        writer = csv.writer(logf)
-        if new_log:
-            writer.writerow(["step", "phase", "loss", "guidance", "identity", "seconds", "it_per_s"])
-        tb = _tensorboard(self.out)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=cfg.iters, initial=self.step, desc=f"train {cfg.guidance}", unit="it", dynamic_ncols=True)
-        t0, last_t, done_this_call = time.perf_counter(), time.perf_counter(), 0
-        fixed = self.backlit[: min(4, len(self.backlit))].float() / 255.0
-        try:
-            while self.step < cfg.iters:
-                if stop_after is not None and done_this_call >= stop_after:
-                    break
-                phase = self._advance_schedule()
-                if phase in ("guidance-init", "guidance-rank"):
-                    self._run_guidance_stage(phase, bar)
-                    continue
-                rng = np.random.default_rng([cfg.seed, self.step])
-                terms = self.network_step(rng, reconstruct=phase == "reconstruct")
-                self.step += 1
-                done_this_call += 1
-                self.last_terms = terms
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in terms.items()}, refresh=False)
-                if self.step % cfg.display_iter == 0 or self.step == cfg.iters:
-                    now = time.perf_counter()
-                    rate = cfg.display_iter / max(now - last_t, 1e-9)
-                    last_t = now
-                    writer.writerow([self.step, phase, terms["loss"], terms.get("guidance", ""), terms.get("identity", ""),
-                                     round(now - t0, 3), round(rate, 3)])
-                    logf.flush()
-                    if tb is not None:
-                        for k, v in terms.items():
-                            tb.add_scalar(k, v, self.step)
-                if self.step % cfg.sample_iter == 0 or self.step == cfg.iters:
-                    self._save_samples(fixed)
-                if self.step % cfg.ckpt_iter == 0 or self.step == cfg.iters:
-                    self.save()
-        finally:
-            logf.close()
-            if bar is not None:
-                bar.close()
-            if tb is not None:
-                tb.close()
-        self.save()
-        final = self.export() if self.step >= cfg.iters else None
-        return {"out": str(self.out), "steps": self.step, "finished": self.step >= cfg.iters,
-                "enhancer": str(final) if final else None, "seconds_this_call": round(time.perf_counter() - t0, 2),
-                "last": getattr(self, "last_terms", {})}
 
     def _advance_schedule(self) -> str:
         """Decide the phase for the next network step (and run prompt/latent stages between network stages)."""
@@ -463,7 +304,7 @@ class Trainer:
         if st["phase"] == "init":
             recon = cfg.recon_iters if cfg.init == "reconstruct" else 0
             st["recon_end"] = recon
-            if cfg.guidance in ("latent", "prompt"):
+            if self.guidance.refines:
                 st["phase"] = "guidance-init"
                 return st["phase"]
             st["phase"] = "reconstruct" if recon > 0 else "guided"
@@ -479,7 +320,7 @@ class Trainer:
             if loss > cfg.thr_train and st["extensions"] < cfg.max_extensions:
                 st["extensions"] += 1
                 st["stage_end"] = self.step + 60
-            elif cfg.guidance in ("latent", "prompt"):
+            elif self.guidance.refines:
                 st["phase"] = "guidance-rank"
                 st["extensions"] = 0
             else:
@@ -491,27 +332,13 @@ class Trainer:
         return st["phase"]
 
     def _run_guidance_stage(self, phase: str, bar) -> None:
-        cfg, st = self.cfg, self.schedule_state
-        if "backlit" not in self.banks:
-            self.banks["backlit"] = self.build_bank(self.backlit, cfg.seed + 1)
-            self.banks["welllit"] = self.build_bank(self.welllit, cfg.seed + 2)
+        """A stage of the guidance mode's own optimiser (initialisation, or ranking refinement) between network stages."""
+        st = self.schedule_state
         ranking = phase == "guidance-rank"
-        if ranking:
-            self.earlier = (self.earlier + [self.outputs_bank()])[-2:]
-        n = cfg.guidance_init_iters if not ranking else cfg.guidance_iters
-        thr = cfg.thr_prompt
-        ext = 0
-        i = 0
-        while i < n:
-            rng = np.random.default_rng([cfg.seed, 1_000_000 + st.get("round", 0), i])
-            terms = self.guidance_step(rng, ranking)
-            i += 1
-            if i == n and terms["loss"] > thr and ext < cfg.max_extensions:
-                n += 100
-                ext += 1
+        n, loss = self.guidance.refine(self, ranking, st.get("round", 0))
         st["round"] = st.get("round", 0) + 1
         st["phase"] = "guidance-rank-done" if ranking else "guidance-init-done"
-        log.info("%s stage: %d iterations, final loss %.4g", phase, n, terms["loss"])
+        log.info("%s stage: %d iterations, final loss %.4g", phase, n, loss)
 
     def _save_samples(self, fixed: torch.Tensor) -> None:
         from PIL import Image
@@ -529,10 +356,47 @@ class Trainer:
 PHASES = ("init", "guidance-init", "guidance-init-done", "reconstruct", "guided", "guidance-rank", "guidance-rank-done")
 
 
-def augment_views(x: torch.Tensor, rng: np.random.Generator, on: bool) -> torch.Tensor:
-    from .data import augment
+class _TrainLog:
+    """log.csv (a row every display_iter steps, appended on resume), TensorBoard scalars when installed, and the
+    progress bar."""
 
-    return augment(x, rng, zoom=(0.5, 1.5)) if on else x
+    def __init__(self, out: Path, cfg: TrainConfig, step: int, progress: bool):
+        self.cfg = cfg
+        log_path = out / "log.csv"
+        new_log = not log_path.exists() or step == 0
+        self.file = open(log_path, "w" if new_log else "a", newline="")
+        self.writer = csv.writer(self.file)
+        if new_log:
+            self.writer.writerow(["step", "phase", "loss", "guidance", "identity", "seconds", "it_per_s"])
+        self.tb = _tensorboard(out)
+        self.bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=cfg.iters, initial=step, desc=f"train {cfg.guidance}", unit="it", dynamic_ncols=True)
+        self.t0 = self.last_t = time.perf_counter()
+
+    def record(self, step: int, phase: str, terms: dict) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in terms.items()}, refresh=False)
+        if step % self.cfg.display_iter == 0 or step == self.cfg.iters:
+            now = time.perf_counter()
+            rate = self.cfg.display_iter / max(now - self.last_t, 1e-9)
+            self.last_t = now
+            self.writer.writerow([step, phase, terms["loss"], terms.get("guidance", ""), terms.get("identity", ""),
+                                  round(now - self.t0, 3), round(rate, 3)])
+            self.file.flush()
+            if self.tb is not None:
+                for k, v in terms.items():
+                    self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
 
 
 def _tensorboard(out: Path):

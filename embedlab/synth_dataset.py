@@ -1,12 +1,13 @@
-"""`embedlab synth-backlit`: paired synthetic sets (Recipe A, B or C) with recorded seeds and a manifest."""
+"""`embedlab synth-backlit`: writes paired synthetic sets (Recipe A, B or C; the recipes themselves are in
+synth.py) with recorded seeds and a manifest."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from .. import photos, synth
-from .._io import atomic_write_json
-from ..errors import ConfigError
+from . import photos, synth
+from ._io import atomic_write_json, list_images
+from .errors import ConfigError
 
 
 def synth_backlit(src: list[str] | str, out: str | os.PathLike, *, recipe: str = "A", seeds: int = 1,
@@ -16,8 +17,8 @@ def synth_backlit(src: list[str] | str, out: str | os.PathLike, *, recipe: str =
     (role welllit) and `out/params.json` recording every seed and drawn parameter."""
     from PIL import Image
 
-    from ..images import load_rgb
-    from ..manifests import IMAGE_EXTENSIONS, write_manifest
+    from .images import load_rgb
+    from .manifests import write_manifest
 
     specs = [src] if isinstance(src, (str, os.PathLike)) else list(src)
     sources: list[tuple[str, str]] = []
@@ -26,7 +27,7 @@ def synth_backlit(src: list[str] | str, out: str | os.PathLike, *, recipe: str =
         if s == "pkg":
             sources += [(p.uri, p.uri.split("/", 1)[1].split(".")[0]) for p in photos.package_photos()]
         elif Path(s).is_dir():
-            sources += [(str(f.resolve()), f.stem) for f in sorted(Path(s).iterdir()) if f.suffix.lower() in IMAGE_EXTENSIONS]
+            sources += [(str(f.resolve()), f.stem) for f in list_images(s)]
         elif Path(s).exists() or s.startswith("pkg:"):
             sources.append((str(Path(s).resolve()) if not s.startswith("pkg:") else s, Path(s).stem if not s.startswith("pkg:") else s.split("/")[-1].split(".")[0]))
         else:
