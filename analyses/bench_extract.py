@@ -16,7 +16,8 @@ scale (embedlab-tiny, SCALE_N images; every pair alternates A/B for `--repeats` 
   (c) --engine ray on a local Ray instance (2 CPUs here, 1 GB object store) vs the local engine; Ray's start-up
       (instance, actors, model loads) is reported separately and excluded; max |difference| of the vectors;
   (d) a webdataset source (the same JPEGs in 1,024-member tars, read in place) vs the files.
-Writes analyses/results/bench_extract.json (or bench_extract_<decode>.json) with hardware and versions.
+Writes analyses/results/bench_extract.json (naive/all; bench_extract_scale.json for --suite scale, and a _<decode> or
+_<size> suffix where asked) with hardware and versions.
 """
 from __future__ import annotations
 
@@ -286,7 +287,7 @@ def main() -> None:
             payload["ray_gpu"] = ray_gpu_suite(args, tmp, files[: args.scale_n])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    name = "bench_extract" + ("" if args.suite in ("all", "naive", "scale") else f"_{args.suite}") + \
+    name = "bench_extract" + ("" if args.suite in ("all", "naive") else f"_{args.suite}") + \
         ("" if args.decode in ("auto", "pil") else f"_{args.decode}") + (f"_{args.size}" if args.tag_size else "")
     write_json(name + ".json", payload, args.out)
 

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_json  # noqa: E402
 
 LIGHT, BIAS = "planted lighting", "planted bias"
+PARTS = 20          # shards are labelled split=part0..part19 in turn: a ~1/20 subset for comparisons
 
 
 def vocabulary(V: int, d: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
@@ -64,7 +65,8 @@ def synthetic_shard(first: int, n: int, d: int, n_groups: int, E: np.ndarray, se
         "row_id": rows.astype(np.int64), "path": [f"s/{i}.jpg" for i in rows], "file": [f"s/{i}.jpg" for i in rows],
         "content_sha1": "", "width": np.int64(640), "height": np.int64(480), "format": "JPEG", "mode": "RGB",
         "jpeg_quality": 90.0, "mean_luma": luma, "frames": np.int64(1), "notes": "",
-        "role": np.where(is_to, "welllit", "backlit"), "split": "train", "group": [f"g{g}" for g in groups],
+        "role": np.where(is_to, "welllit", "backlit"), "split": f"part{(first // n) % PARTS if n else 0}",
+        "group": [f"g{g}" for g in groups],
         "pair_id": None, "gt": None, "source": "synthetic", "manifest_line": rows.astype(np.int64)})
     return X, meta
 
@@ -130,6 +132,8 @@ out = {'thr': res.thr, 'bootstrap': res.info['bootstrap'], 'count_from': res.inf
 """
 
 EXPLAIN = """
+import resource
+resource.setrlimit(resource.RLIMIT_AS, (%d, %d))    # a guard: fail with MemoryError, not the machine
 import numpy as np
 import embedlab.explain as ex
 from embedlab.residual import load_residual
@@ -138,11 +142,12 @@ from bench_scale import vocabulary
 res = load_residual(%r)
 run = Run(%r)
 E, concepts = vocabulary(%d, run.dim)
-fn = getattr(ex, 'explain_run', None)
+subset = %r
+fn = getattr(ex, 'explain_run', None) if subset is None else None
 if fn is not None:      # a streaming entry point, when the explain module offers one
     result = fn(res.vector, E, concepts, run, res.info, permutations=%d, seed=0)
 else:
-    m_from, m_to = run.select('backlit'), run.select('welllit')
+    m_from, m_to = run.select('backlit' + (',' + subset if subset else '')), run.select('welllit' + (',' + subset if subset else ''))
     groups = run.read_metadata(['group'])['group'].astype(str).to_numpy()
     result = ex.explain_vectors(res.vector, E, concepts, run.take(m_from), run.take(m_to),
                                 np.r_[groups[m_from], groups[m_to]], permutations=%d, seed=0)
@@ -169,6 +174,8 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=10_000, help="Concepts in the synthetic vocabulary.")
     ap.add_argument("--permutations", type=int, default=1000, help="K for explain.")
     ap.add_argument("--budget", default="4G", help="Index memory budget.")
+    ap.add_argument("--explain-guard-gb", type=float, default=6.0,
+                    help="Address-space limit of the explain process (GiB): past it, a MemoryError is recorded.")
     ap.add_argument("--work", default="/tmp/embedlab_bench_scale", help="Where the run is written (deleted after).")
     ap.add_argument("--skip", nargs="*", default=[], choices=["explain", "index"], help="Parts to skip.")
     ap.add_argument("--keep", action="store_true", help="Keep the synthetic run.")
@@ -189,9 +196,12 @@ def main() -> None:
         plain = min(results[k].get("seconds", np.inf) for k in ("plain_read_sum_1", "plain_read_sum_2"))
         results["residual_time_ratio_to_plain"] = round(results["residual"].get("seconds", np.nan) / plain, 3)
         if "explain" not in a.skip:
-            results["explain"] = _child(EXPLAIN % (str(res_path), str(run_dir), a.vocab, a.permutations, a.permutations))
-            top = results["explain"].get("adds_top5", [])
-            results["explain"]["planted_first_and_second"] = top[:2] == [LIGHT, BIAS]
+            guard = int(a.explain_guard_gb * 2**30)
+            for name, subset in (("explain", None), ("explain_subset_part0", "split=part0")):
+                results[name] = _child(EXPLAIN % (guard, guard, str(res_path), str(run_dir), a.vocab, subset,
+                                                  a.permutations, a.permutations))
+                top = results[name].get("adds_top5", [])
+                results[name]["planted_first_and_second"] = top[:2] == [LIGHT, BIAS]
         if "index" not in a.skip:
             results["index"] = _child(INDEX % (str(run_dir), a.budget))
         results["targets"] = {"residual_peak_rss_mb_lt": 1536, "residual_time_ratio_lt": 1.5, "explain_seconds_lt": 600,

@@ -181,3 +181,15 @@ def cache_dir() -> Path:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "embedlab"
+
+
+def cache_ref(path: str | os.PathLike) -> str:
+    """'cache:REL' for a file under the embedlab cache folder (so pages and sidecars do not show the user's home;
+    models accept it as --pretrained), else the path unchanged."""
+    p = Path(path)
+    root = cache_dir()
+    try:
+        return "cache:" + p.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+

@@ -157,6 +157,11 @@ def extract_cmd(manifest: Path = typer.Option(..., "--manifest", "-m", help="Dat
                + (f" ({', '.join(f'{k}: {v}' for k, v in summary['skipped_by_reason'].items())}; see {out}/errors.csv)"
                   if summary["skipped"] else "")
                + (f"; {summary['this_call']['images_per_second']} img/s" if summary.get("this_call") else ""))
+    failed = (summary.get("this_call") or {}).get("failed_shards")
+    if failed:
+        typer.echo(f"{len(failed)} shard(s) failed and were left undone (rerun the command to retry them): "
+                   + "; ".join(f"shard {k}: {v}" for k, v in list(failed.items())[:3]), err=True)
+        raise typer.Exit(1)
 
 
 @app.command("search")

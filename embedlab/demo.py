@@ -14,7 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
-from ._io import atomic_write_bytes, atomic_write_json
+from ._io import atomic_write_bytes, atomic_write_json, cache_ref
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,8 @@ def demo(out: str | os.PathLike = "demo_out", *, model: str | None = None, pretr
         from .demo_clip import MODEL_NAME, pretrain_demo
 
         model = MODEL_NAME
-        pretrained = str(pretrain_demo(device=device, progress=progress, **({"steps": demo_steps} if demo_steps else {})))
+        # named relative to the cache root ("cache:..."), so pages and sidecars do not show the user's home
+        pretrained = cache_ref(pretrain_demo(device=device, progress=progress, **({"steps": demo_steps} if demo_steps else {})))
         lap("demo CLIP (trained or cached)")
     elif pretrained is None:
         raise ConfigError("--model needs --pretrained (a tag such as openai, hf-hub:ID, a checkpoint file, or none).")
@@ -245,25 +246,32 @@ def metric_views(metrics: dict) -> tuple[list, list, list]:
 
 
 def compare_cards(tables: list) -> tuple[list, str]:
-    """Each variant against the reference row (the input when present): improved, got worse, unchanged or
-    changed (a metric with no better/worse direction, such as mean luma)."""
+    """The enhanced result against the reference row (the input when present): improved, got worse, unchanged,
+    or changed (a metric with no better/worse direction, such as mean luma); then which row is best per metric
+    when baselines sit beside it."""
     cards, buckets = [], {"improved": [], "got worse": [], "unchanged": [], "changed (no better/worse direction)": []}
+    best = []
     for t in tables:
-        names = [n for n, _ in t["rows"]]
-        ref = next((n for n in names if "input" in n or "baseline" in n), names[0])
-        ref_vals = dict(t["rows"])[ref]
-        for name, vals in t["rows"]:
-            for metric in t["columns"] if name != ref else []:
-                a, b = ref_vals.get(metric), vals.get(metric)
-                if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
-                    continue
-                better = HIGHER_IS_BETTER.get(metric.lower())
-                word = ("unchanged" if f"{a:.4g}" == f"{b:.4g}" else "changed (no better/worse direction)" if better is None
-                        else "improved" if (b > a) == better else "got worse")
-                cls = {"improved": "up", "got worse": "down"}.get(word, "flat")
-                cards.append({"name": metric, "ref": a, "val": b, "ref_name": ref, "val_name": name, "word": word, "cls": cls})
-                buckets[word].append(f"{metric} ({_f(a)} → {_f(b)})")
-    return cards, " ".join(f"{word.capitalize()}: {', '.join(items)}." for word, items in buckets.items() if items)
+        rows = dict(t["rows"])
+        ref = next((n for n in rows if "input" in n or "baseline" in n), next(iter(rows)))
+        main = next((n for n in rows if "enhanced" in n), next((n for n in rows if n != ref), ref))
+        for metric in t["columns"] if main != ref else []:
+            a, b = rows[ref].get(metric), rows[main].get(metric)
+            if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+                continue
+            better = HIGHER_IS_BETTER.get(metric.lower())
+            word = ("unchanged" if f"{a:.4g}" == f"{b:.4g}" else "changed (no better/worse direction)" if better is None
+                    else "improved" if (b > a) == better else "got worse")
+            cls = {"improved": "up", "got worse": "down"}.get(word, "flat")
+            cards.append({"name": metric, "ref": a, "val": b, "ref_name": ref, "val_name": main, "word": word, "cls": cls})
+            buckets[word].append(f"{metric} ({_f(a)} → {_f(b)})")
+            scored = {n: v.get(metric) for n, v in rows.items() if isinstance(v.get(metric), (int, float))}
+            if better is not None and len(scored) > 2:
+                top = (max if better else min)(scored, key=scored.get)
+                best.append(f"{metric}: {top} ({_f(scored[top])})")
+    text = " ".join(f"{word.capitalize()} ({cards[0]['val_name']} vs {cards[0]['ref_name']}): {', '.join(items)}."
+                    for word, items in buckets.items() if items)
+    return cards, text + (f" Best of all rows, {'; '.join(best)}." if best else "")
 
 
 def file_groups(out: Path, cap: int = 40) -> list[dict]:
@@ -325,7 +333,8 @@ def write_index(out: Path, result: dict) -> Path:
     map_href = rel(arts["map"]) if arts.get("map") else None
     nav = [("demo index", "index.html")] + ([("concept report", rel(report_html))] if report_html else []) \
         + ([("embedding map", map_href)] if map_href else []) + ([("demo.json", "demo.json")] if (out / "demo.json").exists() else [])
-    figures = [(k, rel(v)) for k, v in arts.items() if str(v).endswith(".png") and k != "before_after"]
+    figures = [(k.removeprefix("plot_").replace("_", " "), rel(v)) for k, v in arts.items()
+               if str(v).endswith(".png") and k != "before_after"]
     report_files = [(f"report.{s}", rel(Path(report_html).with_suffix(f".{s}"))) for s in ("json", "csv", "md")
                     if report_html and Path(report_html).with_suffix(f".{s}").exists()]
     extras += [(k, json.dumps(v, default=str)[:400]) for k, v in result.items() if k not in PAGE_KEYS]

@@ -279,6 +279,9 @@ TOKEN_KEY = "token_embedding.weight"
 
 
 def packaged_key() -> str | None:
+    """The recipe key of the shipped copy (None when absent, or when EMBEDLAB_DEMO_NO_PACKAGED is set)."""
+    if os.environ.get("EMBEDLAB_DEMO_NO_PACKAGED"):
+        return None
     meta = PACKAGED / "train.json"
     return read_json(meta).get("recipe_key") if meta.exists() and (PACKAGED / PACKED_FILE).exists() else None
 

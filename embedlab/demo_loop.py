@@ -111,7 +111,7 @@ def run_net(state: dict, images: list[np.ndarray], max_pixels: int | None) -> li
     net.eval()
     outs = []
     for im in images:
-        x = torch.from_numpy(im).permute(2, 0, 1)[None].float() / 255.0
+        x = torch.from_numpy(np.array(im)).permute(2, 0, 1)[None].float() / 255.0
         y = enhance_array(net, x, max_pixels)[0]
         outs.append((y.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8))
     return outs

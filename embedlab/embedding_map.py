@@ -92,11 +92,13 @@ def map_views(X: np.ndarray, methods, seed: int, res_vec, masks) -> list[dict]:
 
 
 def map_data(run, *, residual: str | None = None, color_by: str = "role", max_points: int = 2000,
-             thumb_px: int = 64, seed: int = 0, methods=("pca", "umap")) -> dict:
+             thumb_px: int = 96, seed: int = 0, methods=("pca", "umap")) -> dict:
     """Everything the map page shows, as plain data (JSON-ready)."""
     from .report import thumb_data_uri
     from .runs import Run
 
+    if max_points < 3:
+        raise ConfigError(f"The 'max_points' option of embedding-map must be an int >= 3. Got {max_points} instead.")
     r = Run(run)
     n_total = len(r)
     if n_total < 3:
@@ -115,7 +117,7 @@ def map_data(run, *, residual: str | None = None, color_by: str = "role", max_po
         masks = _masks(meta, res.info)
     columns = _columns(meta)
     if color_by not in columns:
-        color_by = next(iter(columns))
+        raise ConfigError(f"No metadata column {color_by!r} to colour by. Columns: {', '.join(columns)}.")
     files = meta["file"].astype(str).tolist() if "file" in meta.columns else [None] * len(meta)
     thumbs = [thumb_data_uri(f, thumb_px) if f else None for f in files]
     label_col = "path" if "path" in meta.columns else next(iter(columns))
@@ -130,7 +132,7 @@ def map_data(run, *, residual: str | None = None, color_by: str = "role", max_po
 
 
 def embedding_map(run: str | os.PathLike, out: str | os.PathLike | None = None, *, residual: str | None = None,
-                  color_by: str = "role", max_points: int = 2000, thumb_px: int = 64, seed: int = 0,
+                  color_by: str = "role", max_points: int = 2000, thumb_px: int = 96, seed: int = 0,
                   methods=("pca", "umap"), nav: list | None = None) -> Path:
     """Write the interactive map of a run (default RUN/map.html); returns its path."""
     from .report import asset, json_for_script, render_page

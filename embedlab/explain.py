@@ -19,7 +19,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from ._io import check_output_dir
+from ._io import cache_ref, check_output_dir
 from .errors import ConfigError, IncompatibleRunError
 from .permutation import FAMILIES, SIDES, add_group_sums, draw_shuffles, family_p, group_layout, permutation_null
 from .residual import l2n
@@ -421,11 +421,10 @@ def _set_vectors(side: dict):
 
 def _exemplars(run, index, mask: np.ndarray, query: np.ndarray, k: int) -> list[dict]:
     """Nearest images of one set to a concept, through the run's FAISS index (restricted to the set's ids)."""
-    import faiss
+    from .index import search_within
 
     ids = run.metadata["row_id"].to_numpy()[mask].astype(np.int64)
-    params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(ids))
-    scores, found = index.search(np.ascontiguousarray(query[None], dtype=np.float32), min(k, len(ids)), params=params)
+    scores, found = search_within(index, query, min(k, len(ids)), ids)
     meta = run.metadata.set_index("row_id")
     return [{"row_id": int(i), "path": str(meta.loc[int(i), "path"]), "file": str(meta.loc[int(i), "file"]),
              "score": float(s)} for s, i in zip(scores[0], found[0]) if i >= 0]
@@ -501,5 +500,7 @@ def explain_residual(residual: str | os.PathLike, out: str | os.PathLike = "repo
     thumbs = {f: rep.thumb_data_uri(f) for f in thumbs}     # an image is often exemplar of several concepts
     html_exemplars = [{**ex, **{s: [dict(it, thumb=thumbs[it["file"]]) for it in ex[s]] for s in ("from", "to")}}
                       for ex in report["exemplars"]]
+    for it in (it for exs in (report["exemplars"], html_exemplars) for ex in exs for s in ("from", "to") for it in ex[s]):
+        it["file"] = cache_ref(it["file"])      # files materialised in the cache: no user's home in the report
     report["files"] = rep.write_report(out, report, figures, html_exemplars)
     return report

@@ -116,7 +116,7 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, kind: str = "flat"):
         raise ConfigError(f"Unknown index kind {kind!r}. Choose one of {', '.join(KINDS)}.")
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, d = vectors.shape
-    index = faiss.IndexIDMap2(faiss.index_factory(d, KINDS[kind].factory(n, d, 1 << 62, None), faiss.METRIC_INNER_PRODUCT))
+    index, _ = _new_index(kind, n, d, 1 << 62, None)
     if not index.is_trained:
         index.train(vectors)
     if n:
@@ -145,6 +145,22 @@ def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(scores, ids), each (nq, k); ids are -1 past the end of a small index."""
     queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
     return index.search(queries, k)
+
+
+def search_within(index, query: np.ndarray, k: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k among the vectors whose ids are `ids` only, for any kind (the selector travels in the search
+    parameters of the index's own type, with its recorded nprobe / efSearch)."""
+    import faiss
+
+    sel = faiss.IDSelectorBatch(np.asarray(ids, np.int64))
+    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else faiss.downcast_index(index)
+    if hasattr(inner, "nprobe"):
+        params = faiss.SearchParametersIVF(sel=sel, nprobe=inner.nprobe)
+    elif hasattr(inner, "hnsw"):
+        params = faiss.SearchParametersHNSW(sel=sel, efSearch=inner.hnsw.efSearch)
+    else:
+        params = faiss.SearchParameters(sel=sel)
+    return index.search(np.ascontiguousarray(np.atleast_2d(query), np.float32), k, params=params)
 
 
 def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:

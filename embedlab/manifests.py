@@ -620,34 +620,37 @@ def webdataset_manifest(spec, out: Path, role: str = "welllit", split: str | Non
 class LazyEntries:
     """A read-only sequence of manifest entries kept as byte offsets into the manifest file (12 bytes per entry):
     an entry is parsed when it is asked for, so a manifest of millions of lines never sits in memory as objects.
-    Safe across fork (each process opens its own handle)."""
+    Safe across fork (each process opens its own handle) and threads (one lock per process)."""
 
     def __init__(self, path: Path, offsets: np.ndarray, lines: np.ndarray):
         self.path, self.offsets, self.lines = Path(path), offsets, lines
-        self._fh = None
-        self._pid = None
+        self._fh = self._lock = self._pid = None
 
     def __len__(self) -> int:
         return len(self.offsets)
 
     def _handle(self):
+        import threading
+
         if self._fh is None or self._pid != os.getpid():
-            self._fh, self._pid = open(self.path, "rb"), os.getpid()
-        return self._fh
+            self._fh, self._lock, self._pid = open(self.path, "rb"), threading.Lock(), os.getpid()
+        return self._fh, self._lock
 
     def __getitem__(self, i: int) -> ManifestEntry:
         if isinstance(i, slice):
             return [self[k] for k in range(*i.indices(len(self)))]
-        fh = self._handle()
-        fh.seek(int(self.offsets[i]))
-        return parse_line(self.path, int(self.lines[i]), fh.readline().decode("utf-8"))
+        fh, lock = self._handle()
+        with lock:
+            fh.seek(int(self.offsets[i]))
+            raw = fh.readline()
+        return parse_line(self.path, int(self.lines[i]), raw.decode("utf-8"))
 
     def __iter__(self):
         for i in range(len(self)):
             yield self[i]
 
     def __getstate__(self):
-        return {"path": self.path, "offsets": self.offsets, "lines": self.lines, "_fh": None, "_pid": None}
+        return {"path": self.path, "offsets": self.offsets, "lines": self.lines, "_fh": None, "_lock": None, "_pid": None}
 
 
 @dataclass

@@ -24,6 +24,7 @@ from .errors import ConfigError, DeviceError, ModelLoadError
 log = logging.getLogger(__name__)
 _CONFIGS_REGISTERED = False
 RANDOM_TAGS = ("none", "random", "")
+CACHE_PREFIX = "cache:"   # --pretrained cache:REL is REL under the embedlab cache folder (see _io.cache_ref)
 
 
 def register_configs() -> None:
@@ -99,6 +100,10 @@ def _classify_pretrained(model: str, pretrained: str | None) -> tuple[str, str, 
         return p, "hf-hub", None
     if p.lower() in RANDOM_TAGS:
         return model, "random", None
+    if p.startswith(CACHE_PREFIX):     # a checkpoint in embedlab's cache, named without the user's home
+        from ._io import cache_dir
+
+        p = str(cache_dir() / p[len(CACHE_PREFIX):])
     if os.path.sep in p or p.endswith((".pt", ".pth", ".bin", ".safetensors")) or os.path.exists(p):
         if not os.path.isfile(p):
             raise ModelLoadError(f"--pretrained {p}: checkpoint file not found. Pass an existing open_clip checkpoint "

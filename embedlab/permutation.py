@@ -149,8 +149,9 @@ def shuffled_sums(data, shuffles: Shuffles, method: str = "rave", chunk: int = 4
         seen = start + len(x)
     if seen != shuffles.n:
         raise ValueError(f"The image blocks hold {seen} rows but the shuffles label {shuffles.n} images.")
-    if U is not None:
-        sum_to = shuffles.labels.astype(np.float64) @ U
+    if U is not None:                                   # (K, G) labels times (G, d) group sums, 256 shuffles at a time
+        sum_to = np.concatenate([shuffles.labels[k:k + 256].astype(np.float64) @ U for k in range(0, shuffles.K, 256)]
+                                + [np.zeros((0, U.shape[1]))])
     return sum_to, total
 
 

@@ -392,3 +392,17 @@ def test_fp32_enhance_on_cuda_matches_the_cpu(bad):
     assert (gpu - cpu).abs().max() < 1e-5
     fast = enhance_array(net, x, precision="bf16").cpu()
     assert 0 < (fast - cpu).abs().max() < 0.05
+
+
+def test_cache_paths_are_named_relative_to_the_cache_root(tmp_path):
+    """Pages and sidecars name cached files 'cache:REL' (no user's home); models load such a --pretrained."""
+    from embedlab import models
+    from embedlab._io import cache_dir, cache_ref
+
+    ckpt = cache_dir() / "demo_clip" / "k" / "m.safetensors"
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    ckpt.write_bytes(b"x")
+    assert cache_ref(ckpt) == "cache:demo_clip/k/m.safetensors"
+    assert cache_ref(tmp_path / "elsewhere.pt") == str(tmp_path / "elsewhere.pt")
+    name, kind, arg = models._classify_pretrained("embedlab-demo", "cache:demo_clip/k/m.safetensors")
+    assert (kind, arg) == ("file", str(ckpt.resolve()))

@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from embedlab import report as rep
 
@@ -180,6 +181,10 @@ def test_embedding_map_page_is_self_contained_subsampled_and_draws_the_residual(
     assert "<script src" not in page and "<link" not in page
     payload = page.split('id="map-data">', 1)[1].split("</script>", 1)[0]
     assert json.loads(payload)["n_shown"] == 10
+    from embedlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="No metadata column 'nope'.*role"):
+        map_data(tiny_run, color_by="nope", methods=("pca",))
 
 
 def test_projector_export_has_a_sprite_of_thumbnails(tiny_run, tmp_path):
@@ -197,3 +202,26 @@ def test_projector_export_has_a_sprite_of_thumbnails(tiny_run, tmp_path):
     assert sprite.size == (32 * side, 32 * side)
     first = np.asarray(sprite.crop((0, 0, 32, 32)), dtype=float)
     assert first.std() > 1                                            # a real thumbnail, not the grey fill
+
+
+def test_explain_residual_with_dollar_and_markdown_concepts_writes_its_report(tiny_run, tmp_path):
+    """Issue 12.3 and 12.9 end to end: a user vocabulary with '$$', '$x$' and Markdown syntax."""
+    from embedlab.explain import explain_residual
+    from embedlab.residual import residual
+
+    res = tmp_path / "r.npy"
+    residual(tiny_run, "role=backlit", "role=welllit", res, bootstrap=0)
+    vocab = tmp_path / "vocab.txt"
+    words = ["$$", "$x$", "$$ cat $$", "a $5 and $6", "*$dog$*", "[$tree$](x)", "`$sky$`", "$bright$ | photo",
+             "$dark$ photo", "$$$$"]                 # every concept sends '$' pairs to the figures
+    vocab.write_text("\n".join(words) + "\n")
+    report = explain_residual(res, tmp_path / "report", vocab=str(vocab), top=4, permutations=0, device="cpu",
+                              progress=False, exemplars=0)
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "data:image/png;base64," in page                     # the figures were drawn
+    md = (tmp_path / "report" / "report.md").read_text()
+    listed = [c["concept"] for c in report["concepts"]]
+    assert listed and all(c.count("$") >= 2 for c in listed)
+    for c in listed:
+        assert rep.md_escape(c) in md
+    assert "No permutation test was run" in page

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .._io import atomic_write_bytes, atomic_write_json
+from .._io import atomic_write_bytes, atomic_write_json, cache_ref
 from ..colour import LUMA, LUMA_601
 from ..errors import ConfigError, MissingDependencyError
 
@@ -108,7 +108,7 @@ def evaluate(pred: str | os.PathLike, gt: str | None = None, out: str | os.PathL
     rows = []
     for p, g in pairs:
         pu8 = np.asarray(decode_image(str(p)).image, dtype=np.uint8)
-        row = {"pred": str(p), "gt": str(g) if g else None, **exposure_stats(pu8)}
+        row = {"pred": str(p), "gt": cache_ref(g) if g else None, **exposure_stats(pu8)}   # no cache root shown
         if gt and g is None:
             row["note"] = "no ground truth paired"
         if g is not None:

@@ -6,7 +6,8 @@
   var W = 800, H = 600, PAD = {l: 58, r: 16, t: 14, b: 46};
   var PALETTE = ["#1c7ed6", "#f76707", "#2f9e44", "#e03131", "#7048e8", "#0c8599", "#c2255c", "#66a80f",
                  "#f59f00", "#5c940d", "#862e9c", "#495057"];
-  var state = {view: 0, colour: D.color_by, query: ""};
+  var TIP_COLUMNS = ["role", "split", "group", "width", "height", "mean_luma"];   // the colour column comes first
+  var state = {view: 0, colour: D.color_by, query: ""}, hovered = null;
   var n = D.names.length;
 
   function el(tag, attrs, parent) {
@@ -87,19 +88,26 @@
   function showTip(ev) {
     var i = ev.target.getAttribute && ev.target.getAttribute("data-i");
     var tip = document.getElementById("tip");
-    if (i === null || i === undefined) { tip.style.display = "none"; return; }
+    if (i === null || i === undefined) {
+      tip.style.display = "none";
+      if (hovered) { hovered.classList.remove("hover"); hovered = null; }
+      return;
+    }
     i = +i;
     tip.textContent = "";
     if (D.thumbs[i]) { var img = document.createElement("img"); img.src = D.thumbs[i]; img.alt = D.names[i]; tip.appendChild(img); }
     var b = document.createElement("b"); b.textContent = D.columns[D.label][i]; tip.appendChild(b);
-    Object.keys(D.columns).forEach(function (k) {
-      if (k === D.label) return;
+    var shown = [state.colour].concat(TIP_COLUMNS.filter(function (k) { return k !== state.colour; }));
+    shown.forEach(function (k) {
+      if (k === D.label || !(k in D.columns)) return;
       var line = document.createElement("div"); line.textContent = k + ": " + D.columns[k][i]; tip.appendChild(line);
     });
+    if (hovered) hovered.classList.remove("hover");
+    hovered = ev.target; hovered.classList.add("hover");
     tip.style.display = "block";
-    var x = ev.clientX + 14, y = ev.clientY + 14;
-    if (x + 270 > window.innerWidth) x = ev.clientX - 280;
-    if (y + 300 > window.innerHeight) y = Math.max(4, window.innerHeight - 300);
+    var w = tip.offsetWidth, h = tip.offsetHeight, x = ev.clientX + 14, y = ev.clientY + 14;
+    if (x + w > window.innerWidth) x = Math.max(4, ev.clientX - w - 14);     // keep it beside the point, on screen
+    if (y + h > window.innerHeight) y = Math.max(4, ev.clientY - h - 14);
     tip.style.left = x + "px"; tip.style.top = y + "px";
   }
 
