@@ -2,8 +2,10 @@
 
 manifest (package photos + Recipe-A backlit versions, split by source photo, a planted content bias)
 -> extract -> residual (backlit -> well-lit, training photos only) -> explain-residual -> correct (remove the
-top-ranked concept that is not a lighting word) -> a short RAVE training with the corrected residual
-(--init identity, small crops) -> enhance the held-out backlit images -> evaluate against their originals.
+top-ranked concept that is not a lighting word) -> a short RAVE training with the corrected residual (the `demo`
+train preset; held-out photos scored every few iterations, and a second training on the raw residual for the curve
+figure) -> enhance the held-out backlit images -> evaluate against their originals and the input, CLAHE and gamma
+baselines (embedlab.demo_loop), with the issue-15 quality bars in demo.json["loop"]["bars"].
 """
 from __future__ import annotations
 

@@ -144,6 +144,7 @@ def embedding_map(run: str | os.PathLike, out: str | os.PathLike | None = None, 
                     seed=seed, methods=methods)
     run_path = Path(data["run"])
     title = f"Embedding map of {run_path.parent.name}/{run_path.name}"
+    data["run"] = _shown(data["run"], out.parent)
     if data["residual"]:                          # paths as the reader's folder sees them, not the user's home
         data["residual"]["path"] = _shown(data["residual"]["path"], out.parent)
     page = render_page("map.html.j2", nav_links=nav or [], title=title, data=json_for_script(data),

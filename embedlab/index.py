@@ -35,11 +35,21 @@ class IndexKind:
     exact: bool = False
 
 
-def ivf_lists(n: int) -> int:
-    """Inverted lists for n vectors: 2^round(log2(4 sqrt(n))) (autofaiss's rule), at least 1, and at most n/39
-    so that every list gets the 39 training points k-means asks for."""
+CPU_MAX_LISTS = 4096     # k-means of more lists takes hours on a few CPU cores
+
+
+def ivf_lists(n: int, gpu: bool = False) -> int:
+    """Inverted lists for n vectors: 2^round(log2(4 sqrt(n))) (autofaiss's rule below 1M vectors; it uses 2^14 to
+    2^18 beyond, which only a GPU trains in minutes), at most `CPU_MAX_LISTS` without a GPU (pass nlist for more),
+    and at most n/39 so that every list gets the 39 training points k-means asks for."""
     k = 2 ** int(round(math.log2(max(1.0, 4 * math.sqrt(max(1, n))))))
-    return int(max(1, min(k, n // 39)))
+    return int(max(1, min(k, n // 39, k if gpu else CPU_MAX_LISTS)))
+
+
+def ivf_key(k: int, codes: str) -> str:
+    """IVF factory string; from 1,024 lists the coarse quantiser is an HNSW graph over the centroids (as autofaiss
+    does), so that assigning millions of vectors does not scan every centroid."""
+    return f"IVF{k}_HNSW32,{codes}" if k >= 1024 else f"IVF{k},{codes}"
 
 
 def hnsw_links(n: int, d: int, budget: int) -> int:
@@ -62,11 +72,11 @@ KINDS: dict[str, IndexKind] = {k.name: k for k in (
     IndexKind("hnsw", lambda n, d, b, k: f"HNSW{max(8, hnsw_links(n, d, b) or 32)}",
               lambda n, d, k: n * (4 * d + 8 + 8 * 8), "graph (HNSW, M links per vector, M as large as the budget "
               "allows up to 32): fast, approximate, float32 vectors in memory"),
-    IndexKind("ivf", lambda n, d, b, k: f"IVF{k or ivf_lists(n)},Flat", lambda n, d, k: n * (4 * d + 8) + 4 * d * (k or 1),
+    IndexKind("ivf", lambda n, d, b, k: ivf_key(k or ivf_lists(n), "Flat"), lambda n, d, k: n * (4 * d + 8) + 4 * d * (k or 1),
               "inverted lists (IVF, k-means cells, float32 vectors): approximate, searched cell by cell"),
-    IndexKind("ivfsq8", lambda n, d, b, k: f"IVF{k or ivf_lists(n)},SQ8", lambda n, d, k: n * (d + 8) + 4 * d * (k or 1),
+    IndexKind("ivfsq8", lambda n, d, b, k: ivf_key(k or ivf_lists(n), "SQ8"), lambda n, d, k: n * (d + 8) + 4 * d * (k or 1),
               "inverted lists with 8-bit scalar-quantised vectors: 4x smaller than ivf, near its recall"),
-    IndexKind("ivfpq", lambda n, d, b, k: f"IVF{k or ivf_lists(n)},PQ{pq_bytes(n, d, b) or 8}x8",
+    IndexKind("ivfpq", lambda n, d, b, k: ivf_key(k or ivf_lists(n), f"PQ{pq_bytes(n, d, b) or 8}x8"),
               lambda n, d, k: n * 40 + 4 * d * (k or 1),
               "inverted lists with product-quantised codes (the largest code that fits the budget): smallest"),
 )}
@@ -108,10 +118,8 @@ def maybe_to_gpu(index):
 
 
 def build_index(vectors: np.ndarray, ids: np.ndarray, kind: str = "flat"):
-    """An in-memory IndexIDMap2 over `vectors` (n, d) float32 with int64 `ids` (for small arrays; runs use
-    `index`). kind: a name of `KINDS`."""
-    import faiss
-
+    """An in-memory index over `vectors` (n, d) float32 with int64 `ids` (for small arrays; runs use
+    `index_run`). kind: a name of `KINDS`."""
     if kind not in KINDS:
         raise ConfigError(f"Unknown index kind {kind!r}. Choose one of {', '.join(KINDS)}.")
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -246,8 +254,10 @@ def _search_grid(index, kind: str) -> list[str]:
     if kind == "hnsw":
         return [f"efSearch={e}" for e in (16, 32, 64, 128, 256, 512, 1024)]
     if kind.startswith("ivf"):
-        nlist = _ivf(index).nlist
-        return [f"nprobe={p}" for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if p <= nlist]
+        ivf = _ivf(index)
+        hnsw_q = "HNSW" in type(ivf.quantizer).__name__ or hasattr(faiss_downcast(ivf.quantizer), "hnsw")
+        return [f"nprobe={p}" + (f",quantizer_efSearch={max(64, 2 * p)}" if hnsw_q else "")
+                for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if p <= ivf.nlist]
     return []
 
 
@@ -255,6 +265,12 @@ def _ivf(index):
     import faiss
 
     return faiss.extract_index_ivf(index)
+
+
+def faiss_downcast(index):
+    import faiss
+
+    return faiss.downcast_index(index)
 
 
 def set_search_params(index, params: str | None) -> None:
@@ -297,6 +313,8 @@ def _fill(run, kind: str, n: int, d: int, budget: int, nlist: int | None, ids: n
     index, key = _new_index(kind, n, d, budget, nlist)
     gpu = use_gpu() and kind.startswith("ivf")
     work = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index) if gpu else index
+    if kind.startswith("ivf"):
+        faiss.extract_index_ivf(work).cp.niter = 10          # k-means iterations (FAISS's default is 25)
     if not work.is_trained:
         work.train(run.take(train_pos))
     for pos, X in run.iter_vectors(block=block):
@@ -328,7 +346,7 @@ def index_run(run, kind: str = "auto", *, memory_budget: "str | int" = DEFAULT_B
     why = "requested"
     if kind == "auto":
         kind, why = auto_kind(n, d, budget)
-    k_lists = (nlist or ivf_lists(n)) if kind.startswith("ivf") else None
+    k_lists = (nlist or ivf_lists(n, use_gpu())) if kind.startswith("ivf") else None
     need = KINDS[kind].memory(n, d, k_lists or 0)
     if need > budget:
         raise ConfigError(f"A {kind} index of {n:,} x {d} vectors needs about {need / 2**30:.2f} GiB, over the memory "

@@ -57,6 +57,34 @@ def stratified_sample(labels: np.ndarray, groups: np.ndarray | None, n_max: int,
     return np.sort(np.concatenate(picked))
 
 
+def _sampled(r: Run, color_by: str, residual: str | None, max_points: int, seed: int):
+    """(vectors, metadata, sample record, title note) of the rows a map draws: every row, or a stratified sample
+    (`stratified_sample`) read block by block from the memory-mapped shards."""
+    if max_points < 3:
+        raise ConfigError(f"The 'max_points' option of plot must be an int >= 3. Got {max_points} instead.")
+    wanted = ["row_id", "path", "file", "role", "split", "group", color_by]     # file: the projector's sprite
+    if residual:        # the columns its sets are selected by, to draw the arrow between them
+        from .residual import load_residual
+        from .selector import Selector
+
+        sides = load_residual(residual).info
+        wanted += [c for side in ("from", "to") for c in Selector.parse(sides[side]["selector"]).columns]
+    full = r.read_metadata(r.available_columns(wanted))
+    if len(full) < 3:
+        raise ConfigError(f"Run {r.path} has {len(full)} embedded images; a map needs at least 3.")
+    if color_by not in full.columns:
+        raise ConfigError(f"No metadata column {color_by!r}. Columns: {', '.join(r.metadata.columns)}.")
+    groups = full["group"].to_numpy() if "group" in full.columns and full["group"].notna().all() else None
+    rows = stratified_sample(full[color_by].astype(str).to_numpy(), groups, max_points, seed)
+    meta = full.iloc[rows].reset_index(drop=True)
+    X = r.take(rows)
+    sample = {"points": int(len(rows)), "of": int(len(full)), "seed": seed, "stratified_by": [color_by, "group"],
+              "max_points": max_points}
+    size_note = (f"all {len(rows):,} images" if len(rows) == len(full) else
+                 f"{len(rows):,} of {len(full):,} images, stratified sample by {color_by} and group, seed {seed}")
+    return X, meta, sample, size_note
+
+
 def plot(run: str | os.PathLike, out: str | os.PathLike | None = None, *, color_by: str = "role",
          residual: str | None = None, methods: tuple[str, ...] = ("pca", "umap"), projector: bool = True,
          seed: int = 0, max_points: int = 10_000) -> dict:
@@ -73,28 +101,7 @@ def plot(run: str | os.PathLike, out: str | os.PathLike | None = None, *, color_
     r = Run(run)
     out = Path(out) if out else r.path / "plots"
     out.mkdir(parents=True, exist_ok=True)
-    if max_points < 3:
-        raise ConfigError(f"The 'max_points' option of plot must be an int >= 3. Got {max_points} instead.")
-    wanted = ["row_id", "path", "file", "role", "split", "group", color_by]     # file: the projector's sprite
-    if residual:        # the columns its sets are selected by, to draw the arrow between them
-        from .residual import load_residual
-        from .selector import Selector
-
-        sides = load_residual(residual).info
-        wanted += [c for side in ("from", "to") for c in Selector.parse(sides[side]["selector"]).columns]
-    full = r.read_metadata(r.available_columns(wanted))
-    if len(full) < 3:
-        raise ConfigError(f"Run {run} has {len(full)} embedded images; a map needs at least 3.")
-    if color_by not in full.columns:
-        raise ConfigError(f"No metadata column {color_by!r}. Columns: {', '.join(r.metadata.columns)}.")
-    groups = full["group"].to_numpy() if "group" in full.columns and full["group"].notna().all() else None
-    rows = stratified_sample(full[color_by].astype(str).to_numpy(), groups, max_points, seed)
-    meta = full.iloc[rows].reset_index(drop=True)
-    X = r.take(rows)
-    sample = {"points": int(len(rows)), "of": int(len(full)), "seed": seed, "stratified_by": [color_by, "group"],
-              "max_points": max_points}
-    size_note = (f"all {len(rows):,} images" if len(rows) == len(full) else
-                 f"{len(rows):,} of {len(full):,} images, stratified sample by {color_by} and group, seed {seed}")
+    X, meta, sample, size_note = _sampled(r, color_by, residual, max_points, seed)
     labels = meta[color_by].astype(str).to_numpy()
     res_vec = None
     if residual:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._io import atomic_write_bytes, atomic_write_json, load_npy, read_json
+from ._io import atomic_write_bytes, atomic_write_json, read_json
 from .errors import ConfigError, IncompatibleRunError
 
 IDENTITY_KEYS = ("model", "pretrained", "weights_sha256", "preprocess", "decode", "vector_dtype", "compute_dtype",

@@ -1,5 +1,6 @@
 import html.parser
 import json
+import os
 import sys
 from pathlib import Path
 

@@ -251,3 +251,23 @@ def test_index_and_merge_cli_help_lists_every_kind():
     bad = subprocess.run([sys.executable, "-m", "embedlab", "index", "x", "--kind", "annoy"], capture_output=True,
                          text=True, cwd=REPO)
     assert bad.returncode == 2
+
+
+def test_residual_across_two_runs_streams_each(tmp_path):
+    a = make_run(tmp_path / "a", 1500, d=16, no_groups=True)
+    b = make_run(tmp_path / "b", 1300, d=16, no_groups=True)
+    res = residual(a.path, "backlit", "welllit", tmp_path / "r.npy", to_run=str(b.path), bootstrap=30, seed=4,
+                   memory_budget=10_000, block=97)
+    ma, mb = a.select("backlit"), b.select("welllit")
+    r = compute_residual(a.vectors[ma], b.vectors[mb])[0]
+    assert np.abs(res.vector - r).max() < 1e-6 and res.info["to"]["count"] == int(mb.sum())
+    assert "Poisson" in res.info["bootstrap"]["scheme"] and 0.5 < res.info["bootstrap"]["mean_cosine"] <= 1
+
+
+def test_search_says_which_index_answered(tiny_run):
+    from embedlab.search import search
+
+    _, info = search(tiny_run, text="a photo", k=3, device="cpu")
+    assert info["index"].startswith("flat") and info["exact"] and "recall" not in info
+    _, info = search(tiny_run, text="a photo", k=3, index="ivf", device="cpu")
+    assert not info["exact"] and 0 <= info["recall_at_k"] <= 1 and set(info["recall"]) >= {"1", "10", "3"}

@@ -3,7 +3,6 @@ paper's augmentations with per-step seeded randomness (so a resumed run sees the
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
