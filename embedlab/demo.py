@@ -20,7 +20,7 @@ from ._io import atomic_write_bytes, atomic_write_json, cache_ref
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
-LOOP_MAX_PIXELS = 128 * 192   # held-out illumination maps are estimated at about the training scale (96 px images)
+LOOP_MAX_PIXELS = 64 * 96     # held-out illumination maps are estimated at the training scale (64 px images)
 
 # Words that name lighting or exposure. The demo model's caption grammar is the authority for its own words;
 # this list extends the rule to real CLIP vocabularies.
