@@ -13,12 +13,58 @@ from typing import List, Optional
 
 import typer
 
+from typer.core import TyperCommand, TyperGroup
+
 from . import __version__
 from .enhance.guidance import list_guidance
+from .enhance.presets import TrainConfig, list_presets
 from .index import KINDS as _INDEX_KINDS
+from .manifests import LAYOUT_HELP, LAYOUTS
+from .vocab import TEMPLATES
 from .errors import EmbedlabError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+class _FlagsShowNoType:
+    """Boolean flags (and --help) show as flags: typer >= 0.2x prints a `<bool>` type column after them otherwise."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for p in params:
+            if getattr(p, "is_flag", False) and p.metavar is None:
+                p.metavar = ""
+        return params
+
+
+class _Command(_FlagsShowNoType, TyperCommand):
+    pass
+
+
+class _Group(_FlagsShowNoType, TyperGroup):
+    pass
+
+
+class _Typer(typer.Typer):
+    """typer.Typer whose commands and groups are the classes above (one place, every command)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(cls=_Group, rich_markup_mode=None, **kwargs)   # no markup: help shows [ray] etc. verbatim
+
+    def command(self, *args, **kwargs):
+        kwargs.setdefault("cls", _Command)
+        return super().command(*args, **kwargs)
+
+
+def choices(name: str, values) -> type[enum.Enum]:
+    """A typer enum of fixed string choices: listed by --help, anything else rejected with exit 2."""
+    return enum.Enum(name, {v: v for v in values}, type=str)
+
+
+def registry_help(table: dict, sep: str = "; ") -> str:
+    """'name: help; name: help' from a registry's {name: help}."""
+    return sep.join(f"{k}: {v}" for k, v in table.items())
+
+
+app = _Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Embedding analysis and bias inspection around RAVE: extract CLIP embeddings, compute and "
                        "explain residual vectors, correct them, and train/run backlit-image enhancers.")
 _STATE = {"debug": False}
@@ -28,6 +74,8 @@ PRETRAINED_HELP = "Weights: an open_clip pretrained tag (e.g. openai), hf-hub:OR
 INDEX_KINDS = tuple(_INDEX_KINDS)
 SearchIndex = enum.Enum("SearchIndex", {k: k for k in ("run", *INDEX_KINDS)}, type=str)        # real choices
 IndexKindChoice = enum.Enum("IndexKindChoice", {k: k for k in ("auto", *INDEX_KINDS)}, type=str)
+JSON_HELP = "Print a machine-readable summary (JSON) on stdout instead of text."
+LayoutChoice = choices("LayoutChoice", LAYOUTS)             # the registry (embedlab.manifests.LAYOUTS) gives choices and help
 DEVICE_HELP = "auto (GPU when present, says which), cpu, cuda, cuda:N. 'cuda' without a GPU is an error."
 
 
@@ -39,7 +87,7 @@ def handle_errors(fn):
         except EmbedlabError as exc:
             if _STATE["debug"]:
                 raise
-            typer.echo(f"Error: {exc}", err=True)
+            typer.echo(f"Error: {cli_message(exc)}", err=True)
             raise typer.Exit(1)
         except KeyboardInterrupt:
             typer.echo("Interrupted. Finished work is kept; rerun the same command to resume.", err=True)
@@ -50,6 +98,43 @@ def handle_errors(fn):
             typer.echo(f"Error: {_os_error_line(exc)}", err=True)
             raise typer.Exit(1)
     return wrapper
+
+
+# Python parameter -> the CLI parameter that sets it, where the two names differ (else the names are the same)
+CLI_NAMES = {"vector_dtype": "dtype", "roles": "role", "edits": "edit", "methods": "umap"}
+
+
+def _current_ctx():
+    try:
+        from typer._click.globals import get_current_context
+    except ImportError:  # pragma: no cover - older typer uses click itself
+        from click import get_current_context
+    return get_current_context(silent=True)
+
+
+def flag_for(param: str, ctx=None) -> str | None:
+    """The flag (`--top`, `--from`) or argument (`RUN`) of the running command that sets Python parameter `param`."""
+    ctx = ctx or _current_ctx()
+    if ctx is None:
+        return None
+    name = CLI_NAMES.get(param, param)
+    for p in ctx.command.params:
+        if p.name in (name, name + "_"):        # from_ -> --from
+            if p.param_type_name == "argument":
+                return p.human_readable_name
+            return max((o for o in p.opts if o.startswith("--")), key=len, default=p.opts[0])
+    return None
+
+
+def cli_message(exc: Exception) -> str:
+    """An error's message with a Python parameter and function rewritten as the flag and command the user typed."""
+    msg, param = str(exc), getattr(exc, "param", None)
+    flag = flag_for(param) if param else None
+    if flag is None:
+        return msg
+    command = _current_ctx().command_path.split(" ", 1)[-1]
+    kind = "argument" if not flag.startswith("-") else "option"
+    return msg.replace(f"The {param!r} parameter of {exc.owner}", f"The '{flag}' {kind} of {command}", 1)
 
 
 def _os_error_line(exc: OSError) -> str:
@@ -105,20 +190,23 @@ def models_cmd(pattern: str = typer.Argument("", help="Only names containing thi
 
 @app.command("manifest")
 @handle_errors
-def manifest_cmd(layout: str = typer.Argument(..., help="flat, baid, lol, lolv2, sice, fivek480, afifi, webdataset or demo."),
+def manifest_cmd(layout: LayoutChoice = typer.Argument(..., help="Dataset layout. " + registry_help(LAYOUT_HELP) + "."),
                  root: Path = typer.Argument(Path("."), help="Dataset root folder (ignored for demo); webdataset: a folder of .tar shards or a glob."),
                  out: Path = typer.Option(..., "--out", "-o", help="Manifest file to write (.jsonl)."),
                  role: str = typer.Option("welllit", help="Set label for every image (flat layout only)."),
                  split: Optional[str] = typer.Option(None, help="Split for every image (flat: default train; baid: override)."),
-                 source: Optional[str] = typer.Option(None, help="Source name recorded per image (flat layout).")):
+                 source: Optional[str] = typer.Option(None, help="Source name recorded per image (flat layout)."),
+                 as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
     """Write a data manifest for a dataset folder layout (or the bundled demo)."""
     from .manifests import manifest
 
     opts = {"role": role, "source": source}
     if split:
         opts["split"] = split
-    path, report = manifest(layout, root, out, **opts)
-    typer.echo(f"wrote {path} ({report['count']} images)")
+    report = manifest(layout.value, root, out, **opts)
+    if as_json:
+        return _print_json(report)
+    typer.echo(f"wrote {report['files']['manifest']} ({report['count']} images)")
     for note in report.get("notes", [])[:10]:
         typer.echo(f"note: {note}")
     if report.get("dropped_duplicates"):
@@ -225,7 +313,7 @@ def index_cmd(run: Path = typer.Argument(..., help="Run folder made by `embedlab
     typer.echo(f"single-query latency: median {info['latency']['median_ms']:.3f} ms, p95 {info['latency']['p95_ms']:.3f} ms")
 
 
-runs_app = typer.Typer(no_args_is_help=True, help="Work with run folders as wholes (merge).")
+runs_app = _Typer(no_args_is_help=True, help="Work with run folders as wholes (merge).")
 app.add_typer(runs_app, name="runs")
 
 

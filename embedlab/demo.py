@@ -55,7 +55,7 @@ def demo(out: str | os.PathLike = "demo_out", *, model: str | None = None, pretr
          compare: bool = False, raw_curve: bool = True, curve_every: int = 25) -> dict:
     """Run the demo chain into `out`; returns a dict of every artifact's path and the headline numbers.
 
-    The enhancer trains with the `demo` preset (embedlab.enhance.train.PRESETS) on the corrected residual, scored on
+    The enhancer trains with the `demo` preset (embedlab.enhance.presets.PRESETS) on the corrected residual, scored on
     the held-out photos every `curve_every` iterations; `raw_curve` also trains one on the raw residual for the
     curve figure, `compare` one with CLIP-LIT-Latent on the same budget."""
     from . import correct as corr

@@ -15,6 +15,7 @@ import numpy as np
 
 from ._io import atomic_write_bytes
 from .errors import ConfigError
+from ._validate import Interval, check_param
 from .residual import l2n
 
 log = logging.getLogger(__name__)
@@ -97,8 +98,7 @@ def map_data(run, *, residual: str | None = None, color_by: str = "role", max_po
     from .report import thumb_data_uri
     from .runs import Run
 
-    if max_points < 3:
-        raise ConfigError(f"The 'max_points' option of embedding-map must be an int >= 3. Got {max_points} instead.")
+    check_param("max_points", max_points, Interval(int, 3), "embedding_map")
     r = Run(run)
     n_total = len(r)
     if n_total < 3:

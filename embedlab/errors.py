@@ -31,3 +31,15 @@ class MissingDependencyError(EmbedlabError, ImportError):
 
 class InputFileError(EmbedlabError, ValueError):
     """An input file cannot be used: it holds pickled objects (refused for safety), is damaged, or is another kind."""
+
+
+class InvalidParameterError(ConfigError, TypeError):
+    """A function parameter has a value outside its constraint (`embedlab._validate.check_param`).
+
+    `param` is the Python parameter name and `owner` the function; the CLI rewrites both into the flag and the
+    command it shows (one rule, `embedlab.cli.flag_for`)."""
+
+    def __init__(self, message: str, param: str, owner: str):
+        super().__init__(message)
+        self.param = param
+        self.owner = owner

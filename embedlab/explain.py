@@ -21,6 +21,7 @@ import pandas as pd
 
 from ._io import cache_ref, check_output_dir
 from .errors import ConfigError, IncompatibleRunError
+from ._validate import Interval, check_param
 from .permutation import FAMILIES, SIDES, add_group_sums, draw_shuffles, family_p, group_layout, permutation_null
 from .residual import l2n
 
@@ -438,10 +439,9 @@ def explain_residual(residual: str | os.PathLike, out: str | os.PathLike = "repo
     from . import models, report as rep, vocab as vb
     from .residual import load_residual
 
-    if not 1 <= top <= 500:
-        raise ConfigError(f"The 'top' option of explain-residual must be an int in [1, 500]. Got {top} instead.")
-    if permutations < 0 or candidates < 1:
-        raise ConfigError("--permutations must be >= 0 and --candidates >= 1.")
+    check_param("top", top, Interval(int, 1, 500), "explain_residual")
+    check_param("permutations", permutations, Interval(int, 0), "explain_residual")
+    check_param("candidates", candidates, Interval(int, 1), "explain_residual")
     check_output_dir(out)          # an --out that is an existing file: one line now, not a traceback at the end
     res = load_residual(residual)
     mi = res.info["model"]

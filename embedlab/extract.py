@@ -23,6 +23,7 @@ from . import manifests as mf
 from ._io import atomic_write_bytes, atomic_write_json, display_path, read_json, usable_cores
 from .colour import LUMA
 from .errors import ConfigError
+from ._validate import Interval, check_param
 from .images import (DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, ImageError, check_aspect, decode_image,
                      estimate_jpeg_quality, mean_luma, read_bytes)
 from .lock import RunLock
@@ -31,6 +32,7 @@ from .runs import Run, check_identity, clear_run, write_shard
 log = logging.getLogger(__name__)
 DECODERS = ("auto", "pil", "torchvision")
 ENGINES = ("local", "ray")
+VECTOR_DTYPES = ("float32", "float16")
 META_COLUMNS = ("row_id", "path", "file", "content_sha1", "width", "height", "format", "mode", "jpeg_quality",
                 "mean_luma", "frames", "notes", "decoder", "role", "split", "group", "pair_id", "gt", "source",
                 "manifest_line")
@@ -223,8 +225,7 @@ def default_workers(lm) -> int:
 
 def resolve_decode(decode: str, device_type: str) -> str:
     """'auto': nvJPEG (torchvision.io.decode_jpeg on the device) on CUDA, PIL elsewhere."""
-    if decode not in DECODERS:
-        raise ConfigError(f"The 'decode' option of extract must be one of {DECODERS}. Got {decode!r} instead.")
+    check_param("decode", decode, DECODERS, "extract")
     if decode == "auto":
         return "torchvision" if device_type == "cuda" else "pil"
     return decode
@@ -303,15 +304,11 @@ def extract(manifest: str | os.PathLike, model: str, pretrained: str | None, out
 
 
 def _check_options(vector_dtype, batch_size, shard_size, engine, max_aspect) -> None:
-    if vector_dtype not in ("float32", "float16"):
-        raise ConfigError(f"The 'dtype' option of extract must be float32 or float16. Got {vector_dtype!r} instead.")
-    for name, value, lo in (("batch_size", batch_size, 1), ("shard_size", shard_size, 1)):
-        if int(value) < lo:
-            raise ConfigError(f"The '{name}' option of extract must be an int >= {lo}. Got {value} instead.")
-    if engine not in ENGINES:
-        raise ConfigError(f"The 'engine' option of extract must be one of {ENGINES}. Got {engine!r} instead.")
-    if max_aspect is not None and float(max_aspect) < 1:
-        raise ConfigError(f"The 'max_aspect' option of extract must be >= 1 (long side / short side). Got {max_aspect}.")
+    check_param("vector_dtype", vector_dtype, VECTOR_DTYPES, "extract")
+    check_param("batch_size", batch_size, Interval(int, 1), "extract")
+    check_param("shard_size", shard_size, Interval(int, 1), "extract")
+    check_param("engine", engine, ENGINES, "extract")
+    check_param("max_aspect", max_aspect, Interval(float, 1), "extract", allow_none=True)   # long side / short side
 
 
 def _prepare(manifest, model, pretrained, out, *, device, decode, batch_size, workers, shard_size, vector_dtype,

@@ -19,6 +19,7 @@ import numpy as np
 
 from ._io import atomic_path, atomic_write_json, read_json
 from .errors import ConfigError
+from ._validate import Interval, check_param
 
 log = logging.getLogger(__name__)
 INDEX_FILE = "index.faiss"
@@ -336,10 +337,8 @@ def index_run(run, kind: str = "auto", *, memory_budget: "str | int" = DEFAULT_B
 
     r = Run(run)
     budget = parse_bytes(memory_budget)
-    if kind not in KIND_CHOICES:
-        raise ConfigError(f"The 'kind' option of index must be one of {KIND_CHOICES}. Got {kind!r} instead.")
-    if nlist is not None and nlist < 1:
-        raise ConfigError(f"The 'nlist' option of index must be an int >= 1. Got {nlist} instead.")
+    check_param("kind", kind, KIND_CHOICES, "index_run")
+    check_param("nlist", nlist, Interval(int, 1), "index_run", allow_none=True)
     n, d = len(r), r.dim
     if n == 0:
         raise ConfigError(f"Run {r.path} holds no vectors to index.")

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError
+from ._validate import Interval, check_param
 from .residual import l2n
 from .runs import Run
 
@@ -60,8 +61,7 @@ def stratified_sample(labels: np.ndarray, groups: np.ndarray | None, n_max: int,
 def _sampled(r: Run, color_by: str, residual: str | None, max_points: int, seed: int):
     """(vectors, metadata, sample record, title note) of the rows a map draws: every row, or a stratified sample
     (`stratified_sample`) read block by block from the memory-mapped shards."""
-    if max_points < 3:
-        raise ConfigError(f"The 'max_points' option of plot must be an int >= 3. Got {max_points} instead.")
+    check_param("max_points", max_points, Interval(int, 3), "plot")
     wanted = ["row_id", "path", "file", "role", "split", "group", color_by]     # file: the projector's sprite
     if residual:        # the columns its sets are selected by, to draw the arrow between them
         from .residual import load_residual

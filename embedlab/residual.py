@@ -16,6 +16,7 @@ import pandas as pd
 
 from ._io import atomic_save_npy, atomic_write_json, load_npy, read_json
 from .errors import ConfigError, IncompatibleRunError
+from ._validate import Interval, check_param
 from .index import parse_bytes
 from .runs import Run
 
@@ -48,8 +49,7 @@ def mean_difference(x_from: np.ndarray, x_to: np.ndarray) -> tuple[np.ndarray, f
 
 
 def compute_residual(x_from: np.ndarray, x_to: np.ndarray, method: str = "rave"):
-    if method not in METHODS:
-        raise ConfigError(f"The 'method' option of residual must be one of {METHODS}. Got {method!r} instead.")
+    check_param("method", method, METHODS, "compute_residual")
     if len(x_from) == 0 or len(x_to) == 0:
         raise ConfigError("A residual needs at least one image in each set.")
     return (rave_residual if method == "rave" else mean_difference)(x_from, x_to)
@@ -472,10 +472,8 @@ def residual(run: str | os.PathLike, from_: str, to: str, out: str | os.PathLike
 
     Streams the memory-mapped shards once, `block` vectors at a time, keeping float64 sums per set (and per group
     for the group bootstrap); `memory_budget` bounds what it holds beyond one block (group sums, bootstrap weights)."""
-    if method not in METHODS:
-        raise ConfigError(f"The 'method' option of residual must be one of {METHODS}. Got {method!r} instead.")
-    if bootstrap < 0:
-        raise ConfigError(f"The 'bootstrap' option of residual must be an int >= 0. Got {bootstrap} instead.")
+    check_param("method", method, METHODS, "residual")
+    check_param("bootstrap", bootstrap, Interval(int, 0), "residual")
     budget = parse_bytes(memory_budget)
     r_from = Run(run)
     r_to = Run(to_run) if to_run else r_from

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError
+from ._validate import Interval, check_param
 from .runs import Run
 
 
@@ -31,10 +32,8 @@ def search(run: str | os.PathLike, text: str | None = None, image: str | None = 
 
     if (text is None) == (image is None):
         raise ConfigError("search needs exactly one of --text or --image.")
-    if k < 1:
-        raise ConfigError(f"The 'k' option of search must be an int >= 1. Got {k} instead.")
-    if index != "run" and index not in KINDS:
-        raise ConfigError(f"The 'index' option of search must be 'run' or one of {tuple(KINDS)}. Got {index!r} instead.")
+    check_param("k", k, Interval(int, 1), "search")
+    check_param("index", index, ("run", *KINDS), "search")
     r = Run(run)
     lm = models.load_verified(r.manifest, device, source=f"run {r.path}")
     query = models.encode_texts(lm, [text]) if text is not None else embed_query_image(lm, image)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "embedlab"
 LAYERS = {
-    "errors": 0, "_io": 0, "colour": 0,
+    "errors": 0, "_io": 0, "colour": 0, "_validate": 0,
     "photos": 1, "synth": 1, "synth_dataset": 1, "images": 1, "manifests": 1, "selector": 1,
     "models": 2,
     "runs": 3, "index": 3, "extract": 3, "extract_ray": 3, "search": 3, "lock": 0,
@@ -38,8 +38,8 @@ def test_lower_layers_never_import_higher_ones():
 
 # inside enhance/: the network, losses, towers and data at the bottom; guidance modes and inference on them;
 # training and evaluation on top (inference never imports the training module)
-ENHANCE_LAYERS = {"network": 0, "losses": 0, "towers": 0, "data": 0, "guidance": 1, "infer": 1, "evaluate": 2,
-                  "train": 2}
+ENHANCE_LAYERS = {"network": 0, "losses": 0, "towers": 0, "data": 0, "guidance": 1, "presets": 1, "infer": 1,
+                  "evaluate": 2, "train": 2}
 
 
 def test_enhance_modules_import_downwards():

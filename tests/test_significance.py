@@ -176,3 +176,141 @@ def test_streamed_null_memory_does_not_scale_with_images_times_dimension(grouped
     small, large = _traced_peak_of_null(30_000, 64, grouped), _traced_peak_of_null(120_000, 64, grouped)
     assert large < 1.3 * small, (small, large)
     assert large < 120_000 * 64 * 4 / 2, (small, large)
+
+
+def _spanning_pairs(seed: int, n_pairs: int, n_side: int = 6, d: int = 16):
+    """One group per set plus `n_pairs` pairs with one image in each set: only the pairs can be shuffled, so
+    there are 2 ** n_pairs distinct labellings (the observed one among them)."""
+    rng = np.random.default_rng(seed)
+    X = l2n(rng.normal(size=(2 * (n_side + n_pairs), d)) + 2.0 * l2n(np.ones(d)))
+    a, b = X[:n_side + n_pairs], X[n_side + n_pairs:]
+    pairs = [f"pair {i}" for i in range(n_pairs)]
+    return a, b, np.array(["from"] * n_side + pairs + ["to"] * n_side + pairs)
+
+
+@pytest.mark.parametrize("n_pairs", [1, 2])
+def test_p_fwer_counts_the_shuffles_that_reproduce_the_observed_labelling(n_pairs):
+    """With 2 or 4 distinct labellings many shuffles reproduce the observed labelling; each must tie with it
+    (the observed statistic is computed as the null's), so p >= (1 + their number) / (K + 1), and with 4
+    labellings no split rejects at 0.05. Float rounding between two computations of one statistic dropped the
+    ties (p = 1/(K + 1) = 0.02)."""
+    E = cal.vocabulary(np.random.default_rng(2), 100, 16)
+    K, low, rejected = 49, [], 0
+    for seed in range(25):
+        a, b, g = _spanning_pairs(seed, n_pairs)
+        is_to = np.r_[np.zeros(len(a), bool), np.ones(len(b), bool)]
+        copies = int((permutation.draw_shuffles(is_to, g, K, seed).image_labels() == is_to).all(1).sum())
+        out = explain.explain_vectors(compute_residual(a, b)[0], E, [f"c{i}" for i in range(100)], a, b, g, top=3,
+                                      permutations=K, seed=seed, deflated_steps=2, min_explained=0.0)
+        assert out["info"]["permutation"]["distinct_shuffles"] == pytest.approx(2 ** n_pairs)
+        ps = [p for side in ("adds", "removes") for col in ("p_fwer", "p_fwer_deflated") for p in out[side][col]]
+        low += [(seed, copies, p) for p in ps if p < (1 + copies) / (K + 1) - 1e-12]
+        rejected += min(ps) < 0.05
+    assert not low, low
+    if n_pairs == 2:
+        assert rejected == 0
+
+
+def test_deflated_step_one_keeps_both_sides_when_a_list_is_empty():
+    """A large min_explained empties one list: the deflated test's first step must still be the page's
+    two-sided family (its p at least the raw p_fwer of the top pick), not a one-sided test of the other list."""
+    E = cal.vocabulary(np.random.default_rng(1), 200, 24)
+    checked = 0
+    for seed in range(6):
+        a, b, _ = _two_sets(seed, n=60)
+        out = explain.explain_vectors(compute_residual(a, b)[0], E, [f"c{i}" for i in range(200)], a, b, top=3,
+                                      permutations=99, seed=seed, deflated_steps=2, min_explained=0.3)
+        for side, other in (("adds", "removes"), ("removes", "adds")):
+            if len(out[side]) and not len(out[other]):
+                checked += 1
+                top = out[side].iloc[0]
+                assert top["p_fwer_deflated"] >= top["p_fwer"] - 1e-12, (seed, side, top)
+    assert checked >= 2
+
+
+@pytest.mark.parametrize("where", ["r", "E", "x_from", "x_to"])
+def test_non_finite_inputs_raise_one_config_error(where):
+    from embedlab.errors import ConfigError
+
+    E = cal.vocabulary(np.random.default_rng(1), 20, 8)
+    a, b, _ = _two_sets(0, n=10, d=8)
+    args = {"r": compute_residual(a, b)[0], "E": E.copy(), "x_from": a.copy(), "x_to": b.copy()}
+    args[where].flat[3] = np.nan
+    with pytest.raises(ConfigError, match=where) as err:
+        explain.explain_vectors(args["r"], args["E"], [f"c{i}" for i in range(20)], args["x_from"], args["x_to"],
+                                permutations=9)
+    assert "\n" not in str(err.value)
+
+
+def _westfall_young(refs: dict, values: dict) -> dict:
+    """Brute force: each labelling's p on each side (share of labellings at least as large there, ties
+    counted), its best over the sides; a value's p is the share of labellings whose best p is at most its own."""
+    L = len(next(iter(refs.values())))
+    best = [min(sum(refs[s][k] >= refs[s][j] for k in range(L)) / L for s in refs) for j in range(L)]
+    return {s: np.array([sum(b <= sum(refs[s][k] >= x for k in range(L)) / L for b in best) / L for x in xs])
+            for s, xs in values.items()}
+
+
+def test_family_p_equals_brute_force_westfall_young_with_ties():
+    rng = np.random.default_rng(0)
+    null = {"a": rng.integers(0, 6, 40).astype(float), "b": 7.0 * rng.integers(0, 3, 40) + 1.0}   # many ties
+    observed = {"a": 4.0, "b": 15.0}
+    values = {"a": np.array([4.0, 3.0, 0.0]), "b": np.array([15.0, 8.0, 1.0])}
+    got = permutation.family_p(observed, null, values)
+    want = _westfall_young({s: np.r_[observed[s], null[s]] for s in null}, values)
+    for s in values:
+        assert np.allclose(got[s], want[s]), (s, got[s], want[s])
+    one = permutation.family_p({"a": 4.0}, {"a": null["a"]}, {"a": values["a"]})["a"]
+    assert np.allclose(one, (1 + (null["a"][None, :] >= values["a"][:, None]).sum(1)) / 41)
+
+
+def test_smallest_attainable_p_counts_the_swap_of_equal_sets():
+    """Equal sets, page family: a labelling and its swap give the same page statistic, so the floor is 2/distinct."""
+    E = cal.vocabulary(np.random.default_rng(1), 50, 16)
+    rng = np.random.default_rng(0)
+    a, b = l2n(rng.normal(size=(3, 16))), l2n(rng.normal(size=(3, 16)))
+    out = explain.explain_vectors(compute_residual(a, b)[0], E, [f"c{i}" for i in range(50)], a, b, top=3,
+                                  permutations=200)
+    perm = out["info"]["permutation"]
+    assert perm["distinct_shuffles"] == pytest.approx(20)
+    assert perm["smallest_attainable_p"] == pytest.approx(2 / 20)
+    assert min(out["adds"]["p_fwer"].min(), out["removes"]["p_fwer"].min()) >= 2 / 20 - 1e-12
+
+
+def test_one_spanning_group_is_named_in_a_warning_and_the_scheme(caplog):
+    is_to = np.r_[np.zeros(40, bool), np.ones(40, bool)]
+    groups = np.r_[np.arange(40) // 4, 100 + np.arange(40) // 4]
+    groups[[0, 79]] = 555                                       # one group holds an image of each set
+    with caplog.at_level("WARNING", logger="embedlab.permutation"):
+        sh = permutation.draw_shuffles(is_to, groups, 8, seed=0)
+    assert "1 of 20 groups" in sh.info["scheme"] and "1 of 20 groups" in caplog.text
+
+
+@pytest.mark.parametrize("n", [30_000, 120_000])
+def test_streamed_null_memory_with_mostly_singleton_groups(n):
+    """Groups of mostly one image (G close to n): the null accumulates per chunk, not a (G, d) table of sums."""
+    is_to = np.arange(n) >= n // 3
+    groups = np.arange(n)
+    groups[1::50] -= 1                                          # a few pairs, the rest singletons
+    groups = np.where(is_to, n + groups, groups)
+    sh = permutation.draw_shuffles(is_to, groups, 64, seed=0)
+    assert sh.codes is not None or sh.info["n_units"] < n       # drawn by groups
+    peak = _peak_of(lambda blocks: permutation.permutation_null(blocks, sh, _C64), n, 64)
+    assert peak < n * 64 * 4 / 2, peak                           # under half of one float32 copy of the vectors
+
+
+_C64 = l2n(np.random.default_rng(1).normal(size=(500, 64))).astype(np.float32)
+
+
+def _peak_of(fn, n: int, d: int) -> int:
+    import tracemalloc
+
+    def blocks():
+        for i, start in enumerate(range(0, n, 10_000)):
+            yield np.random.default_rng(i).standard_normal((min(10_000, n - start), d), dtype=np.float32)
+
+    tracemalloc.start()
+    fn(blocks())
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak

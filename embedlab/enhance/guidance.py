@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from ..errors import ConfigError, IncompatibleRunError
+from .._validate import check_param
 
 if TYPE_CHECKING:
     import torch
@@ -87,7 +88,7 @@ def list_guidance() -> dict[str, str]:
 
 def get_guidance(name: str) -> type[GuidanceMode]:
     if name not in _REGISTRY:
-        raise ConfigError(f"The 'guidance' parameter of train must be one of {sorted(_REGISTRY)}. Got {name!r} instead.")
+        check_param("guidance", name, tuple(_REGISTRY), "train")
     return _REGISTRY[name]
 
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from .._io import check_output_dir, display_path, list_images
 from ..errors import ConfigError
+from .._validate import check_param
 from .network import EnhancementNet, apply_illumination, load_enhancer_state
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,7 @@ def precision_context(dev: torch.device, precision: str):
     autocast on the device (fp16 on GPUs without bf16)."""
     from .. import models
 
-    if precision not in PRECISIONS:
-        raise ConfigError(f"The 'precision' option of enhance must be one of {PRECISIONS}. Got {precision!r} instead.")
+    check_param("precision", precision, PRECISIONS, "enhance")
     if precision == "bf16":
         return models.autocast_context(dev) if dev.type == "cuda" else torch.autocast(dev.type, dtype=torch.bfloat16)
     return _no_tf32() if dev.type == "cuda" else contextlib.nullcontext()
