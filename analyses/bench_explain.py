@@ -77,7 +77,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_explain_"))
     os.environ.setdefault("EMBEDLAB_CACHE", str(tmp / "cache"))    # set it to reuse an already filled text cache
-    man, _ = manifest("demo", ".", tmp / "demo.jsonl")
+    man = manifest("demo", ".", tmp / "demo.jsonl")["files"]["manifest"]
     model = args.models[-1]
     extract(man, model, "none", tmp / "run", device=args.device, workers=0, progress=False)
     residual(tmp / "run", "role=backlit,split=train", "role=welllit,split=train", tmp / "r.npy", bootstrap=0)

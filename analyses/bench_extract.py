@@ -161,7 +161,7 @@ def scale_suite(args, tmp: Path, files: list[Path]) -> dict:
                                          lambda: raw_decode_rate(lm, man, args.batch_size, workers, args.decode), args.repeats)
     print("(d) webdataset tars vs the same files")
     make_tars(files, tmp / "shards")
-    wds, _ = manifest("webdataset", tmp / "shards", tmp / "wds.jsonl", role="bench")
+    wds = manifest("webdataset", tmp / "shards", tmp / "wds.jsonl", role="bench")["files"]["manifest"]
     res["webdataset_tars"] = len(list((tmp / "shards").glob("*.tar")))
     res["d_webdataset"] = _pair("webdataset", ips(wds, "dw", shard_size=1024), "files", ips(man, "df", shard_size=1024),
                                 args.repeats)

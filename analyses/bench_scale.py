@@ -179,12 +179,21 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/embedlab_bench_scale", help="Where the run is written (deleted after).")
     ap.add_argument("--skip", nargs="*", default=[], choices=["explain", "index"], help="Parts to skip.")
     ap.add_argument("--keep", action="store_true", help="Keep the synthetic run.")
+    ap.add_argument("--reuse", action="store_true", help="Reuse the run already in --work (its write time is then "
+                    "only the finalisation's).")
     ap.add_argument("--out", default=None, help="JSON name (default bench_scale.json, or bench_scale_N.json off-size).")
     a = ap.parse_args()
     work = Path(a.work)
     run_dir, res_path = work / "run", work / "residual.npy"
     t0 = time.perf_counter()
-    written = write_synthetic_run(run_dir, a.n, a.dim, a.groups, V=a.vocab)
+    if a.reuse and (run_dir / "manifest.json").exists():     # shards already written by an interrupted call
+        from embedlab._io import read_json
+        from embedlab.extract import finalize
+
+        header = read_json(run_dir / "manifest.json")
+        written = header.get("counts") if header.get("status") == "complete" else finalize(run_dir, header)
+    else:
+        written = write_synthetic_run(run_dir, a.n, a.dim, a.groups, V=a.vocab)
     t_write = time.perf_counter() - t0
     disk = sum(f.stat().st_size for f in (run_dir / "shards").glob("emb_*.npy"))
     results = {"n": a.n, "dim": a.dim, "groups": a.groups, "dtype": "float16", "vector_bytes_on_disk": disk,

@@ -61,7 +61,7 @@ def main() -> None:
     batch = args.batch or (8 if dev.type == "cuda" else 2)
     size = args.size or (512 if dev.type == "cuda" else 128)
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
-    man, _ = manifest("demo", ".", tmp / "demo.jsonl")
+    man = manifest("demo", ".", tmp / "demo.jsonl")["files"]["manifest"]
     glm = models.load_model(args.guidance_model, "none", dev)
     rng = np.random.default_rng(0)
     v = rng.normal(size=glm.dim)

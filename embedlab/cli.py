@@ -17,7 +17,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from . import __version__
 from .enhance.guidance import list_guidance
-from .enhance.presets import TrainConfig, list_presets
+from .enhance.presets import IDENTITY_LOSSES, TrainConfig, list_presets
 from .index import KINDS as _INDEX_KINDS
 from .manifests import LAYOUT_HELP, LAYOUTS
 from .vocab import TEMPLATES
@@ -75,7 +75,20 @@ INDEX_KINDS = tuple(_INDEX_KINDS)
 SearchIndex = enum.Enum("SearchIndex", {k: k for k in ("run", *INDEX_KINDS)}, type=str)        # real choices
 IndexKindChoice = enum.Enum("IndexKindChoice", {k: k for k in ("auto", *INDEX_KINDS)}, type=str)
 JSON_HELP = "Print a machine-readable summary (JSON) on stdout instead of text."
+PROGRESS_HELP = "Show a progress bar (on stderr)."
+# fixed choices whose tables live in modules too heavy to import for --help (pandas, torch); tests/test_cli.py
+# checks that each equals its module's table (extract.DECODERS, VECTOR_DTYPES, ENGINES, residual.METHODS, ...)
+DecodeChoice = choices("DecodeChoice", ("auto", "pil", "torchvision"))
+DtypeChoice = choices("DtypeChoice", ("float32", "float16"))
+EngineChoice = choices("EngineChoice", ("local", "ray"))
+MethodChoice = choices("MethodChoice", ("rave", "mean-diff"))
+PrecisionChoice = choices("PrecisionChoice", ("fp32", "bf16"))
+CorrectPresetChoice = choices("CorrectPresetChoice", ("rave-shift",))
+RecipeChoice = choices("RecipeChoice", ("A", "B", "C"))
 LayoutChoice = choices("LayoutChoice", LAYOUTS)             # the registry (embedlab.manifests.LAYOUTS) gives choices and help
+TEMPLATES_HELP = ("Prompt templates (embedlab.vocab.TEMPLATES): " + ", ".join(
+    f"{k} ({v[0]!r})" if len(v) == 1 else f"{k} ({len(v)} templates: {v[0]!r}, ...)" for k, v in TEMPLATES.items())
+    + f"; or one template containing {{}}. Default: {next(iter(TEMPLATES))}.")
 DEVICE_HELP = "auto (GPU when present, says which), cpu, cuda, cuda:N. 'cuda' without a GPU is an error."
 
 
@@ -101,7 +114,7 @@ def handle_errors(fn):
 
 
 # Python parameter -> the CLI parameter that sets it, where the two names differ (else the names are the same)
-CLI_NAMES = {"vector_dtype": "dtype", "roles": "role", "edits": "edit", "methods": "umap"}
+CLI_NAMES = {"vector_dtype": "dtype", "roles": "role", "edits": "edit", "k": "top", "train_iters": "iters"}
 
 
 def _current_ctx():
@@ -121,7 +134,7 @@ def flag_for(param: str, ctx=None) -> str | None:
     for p in ctx.command.params:
         if p.name in (name, name + "_"):        # from_ -> --from
             if p.param_type_name == "argument":
-                return p.human_readable_name
+                return p.name.upper()
             return max((o for o in p.opts if o.startswith("--")), key=len, default=p.opts[0])
     return None
 
@@ -132,7 +145,11 @@ def cli_message(exc: Exception) -> str:
     flag = flag_for(param) if param else None
     if flag is None:
         return msg
-    command = _current_ctx().command_path.split(" ", 1)[-1]
+    ctx, names = _current_ctx(), []
+    while ctx.parent is not None:           # the command's own names, without the program's (embedlab, -m embedlab)
+        names.append(ctx.info_name)
+        ctx = ctx.parent
+    command = " ".join(reversed(names)) or ctx.info_name
     kind = "argument" if not flag.startswith("-") else "option"
     return msg.replace(f"The {param!r} parameter of {exc.owner}", f"The '{flag}' {kind} of {command}", 1)
 
@@ -223,28 +240,32 @@ def extract_cmd(manifest: Path = typer.Option(..., "--manifest", "-m", help="Dat
                 batch_size: int = typer.Option(64, help="Images per forward pass."),
                 workers: Optional[int] = typer.Option(None, help="DataLoader worker processes (default: on a GPU up to 8; on the CPU all cores for small towers, 1 for large ones; 0 = in-process). With --engine ray: CPUs (decode threads) per actor."),
                 shard_size: int = typer.Option(1024, help="Images per shard (the unit of resume)."),
-                decode: str = typer.Option("auto", help="auto (torchvision on CUDA, pil elsewhere), pil (PIL decode + open_clip preprocess) or torchvision "
+                decode: DecodeChoice = typer.Option("auto", help="auto (torchvision on CUDA, pil elsewhere), pil (PIL decode + open_clip preprocess) or torchvision "
                                            "(batched torchvision.io.decode_jpeg on the device, nvJPEG on CUDA; a different, recorded preprocessing)."),
-                dtype: str = typer.Option("float32", help="Stored vector dtype: float32 or float16."),
+                dtype: DtypeChoice = typer.Option("float32", help="Stored vector dtype."),
                 role: Optional[List[str]] = typer.Option(None, help="Only embed images with this set label (repeatable)."),
                 overwrite: bool = typer.Option(False, help="Replace a run folder made with another configuration."),
                 max_aspect: float = typer.Option(100.0, help="Refuse images whose long side exceeds this many times the short side (recorded as extreme-aspect; bounds the memory of the short-side resize)."),
-                engine: str = typer.Option("local", help="local (this process and its decode workers) or ray (Ray actors: one per GPU, or per CPU share; pip install 'embedlab[ray]')."),
+                engine: EngineChoice = typer.Option("local", help="local (this process and its decode workers) or ray (Ray actors: one per GPU, or per CPU share; pip install 'embedlab[ray]')."),
                 address: Optional[str] = typer.Option(None, help="--engine ray: address of a running Ray cluster (e.g. auto, or HEAD:6379); default: start a local instance. The run folder must be on storage every node mounts at the same path."),
                 gpus_per_worker: Optional[float] = typer.Option(None, help="--engine ray: GPUs per actor (default 1 when the cluster has GPUs)."),
                 break_lock: bool = typer.Option(False, help="Take over the run folder's lock from a process that is gone (e.g. killed on another machine)."),
-                progress: bool = typer.Option(True, help="Show a progress bar.")):
+                progress: bool = typer.Option(True, help=PROGRESS_HELP),
+                as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
     """Embed a manifest's images into a resumable run folder (vectors, metadata, FAISS index)."""
     from .extract import extract
 
     summary = extract(manifest, model, pretrained, out, device=device, batch_size=batch_size, workers=workers,
-                      shard_size=shard_size, decode=decode, vector_dtype=dtype, overwrite=overwrite, roles=role,
-                      max_aspect=max_aspect, engine=engine, address=address, gpus_per_worker=gpus_per_worker,
+                      shard_size=shard_size, decode=decode.value, vector_dtype=dtype.value, overwrite=overwrite, roles=role,
+                      max_aspect=max_aspect, engine=engine.value, address=address, gpus_per_worker=gpus_per_worker,
                       break_lock=break_lock, progress=progress)
-    typer.echo(f"run {out}: {summary['embedded']} embedded, {summary['skipped']} skipped"
-               + (f" ({', '.join(f'{k}: {v}' for k, v in summary['skipped_by_reason'].items())}; see {out}/errors.csv)"
-                  if summary["skipped"] else "")
-               + (f"; {summary['this_call']['images_per_second']} img/s" if summary.get("this_call") else ""))
+    if as_json:
+        _print_json(summary)
+    else:
+        typer.echo(f"run {out}: {summary['embedded']} embedded, {summary['skipped']} skipped"
+                   + (f" ({', '.join(f'{k}: {v}' for k, v in summary['skipped_by_reason'].items())}; see {out}/errors.csv)"
+                      if summary["skipped"] else "")
+                   + (f"; {summary['this_call']['images_per_second']} img/s" if summary.get("this_call") else ""))
     failed = (summary.get("this_call") or {}).get("failed_shards")
     if failed:
         typer.echo(f"{len(failed)} shard(s) failed and were left undone (rerun the command to retry them): "
@@ -257,7 +278,7 @@ def extract_cmd(manifest: Path = typer.Option(..., "--manifest", "-m", help="Dat
 def search_cmd(run: Path = typer.Argument(..., help="Run folder made by `embedlab extract`."),
                text: Optional[str] = typer.Option(None, help="Text query."),
                image: Optional[Path] = typer.Option(None, help="Image query (a file)."),
-               k: int = typer.Option(10, "--k", "-k", help="How many results."),
+               top: int = typer.Option(10, "--top", "-k", help="How many results (the top k)."),
                index: SearchIndex = typer.Option("run",
                                          help="run: the run's own index (built by extract or `embedlab index`; default). "
                                               "A kind (" + ", ".join(INDEX_KINDS) + "): build that index in memory for this "
@@ -267,7 +288,8 @@ def search_cmd(run: Path = typer.Argument(..., help="Run folder made by `embedla
     """Top-k nearest images of a run to a text or image query, with scores."""
     from .search import search
 
-    table, info = search(run, text=text, image=str(image) if image else None, k=k, index=index.value, device=device)
+    info = search(run, text=text, image=image, k=top, index=index.value, device=device)
+    table = info.pop("table")
     if as_json:
         _print_json({"info": info, "results": table.to_dict(orient="records")})
         return
@@ -323,12 +345,15 @@ def runs_merge_cmd(runs: List[Path] = typer.Argument(..., help="Two or more fini
                    out: Path = typer.Option(..., "--out", "-o", help="The merged run folder to write."),
                    overwrite: bool = typer.Option(False, help="Replace --out if it exists."),
                    index_budget: str = typer.Option("4G", help="Build the exact index while its float32 vectors fit this "
-                                                    "memory; beyond, run `embedlab index` on the merged run.")):
+                                                    "memory; beyond, run `embedlab index` on the merged run."),
+                   as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
     """Merge runs extracted separately (several machines, days) into one run; refuses mixed models or preprocessing.
     Row ids are renumbered; the column merged_from names each image's source run."""
     from .runs import merge_runs
 
     summary = merge_runs(runs, out, overwrite=overwrite, index_budget=index_budget)
+    if as_json:
+        return _print_json(summary)
     typer.echo(f"merged {summary['merged']} runs into {out}: {summary['embedded']} images, {summary['skipped']} skipped"
                + (f"; {summary['index'].get('note')}" if summary.get("index", {}).get("note") else ""))
 
@@ -340,18 +365,22 @@ def residual_cmd(run: Path = typer.Argument(..., help="Run folder (the 'from' se
                  to: str = typer.Option(..., "--to", help="The target set, same syntax (e.g. welllit)."),
                  out: Path = typer.Option(..., "--out", "-o", help="Output .npy (a JSON sidecar is written beside it)."),
                  to_run: Optional[Path] = typer.Option(None, help="Take the 'to' set from this run (same model and preprocessing required)."),
-                 method: str = typer.Option("rave", help="rave (the paper: normalise, mean, normalise, subtract, normalise) or mean-diff."),
+                 method: MethodChoice = typer.Option("rave", help="rave (the paper: normalise, mean, normalise, subtract, normalise; "
+                                                     "docs/method.md) or mean-diff."),
                  bootstrap: int = typer.Option(200, help="Bootstrap resamples for the stability figure (0 = skip)."),
                  seed: int = typer.Option(0, help="Random seed for the bootstrap."),
                  memory_budget: str = typer.Option("1G", help="Memory for what the streaming pass keeps beyond one block of "
-                                                   "vectors (per-group sums, bootstrap weights), e.g. 512M, 2G.")):
+                                                   "vectors (per-group sums, bootstrap weights), e.g. 512M, 2G."),
+                 as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
     """Compute the residual vector between two image sets (the paper's formula) with its sidecar.
 
     Streams the run's memory-mapped vectors once, block by block: runs larger than memory are fine."""
     from .residual import residual
 
-    res = residual(run, from_, to, out, to_run=str(to_run) if to_run else None, method=method, bootstrap=bootstrap, seed=seed,
+    res = residual(run, from_, to, out, to_run=to_run, method=method.value, bootstrap=bootstrap, seed=seed,
                    memory_budget=memory_budget)
+    if as_json:
+        return _print_json(res.summary())
     info = res.info
     typer.echo(f"wrote {out} (dim {len(res.vector)}, thr {res.thr:.4f}; {info['from']['count']} '{from_}' -> "
                f"{info['to']['count']} '{to}' images; cos(v_from, v_to) = {info['cos_v_from_v_to']:.4f})")
@@ -361,7 +390,7 @@ def residual_cmd(run: Path = typer.Argument(..., help="Run folder (the 'from' se
                    f"95% interval [{b['ci95'][0]:.3f}, {b['ci95'][1]:.3f}]")
 
 
-FamilyChoice = enum.Enum("FamilyChoice", {k: k for k in ("page", "adds", "removes")}, type=str)   # permutation.FAMILIES
+FamilyChoice = choices("FamilyChoice", ("page", "adds", "removes"))   # permutation.FAMILIES (tests/test_cli.py)
 
 
 @app.command("explain-residual")
@@ -369,8 +398,8 @@ FamilyChoice = enum.Enum("FamilyChoice", {k: k for k in ("page", "adds", "remove
 def explain_residual_cmd(residual: Path = typer.Argument(..., help="residual.npy (with its sidecar)."),
                          vocab: Optional[str] = typer.Option(None, help="tokens (all tokenizer tokens, as RAVE), words, model "
                                                              "(the model's own, default when it ships one), or a file with one concept per line. Default: model, else words."),
-                         templates: Optional[str] = typer.Option(None, help="none ('{}', default), photo, ensemble, or a template containing {}."),
-                         top: int = typer.Option(30, help="Concepts per side after deflation (1-500)."),
+                         templates: Optional[str] = typer.Option(None, help=TEMPLATES_HELP),
+                         top: int = typer.Option(30, "--top", "-k", help="Concepts per side after deflation (the top k; 1-500)."),
                          out: Path = typer.Option(Path("report"), "--out", "-o", help="Report folder."),
                          candidates: int = typer.Option(500, help="Top concepts that get per-image statistics (AUROC, Welch p, BH q)."),
                          permutations: int = typer.Option(1000, help="Label shuffles for the family-wise permutation test (0 = skip)."),
@@ -379,13 +408,17 @@ def explain_residual_cmd(residual: Path = typer.Argument(..., help="residual.npy
                          family: FamilyChoice = typer.Option("page", help="What p_fwer controls: page (both lists, one family) or a one-sided question about one list (adds or removes; the other list gets no p-values)."),
                          min_explained: float = typer.Option(0.001, help="A list ends at a pick that explains less than this share of |r|^2."),
                          exemplars: int = typer.Option(3, help="Exemplar images per top concept and set."),
-                         device: str = typer.Option("auto", help=DEVICE_HELP)):
+                         device: str = typer.Option("auto", help=DEVICE_HELP),
+                         progress: bool = typer.Option(True, help=PROGRESS_HELP),
+                         as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
     """Rank the concepts a residual carries, with significance, into report.{json,csv,md,html}."""
     from .explain import explain_residual
 
     rep = explain_residual(residual, out, vocab=vocab, templates=templates, top=top, candidates=candidates,
-                           permutations=permutations, seed=seed, exemplars=exemplars, device=device,
+                           permutations=permutations, seed=seed, exemplars=exemplars, device=device, progress=progress,
                            deflated_steps=deflated_steps, family=family.value, min_explained=min_explained)
+    if as_json:
+        return _print_json(rep)
     for side in ("adds", "removes"):
         rows = [c for c in rep["concepts"] if c["direction"] == side][:5]
         typer.echo(f"{side}: " + ", ".join(f"{c['concept']} ({c['score_centred']:.3f}"
@@ -401,11 +434,13 @@ def correct_cmd(residual: Path = typer.Argument(..., help="residual.npy to corre
                 remove: Optional[List[str]] = typer.Option(None, help="A concept to project out (centred text embedding); repeatable."),
                 remove_pair: Optional[List[str]] = typer.Option(None, help="'PROMPT|BASELINE': project out the difference of two prompts; repeatable."),
                 remove_labelled: Optional[str] = typer.Option(None, help="'RUN:COLUMN=VALUE': learn directions separating those images (INLP)."),
-                preset: Optional[str] = typer.Option(None, help="rave-shift: the paper's shifted residual (method.md 2.8)."),
-                k: int = typer.Option(15, help="Tokens per side for --preset rave-shift."),
+                preset: Optional[CorrectPresetChoice] = typer.Option(None, help="rave-shift: the released RAVE code's shifted "
+                                                                     "residual (docs/method.md)."),
+                top: int = typer.Option(15, "--top", "-k", help="Tokens per side for --preset rave-shift (the top k)."),
                 vocab: Optional[str] = typer.Option(None, help="Vocabulary whose mean centres --remove concepts (as in explain-residual)."),
-                templates: Optional[str] = typer.Option(None, help="Templates for --remove concepts."),
-                device: str = typer.Option("auto", help=DEVICE_HELP)):
+                templates: Optional[str] = typer.Option(None, help="Templates for --remove concepts. " + TEMPLATES_HELP),
+                device: str = typer.Option("auto", help=DEVICE_HELP),
+                as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
     """Remove bias directions from a residual by orthogonal projection; writes every edit to the sidecar."""
     from .correct import correct
     from .errors import ConfigError
@@ -424,13 +459,15 @@ def correct_cmd(residual: Path = typer.Argument(..., help="residual.npy to corre
             raise ConfigError(f"--remove-labelled takes RUN:COLUMN=VALUE. Got {remove_labelled!r}.")
         run_path, selector = split_spec(remove_labelled, "")
         labelled = (str(run_path), str(selector))
-    res = correct(residual, out, remove=remove, remove_pair=pairs, remove_labelled=labelled, preset=preset, k=k,
-                  vocab=vocab, templates=templates, device=device)
+    res = correct(residual, out, remove=remove, remove_pair=pairs, remove_labelled=labelled,
+                  preset=preset.value if preset else None, k=top, vocab=vocab, templates=templates, device=device)
+    if as_json:
+        return _print_json(res.summary())
     c = res.info["correction"]
     typer.echo(f"wrote {out}: cos(r, r') = {c['cos_before_after']:.4f}, {100 * c['fraction_of_norm_removed']:.1f}% of |r| removed, "
                f"thr {c['thr_before']:.4f} -> {c['thr_after']:.4f}")
-    for d, e in zip(c["directions"], res.info["edits"][-len(c["directions"]):]):
-        typer.echo(f"  {e.get('concept') or e.get('prompt') or e['kind']}: projection {d['projection_before']:.4f} -> {d['projection_after']:.2e}")
+    for d in c["directions"]:
+        typer.echo(f"  {d['label']}: projection {d['projection_before']:.4f} -> {d['projection_after']:.2e}")
 
 
 @app.command("probe-residual")
@@ -441,12 +478,15 @@ def probe_residual_cmd(residual: Path = typer.Argument(..., help="residual.npy (
                        selector: str = typer.Option("role=backlit", help="Selector for manifests (COLUMN=VALUE[,...])."),
                        edit: Optional[List[str]] = typer.Option(None, help="Only these edits (repeatable; default all)."),
                        max_images: int = typer.Option(32, help="At most this many images (a seeded sample)."),
-                       device: str = typer.Option("auto", help=DEVICE_HELP)):
+                       device: str = typer.Option("auto", help=DEVICE_HELP),
+                       as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
     """Which image edits (exposure, gamma, contrast, saturation, shadows, highlights, glare, blur, JPEG, downscale)
     move the images' projection on a residual towards its target thr: a table with 95% CIs and a plot."""
     from .probe import probe_residual
 
     r = probe_residual(residual, images, out, selector=selector, edits=edit, max_images=max_images, device=device)
+    if as_json:
+        return _print_json(r)
     typer.echo(r["table"])
     typer.echo(f"probe: {r['files']['png']} (also .json, .csv, .md)")
 
@@ -461,13 +501,16 @@ def plot_cmd(run: Path = typer.Argument(..., help="Run folder."),
              projector: bool = typer.Option(True, help="Export tensors.tsv/metadata.tsv for the TensorBoard projector."),
              max_points: int = typer.Option(10_000, help="Larger runs are drawn from a seeded sample of this many images, "
                                             "stratified by --color-by and group (the titles and sample.json say so)."),
-             seed: int = typer.Option(0, help="Seed for the sample and for UMAP.")):
+             seed: int = typer.Option(0, help="Seed for the sample and for UMAP."),
+             as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
     """2-D maps (PCA, UMAP) of a run's image embeddings, coloured by set, with the residual drawn."""
     from .plot import plot
 
-    files = plot(run, out, color_by=color_by, residual=str(residual) if residual else None,
-                 methods=("pca", "umap") if umap else ("pca",), projector=projector, max_points=max_points, seed=seed)
-    for k, v in files.items():
+    result = plot(run, out, color_by=color_by, residual=residual, methods=("pca", "umap") if umap else ("pca",),
+                  projector=projector, max_points=max_points, seed=seed)
+    if as_json:
+        return _print_json(result)
+    for k, v in result["files"].items():
         typer.echo(f"{k}: {v}")
 
 
@@ -478,16 +521,23 @@ def embedding_map_cmd(run: Path = typer.Argument(..., help="Run folder."),
                       residual: Optional[Path] = typer.Option(None, help="Draw this residual (its sets are found in the run by their selectors)."),
                       color_by: str = typer.Option("role", help="Metadata column coloured at first (any column can be picked on the page)."),
                       max_points: int = typer.Option(2000, help="Subsample bigger runs to this many images (seeded; the page states it)."),
-                      umap: bool = typer.Option(True, help="Also compute a UMAP (cosine) view.")):
+                      umap: bool = typer.Option(True, help="Also compute a UMAP (cosine) view."),
+                      as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
     """Interactive map of a run's image embeddings: one offline HTML page, PCA/UMAP, thumbnails on hover, search."""
     from .embedding_map import embedding_map
 
-    typer.echo(str(embedding_map(run, out, residual=str(residual) if residual else None, color_by=color_by,
-                                 max_points=max_points, methods=("pca", "umap") if umap else ("pca",))))
+    result = embedding_map(run, out, residual=residual, color_by=color_by, max_points=max_points,
+                           methods=("pca", "umap") if umap else ("pca",))
+    if as_json:
+        return _print_json(result)
+    typer.echo(str(result["files"]["html"]))
 
 
 GUIDANCE_MODES = list_guidance()            # the registry (embedlab.enhance.guidance) is the source of choices and help
-GuidanceChoice = enum.Enum("GuidanceChoice", {k: k for k in GUIDANCE_MODES}, type=str)
+GuidanceChoice = choices("GuidanceChoice", GUIDANCE_MODES)
+PresetChoice = choices("PresetChoice", list_presets())          # embedlab.enhance.presets.PRESETS
+IdentityChoice = choices("IdentityChoice", IDENTITY_LOSSES)
+_TC = TrainConfig()                         # train's help states the defaults of the dataclass, never retyped
 
 
 @app.command("train")
@@ -499,39 +549,43 @@ def train_cmd(out: Path = typer.Option(..., "--out", "-o", help="Training run fo
                                           "(default selector role=backlit)."),
               welllit: Optional[str] = typer.Option(None, help="Well-lit set (latent/prompt modes; default selector role=welllit). "
                                                    "Unpaired: any well-lit set; paired: the GT of the same scenes."),
-              guidance: GuidanceChoice = typer.Option("residual", help="; ".join(f"{k}: {v}" for k, v in GUIDANCE_MODES.items()) + "."),
+              guidance: GuidanceChoice = typer.Option(_TC.guidance, help=registry_help(GUIDANCE_MODES) + "."),
               model: Optional[str] = typer.Option(None, help="Guidance CLIP for latent/prompt (default ViT-B-32). " + MODEL_HELP),
               pretrained: Optional[str] = typer.Option(None, help="Its weights (default openai). " + PRETRAINED_HELP),
-              identity: str = typer.Option("clip", help="clip: feature loss through --identity-model (the paper); "
-                                           "pixel: L1 in linear light (NOT the paper; for when no tower is available)."),
-              identity_model: str = typer.Option("RN101", help="open_clip image tower for the identity loss (ResNet: stem+4 stages; ViT: 5 blocks)."),
-              identity_pretrained: str = typer.Option("openai", help="Its weights. " + PRETRAINED_HELP),
-              preset: str = typer.Option("paper", help="paper (Adam 2e-5, batch 8, 512 px, 5,200 iterations) or cpu-small "
-                                         "(identity init, 128 px crops of 256 px images, batch 4, 200 iterations)."),
+              identity: IdentityChoice = typer.Option(_TC.identity, help=registry_help(IDENTITY_LOSSES) + "."),
+              identity_model: str = typer.Option(_TC.identity_model, help="open_clip image tower for the identity loss (ResNet: stem+4 stages; ViT: 5 blocks)."),
+              identity_pretrained: str = typer.Option(_TC.identity_pretrained, help="Its weights. " + PRETRAINED_HELP),
+              preset: PresetChoice = typer.Option(_TC.preset, help="Overrides of the defaults below. " + registry_help(list_presets()) + "."),
               init: Optional[str] = typer.Option(None, help="reconstruct (the paper's identity-loss warm-up), identity "
                                                  "(output = input at step 0) or a checkpoint (embedlab's or a published .pth)."),
-              iters: Optional[int] = typer.Option(None, help="Network iterations in total (reconstruction included)."),
-              recon_iters: Optional[int] = typer.Option(None, help="Reconstruction warm-up iterations (init reconstruct)."),
-              stage_iters: Optional[int] = typer.Option(None, help="Network iterations per stage (2,100 in the paper)."),
-              guidance_iters: Optional[int] = typer.Option(None, help="Prompt/latent refinement iterations per cycle (1,000)."),
-              guidance_init_iters: Optional[int] = typer.Option(None, help="Prompt/latent cross-entropy initialisation (8,000)."),
-              lr: Optional[float] = typer.Option(None, help="Adam learning rate of the network (2e-5)."),
-              batch_size: Optional[int] = typer.Option(None, help="Batch size (8)."),
-              size: Optional[int] = typer.Option(None, help="Images are squash-resized to SIZE x SIZE before augmentation (512)."),
-              crop: Optional[int] = typer.Option(None, help="Random crop after resizing (off in the paper)."),
-              pixel_loss: Optional[float] = typer.Option(None, help="EXTENSION (not in the paper, off): weight of a pixel loss."),
-              seed: Optional[int] = typer.Option(None, help="Random seed (0)."),
-              device: str = typer.Option("auto", help=DEVICE_HELP),
-              overwrite: bool = typer.Option(False, help="Start afresh, deleting an existing run in --out.")):
-    """Train the enhancement network with RAVE, CLIP-LIT-Latent or CLIP-LIT guidance."""
+              iters: Optional[int] = typer.Option(None, help=f"Network iterations in total, reconstruction included ({_TC.iters:,})."),
+              recon_iters: Optional[int] = typer.Option(None, help=f"Reconstruction warm-up iterations, init reconstruct ({_TC.recon_iters:,})."),
+              stage_iters: Optional[int] = typer.Option(None, help=f"Network iterations per stage ({_TC.stage_iters:,})."),
+              guidance_iters: Optional[int] = typer.Option(None, help=f"Prompt/latent refinement iterations per cycle ({_TC.guidance_iters:,})."),
+              guidance_init_iters: Optional[int] = typer.Option(None, help=f"Prompt/latent cross-entropy initialisation ({_TC.guidance_init_iters:,})."),
+              lr: Optional[float] = typer.Option(None, help=f"Adam learning rate of the network ({_TC.lr:g})."),
+              batch_size: Optional[int] = typer.Option(None, help=f"Batch size ({_TC.batch_size})."),
+              size: Optional[int] = typer.Option(None, help=f"Images are squash-resized to SIZE x SIZE before augmentation ({_TC.size})."),
+              crop: Optional[int] = typer.Option(None, help=f"Random crop after resizing ({_TC.crop or 'off'})."),
+              pixel_loss: Optional[float] = typer.Option(None, help=f"EXTENSION (not in the paper): weight of a pixel loss ({_TC.pixel_loss:g} = off)."),
+              seed: Optional[int] = typer.Option(None, help=f"Random seed ({_TC.seed})."),
+              device: str = typer.Option(_TC.device, help=DEVICE_HELP),
+              overwrite: bool = typer.Option(False, help="Start afresh, deleting an existing run in --out."),
+              progress: bool = typer.Option(True, help=PROGRESS_HELP),
+              as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
+    """Train the enhancement network with RAVE, CLIP-LIT-Latent or CLIP-LIT guidance (defaults: the paper's; a
+    preset overrides them, a flag overrides both)."""
     from .enhance.train import train
 
-    result = train(out, preset=preset, overwrite=overwrite, guidance=guidance.value, residual=str(residual) if residual else None,
-                   backlit=backlit, welllit=welllit, model=model, pretrained=pretrained, identity=identity,
+    result = train(out, preset=preset.value, overwrite=overwrite, progress=progress, guidance=guidance.value,
+                   residual=str(residual) if residual else None, backlit=backlit, welllit=welllit, model=model,
+                   pretrained=pretrained, identity=identity.value,
                    identity_model=identity_model, identity_pretrained=identity_pretrained, init=init, iters=iters,
                    recon_iters=recon_iters, stage_iters=stage_iters, guidance_iters=guidance_iters,
                    guidance_init_iters=guidance_init_iters, lr=lr, batch_size=batch_size, size=size, crop=crop,
                    pixel_loss=pixel_loss, seed=seed, device=device)
+    if as_json:
+        return _print_json(result)
     typer.echo(f"trained {result['steps']} iterations in {result['seconds_this_call']} s; enhancer: {result['enhancer']}")
 
 
@@ -545,15 +599,19 @@ def enhance_cmd(checkpoint: Path = typer.Argument(..., help="enhancer.safetensor
                 max_pixels: int = typer.Option(16_000_000, help="Above this many pixels per image (default 16,000,000 = 16 MP) "
                                                "the illumination map is estimated on a downscaled copy and upsampled; "
                                                "logged once per image."),
-                precision: str = typer.Option("fp32", help="fp32 (default; matches the published code's outputs to 1e-5) or "
-                                              "bf16 (autocast: faster on a GPU, outputs differ by up to ~1e-2).")):
+                precision: PrecisionChoice = typer.Option("fp32", help="fp32 (default; matches the published code's outputs to 1e-5) or "
+                                                          "bf16 (autocast: faster on a GPU, outputs differ by up to ~1e-2)."),
+                progress: bool = typer.Option(True, help=PROGRESS_HELP),
+                as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
     """Enhance images at full resolution with a trained or published network."""
     from .enhance.infer import enhance
 
-    results = enhance(checkpoint, inputs, out, device=device, batch_size=batch_size, max_pixels=max_pixels,
-                      precision=precision)
-    ok = sum(r["output"] is not None for r in results)
-    typer.echo(f"enhanced {ok} image(s) into {out}" + (f"; {len(results) - ok} skipped" if ok < len(results) else ""))
+    result = enhance(checkpoint, inputs, out, device=device, batch_size=batch_size, max_pixels=max_pixels,
+                     precision=precision.value, progress=progress)
+    if as_json:
+        return _print_json(result)
+    typer.echo(f"enhanced {result['enhanced']} image(s) into {out}"
+               + (f"; {result['skipped']} skipped" if result["skipped"] else ""))
 
 
 @app.command("evaluate")
@@ -565,45 +623,57 @@ def evaluate_cmd(pred: Path = typer.Option(..., help="Folder of enhanced images.
                  lpips: bool = typer.Option(False, help="Also LPIPS (needs the lpips package and local AlexNet weights)."),
                  inputs: Optional[str] = typer.Option(None, help="Folder of the inputs, for the residual projection of inputs."),
                  residual: Optional[Path] = typer.Option(None, help="Report the mean projection of embeddings on this residual."),
-                 device: str = typer.Option("auto", help=DEVICE_HELP)):
+                 device: str = typer.Option("auto", help=DEVICE_HELP),
+                 as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
     """PSNR/SSIM (and LPIPS) against ground truth, exposure statistics, and the residual projection."""
     from .enhance.evaluate import evaluate
 
     summary = evaluate(pred, gt, out, gray=gray, lpips=lpips, inputs=inputs, residual=str(residual) if residual else None,
                        device=device)
-    _print_json({k: v for k, v in summary.items()})
+    if as_json:
+        return _print_json(summary)
+    shown = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    typer.echo(", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))
+    for note in summary.get("notes", [])[:10]:
+        typer.echo(f"note: {note}")
+    typer.echo(f"per-image metrics: {summary['files']['per_image']}; summary: {summary['files']['summary']}")
 
 
 @app.command("synth-backlit")
 @handle_errors
 def synth_backlit_cmd(src: List[str] = typer.Argument(..., help="Photos: files, folders, or 'pkg' (the package photos)."),
                       out: Path = typer.Option(..., "--out", "-o", help="Output folder (images/, originals/, manifest.jsonl, params.json)."),
-                      recipe: str = typer.Option("A", help="A (backlight via a background mask; data.md 2.2), B (radial light) or C (global exposure)."),
+                      recipe: RecipeChoice = typer.Option("A", case_sensitive=False, help="A: backlight (a background "
+                                                          "mask), B: radial light, C: global exposure (docs/method.md)."),
                       seeds: int = typer.Option(1, help="Variants per photo (recipes A and B)."),
                       first_seed: int = typer.Option(0, help="First seed."),
-                      split: str = typer.Option("train", help="Split recorded in the manifest.")):
+                      split: str = typer.Option("train", help="Split recorded in the manifest."),
+                      as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
     """Render paired synthetic backlit (or exposure-error) versions of photos, with a manifest."""
     from .synth_dataset import synth_backlit
 
-    r = synth_backlit(src, out, recipe=recipe, seeds=seeds, first_seed=first_seed, split=split)
-    typer.echo(f"wrote {r['images']} images and {r['manifest']}")
+    r = synth_backlit(src, out, recipe=recipe.value, seeds=seeds, first_seed=first_seed, split=split)
+    if as_json:
+        return _print_json(r)
+    typer.echo(f"wrote {r['images']} images and {r['files']['manifest']}")
 
 
 @app.command("pretrain-demo")
 @handle_errors
 def pretrain_demo_cmd(out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the checkpoint (default: the user cache, keyed by the recipe)."),
                       device: str = typer.Option("auto", help=DEVICE_HELP),
-                      steps: Optional[int] = typer.Option(None, help="Training steps (default: the full schedule)."),
+                      iters: Optional[int] = typer.Option(None, help="Training iterations (default: the full schedule)."),
                       seed: int = typer.Option(0, help="Seed (the model is deterministic on the CPU for a seed)."),
-                      force: bool = typer.Option(False, help="Retrain even when a cached (or shipped) model exists."),
+                      overwrite: bool = typer.Option(False, help="Retrain even when a cached (or shipped) model exists."),
+                      progress: bool = typer.Option(True, help=PROGRESS_HELP),
                       pack: Optional[Path] = typer.Option(None, "--pack", help="Also write the shippable pack (token rows "
                                                           "the grammar uses + all other tensors) into this folder, "
                                                           "e.g. embedlab/data/demo_clip.")):
     """Train (or find cached) the small offline demo CLIP (a DEMO model: lighting words and package-photo objects only)."""
     from .demo_clip import pack_model, pretrain_demo
 
-    extra = {"steps": steps} if steps else {}
-    ckpt = pretrain_demo(out, device=device, force=force, seed=seed, **extra)
+    extra = {"steps": iters} if iters else {}
+    ckpt = pretrain_demo(out, device=device, overwrite=overwrite, seed=seed, progress=progress, **extra)
     typer.echo(f"demo CLIP: {ckpt}\nuse it with: --model embedlab-demo --pretrained {ckpt}")
     if pack:
         typer.echo(f"pack: {pack_model(ckpt, pack)}")
@@ -616,19 +686,23 @@ def demo_cmd(out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="Out
                                                  "Or any open_clip model, e.g. ViT-B-32 with --pretrained openai."),
              pretrained: Optional[str] = typer.Option(None, help=PRETRAINED_HELP),
              enhancer: Optional[Path] = typer.Option(None, help="Use this enhancer (e.g. a published RAVE .pth) instead of training one."),
-             train_iters: int = typer.Option(150, help="Iterations of the short RAVE training (the 'demo' train preset)."),
+             iters: int = typer.Option(150, help="Iterations of the short RAVE training (the 'demo' train preset)."),
              permutations: int = typer.Option(1000, help="Shuffles for the concept report's permutation test."),
              compare: bool = typer.Option(False, help="Also train CLIP-LIT-Latent on the same budget for the curve figure."),
              raw_curve: bool = typer.Option(True, help="Also train on the raw (uncorrected) residual for the curve figure."),
-             device: str = typer.Option("auto", help=DEVICE_HELP)):
+             device: str = typer.Option("auto", help=DEVICE_HELP),
+             progress: bool = typer.Option(True, help=PROGRESS_HELP),
+             as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
     """Run the whole chain on the bundled demo data and write one index.html."""
     from .demo import demo
     from .demo_clip import first_run_notice
 
     if model is None:
-        typer.echo(first_run_notice())
+        typer.echo(first_run_notice(), err=as_json)
     result = demo(out, model=model, pretrained=pretrained, device=device, enhancer=str(enhancer) if enhancer else None,
-                  train_iters=train_iters, permutations=permutations, compare=compare, raw_curve=raw_curve)
+                  train_iters=iters, permutations=permutations, compare=compare, raw_curve=raw_curve, progress=progress)
+    if as_json:
+        return _print_json(result)
     for name, path in result["artifacts"].items():
         typer.echo(f"{name:14s} {path}")
     typer.echo(f"bias concept removed: {result['bias_concept']}; PSNR input {result['metrics']['input'].get('psnr'):.2f} dB -> "

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError, IncompatibleRunError
+from .errors import ConfigError, IncompatibleRunError, InvalidParameterError
+from ._validate import Interval, check_param
 from .residual import Residual, l2n, load_residual, save_residual
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,7 @@ def project_out(r: np.ndarray, directions: np.ndarray) -> tuple[np.ndarray, dict
 def rave_shift_direction(r: np.ndarray, E_raw: np.ndarray, k: int = 15) -> tuple[np.ndarray, dict]:
     """method.md 2.8: score raw token embeddings by cosine with r; a = norm(mean_top-k s*E), b = norm(mean_bottom-k s*E),
     u = norm(a + b). (The reference hard-codes k = 15 and crashes on an undefined name; here k is an option.)"""
-    if not 1 <= k <= len(E_raw) // 2:
-        raise ConfigError(f"--k must be in [1, {len(E_raw) // 2}]. Got {k}.")
+    check_param("k", k, Interval(int, 1, len(E_raw) // 2), "correct")
     r = l2n(np.asarray(r, np.float64))
     E = np.asarray(E_raw, np.float64)
     s = (E @ r) / np.linalg.norm(E, axis=1).clip(1e-12)
@@ -119,7 +119,8 @@ def _labelled_edits(remove_labelled: tuple[str, str], model_identity: dict, dim:
     if run.manifest["embed_dim"] != dim or run.manifest["weights_sha256"] != model_identity["weights_sha256"]:
         raise IncompatibleRunError(f"Run {run_path} was made with another model than residual {residual}.")
     if "=" not in attribute:
-        raise ConfigError(f"--remove-labelled needs COLUMN=VALUE (e.g. role=welllit). Got {attribute!r}.")
+        raise InvalidParameterError(f"The 'remove_labelled' parameter of correct needs (RUN, 'COLUMN=VALUE'), e.g. "
+                                    f"role=welllit. Got {attribute!r} instead.", param="remove_labelled", owner="correct")
     D, history = inlp_directions(run.vectors, run.select(attribute))
     if len(D) == 0:
         raise ConfigError(f"No linear direction predicts {attribute!r} in {run_path} above chance; nothing to remove.")
@@ -139,6 +140,31 @@ def _rave_shift_edits(lm, r: np.ndarray, k: int) -> tuple[list, list]:
                   "added_info_from": [V.concepts[i] for i in detail["bottom_indices"]]}]
 
 
+PRESETS = {"rave-shift": "the released RAVE code's shifted residual: project out the direction of the top-k and "
+                         "bottom-k raw token embeddings (docs/method.md)"}
+
+
+def edit_label(edit: dict, index: int = 0, count: int = 1) -> str:
+    """A short name of an edit for printing: its concept, prompt, attribute (with the direction's number when the
+    edit learned several, as INLP does) or kind."""
+    name = edit.get("concept") or edit.get("prompt") or edit.get("attribute") or edit["kind"]
+    return f"{name} ({edit['kind']} direction {index + 1} of {count})" if count > 1 else name
+
+
+def _origins(parts: list, first: int) -> tuple[list, list, list]:
+    """Flatten [(directions, edits)] parts into directions, edits and, per direction, (edit index, direction number,
+    directions of that edit). An edit yields one direction, or (INLP) one edit several."""
+    dirs, edits, origin = [], [], []
+    for part_dirs, part_edits in parts:
+        one_each = len(part_edits) == len(part_dirs)
+        for j in range(len(part_dirs)):
+            origin.append((first + len(edits) + (j if one_each else 0), 0 if one_each else j,
+                           1 if one_each else len(part_dirs)))
+        dirs += list(part_dirs)
+        edits += list(part_edits)
+    return dirs, edits, origin
+
+
 def correct(residual: str | os.PathLike, out: str | os.PathLike, *, remove: list[str] | None = None,
             remove_pair: list[tuple[str, str]] | None = None, remove_labelled: tuple[str, str] | None = None,
             preset: str | None = None, k: int = 15, vocab: str | None = None, templates: str | None = None,
@@ -147,15 +173,18 @@ def correct(residual: str | os.PathLike, out: str | os.PathLike, *, remove: list
 
     remove: concept names (centred text embeddings); remove_pair: (prompt, baseline prompt) differences;
     remove_labelled: (RUN, COLUMN=VALUE) learns directions (INLP) separating images with that attribute;
-    preset 'rave-shift' reproduces method.md 2.8 with `k` tokens."""
+    preset 'rave-shift' (`PRESETS`) reproduces the released code's shift with `k` tokens per side.
+
+    Returns the corrected Residual (`.files`: the .npy and its sidecar); its info["correction"]["directions"] has,
+    per removed direction, `edit` (its index in info["edits"]), `label` and the projections before and after."""
     from . import models
 
     res = load_residual(residual)
     mi = res.info["model"]
     if not (remove or remove_pair or remove_labelled or preset):
-        raise ConfigError("correct needs at least one of --remove, --remove-pair, --remove-labelled or --preset.")
-    if preset not in (None, "rave-shift"):
-        raise ConfigError(f"Unknown preset {preset!r}. Available: rave-shift.")
+        raise ConfigError("correct needs at least one edit: remove, remove_pair, remove_labelled or preset "
+                          "(--remove, --remove-pair, --remove-labelled, --preset).")
+    check_param("preset", preset, tuple(PRESETS), "correct", allow_none=True)
     r = l2n(res.vector)
     # as in explain: the network is built (and its weights checked against the residual's) only if some text
     # is not in the text-embedding cache
@@ -170,16 +199,17 @@ def correct(residual: str | os.PathLike, out: str | os.PathLike, *, remove: list
         parts.append(_labelled_edits(remove_labelled, mi, len(r), residual))
     if preset == "rave-shift":
         parts.append(_rave_shift_edits(lm, r, k))
-    dirs = [d for part_dirs, _ in parts for d in part_dirs]
-    edits = [e for _, part_edits in parts for e in part_edits]
+    earlier = list(res.info.get("edits", []))
+    dirs, edits, origin = _origins(parts, len(earlier))
     D = np.array(dirs)
     if D.shape[1] != len(r):
         raise IncompatibleRunError(f"Edit directions have dimension {D.shape[1]} but the residual {len(r)}.")
     r_new, stats = project_out(r, D)
-    per_dir = [{"projection_before": float(l2n(d) @ r), "projection_after": float(l2n(d) @ r_new)} for d in D]
-    v_to = res.v_to
     info = dict(res.info)
-    info["edits"] = list(res.info.get("edits", [])) + [dict(e) for e in edits]
+    info["edits"] = earlier + [dict(e) for e in edits]
+    per_dir = [{"edit": e, "label": edit_label(info["edits"][e], j, n), "projection_before": float(l2n(d) @ r),
+                "projection_after": float(l2n(d) @ r_new)} for d, (e, j, n) in zip(D, origin)]
+    v_to = res.v_to
     info["correction"] = dict(stats, directions=per_dir, thr_before=res.thr, thr_after=float(v_to @ r_new),
                               source_residual=str(Path(residual).resolve()))
     info["thr"] = float(v_to @ r_new)

@@ -88,7 +88,7 @@ def demo(out: str | os.PathLike = "demo_out", *, model: str | None = None, pretr
         lap("demo CLIP (trained or cached)")
     elif pretrained is None:
         raise ConfigError("--model needs --pretrained (a tag such as openai, hf-hub:ID, a checkpoint file, or none).")
-    man_path, _ = manifest("demo", ".", out / "manifest.jsonl")
+    man_path = manifest("demo", ".", out / "manifest.jsonl")["files"]["manifest"]
     arts["manifest"] = str(man_path)
     run_dir = out / "run"
     summary = extract(man_path, model, pretrained, run_dir, device=device, workers=0, progress=progress, overwrite=True)
@@ -166,11 +166,12 @@ def demo(out: str | os.PathLike = "demo_out", *, model: str | None = None, pretr
     loop["bars"] = quality_bars(scores["input"], scores["enhanced"], held.thr)
     lap("evaluate")
     plots = plot(run_dir, out / "plots", residual=str(res_path))
-    arts.update({f"plot_{k}": v for k, v in plots.items()})
+    arts.update({f"plot_{k}": v for k, v in plots["files"].items()})
     grid = before_after_grid(test_inputs, out / "enhanced", man, out / "before_after.png")
     arts["before_after"] = str(grid)
     arts["map"] = str(embedding_map(run_dir, out / "map.html", residual=str(res_path),
-                                    nav=[("demo index", "index.html"), ("concept report", "report/report.html")]))
+                                    nav=[("demo index", "index.html"), ("concept report", "report/report.html")])
+                      ["files"]["html"])
     lap("plots")
     result = {"artifacts": arts, "bias_concept": bias, "model": f"{model}/{pretrained}",
               "residual_top": [c["concept"] for c in report["concepts"] if c["direction"] == "adds"][:5],

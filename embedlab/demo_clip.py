@@ -249,7 +249,7 @@ def train_demo_clip(recipe: DemoRecipe, out_dir: Path, device: str = "auto", pro
     return meta
 
 
-def pretrain_demo(out: str | os.PathLike | None = None, device: str = "auto", force: bool = False,
+def pretrain_demo(out: str | os.PathLike | None = None, device: str = "auto", overwrite: bool = False,
                   progress: bool = True, **recipe_overrides) -> Path:
     """Train (or reuse from the cache) the demo CLIP; returns the checkpoint path.
 
@@ -257,11 +257,11 @@ def pretrain_demo(out: str | os.PathLike | None = None, device: str = "auto", fo
     recipe = default_recipe(**recipe_overrides)
     out_dir = Path(out) if out else cache_dir() / "demo_clip" / recipe.key()
     ckpt = out_dir / f"{MODEL_NAME}.safetensors"
-    if ckpt.exists() and (out_dir / "train.json").exists() and not force:
+    if ckpt.exists() and (out_dir / "train.json").exists() and not overwrite:
         if read_json(out_dir / "train.json").get("recipe_key") == recipe.key():
             log.info("demo CLIP found in cache: %s", ckpt)
             return ckpt
-    if out is None and not force and packaged_key() == recipe.key():
+    if out is None and not overwrite and packaged_key() == recipe.key():
         log.info("demo CLIP: unpacking the copy shipped with embedlab (recipe %s) into %s", recipe.key(), out_dir)
         return unpack_packaged(out_dir)
     log.info("training the demo CLIP (recipe %s) into %s", recipe.key(), out_dir)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ._io import atomic_write_bytes
-from .errors import ConfigError
+from .errors import ConfigError, InvalidParameterError
 from ._validate import Interval, check_param
 from .residual import l2n
 
@@ -131,15 +131,17 @@ def map_data(run, *, residual: str | None = None, color_by: str = "role", max_po
                                                        "to": res_info["to"]["selector"], "drawn": masks is not None}}
 
 
-def embedding_map(run: str | os.PathLike, out: str | os.PathLike | None = None, *, residual: str | None = None,
-                  color_by: str = "role", max_points: int = 2000, thumb_px: int = 96, seed: int = 0,
-                  methods=("pca", "umap"), nav: list | None = None) -> Path:
-    """Write the interactive map of a run (default RUN/map.html); returns its path."""
+def embedding_map(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
+                  residual: str | os.PathLike | None = None, color_by: str = "role", max_points: int = 2000,
+                  thumb_px: int = 96, seed: int = 0, methods=("pca", "umap"), nav: list | None = None) -> dict:
+    """Write the interactive map of a run (default RUN/map.html); returns {"files": {"html": path}, "points": shown,
+    "of": images in the run}."""
     from .report import asset, json_for_script, render_page
 
     out = Path(out) if out else Path(run) / "map.html"
     if out.exists() and out.is_dir():
-        raise ConfigError(f"--out {out} is a folder; give the .html file to write.")
+        raise InvalidParameterError(f"The 'out' parameter of embedding_map is a folder ({out}); give the .html file "
+                                    "to write.", param="out", owner="embedding_map")
     data = map_data(run, residual=residual, color_by=color_by, max_points=max_points, thumb_px=thumb_px,
                     seed=seed, methods=methods)
     run_path = Path(data["run"])
@@ -151,7 +153,7 @@ def embedding_map(run: str | os.PathLike, out: str | os.PathLike | None = None, 
                        script=asset("map.js"), sample=data["sample"], residual=data["residual"])
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, page.encode())
-    return out
+    return {"files": {"html": out}, "points": data["n_shown"], "of": data["n_total"]}
 
 
 def _shown(path: str, base: Path) -> str:

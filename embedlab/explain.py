@@ -22,7 +22,8 @@ import pandas as pd
 from ._io import cache_ref, check_output_dir
 from .errors import ConfigError, IncompatibleRunError
 from ._validate import Interval, check_param
-from .permutation import FAMILIES, SIDES, add_group_sums, draw_shuffles, family_p, group_layout, permutation_null
+from .permutation import (FAMILIES, SIDES, add_group_sums, draw_shuffles, family_p, group_layout, permutation_null,
+                          with_observed)
 from .residual import l2n
 
 log = logging.getLogger(__name__)
@@ -250,14 +251,19 @@ def unit_statistics(units: dict, C: np.ndarray, cand_idx: np.ndarray) -> pd.Data
                          "auroc": auroc, "welch_p": p_all[cand_idx], "q_bh": q_all[cand_idx]}, index=cand_idx)
 
 
-def deflated_family_p(observed: dict, null_seq: dict) -> dict:
+def deflated_family_p(observed: dict, null_seq: dict, first_step: dict | None = None) -> dict:
     """p_fwer_deflated: at each deflation step one family over the sides that reach it (`family_p`), then a
-    running maximum along each side (a step counts only once the steps before it do)."""
+    running maximum along each side (a step counts only once the steps before it do). `first_step` ({side:
+    (observed, (K,) null)} of each side's first-step statistic, its maximum over the vocabulary) keeps every side
+    of the family in the first step's family, also a side whose list is empty."""
     out = {s: np.empty(len(v)) for s, v in observed.items()}
     for i in range(max((len(v) for v in observed.values()), default=0)):
         sides = [s for s, v in observed.items() if len(v) > i]
-        p = family_p({s: observed[s][i] for s in sides}, {s: null_seq[s][:, i] for s in sides},
-                     {s: observed[s][i:i + 1] for s in sides})
+        obs, nul = {s: observed[s][i] for s in sides}, {s: null_seq[s][:, i] for s in sides}
+        for s, (o, nl) in (first_step or {}).items() if i == 0 else ():
+            obs.setdefault(s, o)
+            nul.setdefault(s, nl)
+        p = family_p(obs, nul, {s: observed[s][i:i + 1] for s in sides})
         for s in sides:
             out[s][i] = p[s][0]
     return {s: np.maximum.accumulate(v) for s, v in out.items()}
@@ -269,27 +275,38 @@ def permutation_test(x_from, x_to, groups, C: np.ndarray, s_centred: np.ndarray,
 
     The statistic is each side's maximum over the whole vocabulary (sign x centred score), standardised by its
     own null and combined over the family's sides (`family_p`): under the null, p_fwer < alpha for any concept
-    of the page happens in at most alpha of splits. The deflated test does the same at each step."""
+    of the page happens in at most alpha of splits. The deflated test does the same at each step. The observed
+    labelling goes through the null's own computation as shuffle 0 (its residual recomputed from the two sets,
+    scored like every shuffle), so a shuffle that reproduces it ties with it to the bit."""
     t0 = time.perf_counter()
     sides = tuple(SIDES) if family == "page" else (family,)
-    sh = draw_shuffles(np.r_[np.zeros(len(x_from), bool), np.ones(len(x_to), bool)], groups, permutations, seed)
+    is_to = np.r_[np.zeros(len(x_from), bool), np.ones(len(x_to), bool)]
+    sh = with_observed(draw_shuffles(is_to, groups, permutations, seed), is_to)
     steps = {s: lists[s][:deflated_steps] for s in sides}
     deflations = {s: (SIDES[s], [pk["index"] for pk in steps[s]],
                       np.array([pk["direction"] for pk in steps[s]], np.float32).reshape(-1, C.shape[1])) for s in sides}
-    null = permutation_null((x_from, x_to), sh, C, method, deflations)     # the two sets read block by block
-    side_null = {"adds": null["max"], "removes": -null["min"]}
-    raw = family_p({s: float(np.max(SIDES[s] * s_centred)) for s in sides}, {s: side_null[s] for s in sides},
-                   {s: SIDES[s] * s_centred[[pk["index"] for pk in lists[s]]] for s in sides})
-    seq = deflated_family_p({s: np.array([pk["cosine_at_pick"] for pk in steps[s]]) for s in sides},
-                            {s: null["seq_" + s] for s in sides})
+    null = permutation_null((x_from, x_to), sh, C, method, deflations, keep_first=True)   # read block by block
+    side_stat = {"adds": null["max"], "removes": -null["min"]}                           # row 0: observed
+    raw = family_p({s: side_stat[s][0] for s in sides}, {s: side_stat[s][1:] for s in sides},
+                   {s: SIDES[s] * null["first"][[pk["index"] for pk in lists[s]]] for s in sides})
+    seq = deflated_family_p({s: null["seq_" + s][0] for s in sides}, {s: null["seq_" + s][1:] for s in sides},
+                            {s: (side_stat[s][0], side_stat[s][1:]) for s in sides})
     pvals = {s: (raw[s], np.r_[seq[s], np.full(len(lists[s]) - len(seq[s]), np.nan)]) for s in sides}
     info = dict(sh.info, K=permutations, deflated_steps=deflated_steps, family=family,
                 family_note=FAMILY_NOTES[family], seconds=round(time.perf_counter() - t0, 3))
-    finite = info["distinct_shuffles"] not in (0, float("inf"))
-    info["smallest_attainable_p"] = max(1.0 / (permutations + 1), 1.0 / info["distinct_shuffles"] if finite else 0.0)
-    info["null_max_score_95"] = float(np.quantile(null["max"], 0.95))
-    info["null_min_score_05"] = float(np.quantile(null["min"], 0.05))
+    info["smallest_attainable_p"] = smallest_attainable_p(permutations, info["distinct_shuffles"],
+                                                          family == "page" and info["swap_is_a_shuffle"])
+    info["null_max_score_95"] = float(np.quantile(null["max"][1:], 0.95))
+    info["null_min_score_05"] = float(np.quantile(null["min"][1:], 0.05))
     return info, pvals
+
+
+def smallest_attainable_p(K: int, distinct: float, swap_symmetric: bool) -> float:
+    """The smallest p the test can give: 1/(K + 1), and at least the share of the distinct labellings that give
+    the observed statistic: the observed one, and its swap too when swapping the sets is itself a shuffle and the
+    statistic (the page's, both signs) takes the same value on it (equal sets: the residual only changes sign)."""
+    finite = distinct not in (0, float("inf"))
+    return max(1.0 / (K + 1), (2.0 if swap_symmetric else 1.0) / distinct if finite else 0.0)
 
 
 FAMILY_NOTES = {
@@ -355,6 +372,9 @@ def explain_vectors(r: np.ndarray, E: np.ndarray, concepts: list[str], x_from: n
         raise ConfigError(f"The 'family' parameter must be one of {FAMILIES}. Got {family!r} instead.")
     if not 0 <= min_explained < 1:
         raise ConfigError(f"The 'min_explained' parameter must be a float in [0, 1). Got {min_explained!r} instead.")
+    for name, arr in (("r", r), ("E", E), ("x_from", x_from), ("x_to", x_to)):
+        if arr is not None and not np.isfinite(arr).all():
+            raise ConfigError(f"The '{name}' input of explain_vectors holds NaN or infinite values.")
     r = l2n(np.asarray(r, np.float64))
     E = unit_rows32(E)
     C, text_mean = centre(E)

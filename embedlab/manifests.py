@@ -26,6 +26,7 @@ import numpy as np
 from . import photos
 from ._io import IMAGE_EXTENSIONS, atomic_write_bytes, cache_dir, display_path, hash_records, list_images
 from .errors import ManifestError
+from ._validate import check_param
 
 FORMAT_VERSION = 1
 RECORD_FIELDS = ("path", "role", "split", "group", "pair_id", "gt", "source", "license", "params", "synth", "tar", "meta")
@@ -488,16 +489,19 @@ LAYOUT_HELP = {
 }
 
 
-def manifest(layout: str, root: str | os.PathLike, out: str | os.PathLike, **opts: Any) -> tuple[Path, dict]:
-    """Generate a manifest file for a dataset layout; returns its path and a report."""
+def manifest(layout: str, root: str | os.PathLike, out: str | os.PathLike, **opts: Any) -> dict:
+    """Generate a manifest file for a dataset layout (a name of `LAYOUTS`).
+
+    Returns the report: `files` ({"manifest": Path}), `count` and the layout's notes (e.g. dropped_duplicates)."""
+    check_param("layout", layout, tuple(LAYOUTS), "manifest")
     out = Path(out)
     if layout == "webdataset":     # streams: millions of members never sit in memory as records
-        return webdataset_manifest(root, out, **opts)
-    records, report = generate(layout, root, **opts)
-    root_rel = os.path.relpath(Path(root).resolve(), out.resolve().parent) if layout != "demo" else "."
-    header = {"name": out.stem, "layout": layout, "root": root_rel}
-    write_manifest(out, records, header)
-    return out, report
+        out, report = webdataset_manifest(root, out, **opts)
+    else:
+        records, report = generate(layout, root, **opts)
+        root_rel = os.path.relpath(Path(root).resolve(), out.resolve().parent) if layout != "demo" else "."
+        write_manifest(out, records, {"name": out.stem, "layout": layout, "root": root_rel})
+    return {"files": {"manifest": out}, **report}
 
 
 # ---------------------------------------------------------------- webdataset (tar shards, as img2dataset writes)

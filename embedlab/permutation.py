@@ -10,6 +10,7 @@ sums (K x d), the labels (K x units, bit-packed when units are images) and one c
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ import numpy as np
 from ._io import usable_cores
 from .residual import group_codes, l2n
 
+log = logging.getLogger(__name__)
 FAMILIES = ("page", "adds", "removes")   # one family for both lists, or a one-sided question about one list
 SIDES = {"adds": 1.0, "removes": -1.0}   # ranking side -> sign of the score it ranks by
 
@@ -81,6 +83,7 @@ def draw_shuffles(is_to: np.ndarray, groups: np.ndarray | None, n_perm: int, see
             labels[k] = draw if grouped else np.packbits(draw[codes])
         log_distinct = _log_binom(n_groups, int(group_to.sum()))
         scheme = "groups permuted as units" if grouped else "images permuted"
+        swap = 2 * int(group_to.sum()) == n_groups
         sh = Shuffles(labels, n, int(is_to.sum()), codes if grouped else None)
     else:
         sorted_labels = is_to[np.argsort(codes, kind="stable")]
@@ -90,12 +93,31 @@ def draw_shuffles(is_to: np.ndarray, groups: np.ndarray | None, n_perm: int, see
             row[np.lexsort((rng.random(n), codes))] = sorted_labels
             packed[k] = np.packbits(row)
         log_distinct = float(sum(_log_binom(int(s), int(t)) for s, t in zip(sizes, counts_to.astype(int))))
-        scheme = "labels shuffled within groups (groups span both sets)"
+        spanning = int(((counts_to > 0) & (counts_to < sizes)).sum())
+        scheme = (f"labels shuffled within groups ({spanning} of {n_groups} groups span both sets; the labels of the "
+                  f"other {n_groups - spanning} groups stay fixed)" if spanning < n_groups
+                  else f"labels shuffled within groups (all {n_groups} groups span both sets)")
+        if spanning < n_groups:
+            log.warning("%d of %d groups span both sets: labels are shuffled within groups, so the other %d groups "
+                        "keep their set in every shuffle.", spanning, n_groups, n_groups - spanning)
+        swap = bool(np.all(2 * counts_to == sizes))
         sh = Shuffles(packed, n, int(is_to.sum()))
     distinct = math.exp(log_distinct) if log_distinct < 700 else float("inf")
     sh.info = {"scheme": scheme, "n_units": n_groups, "distinct_shuffles": distinct,
-               "log10_distinct_shuffles": log_distinct / math.log(10)}
+               "log10_distinct_shuffles": log_distinct / math.log(10), "swap_is_a_shuffle": swap}
     return sh
+
+
+def with_observed(sh: Shuffles, is_to: np.ndarray) -> Shuffles:
+    """The shuffles with the observed labelling prepended as shuffle 0, so that the observed statistic is computed
+    by the very operations that compute the null (two computations of one number can differ in the last bit)."""
+    is_to = np.asarray(is_to, bool)
+    if sh.codes is not None:
+        first = np.zeros(sh.labels.shape[1], bool)
+        first[sh.codes[is_to]] = True
+    else:
+        first = np.packbits(is_to)
+    return Shuffles(np.r_[first[None, :].astype(sh.labels.dtype), sh.labels], sh.n, sh.n_to, sh.codes, dict(sh.info))
 
 
 def permutation_labels(is_to: np.ndarray, groups: np.ndarray | None, n_perm: int, seed: int) -> tuple[np.ndarray, dict]:
@@ -132,14 +154,17 @@ def add_group_sums(U: np.ndarray, codes: np.ndarray, rows: np.ndarray) -> None:
 
 def shuffled_sums(data, shuffles: Shuffles, method: str = "rave", chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """(K, d) sums of the 'to' set under each shuffle and the (d,) total, in float64, in one pass over `data`
-    (rows in the order of the labels; unit-normalised first for rave)."""
+    (rows in the order of the labels; unit-normalised first for rave). Memory: K x d sums, one chunk, and G x d
+    group sums only when there are at most n/8 groups."""
     total = sum_to = U = None
     seen = 0
+    # group sums (G, d) pay when groups are few; with many small groups (G > n/8) the labels are expanded per chunk
+    per_group = shuffles.codes is not None and 8 * shuffles.labels.shape[1] <= shuffles.n
     for start, rows in aligned_chunks(data, chunk):
         x = l2n(rows) if method == "rave" else np.asarray(rows, np.float64)
         if total is None:
             total = np.zeros(x.shape[1])
-            U = np.zeros((int(shuffles.codes.max()) + 1, x.shape[1])) if shuffles.codes is not None else None
+            U = np.zeros((shuffles.labels.shape[1], x.shape[1])) if per_group else None
             sum_to = np.zeros((shuffles.K, x.shape[1])) if U is None else None
         total += x.sum(0)
         if U is not None:
@@ -172,7 +197,7 @@ def shuffled_residuals(data, shuffles, method: str = "rave", chunk: int = 4096) 
 
 
 def null_scores(R: np.ndarray, C: np.ndarray, deflations: dict | None = None, block: int = 1024, rows: int = 512,
-                threads: int | None = None) -> dict:
+                threads: int | None = None, keep_first: bool = False) -> dict:
     """Score the whole vocabulary under each shuffled residual (rows of R). Returns the max and min score per
     shuffle, and, for each ranking side in `deflations` ({side: (sign, picked indices, orthonormal pick
     directions (m, d))}), the best cosine at each deflation step when the shuffled residual is deflated by
@@ -180,7 +205,8 @@ def null_scores(R: np.ndarray, C: np.ndarray, deflations: dict | None = None, bl
 
     The vocabulary is cut into blocks of `block` concepts, handed to `threads` workers; a worker scores a
     block against `rows` shuffles at a time (single-threaded BLAS) and reduces it while it is in cache,
-    so memory holds `threads` x rows x block scores, never shuffles x vocabulary."""
+    so memory holds `threads` x rows x block scores, never shuffles x vocabulary. `keep_first` also returns
+    "first": the (V,) scores of the first shuffle (the observed labelling when `with_observed` put it there)."""
     from concurrent.futures import ThreadPoolExecutor
 
     R = np.ascontiguousarray(R, np.float32)
@@ -194,6 +220,7 @@ def null_scores(R: np.ndarray, C: np.ndarray, deflations: dict | None = None, bl
         sides.append((side, np.float32(sign), A, B, step_tables(A, np.asarray(idx, np.int64))))
     starts = list(range(0, len(Cf), block))
     kernel = _kernels().sequential_max
+    first = np.empty(len(Cf), np.float32)
 
     def work(v0: int):
         Cb = Cf[v0:v0 + block]
@@ -202,6 +229,8 @@ def null_scores(R: np.ndarray, C: np.ndarray, deflations: dict | None = None, bl
         for k0 in range(0, K, rows):
             S = R[k0:k0 + rows] @ Cb.T
             mx[k0:k0 + rows], mn[k0:k0 + rows] = S.max(1), S.min(1)
+            if k0 == 0 and K:
+                first[v0:v0 + len(Cb)] = S[0]
             for out, (_, sign, A, B, (inv, pen)) in zip(seq, sides):
                 if A.shape[0]:
                     kernel(S, sign, A, B[k0:k0 + rows], inv, pen, v0, out[k0:k0 + rows])
@@ -219,14 +248,18 @@ def null_scores(R: np.ndarray, C: np.ndarray, deflations: dict | None = None, bl
     for j, (side, _, A, B, _) in enumerate(sides):
         best = np.max([p[2][j] for p in parts], 0).astype(np.float64)
         out["seq_" + side] = best / np.sqrt(np.maximum(residual_norms2(B), 1e-12))
+    if keep_first:
+        out["first"] = first.astype(np.float64)
     return out
 
 
 def permutation_null(data, shuffles, C: np.ndarray, method: str = "rave", deflations: dict | None = None,
-                     block: int = 1024, rows: int = 512, threads: int | None = None, chunk: int = 4096) -> dict:
+                     block: int = 1024, rows: int = 512, threads: int | None = None, chunk: int = 4096,
+                     keep_first: bool = False) -> dict:
     """`null_scores` of the residuals recomputed under each shuffle from the image vectors `data` (an array or
     an iterable of row blocks, in the order of the labels)."""
-    return null_scores(shuffled_residuals(data, shuffles, method, chunk), C, deflations, block, rows, threads)
+    return null_scores(shuffled_residuals(data, shuffles, method, chunk), C, deflations, block, rows, threads,
+                       keep_first)
 
 
 def residual_norms2(B: np.ndarray) -> np.ndarray:
@@ -260,10 +293,15 @@ def sequential_max(S0: np.ndarray, sign: float, A: np.ndarray, B: np.ndarray, pi
     return best.astype(np.float64) / np.sqrt(np.maximum(residual_norms2(B), 1e-12))
 
 
+TIE_TOLERANCE = 1e-6   # relative: float32 statistics of one labelling computed two ways differ by a few ulps
+
+
 def tail_counts(reference: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """#{reference >= x} for each x."""
+    """#{reference >= x - TIE_TOLERANCE max(1, |x|)} for each x: values within rounding of x count as ties, which
+    can only make a p-value larger (conservative), never drop a shuffle that reproduces the observed labelling."""
     s = np.sort(np.asarray(reference, np.float64))
-    return len(s) - np.searchsorted(s, np.asarray(x, np.float64), side="left")
+    x = np.asarray(x, np.float64)
+    return len(s) - np.searchsorted(s, x - TIE_TOLERANCE * np.maximum(1.0, np.abs(x)), side="left")
 
 
 def family_p(observed: dict, null: dict, values: dict) -> dict:

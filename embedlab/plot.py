@@ -86,9 +86,10 @@ def _sampled(r: Run, color_by: str, residual: str | None, max_points: int, seed:
 
 
 def plot(run: str | os.PathLike, out: str | os.PathLike | None = None, *, color_by: str = "role",
-         residual: str | None = None, methods: tuple[str, ...] = ("pca", "umap"), projector: bool = True,
+         residual: str | os.PathLike | None = None, methods: tuple[str, ...] = ("pca", "umap"), projector: bool = True,
          seed: int = 0, max_points: int = 10_000) -> dict:
     """Write embedding maps (PNG) and, optionally, a TensorBoard projector export into `out` (default RUN/plots).
+    Returns {"files": {"pca", "umap", "projector", "sample": path}, "points": drawn, "of": images in the run}.
 
     A run of more than `max_points` images is drawn from a seeded sample stratified by `color_by` and group
     (`stratified_sample`), read block by block from the memory-mapped shards; every title and sample.json state
@@ -161,7 +162,7 @@ def plot(run: str | os.PathLike, out: str | os.PathLike | None = None, *, color_
 
     atomic_write_json(out / "sample.json", sample)
     files["sample"] = str(out / "sample.json")
-    return files
+    return {"files": files, "points": sample["points"], "of": sample["of"]}
 
 
 def _selector_mask(meta, selector: str):

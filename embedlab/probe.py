@@ -117,7 +117,7 @@ class Edit:
 
 
 EDITS = (
-    Edit("exposure", "lighting", edit_exposure, (-1.0, -0.5, 0.5, 1.0, 2.0), "global exposure, stops"),
+    Edit("exposure", "lighting", edit_exposure, (-4.0, -1.0, -0.5, 0.5, 1.0, 2.0), "global exposure, stops"),
     Edit("gamma", "lighting", edit_gamma, (0.5, 0.75, 1.5), "x**g (g < 1 brightens)"),
     Edit("contrast", "lighting", edit_contrast, (0.6, 0.8, 1.25, 1.5), "contrast factor"),
     Edit("saturation", "other", edit_saturation, (0.0, 0.5, 1.5), "saturation factor"),

@@ -321,15 +321,16 @@ def _summary_lines(report: dict, base=None) -> list[str]:
     return lines
 
 
-SIGN_RULE = ("Sign rule: a concept is listed as added when both its score_centred and its cosine with the residual "
-             "at its deflation step are positive (the residual points toward it, i.e. toward the to set), and as "
-             "removed when both are negative; a concept appears on one side at most.")
+SIGN_RULE = ("Sign rule: each list is a greedy deflation ranking read from the top while its picks point its way: "
+             "added needs a positive centred score (score_centred, the cosine of the residual with the centred "
+             "concept embedding: toward the to set) and a positive cosine at its deflation step, removed needs both "
+             "negative; a concept appears on one side at most.")
 
 
 def sign_rule(report: dict) -> str:
     share = report["info"].get("min_explained")
-    stop = (f" A side's list stops when its next pick has the wrong sign or explains less than {fmt(100 * share)}% "
-            "of |r|^2." if isinstance(share, (int, float)) else "")
+    stop = (f" A side's list stops at its first pick with the wrong sign of either, or that explains less than "
+            f"{fmt(100 * share)}% of |r|^2 (min_explained; default 0.1%)." if isinstance(share, (int, float)) else "")
     return SIGN_RULE + stop
 
 

@@ -249,6 +249,17 @@ class Residual:
     def v_to(self) -> np.ndarray:
         return np.asarray(self.info["v_to"], dtype=np.float64)
 
+    @property
+    def files(self) -> dict[str, Path]:
+        """The files it was written to (`residual` and `correct` return it): {"npy": ..., "json": sidecar}."""
+        return {} if self.path is None else {"npy": Path(self.path), "json": sidecar_path(self.path)}
+
+    def summary(self) -> dict:
+        """JSON-ready: files, dim, thr and the sidecar's provenance (the vectors v_from/v_to left out)."""
+        info = {k: v for k, v in self.info.items() if k not in ("v_from", "v_to")}
+        return {"files": {k: str(v) for k, v in self.files.items()}, "dim": int(len(self.vector)), "thr": self.thr,
+                **info}
+
 
 def sidecar_path(npy: str | os.PathLike) -> Path:
     p = Path(npy)
@@ -465,7 +476,7 @@ def _stream_sets(r_from: Run, r_to: Run, m_from, m_to, meta_from, meta_to, metho
     return st_from, st_to, unit, scheme, c_from, c_to
 
 
-def residual(run: str | os.PathLike, from_: str, to: str, out: str | os.PathLike, *, to_run: str | None = None,
+def residual(run: str | os.PathLike, from_: str, to: str, out: str | os.PathLike, *, to_run: str | os.PathLike | None = None,
              method: str = "rave", bootstrap: int = 200, seed: int = 0, memory_budget: "str | int" = "1G",
              block: int = 65536) -> Residual:
     """Compute the residual from set `from_` to set `to` of a run (or of `to_run`) and write it with its sidecar.

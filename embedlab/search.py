@@ -20,10 +20,11 @@ def embed_query_image(lm, path: str) -> np.ndarray:
     return models.encode_image_batch(lm, pixels)
 
 
-def search(run: str | os.PathLike, text: str | None = None, image: str | None = None, k: int = 10,
-           index: str = "run", device: str = "auto") -> tuple[pd.DataFrame, dict]:
-    """Top-k images of `run` for a text or an image query: a table (rank, score, row_id, path, role, split)
-    and an info dict saying which index answered and, for an approximate one, its recall against exact search.
+def search(run: str | os.PathLike, text: str | None = None, image: str | os.PathLike | None = None, k: int = 10,
+           index: str = "run", device: str = "auto") -> dict:
+    """Top-k images of `run` for a text or an image query. Returns a dict: `table` (a DataFrame: rank, score,
+    row_id, path, role, split), `files` (none: search writes nothing), and which index answered (`index`,
+    `exact`, `k`, `ntotal`) with, for an approximate one, its recall against exact search.
 
     `index`: "run" (the run's own index, built by extract or `embedlab index`, with the recall recorded then) or
     a kind of `embedlab.index.KINDS`, built in memory for this query and measured on held-out queries."""
@@ -36,7 +37,7 @@ def search(run: str | os.PathLike, text: str | None = None, image: str | None = 
     check_param("index", index, ("run", *KINDS), "search")
     r = Run(run)
     lm = models.load_verified(r.manifest, device, source=f"run {r.path}")
-    query = models.encode_texts(lm, [text]) if text is not None else embed_query_image(lm, image)
+    query = models.encode_texts(lm, [text]) if text is not None else embed_query_image(lm, os.fspath(image))
     if index == "run":
         idx, rec = r.load_index(), dict(r.manifest.get("index") or {"kind": "flat", "factory": "Flat", "exact": True})
     else:
@@ -65,4 +66,4 @@ def search(run: str | os.PathLike, text: str | None = None, image: str | None = 
         m = meta.loc[int(i)]
         rows.append({"rank": rank, "score": float(s), "row_id": int(i), "path": str(m["path"]), "role": str(m["role"]),
                      "split": str(m["split"])})
-    return pd.DataFrame(rows), info
+    return {"table": pd.DataFrame(rows), "files": {}, **info}

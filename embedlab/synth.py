@@ -158,6 +158,11 @@ def afifi_suffix(ev: float) -> str:
     return ("N" if ev < 0 else "P") + mag
 
 
+RECIPES = {"A": "backlight: a darkened subject against a bright background, via a background mask",
+           "B": "radial light: a bright source falling off across the frame",
+           "C": "global exposure error (over- and under-exposed copies at fixed EVs)"}
+
+
 def render(u8: np.ndarray, recipe: str, seed: int = 0, ev: float | None = None) -> Synthesis:
     """Dispatch by recipe name ('A', 'B' or 'C'); C takes `ev` (default -1.5)."""
     recipe = recipe.upper()

@@ -8,6 +8,7 @@ from pathlib import Path
 from . import photos, synth
 from ._io import atomic_write_json, list_images
 from .errors import ConfigError
+from ._validate import check_param
 
 
 def synth_backlit(src: list[str] | str, out: str | os.PathLike, *, recipe: str = "A", seeds: int = 1,
@@ -34,9 +35,8 @@ def synth_backlit(src: list[str] | str, out: str | os.PathLike, *, recipe: str =
             raise ConfigError(f"Source {s} not found (pass files, folders, or 'pkg' for the package photos).")
     if not sources:
         raise ConfigError("synth-backlit found no source images.")
-    recipe = recipe.upper()
-    if recipe not in ("A", "B", "C"):
-        raise ConfigError(f"--recipe must be A, B or C. Got {recipe!r}.")
+    recipe = check_param("recipe", recipe.upper() if isinstance(recipe, str) else recipe, tuple(synth.RECIPES),
+                         "synth_backlit")
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "originals").mkdir(parents=True, exist_ok=True)
@@ -59,4 +59,5 @@ def synth_backlit(src: list[str] | str, out: str | os.PathLike, *, recipe: str =
             params.append({"file": name, "source": uri, **result.params})
     write_manifest(out / "manifest.jsonl", records, {"name": "synth-" + recipe, "root": "."})
     atomic_write_json(out / "params.json", params)
-    return {"out": str(out), "images": len(params), "manifest": str(out / "manifest.jsonl")}
+    return {"out": str(out), "images": len(params),
+            "files": {"manifest": str(out / "manifest.jsonl"), "params": str(out / "params.json")}}

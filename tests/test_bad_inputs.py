@@ -335,7 +335,7 @@ def test_enhance_help_states_precision_and_threshold():
 
     from embedlab.cli import app
 
-    out = CliRunner().invoke(app, ["enhance", "--help"], env={"COLUMNS": "200"}).output
+    out = " ".join(CliRunner().invoke(app, ["enhance", "--help"], env={"COLUMNS": "200"}).output.split())  # unwrapped
     assert "--precision" in out and "fp32" in out and "bf16" in out
     assert "16 MP" in out
 

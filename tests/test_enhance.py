@@ -182,7 +182,7 @@ def test_cpu_training_end_to_end_through_the_cli(tiny_run, residual_file, tmp_pa
     for f, o in zip(sorted(files, key=lambda p: Path(p).stem), outs):
         assert Image.open(o).size == Image.open(f).size
     r = cli("evaluate", "--pred", str(tmp_path / "enh"), "--gt", str(Path(Run(tiny_run).manifest["source_manifest"])),
-            "--gray", "--lpips")
+            "--gray", "--lpips", "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads(r.stdout)
     assert summary["paired"] == len(files) and np.isfinite(summary["psnr"]) and 0 < summary["ssim"] <= 1

@@ -51,7 +51,7 @@ def _mixed_manifest(tmp_path, n=24):
     for i in range(n):
         write_photo(folder / f"{i:03d}.{'jpg' if i % 2 else 'png'}", size=(40 + i, 36), seed=i,
                     fmt="JPEG" if i % 2 else "PNG")
-    out, _ = mf.manifest("flat", folder, tmp_path / "m.jsonl", role="welllit")
+    out = mf.manifest("flat", folder, tmp_path / "m.jsonl", role="welllit")["files"]["manifest"]
     return out
 
 
@@ -202,13 +202,13 @@ def test_unfetchable_weights_fail_fast_with_help(tmp_path):
 def test_search_exact_and_approximate(tiny_run):
     from embedlab.search import search
 
-    table, info = search(tiny_run, text="a backlit photo", k=5, device="cpu")
+    table = search(tiny_run, text="a backlit photo", k=5, device="cpu")["table"]
     assert len(table) == 5 and list(table["rank"]) == [1, 2, 3, 4, 5]
     assert np.all(np.diff(table["score"].to_numpy()) <= 1e-7)
     img = Run(tiny_run).metadata["file"].iloc[3]
-    table, _ = search(tiny_run, image=img, k=1, device="cpu")
+    table = search(tiny_run, image=img, k=1, device="cpu")["table"]
     assert table["row_id"].iloc[0] == Run(tiny_run).metadata["row_id"].iloc[3] and table["score"].iloc[0] > 0.999
-    table, info = search(tiny_run, text="a cat", k=5, index="hnsw", device="cpu")
+    info = search(tiny_run, text="a cat", k=5, index="hnsw", device="cpu")
     assert "recall_at_k" in info and 0 <= info["recall_at_k"] <= 1
 
 

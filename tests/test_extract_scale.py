@@ -34,7 +34,7 @@ def _photos(folder: Path, n: int, size=(64, 48)) -> Path:
     for i in range(n):
         write_photo(folder / f"{i:03d}.{'jpg' if i % 3 else 'png'}", size=(size[0] + i % 5, size[1]), seed=i,
                     fmt="JPEG" if i % 3 else "PNG")
-    out, _ = mf.manifest("flat", folder, folder.parent / f"{folder.name}.jsonl", role="welllit")
+    out = mf.manifest("flat", folder, folder.parent / f"{folder.name}.jsonl", role="welllit")["files"]["manifest"]
     return out
 
 
@@ -94,7 +94,7 @@ def test_non_utf8_file_names_survive_flat_manifest_extract_and_every_output(tmp_
     assert man["status"] == "complete" and man["counts"]["embedded"] == 2
     from embedlab.search import search
 
-    table, _ = search(tmp_path / "run", text="a photo", k=2, device="cpu")
+    table = search(tmp_path / "run", text="a photo", k=2, device="cpu")["table"]
     assert "caf\\xe9.jpg" in set(table["path"])
     json.dumps(table.to_dict(orient="records"), ensure_ascii=False).encode("utf-8")      # JSON output: strict UTF-8
 
@@ -158,7 +158,8 @@ def test_webdataset_manifest_streams_and_reports_a_truncated_tar(tmp_path):
     with tarfile.open(tar) as tf:
         third = [m for m in tf.getmembers() if m.name.endswith(".jpg")][2]
     tar.write_bytes(tar.read_bytes()[:third.offset_data + third.size // 2])     # cut inside the third image
-    out, report = mf.manifest("webdataset", tmp_path / "shards", tmp_path / "w.jsonl")
+    report = mf.manifest("webdataset", tmp_path / "shards", tmp_path / "w.jsonl")
+    out = report["files"]["manifest"]
     assert report["count"] == 3 and any("damaged" in n for n in report["notes"])
     summary = extract(out, "embedlab-tiny", "none", tmp_path / "run", workers=0, **TINY)
     assert summary["embedded"] == 2 and summary["skipped_by_reason"] == {"truncated-or-corrupt": 1}
@@ -191,7 +192,7 @@ def test_extreme_aspect_images_are_refused_from_the_header_within_a_memory_bound
     Image.new("RGB", (200_000, 1), (200, 10, 10)).save(strips / "wide.png")
     Image.new("RGB", (2, 65_000), (20, 100, 10)).save(strips / "tall.jpg", quality=80)
     write_photo(strips / "ok.jpg", size=(300, 4))             # 75:1, within the default limit of 100:1
-    strip_man, _ = mf.manifest("flat", strips, tmp_path / "strips.jsonl")
+    strip_man = mf.manifest("flat", strips, tmp_path / "strips.jsonl")["files"]["manifest"]
     r = _cli(normal, strip_man, tmp_path, code=_MEMORY_SCRIPT)
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])

@@ -59,8 +59,8 @@ def test_baid_clip_lit_layout_pairs_by_exact_stem_and_drops_duplicates(tmp_path)
     root = _tree(tmp_path / "BAID", ["test/resize_input/0001.png", "test/resize_input/0002.png",
                                      "test/resize_input/0002(2).png", "test/resize_input/0010.png",
                                      "test/resize_gt/0001.png", "test/resize_gt/0002.png", "test/resize_gt/0010.png"])
-    out, report = mf.manifest("baid", root, tmp_path / "baid.jsonl")
-    man = mf.read_manifest(out)
+    report = mf.manifest("baid", root, tmp_path / "baid.jsonl")
+    man = mf.read_manifest(report["files"]["manifest"])
     assert [e.path for e in man.entries] == ["test/resize_input/0001.png", "test/resize_input/0002.png",
                                               "test/resize_input/0010.png"]
     assert [e.gt for e in man.entries] == ["test/resize_gt/0001.png", "test/resize_gt/0002.png", "test/resize_gt/0010.png"]
@@ -69,7 +69,7 @@ def test_baid_clip_lit_layout_pairs_by_exact_stem_and_drops_duplicates(tmp_path)
 
 def test_baid_rave_layout_and_broken_pair(tmp_path):
     root = _tree(tmp_path / "B", ["train/backlit/a.png", "train/well-lit/a.png"])
-    man = mf.read_manifest(mf.manifest("baid", root, tmp_path / "m.jsonl")[0])
+    man = mf.read_manifest(mf.manifest("baid", root, tmp_path / "m.jsonl")["files"]["manifest"])
     assert {(e.role, e.split) for e in man.entries} == {("backlit", "train"), ("welllit", "train")}
     write_photo(root / "train/backlit/b.png")
     with pytest.raises(ManifestError, match="broken pair"):
@@ -89,7 +89,7 @@ def test_layout_generators(tmp_path, layout, files, expect):
     root = tmp_path / "data"
     for rel in files:
         write_photo(root / rel, fmt="PNG" if rel.lower().endswith("png") else "JPEG")
-    out, _ = mf.manifest(layout, root, tmp_path / f"{layout}.jsonl")
+    out = mf.manifest(layout, root, tmp_path / f"{layout}.jsonl")["files"]["manifest"]
     man = mf.read_manifest(out)
     assert len(man.entries) == expect
     for e in man.entries:
@@ -104,7 +104,7 @@ def test_fivek480_layout(tmp_path):
         write_photo(root / f"expertC/JPG/480p/{n}.jpg", fmt="JPEG")
     (root / "train.txt").write_text("a0001\n")
     (root / "test.txt").write_text("a0002\n")
-    man = mf.read_manifest(mf.manifest("fivek480", root, tmp_path / "f.jsonl")[0])
+    man = mf.read_manifest(mf.manifest("fivek480", root, tmp_path / "f.jsonl")["files"]["manifest"])
     assert [(e.split, e.pair_id) for e in man.entries] == [("train", "fivek:a0001"), ("test", "fivek:a0002")]
 
 

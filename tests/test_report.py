@@ -175,7 +175,8 @@ def test_embedding_map_page_is_self_contained_subsampled_and_draws_the_residual(
     assert view["arrow"] is not None and data["residual"]["drawn"]
     assert len(data["thumbs"]) == 10 and all(t and t.startswith("data:image/jpeg;base64,") for t in data["thumbs"])
     assert set(data["columns"]) >= {"role", "split", "group", "path"}
-    page = embedding_map(tiny_run, tmp_path / "m.html", residual=str(res), max_points=10, methods=("pca",)).read_text()
+    page = embedding_map(tiny_run, tmp_path / "m.html", residual=str(res), max_points=10,
+                         methods=("pca",))["files"]["html"].read_text()
     assert "random sample of 10 of" in page
     assert not re.search(r"""(src|href)=["']?https?://""", page)          # nothing fetched: works offline
     assert "<script src" not in page and "<link" not in page

@@ -220,17 +220,22 @@ def test_end_to_end_cli_flow(tmp_path, tiny_run):
     r = _cli("correct", str(res), "--remove", "cat", "--remove-pair", "a photo of a flower|a photo", "--vocab",
              str(vocab_file), "--out", str(corrected), "--device", "cpu")
     assert r.returncode == 0, r.stderr
+    assert "  cat: projection" in r.stdout and "  a photo of a flower: projection" in r.stdout     # labelled by edit
     c = load_residual(corrected)
     assert len(c.info["edits"]) == 2 and c.info["correction"]["cos_before_after"] < 1
     for d in c.info["correction"]["directions"]:
         assert abs(d["projection_after"]) < 1e-6
-    r = _cli("correct", str(res), "--preset", "rave-shift", "--k", "15", "--out", str(tmp_path / "shift.npy"), "--device", "cpu")
+    r = _cli("correct", str(res), "--preset", "rave-shift", "--top", "15", "--out", str(tmp_path / "shift.npy"), "--device", "cpu")
     assert r.returncode == 0, r.stderr
     shifted = load_residual(tmp_path / "shift.npy")
     assert len(shifted.info["edits"][0]["removed_info_from"]) == 15
     r = _cli("correct", str(res), "--remove-labelled", f"{tiny_run}:group=chelsea", "--out", str(tmp_path / "inlp.npy"))
     # a random tiny model may give nothing learnable; then the command must say so, not fail obscurely
     assert r.returncode == 0 or "No linear direction predicts" in r.stderr, r.stderr
+    if r.returncode == 0:       # every learned direction is labelled by the one edit it came from
+        lines = [ln for ln in r.stdout.splitlines() if ": projection" in ln]
+        n = len(load_residual(tmp_path / "inlp.npy").info["correction"]["directions"])
+        assert len(lines) == n and all("group=chelsea" in ln for ln in lines), r.stdout
     r = _cli("plot", str(tiny_run), "--residual", str(res), "--out", str(tmp_path / "plots"))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "plots" / "map_pca.png").exists() and (tmp_path / "plots" / "map_umap.png").exists()

@@ -132,6 +132,7 @@ def test_image_bootstrap_exact_and_poisson_schemes(tmp_path):
     assert abs(p1["mean_cosine"] - ref["mean_cosine"]) < 0.02
 
 
+@pytest.mark.slow
 def test_streaming_residual_memory_stays_bounded(tmp_path):
     """200,000 x 512 vectors (float16 on disk, 410 MB as float32): the streaming residual, in a subprocess, peaks
     under 300 MB above its imports; reading the vectors into memory (the control) exceeds 400 MB."""
@@ -165,7 +166,7 @@ def test_plot_sample_is_stratified_seeded_and_streamed(tmp_path, small_run):
     per_group = meta["group"].iloc[rows].value_counts()
     assert per_group.max() - per_group.min() <= 2 and len(per_group) == meta["group"].nunique()   # spread over groups
     assert np.array_equal(small_run.take(rows), small_run.vectors[rows])
-    files = plot(small_run.path, tmp_path / "plots", methods=("pca",), projector=True, max_points=600, seed=2)
+    files = plot(small_run.path, tmp_path / "plots", methods=("pca",), projector=True, max_points=600, seed=2)["files"]
     sample = json.loads(open(files["sample"]).read())
     assert sample["points"] == len(rows) and sample["of"] == len(meta)
     tsv = pd.read_csv(tmp_path / "plots" / "projector" / "metadata.tsv", sep="\t")
@@ -267,7 +268,7 @@ def test_residual_across_two_runs_streams_each(tmp_path):
 def test_search_says_which_index_answered(tiny_run):
     from embedlab.search import search
 
-    _, info = search(tiny_run, text="a photo", k=3, device="cpu")
+    info = search(tiny_run, text="a photo", k=3, device="cpu")
     assert info["index"].startswith("flat") and info["exact"] and "recall" not in info
-    _, info = search(tiny_run, text="a photo", k=3, index="ivf", device="cpu")
+    info = search(tiny_run, text="a photo", k=3, index="ivf", device="cpu")
     assert not info["exact"] and 0 <= info["recall_at_k"] <= 1 and set(info["recall"]) >= {"1", "10", "3"}

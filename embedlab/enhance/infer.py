@@ -96,8 +96,11 @@ def list_inputs(inputs: list[str]) -> list[Path]:
 
 def enhance(checkpoint: str | os.PathLike, inputs: list[str] | str, out: str | os.PathLike, *, device: str = "auto",
             batch_size: int = 4, max_pixels: int | None = DEFAULT_MAX_PIXELS, progress: bool = True,
-            precision: str = "fp32") -> list[dict]:
-    """Enhance files or folders into `out` as PNGs (name = input stem). Same-size images are batched."""
+            precision: str = "fp32") -> dict:
+    """Enhance files or folders into `out` as PNGs (name = input stem). Same-size images are batched.
+
+    Returns {"files": {input: output PNG}, "images": one record per input (input, output or None, size or error),
+    "enhanced": count, "skipped": count}."""
     from PIL import Image
 
     from .. import models
@@ -150,4 +153,5 @@ def enhance(checkpoint: str | os.PathLike, inputs: list[str] | str, out: str | o
         flush(key)
     if bar is not None:
         bar.close()
-    return results
+    done = {r["input"]: r["output"] for r in results if r["output"] is not None}
+    return {"files": done, "images": results, "enhanced": len(done), "skipped": len(results) - len(done)}

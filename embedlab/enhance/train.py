@@ -327,10 +327,17 @@ def _tensorboard(out: Path):
 
 def train(out: str | os.PathLike, preset: str = "paper", overwrite: bool = False, progress: bool = True,
           stop_after: int | None = None, **options) -> dict:
-    """Train an enhancement network into run folder `out` (resumes when it holds a compatible run)."""
+    """Train an enhancement network into run folder `out` (resumes when it holds a compatible run).
+
+    Returns the run's summary (steps, finished, seconds_this_call, last loss terms) with `files`: config, log,
+    checkpoint and, once finished, the enhancer."""
     import shutil
 
     cfg = make_config(preset, out=str(out), **options)
     if overwrite and Path(out).exists():
         shutil.rmtree(out)
-    return Trainer(cfg).run(progress=progress, stop_after=stop_after)
+    result = Trainer(cfg).run(progress=progress, stop_after=stop_after)
+    out = Path(out)
+    files = {"config": out / "config.json", "log": out / "log.csv", "checkpoint": out / "ckpt_last.pt",
+             "enhancer": Path(result["enhancer"]) if result["enhancer"] else None}
+    return {**result, "files": {k: str(p) for k, p in files.items() if p is not None and p.exists()}}
