@@ -341,7 +341,7 @@ def test_enhance_help_states_precision_and_threshold():
 
 
 # Left to its owner (reported to the lead): the offline fail-fast check of test_extract.py bounds a wall time.
-KNOWN_TIMED = {("test_extract.py", "elapsed - import_time < 5.0")}
+KNOWN_TIMED: set = set()     # (file, assertion source) pairs allowed to bound a time: none
 
 
 TIMED = ("perf_counter", "time.time", "monotonic", "_seconds", "elapsed")
@@ -406,3 +406,13 @@ def test_cache_paths_are_named_relative_to_the_cache_root(tmp_path):
     assert cache_ref(tmp_path / "elsewhere.pt") == str(tmp_path / "elsewhere.pt")
     name, kind, arg = models._classify_pretrained("embedlab-demo", "cache:demo_clip/k/m.safetensors")
     assert (kind, arg) == ("file", str(ckpt.resolve()))
+
+
+def test_training_on_a_damaged_image_names_the_file(tmp_path):
+    from embedlab.enhance.data import load_resized
+    from embedlab.errors import InputFileError
+
+    bad = tmp_path / "crc.png"
+    bad.write_bytes(bad_crc_png())
+    with pytest.raises(InputFileError, match=r"crc\.png cannot be used for training .*Fix:"):
+        load_resized([str(bad)], 16)

@@ -3,6 +3,7 @@ paper's augmentations with per-step seeded randomness (so a resumed run sees the
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -68,11 +69,17 @@ def load_resized(paths: list[str], size: int) -> torch.Tensor:
     """uint8 (N, 3, size, size): each image squash-resized to size x size (the paper resizes to 512x512)."""
     from PIL import Image
 
-    from ..images import decode_image
+    from ..errors import InputFileError
+    from ..images import ImageError, decode_image
 
     out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
     for i, p in enumerate(paths):
-        img = decode_image(p).image.resize((size, size), Image.LANCZOS)
+        try:
+            img = decode_image(p).image.resize((size, size), Image.LANCZOS)
+        except ImageError as exc:
+            # training needs every listed image: name the file instead of a traceback
+            raise InputFileError(f"{os.fsdecode(p)} cannot be used for training ({exc}). Fix: replace the file or "
+                                 "drop it from the manifest / folder.") from None
         out[i] = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
     return out
 
