@@ -601,4 +601,6 @@ def finalize(run_dir: Path, header: dict, this_call: dict | None = None, index_b
     manifest.update(status="complete" if complete else "partial", counts=summary,
                     vector_files="shards/emb_*.npy (" + header["vector_dtype"] + ", L2-normalised)")
     atomic_write_json(run_dir / "manifest.json", manifest)
-    return summary
+    files = {"run": run_dir, "manifest": run_dir / "manifest.json", "metadata": run_dir / "metadata.parquet",
+             "errors": run_dir / "errors.csv", "index": run_dir / "index.faiss"}
+    return dict(summary, files={k: str(p) for k, p in files.items() if p.exists()})

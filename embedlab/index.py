@@ -380,7 +380,7 @@ def index_run(run, kind: str = "auto", *, memory_budget: "str | int" = DEFAULT_B
     info["file"], info["size_bytes"] = INDEX_FILE, path.stat().st_size
     record_index(r.path, info)
     log.info("index %s: %s (%s), %d vectors, %.1f s", r.path, kind, key, n, info["build_seconds"])
-    return info
+    return dict(info, files={"index": str(path), "manifest": str(r.path / "manifest.json")})
 
 
 def record_index(run_dir: Path, info: dict) -> None:

@@ -82,7 +82,7 @@ def test_the_toy_mode_resumes_bitwise(tiny_run, tmp_path):
 
 
 def test_unknown_modes_and_missing_inputs_fail_before_any_work(tmp_path):
-    with pytest.raises(ConfigError, match=r"'guidance' parameter of train must be one of .*'toy-brightness'.*Got 'nope'"):
+    with pytest.raises(ConfigError, match=r"'guidance' parameter of train must be a str among .*'toy-brightness'.*Got 'nope'"):
         train(tmp_path / "x", guidance="nope", backlit="unused", progress=False)
     with pytest.raises(ConfigError, match="toy-brightness needs welllit"):
         train(tmp_path / "x", guidance="toy-brightness", backlit="unused", progress=False)

@@ -12,7 +12,7 @@ import pandas as pd
 
 from .._io import atomic_write_bytes, atomic_write_json, cache_ref
 from ..colour import LUMA, LUMA_601
-from ..errors import ConfigError, MissingDependencyError
+from ..errors import ConfigError, InvalidParameterError, MissingDependencyError
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,8 @@ def pair_files(pred_dir: Path, gt: str) -> list[tuple[Path, Path | None]]:
     if g.is_dir():
         gts = {_stem(f.name): f for f in list_inputs([str(g)])}
         return [(p, gts.get(_stem(p.name))) for p in preds]
-    raise ConfigError(f"--gt {gt} must be a folder of ground-truth images or a manifest (.jsonl).")
+    raise InvalidParameterError(f"The 'gt' parameter of evaluate must be a folder of ground-truth images or a manifest "
+                                f"(.jsonl). Got {str(gt)!r} instead.", param="gt", owner="evaluate")
 
 
 def _lpips_model():
@@ -85,8 +86,9 @@ def _lpips_model():
                                      "skipping LPIPS. Download them once on a connected machine.") from None
 
 
-def evaluate(pred: str | os.PathLike, gt: str | None = None, out: str | os.PathLike | None = None, *,
-             gray: bool = False, lpips: bool = False, inputs: str | None = None, residual: str | None = None,
+def evaluate(pred: str | os.PathLike, gt: str | os.PathLike | None = None, out: str | os.PathLike | None = None, *,
+             gray: bool = False, lpips: bool = False, inputs: str | os.PathLike | None = None,
+             residual: str | os.PathLike | None = None,
              device: str = "auto") -> dict:
     """Per-image metrics (CSV) and a summary (JSON). With `gt`: PSNR/SSIM (RGB; grayscale too with `gray`), LPIPS
     if asked and available. Always: exposure statistics. With `residual`: mean projection on the residual of the

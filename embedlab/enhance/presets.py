@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from .._validate import Interval, Options, check_param
-from ..errors import ConfigError
+from ..errors import ConfigError, InvalidParameterError
 from .guidance import get_guidance
 
 IDENTITY_LOSSES = {"clip": "feature loss through the identity model's image tower (the paper)",
@@ -59,7 +59,9 @@ class TrainConfig:
     def validate(self) -> None:
         mode = get_guidance(self.guidance)
         if not self.backlit:
-            raise ConfigError("train needs --backlit MANIFEST_OR_RUN (the images to enhance).")
+            raise InvalidParameterError("The 'backlit' parameter of train is required: the images to enhance "
+                                        "(MANIFEST.jsonl[:SELECTOR], RUN[:SELECTOR] or a folder).", param="backlit",
+                                        owner="train")
         mode.check_config(self)
         check_param("identity", self.identity, IDENTITY_LOSSES, "train")
         for name in ("iters", "batch_size", "size", "stage_iters"):
