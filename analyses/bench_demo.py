@@ -53,13 +53,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=None, help="Folder for bench_demo.json (default analyses/results).")
     ap.add_argument("--retrain", action="store_true", help="Also time a first run that trains the demo CLIP.")
+    ap.add_argument("--work", default=None, help="Folder for the runs (default: a temporary folder).")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench_demo_"))
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_demo_"))
     res = {"first_run": run_demo(work / "cache", work / "first"), "cached_run": run_demo(work / "cache", work / "cached")}
     if args.retrain:
         res["first_run_training_demo_clip"] = run_demo(work / "cache2", work / "retrain",
                                                        {"EMBEDLAB_DEMO_NO_PACKAGED": "1"})
-    for k, v in res.items():
+    res["threads_env"] = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    res["work"] = str(work)
+    for k, v in ((k, v) for k, v in res.items() if isinstance(v, dict) and "wall_s" in v):
         print(f"{k}: {v['wall_s']} s wall; parts {v['parts_s']}; load {v['load_avg_before']} -> {v['load_avg_after']}")
     write_json("bench_demo.json", res, args.out)
 

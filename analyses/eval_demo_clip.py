@@ -45,7 +45,7 @@ def run_eval(device: str = "cpu", steps: int | None = None) -> dict:
     from embedlab.residual import rave_residual
 
     t0 = time.perf_counter()
-    ckpt = dc.pretrain_demo(device=device, progress=True, **({"steps": steps} if steps else {}))
+    ckpt = dc.pretrain_demo(device=device, progress=True, **({"steps": steps} if steps else {}))["files"]["checkpoint"]
     train_meta = __import__("json").loads((ckpt.parent / "train.json").read_text())
     lm = models.load_model(dc.MODEL_NAME, str(ckpt), device)
     recipe = dc.default_recipe(**({"steps": steps} if steps else {}))

@@ -19,17 +19,24 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def run_eval(device: str = "cpu", work: str | None = None, **demo_options) -> dict:
+def run_eval(device: str = "cpu", work: str | None = None, from_demo: str | None = None, **demo_options) -> dict:
+    """Run the demo into WORK/demo (or read the demo.json of an earlier default run in `from_demo`)."""
+    import json
+
     from embedlab.demo import demo
 
-    work = Path(work) if work else Path(tempfile.mkdtemp(prefix="eval_demo_loop_"))
-    r = demo(work / "demo", device=device, progress=False, **demo_options)
+    if from_demo:
+        work, r = Path(from_demo), json.loads((Path(from_demo) / "demo.json").read_text())
+    else:
+        work = Path(work) if work else Path(tempfile.mkdtemp(prefix="eval_demo_loop_"))
+        r = demo(work / "demo", device=device, progress=False, **demo_options)
+        work = work / "demo"
     loop = r["loop"]
     return {"metrics": {k: v for k, v in r["metrics"].items() if k != "residual_projection"},
             "thr": loop["thr"], "bars": loop["bars"], "curves": loop.get("curves"), "train_seconds": loop.get("train_seconds"),
             "held_out_images": loop["held_out_images"], "model": r["model"], "bias_concept": r["bias_concept"],
             "enhanced_by": loop["enhanced_by"], "timings_s": r["timings_s"], "total_s": r["total_s"],
-            "demo_folder": str(work / "demo")}
+            "demo_folder": str(work)}
 
 
 def main() -> None:
@@ -39,9 +46,11 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="Folder for eval_demo_loop.json (default analyses/results).")
     ap.add_argument("--work", default=None, help="Folder for the demo run (default: a temporary folder).")
     ap.add_argument("--compare", action="store_true", help="Also train CLIP-LIT-Latent on the same budget.")
+    ap.add_argument("--from-demo", default=None, help="Read this default demo run's demo.json instead of running one "
+                    "(e.g. the folder analyses/bench_demo.py ran).")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
-    res = run_eval(args.device, args.work, compare=args.compare)
+    res = run_eval(args.device, args.work, args.from_demo, **({"compare": True} if args.compare else {}))
     for name, m in res["metrics"].items():
         print(f"{name:10s} PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.3f}  luma {m['mean_luma']:.3f}  "
               f"dark40 {m['dark40_luma']:.3f}  projection {m['projection']:+.3f}")

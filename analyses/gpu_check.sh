@@ -23,6 +23,12 @@ fi
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 EMBEDLAB_CACHE=/tmp/embedlab-cache
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$RESULTS/gpu.txt"
 run() { echo "== $*"; timeout 150 python3 "$@" --out "$RESULTS" 2>&1 | tail -15; }
+# the GPU-marked extraction tests: nvJPEG + PIL images in one CUDA batch, and torch.cuda.set_sync_debug_mode("error")
+# around the batched device preprocessing (a host sync there raises); needs pytest in .gpu_carry
+if python3 -c "import pytest" 2>/dev/null; then
+  echo "== pytest -m gpu tests/test_extract_scale.py"
+  timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_extract_scale.py 2>&1 | tail -15
+fi
 # extraction: --decode auto (nvJPEG on the GPU) at 512x384 and 1600x1200, ViT-B-32 and ViT-L-14, vs the naive loop
 run analyses/bench_extract.py --suite naive --models ViT-B-32 ViT-L-14 --n 4096 --naive-n 256 --size 512x384 \
     --batch-size 512 --workers 8 --device cuda --decode auto --tag-size

@@ -668,15 +668,21 @@ def pretrain_demo_cmd(out: Optional[Path] = typer.Option(None, "--out", "-o", he
                       progress: bool = typer.Option(True, help=PROGRESS_HELP),
                       pack: Optional[Path] = typer.Option(None, "--pack", help="Also write the shippable pack (token rows "
                                                           "the grammar uses + all other tensors) into this folder, "
-                                                          "e.g. embedlab/data/demo_clip.")):
+                                                          "e.g. embedlab/data/demo_clip."),
+                      as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
     """Train (or find cached) the small offline demo CLIP (a DEMO model: lighting words and package-photo objects only)."""
     from .demo_clip import pack_model, pretrain_demo
 
     extra = {"steps": iters} if iters else {}
-    ckpt = pretrain_demo(out, device=device, overwrite=overwrite, seed=seed, progress=progress, **extra)
+    result = pretrain_demo(out, device=device, overwrite=overwrite, seed=seed, progress=progress, **extra)
+    ckpt = result["files"]["checkpoint"]
+    if pack:
+        result["files"]["pack"] = pack_model(ckpt, pack)
+    if as_json:
+        return _print_json(result)
     typer.echo(f"demo CLIP: {ckpt}\nuse it with: --model embedlab-demo --pretrained {ckpt}")
     if pack:
-        typer.echo(f"pack: {pack_model(ckpt, pack)}")
+        typer.echo(f"pack: {result['files']['pack']}")
 
 
 @app.command("demo")
@@ -703,7 +709,7 @@ def demo_cmd(out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="Out
                   train_iters=iters, permutations=permutations, compare=compare, raw_curve=raw_curve, progress=progress)
     if as_json:
         return _print_json(result)
-    for name, path in result["artifacts"].items():
+    for name, path in result["files"].items():
         typer.echo(f"{name:14s} {path}")
     typer.echo(f"bias concept removed: {result['bias_concept']}; PSNR input {result['metrics']['input'].get('psnr'):.2f} dB -> "
                f"enhanced {result['metrics']['enhanced'].get('psnr'):.2f} dB; total {result['total_s']} s")

@@ -84,7 +84,8 @@ def demo(out: str | os.PathLike = "demo_out", *, model: str | None = None, pretr
 
         model = MODEL_NAME
         # named relative to the cache root ("cache:..."), so pages and sidecars do not show the user's home
-        pretrained = cache_ref(pretrain_demo(device=device, progress=progress, **({"steps": demo_steps} if demo_steps else {})))
+        pretrained = cache_ref(pretrain_demo(device=device, progress=progress, **({"steps": demo_steps} if demo_steps else {}))
+                               ["files"]["checkpoint"])
         lap("demo CLIP (trained or cached)")
     elif pretrained is None:
         raise ConfigError("--model needs --pretrained (a tag such as openai, hf-hub:ID, a checkpoint file, or none).")
@@ -173,7 +174,7 @@ def demo(out: str | os.PathLike = "demo_out", *, model: str | None = None, pretr
                                     nav=[("demo index", "index.html"), ("concept report", "report/report.html")])
                       ["files"]["html"])
     lap("plots")
-    result = {"artifacts": arts, "bias_concept": bias, "model": f"{model}/{pretrained}",
+    result = {"files": arts, "bias_concept": bias, "model": f"{model}/{pretrained}",
               "residual_top": [c["concept"] for c in report["concepts"] if c["direction"] == "adds"][:5],
               "metrics": {**scores, "residual_projection": metrics.get("residual_projection")},
               "loop": loop,
@@ -222,7 +223,7 @@ def before_after_grid(inputs: Path, enhanced: Path, man, path: Path) -> Path:
 
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "ms_ssim": True, "lpips": False, "niqe": False, "brisque": False,
                     "delta_e": False, "ciede2000": False, "mae": False, "mse": False}
-PAGE_KEYS = {"artifacts", "bias_concept", "model", "residual_top", "metrics", "correction", "timings_s", "total_s"}
+PAGE_KEYS = {"files", "bias_concept", "model", "residual_top", "metrics", "correction", "timings_s", "total_s"}
 
 
 def _scalar(v) -> bool:
@@ -325,7 +326,7 @@ def write_index(out: Path, result: dict) -> Path:
     from . import report as rep
 
     out = Path(out)
-    arts = result["artifacts"]
+    arts = result["files"]
 
     def rel(p):
         return os.path.relpath(p, out)

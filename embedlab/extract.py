@@ -37,6 +37,7 @@ META_COLUMNS = ("row_id", "path", "file", "content_sha1", "width", "height", "fo
                 "mean_luma", "frames", "notes", "decoder", "role", "split", "group", "pair_id", "gt", "source",
                 "manifest_line")
 WDS_COLUMNS = ("url", "caption", "key", "status", "source_width", "source_height")
+MAX_PENDING_WRITES = 2            # shards handed to the writer thread and not yet written
 DEVICE_BATCH_BYTES = 1 << 30      # bound on the decoded + float intermediates of one batch on the device
 
 
@@ -89,6 +90,8 @@ class _ImageDataset:
             return {"row_id": row_id, "pixels": self.preprocess(dec.image), "meta": meta, "error": None}
         except ImageError as exc:
             return {"row_id": row_id, "meta": None, "error": (exc.reason, exc.detail)}
+        except mf.ManifestError:
+            raise                                  # the manifest itself changed: stop, not one error per image
         except Exception as exc:  # noqa: BLE001 - a per-file failure must not stop the run
             return {"row_id": row_id, "meta": None, "error": ("preprocess-error", f"{type(exc).__name__}: {exc}")}
 
@@ -177,7 +180,7 @@ def _preprocess_group(x, size: int):
     scale = size / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
     x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False).clamp_(0, 1)
-    luma = torch.einsum("nchw,c->n", x, torch.tensor(LUMA, dtype=torch.float32, device=x.device)) / (nh * nw)
+    luma = torch.einsum("nchw,c->n", x, device_constant(LUMA, x.device)) / (nh * nw)
     top, left = (nh - size) // 2, (nw - size) // 2
     return x[..., top:top + size, left:left + size], luma
 
@@ -193,18 +196,32 @@ def device_preprocess(images: list, size: int, mean, std, device, budget: int = 
     luma = torch.empty((n,), device=device)
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, img in enumerate(images):
-        groups[tuple(img.shape)].append(i)
+        groups[tuple(img.shape)].append(i)     # images of one shape may sit on the host and on the device
     for shape, idx in groups.items():
         per = max(1, budget // (4 * 3 * shape[1] * shape[2] + resized_floats(shape, size)))
         for a in range(0, len(idx), per):
             part = idx[a:a + per]
-            x = torch.stack([images[i] for i in part]).to(device, non_blocking=True)
+            x = torch.stack([images[i].to(out.device, non_blocking=True) for i in part])
             crop, lum = _preprocess_group(x, size)
-            at = torch.tensor(part, device=device)
+            at = index_tensor(part, out.device)
             out[at], luma[at] = crop, lum
-    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    mean_t = device_constant(tuple(mean), out.device).view(1, 3, 1, 1)
+    std_t = device_constant(tuple(std), out.device).view(1, 3, 1, 1)
     return out.sub_(mean_t).div_(std_t), luma
+
+
+_CONSTANTS: dict = {}
+
+
+def device_constant(values: tuple, device):
+    """A small float32 constant (luma weights, mean, std) copied to `device` once and reused (no copy per batch)."""
+    import torch
+
+    key = (tuple(float(v) for v in values), str(device))
+    t = _CONSTANTS.get(key)
+    if t is None:
+        t = _CONSTANTS[key] = torch.tensor(key[0], dtype=torch.float32, device=device)
+    return t
 
 
 def resized_floats(shape: tuple, size: int) -> int:
@@ -223,12 +240,23 @@ def default_workers(lm) -> int:
     return min(4, cores) if params < 10_000_000 else 1
 
 
-def resolve_decode(decode: str, device_type: str) -> str:
-    """'auto': nvJPEG (torchvision.io.decode_jpeg on the device) on CUDA, PIL elsewhere."""
+def resolve_decode(decode: str, device_type: str, recorded: str | None = None) -> str:
+    """'auto': the decode path `recorded` in the run being resumed, if any (a run started with `pil` resumes
+    with `pil`); otherwise nvJPEG (torchvision.io.decode_jpeg on the device) on CUDA, PIL elsewhere."""
     check_param("decode", decode, DECODERS, "extract")
     if decode == "auto":
+        if recorded in ("pil", "torchvision"):
+            return recorded
         return "torchvision" if device_type == "cuda" else "pil"
     return decode
+
+
+def recorded_decode(run_dir: Path) -> str | None:
+    """The decode path of the run already in `run_dir` (None when there is none or it cannot be read)."""
+    try:
+        return read_json(run_dir / "manifest.json").get("decode")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 @dataclass
@@ -288,7 +316,7 @@ def extract(manifest: str | os.PathLike, model: str, pretrained: str | None, out
         job = _prepare(manifest, model, pretrained, out, device=device if plan is None else torch.device(plan.device),
                        decode=decode, batch_size=batch_size, workers=workers, shard_size=shard_size,
                        vector_dtype=vector_dtype, roles=roles, max_pixels=max_pixels, max_aspect=max_aspect,
-                       progress=progress, loaded_model=loaded_model, plan=plan)
+                       progress=progress, loaded_model=loaded_model, plan=plan, overwrite=overwrite)
         job.run_dir.mkdir(parents=True, exist_ok=True)
         with RunLock(job.run_dir, break_lock=break_lock, what=f"extract --engine {engine}"):
             _open_run(job, overwrite)
@@ -312,15 +340,15 @@ def _check_options(vector_dtype, batch_size, shard_size, engine, max_aspect) -> 
 
 
 def _prepare(manifest, model, pretrained, out, *, device, decode, batch_size, workers, shard_size, vector_dtype,
-             roles, max_pixels, max_aspect, progress, loaded_model, plan) -> Job:
+             roles, max_pixels, max_aspect, progress, loaded_model, plan, overwrite=False) -> Job:
     """Read the manifest, load the model and build the run's identity and header (nothing written yet).
 
     With a Ray plan the device is the actors' (the driver loads the model on its CPU for the identity only)."""
     from . import models
 
     dev = device if plan is not None else models.resolve_device(device)
-    decode = resolve_decode(decode, dev.type)
     run_dir = Path(out)
+    decode = resolve_decode(decode, dev.type, None if overwrite else recorded_decode(run_dir))
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {display_path(str(run_dir))} is an existing file, not a run folder. "
                           "Fix: pass a folder path (it is created).")
@@ -381,6 +409,11 @@ def _run_local(job: Job, todo: list[int]) -> dict:
         pending = []
 
         def complete(shard: int, results: dict) -> None:
+            for f in [f for f in pending if f.done()]:
+                pending.remove(f)
+                f.result()                      # a failed write stops the run now (its shard stays not done)
+            while len(pending) >= MAX_PENDING_WRITES:
+                pending.pop(0).result()         # bounded: at most MAX_PENDING_WRITES shards wait in memory
             pending.append(writer.submit(write_results, job, shard, results))
             counts["embedded"] += len(results["metas"])
             counts["skipped"] += len(results["errs"])
@@ -468,7 +501,12 @@ class BatchEncoder:
             return out
         with torch.inference_mode():
             if self.decode == "torchvision":
-                pixels, luma = decode_on_device(good, lm, self.budget)
+                pixels, luma, failed = decode_on_device(good, lm, self.budget)
+                if failed:
+                    out["errs"] = list(out["errs"]) + [(good[i]["row_id"], failed[i]) for i in sorted(failed)]
+                    good = out["good"] = [b for i, b in enumerate(good) if i not in failed]
+                    if not good:
+                        return out
             else:
                 pixels, luma = batch["pixels"].to(lm.device, non_blocking=True), None
             with models.autocast_context(lm.device):
@@ -499,9 +537,9 @@ class BatchEncoder:
 
 def decode_on_device(good: list[dict], lm, budget: int = DEVICE_BATCH_BYTES):
     """JPEGs decoded by nvJPEG on CUDA (torchvision's CPU decoder elsewhere) in chunks of at most `budget` decoded
-    bytes, each chunk preprocessed before the next is decoded; other formats arrive as PIL-decoded tensors."""
+    bytes, each chunk preprocessed before the next is decoded; other formats arrive as PIL-decoded tensors.
+    Returns (pixels, luma, failed): the rows of the images that decoded, and {position in good: (reason, detail)}."""
     import torch
-    from torchvision.io import ImageReadMode, decode_jpeg
 
     dev = lm.device
     size, mean, std = lm.image_size, lm.info["mean"], lm.info["std"]
@@ -509,17 +547,66 @@ def decode_on_device(good: list[dict], lm, budget: int = DEVICE_BATCH_BYTES):
     luma = torch.empty((len(good),), device=dev)
     sizes = [3 * b["meta"]["width"] * b["meta"]["height"] for b in good]
     decoder = "nvjpeg" if dev.type == "cuda" else "torchvision-cpu"
+    failed: dict[int, tuple[str, str]] = {}
     for chunk in pixel_chunks(sizes, max(1, budget // 5)):
-        jpeg = [i for i in chunk if "jpeg" in good[i]]
-        decoded = dict(zip(jpeg, decode_jpeg([good[i]["jpeg"] for i in jpeg], mode=ImageReadMode.RGB,
-                                             device=dev if dev.type == "cuda" else "cpu"))) if jpeg else {}
-        for i in jpeg:
-            good[i]["meta"]["decoder"] = decoder
+        decoded = decode_jpegs(good, [i for i in chunk if "jpeg" in good[i]], dev, decoder, failed)
+        chunk = [i for i in chunk if i not in failed]
+        if not chunk:
+            continue
         images = [decoded[i] if i in decoded else good[i]["rgb"] for i in chunk]
         p, lum = device_preprocess(images, size, mean, std, dev, budget)
-        at = torch.tensor(chunk, device=dev)
+        at = index_tensor(chunk, dev)
         pixels[at], luma[at] = p, lum
-    return pixels, luma
+    if failed:                                  # rare: drop the images no decoder could read (one host copy)
+        keep = [i for i in range(len(good)) if i not in failed]
+        at = index_tensor(keep, dev)
+        pixels, luma = pixels[at], luma[at]
+    return pixels, luma, failed
+
+
+def decode_jpegs(good: list[dict], jpeg: list[int], dev, decoder: str, failed: dict) -> dict:
+    """Batch-decode the JPEGs at positions `jpeg` (torchvision returns nothing when one image of the batch is
+    broken); on failure each is decoded alone, and one that still fails is decoded by PIL on the host (kept as
+    an uint8 CHW tensor, decoder "pil") or recorded in `failed` as {position: (reason, detail)}."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    where = dev if dev.type == "cuda" else "cpu"
+    if not jpeg:
+        return {}
+    try:
+        out = dict(zip(jpeg, decode_jpeg([good[i]["jpeg"] for i in jpeg], mode=ImageReadMode.RGB, device=where)))
+        for i in jpeg:
+            good[i]["meta"]["decoder"] = decoder
+        return out
+    except RuntimeError:
+        pass
+    out = {}
+    for i in jpeg:
+        try:
+            out[i] = decode_jpeg(good[i]["jpeg"], mode=ImageReadMode.RGB, device=where)
+            good[i]["meta"]["decoder"] = decoder
+            continue
+        except RuntimeError as exc:
+            why = f"{decoder}: {str(exc).splitlines()[-1] if str(exc) else type(exc).__name__}"
+        try:
+            dec = decode_image("", None, data=good[i]["jpeg"].numpy().tobytes())
+        except ImageError as exc:
+            failed[i] = (exc.reason, f"{exc.detail} ({why})".strip())
+            continue
+        out[i] = torch.from_numpy(np.asarray(dec.image, dtype=np.uint8).copy()).permute(2, 0, 1)
+        good[i]["meta"].update(decoder="pil", notes=f"{why}; decoded by PIL instead")
+    return out
+
+
+def index_tensor(positions: list[int], dev):
+    """Positions as an int64 index tensor on `dev`: on CUDA one non_blocking copy from pinned host memory (no sync)."""
+    import torch
+
+    t = torch.tensor(positions, dtype=torch.int64)
+    if dev.type != "cuda":
+        return t
+    return t.pin_memory().to(dev, non_blocking=True)
 
 
 def write_results(job: Job, shard: int, results: dict) -> dict:

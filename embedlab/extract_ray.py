@@ -7,7 +7,9 @@ only schedules, then finalises like the local engine.
 
 Failures: an actor that dies (process killed, node lost) is restarted by Ray and its queued shards retried
 (`max_restarts` / `max_task_retries`, bounded); past that the driver re-queues the shard on another actor, at
-most `MAX_RESUBMITS` times. A shard whose task raises (a data or code error) is recorded in the run's summary as
+most `MAX_RESUBMITS` times (likewise after a node death, out-of-memory kill, lost object or an actor that is only
+unreachable for a while, which stays in the pool). Every actor checks at start that it sees the run folder and
+the dataset (manifest root, first input). A shard whose task raises (a data or code error) is recorded in the run's summary as
 failed and not retried. A killed driver leaves done-markers: rerunning the command resumes.
 """
 from __future__ import annotations
@@ -116,9 +118,13 @@ class ShardActor:
             token = json.loads(probe.read_text())["token"]
         except (OSError, ValueError, KeyError):
             token = None
+        unseen = [p for p in self.spec.get("probe_paths", []) if not os.path.exists(p)]
         if token != self.spec["token"]:
             me["error"] = (f"the run folder {run_dir} is not visible from Ray node {me['host']} (or is another folder "
                            "there). Fix: put --out on storage every node mounts at the same path (NFS, Lustre, ...).")
+        elif unseen:
+            me["error"] = (f"Ray node {me['host']} cannot see the dataset: {unseen[0]} does not exist there (every image "
+                           "would be recorded as missing). Fix: mount the images at the same path on every node.")
         elif self.lm.info["weights_sha256"] != self.spec["weights_sha256"]:
             me["error"] = f"node {me['host']} loaded different weights for {self.spec['model']} than the driver."
         elif models.compute_dtype(self.lm.device) != self.spec["compute_dtype"]:
@@ -173,7 +179,21 @@ def _spec(job, plan_: Plan, model: str, pretrained: str | None, token: str) -> d
             "vector_dtype": job.vector_dtype, "max_pixels": job.max_pixels, "max_aspect": job.max_aspect,
             "extra_columns": list(job.extra_columns), "weights_sha256": job.lm.info["weights_sha256"],
             "compute_dtype": job.header["compute_dtype"], "threads": plan_.cpus_per_actor, "token": token,
-            "inputs": job.n_inputs}
+            "inputs": job.n_inputs, "probe_paths": probe_paths(job)}
+
+
+def probe_paths(job) -> list[str]:
+    """The manifest root and the first input's file (or tar), where the driver sees them: every actor must too."""
+    from . import manifests as mf
+
+    paths = [str(job.man.root)]
+    if len(job.entries):
+        e = job.entries[0]
+        if e.tar:
+            paths.append(job.man.resolve(e.tar["file"]))
+        elif not mf.is_virtual(e.path):
+            paths.append(job.man.resolve(e.path))
+    return [p for p in paths if os.path.exists(p)]
 
 
 def start_actors(job, plan_: Plan, model: str, pretrained: str | None) -> list:
@@ -232,8 +252,6 @@ def _payload(job, shard: int) -> list:
 
 
 def _schedule(ray, job, actors: list, todo: list[int], counts: dict, bar) -> None:
-    from ray.exceptions import RayActorError, RayTaskError
-
     queue, inflight = deque(todo), {}
     load = {id(a): 0 for a in actors}
     alive, resubmits = list(actors), {}
@@ -250,23 +268,37 @@ def _schedule(ray, job, actors: list, todo: list[int], counts: dict, bar) -> Non
         load[id(actor)] -= 1
         try:
             res = ray.get(ready[0])
-        except RayTaskError as exc:              # the task itself raised: a data or code error, not retried
-            counts["failed_shards"][str(shard)] = str(exc).strip().splitlines()[-1][:300]
-            continue
-        except RayActorError as exc:             # the actor is gone beyond Ray's restarts
-            if actor in alive:
-                alive.remove(actor)
-            resubmits[shard] = resubmits.get(shard, 0) + 1
-            if resubmits[shard] > MAX_RESUBMITS:
-                counts["failed_shards"][str(shard)] = f"actor died {resubmits[shard]} times: {type(exc).__name__}"
-            else:
-                queue.appendleft(shard)
+        except ray.exceptions.RayError as exc:
+            on_failure(ray, exc, actor, shard, alive, queue, resubmits, counts)
             continue
         counts["embedded"] += res["embedded"]
         counts["skipped"] += res["skipped"]
         if bar is not None:
             bar.update(1)
         shard_finished(job, shard, res)
+
+
+def on_failure(ray, exc, actor, shard: int, alive: list, queue: deque, resubmits: dict, counts: dict) -> str:
+    """What a failed shard task means. The task raised (a data or code error): recorded, not retried. The actor is
+    gone beyond Ray's restarts: dropped from the pool. It is only unreachable for now (ActorUnavailableError),
+    or the node/worker/object died or ran out of memory: kept. In every case but the first the shard is queued
+    again, at most MAX_RESUBMITS times. Returns the verdict ("failed", "dropped", "retried")."""
+    exc_mod = ray.exceptions
+    if isinstance(exc, exc_mod.RayTaskError):
+        counts["failed_shards"][str(shard)] = str(exc).strip().splitlines()[-1][:300]
+        return "failed"
+    unavailable = getattr(exc_mod, "ActorUnavailableError", ())
+    verdict = "retried"
+    if isinstance(exc, exc_mod.RayActorError) and not isinstance(exc, unavailable):
+        if actor in alive:
+            alive.remove(actor)
+        verdict = "dropped"
+    resubmits[shard] = resubmits.get(shard, 0) + 1
+    if resubmits[shard] > MAX_RESUBMITS:
+        counts["failed_shards"][str(shard)] = f"failed {resubmits[shard]} times on Ray: {type(exc).__name__}"
+        return "failed"
+    queue.appendleft(shard)
+    return verdict
 
 
 def shard_finished(job, shard: int, result: dict) -> None:

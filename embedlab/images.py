@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import threading
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,19 +86,30 @@ def _to_rgb(img: Image.Image, notes: list[str]) -> Image.Image:
     return img.convert("RGB") if mode != "RGB" else img
 
 
-_FDS: dict = {}
+_FDS: dict = {}                   # (pid, tar path) -> [descriptor, readers using it now]
+_FDS_LOCK = threading.Lock()
+_MAX_FDS = 64
 
 
-def _tar_fd(path: str) -> int:
-    """A read-only descriptor per (process, tar file), kept open: members are read with pread (thread-safe)."""
+@contextmanager
+def _tar_fd(path: str):
+    """A read-only descriptor per (process, tar file), kept open: members are read with pread (thread-safe). Beyond
+    _MAX_FDS open tars, descriptors that no thread is reading are closed (never one in use)."""
     key = (os.getpid(), path)
-    fd = _FDS.get(key)
-    if fd is None:
-        if len(_FDS) >= 64:
-            for old in [k for k in _FDS if k[0] == os.getpid()][:32]:
-                os.close(_FDS.pop(old))
-        fd = _FDS[key] = os.open(path, os.O_RDONLY)
-    return fd
+    with _FDS_LOCK:
+        entry = _FDS.get(key)
+        if entry is None:
+            if len(_FDS) >= _MAX_FDS:
+                idle = [k for k, e in _FDS.items() if k[0] == key[0] and e[1] == 0]
+                for old in idle[:_MAX_FDS // 2]:
+                    os.close(_FDS.pop(old)[0])
+            entry = _FDS[key] = [os.open(path, os.O_RDONLY), 0]
+        entry[1] += 1
+    try:
+        yield entry[0]
+    finally:
+        with _FDS_LOCK:
+            entry[1] -= 1
 
 
 def read_bytes(source) -> bytes:
@@ -104,7 +117,8 @@ def read_bytes(source) -> bytes:
     if isinstance(source, tuple):
         tar, offset, size = source[:3]
         try:
-            data = os.pread(_tar_fd(tar), size, offset)
+            with _tar_fd(tar) as fd:
+                data = os.pread(fd, size, offset)
         except FileNotFoundError:
             raise ImageError("missing-file", f"webdataset shard {os.fsencode(tar).decode('utf-8', 'backslashreplace')}") from None
         except OSError as exc:

@@ -37,9 +37,35 @@ def process_start(pid: int) -> str | None:
         return None
 
 
+def _read_first_line(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii", errors="replace") as fh:
+            return fh.readline().strip() or None
+    except OSError:
+        return None
+
+
+def machine_ids() -> dict:
+    """What tells this kernel and pid namespace apart from another with the same host name (containers, pods):
+    the kernel's boot id and the inode of our pid namespace."""
+    try:
+        pidns = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        pidns = None
+    return {"boot_id": _read_first_line("/proc/sys/kernel/random/boot_id"), "pid_ns": pidns}
+
+
+def same_machine(holder: dict) -> bool:
+    """The holder's pid means something here: same host name, and (when recorded) same boot and pid namespace."""
+    if holder.get("host") != socket.gethostname():
+        return False
+    here = machine_ids()
+    return all(holder.get(k) in (None, here[k]) or here[k] is None for k in here)
+
+
 def holder_alive(holder: dict) -> bool | None:
     """True/False for a holder on this host; None when it cannot be known (another host, or no pid)."""
-    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+    if not same_machine(holder) or not isinstance(holder.get("pid"), int):
         return None
     try:
         os.kill(holder["pid"], 0)
@@ -54,6 +80,29 @@ def holder_alive(holder: dict) -> bool | None:
 def describe(holder: dict) -> str:
     return (f"{holder.get('what', 'a process')} (pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, "
             f"user {holder.get('user', '?')}) since {holder.get('since', '?')}")
+
+
+class _TakeoverMutex:
+    """An exclusive flock on a side file for the few lines of a takeover; a no-op where locks are unsupported."""
+
+    def __init__(self, path: Path):
+        self.path, self.fd = path, None
+
+    def __enter__(self):
+        try:
+            import fcntl
+
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except (ImportError, OSError):
+            if self.fd is not None:
+                os.close(self.fd)
+            self.fd = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)                                # closing releases the flock
 
 
 class RunLock:
@@ -71,7 +120,7 @@ class RunLock:
         except (KeyError, OSError):
             user = str(os.getuid()) if hasattr(os, "getuid") else "?"
         return {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": process_start(os.getpid()),
-                "user": user, "what": self.what, "token": self.token,
+                **machine_ids(), "user": user, "what": self.what, "token": self.token,
                 "since": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
 
     def read_holder(self) -> dict | None:
@@ -105,14 +154,40 @@ class RunLock:
             alive = holder_alive(holder)
             if alive is False or self.break_lock:
                 why = "its process is gone" if alive is False else "--break-lock was given"
-                log.warning("Taking over the lock of %s held by %s: %s.", display_path(str(self.path.parent)),
-                            describe(holder), why)
-                self.path.unlink(missing_ok=True)
+                if self._take_over(holder):
+                    log.warning("Taking over the lock of %s held by %s: %s.", display_path(str(self.path.parent)),
+                                describe(holder), why)
                 continue
             raise RunLockedError(
                 f"Run folder {display_path(str(self.path.parent))} is locked by {describe(holder)}. Wait for it to "
                 "finish; if that process is gone (e.g. killed on another machine), rerun with --break-lock.")
         raise RunLockedError(f"Could not lock {display_path(str(self.path.parent))}: another process keeps taking it.")
+
+    def _take_over(self, holder: dict) -> bool:
+        """Remove the stale lock `holder` and nothing else: takeovers are serialised by an flock on RUN/.lock.takeover
+        (where the file system has locks), and the lock is moved aside with rename(2), which only one process can do
+        to one file, then checked to be the holder that was judged stale; a fresher lock moved by mistake is put back."""
+        with _TakeoverMutex(self.path.with_name(f"{LOCK_NAME}.takeover")):
+            if self.read_holder() != holder:
+                return False                                 # released or taken over meanwhile: look again
+            aside = self.path.with_name(f"{LOCK_NAME}.stale.{self.token}")
+            try:
+                os.rename(self.path, aside)
+            except FileNotFoundError:
+                return False
+            try:
+                moved = json.loads(aside.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                moved = {"what": "an unreadable lock file"}
+            if moved != holder:
+                try:
+                    os.link(aside, self.path)                # not the stale one: give it back
+                except FileExistsError:
+                    pass
+                aside.unlink(missing_ok=True)
+                return False
+            aside.unlink(missing_ok=True)
+            return True
 
     def release(self) -> None:
         if self.held and (self.read_holder() or {}).get("token") == self.token:

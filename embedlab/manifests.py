@@ -626,8 +626,9 @@ class LazyEntries:
     an entry is parsed when it is asked for, so a manifest of millions of lines never sits in memory as objects.
     Safe across fork (each process opens its own handle) and threads (one lock per process)."""
 
-    def __init__(self, path: Path, offsets: np.ndarray, lines: np.ndarray):
+    def __init__(self, path: Path, offsets: np.ndarray, lines: np.ndarray, stat: tuple | None = None):
         self.path, self.offsets, self.lines = Path(path), offsets, lines
+        self.stat = stat            # (host, st_dev, st_ino, st_size, st_mtime_ns) at scan time: offsets are only valid then
         self._fh = self._lock = self._pid = None
 
     def __len__(self) -> int:
@@ -637,7 +638,12 @@ class LazyEntries:
         import threading
 
         if self._fh is None or self._pid != os.getpid():
-            self._fh, self._lock, self._pid = open(self.path, "rb"), threading.Lock(), os.getpid()
+            fh = open(self.path, "rb")
+            if self.stat is not None and not stamp_matches(self.stat, fh.fileno()):
+                fh.close()
+                raise ManifestError(f"Manifest {self.path} changed (or was replaced) after it was read; its line offsets "
+                                    "no longer hold. Fix: do not edit a manifest while an extract uses it; rerun.")
+            self._fh, self._lock, self._pid = fh, threading.Lock(), os.getpid()
         return self._fh, self._lock
 
     def __getitem__(self, i: int) -> ManifestEntry:
@@ -654,7 +660,23 @@ class LazyEntries:
             yield self[i]
 
     def __getstate__(self):
-        return {"path": self.path, "offsets": self.offsets, "lines": self.lines, "_fh": None, "_lock": None, "_pid": None}
+        return {"path": self.path, "offsets": self.offsets, "lines": self.lines, "stat": self.stat, "_fh": None,
+                "_lock": None, "_pid": None}
+
+
+def file_stamp(fd: int) -> tuple:
+    """(host, st_dev, st_ino, st_size, st_mtime_ns) of an open file."""
+    import socket
+
+    st = os.fstat(fd)
+    return (socket.gethostname(), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def stamp_matches(stamp: tuple, fd: int) -> bool:
+    """The open file is the one `stamp` describes. st_dev is compared on the host that took the stamp only (a shared
+    file system has another device number on each node of a cluster)."""
+    now = file_stamp(fd)
+    return now[2:] == tuple(stamp[2:]) and (now[0] != stamp[0] or now[1] == stamp[1])
 
 
 @dataclass
@@ -681,6 +703,7 @@ def scan_manifest(path: str | os.PathLike, roles: list[str] | None = None, check
     offsets, lines, keys = array("q"), array("i"), array("q")       # 20 bytes per line while scanning
     whole, chosen, counts, pending, with_meta = hashlib.sha256(), hashlib.sha256(), {}, [], 0
     with open(path, "rb") as fh:
+        stamp = file_stamp(fh.fileno())
         at, lineno = 0, 0
         for raw in fh:
             lineno += 1
@@ -708,7 +731,8 @@ def scan_manifest(path: str | os.PathLike, roles: list[str] | None = None, check
     if check_files and pending:
         validate_files(Manifest(path, man.header, pending))
     _check_duplicates(path, np.frombuffer(keys, dtype=np.int64))
-    man.entries = LazyEntries(path, np.frombuffer(offsets, dtype=np.int64).copy(), np.frombuffer(lines, dtype=np.int32).copy())
+    man.entries = LazyEntries(path, np.frombuffer(offsets, dtype=np.int64).copy(), np.frombuffer(lines, dtype=np.int32).copy(),
+                              stamp)
     return ManifestScan(man, whole.hexdigest(), chosen.hexdigest(), counts, with_meta)
 
 

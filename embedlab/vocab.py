@@ -110,6 +110,8 @@ def read_vocab_file(path: str | os.PathLike) -> list[str]:
 def model_vocab_path(lm_info: dict) -> Path | None:
     """The vocabulary file shipped beside a model's checkpoint (<ckpt>.vocab.txt), if any."""
     pre = lm_info.get("pretrained") or ""
+    if pre.startswith("cache:"):          # a checkpoint in embedlab's cache named as models.CACHE_PREFIX names it
+        pre = str(cache_dir() / pre[len("cache:"):])
     if lm_info.get("pretrained_kind") == "file":
         cand = Path(pre).with_suffix(".vocab.txt")
         if cand.exists():

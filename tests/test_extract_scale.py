@@ -378,3 +378,293 @@ def test_manifest_scan_matches_read_manifest_and_streams_in_bounded_memory(tmp_p
          json.dumps({"path": "a.jpg", "role": "x"})]) + "\n")
     with pytest.raises(mf.ManifestError, match="line 4: duplicate path 'a.jpg' \\(first on line 2\\)"):
         scan_manifest(tmp_path / "dup.jsonl", check_files=False)
+
+
+# ---------------------------------------------------------------- review fixes (issue 10 follow-up)
+def _damaged_jpeg(seed=0) -> bytes:
+    """A JPEG whose header reads fine but whose scan data stops early (torchvision's decoder raises on it)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray((np.random.default_rng(seed).random((48, 64, 3)) * 255).astype(np.uint8)).save(buf, "JPEG")
+    data = buf.getvalue()
+    return data[:data.index(b"\xff\xda") + 20]
+
+
+def test_a_corrupt_jpeg_in_a_batch_decode_is_recorded_and_the_rest_embedded(tmp_path):
+    folder = tmp_path / "imgs"
+    man = _photos(folder, 6)
+    (folder / "002.jpg").write_bytes(_damaged_jpeg())          # in the middle of the batch-decoded JPEGs
+    summary = extract(man, "embedlab-tiny", "none", tmp_path / "run", workers=0, decode="torchvision", batch_size=8, **TINY)
+    assert summary["embedded"] == 5 and summary["skipped"] == 1 and summary["shards_done"] == summary["shards"]
+    err = Run(tmp_path / "run").errors()
+    assert list(err["path"]) == ["002.jpg"] and err["reason"][0] == "truncated-or-corrupt", err
+    meta = Run(tmp_path / "run").metadata.set_index("path")
+    assert set(meta.loc[[p for p in meta.index if p.endswith(".jpg")], "decoder"]) == {"torchvision-cpu"}
+
+
+def test_batch_decode_failure_falls_back_per_image_then_to_pil(monkeypatch):
+    import torch
+    import torchvision.io
+
+    from embedlab.extract import decode_jpegs
+
+    good_bytes = [(np.random.default_rng(i).random((40, 56, 3)) * 255).astype(np.uint8) for i in range(3)]
+    from PIL import Image
+
+    def jpeg(arr):
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, "JPEG")
+        return torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
+
+    good = [{"jpeg": jpeg(a), "meta": {"notes": ""}} for a in good_bytes]
+    good.append({"jpeg": torch.frombuffer(bytearray(_damaged_jpeg()), dtype=torch.uint8), "meta": {"notes": ""}})
+    real = torchvision.io.decode_jpeg
+    refused = good[1]["jpeg"]
+
+    def flaky(data, **kw):                     # the decoder refuses image 1 (PIL can read it) and the damaged one
+        if isinstance(data, list):
+            return [flaky(d, **kw) for d in data]
+        if data is refused:
+            raise RuntimeError("Unsupported marker type 0xc2")
+        return real(data, **kw)
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", flaky)
+    failed: dict = {}
+    out = decode_jpegs(good, [0, 1, 2, 3], torch.device("cpu"), "torchvision-cpu", failed)
+    assert sorted(out) == [0, 1, 2] and list(failed) == [3] and failed[3][0] == "truncated-or-corrupt"
+    assert [good[i]["meta"].get("decoder") for i in range(3)] == ["torchvision-cpu", "pil", "torchvision-cpu"]
+    assert "Unsupported marker" in good[1]["meta"]["notes"] and out[1].shape == (3, 40, 56)
+
+
+def test_device_preprocess_moves_host_images_to_the_device_before_stacking():
+    import torch
+
+    # The "meta" device stands in for CUDA on a machine without one: a host tensor and a device tensor of one
+    # shape land in one group; stacking them as they are raises (tensors on different devices).
+    host, dev = torch.zeros(3, 40, 60, dtype=torch.uint8), torch.zeros(3, 40, 60, dtype=torch.uint8, device="meta")
+    pixels, luma = device_preprocess([host, dev, host], 32, (0.5,) * 3, (0.2,) * 3, torch.device("meta"))
+    assert pixels.shape == (3, 3, 32, 32) and pixels.device.type == "meta" and luma.shape == (3,)
+
+
+@pytest.mark.gpu
+def test_cuda_batch_with_an_nvjpeg_jpeg_and_a_pil_png_of_one_size(tmp_path):
+    import torch
+
+    from embedlab import models
+    from embedlab.extract import decode_on_device
+
+    folder = tmp_path / "imgs"
+    write_photo(folder / "a.jpg", size=(64, 48), seed=1, fmt="JPEG")
+    write_photo(folder / "b.png", size=(64, 48), seed=2, fmt="PNG")
+    man = mf.manifest("flat", folder, tmp_path / "m.jsonl", role="welllit")["files"]["manifest"]
+    summary = extract(man, "embedlab-tiny", "none", tmp_path / "run", device="cuda", decode="auto", workers=0,
+                      progress=False)
+    assert summary["embedded"] == 2 and summary["skipped"] == 0
+    meta = Run(tmp_path / "run").metadata.set_index("path")
+    assert meta.loc["a.jpg", "decoder"] == "nvjpeg" and meta.loc["b.png", "decoder"] == "pil"
+    # no host sync inside the batched decode + preprocess (the results are read back once, after the batch)
+    lm = models.load_model("embedlab-tiny", "none", "cuda")
+    from embedlab.extract import Rows, _ImageDataset
+    ds = _ImageDataset(Rows(*(lambda s: (s.manifest, s.manifest.entries))(mf.scan_manifest(man))), None,
+                       "torchvision", None, None)
+    good = [ds[0], ds[1]]
+    from torchvision.io import decode_jpeg
+    images = [decode_jpeg(g["jpeg"], device="cuda") if "jpeg" in g else g["rgb"].pin_memory() for g in good]
+    args = (lm.image_size, lm.info["mean"], lm.info["std"], torch.device("cuda"))
+    device_preprocess(images, *args)                      # warm-up (allocations, cached constants)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")               # any host sync in the batched preprocessing raises
+    try:
+        pixels, luma = device_preprocess(images, *args)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert pixels.shape == (2, 3, lm.image_size, lm.image_size) and luma.device.type == "cuda"
+
+
+def test_decode_auto_resumes_a_run_with_the_decode_path_it_recorded(tmp_path):
+    from embedlab.extract import recorded_decode
+
+    man = _photos(tmp_path / "imgs", 4)
+    first = extract(man, "embedlab-tiny", "none", tmp_path / "run", workers=0, decode="torchvision", **TINY)
+    assert recorded_decode(tmp_path / "run") == "torchvision" and recorded_decode(tmp_path / "none") is None
+    # auto would pick pil on this CPU; on the run started with torchvision it keeps torchvision (not "another run")
+    again = extract(man, "embedlab-tiny", "none", tmp_path / "run", workers=0, decode="auto", **TINY)
+    assert again["embedded"] == first["embedded"] == 4
+    # the CUDA case of the issue: a run started with pil, resumed with auto on a GPU, stays pil
+    assert resolve_decode("auto", "cuda", "pil") == "pil" and resolve_decode("auto", "cuda", None) == "torchvision"
+    assert resolve_decode("torchvision", "cpu", "pil") == "torchvision"    # an explicit choice is checked as before
+
+
+def test_a_failing_shard_write_stops_the_run_promptly_and_it_resumes(tmp_path, monkeypatch):
+    import embedlab.extract as ex
+
+    man = _photos(tmp_path / "imgs", 20)
+    run = tmp_path / "run"
+    real_write, pushed = ex.write_results, []
+    real_push = ex.BatchEncoder.push
+
+    def failing_write(job, shard, results):
+        if shard == 1:
+            raise OSError(28, "No space left on device")
+        return real_write(job, shard, results)
+
+    monkeypatch.setattr(ex, "write_results", failing_write)
+    monkeypatch.setattr(ex.BatchEncoder, "push", lambda self, batch: (pushed.append(1), real_push(self, batch))[1])
+    with pytest.raises(OSError, match="No space left on device"):
+        extract(man, "embedlab-tiny", "none", run, workers=0, shard_size=2, batch_size=2, **TINY)
+    assert len(pushed) <= 5, len(pushed)               # of 10 batches: stopped within the 2 pending writes
+    assert not (run / ".lock").exists() and 1 not in Run(run).done_shards()
+    monkeypatch.setattr(ex, "write_results", real_write)
+    resumed = extract(man, "embedlab-tiny", "none", run, workers=0, shard_size=2, batch_size=2, **TINY)
+    fresh = extract(man, "embedlab-tiny", "none", tmp_path / "fresh", workers=0, shard_size=2, batch_size=2, **TINY)
+    assert resumed["embedded"] == fresh["embedded"] == 20
+    assert np.array_equal(Run(run).vectors, Run(tmp_path / "fresh").vectors)
+
+
+def _race_for_the_lock(run: str, barrier, results) -> None:
+    from embedlab.lock import RunLock, RunLockedError
+
+    lock = RunLock(run, what="racer")
+    barrier.wait()
+    try:
+        lock.acquire()
+        results.put("won")
+    except RunLockedError:
+        results.put("refused")
+    barrier.wait()                                     # hold the lock until both have tried
+
+
+def test_two_processes_racing_for_a_stale_lock_exactly_one_wins(tmp_path):
+    import multiprocessing as mp
+    import socket
+
+    from embedlab.lock import RunLock, machine_ids
+
+    ctx = mp.get_context("fork")
+    dead = ctx.Process(target=int)
+    dead.start()
+    dead.join()                                        # a pid that no longer runs: its lock is stale
+    for attempt in range(20):
+        run = tmp_path / f"run{attempt}"
+        run.mkdir()
+        (run / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "pid_start": "1",
+                                               **machine_ids(), "what": "a dead extract", "token": f"dead{attempt}"}))
+        barrier, results = ctx.Barrier(2), ctx.Queue()
+        procs = [ctx.Process(target=_race_for_the_lock, args=(str(run), barrier, results)) for _ in range(2)]
+        for p in procs:
+            p.start()
+        got = sorted(results.get(timeout=60) for _ in procs)
+        for p in procs:
+            p.join(60)
+        assert got == ["refused", "won"], (attempt, got)
+
+
+def test_a_lock_from_another_container_with_the_same_host_name_is_not_judged_dead(tmp_path):
+    import socket
+
+    from embedlab.lock import holder_alive, machine_ids
+
+    here = machine_ids()
+    holder = {"host": socket.gethostname(), "pid": 2 ** 22 + 7, **here}      # a pid that does not run here
+    assert holder_alive(holder) is False
+    if here["boot_id"]:
+        assert holder_alive(dict(holder, boot_id="another-boot")) is None
+    if here["pid_ns"]:
+        assert holder_alive(dict(holder, pid_ns="1")) is None
+
+
+def test_pax_tars_with_long_member_names_round_trip(tmp_path):
+    files = tmp_path / "files"
+    _photos(files, 3)
+    long_dir = "d" * 80 + "/" + "e" * 80                    # > 100 characters: a pax path record, as img2dataset writes
+    (tmp_path / "shards").mkdir()
+    with tarfile.open(tmp_path / "shards" / "00000.tar", "w", format=tarfile.PAX_FORMAT) as tf:
+        for p in sorted(files.iterdir()):
+            _add(tf, f"{long_dir}/{p.stem}{'x' * 40}.jpg", p.read_bytes())
+            _add(tf, f"{long_dir}/{p.stem}{'x' * 40}.json", json.dumps({"key": p.stem, "status": "success"}).encode())
+    report = mf.manifest("webdataset", tmp_path / "shards", tmp_path / "w.jsonl")
+    assert report["count"] == 3
+    m = mf.read_manifest(tmp_path / "w.jsonl")
+    assert m.entries[0].tar["member"] == f"{long_dir}/000{'x' * 40}.jpg" and m.entries[0].meta["key"] == "000"
+    wds = extract(tmp_path / "w.jsonl", "embedlab-tiny", "none", tmp_path / "run_wds", workers=0, **TINY)
+    ref = extract(files.parent / "files.jsonl", "embedlab-tiny", "none", tmp_path / "run_files", workers=0, **TINY)
+    assert wds["embedded"] == ref["embedded"] == 3
+    assert np.array_equal(Run(tmp_path / "run_wds").vectors, Run(tmp_path / "run_files").vectors)
+
+
+def test_a_manifest_changed_after_its_scan_is_refused_in_one_line(tmp_path):
+    man = _photos(tmp_path / "imgs", 3)
+    scan = mf.scan_manifest(man)
+    assert scan.manifest.entries[0].path == "000.png"
+    later = mf.scan_manifest(man)
+    with open(man, "a", encoding="utf-8") as fh:             # the offsets of `later` no longer hold
+        fh.write("\n")
+    with pytest.raises(mf.ManifestError, match=r"changed \(or was replaced\) after it was read") as exc:
+        later.manifest.entries[1]
+    assert "\n" not in str(exc.value)
+
+
+def test_tar_descriptor_cache_never_closes_a_descriptor_in_use(tmp_path, monkeypatch):
+    from embedlab import images
+
+    monkeypatch.setattr(images, "_MAX_FDS", 4)
+    tars = []
+    for i in range(8):
+        tars.append(str(tmp_path / f"{i}.tar"))
+        Path(tars[-1]).write_bytes(b"x" * 10)
+    with images._tar_fd(tars[0]) as held:                   # a reader mid-pread while others open more tars
+        for t in tars[1:]:
+            with images._tar_fd(t) as fd:
+                assert os.pread(fd, 3, 0) == b"xxx"
+        assert os.pread(held, 3, 0) == b"xxx"                # not closed (nor reused for another tar)
+        assert os.fstat(held).st_ino == os.stat(tars[0]).st_ino
+    assert len([k for k in images._FDS if k[0] == os.getpid()]) <= 5
+
+
+def test_ray_failures_are_retried_bounded_and_an_unavailable_actor_is_kept():
+    ray = pytest.importorskip("ray")
+    from collections import deque
+
+    from embedlab.extract_ray import MAX_RESUBMITS, on_failure
+
+    ex = ray.exceptions
+
+    def err(cls):
+        return cls.__new__(cls)                 # the classification looks at the type only
+
+    actor, other = object(), object()
+    for cls, verdict, kept in [(ex.ActorUnavailableError, "retried", True), (ex.RayActorError, "dropped", False),
+                               (ex.OutOfMemoryError, "retried", True), (ex.NodeDiedError, "retried", True),
+                               (ex.ObjectLostError, "retried", True), (ex.WorkerCrashedError, "retried", True)]:
+        alive, queue, resubmits, counts = [actor, other], deque([9]), {}, {"failed_shards": {}}
+        assert on_failure(ray, err(cls), actor, 3, alive, queue, resubmits, counts) == verdict, cls
+        assert (actor in alive) is kept and list(queue) == [3, 9] and not counts["failed_shards"], cls
+        for _ in range(MAX_RESUBMITS - 1):
+            on_failure(ray, err(cls), actor, 3, alive, queue, resubmits, counts)
+        assert on_failure(ray, err(cls), actor, 3, alive, queue, resubmits, counts) == "failed"   # bounded
+        assert cls.__name__ in counts["failed_shards"]["3"] and list(queue).count(3) == MAX_RESUBMITS
+    counts = {"failed_shards": {}}
+    task_error = ex.RayTaskError("embed_shard", "Traceback ...\nValueError: bad record", ValueError("bad record"))
+    assert on_failure(ray, task_error, actor, 5, [actor], deque(), {}, counts) == "failed"   # a data error: no retry
+    assert "bad record" in counts["failed_shards"]["5"]
+
+
+def test_a_ray_actor_that_cannot_see_the_dataset_fails_its_check(tmp_path):
+    pytest.importorskip("ray")
+    from embedlab.extract_ray import ShardActor
+
+    run = tmp_path / "run"
+    (run / ".engine").mkdir(parents=True)
+    (run / ".engine" / "probe.json").write_text(json.dumps({"token": "t"}))
+    from embedlab import models
+
+    lm = models.load_model("embedlab-tiny", "none", "cpu")
+    spec = {"max_pixels": None, "model": "embedlab-tiny", "pretrained": "none", "device": "cpu", "root": str(tmp_path),
+            "threads": 1, "run_dir": str(run), "token": "t", "weights_sha256": lm.info["weights_sha256"],
+            "compute_dtype": models.compute_dtype(lm.device), "probe_paths": [str(tmp_path)]}
+    actor = ShardActor(spec)                               # the class itself, without Ray: the check is plain Python
+    assert actor.check()["error"] is None
+    actor.spec = dict(spec, probe_paths=[str(tmp_path), str(tmp_path / "not-mounted-here" / "0001.tar")])
+    msg = actor.check()["error"]
+    assert "cannot see the dataset" in msg and "not-mounted-here" in msg

@@ -104,7 +104,7 @@ def test_demo_index_links_are_url_encoded_and_resolve(tmp_path):
     odd.write_bytes(b"x")
     (tmp_path / "report").mkdir()
     (tmp_path / "report" / "report.html").write_text("<html></html>")
-    result = {"artifacts": {"report": str(tmp_path / "report" / "report.html"), "odd": str(odd)},
+    result = {"files": {"report": str(tmp_path / "report" / "report.html"), "odd": str(odd)},
               "model": "m/<none>", "bias_concept": "<cat>", "residual_top": ["a&b"], "metrics": {}, "timings_s": {},
               "total_s": 1.0}
     text = write_index(tmp_path, result).read_text()

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .._io import list_images
-from ..errors import ConfigError
+from ..errors import ConfigError, InvalidParameterError
 
 
 def _is_run(p: Path) -> bool:
@@ -57,11 +57,12 @@ def resolve_pairs(spec: str, default_selector: str) -> tuple[list[str], list[str
         man = mf.read_manifest(p)
         entries = selector.filter(man.entries)
     else:
-        raise ConfigError(f"--pixel-loss needs paired data: pass a manifest or run whose records have \"gt\" ({spec}).")
+        raise InvalidParameterError(f"The 'pixel_loss' parameter of train needs paired data: pass a manifest or run whose "
+                                    f"records have \"gt\" ({spec}).", param="pixel_loss", owner="train")
     missing = [e.path for e in entries if not e.gt]
     if missing or not entries:
         raise ConfigError(f"--pixel-loss needs a ground truth for every training image; {len(missing)} of {len(entries)} "
-                          f"have none (e.g. {missing[:2]}). Fix: use paired data (e.g. BAID with GT) or drop --pixel-loss.")
+                          f"have none (e.g. {missing[:2]}). Fix: use paired data (e.g. BAID with GT) or set pixel_loss to 0.")
     return [mf.materialize(man, e.path, e) for e in entries], [mf.materialize(man, e.gt) for e in entries]
 
 

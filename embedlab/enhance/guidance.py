@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from ..errors import ConfigError, IncompatibleRunError
+from ..errors import IncompatibleRunError, InvalidParameterError
 from .._validate import check_param
 
 if TYPE_CHECKING:
@@ -110,7 +110,9 @@ class ResidualGuidance(GuidanceMode):
     @classmethod
     def check_config(cls, cfg) -> None:
         if not cfg.residual:
-            raise ConfigError("--guidance residual needs --residual corrected.npy (made by `embedlab residual`/`correct`).")
+            raise InvalidParameterError("The 'residual' parameter of train is required with guidance='residual': a "
+                                        "residual .npy such as corrected.npy (made by `residual` or `correct`).",
+                                        param="residual", owner="train")
 
     @property
     def weight(self) -> float:
@@ -128,7 +130,7 @@ class ResidualGuidance(GuidanceMode):
         res = load_residual(cfg.residual)
         mi = res.info["model"]
         if cfg.model and (cfg.model, cfg.pretrained) != (mi["model"], mi["pretrained"]):
-            raise IncompatibleRunError(f"--model {cfg.model}/{cfg.pretrained} differs from the residual's model "
+            raise IncompatibleRunError(f"The guidance model {cfg.model}/{cfg.pretrained} differs from the residual's model "
                                        f"{mi['model']}/{mi['pretrained']}; train reads the model from the residual.")
         self.lm = models.load_verified(dict(mi, embed_dim=len(res.vector)), trainer.dev, source=f"residual {cfg.residual}")
         self.v_res = torch.tensor(res.vector, dtype=torch.float32, device=trainer.dev)
@@ -159,7 +161,9 @@ class LearnedGuidance(GuidanceMode):
     @classmethod
     def check_config(cls, cfg) -> None:
         if not cfg.welllit:
-            raise ConfigError(f"--guidance {cfg.guidance} learns from both sets: pass --welllit MANIFEST_OR_RUN.")
+            raise InvalidParameterError(f"The 'welllit' parameter of train is required with guidance={cfg.guidance!r}: "
+                                        "the mode learns from both sets (MANIFEST_OR_RUN[:SELECTOR]).", param="welllit",
+                                        owner="train")
 
     def initial_param(self, device) -> torch.Tensor:
         raise NotImplementedError

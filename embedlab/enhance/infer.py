@@ -97,10 +97,8 @@ def list_inputs(inputs: list[str]) -> list[Path]:
 def enhance(checkpoint: str | os.PathLike, inputs: list[str] | str, out: str | os.PathLike, *, device: str = "auto",
             batch_size: int = 4, max_pixels: int | None = DEFAULT_MAX_PIXELS, progress: bool = True,
             precision: str = "fp32") -> dict:
-    """Enhance files or folders into `out` as PNGs (name = input stem). Same-size images are batched.
-
-    Returns {"files": {input: output PNG}, "images": one record per input (input, output or None, size or error),
-    "enhanced": count, "skipped": count}."""
+    """Enhance files or folders into `out` as PNGs (name = input stem), batching same-size images. Returns {"files":
+    {input: output PNG}, "images": a record per input (output or None, size or error), "enhanced", "skipped"}."""
     from PIL import Image
 
     from .. import models
