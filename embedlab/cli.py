@@ -692,7 +692,7 @@ def demo_cmd(out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="Out
                                                  "Or any open_clip model, e.g. ViT-B-32 with --pretrained openai."),
              pretrained: Optional[str] = typer.Option(None, help=PRETRAINED_HELP),
              enhancer: Optional[Path] = typer.Option(None, help="Use this enhancer (e.g. a published RAVE .pth) instead of training one."),
-             iters: int = typer.Option(150, help="Iterations of the short RAVE training (the 'demo' train preset)."),
+             iters: int = typer.Option(75, help="Iterations of the short RAVE training (the 'demo' train preset)."),
              permutations: int = typer.Option(1000, help="Shuffles for the concept report's permutation test."),
              compare: bool = typer.Option(False, help="Also train CLIP-LIT-Latent on the same budget for the curve figure."),
              raw_curve: bool = typer.Option(True, help="Also train on the raw (uncorrected) residual for the curve figure."),

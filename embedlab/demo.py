@@ -50,7 +50,7 @@ def pick_bias_concept(concepts: list[dict]) -> str | None:
 
 
 def demo(out: str | os.PathLike = "demo_out", *, model: str | None = None, pretrained: str | None = None,
-         device: str = "auto", enhancer: str | None = None, train_iters: int = 150, permutations: int = 1000,
+         device: str = "auto", enhancer: str | None = None, train_iters: int = 75, permutations: int = 1000,
          identity: str = "guidance-tower", progress: bool = True, demo_steps: int | None = None,
          compare: bool = False, raw_curve: bool = True, curve_every: int = 25) -> dict:
     """Run the demo chain into `out`; returns a dict of every artifact's path and the headline numbers.
