@@ -126,22 +126,32 @@ def train_with_curve(out: Path, held: HeldOut, every: int, max_pixels: int | Non
 
     from .enhance.train import Trainer, make_config
 
+    import torch
+
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
     cfg = make_config(out=str(out), **train_options)
     trainer = Trainer(cfg)
     t_train, curve = 0.0, []
-    while True:
-        t0 = time.perf_counter()
-        r = trainer.run(progress=progress, stop_after=every)
-        t_train += time.perf_counter() - t0
-        point = {"iter": trainer.step, **held.scores(run_net(trainer.net.state_dict(), held.inputs, max_pixels))}
-        curve.append(point)
-        if on_point:
-            on_point(point)
-        if r["finished"]:
-            return {"enhancer": r["enhancer"], "curve": curve, "train_seconds": round(t_train, 2)}
+    # One intra-op thread: the demo's 64 px batches of 4 train 4-5x faster so on a 2-core CPU, and the CPU kernels'
+    # summation order (hence the short training's outcome, which is sensitive to it) is then the measured one in
+    # analyses/results/eval_demo_loop.json on any machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        while True:
+            t0 = time.perf_counter()
+            r = trainer.run(progress=progress, stop_after=every)
+            t_train += time.perf_counter() - t0
+            point = {"iter": trainer.step, **held.scores(run_net(trainer.net.state_dict(), held.inputs, max_pixels))}
+            curve.append(point)
+            if on_point:
+                on_point(point)
+            if r["finished"]:
+                return {"enhancer": r["enhancer"], "curve": curve, "train_seconds": round(t_train, 2)}
+    finally:
+        torch.set_num_threads(threads)
 
 
 def plot_curves(curves: dict, start: dict, thr: float, baselines: dict, path: str | os.PathLike) -> Path:
