@@ -171,7 +171,6 @@ def _to_tensor(batch: list[np.ndarray], mean, std):
 def train_demo_clip(recipe: DemoRecipe, out_dir: Path, device: str = "auto", progress: bool = True) -> dict:
     """Train the demo CLIP for `recipe` into out_dir (checkpoint, vocabulary, metadata). Deterministic on CPU."""
     import torch
-    import torch.nn.functional as F
 
     from . import models
 
@@ -185,12 +184,7 @@ def train_demo_clip(recipe: DemoRecipe, out_dir: Path, device: str = "auto", pro
     model, tok = lm.model, lm.tokenizer
     model.train()
     mean, std = lm.info["mean"], lm.info["std"]
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "token_embedding" not in n and "positional" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "token_embedding" not in n and "positional" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / recipe.warmup) *
-                                              0.5 * (1 + np.cos(np.pi * min(1.0, s / recipe.steps))))
+    opt, sched = _optimizer(model, recipe)
     objects_of = {uri: photo_objects(uri) for uri in recipe.photos}
     bar = None
     if progress:
@@ -199,27 +193,8 @@ def train_demo_clip(recipe: DemoRecipe, out_dir: Path, device: str = "auto", pro
         bar = tqdm(total=recipe.steps, desc="pretrain-demo", unit="step", dynamic_ncols=True)
     losses = []
     for step in range(recipe.steps):
-        idx = rng.integers(0, len(pool), recipe.batch_size)
-        imgs, img_keys, captions, cap_keys = [], [], [], []
-        for i in idx:
-            arr, cls, uri = pool[i]
-            obj = objects_of[uri][rng.integers(len(objects_of[uri]))]
-            imgs.append(_random_crop(arr, recipe.image_size, rng))
-            img_keys.append((cls, set(objects_of[uri])))
-            kind = rng.random()
-            c_cls, c_obj = (cls, obj) if kind < 0.6 else ((cls, None) if kind < 0.85 else (None, obj))
-            captions.append(_caption(c_cls, c_obj, rng))
-            cap_keys.append((c_cls, c_obj))
-        target = torch.tensor([[float((cc is None or cc == ic) and (co is None or co in iobjs)) for cc, co in cap_keys]
-                               for ic, iobjs in img_keys])
-        pixels = _to_tensor(imgs, mean, std).to(dev)
-        tokens = tok(captions).to(dev)
-        img_f = F.normalize(model.encode_image(pixels), dim=-1)
-        txt_f = F.normalize(model.encode_text(tokens), dim=-1)
-        logits = model.logit_scale.exp().clamp(max=100) * img_f @ txt_f.T
-        t_img = (target / target.sum(1, keepdim=True)).to(dev)
-        t_txt = (target.T / target.T.sum(1, keepdim=True)).to(dev)
-        loss = 0.5 * (-(t_img * F.log_softmax(logits, 1)).sum(1).mean() - (t_txt * F.log_softmax(logits.T, 1)).sum(1).mean())
+        imgs, captions, target = _sample_batch(pool, objects_of, recipe, rng)
+        loss = _contrastive_loss(model, tok, imgs, captions, target, mean, std, dev)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -232,14 +207,7 @@ def train_demo_clip(recipe: DemoRecipe, out_dir: Path, device: str = "auto", pro
     if bar is not None:
         bar.close()
     model.eval()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    from safetensors.torch import save_file
-
-    ckpt = out_dir / f"{MODEL_NAME}.safetensors"
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(ckpt) as tmp:
-        save_file(state, str(tmp))
-    atomic_write_bytes(ckpt.with_suffix(".vocab.txt"), ("\n".join(vocabulary()) + "\n").encode())
+    ckpt = _save_checkpoint(model, out_dir)
     meta = {"model": MODEL_NAME, "checkpoint": str(ckpt), "recipe": asdict(recipe), "recipe_key": recipe.key(),
             "label": "embedlab demo model: trained offline on package photos; not a general-purpose CLIP",
             "train_seconds": round(time.perf_counter() - t0, 1), "render_seconds": round(t_render, 1),
@@ -247,6 +215,66 @@ def train_demo_clip(recipe: DemoRecipe, out_dir: Path, device: str = "auto", pro
             "torch_version": torch.__version__, "threads": torch.get_num_threads()}
     atomic_write_json(out_dir / "train.json", meta)
     return meta
+
+
+def _optimizer(model, recipe: DemoRecipe):
+    """AdamW (no weight decay on biases, norms, token and positional embeddings) and its warmup-cosine schedule."""
+    import torch
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "token_embedding" not in n and "positional" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "token_embedding" not in n and "positional" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / recipe.warmup) *
+                                              0.5 * (1 + np.cos(np.pi * min(1.0, s / recipe.steps))))
+    return opt, sched
+
+
+def _sample_batch(pool, objects_of: dict, recipe: DemoRecipe, rng):
+    """One training batch: cropped images, their captions and the (image, caption) match matrix."""
+    import torch
+
+    idx = rng.integers(0, len(pool), recipe.batch_size)
+    imgs, img_keys, captions, cap_keys = [], [], [], []
+    for i in idx:
+        arr, cls, uri = pool[i]
+        obj = objects_of[uri][rng.integers(len(objects_of[uri]))]
+        imgs.append(_random_crop(arr, recipe.image_size, rng))
+        img_keys.append((cls, set(objects_of[uri])))
+        kind = rng.random()
+        c_cls, c_obj = (cls, obj) if kind < 0.6 else ((cls, None) if kind < 0.85 else (None, obj))
+        captions.append(_caption(c_cls, c_obj, rng))
+        cap_keys.append((c_cls, c_obj))
+    target = torch.tensor([[float((cc is None or cc == ic) and (co is None or co in iobjs)) for cc, co in cap_keys]
+                           for ic, iobjs in img_keys])
+    return imgs, captions, target
+
+
+def _contrastive_loss(model, tok, imgs, captions, target, mean, std, dev):
+    """Symmetric CLIP loss against soft targets (a caption may match several images of the batch)."""
+    import torch.nn.functional as F
+
+    pixels = _to_tensor(imgs, mean, std).to(dev)
+    tokens = tok(captions).to(dev)
+    img_f = F.normalize(model.encode_image(pixels), dim=-1)
+    txt_f = F.normalize(model.encode_text(tokens), dim=-1)
+    logits = model.logit_scale.exp().clamp(max=100) * img_f @ txt_f.T
+    t_img = (target / target.sum(1, keepdim=True)).to(dev)
+    t_txt = (target.T / target.T.sum(1, keepdim=True)).to(dev)
+    return 0.5 * (-(t_img * F.log_softmax(logits, 1)).sum(1).mean() - (t_txt * F.log_softmax(logits.T, 1)).sum(1).mean())
+
+
+def _save_checkpoint(model, out_dir: Path) -> Path:
+    """Write the weights (safetensors) and the tokenizer vocabulary into out_dir; return the checkpoint path."""
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = out_dir / f"{MODEL_NAME}.safetensors"
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(ckpt) as tmp:
+        save_file(state, str(tmp))
+    atomic_write_bytes(ckpt.with_suffix(".vocab.txt"), ("\n".join(vocabulary()) + "\n").encode())
+    return ckpt
 
 
 def pretrain_demo(out: str | os.PathLike | None = None, device: str = "auto", overwrite: bool = False,

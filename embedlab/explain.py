@@ -500,27 +500,42 @@ def explain_residual(residual: str | os.PathLike, out: str | os.PathLike = "repo
               "concepts": table.replace({np.nan: None}).to_dict(orient="records"), "exemplars": []}
     figures = {"bar": rep.png_data_uri(rep.bar_chart(result["adds"], result["removes"]))}
     if runs is not None:
-        run_a, mask_a, run_b, mask_b = runs
-        hists = []
-        C = result["centred"]
-        xa, xb = l2n(x_from), l2n(x_to)
-        index_a, index_b = run_a.load_index(), run_b.load_index()
-        for side, n in (("adds", 5), ("removes", 3)):
-            for _, row in result[side].head(n).iterrows():
-                j = int(row["vocab_index"])
-                hists.append((row["concept"], xa @ C[j], xb @ C[j], side))
-                if exemplars > 0:
-                    ex = {"concept": row["concept"], "direction": side,
-                          "from": _exemplars(run_a, index_a, mask_a, E[j], exemplars),
-                          "to": _exemplars(run_b, index_b, mask_b, E[j], exemplars)}
-                    report["exemplars"].append(ex)
-        figures["histograms"] = rep.png_data_uri(rep.similarity_histograms(
-            hists, res.info["from"]["selector"], res.info["to"]["selector"]))
+        figures["histograms"] = _exemplars_and_histograms(report, result, runs, x_from, x_to, E, exemplars, res)
+    html_exemplars = _html_exemplars(report)
+    report["files"] = rep.write_report(out, report, figures, html_exemplars)
+    return report
+
+
+def _exemplars_and_histograms(report: dict, result: dict, runs, x_from, x_to, E, exemplars: int, res) -> str:
+    """Append the top concepts' exemplar images to report["exemplars"]; return the similarity histograms (data URI)."""
+    from . import report as rep
+
+    run_a, mask_a, run_b, mask_b = runs
+    hists = []
+    C = result["centred"]
+    xa, xb = l2n(x_from), l2n(x_to)
+    index_a, index_b = run_a.load_index(), run_b.load_index()
+    for side, n in (("adds", 5), ("removes", 3)):
+        for _, row in result[side].head(n).iterrows():
+            j = int(row["vocab_index"])
+            hists.append((row["concept"], xa @ C[j], xb @ C[j], side))
+            if exemplars > 0:
+                ex = {"concept": row["concept"], "direction": side,
+                      "from": _exemplars(run_a, index_a, mask_a, E[j], exemplars),
+                      "to": _exemplars(run_b, index_b, mask_b, E[j], exemplars)}
+                report["exemplars"].append(ex)
+    return rep.png_data_uri(rep.similarity_histograms(
+        hists, res.info["from"]["selector"], res.info["to"]["selector"]))
+
+
+def _html_exemplars(report: dict) -> list:
+    """The exemplars with thumbnails for the HTML page; both lists' files become cache references."""
+    from . import report as rep
+
     thumbs = {it["file"]: None for ex in report["exemplars"] for s in ("from", "to") for it in ex[s]}
     thumbs = {f: rep.thumb_data_uri(f) for f in thumbs}     # an image is often exemplar of several concepts
     html_exemplars = [{**ex, **{s: [dict(it, thumb=thumbs[it["file"]]) for it in ex[s]] for s in ("from", "to")}}
                       for ex in report["exemplars"]]
     for it in (it for exs in (report["exemplars"], html_exemplars) for ex in exs for s in ("from", "to") for it in ex[s]):
         it["file"] = cache_ref(it["file"])      # files materialised in the cache: no user's home in the report
-    report["files"] = rep.write_report(out, report, figures, html_exemplars)
-    return report
+    return html_exemplars

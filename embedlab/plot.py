@@ -104,7 +104,7 @@ def plot(run: str | os.PathLike, out: str | os.PathLike | None = None, *, color_
     out.mkdir(parents=True, exist_ok=True)
     X, meta, sample, size_note = _sampled(r, color_by, residual, max_points, seed)
     labels = meta[color_by].astype(str).to_numpy()
-    res_vec = None
+    res = res_vec = None
     if residual:
         from .residual import load_residual
 
@@ -123,38 +123,9 @@ def plot(run: str | os.PathLike, out: str | os.PathLike | None = None, *, color_
             Y, pca = umap_2d(X, seed), None
         else:
             raise ConfigError(f"Unknown map method {method!r}; choose pca or umap.")
-        fig, ax = plt.subplots(figsize=(6.5, 5.5))
-        for lab in sorted(set(labels)):
-            m = labels == lab
-            ax.scatter(Y[m, 0], Y[m, 1], s=14, alpha=0.75, label=f"{lab} ({m.sum()})")
-        if residual is not None:
-            side_from = _selector_mask(meta, res.info["from"]["selector"])
-            side_to = _selector_mask(meta, res.info["to"]["selector"])
-            if side_from is not None and side_to is not None:
-                start = Y[side_from].mean(0)
-                if pca is not None:
-                    direction = pca.transform((X.mean(0) + res_vec)[None])[0] - pca.transform(X.mean(0)[None])[0]
-                    length = np.linalg.norm(Y[side_to].mean(0) - start) or 1.0
-                    end = start + direction / (np.linalg.norm(direction) or 1.0) * length
-                else:  # UMAP has no linear map: draw the arrow between the two sets' centroids
-                    end = Y[side_to].mean(0)
-                ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="->", lw=2.2, color="k"))
-                ax.plot([], [], color="k", lw=2.2, label="residual (from set -> to set)")   # in the legend, off the points
-        ax.set_title(f"{method.upper()} of image embeddings ({'cosine' if method == 'umap' else 'linear'}), by {color_by}\n"
-                     f"{size_note}", fontsize=10)
-        if pca is not None:
-            share = pca.explained_variance_ratio_
-            ax.set_xlabel(f"PC1 ({100 * share[0]:.1f}% of variance)")
-            ax.set_ylabel(f"PC2 ({100 * share[1]:.1f}% of variance)")
-        else:
-            ax.set_xlabel("UMAP 1 (cosine neighbourhoods; no units)")
-            ax.set_ylabel("UMAP 2")
-        ax.legend(fontsize=8, loc="best")
         path = out / f"map_{method}.png"
-        for t in fig.findobj(matplotlib.text.Text):      # user strings (metadata values) as plain text, never mathtext
-            t.set_parse_math(False)
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
+        _draw_map(X, Y, pca, labels, meta, method, color_by, size_note, path,
+                  residual=residual, res=res, res_vec=res_vec)
         files[method] = str(path)
     if projector:
         files["projector"] = str(export_projector(X, meta, out / "projector"))
@@ -163,6 +134,50 @@ def plot(run: str | os.PathLike, out: str | os.PathLike | None = None, *, color_
     atomic_write_json(out / "sample.json", sample)
     files["sample"] = str(out / "sample.json")
     return {"files": files, "points": sample["points"], "of": sample["of"]}
+
+
+def _draw_map(X, Y, pca, labels, meta, method: str, color_by: str, size_note: str, path: Path, *,
+              residual=None, res=None, res_vec=None) -> None:
+    """Draw one 2-D map (points by label, optional residual arrow) and save it as PNG at `path`."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    for lab in sorted(set(labels)):
+        m = labels == lab
+        ax.scatter(Y[m, 0], Y[m, 1], s=14, alpha=0.75, label=f"{lab} ({m.sum()})")
+    if residual is not None:
+        _draw_residual_arrow(ax, X, Y, pca, meta, res, res_vec)
+    ax.set_title(f"{method.upper()} of image embeddings ({'cosine' if method == 'umap' else 'linear'}), by {color_by}\n"
+                 f"{size_note}", fontsize=10)
+    if pca is not None:
+        share = pca.explained_variance_ratio_
+        ax.set_xlabel(f"PC1 ({100 * share[0]:.1f}% of variance)")
+        ax.set_ylabel(f"PC2 ({100 * share[1]:.1f}% of variance)")
+    else:
+        ax.set_xlabel("UMAP 1 (cosine neighbourhoods; no units)")
+        ax.set_ylabel("UMAP 2")
+    ax.legend(fontsize=8, loc="best")
+    for t in fig.findobj(matplotlib.text.Text):      # user strings (metadata values) as plain text, never mathtext
+        t.set_parse_math(False)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _draw_residual_arrow(ax, X, Y, pca, meta, res, res_vec) -> None:
+    """Draw the residual as an arrow from the 'from' set's centroid (PCA: along its projected direction)."""
+    side_from = _selector_mask(meta, res.info["from"]["selector"])
+    side_to = _selector_mask(meta, res.info["to"]["selector"])
+    if side_from is not None and side_to is not None:
+        start = Y[side_from].mean(0)
+        if pca is not None:
+            direction = pca.transform((X.mean(0) + res_vec)[None])[0] - pca.transform(X.mean(0)[None])[0]
+            length = np.linalg.norm(Y[side_to].mean(0) - start) or 1.0
+            end = start + direction / (np.linalg.norm(direction) or 1.0) * length
+        else:  # UMAP has no linear map: draw the arrow between the two sets' centroids
+            end = Y[side_to].mean(0)
+        ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="->", lw=2.2, color="k"))
+        ax.plot([], [], color="k", lw=2.2, label="residual (from set -> to set)")   # in the legend, off the points
 
 
 def _selector_mask(meta, selector: str):

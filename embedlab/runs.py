@@ -226,7 +226,8 @@ def merge_runs(runs: list, out, *, overwrite: bool = False, index_budget: str = 
     Refuses runs whose model, weights, preprocessing, decode path, vector dtype or dimension differ (their vectors
     are not comparable). Row ids are renumbered (run i's ids are offset by the inputs of the runs before it); each
     image keeps `merged_from` (the index of its source run). Shards are copied one at a time, then the run is
-    finalised like `extract` (metadata, errors, exact index within `index_budget`)."""
+    finalised like `extract` (metadata, errors, exact index within `index_budget`). Returns extract's summary
+    (with the written files under `files`: run, manifest, metadata, errors, index), `out` and `merged`."""
     import hashlib
     import shutil
 

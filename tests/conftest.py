@@ -76,3 +76,21 @@ def tiny_demo(tmp_path_factory):
                        capture_output=True, text=True, cwd=REPO, env=dict(os.environ), timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
     return out, json.loads((out / "demo.json").read_text()), r.stdout
+
+
+def page_links(html_text: str) -> list[str]:
+    """The local targets of a page's <a href> and <img src> (data: URIs and in-page anchors left out)."""
+    import html.parser
+
+    class Links(html.parser.HTMLParser):
+        links: list[str] = []
+
+        def handle_starttag(self, tag, attrs):
+            for k, v in attrs:
+                if (tag, k) in (("a", "href"), ("img", "src")) and v and not v.startswith(("data:", "#")):
+                    self.links.append(v)
+
+    parser = Links()
+    parser.links = []
+    parser.feed(html_text)
+    return parser.links

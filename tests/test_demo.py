@@ -1,13 +1,13 @@
-import html.parser
 import json
 import os
 import sys
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, page_links
 
 
 def test_pretrain_demo_plumbing_is_deterministic_and_cached(tmp_path, monkeypatch):
@@ -42,17 +42,6 @@ def test_bias_rule_skips_lighting_words():
     assert pick_bias_concept(concepts) == "cat"
 
 
-class _Links(html.parser.HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.links = []
-
-    def handle_starttag(self, tag, attrs):
-        for k, v in attrs:
-            if (tag, k) in (("a", "href"), ("img", "src")) and not v.startswith("data:"):
-                self.links.append(v)
-
-
 def test_demo_end_to_end_with_the_tiny_model(tiny_demo):
     out, result, stdout = tiny_demo           # one CLI run shared with tests/test_browser.py (conftest.py)
     assert "index.html" in stdout
@@ -74,11 +63,10 @@ def test_demo_end_to_end_with_the_tiny_model(tiny_demo):
     for k in ("psnr", "ssim", "mean_luma"):
         assert np.isfinite(summary[k])
     assert np.isfinite(summary["residual_projection"]["enhanced"])
-    parser = _Links()
-    parser.feed((out / "index.html").read_text())
-    assert len(parser.links) >= 8
-    for link in parser.links:
-        assert (out / link).exists(), link
+    links = page_links((out / "index.html").read_text())
+    assert len(links) >= 8
+    for link in links:
+        assert (out / unquote(link)).exists(), link
     # the held-out photos never enter training or the residual
     man = [json.loads(l) for l in (out / "manifest.jsonl").read_text().splitlines()[1:]]
     test_groups = {m["group"] for m in man if m["split"] == "test"}

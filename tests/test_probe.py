@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,3 +87,4 @@ def test_planted_blur_residual_ranks_blur_first(tmp_path, tiny_model):
     assert saved["ranking"][0]["edit"] == "blur" and len(saved["images"]) == len(photos)
     for f in ("csv", "md", "png"):
         assert (tmp_path / "probe" / f"probe.{f}").stat().st_size > 0
+    assert set(res["files"]) == {"json", "csv", "md", "png"} and all(Path(p).exists() for p in res["files"].values())

@@ -1,7 +1,6 @@
 """The concept report's renderers: user strings reach figures, Markdown and HTML as plain text, links are
 URL-encoded, the page states what the residual is and which concepts are significant, and the interactive map
 is a self-contained page."""
-import html.parser
 import json
 import re
 
@@ -9,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import page_links
 from embedlab import report as rep
 
 HOSTILE = ["$$", "$x$", "a $5 and $6", "*bold* _it_", "[link](http://e.com)", "`code` <b>x</b>", "a|b", "#head"]
@@ -83,17 +83,6 @@ def test_url_for_encodes_reserved_characters():
     assert rep.url_for("dir with space/x%y.png") == "dir%20with%20space/x%25y.png"
 
 
-class _Hrefs(html.parser.HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.links = []
-
-    def handle_starttag(self, tag, attrs):
-        for k, v in attrs:
-            if (tag, k) in (("a", "href"), ("img", "src")) and not v.startswith(("data:", "#")):
-                self.links.append(v)
-
-
 def test_demo_index_links_are_url_encoded_and_resolve(tmp_path):
     from urllib.parse import unquote
 
@@ -110,10 +99,9 @@ def test_demo_index_links_are_url_encoded_and_resolve(tmp_path):
     text = write_index(tmp_path, result).read_text()
     assert "map%20%231%3F.png" in text and "map #1?.png'" not in text and 'map #1?.png"' not in text
     assert "&lt;cat&gt;" in text and "<cat>" not in text
-    p = _Hrefs()
-    p.feed(text)
-    assert p.links
-    for link in p.links:
+    links = page_links(text)
+    assert links
+    for link in links:
         assert (tmp_path / unquote(link)).exists(), link
 
 

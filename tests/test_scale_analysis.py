@@ -5,6 +5,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -229,6 +230,7 @@ def test_merge_renumbers_and_refuses_mixed_runs(tmp_path):
     summary = merge_runs([a.path, b.path], tmp_path / "m")
     m = Run(tmp_path / "m")
     assert summary["embedded"] == 2100 and m.manifest["status"] == "complete"
+    assert {"manifest", "metadata", "errors"} <= set(summary["files"]) and all(Path(p).exists() for p in summary["files"].values())
     assert np.array_equal(m.vectors, np.r_[a.vectors, b.vectors]) and m.metadata["row_id"].is_unique
     assert m.metadata["merged_from"].tolist() == [0] * 1200 + [1] * 900
     other = make_run(tmp_path / "c", 300, d=16, seed=1)       # other weights
