@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-from ._io import atomic_write_bytes, atomic_write_json
+from ._io import atomic_write_bytes, atomic_write_json, list_images
 from .errors import ConfigError, IncompatibleRunError
 from .synth import LUMA, linear_to_srgb, smoothstep, srgb_to_linear
 
@@ -208,19 +208,16 @@ def format_table(ranking: list[dict], base_mean: float, thr: float) -> str:
 # ----------------------------------------------------------------------------------------------- I/O
 def _image_files(images: Sequence[str], selector: str) -> list[str]:
     from . import manifests as mf
+    from .selector import split_spec
 
     files: list[str] = []
     for spec in images:
-        p = Path(spec)
-        if ":" in spec and not p.exists():
-            p, selector = Path(spec.rsplit(":", 1)[0]), spec.rsplit(":", 1)[1]
+        p, chosen = split_spec(spec, selector)
         if p.suffix == ".jsonl":
             man = mf.read_manifest(p)
-            want = dict(part.split("=", 1) if "=" in part else ("role", part) for part in selector.split(",") if part)
-            files += [mf.materialize(man, e.path, e) for e in man.entries
-                      if all(str(getattr(e, k, None)) == v for k, v in want.items())]
+            files += [mf.materialize(man, e.path, e) for e in chosen.filter(man.entries)]
         elif p.is_dir():
-            files += sorted(str(f) for f in p.iterdir() if f.suffix.lower() in mf.IMAGE_EXTENSIONS)
+            files += [str(f) for f in list_images(p)]
         elif p.exists():
             files.append(str(p))
         else:

@@ -88,3 +88,25 @@ def test_planted_blur_residual_ranks_blur_first(tmp_path, tiny_model):
     for f in ("csv", "md", "png"):
         assert (tmp_path / "probe" / f"probe.{f}").stat().st_size > 0
     assert set(res["files"]) == {"json", "csv", "md", "png"} and all(Path(p).exists() for p in res["files"].values())
+
+
+def test_image_specs_take_a_manifest_with_a_selector(tmp_path):
+    """`PATH:SELECTOR` goes through the one Selector; a plain manifest path uses the default selector."""
+    from PIL import Image
+
+    from embedlab import probe
+    from embedlab.errors import ConfigError
+
+    for name in ("a.png", "b.png", "c.png"):
+        Image.fromarray(np.full((8, 8, 3), 100, np.uint8)).save(tmp_path / name)
+    lines = [{"embedlab_manifest": 1, "name": "t", "layout": "flat", "root": "."},
+             {"path": "a.png", "role": "backlit", "split": "train"},
+             {"path": "b.png", "role": "welllit", "split": "train"},
+             {"path": "c.png", "role": "backlit", "split": "test"}]
+    man = tmp_path / "m.jsonl"
+    man.write_text("\n".join(json.dumps(l) for l in lines) + "\n")
+    names = lambda files: sorted(Path(f).name for f in files)
+    assert names(probe._image_files([str(man)], "role=backlit")) == ["a.png", "c.png"]
+    assert names(probe._image_files([f"{man}:backlit,split=test"], "role=welllit")) == ["c.png"]
+    with pytest.raises(ConfigError, match="No images found"):
+        probe._image_files([f"{man}:split=val"], "role=backlit")
