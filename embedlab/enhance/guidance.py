@@ -18,6 +18,7 @@ the registered modes without loading torch.
 """
 from __future__ import annotations
 
+import abc
 import logging
 import warnings
 from typing import TYPE_CHECKING, ClassVar
@@ -58,7 +59,7 @@ class GuidanceMode:
 
     def refine(self, trainer, ranking: bool, round_index: int) -> tuple[int, float]:
         """One stage of the mode's own optimiser; returns (iterations, final loss). Only for `refines` modes."""
-        raise NotImplementedError(f"guidance mode {self.name!r} has no optimiser of its own")
+        raise TypeError(f"guidance mode {self.name!r} has no optimiser of its own (its `refines` is False)")
 
     def state(self) -> dict:
         """Tensors (and optimiser state dicts) to save in the training checkpoint; keys must not clash with
@@ -145,7 +146,7 @@ class ResidualGuidance(GuidanceMode):
         return L.residual_guidance_loss(self.encoder(out), self.v_res, self.thr)
 
 
-class LearnedGuidance(GuidanceMode):
+class LearnedGuidance(GuidanceMode, metaclass=abc.ABCMeta):
     """CLIP-LIT's scheme: two guidance vectors (index 0 = backlit) learned from both image sets, first by
     cross-entropy, then refined by ranking against the network's current and earlier outputs."""
 
@@ -165,12 +166,13 @@ class LearnedGuidance(GuidanceMode):
                                         "the mode learns from both sets (MANIFEST_OR_RUN[:SELECTOR]).", param="welllit",
                                         owner="train")
 
+    @abc.abstractmethod
     def initial_param(self, device) -> torch.Tensor:
-        raise NotImplementedError
+        """The learned parameter's starting value on `device`."""
 
+    @abc.abstractmethod
     def vectors(self) -> torch.Tensor:
         """(2, d) guidance vectors (index 0 = backlit)."""
-        raise NotImplementedError
 
     def prepare(self, trainer) -> None:
         import torch
