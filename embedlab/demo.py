@@ -58,15 +58,12 @@ def demo(out: str | os.PathLike = "demo_out", *, model: str | None = None, pretr
     The enhancer trains with the `demo` preset (embedlab.enhance.presets.PRESETS) on the corrected residual, scored on
     the held-out photos every `curve_every` iterations; `raw_curve` also trains one on the raw residual for the
     curve figure, `compare` one with CLIP-LIT-Latent on the same budget."""
-    from . import correct as corr
-    from .demo_loop import HeldOut, plot_curves, quality_bars, train_with_curve
+    from .demo_loop import HeldOut, plot_curves, quality_bars
     from .enhance.evaluate import evaluate
     from .enhance.infer import enhance
     from .explain import explain_residual
     from .extract import extract
-    from .manifests import manifest, materialize, read_manifest
-    from .embedding_map import embedding_map
-    from .plot import plot
+    from .manifests import manifest, read_manifest
     from .residual import residual
 
     out = Path(out)
@@ -80,12 +77,7 @@ def demo(out: str | os.PathLike = "demo_out", *, model: str | None = None, pretr
         log.info("demo: %s done (%.1f s)", name, timings[name])
 
     if model is None:
-        from .demo_clip import MODEL_NAME, pretrain_demo
-
-        model = MODEL_NAME
-        # named relative to the cache root ("cache:..."), so pages and sidecars do not show the user's home
-        pretrained = cache_ref(pretrain_demo(device=device, progress=progress, **({"steps": demo_steps} if demo_steps else {}))
-                               ["files"]["checkpoint"])
+        model, pretrained = _demo_clip(device, progress, demo_steps)
         lap("demo CLIP (trained or cached)")
     elif pretrained is None:
         raise ConfigError("--model needs --pretrained (a tag such as openai, hf-hub:ID, a checkpoint file, or none).")
@@ -105,24 +97,12 @@ def demo(out: str | os.PathLike = "demo_out", *, model: str | None = None, pretr
     lap("explain-residual")
     bias = pick_bias_concept(report["concepts"])
     corrected = out / "corrected.npy"
-    if bias is not None:
-        c = corr.correct(res_path, corrected, remove=[bias], device=device)
-    else:
-        log.warning("demo: every added concept is a lighting word; nothing to remove")
-        c = res
-        shutil.copy(res_path, corrected)
-        shutil.copy(res_path.with_suffix(".json"), corrected.with_suffix(".json"))
+    c = _remove_bias(bias, res, res_path, corrected, device)
     arts["corrected"] = str(corrected)
     lap("correct")
     man = read_manifest(man_path)
     test_inputs = out / "test_inputs"
-    test_inputs.mkdir(exist_ok=True)
-    pairs = []
-    for e in man.entries:
-        if e.split == "test" and e.role == "backlit":
-            src = Path(materialize(man, e.path, e))
-            shutil.copy(src, test_inputs / src.name)
-            pairs.append((str(test_inputs / src.name), materialize(man, e.gt)))
+    pairs = _copy_held_out_inputs(man, test_inputs)
     held = HeldOut([p for p, _ in pairs], [g for _, g in pairs], str(corrected), device)
     scores = held.baselines()
     loop = {"held_out_images": held.names, "thr": held.thr, "max_pixels": LOOP_MAX_PIXELS}
@@ -130,26 +110,19 @@ def demo(out: str | os.PathLike = "demo_out", *, model: str | None = None, pretr
         ckpt = enhancer
         arts["enhancer"] = str(enhancer)
     else:
-        ident = {"identity_model": model, "identity_pretrained": pretrained} if identity == "guidance-tower" else {"identity": "pixel"}
-        common = dict(preset="demo", backlit=f"{run_dir}:role=backlit,split=train", iters=train_iters, device=device,
-                      progress=progress, **ident)
         runs = {"RAVE, corrected residual": dict(residual=str(corrected))}
         if raw_curve:
             runs["RAVE, raw residual"] = dict(residual=str(res_path))
         if compare:
             runs["CLIP-LIT-Latent"] = dict(guidance="latent", model=model, pretrained=pretrained,
                                            welllit=f"{run_dir}:role=welllit,split=train")
-        curves, train_s = {}, {}
-        for i, (label, opts) in enumerate(runs.items()):
-            folder = out / ("train" if i == 0 else f"train_{i}")
-            r = train_with_curve(folder, held, curve_every, LOOP_MAX_PIXELS, **common, **opts)
-            curves[label], train_s[label] = r["curve"], r["train_seconds"]
-            if i == 0:
-                ckpt = r["enhancer"]
-        arts["enhancer"] = ckpt
-        arts["training_log"] = str(out / "train" / "log.csv")
-        arts["plot_training_curves"] = str(plot_curves(curves, scores["input"], held.thr, scores,
-                                                       out / "training_curves.png"))
+        ident = {"identity_model": model, "identity_pretrained": pretrained} if identity == "guidance-tower" else {"identity": "pixel"}
+        common = dict(preset="demo", backlit=f"{run_dir}:role=backlit,split=train", iters=train_iters, device=device,
+                      progress=progress, **ident)
+        ckpt, curves, train_s = _train_with_curves(out, held, runs, common, curve_every)
+        arts.update(enhancer=ckpt, training_log=str(out / "train" / "log.csv"),
+                    plot_training_curves=str(plot_curves(curves, scores["input"], held.thr, scores,
+                                                         out / "training_curves.png")))
         loop.update(curves=curves, train_seconds=train_s, preset="demo", iters=train_iters)
     lap("train")
     enhance(ckpt, [str(test_inputs)], out / "enhanced", device=device, progress=progress, max_pixels=LOOP_MAX_PIXELS)
@@ -166,13 +139,7 @@ def demo(out: str | os.PathLike = "demo_out", *, model: str | None = None, pretr
               "CLAHE": scores["CLAHE"], "gamma 0.5": scores["gamma 0.5"]}
     loop["bars"] = quality_bars(scores["input"], scores["enhanced"], held.thr)
     lap("evaluate")
-    plots = plot(run_dir, out / "plots", residual=str(res_path))
-    arts.update({f"plot_{k}": v for k, v in plots["files"].items()})
-    grid = before_after_grid(test_inputs, out / "enhanced", man, out / "before_after.png")
-    arts["before_after"] = str(grid)
-    arts["map"] = str(embedding_map(run_dir, out / "map.html", residual=str(res_path),
-                                    nav=[("demo index", "index.html"), ("concept report", "report/report.html")])
-                      ["files"]["html"])
+    arts.update(_figures(out, run_dir, res_path, test_inputs, man))
     lap("plots")
     result = {"files": arts, "bias_concept": bias, "model": f"{model}/{pretrained}",
               "residual_top": [c["concept"] for c in report["concepts"] if c["direction"] == "adds"][:5],
@@ -185,6 +152,68 @@ def demo(out: str | os.PathLike = "demo_out", *, model: str | None = None, pretr
     write_index(out, result)
     arts["index"] = str(out / "index.html")
     return result
+
+
+def _demo_clip(device: str, progress: bool, steps: int | None) -> tuple[str, str]:
+    """The demo CLIP (trained, cached or unpacked from the shipped copy): (model name, checkpoint named relative to
+    the cache root, "cache:...", so that pages and sidecars do not show the user's home)."""
+    from .demo_clip import MODEL_NAME, pretrain_demo
+
+    ckpt = pretrain_demo(device=device, progress=progress, **({"steps": steps} if steps else {}))["files"]["checkpoint"]
+    return MODEL_NAME, cache_ref(ckpt)
+
+
+def _remove_bias(bias: str | None, res, res_path: Path, corrected: Path, device: str):
+    """`correct` the residual by removing the bias concept; without one, the residual is copied as it is."""
+    from . import correct as corr
+
+    if bias is not None:
+        return corr.correct(res_path, corrected, remove=[bias], device=device)
+    log.warning("demo: every added concept is a lighting word; nothing to remove")
+    shutil.copy(res_path, corrected)
+    shutil.copy(res_path.with_suffix(".json"), corrected.with_suffix(".json"))
+    return res
+
+
+def _figures(out: Path, run_dir: Path, res_path: Path, test_inputs: Path, man) -> dict[str, str]:
+    """The embedding plots, the before/after grid and the interactive map; returns their paths by artifact name."""
+    from .embedding_map import embedding_map
+    from .plot import plot
+
+    arts = {f"plot_{k}": v for k, v in plot(run_dir, out / "plots", residual=str(res_path))["files"].items()}
+    arts["before_after"] = str(before_after_grid(test_inputs, out / "enhanced", man, out / "before_after.png"))
+    arts["map"] = str(embedding_map(run_dir, out / "map.html", residual=str(res_path),
+                                    nav=[("demo index", "index.html"), ("concept report", "report/report.html")])
+                      ["files"]["html"])
+    return arts
+
+
+def _copy_held_out_inputs(man, folder: Path) -> list[tuple[str, str]]:
+    """Copy the held-out backlit photos into `folder`; returns (copied input, ground truth) pairs."""
+    from .manifests import materialize
+
+    folder.mkdir(exist_ok=True)
+    pairs = []
+    for e in man.entries:
+        if e.split == "test" and e.role == "backlit":
+            src = Path(materialize(man, e.path, e))
+            shutil.copy(src, folder / src.name)
+            pairs.append((str(folder / src.name), materialize(man, e.gt)))
+    return pairs
+
+
+def _train_with_curves(out: Path, held, runs: dict, common: dict, curve_every: int) -> tuple[str, dict, dict]:
+    """Train one enhancer per entry of `runs` (label -> train options), the first into out/train, scoring the
+    held-out photos every `curve_every` iterations; returns (first enhancer, curves, training seconds)."""
+    from .demo_loop import train_with_curve
+
+    curves, train_s, first = {}, {}, None
+    for i, (label, opts) in enumerate(runs.items()):
+        folder = out / ("train" if i == 0 else f"train_{i}")
+        r = train_with_curve(folder, held, curve_every, LOOP_MAX_PIXELS, **common, **opts)
+        curves[label], train_s[label] = r["curve"], r["train_seconds"]
+        first = first or r["enhancer"]
+    return first, curves, train_s
 
 
 def before_after_grid(inputs: Path, enhanced: Path, man, path: Path) -> Path:
