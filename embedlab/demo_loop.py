@@ -13,8 +13,9 @@ from typing import Callable
 
 import numpy as np
 
+from .colour import LUMA
+
 log = logging.getLogger(__name__)
-LUMA = np.array([0.2126, 0.7152, 0.0722])
 # The closed loop's bars (issue 15): PSNR gain over the input, darkest-40% luma up, projection halfway to thr.
 BAR_PSNR_GAIN_DB = 1.0
 BAR_PROJECTION_SHARE = 0.5

@@ -97,7 +97,6 @@ def plot(run: str | os.PathLike, out: str | os.PathLike | None = None, *, color_
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     r = Run(run)
     out = Path(out) if out else r.path / "plots"

@@ -21,7 +21,8 @@ from scipy import ndimage as ndi
 
 from ._io import atomic_write_bytes, atomic_write_json, list_images
 from .errors import ConfigError, IncompatibleRunError
-from .synth import LUMA, linear_to_srgb, smoothstep, srgb_to_linear
+from .colour import LUMA, linear_to_srgb, srgb_to_linear
+from .synth import smoothstep
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
-from .colour import LUMA, linear_to_srgb, srgb_to_linear  # noqa: F401 - part of synth's surface (probe.py)
+from .colour import LUMA, linear_to_srgb, srgb_to_linear
 
 
 

@@ -452,7 +452,6 @@ def test_cuda_batch_with_an_nvjpeg_jpeg_and_a_pil_png_of_one_size(tmp_path):
     import torch
 
     from embedlab import models
-    from embedlab.extract import decode_on_device
 
     folder = tmp_path / "imgs"
     write_photo(folder / "a.jpg", size=(64, 48), seed=1, fmt="JPEG")
@@ -539,7 +538,7 @@ def test_two_processes_racing_for_a_stale_lock_exactly_one_wins(tmp_path):
     import multiprocessing as mp
     import socket
 
-    from embedlab.lock import RunLock, machine_ids
+    from embedlab.lock import machine_ids
 
     ctx = mp.get_context("fork")
     dead = ctx.Process(target=int)

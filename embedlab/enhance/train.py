@@ -25,7 +25,7 @@ from . import losses as L
 from .data import load_resized, resolve_images, resolve_pairs, sample_batch
 from .guidance import get_guidance
 from .network import EnhancementNet, load_enhancer_state
-from .presets import PRESETS, TrainConfig, make_config  # noqa: F401  (re-exported: the public names stay here)
+from .presets import TrainConfig, make_config
 
 log = logging.getLogger(__name__)
 
