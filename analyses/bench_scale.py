@@ -135,34 +135,32 @@ EXPLAIN = """
 import resource
 resource.setrlimit(resource.RLIMIT_AS, (%d, %d))    # a guard: fail with MemoryError, not the machine
 import numpy as np
-import embedlab.explain as ex
+from embedlab.explain import explain_vectors
+from embedlab.image_sets import ImageSets, set_group_ids
 from embedlab.residual import load_residual
 from embedlab.runs import Run
 from bench_scale import vocabulary
 res = load_residual(%r)
 run = Run(%r)
 E, concepts = vocabulary(%d, run.dim)
-subset = %r
-fn = getattr(ex, 'explain_run', None) if subset is None else None
-if fn is not None:      # a streaming entry point, when the explain module offers one
-    result = fn(res.vector, E, concepts, run, res.info, permutations=%d, seed=0)
-else:
-    m_from, m_to = run.select('backlit' + (',' + subset if subset else '')), run.select('welllit' + (',' + subset if subset else ''))
-    groups = run.read_metadata(['group'])['group'].astype(str).to_numpy()
-    result = ex.explain_vectors(res.vector, E, concepts, run.take(m_from), run.take(m_to),
-                                np.r_[groups[m_from], groups[m_to]], permutations=%d, seed=0)
-out = {'entry_point': 'explain_run' if fn is not None else 'explain_vectors',
-       'adds_top5': list(result['adds']['concept'][:5]),
+meta = run.read_metadata(['role', 'group'])
+m_from, m_to = (meta['role'] == 'backlit').to_numpy(), (meta['role'] == 'welllit').to_numpy()
+sets = ImageSets.from_runs(run, m_from, run, m_to)       # read block by block from the shards, twice
+result = explain_vectors(res.vector, E, concepts, sets, None, set_group_ids(meta['group'][m_from], meta['group'][m_to]),
+                         permutations=%d, seed=0, exemplars=3)
+out = {'adds_top5': list(result['adds']['concept'][:5]),
        'p_fwer_top2': [float(x) for x in result['adds'].get('p_fwer', [np.nan, np.nan])[:2]],
        'permutation': {k: v for k, v in result['info'].get('permutation', {}).items() if isinstance(v, (int, float, str))},
+       'test_unit': result['info'].get('test_unit'),
+       'images': result['info'].get('images'), 'groups': result['info'].get('groups'),
        'n_from': result['info'].get('n_from'), 'n_to': result['info'].get('n_to')}
 """
 
 INDEX = """
 from embedlab.index import index_run
-info = index_run(%r, 'auto', memory_budget=%r)
+info = index_run(%r, 'auto', memory_budget=%r, progress=False)
 out = {k: info[k] for k in ('kind', 'factory', 'why', 'ntotal', 'build_seconds', 'size_bytes', 'search_params',
-                            'recall', 'recall_queries', 'latency', 'train_size', 'gpu') if k in info}
+                            'tuning', 'recall', 'recall_queries', 'latency', 'rerank', 'train_size', 'gpu') if k in info}
 """
 
 
@@ -206,11 +204,8 @@ def main() -> None:
         results["residual_time_ratio_to_plain"] = round(results["residual"].get("seconds", np.nan) / plain, 3)
         if "explain" not in a.skip:
             guard = int(a.explain_guard_gb * 2**30)
-            for name, subset in (("explain", None), ("explain_subset_part0", "split=part0")):
-                results[name] = _child(EXPLAIN % (guard, guard, str(res_path), str(run_dir), a.vocab, subset,
-                                                  a.permutations, a.permutations))
-                top = results[name].get("adds_top5", [])
-                results[name]["planted_first_and_second"] = top[:2] == [LIGHT, BIAS]
+            results["explain"] = _child(EXPLAIN % (guard, guard, str(res_path), str(run_dir), a.vocab, a.permutations))
+            results["explain"]["planted_first_and_second"] = results["explain"].get("adds_top5", [])[:2] == [LIGHT, BIAS]
         if "index" not in a.skip:
             results["index"] = _child(INDEX % (str(run_dir), a.budget))
         results["targets"] = {"residual_peak_rss_mb_lt": 1536, "residual_time_ratio_lt": 1.5, "explain_seconds_lt": 600,

@@ -137,7 +137,7 @@ def check_output_dir(folder: str | os.PathLike, target: str | os.PathLike | None
             what = display_path(str(target if target is not None else folder))
             which = "it" if p == folder and target is None else display_path(str(p))
             raise ConfigError(f"Cannot write {what}: {which} is an existing file, not a folder, and is left untouched. "
-                              "Fix: choose another --out path or move that file.")
+                              "Fix: choose another 'out' path or move that file.").naming("out")
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -160,6 +160,15 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     """The image files directly in `folder` (by extension, any case), sorted; dotfiles such as macOS '._x.jpg'
     resource forks are skipped."""
     return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+
+
+def progress_bar(enabled: bool, iterable: Iterable | None = None, *, total: int | None = None, desc: str = "",
+                 unit: str = "it"):
+    """A tqdm progress bar on stderr over `iterable` (or updated by hand up to `total`); enabled=False: the same
+    object, disabled, so it prints nothing (every command's progress=False)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit=unit, dynamic_ncols=True, disable=not enabled)
 
 
 def display_path(path: str) -> str:

@@ -44,14 +44,18 @@ class _Group(_FlagsShowNoType, TyperGroup):
 
 
 class _Typer(typer.Typer):
-    """typer.Typer whose commands and groups are the classes above (one place, every command)."""
+    """typer.Typer whose commands and groups are the classes above, and whose options declared with default
+    FROM_API take the default of the API function the command calls (one place, every command)."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, prefix: str = "", **kwargs):
         super().__init__(cls=_Group, rich_markup_mode=None, **kwargs)   # no markup: help shows [ray] etc. verbatim
+        self.prefix = prefix            # a sub-app's name and a space ("runs "): its commands' keys in API
 
-    def command(self, *args, **kwargs):
+    def command(self, name: str | None = None, *args, **kwargs):
         kwargs.setdefault("cls", _Command)
-        return super().command(*args, **kwargs)
+        register = super().command(name, *args, **kwargs)
+        key = self.prefix + (name or "")
+        return lambda fn: register(from_api(key)(fn) if key in API else fn)
 
 
 def choices(name: str, values) -> type[enum.Enum]:
@@ -62,6 +66,128 @@ def choices(name: str, values) -> type[enum.Enum]:
 def registry_help(table: dict, sep: str = "; ") -> str:
     """'name: help; name: help' from a registry's {name: help}."""
     return sep.join(f"{k}: {v}" for k, v in table.items())
+
+
+@functools.lru_cache(maxsize=None)
+def _source(module: str):
+    import ast
+
+    return ast.parse((Path(__file__).parent / (module.replace(".", "/") + ".py")).read_text(encoding="utf-8"))
+
+
+def _constant(module: str, name: str):
+    """A module-level literal constant of `embedlab.<module>`, followed through `from .x import NAME`."""
+    import ast
+
+    for node in _source(module).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            return ast.literal_eval(node.value)
+        if isinstance(node, ast.ImportFrom) and node.level and any((a.asname or a.name) == name for a in node.names):
+            base = module.split(".")[:-node.level]
+            return _constant(".".join([*base, node.module]), next(a.name for a in node.names if (a.asname or a.name) == name))
+    raise LookupError(f"embedlab.{module} has no literal constant {name!r}")
+
+
+@functools.lru_cache(maxsize=None)
+def api_defaults(module: str, name: str) -> dict:
+    """{parameter: default} of function (or dataclass) `name` in `embedlab.<module>`, read from its source with
+    `ast`, so that --help stays fast (no torch or pandas import) and every option default comes from the API (one
+    place; tests/test_cli.py checks each against `inspect.signature`). Defaults must be literals or module-level
+    literal constants."""
+    import ast
+
+    def value(node):
+        return _constant(module, node.id) if isinstance(node, ast.Name) else ast.literal_eval(node)
+
+    def literal(pairs):         # defaults that are not literals (a call, an expression) are left out
+        out = {}
+        for key, node in pairs:
+            try:
+                out[key] = value(node)
+            except (ValueError, LookupError):
+                pass
+        return out
+
+    for node in _source(module).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name == name:
+            break
+    else:
+        raise LookupError(f"embedlab.{module} has no function or class {name!r}")
+    if isinstance(node, ast.ClassDef):          # a dataclass: its annotated fields with a value
+        return literal((n.target.id, n.value) for n in node.body if isinstance(n, ast.AnnAssign) and n.value is not None)
+    a = node.args
+    positional = a.posonlyargs + a.args
+    pairs = list(zip(positional[len(positional) - len(a.defaults):], a.defaults))
+    pairs += [(arg, d) for arg, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None]
+    return literal((arg.arg, d) for arg, d in pairs)
+
+
+# command -> where its option defaults live: (module, function or config dataclass), searched in order
+API = {
+    "manifest": [("manifests", "_gen_flat")], "extract": [("extract", "extract")], "search": [("search", "search")],
+    "index": [("index", "index_run")], "runs merge": [("runs", "merge_runs")], "residual": [("residual", "residual")],
+    "explain-residual": [("explain", "explain_residual")], "correct": [("correct", "correct")],
+    "probe-residual": [("probe", "probe_residual")], "plot": [("plot", "plot")],
+    "embedding-map": [("embedding_map", "embedding_map")], "train": [("enhance.train", "train"), ("enhance.presets", "TrainConfig")],
+    "enhance": [("enhance.infer", "enhance")], "evaluate": [("enhance.evaluate", "evaluate")],
+    "synth-backlit": [("synth_dataset", "synth_backlit")],
+    "pretrain-demo": [("demo_clip", "pretrain_demo"), ("demo_clip", "DemoRecipe")], "demo": [("demo", "demo")],
+}
+
+
+def default(command: str, param: str):
+    """The default of Python parameter `param` of the function `command` calls (`API`): never retyped here."""
+    for source in API[command]:
+        found = api_defaults(*source)
+        if param in found:
+            return found[param]
+    raise LookupError(f"No default for {param!r} in {API[command]} (command {command})")
+
+
+class _FromAPI:
+    def __repr__(self):
+        return "FROM_API"
+
+
+FROM_API = _FromAPI()       # an option's default: the API's (filled in by `from_api`)
+# options whose CLI default differs on purpose from the API default of the same name
+OWN_DEFAULTS = {
+    ("manifest", "split"): "None: each layout's own split (flat: train; baid: from its folders)",
+    **{("train", k): "None: the preset's value (the help states TrainConfig's)" for k in (
+        "init", "iters", "recon_iters", "stage_iters", "guidance_iters", "guidance_init_iters", "lr", "batch_size",
+        "size", "crop", "pixel_loss", "seed")},
+}
+FILLED: dict[str, set] = {}     # command -> the options whose default came from the API (tests/test_cli.py)
+
+
+def python_names(option: str) -> list[str]:
+    """The Python parameters a CLI option may set: its own name, or those CLI_NAMES maps to it."""
+    return [option, *(py for py, cli in CLI_NAMES.items() if cli == option)]
+
+
+def from_api(command: str):
+    """Decorator: every option declared with default FROM_API gets the default of the Python parameter it sets
+    (`default`); typer reads defaults when it builds the command, after this has run."""
+    import inspect
+
+    def deco(fn):
+        for name, p in inspect.signature(fn).parameters.items():
+            if getattr(p.default, "default", None) is FROM_API:
+                found = [py for py in python_names(name) if _has_default(command, py)]
+                if not found:
+                    raise LookupError(f"{command} --{name}: no API default for it (see cli.API)")
+                p.default.default = default(command, found[0])
+                FILLED.setdefault(command, set()).add(name)
+        return fn
+    return deco
+
+
+def _has_default(command: str, param: str) -> bool:
+    try:
+        default(command, param)
+        return True
+    except LookupError:
+        return False
 
 
 app = _Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -140,18 +266,23 @@ def flag_for(param: str, ctx=None) -> str | None:
 
 
 def cli_message(exc: Exception) -> str:
-    """An error's message with a Python parameter and function rewritten as the flag and command the user typed."""
+    """An error's message with a Python parameter and function rewritten as the flag and command the user typed,
+    and every other parameter it quotes ('name', listed in `exc.also`) as its flag."""
     msg, param = str(exc), getattr(exc, "param", None)
     flag = flag_for(param) if param else None
-    if flag is None:
-        return msg
-    ctx, names = _current_ctx(), []
-    while ctx.parent is not None:           # the command's own names, without the program's (embedlab, -m embedlab)
-        names.append(ctx.info_name)
-        ctx = ctx.parent
-    command = " ".join(reversed(names)) or ctx.info_name
-    kind = "argument" if not flag.startswith("-") else "option"
-    return msg.replace(f"The {param!r} parameter of {exc.owner}", f"The '{flag}' {kind} of {command}", 1)
+    if flag is not None:
+        ctx, names = _current_ctx(), []
+        while ctx.parent is not None:       # the command's own names, without the program's (embedlab, -m embedlab)
+            names.append(ctx.info_name)
+            ctx = ctx.parent
+        command = " ".join(reversed(names)) or ctx.info_name
+        kind = "argument" if not flag.startswith("-") else "option"
+        msg = msg.replace(f"The {param!r} parameter of {exc.owner}", f"The '{flag}' {kind} of {command}", 1)
+    for name in filter(None, (param, *getattr(exc, "also", ()))):
+        other = flag_for(name)
+        if other is not None:
+            msg = msg.replace(repr(name), f"'{other}'")
+    return msg
 
 
 def _os_error_line(exc: OSError) -> str:
@@ -192,17 +323,20 @@ def _print_json(obj) -> None:
 
 @app.command("models")
 @handle_errors
-def models_cmd(pattern: str = typer.Argument("", help="Only names containing this text.")):
+def models_cmd(pattern: str = typer.Argument("", help="Only names containing this text."),
+               as_json: bool = typer.Option(False, "--json", help="Print {architecture: [pretrained tags]} as JSON.")):
     """List the open_clip architectures and pretrained tags embedlab can load."""
     from . import models
 
     import open_clip
 
     models.register_configs()
-    for name in models.list_models():
-        if pattern.lower() in name.lower():
-            tags = open_clip.list_pretrained_tags_by_model(name)
-            typer.echo(f"{name:40s} {', '.join(tags) if tags else '(no tags: pass a checkpoint file or none)'}")
+    found = {name: list(open_clip.list_pretrained_tags_by_model(name)) for name in models.list_models()
+             if pattern.lower() in name.lower()}
+    if as_json:
+        return _print_json(found)
+    for name, tags in found.items():
+        typer.echo(f"{name:40s} {', '.join(tags) if tags else '(no tags: pass a checkpoint file or none)'}")
 
 
 @app.command("manifest")
@@ -210,9 +344,9 @@ def models_cmd(pattern: str = typer.Argument("", help="Only names containing thi
 def manifest_cmd(layout: LayoutChoice = typer.Argument(..., help="Dataset layout. " + registry_help(LAYOUT_HELP) + "."),
                  root: Path = typer.Argument(Path("."), help="Dataset root folder (ignored for demo); webdataset: a folder of .tar shards or a glob."),
                  out: Path = typer.Option(..., "--out", "-o", help="Manifest file to write (.jsonl)."),
-                 role: str = typer.Option("welllit", help="Set label for every image (flat layout only)."),
+                 role: str = typer.Option(FROM_API, help="Set label for every image (flat layout only)."),
                  split: Optional[str] = typer.Option(None, help="Split for every image (flat: default train; baid: override)."),
-                 source: Optional[str] = typer.Option(None, help="Source name recorded per image (flat layout)."),
+                 source: Optional[str] = typer.Option(FROM_API, help="Source name recorded per image (flat layout)."),
                  as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
     """Write a data manifest for a dataset folder layout (or the bundled demo)."""
     from .manifests import manifest
@@ -236,21 +370,21 @@ def extract_cmd(manifest: Path = typer.Option(..., "--manifest", "-m", help="Dat
                 model: str = typer.Option(..., help=MODEL_HELP),
                 pretrained: str = typer.Option(..., help=PRETRAINED_HELP),
                 out: Path = typer.Option(..., "--out", "-o", help="Run folder to create or resume."),
-                device: str = typer.Option("auto", help=DEVICE_HELP),
-                batch_size: int = typer.Option(64, help="Images per forward pass."),
-                workers: Optional[int] = typer.Option(None, help="DataLoader worker processes (default: on a GPU up to 8; on the CPU all cores for small towers, 1 for large ones; 0 = in-process). With --engine ray: CPUs (decode threads) per actor."),
-                shard_size: int = typer.Option(1024, help="Images per shard (the unit of resume)."),
-                decode: DecodeChoice = typer.Option("auto", help="auto (torchvision on CUDA, pil elsewhere), pil (PIL decode + open_clip preprocess) or torchvision "
+                device: str = typer.Option(FROM_API, help=DEVICE_HELP),
+                batch_size: int = typer.Option(FROM_API, help="Images per forward pass."),
+                workers: Optional[int] = typer.Option(FROM_API, help="DataLoader worker processes (default: on a GPU up to 8; on the CPU all cores for small towers, 1 for large ones; 0 = in-process). With --engine ray: CPUs (decode threads) per actor."),
+                shard_size: int = typer.Option(FROM_API, help="Images per shard (the unit of resume)."),
+                decode: DecodeChoice = typer.Option(FROM_API, help="auto (torchvision on CUDA, pil elsewhere), pil (PIL decode + open_clip preprocess) or torchvision "
                                            "(batched torchvision.io.decode_jpeg on the device, nvJPEG on CUDA; a different, recorded preprocessing)."),
-                dtype: DtypeChoice = typer.Option("float32", help="Stored vector dtype."),
-                role: Optional[List[str]] = typer.Option(None, help="Only embed images with this set label (repeatable)."),
-                overwrite: bool = typer.Option(False, help="Replace a run folder made with another configuration."),
-                max_aspect: float = typer.Option(100.0, help="Refuse images whose long side exceeds this many times the short side (recorded as extreme-aspect; bounds the memory of the short-side resize)."),
-                engine: EngineChoice = typer.Option("local", help="local (this process and its decode workers) or ray (Ray actors: one per GPU, or per CPU share; pip install 'embedlab[ray]')."),
-                address: Optional[str] = typer.Option(None, help="--engine ray: address of a running Ray cluster (e.g. auto, or HEAD:6379); default: start a local instance. The run folder must be on storage every node mounts at the same path."),
-                gpus_per_worker: Optional[float] = typer.Option(None, help="--engine ray: GPUs per actor (default 1 when the cluster has GPUs)."),
-                break_lock: bool = typer.Option(False, help="Take over the run folder's lock from a process that is gone (e.g. killed on another machine)."),
-                progress: bool = typer.Option(True, help=PROGRESS_HELP),
+                dtype: DtypeChoice = typer.Option(FROM_API, help="Stored vector dtype."),
+                role: Optional[List[str]] = typer.Option(FROM_API, help="Only embed images with this set label (repeatable)."),
+                overwrite: bool = typer.Option(FROM_API, help="Replace a run folder made with another configuration."),
+                max_aspect: float = typer.Option(FROM_API, help="Refuse images whose long side exceeds this many times the short side (recorded as extreme-aspect; bounds the memory of the short-side resize)."),
+                engine: EngineChoice = typer.Option(FROM_API, help="local (this process and its decode workers) or ray (Ray actors: one per GPU, or per CPU share; pip install 'embedlab[ray]')."),
+                address: Optional[str] = typer.Option(FROM_API, help="--engine ray: address of a running Ray cluster (e.g. auto, or HEAD:6379); default: start a local instance. The run folder must be on storage every node mounts at the same path."),
+                gpus_per_worker: Optional[float] = typer.Option(FROM_API, help="--engine ray: GPUs per actor (default 1 when the cluster has GPUs)."),
+                break_lock: bool = typer.Option(FROM_API, help="Take over the run folder's lock from a process that is gone (e.g. killed on another machine)."),
+                progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
                 as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
     """Embed a manifest's images into a resumable run folder (vectors, metadata, FAISS index)."""
     from .extract import extract
@@ -276,14 +410,14 @@ def extract_cmd(manifest: Path = typer.Option(..., "--manifest", "-m", help="Dat
 @app.command("search")
 @handle_errors
 def search_cmd(run: Path = typer.Argument(..., help="Run folder made by `embedlab extract`."),
-               text: Optional[str] = typer.Option(None, help="Text query."),
-               image: Optional[Path] = typer.Option(None, help="Image query (a file)."),
-               top: int = typer.Option(10, "--top", "-k", help="How many results (the top k)."),
-               index: SearchIndex = typer.Option("run",
+               text: Optional[str] = typer.Option(FROM_API, help="Text query."),
+               image: Optional[Path] = typer.Option(FROM_API, help="Image query (a file)."),
+               top: int = typer.Option(FROM_API, "--top", "-k", help="How many results (the top k)."),
+               index: SearchIndex = typer.Option(FROM_API,
                                          help="run: the run's own index (built by extract or `embedlab index`; default). "
                                               "A kind (" + ", ".join(INDEX_KINDS) + "): build that index in memory for this "
                                               "query. An approximate index's recall against exact search is printed."),
-               device: str = typer.Option("auto", help=DEVICE_HELP),
+               device: str = typer.Option(FROM_API, help=DEVICE_HELP),
                as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")):
     """Top-k nearest images of a run to a text or image query, with scores."""
     from .search import search
@@ -304,26 +438,27 @@ def search_cmd(run: Path = typer.Argument(..., help="Run folder made by `embedla
 @app.command("index")
 @handle_errors
 def index_cmd(run: Path = typer.Argument(..., help="Run folder made by `embedlab extract` (or `embedlab runs merge`)."),
-              kind: IndexKindChoice = typer.Option("auto",
+              kind: IndexKindChoice = typer.Option(FROM_API,
                                        help="auto: by size (exact below 1M vectors when they fit the budget, HNSW when its "
                                             "graph fits, else IVF with float32, 8-bit or PQ codes). Or: " +
                                             "; ".join(f"{k.name}: {k.help}" for k in _INDEX_KINDS.values()) + "."),
-              memory_budget: str = typer.Option("4G", help="Memory the finished index may take (e.g. 4G, 512M); auto picks "
+              memory_budget: str = typer.Option(FROM_API, help="Memory the finished index may take (e.g. 4G, 512M); auto picks "
                                                 "the most precise kind that fits, an explicit kind over it is refused."),
-              nlist: Optional[int] = typer.Option(None, help="Inverted lists for IVF kinds (default 2^round(log2(4 sqrt(N))))."),
-              train_size: Optional[int] = typer.Option(None, help="Vectors sampled to train IVF kinds (default 50 per list, "
+              nlist: Optional[int] = typer.Option(FROM_API, help="Inverted lists for IVF kinds (default 2^round(log2(4 sqrt(N))))."),
+              train_size: Optional[int] = typer.Option(FROM_API, help="Vectors sampled to train IVF kinds (default 50 per list, "
                                                        "at least 10,000)."),
-              queries: int = typer.Option(500, help="Held-out queries for tuning, and as many again for the recall@1/10/100 "
+              queries: int = typer.Option(FROM_API, help="Held-out queries for tuning, and as many again for the recall@1/10/100 "
                                           "measured against exact search."),
-              recall_target: float = typer.Option(0.95, help="recall@10 the search setting (nprobe / efSearch) is tuned to reach."),
-              seed: int = typer.Option(0, help="Seed for the training sample and the queries."),
+              recall_target: float = typer.Option(FROM_API, help="recall@10 the search setting (nprobe / efSearch) is tuned to reach."),
+              seed: int = typer.Option(FROM_API, help="Seed for the training sample and the queries."),
+              progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
               as_json: bool = typer.Option(False, "--json", help="Print the index record as JSON.")):
     """Build the run's FAISS index out of core (trained on a sample, filled shard by shard, written atomically; on the GPU
     with a GPU build of FAISS) and record its recall and latency in the run manifest."""
     from .index import index_run
 
     info = index_run(run, kind.value, memory_budget=memory_budget, nlist=nlist, train_size=train_size, queries=queries,
-                     recall_target=recall_target, seed=seed)
+                     recall_target=recall_target, seed=seed, progress=progress)
     if as_json:
         _print_json(info)
         return
@@ -335,7 +470,7 @@ def index_cmd(run: Path = typer.Argument(..., help="Run folder made by `embedlab
     typer.echo(f"single-query latency: median {info['latency']['median_ms']:.3f} ms, p95 {info['latency']['p95_ms']:.3f} ms")
 
 
-runs_app = _Typer(no_args_is_help=True, help="Work with run folders as wholes (merge).")
+runs_app = _Typer(prefix="runs ", no_args_is_help=True, help="Work with run folders as wholes (merge).")
 app.add_typer(runs_app, name="runs")
 
 
@@ -343,15 +478,16 @@ app.add_typer(runs_app, name="runs")
 @handle_errors
 def runs_merge_cmd(runs: List[Path] = typer.Argument(..., help="Two or more finished run folders of the same model and preprocessing."),
                    out: Path = typer.Option(..., "--out", "-o", help="The merged run folder to write."),
-                   overwrite: bool = typer.Option(False, help="Replace --out if it exists."),
-                   index_budget: str = typer.Option("4G", help="Build the exact index while its float32 vectors fit this "
+                   overwrite: bool = typer.Option(FROM_API, help="Replace --out if it exists."),
+                   index_budget: str = typer.Option(FROM_API, help="Build the exact index while its float32 vectors fit this "
                                                     "memory; beyond, run `embedlab index` on the merged run."),
+                   progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
                    as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
     """Merge runs extracted separately (several machines, days) into one run; refuses mixed models or preprocessing.
     Row ids are renumbered; the column merged_from names each image's source run."""
     from .runs import merge_runs
 
-    summary = merge_runs(runs, out, overwrite=overwrite, index_budget=index_budget)
+    summary = merge_runs(runs, out, overwrite=overwrite, index_budget=index_budget, progress=progress)
     if as_json:
         return _print_json(summary)
     typer.echo(f"merged {summary['merged']} runs into {out}: {summary['embedded']} images, {summary['skipped']} skipped"
@@ -364,13 +500,14 @@ def residual_cmd(run: Path = typer.Argument(..., help="Run folder (the 'from' se
                  from_: str = typer.Option(..., "--from", help="The starting set: a set label (backlit), COLUMN=VALUE, or several joined by commas."),
                  to: str = typer.Option(..., "--to", help="The target set, same syntax (e.g. welllit)."),
                  out: Path = typer.Option(..., "--out", "-o", help="Output .npy (a JSON sidecar is written beside it)."),
-                 to_run: Optional[Path] = typer.Option(None, help="Take the 'to' set from this run (same model and preprocessing required)."),
-                 method: MethodChoice = typer.Option("rave", help="rave (the paper: normalise, mean, normalise, subtract, normalise; "
+                 to_run: Optional[Path] = typer.Option(FROM_API, help="Take the 'to' set from this run (same model and preprocessing required)."),
+                 method: MethodChoice = typer.Option(FROM_API, help="rave (the paper: normalise, mean, normalise, subtract, normalise; "
                                                      "docs/method.md) or mean-diff."),
-                 bootstrap: int = typer.Option(200, help="Bootstrap resamples for the stability figure (0 = skip)."),
-                 seed: int = typer.Option(0, help="Random seed for the bootstrap."),
-                 memory_budget: str = typer.Option("1G", help="Memory for what the streaming pass keeps beyond one block of "
+                 bootstrap: int = typer.Option(FROM_API, help="Bootstrap resamples for the stability figure (0 = skip)."),
+                 seed: int = typer.Option(FROM_API, help="Random seed for the bootstrap."),
+                 memory_budget: str = typer.Option(FROM_API, help="Memory for what the streaming pass keeps beyond one block of "
                                                    "vectors (per-group sums, bootstrap weights), e.g. 512M, 2G."),
+                 progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
                  as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
     """Compute the residual vector between two image sets (the paper's formula) with its sidecar.
 
@@ -378,7 +515,7 @@ def residual_cmd(run: Path = typer.Argument(..., help="Run folder (the 'from' se
     from .residual import residual
 
     res = residual(run, from_, to, out, to_run=to_run, method=method.value, bootstrap=bootstrap, seed=seed,
-                   memory_budget=memory_budget)
+                   memory_budget=memory_budget, progress=progress)
     if as_json:
         return _print_json(res.summary())
     info = res.info
@@ -396,20 +533,20 @@ FamilyChoice = choices("FamilyChoice", ("page", "adds", "removes"))   # permutat
 @app.command("explain-residual")
 @handle_errors
 def explain_residual_cmd(residual: Path = typer.Argument(..., help="residual.npy (with its sidecar)."),
-                         vocab: Optional[str] = typer.Option(None, help="tokens (all tokenizer tokens, as RAVE), words, model "
+                         vocab: Optional[str] = typer.Option(FROM_API, help="tokens (all tokenizer tokens, as RAVE), words, model "
                                                              "(the model's own, default when it ships one), or a file with one concept per line. Default: model, else words."),
-                         templates: Optional[str] = typer.Option(None, help=TEMPLATES_HELP),
-                         top: int = typer.Option(30, "--top", "-k", help="Concepts per side after deflation (the top k; 1-500)."),
-                         out: Path = typer.Option(Path("report"), "--out", "-o", help="Report folder."),
-                         candidates: int = typer.Option(500, help="Top concepts that get per-image statistics (AUROC, Welch p, BH q)."),
-                         permutations: int = typer.Option(1000, help="Label shuffles for the family-wise permutation test (0 = skip)."),
-                         seed: int = typer.Option(0, help="Seed for the shuffles."),
-                         deflated_steps: int = typer.Option(10, help="Deflation steps that get the sequential permutation test (p_fwer_deflated)."),
-                         family: FamilyChoice = typer.Option("page", help="What p_fwer controls: page (both lists, one family) or a one-sided question about one list (adds or removes; the other list gets no p-values)."),
-                         min_explained: float = typer.Option(0.001, help="A list ends at a pick that explains less than this share of |r|^2."),
-                         exemplars: int = typer.Option(3, help="Exemplar images per top concept and set."),
-                         device: str = typer.Option("auto", help=DEVICE_HELP),
-                         progress: bool = typer.Option(True, help=PROGRESS_HELP),
+                         templates: Optional[str] = typer.Option(FROM_API, help=TEMPLATES_HELP),
+                         top: int = typer.Option(FROM_API, "--top", "-k", help="Concepts per side after deflation (the top k; 1-500)."),
+                         out: Path = typer.Option(FROM_API, "--out", "-o", help="Report folder."),
+                         candidates: int = typer.Option(FROM_API, help="Top concepts that get per-image statistics (AUROC, Welch p, BH q)."),
+                         permutations: int = typer.Option(FROM_API, help="Label shuffles for the family-wise permutation test (0 = skip)."),
+                         seed: int = typer.Option(FROM_API, help="Seed for the shuffles."),
+                         deflated_steps: int = typer.Option(FROM_API, help="Deflation steps that get the sequential permutation test (p_fwer_deflated)."),
+                         family: FamilyChoice = typer.Option(FROM_API, help="What p_fwer controls: page (both lists, one family) or a one-sided question about one list (adds or removes; the other list gets no p-values)."),
+                         min_explained: float = typer.Option(FROM_API, help="A list ends at a pick that explains less than this share of |r|^2."),
+                         exemplars: int = typer.Option(FROM_API, help="Exemplar images per top concept and set."),
+                         device: str = typer.Option(FROM_API, help=DEVICE_HELP),
+                         progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
                          as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
     """Rank the concepts a residual carries, with significance, into report.{json,csv,md,html}."""
     from .explain import explain_residual
@@ -431,15 +568,15 @@ def explain_residual_cmd(residual: Path = typer.Argument(..., help="residual.npy
 @handle_errors
 def correct_cmd(residual: Path = typer.Argument(..., help="residual.npy to correct."),
                 out: Path = typer.Option(..., "--out", "-o", help="Corrected .npy (with sidecar)."),
-                remove: Optional[List[str]] = typer.Option(None, help="A concept to project out (centred text embedding); repeatable."),
-                remove_pair: Optional[List[str]] = typer.Option(None, help="'PROMPT|BASELINE': project out the difference of two prompts; repeatable."),
-                remove_labelled: Optional[str] = typer.Option(None, help="'RUN:COLUMN=VALUE': learn directions separating those images (INLP)."),
-                preset: Optional[CorrectPresetChoice] = typer.Option(None, help="rave-shift: the released RAVE code's shifted "
+                remove: Optional[List[str]] = typer.Option(FROM_API, help="A concept to project out (centred text embedding); repeatable."),
+                remove_pair: Optional[List[str]] = typer.Option(FROM_API, help="'PROMPT|BASELINE': project out the difference of two prompts; repeatable."),
+                remove_labelled: Optional[str] = typer.Option(FROM_API, help="'RUN:COLUMN=VALUE': learn directions separating those images (INLP)."),
+                preset: Optional[CorrectPresetChoice] = typer.Option(FROM_API, help="rave-shift: the released RAVE code's shifted "
                                                                      "residual (docs/method.md)."),
-                top: int = typer.Option(15, "--top", "-k", help="Tokens per side for --preset rave-shift (the top k)."),
-                vocab: Optional[str] = typer.Option(None, help="Vocabulary whose mean centres --remove concepts (as in explain-residual)."),
-                templates: Optional[str] = typer.Option(None, help="Templates for --remove concepts. " + TEMPLATES_HELP),
-                device: str = typer.Option("auto", help=DEVICE_HELP),
+                top: int = typer.Option(FROM_API, "--top", "-k", help="Tokens per side for --preset rave-shift (the top k)."),
+                vocab: Optional[str] = typer.Option(FROM_API, help="Vocabulary whose mean centres --remove concepts (as in explain-residual)."),
+                templates: Optional[str] = typer.Option(FROM_API, help="Templates for --remove concepts. " + TEMPLATES_HELP),
+                device: str = typer.Option(FROM_API, help=DEVICE_HELP),
                 as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
     """Remove bias directions from a residual by orthogonal projection; writes every edit to the sidecar."""
     from .correct import correct
@@ -458,7 +595,7 @@ def correct_cmd(residual: Path = typer.Argument(..., help="residual.npy to corre
         if ":" not in remove_labelled:
             raise ConfigError(f"--remove-labelled takes RUN:COLUMN=VALUE. Got {remove_labelled!r}.")
         run_path, selector = split_spec(remove_labelled, "")
-        labelled = (str(run_path), str(selector))
+        labelled = (run_path, str(selector))
     res = correct(residual, out, remove=remove, remove_pair=pairs, remove_labelled=labelled,
                   preset=preset.value if preset else None, k=top, vocab=vocab, templates=templates, device=device)
     if as_json:
@@ -474,17 +611,19 @@ def correct_cmd(residual: Path = typer.Argument(..., help="residual.npy to corre
 @handle_errors
 def probe_residual_cmd(residual: Path = typer.Argument(..., help="residual.npy (with its sidecar: model and thr)."),
                        images: List[str] = typer.Argument(..., help="Images: files, folders, or MANIFEST.jsonl[:SELECTOR]."),
-                       out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default RESIDUAL_probe/ beside the residual)."),
-                       selector: str = typer.Option("role=backlit", help="Selector for manifests (COLUMN=VALUE[,...])."),
-                       edit: Optional[List[str]] = typer.Option(None, help="Only these edits (repeatable; default all)."),
-                       max_images: int = typer.Option(32, help="At most this many images (a seeded sample)."),
-                       device: str = typer.Option("auto", help=DEVICE_HELP),
+                       out: Optional[Path] = typer.Option(FROM_API, "--out", "-o", help="Output folder (default RESIDUAL_probe/ beside the residual)."),
+                       selector: str = typer.Option(FROM_API, help="Selector for manifests (COLUMN=VALUE[,...])."),
+                       edit: Optional[List[str]] = typer.Option(FROM_API, help="Only these edits (repeatable; default all)."),
+                       max_images: int = typer.Option(FROM_API, help="At most this many images (a seeded sample)."),
+                       device: str = typer.Option(FROM_API, help=DEVICE_HELP),
+                       progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
                        as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
     """Which image edits (exposure, gamma, contrast, saturation, shadows, highlights, glare, blur, JPEG, downscale)
     move the images' projection on a residual towards its target thr: a table with 95% CIs and a plot."""
     from .probe import probe_residual
 
-    r = probe_residual(residual, images, out, selector=selector, edits=edit, max_images=max_images, device=device)
+    r = probe_residual(residual, images, out, selector=selector, edits=edit, max_images=max_images, device=device,
+                       progress=progress)
     if as_json:
         return _print_json(r)
     typer.echo(r["table"])
@@ -494,20 +633,21 @@ def probe_residual_cmd(residual: Path = typer.Argument(..., help="residual.npy (
 @app.command("plot")
 @handle_errors
 def plot_cmd(run: Path = typer.Argument(..., help="Run folder."),
-             out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default RUN/plots)."),
-             color_by: str = typer.Option("role", help="Metadata column that colours the points."),
-             residual: Optional[Path] = typer.Option(None, help="Draw this residual's direction."),
-             umap: bool = typer.Option(True, help="Also draw a UMAP (cosine) map."),
-             projector: bool = typer.Option(True, help="Export tensors.tsv/metadata.tsv for the TensorBoard projector."),
-             max_points: int = typer.Option(10_000, help="Larger runs are drawn from a seeded sample of this many images, "
+             out: Optional[Path] = typer.Option(FROM_API, "--out", "-o", help="Output folder (default RUN/plots)."),
+             color_by: str = typer.Option(FROM_API, help="Metadata column that colours the points."),
+             residual: Optional[Path] = typer.Option(FROM_API, help="Draw this residual's direction."),
+             umap: bool = typer.Option("umap" in default("plot", "methods"), help="Also draw a UMAP (cosine) map."),
+             projector: bool = typer.Option(FROM_API, help="Export tensors.tsv/metadata.tsv for the TensorBoard projector."),
+             max_points: int = typer.Option(FROM_API, help="Larger runs are drawn from a seeded sample of this many images, "
                                             "stratified by --color-by and group (the titles and sample.json say so)."),
-             seed: int = typer.Option(0, help="Seed for the sample and for UMAP."),
+             seed: int = typer.Option(FROM_API, help="Seed for the sample and for UMAP."),
+             progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
              as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
     """2-D maps (PCA, UMAP) of a run's image embeddings, coloured by set, with the residual drawn."""
     from .plot import plot
 
     result = plot(run, out, color_by=color_by, residual=residual, methods=("pca", "umap") if umap else ("pca",),
-                  projector=projector, max_points=max_points, seed=seed)
+                  projector=projector, max_points=max_points, seed=seed, progress=progress)
     if as_json:
         return _print_json(result)
     for k, v in result["files"].items():
@@ -517,11 +657,11 @@ def plot_cmd(run: Path = typer.Argument(..., help="Run folder."),
 @app.command("embedding-map")
 @handle_errors
 def embedding_map_cmd(run: Path = typer.Argument(..., help="Run folder."),
-                      out: Optional[Path] = typer.Option(None, "--out", "-o", help="The .html to write (default RUN/map.html)."),
-                      residual: Optional[Path] = typer.Option(None, help="Draw this residual (its sets are found in the run by their selectors)."),
-                      color_by: str = typer.Option("role", help="Metadata column coloured at first (any column can be picked on the page)."),
-                      max_points: int = typer.Option(2000, help="Subsample bigger runs to this many images (seeded; the page states it)."),
-                      umap: bool = typer.Option(True, help="Also compute a UMAP (cosine) view."),
+                      out: Optional[Path] = typer.Option(FROM_API, "--out", "-o", help="The .html to write (default RUN/map.html)."),
+                      residual: Optional[Path] = typer.Option(FROM_API, help="Draw this residual (its sets are found in the run by their selectors)."),
+                      color_by: str = typer.Option(FROM_API, help="Metadata column coloured at first (any column can be picked on the page)."),
+                      max_points: int = typer.Option(FROM_API, help="Subsample bigger runs to this many images (seeded; the page states it)."),
+                      umap: bool = typer.Option("umap" in default("embedding-map", "methods"), help="Also compute a UMAP (cosine) view."),
                       as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
     """Interactive map of a run's image embeddings: one offline HTML page, PCA/UMAP, thumbnails on hover, search."""
     from .embedding_map import embedding_map
@@ -543,19 +683,19 @@ _TC = TrainConfig()                         # train's help states the defaults o
 @app.command("train")
 @handle_errors
 def train_cmd(out: Path = typer.Option(..., "--out", "-o", help="Training run folder (rerun the same command to resume)."),
-              residual: Optional[Path] = typer.Option(None, help="Residual .npy (e.g. corrected.npy) guiding --guidance residual; "
+              residual: Optional[Path] = typer.Option(FROM_API, help="Residual .npy (e.g. corrected.npy) guiding --guidance residual; "
                                                       "its sidecar gives thr and the guidance model."),
               backlit: str = typer.Option(..., help="Images to enhance: MANIFEST.jsonl[:SELECTOR], RUN[:SELECTOR] or a folder "
                                           "(default selector role=backlit)."),
-              welllit: Optional[str] = typer.Option(None, help="Well-lit set (latent/prompt modes; default selector role=welllit). "
+              welllit: Optional[str] = typer.Option(FROM_API, help="Well-lit set (latent/prompt modes; default selector role=welllit). "
                                                    "Unpaired: any well-lit set; paired: the GT of the same scenes."),
-              guidance: GuidanceChoice = typer.Option(_TC.guidance, help=registry_help(GUIDANCE_MODES) + "."),
-              model: Optional[str] = typer.Option(None, help="Guidance CLIP for latent/prompt (default ViT-B-32). " + MODEL_HELP),
-              pretrained: Optional[str] = typer.Option(None, help="Its weights (default openai). " + PRETRAINED_HELP),
-              identity: IdentityChoice = typer.Option(_TC.identity, help=registry_help(IDENTITY_LOSSES) + "."),
-              identity_model: str = typer.Option(_TC.identity_model, help="open_clip image tower for the identity loss (ResNet: stem+4 stages; ViT: 5 blocks)."),
-              identity_pretrained: str = typer.Option(_TC.identity_pretrained, help="Its weights. " + PRETRAINED_HELP),
-              preset: PresetChoice = typer.Option(_TC.preset, help="Overrides of the defaults below. " + registry_help(list_presets()) + "."),
+              guidance: GuidanceChoice = typer.Option(FROM_API, help=registry_help(GUIDANCE_MODES) + "."),
+              model: Optional[str] = typer.Option(FROM_API, help="Guidance CLIP for latent/prompt (default ViT-B-32). " + MODEL_HELP),
+              pretrained: Optional[str] = typer.Option(FROM_API, help="Its weights (default openai). " + PRETRAINED_HELP),
+              identity: IdentityChoice = typer.Option(FROM_API, help=registry_help(IDENTITY_LOSSES) + "."),
+              identity_model: str = typer.Option(FROM_API, help="open_clip image tower for the identity loss (ResNet: stem+4 stages; ViT: 5 blocks)."),
+              identity_pretrained: str = typer.Option(FROM_API, help="Its weights. " + PRETRAINED_HELP),
+              preset: PresetChoice = typer.Option(FROM_API, help="Overrides of the defaults below. " + registry_help(list_presets()) + "."),
               init: Optional[str] = typer.Option(None, help="reconstruct (the paper's identity-loss warm-up), identity "
                                                  "(output = input at step 0) or a checkpoint (embedlab's or a published .pth)."),
               iters: Optional[int] = typer.Option(None, help=f"Network iterations in total, reconstruction included ({_TC.iters:,})."),
@@ -569,16 +709,16 @@ def train_cmd(out: Path = typer.Option(..., "--out", "-o", help="Training run fo
               crop: Optional[int] = typer.Option(None, help=f"Random crop after resizing ({_TC.crop or 'off'})."),
               pixel_loss: Optional[float] = typer.Option(None, help=f"EXTENSION (not in the paper): weight of a pixel loss ({_TC.pixel_loss:g} = off)."),
               seed: Optional[int] = typer.Option(None, help=f"Random seed ({_TC.seed})."),
-              device: str = typer.Option(_TC.device, help=DEVICE_HELP),
-              overwrite: bool = typer.Option(False, help="Start afresh, deleting an existing run in --out."),
-              progress: bool = typer.Option(True, help=PROGRESS_HELP),
+              device: str = typer.Option(FROM_API, help=DEVICE_HELP),
+              overwrite: bool = typer.Option(FROM_API, help="Start afresh, deleting an existing run in --out."),
+              progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
               as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
     """Train the enhancement network with RAVE, CLIP-LIT-Latent or CLIP-LIT guidance (defaults: the paper's; a
     preset overrides them, a flag overrides both)."""
     from .enhance.train import train
 
     result = train(out, preset=preset.value, overwrite=overwrite, progress=progress, guidance=guidance.value,
-                   residual=str(residual) if residual else None, backlit=backlit, welllit=welllit, model=model,
+                   residual=residual, backlit=backlit, welllit=welllit, model=model,
                    pretrained=pretrained, identity=identity.value,
                    identity_model=identity_model, identity_pretrained=identity_pretrained, init=init, iters=iters,
                    recon_iters=recon_iters, stage_iters=stage_iters, guidance_iters=guidance_iters,
@@ -594,14 +734,14 @@ def train_cmd(out: Path = typer.Option(..., "--out", "-o", help="Training run fo
 def enhance_cmd(checkpoint: Path = typer.Argument(..., help="enhancer.safetensors, ckpt_last.pt, or a published CLIP-LIT/RAVE .pth."),
                 inputs: List[str] = typer.Argument(..., help="Image files or folders."),
                 out: Path = typer.Option(..., "--out", "-o", help="Output folder (PNG, named by input stem)."),
-                device: str = typer.Option("auto", help=DEVICE_HELP),
-                batch_size: int = typer.Option(4, help="Images of one size per forward pass."),
-                max_pixels: int = typer.Option(16_000_000, help="Above this many pixels per image (default 16,000,000 = 16 MP) "
+                device: str = typer.Option(FROM_API, help=DEVICE_HELP),
+                batch_size: int = typer.Option(FROM_API, help="Images of one size per forward pass."),
+                max_pixels: int = typer.Option(FROM_API, help="Above this many pixels per image (default 16,000,000 = 16 MP) "
                                                "the illumination map is estimated on a downscaled copy and upsampled; "
                                                "logged once per image."),
-                precision: PrecisionChoice = typer.Option("fp32", help="fp32 (default; matches the published code's outputs to 1e-5) or "
+                precision: PrecisionChoice = typer.Option(FROM_API, help="fp32 (default; matches the published code's outputs to 1e-5) or "
                                                           "bf16 (autocast: faster on a GPU, outputs differ by up to ~1e-2)."),
-                progress: bool = typer.Option(True, help=PROGRESS_HELP),
+                progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
                 as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
     """Enhance images at full resolution with a trained or published network."""
     from .enhance.infer import enhance
@@ -617,19 +757,20 @@ def enhance_cmd(checkpoint: Path = typer.Argument(..., help="enhancer.safetensor
 @app.command("evaluate")
 @handle_errors
 def evaluate_cmd(pred: Path = typer.Option(..., help="Folder of enhanced images."),
-                 gt: Optional[str] = typer.Option(None, help="Ground-truth folder (pairs by exact stem) or a manifest (.jsonl)."),
-                 out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where per_image.csv and summary.json go (default PRED/metrics)."),
-                 gray: bool = typer.Option(False, help="Also the RAVE repo's grayscale PSNR/SSIM protocol."),
-                 lpips: bool = typer.Option(False, help="Also LPIPS (needs the lpips package and local AlexNet weights)."),
-                 inputs: Optional[str] = typer.Option(None, help="Folder of the inputs, for the residual projection of inputs."),
-                 residual: Optional[Path] = typer.Option(None, help="Report the mean projection of embeddings on this residual."),
-                 device: str = typer.Option("auto", help=DEVICE_HELP),
+                 gt: Optional[str] = typer.Option(FROM_API, help="Ground-truth folder (pairs by exact stem) or a manifest (.jsonl)."),
+                 out: Optional[Path] = typer.Option(FROM_API, "--out", "-o", help="Where per_image.csv and summary.json go (default PRED/metrics)."),
+                 gray: bool = typer.Option(FROM_API, help="Also the RAVE repo's grayscale PSNR/SSIM protocol."),
+                 lpips: bool = typer.Option(FROM_API, help="Also LPIPS (needs the lpips package and local AlexNet weights)."),
+                 inputs: Optional[str] = typer.Option(FROM_API, help="Folder of the inputs, for the residual projection of inputs."),
+                 residual: Optional[Path] = typer.Option(FROM_API, help="Report the mean projection of embeddings on this residual."),
+                 device: str = typer.Option(FROM_API, help=DEVICE_HELP),
+                 progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
                  as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
     """PSNR/SSIM (and LPIPS) against ground truth, exposure statistics, and the residual projection."""
     from .enhance.evaluate import evaluate
 
-    summary = evaluate(pred, gt, out, gray=gray, lpips=lpips, inputs=inputs, residual=str(residual) if residual else None,
-                       device=device)
+    summary = evaluate(pred, gt, out, gray=gray, lpips=lpips, inputs=inputs, residual=residual, device=device,
+                       progress=progress)
     if as_json:
         return _print_json(summary)
     shown = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -643,16 +784,17 @@ def evaluate_cmd(pred: Path = typer.Option(..., help="Folder of enhanced images.
 @handle_errors
 def synth_backlit_cmd(src: List[str] = typer.Argument(..., help="Photos: files, folders, or 'pkg' (the package photos)."),
                       out: Path = typer.Option(..., "--out", "-o", help="Output folder (images/, originals/, manifest.jsonl, params.json)."),
-                      recipe: RecipeChoice = typer.Option("A", case_sensitive=False, help="A: backlight (a background "
+                      recipe: RecipeChoice = typer.Option(FROM_API, case_sensitive=False, help="A: backlight (a background "
                                                           "mask), B: radial light, C: global exposure (docs/method.md)."),
-                      seeds: int = typer.Option(1, help="Variants per photo (recipes A and B)."),
-                      first_seed: int = typer.Option(0, help="First seed."),
-                      split: str = typer.Option("train", help="Split recorded in the manifest."),
+                      seeds: int = typer.Option(FROM_API, help="Variants per photo (recipes A and B)."),
+                      first_seed: int = typer.Option(FROM_API, help="First seed."),
+                      split: str = typer.Option(FROM_API, help="Split recorded in the manifest."),
+                      progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
                       as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
     """Render paired synthetic backlit (or exposure-error) versions of photos, with a manifest."""
     from .synth_dataset import synth_backlit
 
-    r = synth_backlit(src, out, recipe=recipe.value, seeds=seeds, first_seed=first_seed, split=split)
+    r = synth_backlit(src, out, recipe=recipe.value, seeds=seeds, first_seed=first_seed, split=split, progress=progress)
     if as_json:
         return _print_json(r)
     typer.echo(f"wrote {r['images']} images and {r['files']['manifest']}")
@@ -660,12 +802,12 @@ def synth_backlit_cmd(src: List[str] = typer.Argument(..., help="Photos: files, 
 
 @app.command("pretrain-demo")
 @handle_errors
-def pretrain_demo_cmd(out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the checkpoint (default: the user cache, keyed by the recipe)."),
-                      device: str = typer.Option("auto", help=DEVICE_HELP),
+def pretrain_demo_cmd(out: Optional[Path] = typer.Option(FROM_API, "--out", "-o", help="Folder for the checkpoint (default: the user cache, keyed by the recipe)."),
+                      device: str = typer.Option(FROM_API, help=DEVICE_HELP),
                       iters: Optional[int] = typer.Option(None, help="Training iterations (default: the full schedule)."),
-                      seed: int = typer.Option(0, help="Seed (the model is deterministic on the CPU for a seed)."),
-                      overwrite: bool = typer.Option(False, help="Retrain even when a cached (or shipped) model exists."),
-                      progress: bool = typer.Option(True, help=PROGRESS_HELP),
+                      seed: int = typer.Option(FROM_API, help="Seed (the model is deterministic on the CPU for a seed)."),
+                      overwrite: bool = typer.Option(FROM_API, help="Retrain even when a cached (or shipped) model exists."),
+                      progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
                       pack: Optional[Path] = typer.Option(None, "--pack", help="Also write the shippable pack (token rows "
                                                           "the grammar uses + all other tensors) into this folder, "
                                                           "e.g. embedlab/data/demo_clip."),
@@ -687,17 +829,17 @@ def pretrain_demo_cmd(out: Optional[Path] = typer.Option(None, "--out", "-o", he
 
 @app.command("demo")
 @handle_errors
-def demo_cmd(out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="Output folder (index.html is the entry point)."),
-             model: Optional[str] = typer.Option(None, help="Default: the offline demo CLIP (trained and cached on first use). "
+def demo_cmd(out: Path = typer.Option(FROM_API, "--out", "-o", help="Output folder (index.html is the entry point)."),
+             model: Optional[str] = typer.Option(FROM_API, help="Default: the offline demo CLIP (trained and cached on first use). "
                                                  "Or any open_clip model, e.g. ViT-B-32 with --pretrained openai."),
-             pretrained: Optional[str] = typer.Option(None, help=PRETRAINED_HELP),
-             enhancer: Optional[Path] = typer.Option(None, help="Use this enhancer (e.g. a published RAVE .pth) instead of training one."),
-             iters: int = typer.Option(75, help="Iterations of the short RAVE training (the 'demo' train preset)."),
-             permutations: int = typer.Option(1000, help="Shuffles for the concept report's permutation test."),
-             compare: bool = typer.Option(False, help="Also train CLIP-LIT-Latent on the same budget for the curve figure."),
-             raw_curve: bool = typer.Option(True, help="Also train on the raw (uncorrected) residual for the curve figure."),
-             device: str = typer.Option("auto", help=DEVICE_HELP),
-             progress: bool = typer.Option(True, help=PROGRESS_HELP),
+             pretrained: Optional[str] = typer.Option(FROM_API, help=PRETRAINED_HELP),
+             device: str = typer.Option(FROM_API, help=DEVICE_HELP),
+             enhancer: Optional[Path] = typer.Option(FROM_API, help="Use this enhancer (e.g. a published RAVE .pth) instead of training one."),
+             iters: Optional[int] = typer.Option(FROM_API, help="Iterations of the short RAVE training (default: the 'demo' train preset's)."),
+             permutations: int = typer.Option(FROM_API, help="Shuffles for the concept report's permutation test."),
+             compare: bool = typer.Option(FROM_API, help="Also train CLIP-LIT-Latent on the same budget for the curve figure."),
+             raw_curve: bool = typer.Option(FROM_API, help="Also train on the raw (uncorrected) residual for the curve figure."),
+             progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
              as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
     """Run the whole chain on the bundled demo data and write one index.html."""
     from .demo import demo
@@ -705,7 +847,7 @@ def demo_cmd(out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="Out
 
     if model is None:
         typer.echo(first_run_notice(), err=as_json)
-    result = demo(out, model=model, pretrained=pretrained, device=device, enhancer=str(enhancer) if enhancer else None,
+    result = demo(out, model=model, pretrained=pretrained, device=device, enhancer=enhancer,
                   train_iters=iters, permutations=permutations, compare=compare, raw_curve=raw_curve, progress=progress)
     if as_json:
         return _print_json(result)

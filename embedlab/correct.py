@@ -182,8 +182,9 @@ def correct(residual: str | os.PathLike, out: str | os.PathLike, *, remove: list
     res = load_residual(residual)
     mi = res.info["model"]
     if not (remove or remove_pair or remove_labelled or preset):
-        raise ConfigError("correct needs at least one edit: remove, remove_pair, remove_labelled or preset "
-                          "(--remove, --remove-pair, --remove-labelled, --preset).")
+        raise InvalidParameterError("The 'remove' parameter of correct, or 'remove_pair', 'remove_labelled' or "
+                                    "'preset', must name at least one edit. Got none.", param="remove",
+                                    owner="correct", also=("remove_pair", "remove_labelled", "preset"))
     check_param("preset", preset, tuple(PRESETS), "correct", allow_none=True)
     r = l2n(res.vector)
     # as in explain: the network is built (and its weights checked against the residual's) only if some text

@@ -2,7 +2,16 @@
 
 
 class EmbedlabError(Exception):
-    """Base class: the CLI turns these into a one-line message and exit code 1."""
+    """Base class: the CLI turns these into a one-line message and exit code 1.
+
+    Messages name Python parameters, quoted ('device'); `naming(...)` lists them so that the CLI shows each as the
+    flag that sets it ('--device')."""
+
+    also: tuple = ()
+
+    def naming(self, *params: str) -> "EmbedlabError":
+        self.also = (*self.also, *params)
+        return self
 
 
 class ConfigError(EmbedlabError, ValueError):
@@ -37,9 +46,11 @@ class InvalidParameterError(ConfigError, TypeError):
     """A function parameter has a value outside its constraint (`embedlab._validate.check_param`).
 
     `param` is the Python parameter name and `owner` the function; the CLI rewrites both into the flag and the
-    command it shows (one rule, `embedlab.cli.flag_for`)."""
+    command it shows (one rule, `embedlab.cli.flag_for`), and every parameter the message quotes ('name': `param`
+    and those in `also`) into its flag. `owner` may be empty where a helper cannot know which function called it."""
 
-    def __init__(self, message: str, param: str, owner: str):
+    def __init__(self, message: str, param: str, owner: str = "", also: tuple = ()):
         super().__init__(message)
         self.param = param
         self.owner = owner
+        self.also = tuple(also)

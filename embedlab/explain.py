@@ -1,9 +1,9 @@
 """Read a residual in words: centred-vocabulary scores, greedy deflation, and significance.
 
-Pure functions on arrays (`centre`, `deflation_rankings`, `side_lists`, `test_units`, `unit_statistics`,
-`explain_vectors`) carry the method; the permutation null lives in `permutation`; `explain_residual()` does the I/O
-(residual sidecar, run folders, model, cached text embeddings) and writes report.{json,csv,md,html}. The
-deflation's products with the whole vocabulary are a numba kernel, checked against the definition in the tests.
+Pure functions on arrays (`centre`, `deflation_rankings`, `side_lists`, `explain_vectors`) carry the method; the
+per-concept statistics on the test units live in `unit_stats`, the permutation null in `permutation`;
+`explain_residual()` does the I/O (residual sidecar, run folders, model, cached text embeddings) and writes
+report.{json,csv,md,html}; the image sets are read block by block (`ImageSets`), never held. The deflation's products with the whole vocabulary are a numba kernel, checked against the definition in the tests.
 
 Significance is one family per page: p_fwer and p_fwer_deflated control the chance of any false positive on
 the page (both lists) at once, and the per-concept statistics (AUROC, Welch p, BH q) count the same units as
@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import time
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -22,9 +23,10 @@ import pandas as pd
 from ._io import cache_ref, check_output_dir
 from .errors import ConfigError, IncompatibleRunError
 from ._validate import Interval, check_param
-from .permutation import (FAMILIES, SIDES, add_group_sums, draw_shuffles, family_p, group_layout, permutation_null,
-                          with_observed)
+from .image_sets import ImageSets, set_group_ids
+from .permutation import FAMILIES, SIDES, draw_shuffles, family_p, permutation_null, with_observed
 from .residual import l2n
+from .unit_stats import collect, unit_statistics
 
 log = logging.getLogger(__name__)
 MIN_EXPLAINED = 0.001     # a side's list ends at a pick that explains less than this share of |r|^2
@@ -48,6 +50,18 @@ def centre(E: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return unit_rows32(np.subtract(E, mu.astype(np.float32), dtype=np.float32), inplace=True), mu
 
 
+def vocab_products(Cf: np.ndarray, vectors) -> np.ndarray:
+    """(V, len(vectors)) float64 products of the float32 vocabulary with a few vectors: one parallel pass over the
+    vocabulary (4 ms for 40k x 512 and two vectors on two cores, where numpy's OpenBLAS takes 9 ms); a small
+    vocabulary stays in NumPy (no threads to wake)."""
+    vectors = np.ascontiguousarray(vectors, np.float32)
+    if Cf.size < SMALL_VOCAB:
+        return (Cf @ vectors.T).astype(np.float64)
+    out = np.empty((len(Cf), len(vectors)), np.float32)
+    _kernels().times_vocab(Cf, vectors, out)
+    return out.astype(np.float64)
+
+
 def deflation_rankings(r: np.ndarray, C: np.ndarray, n_top: int, signs=(1.0, -1.0)) -> list[list[dict]]:
     """Greedy, non-redundant rankings (TextSpan-style), one per sign: pick the concept with the largest
     sign*cos with the current residual, project it out of the residual and of every candidate, renormalise the
@@ -58,17 +72,7 @@ def deflation_rankings(r: np.ndarray, C: np.ndarray, n_top: int, signs=(1.0, -1.
     (P c) . rr = c . rr and |P c|^2 = 1 - sum_i (c . t_i)^2, so a step costs one product of the vocabulary
     with the new pick directions (one column per ranking)."""
     Cf = np.ascontiguousarray(C, dtype=np.float32)
-
-    def times_vocab(vectors) -> np.ndarray:
-        # (V, len(vectors)): one parallel pass over the vocabulary (4 ms for 40k x 512 and two vectors on two
-        # cores, where numpy's OpenBLAS takes 9 ms); a small vocabulary stays in NumPy (no threads to wake)
-        vectors = np.ascontiguousarray(vectors, np.float32)
-        if Cf.size < SMALL_VOCAB:
-            return (Cf @ vectors.T).astype(np.float64)
-        out = np.empty((len(Cf), len(vectors)), np.float32)
-        _kernels().times_vocab(Cf, vectors, out)
-        return out.astype(np.float64)
-
+    times_vocab = partial(vocab_products, Cf)
     n = len(signs)
     rr = [np.asarray(r, np.float64) * sg for sg in signs]
     total = float(rr[0] @ rr[0])
@@ -144,113 +148,6 @@ def _ranking_table(side: str, picks: list[dict], concepts: list[str], s_centred,
     return pd.DataFrame(rows, columns=RANKING_COLUMNS)
 
 
-def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
-    from scipy.stats import false_discovery_control
-
-    p = np.asarray(p, float)
-    return false_discovery_control(np.clip(p, 0, 1)) if len(p) else p
-
-
-def _kish(w: np.ndarray) -> float:
-    """Kish's effective sample size (sum w)^2 / sum w^2 of units weighted by w."""
-    w = np.asarray(w, np.float64)
-    return float(w.sum() ** 2 / (w ** 2).sum()) if len(w) else 0.0
-
-
-def test_units(x_from: np.ndarray, x_to: np.ndarray, groups: np.ndarray | None = None) -> dict:
-    """The units the per-concept statistics count: the same units the shuffles exchange.
-
-    No groups (or one image per group): unit image vectors. Groups nested in the sets: one row per group, the
-    mean of its unit image vectors (correlated images of one scene are not counted as independent). Groups that
-    span both sets: per spanning group its 'from' mean and its 'to' mean, compared within the group (`paired`:
-    to minus from); groups held by one set carry no within-group contrast. `effective_n` is Kish's
-    (sum w)^2 / sum w^2 with w the images per unit, summed over the sets (paired: w = n_from n_to / n of the
-    group), the count that the residual's image-weighted means really rest on."""
-    a, b = l2n(x_from), l2n(x_to)
-    is_to = np.r_[np.zeros(len(a), bool), np.ones(len(b), bool)]
-    codes, sizes, counts_to, nested = group_layout(is_to, groups)
-    if groups is None or len(sizes) == len(is_to):
-        return {"from": a, "to": b, "paired": None, "unit": "images", "n_from": len(a), "n_to": len(b),
-                "effective_n": float(len(a) + len(b)), "shuffle": "between"}
-    n_f, n_t = sizes - counts_to, counts_to
-    sums_f, sums_t = np.zeros((len(sizes), a.shape[1])), np.zeros((len(sizes), a.shape[1]))
-    add_group_sums(sums_f, codes[~is_to], a)
-    add_group_sums(sums_t, codes[is_to], b)
-    if nested:
-        f, t = n_f > 0, n_t > 0
-        return {"from": sums_f[f] / n_f[f, None], "to": sums_t[t] / n_t[t, None], "paired": None, "unit": "groups",
-                "n_from": int(f.sum()), "n_to": int(t.sum()), "effective_n": _kish(n_f[f]) + _kish(n_t[t]),
-                "shuffle": "between"}
-    both = (n_f > 0) & (n_t > 0)
-    uf, ut = sums_f[both] / n_f[both, None], sums_t[both] / n_t[both, None]
-    return {"from": uf, "to": ut, "paired": ut - uf, "unit": "groups", "n_from": int(both.sum()),
-            "n_to": int(both.sum()), "effective_n": _kish(n_f[both] * n_t[both] / sizes[both]), "shuffle": "within"}
-
-
-def _spread(X: np.ndarray) -> np.ndarray:
-    """A matrix D with |D c|^2 = the variance of the mean of X's rows along c: the centred rows scaled, or their
-    (d, d) triangular factor when there are more rows than dimensions (cheaper to apply)."""
-    n = len(X)
-    D = (X - X.mean(0)) / np.sqrt((n - 1) * n)
-    return np.linalg.qr(D, mode="r") if n > D.shape[1] else D
-
-
-def _along(c: np.ndarray, D: np.ndarray) -> np.ndarray:
-    return ((c @ D.T) ** 2).sum(1)
-
-
-def welch_all_concepts(u_from: np.ndarray, u_to: np.ndarray, C: np.ndarray, chunk: int = 8192) -> np.ndarray:
-    """Welch t-test p-values (to vs from) of the units' similarity (rows: unit image vectors or group means) for
-    EVERY concept, from the two sets' means and spreads: never a units x vocabulary matrix, and no selection
-    before testing (so BH over the whole vocabulary controls the false discovery rate)."""
-    from scipy.stats import t as student_t
-
-    na, nb = len(u_from), len(u_to)
-    if na < 2 or nb < 2:
-        return np.ones(len(C))
-    delta = u_to.mean(0) - u_from.mean(0)
-    Da, Db = _spread(np.asarray(u_from, np.float64)), _spread(np.asarray(u_to, np.float64))
-    p = np.empty(len(C))
-    for s in range(0, len(C), chunk):
-        c = np.asarray(C[s:s + chunk], np.float64)
-        va, vb = _along(c, Da), _along(c, Db)
-        se2 = np.maximum(va + vb, 1e-300)
-        df = se2 ** 2 / np.maximum(va ** 2 / (na - 1) + vb ** 2 / (nb - 1), 1e-300)
-        p[s:s + chunk] = 2 * student_t.sf(np.abs(c @ delta) / np.sqrt(se2), df)
-    return p
-
-
-def paired_all_concepts(D: np.ndarray, C: np.ndarray, chunk: int = 8192) -> np.ndarray:
-    """Paired t-test p-values for EVERY concept: rows of D are per-group differences (to mean - from mean)."""
-    from scipy.stats import t as student_t
-
-    G = len(D)
-    if G < 2:
-        return np.ones(len(C))
-    m, S = D.mean(0), _spread(np.asarray(D, np.float64))
-    p = np.empty(len(C))
-    for s in range(0, len(C), chunk):
-        c = np.asarray(C[s:s + chunk], np.float64)
-        p[s:s + chunk] = 2 * student_t.sf(np.abs(c @ m) / np.sqrt(np.maximum(_along(c, S), 1e-300)), G - 1)
-    return p
-
-
-def unit_statistics(units: dict, C: np.ndarray, cand_idx: np.ndarray) -> pd.DataFrame:
-    """Per candidate concept (rows indexed by vocabulary index), on the test units of `test_units`: mean
-    similarity in each set, difference, AUROC (to vs from units), welch_p (a paired t-test within groups when
-    groups span the sets; nominal) and q_bh, Benjamini-Hochberg over the WHOLE vocabulary's p-values."""
-    from scipy.stats import mannwhitneyu
-
-    p_all = (paired_all_concepts(units["paired"], C) if units["paired"] is not None
-             else welch_all_concepts(units["from"], units["to"], C))
-    q_all = benjamini_hochberg(p_all)
-    Cc = np.asarray(C[cand_idx], np.float32)
-    sa, sb = units["from"].astype(np.float32) @ Cc.T, units["to"].astype(np.float32) @ Cc.T
-    auroc = mannwhitneyu(sb, sa, axis=0, alternative="two-sided").statistic / (len(sa) * len(sb))
-    return pd.DataFrame({"mean_sim_from": sa.mean(0), "mean_sim_to": sb.mean(0), "diff": sb.mean(0) - sa.mean(0),
-                         "auroc": auroc, "welch_p": p_all[cand_idx], "q_bh": q_all[cand_idx]}, index=cand_idx)
-
-
 def deflated_family_p(observed: dict, null_seq: dict, first_step: dict | None = None) -> dict:
     """p_fwer_deflated: at each deflation step one family over the sides that reach it (`family_p`), then a
     running maximum along each side (a step counts only once the steps before it do). `first_step` ({side:
@@ -269,7 +166,7 @@ def deflated_family_p(observed: dict, null_seq: dict, first_step: dict | None = 
     return {s: np.maximum.accumulate(v) for s, v in out.items()}
 
 
-def permutation_test(x_from, x_to, groups, C: np.ndarray, s_centred: np.ndarray, lists: dict, *, permutations: int,
+def permutation_test(sets: ImageSets, groups, C: np.ndarray, s_centred: np.ndarray, lists: dict, *, permutations: int,
                      seed: int, method: str, deflated_steps: int, family: str) -> tuple[dict, dict]:
     """The page's family-wise permutation test: ({info}, {side: (p_fwer, p_fwer_deflated) of its listed picks}).
 
@@ -280,12 +177,12 @@ def permutation_test(x_from, x_to, groups, C: np.ndarray, s_centred: np.ndarray,
     scored like every shuffle), so a shuffle that reproduces it ties with it to the bit."""
     t0 = time.perf_counter()
     sides = tuple(SIDES) if family == "page" else (family,)
-    is_to = np.r_[np.zeros(len(x_from), bool), np.ones(len(x_to), bool)]
+    is_to = sets.is_to
     sh = with_observed(draw_shuffles(is_to, groups, permutations, seed), is_to)
     steps = {s: lists[s][:deflated_steps] for s in sides}
     deflations = {s: (SIDES[s], [pk["index"] for pk in steps[s]],
                       np.array([pk["direction"] for pk in steps[s]], np.float32).reshape(-1, C.shape[1])) for s in sides}
-    null = permutation_null((x_from, x_to), sh, C, method, deflations, keep_first=True)   # read block by block
+    null = permutation_null(sets, sh, C, method, deflations, keep_first=True)   # one pass, block by block
     side_stat = {"adds": null["max"], "removes": -null["min"]}                           # row 0: observed
     raw = family_p({s: side_stat[s][0] for s in sides}, {s: side_stat[s][1:] for s in sides},
                    {s: SIDES[s] * null["first"][[pk["index"] for pk in lists[s]]] for s in sides})
@@ -326,15 +223,18 @@ def _candidate_indices(s_centred: np.ndarray, tables: dict, candidates: int) -> 
     return np.r_[cand, np.asarray(list(dict.fromkeys(listed)), int)]
 
 
-def _significance(tables: dict, lists: dict, x_from, x_to, groups, C, s_centred, *, candidates: int,
-                  permutations: int, seed: int, method: str, deflated_steps: int, family: str) -> tuple[dict, pd.DataFrame]:
-    """Per-concept statistics on the test units and the permutation test, written into the tables in place."""
-    units = test_units(x_from, x_to, groups)
+def _significance(tables: dict, lists: dict, sets: ImageSets, groups, C, s_centred, *, candidates: int,
+                  permutations: int, seed: int, method: str, deflated_steps: int, family: str,
+                  figure_rows=None, queries=None, exemplars: int = 0) -> tuple[dict, pd.DataFrame, dict]:
+    """Per-concept statistics on the test units and the permutation test, written into the tables in place:
+    two passes over the sets (the units' statistics, then the shuffled sums)."""
     cand_idx = _candidate_indices(s_centred, tables, candidates)
-    stats = unit_statistics(units, C, cand_idx)
+    seen = collect(sets, groups, C[cand_idx], figure_rows, queries, exemplars)
+    units = seen["units"]
+    stats, how = unit_statistics(units, C, cand_idx)
     perm_info, pvals = {"K": permutations, "family": family}, {}
     if permutations > 0:
-        perm_info, pvals = permutation_test(x_from, x_to, groups, C, s_centred, lists, permutations=permutations,
+        perm_info, pvals = permutation_test(sets, groups, C, s_centred, lists, permutations=permutations,
                                             seed=seed, method=method, deflated_steps=deflated_steps, family=family)
     for side, tab in tables.items():
         rows = stats.loc[tab["vocab_index"].to_numpy(int)]
@@ -345,17 +245,22 @@ def _significance(tables: dict, lists: dict, x_from, x_to, groups, C, s_centred,
     count = {col: int(sum((t[col] < 0.05).sum() for t in tables.values() if col in t)) for col in ("p_fwer", "p_fwer_deflated")}
     test_unit = {k: units[k] for k in ("unit", "n_from", "n_to", "effective_n", "shuffle")}
     test_unit.update(shuffle=units["shuffle"] if permutations > 0 else "none", family=family,
-                     effective_n=round(test_unit["effective_n"], 1))
-    return ({"candidates": int(len(cand_idx)), "permutation": perm_info, "n_from": int(len(x_from)),
-             "n_to": int(len(x_to)), "test_unit": test_unit, "significant_fwer_05": count["p_fwer"],
-             "significant_fwer_deflated_05": count["p_fwer_deflated"],
-             "candidates_q_below_05": int((stats["q_bh"] < 0.05).sum())}, stats)
+                     effective_n=round(test_unit["effective_n"], 1), **how)
+    n_groups = None if groups is None else int(len(np.unique(groups)))
+    return ({"candidates": int(len(cand_idx)), "permutation": perm_info, "n_from": sets.n_from, "n_to": sets.n_to,
+             "images": sets.n, "groups": n_groups, "read_from": sets.source, "test_unit": test_unit,
+             "significant_fwer_05": count["p_fwer"], "significant_fwer_deflated_05": count["p_fwer_deflated"],
+             "candidates_q_below_05": int((stats["q_bh"] < 0.05).sum())}, stats, seen)
 
 
-def explain_vectors(r: np.ndarray, E: np.ndarray, concepts: list[str], x_from: np.ndarray | None = None,
+FIGURE_CONCEPTS = {"adds": 5, "removes": 3}     # the similarity histograms and exemplars show these many per side
+
+
+def explain_vectors(r: np.ndarray, E: np.ndarray, concepts: list[str], x_from: "np.ndarray | ImageSets | None" = None,
                     x_to: np.ndarray | None = None, groups: np.ndarray | None = None, *, top: int = 30,
                     candidates: int = 500, permutations: int = 1000, seed: int = 0, method: str = "rave",
-                    deflated_steps: int = 10, family: str = "page", min_explained: float = MIN_EXPLAINED) -> dict:
+                    deflated_steps: int = 10, family: str = "page", min_explained: float = MIN_EXPLAINED,
+                    exemplars: int = 0) -> dict:
     """Rank concepts for residual `r` (d,) against text embeddings `E` (V, d) of `concepts`.
 
     Each side's list is a greedy deflation, cut where its picks stop pointing its way (`side_lists`). With the
@@ -363,7 +268,12 @@ def explain_vectors(r: np.ndarray, E: np.ndarray, concepts: list[str], x_from: n
     the top `candidates` and a permutation test of the whole page (`permutation_test`; `family` "adds" or
     "removes" asks a one-sided question instead). `groups` (for the concatenation [x_from; x_to]) restricts the
     shuffles to exchangeable units. The sequential (deflated) test covers the first `deflated_steps` picks of
-    each side (its cost is shuffles x vocabulary x steps)."""
+    each side (its cost is shuffles x vocabulary x steps).
+
+    `x_from` may be an `ImageSets` (then `x_to` is None): the sets are then read block by block, twice, and
+    never held (a run of millions of images). With the sets, the result also holds "figure" (concept indices and
+    each image's similarity to them, per set) and, with `exemplars` > 0, "nearest" (per set and figure concept,
+    the `exemplars` images nearest to its text embedding: (scores, positions within the set))."""
     if E.shape[0] != len(concepts):
         raise ConfigError(f"{len(concepts)} concepts but {E.shape[0]} embeddings.")
     if E.shape[1] != len(r):
@@ -372,8 +282,10 @@ def explain_vectors(r: np.ndarray, E: np.ndarray, concepts: list[str], x_from: n
         raise ConfigError(f"The 'family' parameter must be one of {FAMILIES}. Got {family!r} instead.")
     if not 0 <= min_explained < 1:
         raise ConfigError(f"The 'min_explained' parameter must be a float in [0, 1). Got {min_explained!r} instead.")
+    sets = x_from if isinstance(x_from, ImageSets) else (
+        ImageSets.from_arrays(x_from, x_to) if x_from is not None and x_to is not None else None)
     for name, arr in (("r", r), ("E", E), ("x_from", x_from), ("x_to", x_to)):
-        if arr is not None and not np.isfinite(arr).all():
+        if isinstance(arr, np.ndarray) and not np.isfinite(arr).all():
             raise ConfigError(f"The '{name}' input of explain_vectors holds NaN or infinite values.")
     r = l2n(np.asarray(r, np.float64))
     E = unit_rows32(E)
@@ -386,11 +298,15 @@ def explain_vectors(r: np.ndarray, E: np.ndarray, concepts: list[str], x_from: n
                           "min_explained": min_explained}}
     lists = side_lists(deflation_rankings(r, C, top, tuple(SIDES.values())), s_centred, min_explained)
     tables = {side: _ranking_table(side, lists[side], concepts, s_centred, z, s_raw) for side in SIDES}
-    if x_from is not None and x_to is not None and len(x_from) and len(x_to):
-        info, out["candidate_stats"] = _significance(
-            tables, lists, x_from, x_to, groups, C, s_centred, candidates=candidates, permutations=permutations,
-            seed=seed, method=method, deflated_steps=deflated_steps, family=family)
+    if sets is not None and sets.n_from and sets.n_to:
+        fig = [int(j) for side, n in FIGURE_CONCEPTS.items() for j in tables[side]["vocab_index"].iloc[:n]]
+        info, out["candidate_stats"], seen = _significance(
+            tables, lists, sets, groups, C, s_centred, candidates=candidates, permutations=permutations,
+            seed=seed, method=method, deflated_steps=deflated_steps, family=family, figure_rows=C[fig],
+            queries=E[fig], exemplars=exemplars)
         out["info"].update(info)
+        out["figure"] = {"index": fig, "from": seen["figure"][0], "to": seen["figure"][1]}
+        out["nearest"] = {"from": seen["nearest"][0], "to": seen["nearest"][1]}
     out["adds"], out["removes"] = tables["adds"], tables["removes"]
     out["centred"] = C
     out["scores_centred"] = s_centred
@@ -422,17 +338,6 @@ def _kernels():
     return _KERNELS
 
 
-def set_groups(*columns) -> np.ndarray | None:
-    """Group labels of the concatenated sets: None when no image has one; an image without one is its own group."""
-    g = pd.concat([pd.Series(np.asarray(c, dtype=object)) for c in columns], ignore_index=True)
-    missing = g.isna().to_numpy()
-    if missing.all():
-        return None
-    g = g.astype(str).to_numpy()
-    g[missing] = [f"\0image {i}" for i in np.flatnonzero(missing)]
-    return g
-
-
 def _set_vectors(side: dict):
     from .runs import Run
 
@@ -440,15 +345,14 @@ def _set_vectors(side: dict):
     return run, run.select(side["selector"])
 
 
-def _exemplars(run, index, mask: np.ndarray, query: np.ndarray, k: int) -> list[dict]:
-    """Nearest images of one set to a concept, through the run's FAISS index (restricted to the set's ids)."""
-    from .index import search_within
-
-    ids = run.metadata["row_id"].to_numpy()[mask].astype(np.int64)
-    scores, found = search_within(index, query, min(k, len(ids)), ids)
-    meta = run.metadata.set_index("row_id")
-    return [{"row_id": int(i), "path": str(meta.loc[int(i), "path"]), "file": str(meta.loc[int(i), "file"]),
-             "score": float(s)} for s, i in zip(scores[0], found[0]) if i >= 0]
+def _exemplars(run, mask: np.ndarray, nearest: tuple) -> list[dict]:
+    """The nearest images of one set to a concept ((scores, positions within the set), exact: found in the
+    streamed pass) with their run rows' ids and files."""
+    scores, pos = nearest
+    rows = np.flatnonzero(mask)[np.asarray(pos, np.int64)]
+    meta = run.metadata_rows(rows, ["row_id", "path", "file"])
+    return [{"row_id": int(m.row_id), "path": str(m.path), "file": str(m.file), "score": float(sc)}
+            for sc, m in zip(scores, meta.itertuples())]
 
 
 def explain_residual(residual: str | os.PathLike, out: str | os.PathLike = "report", *, vocab: str | None = None,
@@ -472,21 +376,20 @@ def explain_residual(residual: str | os.PathLike, out: str | os.PathLike = "repo
     t0 = time.perf_counter()
     E, cache_info = vb.embed_concepts(lm, V.concepts, tpls, progress=progress)
     t_embed = time.perf_counter() - t0
-    x_from = x_to = groups = None
-    runs = None
-    note = None
+    sets = groups = runs = note = None
     try:
         (run_a, mask_a), (run_b, mask_b) = _set_vectors(res.info["from"]), _set_vectors(res.info["to"])
-        x_from, x_to = run_a.take(mask_a), run_b.take(mask_b)     # the two sets only, read block by block
-        groups = set_groups(run_a.read_metadata(["group"])["group"][mask_a],
-                            run_b.read_metadata(["group"])["group"][mask_b])
+        sets = ImageSets.from_runs(run_a, mask_a, run_b, mask_b, progress=progress)    # read in blocks, never held
+        groups = set_group_ids(run_a.read_metadata(["group"])["group"][mask_a],
+                               run_b.read_metadata(["group"])["group"][mask_b])
         runs = (run_a, mask_a, run_b, mask_b)
     except (ConfigError, FileNotFoundError, KeyError) as exc:
         note = f"Significance skipped: the source runs could not be read ({exc})."
         log.warning(note)
-    result = explain_vectors(res.vector, E, V.concepts, x_from, x_to, groups, top=top, candidates=candidates,
+    result = explain_vectors(res.vector, E, V.concepts, sets, None, groups, top=top, candidates=candidates,
                              permutations=permutations, seed=seed, method=res.info.get("method", "rave"),
-                             deflated_steps=deflated_steps, family=family, min_explained=min_explained)
+                             deflated_steps=deflated_steps, family=family, min_explained=min_explained,
+                             exemplars=exemplars)
     info = dict(result["info"], vocabulary=V.name, vocabulary_source=V.source, templates=tpls,
                 text_embedding_seconds=round(t_embed, 3), text_cache=cache_info["cache"], significance_note=note)
     if V.name == "model":
@@ -499,31 +402,29 @@ def explain_residual(residual: str | os.PathLike, out: str | os.PathLike = "repo
                            "thr": res.thr, "edits": res.info.get("edits", [])},
               "concepts": table.replace({np.nan: None}).to_dict(orient="records"), "exemplars": []}
     figures = {"bar": rep.png_data_uri(rep.bar_chart(result["adds"], result["removes"]))}
-    if runs is not None:
-        figures["histograms"] = _exemplars_and_histograms(report, result, runs, x_from, x_to, E, exemplars, res)
+    if runs is not None and "figure" in result:
+        figures["histograms"] = _exemplars_and_histograms(report, result, runs, exemplars, res)
     html_exemplars = _html_exemplars(report)
     report["files"] = rep.write_report(out, report, figures, html_exemplars)
     return report
 
 
-def _exemplars_and_histograms(report: dict, result: dict, runs, x_from, x_to, E, exemplars: int, res) -> str:
-    """Append the top concepts' exemplar images to report["exemplars"]; return the similarity histograms (data URI)."""
+def _exemplars_and_histograms(report: dict, result: dict, runs, exemplars: int, res) -> str:
+    """Append the figure concepts' exemplar images to report["exemplars"]; return the similarity histograms."""
     from . import report as rep
 
     run_a, mask_a, run_b, mask_b = runs
+    names = dict(zip(pd.concat([result["adds"], result["removes"]])["vocab_index"],
+                     pd.concat([result["adds"], result["removes"]])["concept"]))
+    n_adds = min(FIGURE_CONCEPTS["adds"], len(result["adds"]))
     hists = []
-    C = result["centred"]
-    xa, xb = l2n(x_from), l2n(x_to)
-    index_a, index_b = run_a.load_index(), run_b.load_index()
-    for side, n in (("adds", 5), ("removes", 3)):
-        for _, row in result[side].head(n).iterrows():
-            j = int(row["vocab_index"])
-            hists.append((row["concept"], xa @ C[j], xb @ C[j], side))
-            if exemplars > 0:
-                ex = {"concept": row["concept"], "direction": side,
-                      "from": _exemplars(run_a, index_a, mask_a, E[j], exemplars),
-                      "to": _exemplars(run_b, index_b, mask_b, E[j], exemplars)}
-                report["exemplars"].append(ex)
+    for i, j in enumerate(result["figure"]["index"]):
+        side = "adds" if i < n_adds else "removes"
+        hists.append((names[j], result["figure"]["from"][:, i], result["figure"]["to"][:, i], side))
+        if exemplars > 0:
+            report["exemplars"].append({"concept": names[j], "direction": side,
+                                        "from": _exemplars(run_a, mask_a, result["nearest"]["from"][i]),
+                                        "to": _exemplars(run_b, mask_b, result["nearest"]["to"][i])})
     return rep.png_data_uri(rep.similarity_histograms(
         hists, res.info["from"]["selector"], res.info["to"]["selector"]))
 

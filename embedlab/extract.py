@@ -350,8 +350,8 @@ def _prepare(manifest, model, pretrained, out, *, device, decode, batch_size, wo
     run_dir = Path(out)
     decode = resolve_decode(decode, dev.type, None if overwrite else recorded_decode(run_dir))
     if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--out {display_path(str(run_dir))} is an existing file, not a run folder. "
-                          "Fix: pass a folder path (it is created).")
+        raise ConfigError(f"'out' {display_path(str(run_dir))} is an existing file, not a run folder. "
+                          "Fix: pass a folder path (it is created).").naming("out")
     scan = mf.scan_manifest(manifest, roles=roles)      # one streaming pass; entries stay offsets into the file
     man, entries = scan.manifest, scan.manifest.entries
     if not len(entries):

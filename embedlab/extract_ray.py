@@ -49,7 +49,8 @@ def _ray():
     try:
         import ray
     except ImportError:
-        raise MissingDependencyError("--engine ray needs Ray: pip install 'embedlab[ray]' (or pip install 'ray>=2.9').") from None
+        raise MissingDependencyError("'engine' 'ray' needs Ray: pip install 'embedlab[ray]' (or pip install "
+                                     "'ray>=2.9').").naming("engine") from None
     return ray
 
 
@@ -63,9 +64,9 @@ def plan(address: str | None, device: str, gpus_per_worker: float | None, worker
             try:
                 ray.init(address=address, log_to_driver=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise ConfigError(f"--engine ray: could not connect to the Ray cluster at {address!r} "
+                raise ConfigError(f"'engine' 'ray': could not connect to the Ray cluster at 'address' {address!r} "
                                   f"({str(exc).strip().splitlines()[0][:200]}). Fix: start it (`ray start --head`) "
-                                  "or leave --address out to start a local instance.") from None
+                                  "or leave 'address' out to start a local instance.").naming("engine", "address") from None
         else:
             mem = min(1_000_000_000, int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.3))
             ray.init(num_cpus=usable_cores(), object_store_memory=mem, include_dashboard=False, log_to_driver=False)
@@ -75,9 +76,10 @@ def plan(address: str | None, device: str, gpus_per_worker: float | None, worker
     spec = (device or "auto").lower()
     use_gpu = gpus > 0 if spec == "auto" else spec.startswith("cuda")
     if use_gpu and gpus == 0:
-        raise DeviceError(f"--device {device} with --engine ray, but the Ray cluster has no GPU. Use --device cpu.")
+        raise DeviceError(f"'device' {device!r} with 'engine' 'ray', but the Ray cluster has no GPU. Use 'device' "
+                          "'cpu'.").naming("device", "engine")
     if gpus_per_worker is not None and float(gpus_per_worker) <= 0 and use_gpu:
-        raise ConfigError(f"--gpus-per-worker must be > 0 on GPUs. Got {gpus_per_worker}.")
+        raise ConfigError(f"'gpus_per_worker' must be > 0 on GPUs. Got {gpus_per_worker} instead.").naming("gpus_per_worker")
     if use_gpu:
         gpw = float(gpus_per_worker or 1)
         n = max(1, int(gpus // gpw))
@@ -208,7 +210,7 @@ def start_actors(job, plan_: Plan, model: str, pretrained: str | None) -> list:
         if info["error"]:
             for a in actors:
                 ray.kill(a)
-            raise ConfigError(f"--engine ray: {info['error']}")
+            raise ConfigError(f"Ray engine: {info['error']}")
     return actors
 
 
@@ -262,7 +264,7 @@ def _schedule(ray, job, actors: list, todo: list[int], counts: dict, bar) -> Non
                 inflight[a.embed_shard.remote(shard, _payload(job, shard))] = (a, shard)
                 load[id(a)] += 1
         if not inflight:
-            raise ConfigError(f"--engine ray: every actor died; {len(queue)} shard(s) left. Rerun to resume.")
+            raise ConfigError(f"Ray engine: every actor died; {len(queue)} shard(s) left. Rerun to resume.")
         ready, _ = ray.wait(list(inflight), num_returns=1)
         actor, shard = inflight.pop(ready[0])
         load[id(actor)] -= 1

@@ -148,8 +148,9 @@ def check_aspect(width: int, height: int, max_aspect: float | None) -> None:
     ratio = max(width, height) / min(width, height)
     if ratio > max_aspect:
         raise ImageError("extreme-aspect", f"{width}x{height} px, aspect {ratio:.0f}:1 is above the limit {max_aspect:g}:1 "
-                         "(--max-aspect): resizing its short side to the model input would need "
-                         f"{resized_bytes(width, height, 224) / 2**30:.1f} GiB at 224 px; crop it or raise --max-aspect")
+                         "(max_aspect; `--max-aspect` on the command line): resizing its short side to the model input "
+                         f"would need {resized_bytes(width, height, 224) / 2**30:.1f} GiB at 224 px; crop it or raise "
+                         "the limit")
 
 
 def resized_bytes(width: int, height: int, size: int, channels: int = 3, itemsize: int = 4) -> int:

@@ -153,14 +153,15 @@ class RunLock:
                 continue                                   # released meanwhile: try again
             alive = holder_alive(holder)
             if alive is False or self.break_lock:
-                why = "its process is gone" if alive is False else "--break-lock was given"
+                why = "its process is gone" if alive is False else "break_lock was given"
                 if self._take_over(holder):
                     log.warning("Taking over the lock of %s held by %s: %s.", display_path(str(self.path.parent)),
                                 describe(holder), why)
                 continue
             raise RunLockedError(
                 f"Run folder {display_path(str(self.path.parent))} is locked by {describe(holder)}. Wait for it to "
-                "finish; if that process is gone (e.g. killed on another machine), rerun with --break-lock.")
+                "finish; if that process is gone (e.g. killed on another machine), rerun with 'break_lock'."
+            ).naming("break_lock")
         raise RunLockedError(f"Could not lock {display_path(str(self.path.parent))}: another process keeps taking it.")
 
     def _take_over(self, holder: dict) -> bool:

@@ -53,19 +53,20 @@ def resolve_device(spec: str | None = "auto") -> Any:
     spec = (spec or "auto").lower()
     if spec == "auto":
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        log.info("--device auto chose %s", dev)
+        log.info("device 'auto' chose %s", dev)
         return dev
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise DeviceError(f"--device {spec} was requested but no CUDA GPU is available (torch {torch.__version__}, "
-                              f"CUDA build {torch.version.cuda}). Use --device cpu or --device auto.")
+            raise DeviceError(f"'device' {spec!r} was requested but no CUDA GPU is available (torch {torch.__version__}, "
+                              f"CUDA build {torch.version.cuda}). Use 'device' 'cpu' or 'auto'.").naming("device")
         dev = torch.device(spec)
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise DeviceError(f"--device {spec}: only {torch.cuda.device_count()} GPU(s) visible.")
+            raise DeviceError(f"'device' {spec!r}: only {torch.cuda.device_count()} GPU(s) visible.").naming("device")
         return dev
     if spec == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise DeviceError("--device mps was requested but MPS is not available. Use --device cpu.")
+            raise DeviceError("'device' 'mps' was requested but MPS is not available. Use 'device' "
+                              "'cpu'.").naming("device")
         return torch.device("mps")
     if spec == "cpu":
         return torch.device("cpu")
@@ -106,8 +107,9 @@ def _classify_pretrained(model: str, pretrained: str | None) -> tuple[str, str, 
         p = str(cache_dir() / p[len(CACHE_PREFIX):])
     if os.path.sep in p or p.endswith((".pt", ".pth", ".bin", ".safetensors")) or os.path.exists(p):
         if not os.path.isfile(p):
-            raise ModelLoadError(f"--pretrained {p}: checkpoint file not found. Pass an existing open_clip checkpoint "
-                                 "file, a pretrained tag (see `embedlab models`), or hf-hub:ORG/REPO.")
+            raise ModelLoadError(f"The 'pretrained' checkpoint file {p} was not found. Pass an existing open_clip "
+                                 "checkpoint file, a pretrained tag (see `embedlab models`), or hf-hub:ORG/REPO."
+                                 ).naming("pretrained")
         return model, "file", os.path.abspath(p)
     return model, "tag", p
 
@@ -187,8 +189,9 @@ def _preflight_fetch(name: str, kind: str, tag: str | None) -> None:
     if reason:
         raise ModelLoadError(
             f"Cannot fetch weights for {name} / {tag or name}: {reason}, and they are not in the local cache. "
-            f"On an offline machine, download the checkpoint elsewhere and pass the file with "
-            f"--pretrained /path/to/open_clip_model.safetensors (or set HF_HUB_OFFLINE=1 to use only cached files).")
+            f"On an offline machine, download the checkpoint elsewhere and pass the file as 'pretrained' "
+            f"(/path/to/open_clip_model.safetensors), or set HF_HUB_OFFLINE=1 to use only cached files."
+        ).naming("pretrained")
 
 
 def _check_known(name: str, kind: str, arg: str | None) -> None:
@@ -228,8 +231,8 @@ def _load_error(model: str, pretrained: str | None, tried: str, exc: Exception) 
         f"Could not load weights for {model} / {pretrained} ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}). "
         f"{'HF_HUB_OFFLINE=1 is set, so nothing can be downloaded. ' if offline else ''}"
         f"If this machine is offline, download the checkpoint on a connected machine (e.g. `open_clip` caches it "
-        f"under ~/.cache/huggingface) and pass the file: --model {model if not model.startswith('hf-hub:') else 'ARCH'} "
-        f"--pretrained /path/to/open_clip_model.safetensors. Tried: {tried}.")
+        f"under ~/.cache/huggingface) and pass the file: 'model' {model if not model.startswith('hf-hub:') else 'ARCH'}, "
+        f"'pretrained' /path/to/open_clip_model.safetensors. Tried: {tried}.").naming("model", "pretrained")
 
 
 def load_model(model: str, pretrained: str | None = None, device: str | Any = "cpu", seed: int = 0) -> LoadedModel:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ._io import progress_bar
 from .errors import ConfigError
 from ._validate import Interval, check_param
 from .residual import l2n
@@ -58,7 +59,7 @@ def stratified_sample(labels: np.ndarray, groups: np.ndarray | None, n_max: int,
     return np.sort(np.concatenate(picked))
 
 
-def _sampled(r: Run, color_by: str, residual: str | None, max_points: int, seed: int):
+def _sampled(r: Run, color_by: str, residual: str | None, max_points: int, seed: int, progress: bool = False):
     """(vectors, metadata, sample record, title note) of the rows a map draws: every row, or a stratified sample
     (`stratified_sample`) read block by block from the memory-mapped shards."""
     check_param("max_points", max_points, Interval(int, 3), "plot")
@@ -77,7 +78,13 @@ def _sampled(r: Run, color_by: str, residual: str | None, max_points: int, seed:
     groups = full["group"].to_numpy() if "group" in full.columns and full["group"].notna().all() else None
     rows = stratified_sample(full[color_by].astype(str).to_numpy(), groups, max_points, seed)
     meta = full.iloc[rows].reset_index(drop=True)
-    X = r.take(rows)
+    X = np.empty((len(rows), r.dim), np.float32)       # Run.take, block by block under a progress bar
+    at = 0
+    with progress_bar(progress, total=len(rows), desc=f"plot {r.path.name}: read", unit="img") as bar:
+        for pos, block in r.iter_vectors(rows):
+            X[at:at + len(pos)] = block
+            at += len(pos)
+            bar.update(len(pos))
     sample = {"points": int(len(rows)), "of": int(len(full)), "seed": seed, "stratified_by": [color_by, "group"],
               "max_points": max_points}
     size_note = (f"all {len(rows):,} images" if len(rows) == len(full) else
@@ -87,7 +94,7 @@ def _sampled(r: Run, color_by: str, residual: str | None, max_points: int, seed:
 
 def plot(run: str | os.PathLike, out: str | os.PathLike | None = None, *, color_by: str = "role",
          residual: str | os.PathLike | None = None, methods: tuple[str, ...] = ("pca", "umap"), projector: bool = True,
-         seed: int = 0, max_points: int = 10_000) -> dict:
+         seed: int = 0, max_points: int = 10_000, progress: bool = True) -> dict:
     """Write embedding maps (PNG) and, optionally, a TensorBoard projector export into `out` (default RUN/plots).
     Returns {"files": {"pca", "umap", "projector", "sample": path}, "points": drawn, "of": images in the run}.
 
@@ -101,7 +108,7 @@ def plot(run: str | os.PathLike, out: str | os.PathLike | None = None, *, color_
     r = Run(run)
     out = Path(out) if out else r.path / "plots"
     out.mkdir(parents=True, exist_ok=True)
-    X, meta, sample, size_note = _sampled(r, color_by, residual, max_points, seed)
+    X, meta, sample, size_note = _sampled(r, color_by, residual, max_points, seed, progress)
     labels = meta[color_by].astype(str).to_numpy()
     res = res_vec = None
     if residual:

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-from ._io import atomic_write_bytes, atomic_write_json, list_images
+from ._io import atomic_write_bytes, atomic_write_json, list_images, progress_bar
 from .errors import ConfigError, IncompatibleRunError
 from .colour import LUMA, linear_to_srgb, srgb_to_linear
 from .synth import smoothstep
@@ -182,15 +182,15 @@ def summarise(base: np.ndarray, edited: dict, thr: float, edits: Sequence[Edit])
 
 
 def probe_projections(encode: Callable[[list[np.ndarray]], np.ndarray], images: list[np.ndarray], vector: np.ndarray,
-                      edits: Sequence[Edit]) -> tuple[np.ndarray, dict]:
+                      edits: Sequence[Edit], progress: bool = False) -> tuple[np.ndarray, dict]:
     """Projections on `vector` of the images and of every edited version. `encode` maps a list of float [0,1]
-    HxWx3 arrays to L2-normalised embeddings (n, d)."""
+    HxWx3 arrays to L2-normalised embeddings (n, d). `progress`: a bar over the (edit, strength) pairs."""
     v = np.asarray(vector, dtype=np.float64)
     base = encode(images) @ v
     edited = {}
-    for e in edits:
-        for s in e.strengths:
-            edited[(e.name, s)] = encode([e.fn(x, s) for x in images]) @ v
+    pairs = [(e, s) for e in edits for s in e.strengths]
+    for e, s in progress_bar(progress, pairs, desc="probe-residual", unit="edit"):
+        edited[(e.name, s)] = encode([e.fn(x, s) for x in images]) @ v
     return base, edited
 
 
@@ -260,7 +260,7 @@ def make_encoder(lm, batch_size: int = 32) -> Callable[[list[np.ndarray]], np.nd
 
 def probe_residual(residual: str | os.PathLike, images: Sequence[str], out: str | os.PathLike | None = None, *,
                    selector: str = "role=backlit", edits: Sequence[str] | None = None, max_images: int | None = 32,
-                   max_side: int = 512, device: str = "auto", seed: int = 0) -> dict:
+                   max_side: int = 512, device: str = "auto", seed: int = 0, progress: bool = True) -> dict:
     """Apply the edit family to the images, measure the change of their projection on `residual`, and write
     probe.json, probe.csv, probe.md and probe.png into `out` (default: beside the residual)."""
     from . import models
@@ -275,7 +275,7 @@ def probe_residual(residual: str | os.PathLike, images: Sequence[str], out: str 
     if max_images and len(files) > max_images:
         files = sorted(np.random.default_rng(seed).choice(files, max_images, replace=False).tolist())
     chosen = select_edits(edits)
-    base, edited = probe_projections(make_encoder(lm), _load_images(files, max_side), res.vector, chosen)
+    base, edited = probe_projections(make_encoder(lm), _load_images(files, max_side), res.vector, chosen, progress)
     rows, ranking = summarise(base, edited, res.thr, chosen)
     out = Path(out) if out else Path(residual).with_suffix("").parent / f"{Path(residual).stem}_probe"
     out.mkdir(parents=True, exist_ok=True)

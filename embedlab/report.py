@@ -239,7 +239,14 @@ def test_description(report: dict) -> str:
                 f"{perm.get('scheme') or unit.get('shuffle', '')}; family: {perm.get('family_note') or unit.get('family', 'the vocabulary')}")
     else:
         head = f"Permutation test: {perm.get('scheme', 'labels shuffled')} ({perm.get('n_units', '?')} units); family: max statistic over the vocabulary"
-    return (f"{head}; K = {perm['K']} shuffles, smallest attainable p = {fmt(perm.get('smallest_attainable_p'))}.")
+    used = ""
+    if info.get("images") is not None:
+        used = (f" It read {info['images']:,} images" + (f" in {info['groups']:,} groups" if info.get("groups") else "")
+                + (" from the runs' shards, block by block" if info.get("read_from") == "runs" else "") + ".")
+        if unit and unit.get("auroc_max_error") is not None:
+            used += f" AUROC {unit['auroc']} (at most {unit['auroc_max_error']:.4f} off)."
+    return (f"{head}; K = {perm['K']} shuffles, smallest attainable p = {fmt(perm.get('smallest_attainable_p'))}."
+            + used)
 
 
 def why_not_significant(report: dict, table: pd.DataFrame) -> str:

@@ -25,8 +25,11 @@ METHODS = ("rave", "mean-diff")
 
 
 def l2n(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    if getattr(x, "dtype", None) == np.float16:         # via float32 (exact both ways; numpy converts f16 -> f32
+        x = np.asarray(x, dtype=np.float32)              # with SIMD, f16 -> f64 element by element)
     x = np.asarray(x, dtype=np.float64)
-    n = np.linalg.norm(x, axis=axis, keepdims=True)
+    n = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None] if x.ndim == 2 and axis in (-1, 1) \
+        else np.linalg.norm(x, axis=axis, keepdims=True)
     return x / np.where(n > 0, n, 1.0)
 
 
@@ -59,6 +62,9 @@ def group_codes(groups: np.ndarray | None, n: int) -> np.ndarray:
     """Integer codes 0..G-1 of each item's group; each item its own group when `groups` is None."""
     if groups is None:
         return np.arange(n)
+    groups = np.asarray(groups) if not isinstance(groups, pd.Series) else groups
+    if getattr(groups, "dtype", None) is not None and groups.dtype.kind in "iu":    # ids (set_group_ids): as they are
+        return pd.factorize(groups)[0]
     return pd.factorize(pd.Series(groups).astype(str))[0]
 
 
@@ -108,19 +114,22 @@ def bootstrap_summary(cos: np.ndarray, unit: str, seed: int, scheme: str) -> dic
 
 
 def group_bootstrap_from_sums(full: np.ndarray, sums: list[np.ndarray], sizes: list[np.ndarray], n_boot: int,
-                              seed: int, method: str = "rave") -> np.ndarray:
+                              seed: int, method: str = "rave", progress: bool = False) -> np.ndarray:
     """Cosines to `full` of residuals from groups resampled with replacement, computed from per-group sums
     (G, d) and sizes of each set. Draws exactly as `bootstrap_stability` does (same seed, same resamples)."""
     rng = np.random.default_rng(seed)
     W = [np.empty((n_boot, len(S))) for S in sums]
-    for b in range(n_boot):
+    from ._io import progress_bar
+
+    for b in progress_bar(progress, range(n_boot), desc="residual: bootstrap", unit="resample"):
         for w, S in zip(W, sums):
             w[b] = np.bincount(rng.integers(0, len(S), len(S)), minlength=len(S))
     (s_from, s_to), (n_from, n_to) = [w @ S for w, S in zip(W, sums)], [w @ n for w, n in zip(W, sizes)]
     return residual_from_sums(s_from, n_from, s_to, n_to, method)[0] @ np.asarray(full, np.float64)
 
 
-def image_bootstrap_weights(n_sets: tuple[int, int], n_boot: int, seed: int, exact_limit: int) -> tuple[list, str]:
+def image_bootstrap_weights(n_sets: tuple[int, int], n_boot: int, seed: int, exact_limit: int,
+                            progress: bool = False) -> tuple[list, str]:
     """Per-image bootstrap weights for the two sets. Up to `exact_limit` weights in all: the counts of
     `bootstrap_stability`'s resamples (same seed, same draws), as (n_boot, n) arrays. Beyond: None, meaning
     Poisson(1) weights drawn while streaming (`poisson_weights`)."""
@@ -128,7 +137,9 @@ def image_bootstrap_weights(n_sets: tuple[int, int], n_boot: int, seed: int, exa
         return [None, None], "poisson"
     rng = np.random.default_rng(seed)
     W = [np.empty((n_boot, n), np.float32) for n in n_sets]
-    for b in range(n_boot):
+    from ._io import progress_bar
+
+    for b in progress_bar(progress, range(n_boot), desc="residual: bootstrap draws", unit="resample"):
         for w, n in zip(W, n_sets):
             w[b] = np.bincount(rng.integers(0, n, n), minlength=n)
     return W, "multinomial"
@@ -359,8 +370,40 @@ def _set_codes(meta: pd.DataFrame) -> np.ndarray | None:
     return pd.factorize(meta["group"])[0]
 
 
+ACCUMULATE_THREADS = 2     # fixed, not the core count: the float64 sums are then the same on every machine
+
+
+def _parallel_accumulate(blocks, which, gcode, normalise: bool, totals, gsums, bar) -> None:
+    """`accumulate_block` over the blocks on ACCUMULATE_THREADS threads (the numba kernel releases the GIL, so
+    reading one block overlaps adding another): thread t takes blocks t, t + T, ... into its own sums, added up
+    in thread order at the end, so the result does not depend on timing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    parts = [(totals, gsums)] + [(np.zeros_like(totals), None if gsums is None else np.zeros_like(gsums))
+                                 for _ in range(ACCUMULATE_THREADS - 1)]
+
+    def work(t, pos, X):
+        accumulate_block(X, which[pos], None if gcode is None else gcode[pos], normalise, *parts[t])
+
+    pending = [None] * ACCUMULATE_THREADS
+    with ThreadPoolExecutor(ACCUMULATE_THREADS) as pool:
+        for i, (pos, X) in enumerate(blocks):
+            t = i % ACCUMULATE_THREADS
+            if pending[t] is not None:
+                pending[t].result()
+            pending[t] = pool.submit(work, t, pos, X)
+            bar.update(len(pos))
+        for f in pending:
+            if f is not None:
+                f.result()
+    for tot, gs in parts[1:]:
+        totals += tot
+        if gsums is not None:
+            gsums += gs
+
+
 def stream_sums(run: Run, masks: list[np.ndarray], codes: list, method: str = "rave", boot: dict | None = None,
-                block: int = 65536) -> list[dict]:
+                block: int = 65536, progress: bool = False) -> list[dict]:
     """One pass over the memory-mapped vectors of `run`: per set (disjoint boolean masks over its rows) the float64
     sum of its (for rave: unit-normalised) vectors and, with `codes`, of each group's; with `boot`
     ({"weights": per set (n_boot, n) array or None, "n_boot", "seed"}), per-image bootstrap sums (None weights:
@@ -382,7 +425,16 @@ def stream_sums(run: Run, masks: list[np.ndarray], codes: list, method: str = "r
         rngs = [np.random.default_rng([boot["seed"], s + boot.get("first_set", 0)]) for s in range(len(masks))]
     union = which >= 0
     rows = None if union.mean() > 0.5 else union
-    for pos, X in run.iter_vectors(rows, block, dtype=None):
+    from ._io import progress_bar
+
+    bar = progress_bar(progress, total=n if rows is None else int(union.sum()), desc=f"residual: {run.path.name}",
+                       unit="img")
+    blocks = run.iter_vectors(rows, block, dtype=None)
+    if not boot:
+        _parallel_accumulate(blocks, which, gcode if gsums is not None else None, method == "rave", totals, gsums, bar)
+        blocks = ()
+    for pos, X in blocks:
+        bar.update(len(pos))
         w = which[pos]
         Xn = accumulate_block(X, w, gcode[pos] if gsums is not None else None, method == "rave", totals, gsums,
                               want_rows=bool(boot))
@@ -396,6 +448,7 @@ def stream_sums(run: Run, masks: list[np.ndarray], codes: list, method: str = "r
                 bsums[s] += (W @ Xn[hit]).astype(np.float64)
                 bn[s] += W.sum(1)
                 seen[s] += len(hit)
+    bar.close()
     out = []
     for s, (m, c) in enumerate(zip(masks, codes)):
         part = {"sum": totals[s], "count": int(m.sum())}
@@ -408,10 +461,11 @@ def stream_sums(run: Run, masks: list[np.ndarray], codes: list, method: str = "r
     return out
 
 
-def _bootstrap(stats: list[dict], full: np.ndarray, n_boot: int, seed: int, method: str, unit: str, scheme: str) -> dict:
+def _bootstrap(stats: list[dict], full: np.ndarray, n_boot: int, seed: int, method: str, unit: str, scheme: str,
+               progress: bool = False) -> dict:
     if unit == "group":
         cos = group_bootstrap_from_sums(full, [p["group_sums"] for p in stats], [p["group_sizes"] for p in stats],
-                                        n_boot, seed, method)
+                                        n_boot, seed, method, progress)
     else:
         a, b = stats
         r = residual_from_sums(a["boot_sums"], a["boot_counts"], b["boot_sums"], b["boot_counts"], method)[0]
@@ -448,7 +502,8 @@ def _read_sets(r_from: Run, r_to: Run, from_: str, to: str):
     return m_from, m_to, sets[0], sets[1]
 
 
-def _stream_sets(r_from: Run, r_to: Run, m_from, m_to, meta_from, meta_to, method, bootstrap, seed, budget, block):
+def _stream_sets(r_from: Run, r_to: Run, m_from, m_to, meta_from, meta_to, method, bootstrap, seed, budget, block,
+                 progress=False):
     """The two sets' sufficient statistics in one streaming pass per run, and the bootstrap unit and scheme:
     groups (their sums) when every image has one and the sums fit half the budget, else images."""
     c_from, c_to = _set_codes(meta_from), _set_codes(meta_to)
@@ -462,15 +517,15 @@ def _stream_sets(r_from: Run, r_to: Run, m_from, m_to, meta_from, meta_to, metho
     boot = None
     scheme = "group"
     if bootstrap and unit == "image":
-        weights, scheme = image_bootstrap_weights((len(meta_from), len(meta_to)), bootstrap, seed, budget // 16)
+        weights, scheme = image_bootstrap_weights((len(meta_from), len(meta_to)), bootstrap, seed, budget // 16, progress)
         boot = {"weights": weights, "n_boot": bootstrap, "seed": seed}
     if r_to is r_from:
-        st_from, st_to = stream_sums(r_from, [m_from, m_to], codes, method, boot, block)
+        st_from, st_to = stream_sums(r_from, [m_from, m_to], codes, method, boot, block, progress)
     else:
         b_from = dict(boot, weights=[boot["weights"][0]]) if boot else None
         b_to = dict(boot, weights=[boot["weights"][1]], first_set=1) if boot else None
-        st_from = stream_sums(r_from, [m_from], codes[:1], method, b_from, block)[0]
-        st_to = stream_sums(r_to, [m_to], codes[1:], method, b_to, block)[0]
+        st_from = stream_sums(r_from, [m_from], codes[:1], method, b_from, block, progress)[0]
+        st_to = stream_sums(r_to, [m_to], codes[1:], method, b_to, block, progress)[0]
     if st_from["count"] == 0 or st_to["count"] == 0:
         raise ConfigError("A residual needs at least one image in each set.")
     return st_from, st_to, unit, scheme, c_from, c_to
@@ -478,7 +533,7 @@ def _stream_sets(r_from: Run, r_to: Run, m_from, m_to, meta_from, meta_to, metho
 
 def residual(run: str | os.PathLike, from_: str, to: str, out: str | os.PathLike, *, to_run: str | os.PathLike | None = None,
              method: str = "rave", bootstrap: int = 200, seed: int = 0, memory_budget: "str | int" = "1G",
-             block: int = 65536) -> Residual:
+             block: int = 65536, progress: bool = True) -> Residual:
     """Compute the residual from set `from_` to set `to` of a run (or of `to_run`) and write it with its sidecar.
 
     Streams the memory-mapped shards once, `block` vectors at a time, keeping float64 sums per set (and per group
@@ -493,16 +548,18 @@ def residual(run: str | os.PathLike, from_: str, to: str, out: str | os.PathLike
                 if r_from.model_identity[k] != r_to.model_identity[k]}
         raise IncompatibleRunError(f"Runs {r_from.path} and {r_to.path} used different models or preprocessing "
                                    f"({', '.join(diff)}); a residual needs one. Re-extract one of them with the other's "
-                                   f"--model {r_from.manifest['model']} --pretrained {r_from.manifest['pretrained']}.")
+                                   f"model: `embedlab extract ... --model {r_from.manifest['model']} --pretrained "
+                                   f"{r_from.manifest['pretrained']}`.")
     m_from, m_to, meta_from, meta_to = _read_sets(r_from, r_to, from_, to)
     st_from, st_to, unit, scheme, c_from, c_to = _stream_sets(r_from, r_to, m_from, m_to, meta_from, meta_to, method,
-                                                              bootstrap, seed, budget, block)
+                                                              bootstrap, seed, budget, block, progress)
     g_from = meta_from["group"].to_numpy() if c_from is not None else None
     g_to = meta_to["group"].to_numpy() if c_to is not None else None
     r, thr, v_from, v_to = residual_from_sums(st_from["sum"], st_from["count"], st_to["sum"], st_to["count"], method)
     check_separation(separation(st_from["sum"], st_from["count"], st_to["sum"], st_to["count"], method),
                      r_from.manifest.get("vector_dtype", "float32"), f"{r_from.path}:{from_}", f"{r_to.path}:{to}")
-    stab = _bootstrap([st_from, st_to], r, bootstrap, seed, method, unit, BOOT_SCHEMES[scheme]) if bootstrap > 0 else None
+    stab = (_bootstrap([st_from, st_to], r, bootstrap, seed, method, unit, BOOT_SCHEMES[scheme], progress)
+            if bootstrap > 0 else None)
     nonsem = compare_nonsemantic(*(_subsample(m, NONSEMANTIC_SAMPLE, seed) for m in (meta_from, meta_to)))
     nonsem["sample"] = {"max_per_set": NONSEMANTIC_SAMPLE, "seed": seed, "from": min(len(meta_from), NONSEMANTIC_SAMPLE),
                         "to": min(len(meta_to), NONSEMANTIC_SAMPLE)}

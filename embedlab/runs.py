@@ -107,6 +107,18 @@ class Run:
                 raise IncompatibleRunError(f"{self.path}: metadata has {len(self._meta)} rows but vectors {len(self)}.")
         return self._meta
 
+    def metadata_rows(self, rows: np.ndarray, columns: list[str]) -> pd.DataFrame:
+        """`columns` of the metadata rows at positions `rows` (in that order), reading only the shards that hold
+        them: a few rows of a run of millions without loading its metadata."""
+        rows = np.asarray(rows, np.int64)
+        out = pd.DataFrame(index=range(len(rows)), columns=list(columns), dtype=object)
+        for _, _, meta_p, first, n in self.shards():
+            hit = np.flatnonzero((rows >= first) & (rows < first + n))
+            if len(hit):
+                part = pd.read_parquet(meta_p, columns=list(columns))
+                out.iloc[hit] = part.iloc[rows[hit] - first].to_numpy()
+        return out
+
     def iter_vectors(self, rows: np.ndarray | None = None, block: int = 65536, dtype=np.float32):
         """Yield (positions, float32 block) over the run's vectors, shard by shard, `block` rows at a time, from
         memory-mapped shards: memory holds one block, never the run. `rows`: a boolean mask over `metadata`
@@ -177,10 +189,14 @@ class Run:
 
     def load_index(self):
         """The run's FAISS index, with the search setting (nprobe / efSearch) recorded when it was built."""
-        from .index import INDEX_FILE, read_index, set_search_params
+        from .index import INDEX_FILE, RerankedIndex, read_index, set_search_params
 
         index = read_index(self.path / INDEX_FILE)
-        set_search_params(index, (self.manifest.get("index") or {}).get("search_params"))
+        rec = self.manifest.get("index") or {}
+        set_search_params(index, rec.get("search_params"))
+        if rec.get("rerank"):       # quantised codes: candidates re-scored from the stored vectors
+            index = RerankedIndex(index, self, self.read_metadata(["row_id"])["row_id"].to_numpy(),
+                                  rec["rerank"]["factor"])
         return index
 
 
@@ -206,7 +222,8 @@ def check_identity(existing: dict, wanted: dict, run_dir: Path) -> None:
     if diff:
         lines = "; ".join(f"{k}: run has {str(a)[:80]!r}, this command {str(b)[:80]!r}" for k, (a, b) in diff.items())
         raise IncompatibleRunError(f"Run folder {run_dir} was made with a different configuration ({lines}). "
-                                   "Resuming would mix incomparable vectors. Use another --out, or --overwrite to replace it.")
+                                   "Resuming would mix incomparable vectors. Use another 'out', or 'overwrite' to "
+                                   "replace it.").naming("out", "overwrite")
 
 
 def clear_run(run_dir: Path) -> None:
@@ -220,7 +237,7 @@ def clear_run(run_dir: Path) -> None:
 MERGE_KEYS = ("model", "pretrained", "weights_sha256", "preprocess", "decode", "vector_dtype", "embed_dim")
 
 
-def merge_runs(runs: list, out, *, overwrite: bool = False, index_budget: str = "4G") -> dict:
+def merge_runs(runs: list, out, *, overwrite: bool = False, index_budget: str = "4G", progress: bool = True) -> dict:
     """Merge finished runs extracted separately (several machines, several days) into one run folder `out`.
 
     Refuses runs whose model, weights, preprocessing, decode path, vector dtype or dimension differ (their vectors
@@ -231,8 +248,12 @@ def merge_runs(runs: list, out, *, overwrite: bool = False, index_budget: str = 
     import hashlib
     import shutil
 
+    from ._io import progress_bar
+    from .errors import InvalidParameterError
+
     if len(runs) < 2:
-        raise ConfigError(f"The 'runs' option of merge_runs needs at least two runs. Got {len(runs)} instead.")
+        raise InvalidParameterError(f"The 'runs' parameter of merge_runs must hold at least two runs. Got {len(runs)} "
+                                    "instead.", param="runs", owner="merge_runs")
     srcs = [Run(p) for p in runs]
     for r in srcs:
         if r.manifest.get("status") != "complete":
@@ -249,14 +270,14 @@ def merge_runs(runs: list, out, *, overwrite: bool = False, index_budget: str = 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise ConfigError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it.")
+            raise ConfigError(f"{out} exists and is not empty; set 'overwrite' to replace it.").naming("overwrite")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     shard, offset, sources = 0, 0, []
     for k, r in enumerate(srcs):
         sources.append({"run": str(r.path.resolve()), "input_hash": r.manifest.get("input_hash"), "row_offset": offset,
                         "inputs": int(r.manifest.get("inputs", 0)), "compute_dtype": r.manifest.get("compute_dtype")})
-        for s, emb_p, meta_p, _, _ in r.shards():
+        for s, emb_p, meta_p, _, _ in progress_bar(progress, r.shards(), desc=f"merge run {k + 1}/{len(srcs)}", unit="shard"):
             meta = pd.read_parquet(meta_p).assign(merged_from=k)
             meta["row_id"] += offset
             err_p = r.path / "shards" / f"err_{shard_name(s)}.parquet"

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError
+from .errors import ConfigError, InvalidParameterError
 from ._validate import Interval, check_param
 from .runs import Run
 
@@ -32,7 +32,9 @@ def search(run: str | os.PathLike, text: str | None = None, image: str | os.Path
     from .index import KINDS, held_out_recall, index_run as build, maybe_to_gpu, search as faiss_search
 
     if (text is None) == (image is None):
-        raise ConfigError("search needs exactly one of --text or --image.")
+        raise InvalidParameterError(f"The 'text' parameter of search must be a str when 'image' is None, and None "
+                                    f"when it is not: exactly one of the two queries. Got {text!r} and {image!r} "
+                                    "instead.", param="text", owner="search", also=("image",))
     check_param("k", k, Interval(int, 1), "search")
     check_param("index", index, ("run", *KINDS), "search")
     r = Run(run)
@@ -41,7 +43,7 @@ def search(run: str | os.PathLike, text: str | None = None, image: str | os.Path
     if index == "run":
         idx, rec = r.load_index(), dict(r.manifest.get("index") or {"kind": "flat", "factory": "Flat", "exact": True})
     else:
-        rec = build(r.path, index, write=False, queries=min(200, max(1, len(r) // 4)))
+        rec = build(r.path, index, write=False, queries=min(200, max(1, len(r) // 4)), progress=False)
         idx = rec.pop("index_object")
     if lm.device.type == "cuda":
         idx = maybe_to_gpu(idx)   # only with a GPU build of FAISS; else unchanged

@@ -6,13 +6,14 @@ import os
 from pathlib import Path
 
 from . import photos, synth
-from ._io import atomic_write_json, list_images
+from ._io import atomic_write_json, list_images, progress_bar
 from .errors import ConfigError
 from ._validate import check_param
 
 
 def synth_backlit(src: list[str] | str, out: str | os.PathLike, *, recipe: str = "A", seeds: int = 1,
-                  first_seed: int = 0, evs: tuple[float, ...] = (-1.5, -1.0, 1.0, 1.5), split: str = "train") -> dict:
+                  first_seed: int = 0, evs: tuple[float, ...] = (-1.5, -1.0, 1.0, 1.5), split: str = "train",
+                  progress: bool = True) -> dict:
     """Render synthetic versions of photos (files, folders, or 'pkg' for the package photos) into `out`, with
     `out/manifest.jsonl` pairing each rendered image (role backlit / underexposed / overexposed) with its original
     (role welllit) and `out/params.json` recording every seed and drawn parameter."""
@@ -41,7 +42,7 @@ def synth_backlit(src: list[str] | str, out: str | os.PathLike, *, recipe: str =
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "originals").mkdir(parents=True, exist_ok=True)
     records, params = [], []
-    for uri, stem in sources:
+    for uri, stem in progress_bar(progress, sources, desc="synth-backlit", unit="photo"):
         base = photos.load_photo(uri) if uri.startswith("pkg:") else load_rgb(uri)
         orig = out / "originals" / f"{stem}.png"
         Image.fromarray(base).save(orig)

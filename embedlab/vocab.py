@@ -47,7 +47,8 @@ def tokenizer_tokens(tokenizer) -> list[str]:
         vocab = inner.get_vocab()
         by_id = sorted(vocab.items(), key=lambda kv: kv[1])
         return [inner.convert_tokens_to_string([tok]).strip() for tok, _ in by_id]
-    raise ConfigError(f"Cannot list the tokens of tokenizer {type(tokenizer).__name__}; pass --vocab FILE instead.")
+    raise ConfigError(f"Cannot list the tokens of tokenizer {type(tokenizer).__name__}; pass a file (one concept "
+                      "per line) as 'vocab' instead.").naming("vocab")
 
 
 def tokenizer_record(lm) -> dict:

@@ -59,7 +59,8 @@ def bad(tmp_path_factory):
     for name in ("a", "b"):
         extract(d / f"{name}.jsonl", "embedlab-tiny", "none", d / f"run_{name}", device="cpu", workers=0, progress=False)
     shutil.copytree(d / "run_a", d / "run_a2")
-    residual(d / "run_a", "role=backlit", "role=welllit", d / "res.npy", to_run=str(d / "run_b"), bootstrap=0)
+    residual(d / "run_a", "role=backlit", "role=welllit", d / "res.npy", to_run=str(d / "run_b"), bootstrap=0,
+             progress=False)
     side = json.loads((d / "res.json").read_text())
     good = np.load(d / "res.npy")
 
@@ -112,14 +113,16 @@ def _cases(d: Path) -> list[dict]:
                                                "none", "--out", d / "afile", "--workers", "0", "--no-progress", *cpu],
              words=["afile", "existing file", "--out"], absent=[]),
         dict(name="out-is-file/residual", argv=["residual", d / "run_a", "--from", "role=backlit", "--to", "role=welllit",
-                                                "--to-run", d / "run_b", "--out", d / "afile" / "r.npy", "--bootstrap", "0"],
+                                                "--to-run", d / "run_b", "--out", d / "afile" / "r.npy", "--bootstrap", "0",
+                                                "--no-progress"],
              words=["afile", "existing file", "--out"], absent=[]),
         dict(name="out-is-file/explain", argv=["explain-residual", d / "res.npy", "--out", d / "afile", *explain],
              words=["afile", "existing file", "--out"], absent=[]),
         dict(name="out-is-file/enhance", argv=["enhance", d / "enh.pth", d / "a", "--out", d / "afile", *cpu],
              words=["afile", "existing file", "--out"], absent=[]),
         dict(name="identical-sets/residual", argv=["residual", d / "run_a", "--from", "role=backlit", "--to", "role=backlit",
-                                                   "--to-run", d / "run_a2", "--out", d / "o13.npy", "--bootstrap", "0"],
+                                                   "--to-run", d / "run_a2", "--out", d / "o13.npy", "--bootstrap", "0",
+                                                   "--no-progress"],
              words=["run_a", "run_a2", "numerical noise", "different"], absent=["o13.npy", "o13.json"]),
         dict(name="usage-error/explain", argv=["explain-residual", d / "res.npy", "--top", "many"], code=2,
              words=["--top", "integer", "explain-residual --help"], absent=[]),

@@ -160,3 +160,107 @@ def test_correct_labels_every_direction_by_the_edit_it_came_from():
     labels = [edit_label(all_edits[e], j, n) for e, j, n in origin]
     assert labels == ["cat", "group=a (learned-inlp direction 1 of 2)", "group=a (learned-inlp direction 2 of 2)",
                       "a dog"]
+
+
+# issue 13: --progress/--no-progress and --json on every command that does long work or prints a summary
+LONG = ["extract", "index", "runs merge", "residual", "explain-residual", "probe-residual", "plot", "train", "enhance",
+        "evaluate", "synth-backlit", "pretrain-demo", "demo"]
+
+
+def test_long_commands_take_progress_and_every_command_json():
+    commands = {" ".join(path): cmd for path, cmd in _commands()}
+    for name in LONG:
+        opts = {o for p in commands[name].params for o in (*p.opts, *p.secondary_opts)}
+        assert {"--progress", "--no-progress"} <= opts, name
+    for name, cmd in commands.items():
+        assert "--json" in {o for p in cmd.params for o in p.opts}, name
+        assert all(p.help for p in cmd.params), (name, [p.name for p in cmd.params if not p.help])
+
+
+def test_no_progress_prints_nothing_and_progress_draws_a_bar(tiny_run, tmp_path, capfd):
+    from embedlab.residual import residual
+
+    residual(tiny_run, "role=backlit", "role=welllit", tmp_path / "q.npy", bootstrap=20, progress=False)
+    assert capfd.readouterr().err == ""
+    for args, bar in ((["residual", tiny_run, "--from", "role=backlit", "--to", "role=welllit", "--out",
+                        tmp_path / "r.npy", "--bootstrap", "20"], "residual: "),
+                      (["plot", tiny_run, "--out", tmp_path / "p", "--no-umap", "--no-projector"], "plot ")):
+        quiet = _invoke(*args, "--no-progress", "--json")
+        assert quiet.exit_code == 0, quiet.output
+        assert quiet.stderr == "" and json.loads(quiet.stdout)["files"], (args[0], quiet.stderr)
+        loud = _invoke(*args)
+        assert loud.exit_code == 0 and bar in loud.stderr, (args[0], loud.stderr)
+
+
+def _api_signature_defaults(command):
+    import importlib
+    import inspect
+
+    from embedlab import cli
+
+    found = {}
+    for module, name in reversed(cli.API[command]):         # the first source wins, as in cli.default
+        obj = getattr(importlib.import_module(f"embedlab.{module}"), name)
+        found.update({k: p.default for k, p in inspect.signature(obj).parameters.items()
+                      if p.default is not inspect.Parameter.empty})
+    return found
+
+
+def test_option_defaults_come_from_the_api_never_retyped():
+    """Every option that sets a Python parameter with a default takes that default from the API (declared
+    FROM_API, filled by cli.from_api), equal to what inspect.signature says; OWN_DEFAULTS lists the deliberate
+    exceptions."""
+    from embedlab import cli
+
+    commands = {" ".join(path): cmd for path, cmd in _commands()}
+    assert set(cli.API) == set(commands) - {"models"}
+    problems = []
+    for name, api in cli.API.items():
+        defaults = _api_signature_defaults(name)
+        for p in commands[name].params:
+            py = next((n for n in cli.python_names(p.name) if n in defaults), None)
+            if py is None or p.required or (name, p.name) in cli.OWN_DEFAULTS:
+                continue
+            want, got = defaults[py], p.default
+            got = getattr(got, "value", got)
+            if p.name not in cli.FILLED.get(name, ()):
+                problems.append(f"{name} --{p.name}: default typed in cli.py, not taken from {api}")
+            elif not (got == want or str(got) == str(want)):
+                problems.append(f"{name} --{p.name}: cli {got!r} != api {want!r}")
+    assert not problems, problems
+
+
+def test_api_errors_name_parameters_and_the_cli_names_flags(tmp_path):
+    from embedlab.errors import InvalidParameterError
+    from embedlab.search import search
+
+    with pytest.raises(InvalidParameterError) as err:
+        search(tmp_path / "run")
+    msg = str(err.value)
+    assert msg.startswith("The 'text' parameter of search must be a str when 'image' is None") and "--" not in msg
+    r = _invoke("search", tmp_path / "run")
+    assert r.exit_code == 1
+    assert "Error: The '--text' option of search must be a str when '--image' is None" in r.output, r.output
+    r = _invoke("runs", "merge", tmp_path / "a", "--out", tmp_path / "m")
+    assert r.exit_code == 1 and "Error: The 'RUNS' argument of runs merge must hold at least two runs" in r.output
+
+
+def test_no_api_message_names_a_cli_flag():
+    """Messages raised by the Python API quote parameters ('device'); only cli.py writes flags. Command lines the
+    user is told to run (`embedlab ... --out`) and the files the lead is rewriting (listed) are left aside."""
+    import ast
+    import re
+    from pathlib import Path
+
+    pkg = Path(__file__).resolve().parents[1] / "embedlab"
+    pending = set()
+    bad = []
+    for path in pkg.rglob("*.py"):
+        if path.name == "cli.py" or path.name in pending:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise):
+                text = ast.unparse(node)
+                for hit in re.findall(r"(?<![\w`-])--[a-z][\w-]*", re.sub(r"`[^`]*`", "", text)):
+                    bad.append(f"{path.name}: {hit} in {text[:100]}")
+    assert not bad, bad

@@ -168,7 +168,7 @@ def test_checkpoint_file_path_and_device_errors(tmp_path, tiny_model):
     x = torch.rand(2, 3, 32, 32)
     assert torch.allclose(lm.model.encode_image(x), other.model.encode_image(x))
     assert not torch.allclose(lm.model.encode_image(x), tiny_model.model.encode_image(x))
-    with pytest.raises(ModelLoadError, match="checkpoint file not found"):
+    with pytest.raises(ModelLoadError, match="'pretrained' checkpoint file .* was not found"):
         models.load_model("embedlab-tiny", str(tmp_path / "nope.pt"))
     with pytest.raises(ModelLoadError, match="Unknown pretrained tag 'laion9' for ViT-B-32. Available: "):
         models.load_model("ViT-B-32", "laion9")
@@ -194,7 +194,7 @@ def test_unfetchable_weights_fail_fast_with_help(tmp_path):
                         "openai", "--out", str(tmp_path / "r"), "--device", "cpu"], env=env, capture_output=True,
                        text=True, cwd=REPO, timeout=import_time + 30)
     assert r.returncode == 1
-    assert "unreachable" in r.stderr and "--pretrained /path/to" in r.stderr
+    assert "unreachable" in r.stderr and "'--pretrained' (/path/to" in r.stderr
 
 
 def test_search_exact_and_approximate(tiny_run):

@@ -255,7 +255,7 @@ def test_a_lock_from_another_host_needs_break_lock(tmp_path):
     (run / ".lock").write_text(json.dumps({"host": "node-7.cluster", "pid": 4242, "user": "ana", "since":
                                            "2026-01-01 00:00:00 UTC", "what": "extract --engine ray", "token": "x"}))
     with pytest.raises(Exception, match=r"locked by extract --engine ray \(pid 4242 on host node-7.cluster, user ana\) "
-                                        r"since 2026-01-01 00:00:00 UTC.*--break-lock"):
+                                        r"since 2026-01-01 00:00:00 UTC.*'break_lock'"):
         extract(man, "embedlab-tiny", "none", run, workers=0, **TINY)
     summary = extract(man, "embedlab-tiny", "none", run, workers=0, break_lock=True, **TINY)
     assert summary["embedded"] == 3 and not (run / ".lock").exists()

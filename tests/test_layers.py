@@ -8,7 +8,7 @@ LAYERS = {
     "photos": 1, "synth": 1, "synth_dataset": 1, "images": 1, "manifests": 1, "selector": 1,
     "models": 2,
     "runs": 3, "index": 3, "extract": 3, "extract_ray": 3, "search": 3, "lock": 0,
-    "residual": 4, "vocab": 4, "explain": 4, "permutation": 4, "report": 4, "correct": 4, "plot": 4, "probe": 4, "embedding_map": 4,
+    "residual": 4, "vocab": 4, "explain": 4, "permutation": 4, "unit_stats": 4, "image_sets": 3, "report": 4, "correct": 4, "plot": 4, "probe": 4, "embedding_map": 4,
     "enhance": 5,
     "demo_clip": 6, "demo": 7, "demo_loop": 7, "cli": 8, "__init__": 9, "__main__": 9,
 }

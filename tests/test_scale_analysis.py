@@ -135,15 +135,23 @@ def test_image_bootstrap_exact_and_poisson_schemes(tmp_path):
 
 @pytest.mark.slow
 def test_streaming_residual_memory_stays_bounded(tmp_path):
-    """200,000 x 512 vectors (float16 on disk, 410 MB as float32): the streaming residual, in a subprocess, peaks
-    under 300 MB above its imports; reading the vectors into memory (the control) exceeds 400 MB."""
+    """200,000 x 512 vectors (float16 on disk, 410 MB as float32): the streaming residual and explain (K = 100,
+    2,000 concepts), each in a subprocess, peak under 300 MB above their imports; reading the vectors into memory
+    (the control) exceeds 400 MB."""
     run = make_run(tmp_path / "big", 200_000, d=512, groups=2000, shard_size=32768, dtype="float16", V=10)
     pre = ("import re, embedlab.residual, embedlab.runs, numpy, pandas, numba, pyarrow.parquet, sklearn.metrics\n"
            "def st(k): return int(re.search(k + r':\\s+(\\d+)', open('/proc/self/status').read()).group(1)) / 1024\n"
            "base = st('VmRSS')\n")
     post = "\nprint('MB', st('VmHWM') - base)"
+    explain = (f"from embedlab.image_sets import ImageSets, set_group_ids\n"
+               f"from embedlab.explain import explain_vectors\nimport numpy as np\n"
+               f"run = embedlab.runs.Run({str(run.path)!r})\nm = run.read_metadata(['role', 'group'])\n"
+               f"a, b = (m.role == 'backlit').to_numpy(), (m.role == 'welllit').to_numpy()\n"
+               f"E = np.random.default_rng(0).standard_normal((2000, 512)).astype(np.float32)\n"
+               f"explain_vectors(E[0], E, [str(i) for i in range(2000)], ImageSets.from_runs(run, a, run, b), None, "
+               f"set_group_ids(m.group[a], m.group[b]), permutations=100, exemplars=3)")
     codes = {"streaming": f"embedlab.residual.residual({str(run.path)!r}, 'backlit', 'welllit', {str(tmp_path / 'r.npy')!r})",
-             "materialised": f"embedlab.runs.Run({str(run.path)!r}).vectors"}
+             "explain": explain, "materialised": f"embedlab.runs.Run({str(run.path)!r}).vectors"}
     peak = {}
     for name, code in codes.items():
         p = subprocess.run([sys.executable, "-c", pre + code + post], capture_output=True, text=True, cwd=REPO)
@@ -151,6 +159,62 @@ def test_streaming_residual_memory_stays_bounded(tmp_path):
         peak[name] = float(re.findall(r"MB ([\d.]+)", p.stdout)[-1])
     assert peak["materialised"] > 400, peak          # the bound below would catch a reader that loads the run
     assert peak["streaming"] < 300, peak
+    assert peak["explain"] < 300, peak
+
+
+def _explain_both_ways(run, monkeypatch=None, **kw):
+    """explain_vectors on the run's two sets read block by block from the shards, and on the same vectors in memory."""
+    from embedlab import explain
+    from embedlab.image_sets import ImageSets, set_group_ids
+
+    bench = _bench()
+    E, concepts = bench.vocabulary(50, run.dim)
+    meta = run.metadata
+    a, b = (meta["role"] == "backlit").to_numpy(), (meta["role"] == "welllit").to_numpy()
+    groups = set_group_ids(meta["group"][a], meta["group"][b])
+    r = compute_residual(run.vectors[a], run.vectors[b])[0]
+    args = dict(top=5, permutations=99, seed=4, candidates=20, exemplars=2, **kw)
+    streamed = explain.explain_vectors(r, E, concepts, ImageSets.from_runs(run, a, run, b, block=333), None, groups, **args)
+    held = explain.explain_vectors(r, E, concepts, run.vectors[a], run.vectors[b], groups, **args)
+    return streamed, held
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_streaming_explain_equals_in_memory(tmp_path, small_run, grouped):
+    """Ranking, per-concept statistics, permutation p-values, the figure's similarities and the exemplars are the
+    same to the bit whether the sets come from the shards in blocks of 333 or as two arrays."""
+    run = small_run if grouped else make_run(tmp_path / "ng", 3000, no_groups=True)
+    streamed, held = _explain_both_ways(run)
+    for side in ("adds", "removes"):
+        pd.testing.assert_frame_equal(streamed[side], held[side])
+    assert streamed["info"]["test_unit"]["unit"] == ("groups" if grouped else "images")
+    assert streamed["info"]["images"] == len(run) and streamed["info"]["read_from"] == "runs"
+    assert held["info"]["read_from"] == "arrays"
+    for s in ("from", "to"):
+        assert np.array_equal(streamed["figure"][s], held["figure"][s])
+        for (sv, sp), (hv, hp) in zip(streamed["nearest"][s], held["nearest"][s]):
+            assert np.array_equal(sp, hp) and np.array_equal(sv, hv)
+    # the exemplars are each set's true nearest images to the concept's text embedding
+    X = run.vectors[(run.metadata["role"] == "backlit").to_numpy()]
+    E, _ = _bench().vocabulary(50, run.dim)
+    j = streamed["figure"]["index"][0]
+    assert set(streamed["nearest"]["from"][0][1]) == set(np.argsort(-(X @ E[j]))[:2])
+
+
+def test_histogram_auroc_is_close_and_states_its_error(tmp_path, monkeypatch):
+    """Past EXACT_SCORE_LIMIT image scores, AUROC comes from fine histograms: within its stated error of exact."""
+    from embedlab import unit_stats
+
+    run = make_run(tmp_path / "ng", 3000, no_groups=True)
+    _, exact = _explain_both_ways(run)
+    monkeypatch.setattr(unit_stats, "EXACT_SCORE_LIMIT", 10)
+    _, binned = _explain_both_ways(run)
+    assert "histograms" in binned["info"]["test_unit"]["auroc"]
+    err = binned["info"]["test_unit"]["auroc_max_error"]
+    assert 0 < err < 0.01
+    for side in ("adds", "removes"):
+        assert np.abs(binned[side]["auroc"] - exact[side]["auroc"]).max() <= err + 1e-9
+        assert np.allclose(binned[side]["welch_p"], exact[side]["welch_p"])
 
 
 # ---- plot sample ----------------------------------------------------------------------------------------------
@@ -182,30 +246,34 @@ def test_auto_follows_the_size_rule():
     G = 1 << 30
     assert auto_kind(500_000, 512, 4 * G)[0] == "flat"
     assert auto_kind(2_000_000, 64, 4 * G)[0] == "hnsw"
-    assert auto_kind(4_000_000, 512, 4 * G)[0] == "ivfsq8"
+    assert auto_kind(4_000_000, 512, 4 * G)[0] == "ivfpqfs"          # re-ranked from the stored vectors
     assert auto_kind(4_000_000, 512, 16 * G)[0] == "hnsw"
-    assert auto_kind(4_000_000, 512, int(7.7 * G))[0] == "ivf"        # IVF-Flat fits, an HNSW graph does not
-    assert auto_kind(100_000_000, 768, 16 * G)[0] == "ivfpq"
+    assert auto_kind(100_000_000, 768, 16 * G)[0] == "ivfpqfs"
+    assert auto_kind(100_000_000, 768, 4 * G)[0] == "ivfpq"          # only 8-bit codes of 32 bytes fit
     with pytest.raises(ConfigError, match="No index"):
         auto_kind(10**9, 768, 1 << 20)
 
 
-def test_approximate_index_recall_is_recorded_and_honest(tmp_path):
+@pytest.mark.parametrize("kind", ["ivf", "ivfsq8", "ivfpqfs"])
+def test_approximate_index_recall_is_recorded_and_honest(tmp_path, kind):
+    """Quantised codes (ivfsq8) answer through exact re-ranking from the stored vectors: the recorded recall is
+    that of what `load_index` returns, recomputed here with numpy."""
     import faiss
 
-    from embedlab.index import index_run
+    from embedlab.index import RerankedIndex, faiss_index, index_run
 
-    run = make_run(tmp_path / "ivf", 20_000, d=32, groups=400, shard_size=4096)
-    info = index_run(run.path, "ivf", queries=150, recall_target=0.9)
+    run = make_run(tmp_path / "ivf", 20_000, d=32, groups=400, shard_size=4096, dtype="float16")
+    info = index_run(run.path, kind, queries=150, recall_target=0.9)
     rec = Run(run.path).manifest["index"]
-    assert rec["kind"] == "ivf" and set(rec["recall"]) == {"1", "10", "100"} and rec["latency"]["median_ms"] > 0
+    assert isinstance(Run(run.path).load_index(), RerankedIndex) == (kind != "ivf") == ("rerank" in rec)
+    assert rec["kind"] == kind and set(rec["recall"]) == {"1", "10", "100"} and rec["latency"]["median_ms"] > 0
     assert rec["recall"] == info["recall"] and (run.path / "index.faiss").exists()
     # recompute recall@10 independently: numpy exact search against the written index with its recorded setting
     X, ids = run.vectors, run.metadata["row_id"].to_numpy()
     q = np.random.default_rng(5).choice(len(X), 200, replace=False)
     exact = np.argsort(-(X[q] @ X.T), axis=1)[:, :11]
     index = Run(run.path).load_index()
-    assert faiss.extract_index_ivf(index).nprobe == int(rec["search_params"].split("=")[1])
+    assert faiss.extract_index_ivf(faiss_index(index)).nprobe == int(rec["search_params"].split("=")[1].split(",")[0])
     _, found = index.search(X[q], 11)
     hits = [len(set(f[f != ids[i]][:10]) & set(ids[e[e != i][:10]])) / 10 for i, f, e in zip(q, found, exact)]
     assert abs(np.mean(hits) - rec["recall"]["10"]) < 0.06, (np.mean(hits), rec["recall"])

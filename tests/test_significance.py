@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
-from embedlab import explain, permutation
+from embedlab import explain, permutation, unit_stats
 from embedlab.residual import compute_residual, l2n
 
 from conftest import REPO
@@ -129,12 +129,12 @@ def test_test_units_count_groups_and_their_effective_size():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(10, 8)), rng.normal(size=(9, 8))
     g_nested = np.r_[[0] * 7 + [1, 2, 3], [4, 4, 5, 5, 6, 6, 7, 7, 7]]
-    u = explain.test_units(a, b, g_nested)
+    u = unit_stats.test_units(a, b, g_nested)
     assert (u["unit"], u["n_from"], u["n_to"], u["shuffle"]) == ("groups", 4, 4, "between")
     assert u["effective_n"] == pytest.approx(100 / 52 + 81 / 21)           # Kish: (sum n)^2 / sum n^2 per set
     assert np.allclose(u["from"][0], l2n(a)[:7].mean(0))
     g_span = np.r_[[0, 0, 1, 1, 2, 2, 3, 3, 4, 4], [0, 1, 2, 3, 9, 9, 9, 9, 9]]
-    u = explain.test_units(a, b, g_span)
+    u = unit_stats.test_units(a, b, g_span)
     assert u["shuffle"] == "within" and u["n_from"] == 4 and u["paired"].shape == (4, 8)
     assert np.allclose(u["paired"][0], l2n(b)[0] - l2n(a)[:2].mean(0))
 

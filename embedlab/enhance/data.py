@@ -61,8 +61,10 @@ def resolve_pairs(spec: str, default_selector: str) -> tuple[list[str], list[str
                                     f"records have \"gt\" ({spec}).", param="pixel_loss", owner="train")
     missing = [e.path for e in entries if not e.gt]
     if missing or not entries:
-        raise ConfigError(f"--pixel-loss needs a ground truth for every training image; {len(missing)} of {len(entries)} "
-                          f"have none (e.g. {missing[:2]}). Fix: use paired data (e.g. BAID with GT) or set pixel_loss to 0.")
+        raise InvalidParameterError(f"The 'pixel_loss' parameter of train needs a ground truth for every training "
+                                    f"image; {len(missing)} of {len(entries)} have none (e.g. {missing[:2]}). Fix: use "
+                                    "paired data (e.g. BAID with GT) or set 'pixel_loss' to 0.", param="pixel_loss",
+                                    owner="train")
     return [mf.materialize(man, e.path, e) for e in entries], [mf.materialize(man, e.gt) for e in entries]
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .._io import atomic_write_bytes, atomic_write_json, cache_ref
+from .._io import atomic_write_bytes, atomic_write_json, cache_ref, progress_bar
 from ..colour import LUMA, LUMA_601
 from ..errors import ConfigError, InvalidParameterError, MissingDependencyError
 
@@ -89,7 +89,7 @@ def _lpips_model():
 def evaluate(pred: str | os.PathLike, gt: str | os.PathLike | None = None, out: str | os.PathLike | None = None, *,
              gray: bool = False, lpips: bool = False, inputs: str | os.PathLike | None = None,
              residual: str | os.PathLike | None = None,
-             device: str = "auto") -> dict:
+             device: str = "auto", progress: bool = True) -> dict:
     """Per-image metrics (CSV) and a summary (JSON). With `gt`: PSNR/SSIM (RGB; grayscale too with `gray`), LPIPS
     if asked and available. Always: exposure statistics. With `residual`: mean projection on the residual of the
     enhanced images (and of `inputs`, if given) through the residual's model."""
@@ -108,7 +108,7 @@ def evaluate(pred: str | os.PathLike, gt: str | os.PathLike | None = None, out: 
             notes.append(str(exc))
             log.warning("%s", exc)
     rows = []
-    for p, g in pairs:
+    for p, g in progress_bar(progress, pairs, desc="evaluate", unit="img"):
         pu8 = np.asarray(decode_image(str(p)).image, dtype=np.uint8)
         row = {"pred": str(p), "gt": cache_ref(g) if g else None, **exposure_stats(pu8)}   # no cache root shown
         if gt and g is None:
