@@ -17,7 +17,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from . import __version__
 from .enhance.guidance import list_guidance
-from .enhance.presets import IDENTITY_LOSSES, TrainConfig, list_presets
+from .enhance.presets import IDENTITY_LOSSES, LR_SCHEDULES, TrainConfig, list_presets
 from .index import KINDS as _INDEX_KINDS
 from .manifests import LAYOUT_HELP, LAYOUTS
 from .vocab import TEMPLATES
@@ -155,7 +155,7 @@ OWN_DEFAULTS = {
     ("manifest", "split"): "None: each layout's own split (flat: train; baid: from its folders)",
     **{("train", k): "None: the preset's value (the help states TrainConfig's)" for k in (
         "init", "iters", "recon_iters", "stage_iters", "guidance_iters", "guidance_init_iters", "lr", "batch_size",
-        "size", "crop", "pixel_loss", "seed")},
+        "size", "crop", "pixel_loss", "seed", "lr_schedule", "grad_clip", "ema", "identity_weight")},
 }
 FILLED: dict[str, set] = {}     # command -> the options whose default came from the API (tests/test_cli.py)
 
@@ -440,10 +440,11 @@ def search_cmd(run: Path = typer.Argument(..., help="Run folder made by `embedla
 def index_cmd(run: Path = typer.Argument(..., help="Run folder made by `embedlab extract` (or `embedlab runs merge`)."),
               kind: IndexKindChoice = typer.Option(FROM_API,
                                        help="auto: by size (exact below 1M vectors when they fit the budget, HNSW when its "
-                                            "graph fits, else IVF with float32, 8-bit or PQ codes). Or: " +
+                                            "graph fits, else IVF with 4-bit fast-scan PQ codes re-ranked from the stored "
+                                            "vectors, or 8-bit PQ when only those fit). Or: " +
                                             "; ".join(f"{k.name}: {k.help}" for k in _INDEX_KINDS.values()) + "."),
               memory_budget: str = typer.Option(FROM_API, help="Memory the finished index may take (e.g. 4G, 512M); auto picks "
-                                                "the most precise kind that fits, an explicit kind over it is refused."),
+                                                "by it, an explicit kind over it is refused."),
               nlist: Optional[int] = typer.Option(FROM_API, help="Inverted lists for IVF kinds (default 2^round(log2(4 sqrt(N))))."),
               train_size: Optional[int] = typer.Option(FROM_API, help="Vectors sampled to train IVF kinds (default 50 per list, "
                                                        "at least 10,000)."),
@@ -708,6 +709,10 @@ def train_cmd(out: Path = typer.Option(..., "--out", "-o", help="Training run fo
               size: Optional[int] = typer.Option(None, help=f"Images are squash-resized to SIZE x SIZE before augmentation ({_TC.size})."),
               crop: Optional[int] = typer.Option(None, help=f"Random crop after resizing ({_TC.crop or 'off'})."),
               pixel_loss: Optional[float] = typer.Option(None, help=f"EXTENSION (not in the paper): weight of a pixel loss ({_TC.pixel_loss:g} = off)."),
+              lr_schedule: Optional[str] = typer.Option(None, help=f"Learning-rate schedule: {registry_help(LR_SCHEDULES)} ({_TC.lr_schedule})."),
+              grad_clip: Optional[float] = typer.Option(None, help=f"Clip the gradient's global norm at this ({_TC.grad_clip or 'off'}; the paper: off)."),
+              ema: Optional[float] = typer.Option(None, help=f"Export an exponential moving average of the weights with this decay ({_TC.ema or 'off'}; the paper: off)."),
+              identity_weight: Optional[float] = typer.Option(None, help=f"Weight of the identity term in guided training ({_TC.identity_weight:g}, the paper's)."),
               seed: Optional[int] = typer.Option(None, help=f"Random seed ({_TC.seed})."),
               device: str = typer.Option(FROM_API, help=DEVICE_HELP),
               overwrite: bool = typer.Option(FROM_API, help="Start afresh, deleting an existing run in --out."),
@@ -723,7 +728,8 @@ def train_cmd(out: Path = typer.Option(..., "--out", "-o", help="Training run fo
                    identity_model=identity_model, identity_pretrained=identity_pretrained, init=init, iters=iters,
                    recon_iters=recon_iters, stage_iters=stage_iters, guidance_iters=guidance_iters,
                    guidance_init_iters=guidance_init_iters, lr=lr, batch_size=batch_size, size=size, crop=crop,
-                   pixel_loss=pixel_loss, seed=seed, device=device)
+                   pixel_loss=pixel_loss, lr_schedule=lr_schedule, grad_clip=grad_clip, ema=ema,
+                   identity_weight=identity_weight, seed=seed, device=device)
     if as_json:
         return _print_json(result)
     typer.echo(f"trained {result['steps']} iterations in {result['seconds_this_call']} s; enhancer: {result['enhancer']}")

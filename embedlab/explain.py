@@ -246,7 +246,7 @@ def _significance(tables: dict, lists: dict, sets: ImageSets, groups, C, s_centr
     test_unit = {k: units[k] for k in ("unit", "n_from", "n_to", "effective_n", "shuffle")}
     test_unit.update(shuffle=units["shuffle"] if permutations > 0 else "none", family=family,
                      effective_n=round(test_unit["effective_n"], 1), **how)
-    n_groups = None if groups is None else int(len(np.unique(groups)))
+    n_groups = seen["groups"]
     return ({"candidates": int(len(cand_idx)), "permutation": perm_info, "n_from": sets.n_from, "n_to": sets.n_to,
              "images": sets.n, "groups": n_groups, "read_from": sets.source, "test_unit": test_unit,
              "significant_fwer_05": count["p_fwer"], "significant_fwer_deflated_05": count["p_fwer_deflated"],

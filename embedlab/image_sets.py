@@ -86,8 +86,8 @@ def set_group_ids(*columns) -> np.ndarray | None:
     if all((c.codes < 0).all() for c in cats):
         return None
     labels = pd.Index(pd.unique(np.concatenate([np.asarray(c.categories.astype(str)) for c in cats])))
-    parts = [np.where(c.codes >= 0, labels.get_indexer(c.categories.astype(str))[np.maximum(c.codes, 0)], -1)
-             for c in cats]
+    # a lookup table per column with -1 appended, so that a missing label (code -1) stays -1
+    parts = [np.append(labels.get_indexer(c.categories.astype(str)), -1)[c.codes] for c in cats]
     ids = np.concatenate(parts).astype(np.int64)
     missing = ids < 0
     ids[missing] = len(labels) + np.arange(int(missing.sum()))

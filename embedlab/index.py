@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from ._io import atomic_path, atomic_write_json, read_json
-from .errors import ConfigError
+from .errors import ConfigError, IncompatibleRunError
 from ._validate import Interval, check_param
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,8 @@ def use_gpu() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
+GPU_KINDS = ("ivf", "ivfsq8", "ivfpq")     # FAISS has no GPU version of fast-scan PQ (ivfpqfs)
+GPU_MAX_K = 2048                          # the most neighbours a FAISS GPU search returns
 RERANK_FACTOR = 10      # quantised kinds: the top k x 10 candidates are re-scored from the stored vectors
 RERANKED = ("ivfsq8", "ivfpq", "ivfpqfs")
 
@@ -134,6 +136,7 @@ class RerankedIndex:
     def __init__(self, index, run, ids: np.ndarray, factor: int = RERANK_FACTOR):
         self.index, self.factor = index, int(factor)
         ids = np.asarray(ids, np.int64)
+        self._n, self._path = len(ids), run.path
         self._by_position = bool(np.array_equal(ids, np.arange(len(ids))))
         if not self._by_position:
             self._order = np.argsort(ids, kind="stable")
@@ -154,13 +157,31 @@ class RerankedIndex:
             out[hit] = self._maps[s][pos[hit] - self._firsts[s]]
         return out
 
+    def _positions(self, found: np.ndarray) -> np.ndarray:
+        """Run positions of the ids the index returned; an id the run does not hold means the index is stale."""
+        if self._by_position:
+            ok = found < self._n
+            pos = found
+        else:
+            at = np.minimum(np.searchsorted(self._sorted_ids, found), len(self._sorted_ids) - 1)
+            ok = self._sorted_ids[at] == found if len(self._sorted_ids) else np.zeros(len(found), bool)
+            pos = self._order[at] if len(self._sorted_ids) else found
+        if not ok.all():
+            raise IncompatibleRunError(f"The index of run {self._path} returned ids the run does not hold "
+                                       f"(e.g. {int(found[~ok][0])}): it is stale. Rebuild it with "
+                                       f"`embedlab index {self._path}`.")
+        return pos
+
     def search(self, queries: np.ndarray, k: int):
         Q = np.ascontiguousarray(np.atleast_2d(queries), np.float32)
-        cand_s, cand_i = self.index.search(Q, k * self.factor)
+        want = k * self.factor
+        if "Gpu" in type(self.index).__name__:
+            want = min(want, max(k, GPU_MAX_K))
+        cand_s, cand_i = self.index.search(Q, want)
         scores, ids = np.full((len(Q), k), -np.inf, np.float32), np.full((len(Q), k), -1, np.int64)
         for q in range(len(Q)):
             found = cand_i[q][cand_i[q] >= 0]
-            pos = found if self._by_position else self._order[np.searchsorted(self._sorted_ids, found)]
+            pos = self._positions(found)
             exact = self._rows(pos) @ Q[q]
             top = np.argsort(-exact, kind="stable")[:k]
             scores[q, :len(top)], ids[q, :len(top)] = exact[top], found[top]
@@ -180,8 +201,10 @@ def maybe_to_gpu(index):
         index.index = maybe_to_gpu(index.index)
         return index
     if use_gpu():
-        res = faiss.StandardGpuResources()
-        return faiss.index_cpu_to_gpu(res, 0, index)
+        try:
+            return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+        except RuntimeError as exc:       # a type FAISS has no GPU version of (fast-scan PQ, an HNSW quantiser)
+            log.info("index stays on the CPU: %s", str(exc).splitlines()[0][:200])
     return index
 
 
@@ -364,7 +387,7 @@ def _fill(run, kind: str, n: int, d: int, budget: int, nlist: int | None, ids: n
     import faiss
 
     index, key = _new_index(kind, n, d, budget, nlist)
-    gpu = use_gpu() and kind.startswith("ivf")
+    gpu = use_gpu() and kind in GPU_KINDS
     work = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index) if gpu else index
     if kind.startswith("ivf"):
         faiss.extract_index_ivf(work).cp.niter = 10          # k-means iterations (FAISS's default is 25)
@@ -462,6 +485,10 @@ def finalize_index(run_dir: str | os.PathLike, memory_budget: "str | int" = DEFA
 
     r = Run(run_dir)
     need, budget = KINDS["flat"].memory(len(r), r.dim, 0), parse_bytes(memory_budget)
+    if len(r) == 0:
+        msg = "no index built: the run holds no vectors (every input was skipped; its errors table says why)."
+        log.warning(msg)
+        return {"kind": None, "exact": False, "ntotal": 0, "note": msg}
     if need > budget:
         msg = (f"no index built: an exact index of {len(r):,} vectors needs {need / 2**30:.2f} GiB, over the "
                f"{budget / 2**30:.2f} GiB budget. Build an approximate one with `embedlab index {r.path} --kind auto`.")

@@ -373,27 +373,36 @@ def _kernels():
                     out[0] = step(row, inv[i, v0:v0 + w], pen[i, v0:v0 + w], A[i, v0:v0 + w], B[k, i], vals, keys)
                     best[k, i] = as_float[0]
 
-        @numba.njit(nogil=True, cache=True)
-        def add_by_code(U, codes, rows):
-            for i in range(rows.shape[0]):
-                g = codes[i]
-                for j in range(rows.shape[1]):
-                    U[g, j] += rows[i, j]
-
-        @numba.njit(cache=True)
-        def shuffle_within(order, starts, sorted_labels, u, bits):
-            lab = sorted_labels.copy()
-            for g in range(len(starts) - 1):
-                a, b = starts[g], starts[g + 1]
-                for i in range(b - 1, a, -1):
-                    j = a + int(u[i] * (i - a + 1))
-                    t = lab[i]
-                    lab[i] = lab[j]
-                    lab[j] = t
-            for i in range(len(lab)):
-                if lab[i]:
-                    idx = order[i]
-                    bits[idx >> 3] |= np.uint8(128 >> (idx & 7))
-
-        _KERNELS = SimpleNamespace(add_by_code=add_by_code, shuffle_within=shuffle_within, sequential_max=sequential_max)
+        _KERNELS = SimpleNamespace(**vars(_label_kernels()), sequential_max=sequential_max)
     return _KERNELS
+
+
+def _label_kernels():
+    """numba kernels of the labels and group sums: rows added into their group's sum; one shuffle within groups."""
+    from types import SimpleNamespace
+
+    import numba
+
+    @numba.njit(nogil=True, cache=True)
+    def add_by_code(U, codes, rows):
+        for i in range(rows.shape[0]):
+            g = codes[i]
+            for j in range(rows.shape[1]):
+                U[g, j] += rows[i, j]
+
+    @numba.njit(cache=True)
+    def shuffle_within(order, starts, sorted_labels, u, bits):
+        lab = sorted_labels.copy()
+        for g in range(len(starts) - 1):
+            a, b = starts[g], starts[g + 1]
+            for i in range(b - 1, a, -1):
+                j = a + int(u[i] * (i - a + 1))
+                t = lab[i]
+                lab[i] = lab[j]
+                lab[j] = t
+        for i in range(len(lab)):
+            if lab[i]:
+                idx = order[i]
+                bits[idx >> 3] |= np.uint8(128 >> (idx & 7))
+
+    return SimpleNamespace(add_by_code=add_by_code, shuffle_within=shuffle_within)

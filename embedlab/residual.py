@@ -62,10 +62,14 @@ def group_codes(groups: np.ndarray | None, n: int) -> np.ndarray:
     """Integer codes 0..G-1 of each item's group; each item its own group when `groups` is None."""
     if groups is None:
         return np.arange(n)
-    groups = np.asarray(groups) if not isinstance(groups, pd.Series) else groups
-    if getattr(groups, "dtype", None) is not None and groups.dtype.kind in "iu":    # ids (set_group_ids): as they are
-        return pd.factorize(groups)[0]
-    return pd.factorize(pd.Series(groups).astype(str))[0]
+    if isinstance(groups, np.ndarray) and groups.dtype.kind in "iu":    # ids (set_group_ids): as they are
+        codes = pd.factorize(groups)[0]
+    else:
+        codes = pd.factorize(pd.Series(groups).astype(str))[0]
+    missing = codes < 0                       # a missing label (NA kept by astype(str)): a group of its own
+    if missing.any():
+        codes[missing] = codes.max() + 1 + np.arange(int(missing.sum()))
+    return codes
 
 
 def bootstrap_stability(x_from, x_to, groups_from=None, groups_to=None, n_boot: int = 200, seed: int = 0,
@@ -370,7 +374,7 @@ def _set_codes(meta: pd.DataFrame) -> np.ndarray | None:
     return pd.factorize(meta["group"])[0]
 
 
-ACCUMULATE_THREADS = 2     # fixed, not the core count: the float64 sums are then the same on every machine
+ACCUMULATE_THREADS = 2     # fixed, not the core count: for a given block size the sums are the same on every machine
 
 
 def _parallel_accumulate(blocks, which, gcode, normalise: bool, totals, gsums, bar) -> None:

@@ -138,9 +138,12 @@ def collect(sets: ImageSets, groups: np.ndarray | None, candidates: np.ndarray, 
                 add_group_sums(gsums[s], codes[lo:lo + len(part)], part)
     if d is None:
         raise ValueError("Both sets are empty.")
+    if start + len(x) != sets.n:
+        raise ValueError(f"The image blocks hold {start + len(x)} rows but the sets have {sets.n} images.")
     units = (image_units(sets, moments, cand) if by_image
              else group_units(gsums[0], gsums[1], sizes - counts_to, counts_to, sizes, nested))
-    return {"units": units, "figure": figure.arrays(), "nearest": nearest.best}
+    return {"units": units, "figure": figure.arrays(), "nearest": nearest.best,
+            "groups": None if groups is None else int(len(sizes))}
 
 
 def image_units(sets: ImageSets, moments: Moments, cand: Scores) -> dict:

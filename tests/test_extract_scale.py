@@ -667,3 +667,16 @@ def test_a_ray_actor_that_cannot_see_the_dataset_fails_its_check(tmp_path):
     actor.spec = dict(spec, probe_paths=[str(tmp_path), str(tmp_path / "not-mounted-here" / "0001.tar")])
     msg = actor.check()["error"]
     assert "cannot see the dataset" in msg and "not-mounted-here" in msg
+
+
+def test_a_run_whose_every_image_is_skipped_completes_without_an_index(tmp_path):
+    """Every input unreadable: the run still completes (errors table, no vectors) and says why it has no index."""
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i}.jpg").write_bytes(b"not an image at all")
+    man = mf.manifest("flat", folder, tmp_path / "bad.jsonl", role="welllit")["files"]["manifest"]
+    summary = extract(man, "embedlab-tiny", "none", tmp_path / "run", workers=0, **TINY)
+    assert summary["embedded"] == 0 and summary["skipped"] == 3
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and "no vectors" in manifest["counts"]["index"]["note"]

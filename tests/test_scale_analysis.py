@@ -201,6 +201,36 @@ def test_streaming_explain_equals_in_memory(tmp_path, small_run, grouped):
     assert set(streamed["nearest"]["from"][0][1]) == set(np.argsort(-(X @ E[j]))[:2])
 
 
+def test_group_ids_of_two_sets_whatever_their_labels():
+    """Equal labels share an id across the sets; a missing label is a group of its own, also when one set has no
+    labels at all; a stream shorter than the sets is refused."""
+    from embedlab.image_sets import ImageSets, set_group_ids
+    from embedlab.unit_stats import collect
+
+    ids = set_group_ids(pd.Series([None, None]), pd.Series(["a", "a", "b"]))
+    assert len(set(ids[:2])) == 2 and ids[2] == ids[3] != ids[4] and not set(ids[:2]) & set(ids[2:])
+    ids = set_group_ids(pd.Series(["x", 3, None], dtype=object).astype("category"), pd.Series(["3", "x"]))
+    assert ids[0] == ids[4] and ids[1] == ids[3] and ids[2] not in ids[[0, 1, 3, 4]]
+    assert set_group_ids(pd.Series([None]), pd.Series([np.nan])) is None
+    short = ImageSets(3, 3, lambda: (np.ones((4, 8)),))
+    with pytest.raises(ValueError, match="hold 4 rows but the sets have 6"):
+        collect(short, None, np.ones((1, 8)))
+
+
+def test_a_stale_reranked_index_is_refused(tmp_path):
+    from embedlab.errors import IncompatibleRunError
+    from embedlab.index import RerankedIndex, index_run
+
+    run = make_run(tmp_path / "st", 3000, d=16, groups=50, shard_size=1000)
+    index_run(run.path, "ivfsq8", queries=50)
+    idx = Run(run.path).load_index()
+    ids = run.metadata["row_id"].to_numpy()
+    stale = RerankedIndex(idx.index, run, ids[:100] + 10**6)       # metadata that no longer holds these ids
+    with pytest.raises(IncompatibleRunError, match="stale"):
+        stale.search(run.vectors[:1], 5)
+    assert np.array_equal(idx.search(run.vectors[:1], 5)[1][0][:1], ids[:1])
+
+
 def test_histogram_auroc_is_close_and_states_its_error(tmp_path, monkeypatch):
     """Past EXACT_SCORE_LIMIT image scores, AUROC comes from fine histograms: within its stated error of exact."""
     from embedlab import unit_stats
