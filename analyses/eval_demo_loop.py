@@ -1,6 +1,6 @@
 """The demo's closed loop on its held-out photos (issue 15). Prints a summary and writes JSON.
 
-    python analyses/eval_demo_loop.py [--out analyses/results] [--work DIR] [--compare] [--device cpu]
+    OMP_NUM_THREADS=1 python analyses/eval_demo_loop.py [--out analyses/results] [--work DIR] [--iters N] [--compare]
 
 Runs `embedlab demo` (the demo CLIP from the cache or the copy shipped with embedlab; the enhancer trained with the
 `demo` preset on the corrected residual, and one on the raw residual for the curves) and reports, on the held-out
@@ -48,9 +48,11 @@ def main() -> None:
     ap.add_argument("--compare", action="store_true", help="Also train CLIP-LIT-Latent on the same budget.")
     ap.add_argument("--from-demo", default=None, help="Read this default demo run's demo.json instead of running one "
                     "(e.g. the folder analyses/bench_demo.py ran).")
+    ap.add_argument("--iters", type=int, default=None, help="Training iterations (default: the `demo` preset's).")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
-    res = run_eval(args.device, args.work, args.from_demo, **({"compare": True} if args.compare else {}))
+    res = run_eval(args.device, args.work, args.from_demo, train_iters=args.iters,
+                   **({"compare": True} if args.compare else {}))
     for name, m in res["metrics"].items():
         print(f"{name:10s} PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.3f}  luma {m['mean_luma']:.3f}  "
               f"dark40 {m['dark40_luma']:.3f}  projection {m['projection']:+.3f}")

@@ -50,108 +50,147 @@ def pick_bias_concept(concepts: list[dict]) -> str | None:
 
 
 def demo(out: str | os.PathLike = "demo_out", *, model: str | None = None, pretrained: str | None = None,
-         device: str = "auto", enhancer: str | None = None, train_iters: int = 75, permutations: int = 1000,
+         device: str = "auto", enhancer: str | None = None, train_iters: int | None = None, permutations: int = 1000,
          identity: str = "guidance-tower", progress: bool = True, demo_steps: int | None = None,
          compare: bool = False, raw_curve: bool = True, curve_every: int = 25) -> dict:
     """Run the demo chain into `out`; returns a dict of every artifact's path and the headline numbers.
 
-    The enhancer trains with the `demo` preset (embedlab.enhance.presets.PRESETS) on the corrected residual, scored on
-    the held-out photos every `curve_every` iterations; `raw_curve` also trains one on the raw residual for the
-    curve figure, `compare` one with CLIP-LIT-Latent on the same budget."""
-    from .demo_loop import HeldOut, plot_curves, quality_bars
-    from .enhance.evaluate import evaluate
-    from .enhance.infer import enhance
+    The enhancer trains with the `demo` preset (embedlab.enhance.presets.PRESETS; `train_iters` overrides its
+    iterations) on the corrected residual, scored on the held-out photos every `curve_every` iterations; `raw_curve`
+    also trains one on the raw residual for the curve figure, `compare` one with CLIP-LIT-Latent on the same budget."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lap = _Laps()
+    if model is None:
+        model, pretrained = _demo_clip(device, progress, demo_steps)
+        lap("demo CLIP (trained or cached)")
+    elif pretrained is None:
+        raise ConfigError("'model' needs 'pretrained' (a tag such as openai, hf-hub:ID, a checkpoint file, or "
+                          "none).").naming("model", "pretrained")
+    chain = _embed_and_explain(out, model, pretrained, device, progress, permutations, lap)
+    train_opts = dict(iters=train_iters, identity=identity, compare=compare, raw_curve=raw_curve, curve_every=curve_every)
+    loop, scores, arts = _closed_loop(out, chain, model, pretrained, device, progress, enhancer, train_opts, lap)
+    arts = {**chain["files"], **arts}
+    arts.update(_figures(out, chain["run_dir"], chain["res_path"], out / "test_inputs", chain["man"]))
+    lap("plots")
+    report, c = chain["report"], chain["correction"]
+    result = {"files": arts, "bias_concept": chain["bias"], "model": f"{model}/{pretrained}",
+              "residual_top": [x["concept"] for x in report["concepts"] if x["direction"] == "adds"][:5],
+              "metrics": scores, "loop": loop,
+              "correction": {k: v for k, v in c.info.get("correction", {}).items() if k != "directions"}
+              if chain["bias"] else None,
+              "extract": {k: chain["summary"][k] for k in ("embedded", "skipped")}, "timings_s": lap.timings,
+              "total_s": lap.total()}
+    atomic_write_json(out / "demo.json", result)
+    write_index(out, result)
+    arts["index"] = str(out / "index.html")
+    return result
+
+
+class _Laps:
+    """Named wall-time laps of the demo's steps (each call records the time since the previous one)."""
+
+    def __init__(self):
+        self.t0, self.timings = time.perf_counter(), {}
+
+    def __call__(self, name: str) -> None:
+        self.timings[name] = round(time.perf_counter() - self.t0 - sum(self.timings.values()), 2)
+        log.info("demo: %s done (%.1f s)", name, self.timings[name])
+
+    def total(self) -> float:
+        return round(time.perf_counter() - self.t0, 1)
+
+
+def _embed_and_explain(out: Path, model: str, pretrained: str, device: str, progress: bool, permutations: int,
+                       lap: _Laps) -> dict:
+    """manifest -> extract -> residual -> explain-residual -> correct (remove the bias concept): the chain's parts."""
     from .explain import explain_residual
     from .extract import extract
     from .manifests import manifest, read_manifest
     from .residual import residual
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    timings: dict[str, float] = {}
-    arts: dict[str, str] = {}
-
-    def lap(name):
-        timings[name] = round(time.perf_counter() - t0 - sum(timings.values()), 2)
-        log.info("demo: %s done (%.1f s)", name, timings[name])
-
-    if model is None:
-        model, pretrained = _demo_clip(device, progress, demo_steps)
-        lap("demo CLIP (trained or cached)")
-    elif pretrained is None:
-        raise ConfigError("--model needs --pretrained (a tag such as openai, hf-hub:ID, a checkpoint file, or none).")
     man_path = manifest("demo", ".", out / "manifest.jsonl")["files"]["manifest"]
-    arts["manifest"] = str(man_path)
     run_dir = out / "run"
     summary = extract(man_path, model, pretrained, run_dir, device=device, workers=0, progress=progress, overwrite=True)
-    arts["run"] = str(run_dir)
     lap("extract")
     res_path = out / "residual.npy"
-    res = residual(run_dir, "role=backlit,split=train", "role=welllit,split=train", res_path, bootstrap=200)
-    arts["residual"] = str(res_path)
+    res = residual(run_dir, "role=backlit,split=train", "role=welllit,split=train", res_path, bootstrap=200,
+                   progress=progress)
     lap("residual")
     report = explain_residual(res_path, out / "report", top=15, permutations=permutations, device=device,
                               progress=progress)
-    arts["report"] = report["files"]["html"]
     lap("explain-residual")
     bias = pick_bias_concept(report["concepts"])
     corrected = out / "corrected.npy"
     c = _remove_bias(bias, res, res_path, corrected, device)
-    arts["corrected"] = str(corrected)
     lap("correct")
-    man = read_manifest(man_path)
+    files = {"manifest": str(man_path), "run": str(run_dir), "residual": str(res_path),
+             "report": report["files"]["html"], "corrected": str(corrected)}
+    return {"files": files, "man": read_manifest(man_path), "man_path": man_path, "run_dir": run_dir,
+            "res_path": res_path, "corrected": corrected, "report": report, "bias": bias, "correction": c,
+            "summary": summary}
+
+
+def _closed_loop(out: Path, chain: dict, model: str, pretrained: str, device: str, progress: bool,
+                 enhancer: str | None, train_opts: dict, lap: _Laps) -> tuple[dict, dict, dict]:
+    """Train (or take) the enhancer, enhance the held-out photos and score them against the input, CLAHE and gamma:
+    returns (demo.json's "loop", its "metrics", the artifacts' paths)."""
+    from .demo_loop import HeldOut, quality_bars
+    from .enhance.evaluate import evaluate
+    from .enhance.infer import enhance
+    from .images import load_rgb
+
     test_inputs = out / "test_inputs"
-    pairs = _copy_held_out_inputs(man, test_inputs)
-    held = HeldOut([p for p, _ in pairs], [g for _, g in pairs], str(corrected), device)
-    scores = held.baselines()
+    pairs = _copy_held_out_inputs(chain["man"], test_inputs)
+    held = HeldOut([p for p, _ in pairs], [g for _, g in pairs], str(chain["corrected"]), device)
+    base = held.baselines()
     loop = {"held_out_images": held.names, "thr": held.thr, "max_pixels": LOOP_MAX_PIXELS}
+    arts = {}
     if enhancer:
-        ckpt = enhancer
-        arts["enhancer"] = str(enhancer)
+        ckpt = arts["enhancer"] = str(enhancer)
     else:
-        runs = {"RAVE, corrected residual": dict(residual=str(corrected))}
-        if raw_curve:
-            runs["RAVE, raw residual"] = dict(residual=str(res_path))
-        if compare:
-            runs["CLIP-LIT-Latent"] = dict(guidance="latent", model=model, pretrained=pretrained,
-                                           welllit=f"{run_dir}:role=welllit,split=train")
-        ident = {"identity_model": model, "identity_pretrained": pretrained} if identity == "guidance-tower" else {"identity": "pixel"}
-        common = dict(preset="demo", backlit=f"{run_dir}:role=backlit,split=train", iters=train_iters, device=device,
-                      progress=progress, **ident)
-        ckpt, curves, train_s = _train_with_curves(out, held, runs, common, curve_every)
-        arts.update(enhancer=ckpt, training_log=str(out / "train" / "log.csv"),
-                    plot_training_curves=str(plot_curves(curves, scores["input"], held.thr, scores,
-                                                         out / "training_curves.png")))
-        loop.update(curves=curves, train_seconds=train_s, preset="demo", iters=train_iters)
+        ckpt, trained = _train_demo_enhancers(out, chain, held, base, model, pretrained, device, progress, train_opts)
+        arts.update(trained.pop("files"))
+        loop.update(trained)
     lap("train")
     enhance(ckpt, [str(test_inputs)], out / "enhanced", device=device, progress=progress, max_pixels=LOOP_MAX_PIXELS)
     arts["enhanced"] = str(out / "enhanced")
     lap("enhance")
-    metrics = evaluate(out / "enhanced", str(man_path), out / "metrics", residual=str(corrected), inputs=str(test_inputs),
-                       device=device)
+    metrics = evaluate(out / "enhanced", str(chain["man_path"]), out / "metrics", residual=str(chain["corrected"]),
+                       inputs=str(test_inputs), device=device, progress=progress)
     arts["metrics"] = metrics["files"]["summary"]
-    from .images import load_rgb
-
     loop["enhanced_by"] = f"published enhancer {enhancer}" if enhancer else "RAVE guidance, corrected residual, demo preset"
-    scores = {"input": scores["input"],
+    scores = {"input": base["input"],
               "enhanced": held.scores([load_rgb(str(out / "enhanced" / f"{n}.png")) for n in held.names]),
-              "CLAHE": scores["CLAHE"], "gamma 0.5": scores["gamma 0.5"]}
+              "CLAHE": base["CLAHE"], "gamma 0.5": base["gamma 0.5"]}
     loop["bars"] = quality_bars(scores["input"], scores["enhanced"], held.thr)
     lap("evaluate")
-    arts.update(_figures(out, run_dir, res_path, test_inputs, man))
-    lap("plots")
-    result = {"files": arts, "bias_concept": bias, "model": f"{model}/{pretrained}",
-              "residual_top": [c["concept"] for c in report["concepts"] if c["direction"] == "adds"][:5],
-              "metrics": {**scores, "residual_projection": metrics.get("residual_projection")},
-              "loop": loop,
-              "correction": {k: v for k, v in c.info.get("correction", {}).items() if k != "directions"} if bias else None,
-              "extract": {k: summary[k] for k in ("embedded", "skipped")}, "timings_s": timings,
-              "total_s": round(time.perf_counter() - t0, 1)}
-    atomic_write_json(out / "demo.json", result)
-    write_index(out, result)
-    arts["index"] = str(out / "index.html")
-    return result
+    return loop, {**scores, "residual_projection": metrics.get("residual_projection")}, arts
+
+
+def _train_demo_enhancers(out: Path, chain: dict, held, base: dict, model: str, pretrained: str, device: str,
+                          progress: bool, opts: dict) -> tuple[str, dict]:
+    """The demo's trainings (corrected residual; raw residual and CLIP-LIT-Latent for the curves), the curve figure;
+    returns (the corrected-residual enhancer, demo.json "loop" entries with "files")."""
+    from .demo_loop import plot_curves
+    from .enhance.presets import PRESETS
+
+    run_dir = chain["run_dir"]
+    runs = {"RAVE, corrected residual": dict(residual=str(chain["corrected"]))}
+    if opts["raw_curve"]:
+        runs["RAVE, raw residual"] = dict(residual=str(chain["res_path"]))
+    if opts["compare"]:
+        runs["CLIP-LIT-Latent"] = dict(guidance="latent", model=model, pretrained=pretrained,
+                                       welllit=f"{run_dir}:role=welllit,split=train")
+    ident = ({"identity_model": model, "identity_pretrained": pretrained} if opts["identity"] == "guidance-tower"
+             else {"identity": "pixel"})
+    iters = opts["iters"] or PRESETS["demo"]["iters"]
+    common = dict(preset="demo", backlit=f"{run_dir}:role=backlit,split=train", iters=iters, device=device,
+                  progress=progress, **ident)
+    ckpt, curves, train_s = _train_with_curves(out, held, runs, common, opts["curve_every"])
+    plot = plot_curves(curves, base["input"], held.thr, base, out / "training_curves.png")
+    files = {"enhancer": ckpt, "training_log": str(out / "train" / "log.csv"), "plot_training_curves": str(plot)}
+    return ckpt, {"files": files, "curves": curves, "train_seconds": train_s, "preset": "demo", "iters": iters}
 
 
 def _demo_clip(device: str, progress: bool, steps: int | None) -> tuple[str, str]:
@@ -180,7 +219,7 @@ def _figures(out: Path, run_dir: Path, res_path: Path, test_inputs: Path, man) -
     from .embedding_map import embedding_map
     from .plot import plot
 
-    arts = {f"plot_{k}": v for k, v in plot(run_dir, out / "plots", residual=str(res_path))["files"].items()}
+    arts = {f"plot_{k}": v for k, v in plot(run_dir, out / "plots", residual=str(res_path), progress=False)["files"].items()}
     arts["before_after"] = str(before_after_grid(test_inputs, out / "enhanced", man, out / "before_after.png"))
     arts["map"] = str(embedding_map(run_dir, out / "map.html", residual=str(res_path),
                                     nav=[("demo index", "index.html"), ("concept report", "report/report.html")])
@@ -252,6 +291,7 @@ def before_after_grid(inputs: Path, enhanced: Path, man, path: Path) -> Path:
 
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "ms_ssim": True, "lpips": False, "niqe": False, "brisque": False,
                     "delta_e": False, "ciede2000": False, "mae": False, "mse": False}
+TOP_FIGURES = ("before_after", "plot_training_curves")     # shown side by side at the top of the page
 PAGE_KEYS = {"files", "bias_concept", "model", "residual_top", "metrics", "correction", "timings_s", "total_s"}
 
 
@@ -367,7 +407,7 @@ def write_index(out: Path, result: dict) -> Path:
     nav = [("demo index", "index.html")] + ([("concept report", rel(report_html))] if report_html else []) \
         + ([("embedding map", map_href)] if map_href else []) + ([("demo.json", "demo.json")] if (out / "demo.json").exists() else [])
     figures = [(k.removeprefix("plot_").replace("_", " "), rel(v)) for k, v in arts.items()
-               if str(v).endswith(".png") and k != "before_after"]
+               if str(v).endswith(".png") and k not in TOP_FIGURES]
     report_files = [(f"report.{s}", rel(Path(report_html).with_suffix(f".{s}"))) for s in ("json", "csv", "md")
                     if report_html and Path(report_html).with_suffix(f".{s}").exists()]
     extras += [(k, json.dumps(v, default=str)[:400]) for k, v in result.items() if k not in PAGE_KEYS]
@@ -378,6 +418,7 @@ def write_index(out: Path, result: dict) -> Path:
     page = rep.render_page(
         "index.html.j2", nav_links=nav, model=result.get("model", ""), headline=headline, cards=cards,
         metric_tables=tables, metric_lists=lists, before_after=rel(arts["before_after"]) if arts.get("before_after") else None,
+        curves=rel(arts["plot_training_curves"]) if arts.get("plot_training_curves") else None,
         report_lead=_report_lead(report_html) if report_html else [], report_href=rel(report_html) if report_html else "",
         report_files=report_files, bias=str(result.get("bias_concept")),
         correction=[(k, _shown(v, out)) for k, v in (result.get("correction") or {}).items() if _scalar(v)], map_href=map_href,

@@ -145,7 +145,7 @@ def train_with_curve(out: Path, held: HeldOut, every: int, max_pixels: int | Non
             t0 = time.perf_counter()
             r = trainer.run(progress=progress, stop_after=every)
             t_train += time.perf_counter() - t0
-            point = {"iter": trainer.step, **held.scores(run_net(trainer.net.state_dict(), held.inputs, max_pixels))}
+            point = {"iter": trainer.step, **held.scores(run_net(trainer.weights(), held.inputs, max_pixels))}
             curve.append(point)
             if on_point:
                 on_point(point)
@@ -162,7 +162,7 @@ def plot_curves(curves: dict, start: dict, thr: float, baselines: dict, path: st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig, (a, b) = plt.subplots(2, 1, figsize=(4.4, 5.6), sharex=True)   # tall: it stands beside the before/after grid
     for i, (label, curve) in enumerate(curves.items()):
         it = [0] + [p["iter"] for p in curve]
         a.plot(it, [start["psnr"]] + [p["psnr"] for p in curve], "o-", ms=3, color=f"C{i}", label=label)
@@ -173,10 +173,10 @@ def plot_curves(curves: dict, start: dict, thr: float, baselines: dict, path: st
     b.axhline(thr, color="k", lw=0.8, ls="--", label="thr")
     b.axhline(start["projection"] + BAR_PROJECTION_SHARE * (thr - start["projection"]), color="C3", lw=0.6,
               label="halfway to thr")
-    a.set(xlabel="training iteration", ylabel="held-out PSNR (dB)", title="PSNR vs the originals")
+    a.set(ylabel="held-out PSNR (dB)", title="PSNR vs the originals")
     b.set(xlabel="training iteration", ylabel="mean projection", title="projection on the corrected residual")
-    a.legend(fontsize=7)
-    b.legend(fontsize=7)
+    a.legend(fontsize=6, loc="lower right")     # the curves start low left and end high right
+    b.legend(fontsize=6, loc="center left")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -120,17 +120,22 @@ def demo_loop_result(tmp_path_factory):
 @pytest.mark.slow
 def test_demo_loop_enhances_the_held_out_photos(demo_loop_result):
     """On the held-out photos the enhancer gains >= 1 dB PSNR over the input and lifts the darkest 40% of pixels,
-    and it moves the mean projection on the corrected residual towards thr (no wall-time bound)."""
+    and it moves the mean projection on the corrected residual towards thr (no wall-time bound). The schedule
+    converges: the last three held-out points (the last 50 iterations) all clear the PSNR bar and agree within
+    0.5 dB, where the old constant-lr preset swung by 5 dB between points 25 iterations apart."""
     b, m = demo_loop_result["bars"], demo_loop_result["metrics"]
     assert b["psnr_ok"] and b["dark40_ok"], (b, m)
     assert m["enhanced"]["mean_luma"] > m["input"]["mean_luma"], m
-    assert b["projection_share_of_gap"] > 0.1, b
+    assert b["projection_share_of_gap"] > 0.25, b
+    last = [p["psnr"] for p in demo_loop_result["curves"]["RAVE, corrected residual"][-3:]]
+    assert len(last) == 3 and min(last) >= m["input"]["psnr"] + 1.0 and max(last) - min(last) < 0.5, last
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 15 bar not met yet: the demo preset moves the held-out projection "
-                                       "~20% of the way to thr, not 50%; longer training reaches it only by "
-                                       "over-brightening (PSNR below the input; analyses/results/eval_demo_loop.json)")
+@pytest.mark.xfail(strict=True, reason="issue 15 bar not met yet: the converged demo preset moves the held-out "
+                                       "projection ~35% of the way to thr, not 50%; a lower identity weight gets "
+                                       "further only by over-brightening (0.53 of the gap at +0.6 dB, below the PSNR "
+                                       "bar; analyses/results/eval_demo_loop.json)")
 def test_demo_loop_projection_reaches_halfway_to_thr(demo_loop_result):
     assert demo_loop_result["bars"]["projection_ok"], demo_loop_result["bars"]
 

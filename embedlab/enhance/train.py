@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 import time
 from dataclasses import asdict
@@ -47,6 +48,7 @@ class Trainer:
         if self.cuda:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.ema = ({k: v.detach().clone() for k, v in self.net.state_dict().items()} if cfg.ema is not None else None)
         self.guidance = get_guidance(cfg.guidance)(cfg)
         self.guidance.prepare(self)
         self._load_identity_model()
@@ -117,7 +119,7 @@ class Trainer:
             else:
                 ident = self.identity_term(out, x, L.PAPER_ID_WEIGHTS_GUIDED)
                 terms["identity"] = ident.item()
-                loss = L.W_ID_GUIDED * ident
+                loss = cfg.identity_weight * ident
                 g = self.guidance.loss(out)
                 if g is not None:
                     loss = loss + self.guidance.weight * g
@@ -128,15 +130,27 @@ class Trainer:
                 terms["pixel"] = px.item()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.grad_clip is not None:
+            terms["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip))
+        for group in self.opt.param_groups:
+            group["lr"] = scheduled_lr(cfg.lr, self.step, cfg.iters, cfg.lr_schedule, cfg.lr_floor)
         self.opt.step()
+        if self.ema is not None:
+            ema_update(self.ema, self.net.state_dict(), cfg.ema)
         terms["loss"] = loss.item()
         return terms
+
+    def weights(self) -> dict:
+        """The weights to use and export: the moving average when cfg.ema is set, else the network's own."""
+        return self.ema if self.ema is not None else self.net.state_dict()
 
     # ----------------------------------------------------------------- checkpoints
     def state(self) -> dict:
         st = {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "step": torch.tensor(self.step),
               "schedule": {k: torch.tensor(-1 if v is None else v) for k, v in self.schedule_state.items() if k != "phase"},
               "phase": torch.tensor(PHASES.index(self.schedule_state["phase"]))}
+        if self.ema is not None:
+            st["ema"] = self.ema
         own = self.guidance.state()
         if set(own) & set(st):
             raise ValueError(f"guidance mode {self.cfg.guidance!r} saves keys the trainer uses: {sorted(set(own) & set(st))}")
@@ -150,6 +164,8 @@ class Trainer:
         st = torch.load(path, map_location=self.dev, weights_only=True)
         self.net.load_state_dict(st["net"])
         self.opt.load_state_dict(st["opt"])
+        if self.ema is not None:
+            self.ema = {k: v.to(self.dev) for k, v in st["ema"].items()}
         self.step = int(st["step"])
         self.schedule_state = {k: (None if int(v) == -1 else int(v)) for k, v in st["schedule"].items()}
         self.schedule_state["phase"] = PHASES[int(st["phase"])]
@@ -159,7 +175,7 @@ class Trainer:
         from safetensors.torch import save_file
 
         path = self.out / "enhancer.safetensors"
-        state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in self.weights().items()}
         with atomic_path(path) as tmp:
             save_file(state, str(tmp))
         atomic_write_json(self.out / "enhancer.json", {"format": "embedlab-enhancer", "network": "CLIP-LIT/RAVE enhancement net",
@@ -208,10 +224,11 @@ class Trainer:
         resolved = asdict(self.cfg)
         if (self.out / "ckpt_last.pt").exists():
             old = read_json(cfg_path) if cfg_path.exists() else {}
-            diff = {k for k in resolved if k not in ("device", "out") and old.get(k) != resolved[k]}
+            known = asdict(TrainConfig())        # a key an older version did not write had its default value
+            diff = {k for k in resolved if k not in ("device", "out") and old.get(k, known[k]) != resolved[k]}
             if diff:
                 raise IncompatibleRunError(f"{self.out} holds a training run with other settings ({sorted(diff)}); "
-                                           "use another --out, or --overwrite.")
+                                           "use another 'out', or set 'overwrite'.").naming("out", "overwrite")
             self.load(self.out / "ckpt_last.pt")
             log.info("resuming %s at step %d", self.out, self.step)
         atomic_write_json(cfg_path, resolved)
@@ -261,14 +278,39 @@ class Trainer:
     def _save_samples(self, fixed: torch.Tensor) -> None:
         from PIL import Image
 
+        net = self.net
+        if self.ema is not None:                 # samples show the weights that will be exported
+            net = EnhancementNet("train").to(self.dev)
+            net.load_state_dict(self.ema)
         with torch.no_grad():
             x = fixed.to(self.dev)
             with self.autocast():
-                out, _ = self.net(x)
+                out, _ = net(x)
             grid = torch.cat([torch.cat(list(x.float()), -1), torch.cat(list(out.float()), -1)], -2)
         arr = (grid.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
         (self.out / "samples").mkdir(exist_ok=True)
         Image.fromarray(arr).save(self.out / "samples" / f"step_{self.step:06d}.png")
+
+
+def scheduled_lr(base: float, step: int, total: int, schedule: str = "constant", floor: float = 0.0) -> float:
+    """The learning rate of network step `step` (0-based) of `total`: constant (the paper), or a cosine from `base`
+    at step 0 down to base * floor at the last step."""
+    if schedule == "constant":
+        return base
+    if schedule == "cosine":
+        t = min(step, total - 1) / max(total - 1, 1)
+        return base * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t)))
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}")
+
+
+def ema_update(avg: dict, current: dict, decay: float) -> None:
+    """avg <- decay * avg + (1 - decay) * current, in place, for every floating-point tensor."""
+    with torch.no_grad():
+        for k, v in current.items():
+            if v.is_floating_point():
+                avg[k].mul_(decay).add_(v.detach(), alpha=1.0 - decay)
+            else:
+                avg[k].copy_(v)
 
 
 PHASES = ("init", "guidance-init", "guidance-init-done", "reconstruct", "guided", "guidance-rank", "guidance-rank-done")
