@@ -24,7 +24,7 @@ from ._io import cache_ref, check_output_dir
 from .errors import ConfigError, IncompatibleRunError
 from ._validate import Interval, check_param
 from .image_sets import ImageSets, set_group_ids
-from .permutation import FAMILIES, SIDES, draw_shuffles, family_p, permutation_null, with_observed
+from .permutation import FAMILIES, SIDES, draw_shuffles, family_p, permutation_null
 from .residual import l2n
 from .unit_stats import collect, unit_statistics
 
@@ -178,7 +178,7 @@ def permutation_test(sets: ImageSets, groups, C: np.ndarray, s_centred: np.ndarr
     t0 = time.perf_counter()
     sides = tuple(SIDES) if family == "page" else (family,)
     is_to = sets.is_to
-    sh = with_observed(draw_shuffles(is_to, groups, permutations, seed), is_to)
+    sh = draw_shuffles(is_to, groups, permutations, seed, observed=True)      # row 0: the observed labelling
     steps = {s: lists[s][:deflated_steps] for s in sides}
     deflations = {s: (SIDES[s], [pk["index"] for pk in steps[s]],
                       np.array([pk["direction"] for pk in steps[s]], np.float32).reshape(-1, C.shape[1])) for s in sides}

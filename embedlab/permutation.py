@@ -64,11 +64,14 @@ def group_layout(is_to: np.ndarray, groups: np.ndarray | None) -> tuple[np.ndarr
     return codes, sizes, counts_to, bool(np.all((counts_to == 0) | (counts_to == sizes)))
 
 
-def draw_shuffles(is_to: np.ndarray, groups: np.ndarray | None, n_perm: int, seed: int) -> Shuffles:
+def draw_shuffles(is_to: np.ndarray, groups: np.ndarray | None, n_perm: int, seed: int,
+                  observed: bool = False) -> Shuffles:
     """K shuffles of the 'to' labels under the null, and how they were drawn.
 
     Groups nested in one set are permuted as units; groups that span both sets (pairs, scenes photographed
-    both ways) have labels shuffled within each group; without groups, images are permuted."""
+    both ways) have labels shuffled within each group; without groups, images are permuted. `observed`: the
+    observed labelling as shuffle 0 (K + 1 rows), so that the observed statistic is computed by the very operations
+    that compute the null (two computations of one number can differ in the last bit)."""
     rng = np.random.default_rng(seed)
     is_to = np.asarray(is_to, bool)
     n = len(is_to)
@@ -78,8 +81,8 @@ def draw_shuffles(is_to: np.ndarray, groups: np.ndarray | None, n_perm: int, see
     if nested:
         group_to = to_frac == 1
         grouped = groups is not None and n_groups < n
-        labels = np.empty((n_perm, n_groups if grouped else -(-n // 8)), bool if grouped else np.uint8)
-        for k in range(n_perm):
+        labels = np.empty((observed + n_perm, n_groups if grouped else -(-n // 8)), bool if grouped else np.uint8)
+        for k in range(observed, observed + n_perm):
             draw = rng.permutation(group_to)
             labels[k] = draw if grouped else np.packbits(draw[codes])
         log_distinct = _log_binom(n_groups, int(group_to.sum()))
@@ -87,7 +90,7 @@ def draw_shuffles(is_to: np.ndarray, groups: np.ndarray | None, n_perm: int, see
         swap = 2 * int(group_to.sum()) == n_groups
         sh = Shuffles(labels, n, int(is_to.sum()), codes if grouped else None)
     else:
-        packed = within_group_shuffles(is_to, codes, n_perm, rng)
+        packed = within_group_shuffles(is_to, codes, n_perm, rng, first_row=int(observed))
         log_distinct = float(sum(_log_binom(int(s), int(t)) for s, t in zip(sizes, counts_to.astype(int))))
         spanning = int(((counts_to > 0) & (counts_to < sizes)).sum())
         scheme = (f"labels shuffled within groups ({spanning} of {n_groups} groups span both sets; the labels of the "
@@ -98,13 +101,15 @@ def draw_shuffles(is_to: np.ndarray, groups: np.ndarray | None, n_perm: int, see
                         "keep their set in every shuffle.", spanning, n_groups, n_groups - spanning)
         swap = bool(np.all(2 * counts_to == sizes))
         sh = Shuffles(packed, n, int(is_to.sum()))
+    if observed:
+        sh.labels[0] = observed_labels(sh, is_to)
     distinct = math.exp(log_distinct) if log_distinct < 700 else float("inf")
     sh.info = {"scheme": scheme, "n_units": n_groups, "distinct_shuffles": distinct,
                "log10_distinct_shuffles": log_distinct / math.log(10), "swap_is_a_shuffle": swap}
     return sh
 
 
-def within_group_shuffles(is_to: np.ndarray, codes: np.ndarray, n_perm: int, rng) -> np.ndarray:
+def within_group_shuffles(is_to: np.ndarray, codes: np.ndarray, n_perm: int, rng, first_row: int = 0) -> np.ndarray:
     """(n_perm, ceil(n/8)) bit-packed 'to' labels, each a uniform random permutation of the labels within every
     group (a Fisher-Yates pass per group driven by n uniforms from `rng` per shuffle): about 20 ns per image and
     shuffle, so K = 1,000 shuffles of 4 million images take about a minute."""
@@ -112,23 +117,21 @@ def within_group_shuffles(is_to: np.ndarray, codes: np.ndarray, n_perm: int, rng
     c = codes[order]
     starts = np.r_[np.flatnonzero(np.r_[True, c[1:] != c[:-1]]), len(c)].astype(np.int64)
     sorted_labels = np.asarray(is_to, bool)[order].astype(np.uint8)
-    packed = np.zeros((n_perm, -(-len(codes) // 8)), np.uint8)
+    packed = np.zeros((first_row + n_perm, -(-len(codes) // 8)), np.uint8)
     kernel = _kernels().shuffle_within
-    for k in range(n_perm):
+    for k in range(first_row, first_row + n_perm):
         kernel(order, starts, sorted_labels, rng.random(len(codes)), packed[k])
     return packed
 
 
-def with_observed(sh: Shuffles, is_to: np.ndarray) -> Shuffles:
-    """The shuffles with the observed labelling prepended as shuffle 0, so that the observed statistic is computed
-    by the very operations that compute the null (two computations of one number can differ in the last bit)."""
+def observed_labels(sh: Shuffles, is_to: np.ndarray) -> np.ndarray:
+    """The observed labelling in the layout of `sh.labels` (per group, or bit-packed per image)."""
     is_to = np.asarray(is_to, bool)
     if sh.codes is not None:
         first = np.zeros(sh.labels.shape[1], bool)
         first[sh.codes[is_to]] = True
-    else:
-        first = np.packbits(is_to)
-    return Shuffles(np.r_[first[None, :].astype(sh.labels.dtype), sh.labels], sh.n, sh.n_to, sh.codes, dict(sh.info))
+        return first
+    return np.packbits(is_to)
 
 
 def permutation_labels(is_to: np.ndarray, groups: np.ndarray | None, n_perm: int, seed: int) -> tuple[np.ndarray, dict]:
@@ -198,7 +201,7 @@ def null_scores(R: np.ndarray, C: np.ndarray, deflations: dict | None = None, bl
     The vocabulary is cut into blocks of `block` concepts, handed to `threads` workers; a worker scores a
     block against `rows` shuffles at a time (single-threaded BLAS) and reduces it while it is in cache,
     so memory holds `threads` x rows x block scores, never shuffles x vocabulary. `keep_first` also returns
-    "first": the (V,) scores of the first shuffle (the observed labelling when `with_observed` put it there)."""
+    "first": the (V,) scores of the first shuffle (the observed labelling when `draw_shuffles(observed=True)` put it there)."""
     from concurrent.futures import ThreadPoolExecutor
 
     R = np.ascontiguousarray(R, np.float32)

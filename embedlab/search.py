@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError, InvalidParameterError
+from .errors import InvalidParameterError
 from ._validate import Interval, check_param
 from .runs import Run
 

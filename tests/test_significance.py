@@ -312,3 +312,18 @@ def _peak_of(fn, n: int, d: int) -> int:
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     return peak
+
+
+@pytest.mark.parametrize("layout", ["images", "nested", "spanning"])
+def test_observed_labelling_is_shuffle_zero_and_leaves_the_draws_alone(layout):
+    """draw_shuffles(observed=True): row 0 is the observed labelling, rows 1.. the same draws as without it."""
+    rng = np.random.default_rng(0)
+    is_to = rng.random(203) < 0.4
+    groups = {"images": None, "nested": np.where(is_to, 100, 0) + rng.integers(0, 20, 203),
+              "spanning": rng.integers(0, 15, 203)}[layout]
+    plain = permutation.draw_shuffles(is_to, groups, 30, seed=7)
+    both = permutation.draw_shuffles(is_to, groups, 30, seed=7, observed=True)
+    assert both.K == plain.K + 1 and np.array_equal(both.labels[1:], plain.labels)
+    assert np.array_equal(both.image_labels()[0], is_to)
+    if layout != "nested":          # groups permuted as units carry their sizes: the 'to' count varies
+        assert (both.image_labels().sum(1) == is_to.sum()).all()
