@@ -372,3 +372,16 @@ def test_search_says_which_index_answered(tiny_run):
     assert info["index"].startswith("flat") and info["exact"] and "recall" not in info
     info = search(tiny_run, text="a photo", k=3, index="ivf", device="cpu")
     assert not info["exact"] and 0 <= info["recall_at_k"] <= 1 and set(info["recall"]) >= {"1", "10", "3"}
+
+
+def test_nonsemantic_auroc_equals_scikit_learn():
+    """The residual's non-semantic checks compute AUROC without importing scikit-learn: the same numbers, ties too."""
+    from sklearn.metrics import roc_auc_score
+
+    from embedlab.residual import auroc
+
+    rng = np.random.default_rng(0)
+    for ties in (False, True):
+        a = rng.integers(0, 5, 300).astype(float) if ties else rng.standard_normal(300)
+        b = rng.integers(0, 6, 200).astype(float) if ties else rng.standard_normal(200) + 0.3
+        assert auroc(a, b) == pytest.approx(roc_auc_score(np.r_[np.zeros(300), np.ones(200)], np.r_[a, b]), abs=1e-12)
