@@ -848,11 +848,11 @@ def demo_cmd(out: Path = typer.Option(FROM_API, "--out", "-o", help="Output fold
              progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
              as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
     """Run the whole chain on the bundled demo data and write one index.html."""
-    from .demo import demo
+    from .demo import demo, training_notice
     from .demo_clip import first_run_notice
 
     if model is None:
-        typer.echo(first_run_notice(), err=as_json)
+        typer.echo(first_run_notice() + " " + training_notice(iters, raw_curve, compare), err=as_json)
     result = demo(out, model=model, pretrained=pretrained, device=device, enhancer=enhancer,
                   train_iters=iters, permutations=permutations, compare=compare, raw_curve=raw_curve, progress=progress)
     if as_json:

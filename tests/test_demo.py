@@ -167,3 +167,13 @@ def test_demo_clip_concept_report_quality(demo_clip_eval):
     assert res["balanced"]["top1_is_welllit_synonym"], res["balanced"]
     assert res["planted"]["planted_object_in_top3"], res["planted"]
     assert res["planted"]["cos_with_balanced_after"] > res["planted"]["cos_with_balanced_before"], res["planted"]
+
+
+def test_demo_first_line_says_what_it_trains_and_for_how_long():
+    """The demo's first output line names the enhancer trainings it is about to run and their expected time."""
+    from embedlab.demo import training_notice
+    from embedlab.enhance.presets import PRESETS
+
+    line = training_notice()
+    assert f"2 small enhancer(s) of {PRESETS['demo']['iters']} iterations" in line and " min " in line
+    assert "1 small enhancer(s) of 50 iterations" in training_notice(50, raw_curve=False)
