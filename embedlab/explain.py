@@ -3,7 +3,8 @@
 Pure functions on arrays (`centre`, `deflation_rankings`, `side_lists`, `explain_vectors`) carry the method; the
 per-concept statistics on the test units live in `unit_stats`, the permutation null in `permutation`;
 `explain_residual()` does the I/O (residual sidecar, run folders, model, cached text embeddings) and writes
-report.{json,csv,md,html}; the image sets are read block by block (`ImageSets`), never held. The deflation's products with the whole vocabulary are a numba kernel, checked against the definition in the tests.
+report.{json,csv,md,html}; the image sets are read block by block (`ImageSets`), never held. The deflation's
+products with the whole vocabulary are a numba kernel, checked against the definition in the tests.
 
 Significance is one family per page: p_fwer and p_fwer_deflated control the chance of any false positive on
 the page (both lists) at once, and the per-concept statistics (AUROC, Welch p, BH q) count the same units as
