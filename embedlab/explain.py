@@ -346,14 +346,15 @@ def _set_vectors(side: dict):
     return run, run.select(side["selector"])
 
 
-def _exemplars(run, mask: np.ndarray, nearest: tuple) -> list[dict]:
-    """The nearest images of one set to a concept ((scores, positions within the set), exact: found in the
-    streamed pass) with their run rows' ids and files."""
-    scores, pos = nearest
-    rows = np.flatnonzero(mask)[np.asarray(pos, np.int64)]
-    meta = run.metadata_rows(rows, ["row_id", "path", "file"])
-    return [{"row_id": int(m.row_id), "path": str(m.path), "file": str(m.file), "score": float(sc)}
-            for sc, m in zip(scores, meta.itertuples())]
+def _exemplars(run, mask: np.ndarray, nearest: list[tuple]) -> list[list[dict]]:
+    """Per concept, the nearest images of one set ((scores, positions within the set), exact: found in the
+    streamed pass) with their run rows' ids and files, read in one visit of the shards that hold them."""
+    set_rows = np.flatnonzero(mask)
+    picked = [set_rows[np.asarray(pos, np.int64)] for _, pos in nearest]
+    rows = np.unique(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
+    meta = dict(zip(rows.tolist(), run.metadata_rows(rows, ["row_id", "path", "file"]).itertuples(index=False)))
+    return [[{"row_id": int(meta[r].row_id), "path": str(meta[r].path), "file": str(meta[r].file), "score": float(sc)}
+             for sc, r in zip(scores, rows_j.tolist())] for (scores, _), rows_j in zip(nearest, picked)]
 
 
 def explain_residual(residual: str | os.PathLike, out: str | os.PathLike = "report", *, vocab: str | None = None,
@@ -415,17 +416,18 @@ def _exemplars_and_histograms(report: dict, result: dict, runs, exemplars: int, 
     from . import report as rep
 
     run_a, mask_a, run_b, mask_b = runs
-    names = dict(zip(pd.concat([result["adds"], result["removes"]])["vocab_index"],
-                     pd.concat([result["adds"], result["removes"]])["concept"]))
+    both = pd.concat([result["adds"], result["removes"]])
+    names = dict(zip(both["vocab_index"], both["concept"]))
     n_adds = min(FIGURE_CONCEPTS["adds"], len(result["adds"]))
+    if exemplars > 0:
+        ex_from = _exemplars(run_a, mask_a, result["nearest"]["from"])
+        ex_to = _exemplars(run_b, mask_b, result["nearest"]["to"])
     hists = []
     for i, j in enumerate(result["figure"]["index"]):
         side = "adds" if i < n_adds else "removes"
         hists.append((names[j], result["figure"]["from"][:, i], result["figure"]["to"][:, i], side))
         if exemplars > 0:
-            report["exemplars"].append({"concept": names[j], "direction": side,
-                                        "from": _exemplars(run_a, mask_a, result["nearest"]["from"][i]),
-                                        "to": _exemplars(run_b, mask_b, result["nearest"]["to"][i])})
+            report["exemplars"].append({"concept": names[j], "direction": side, "from": ex_from[i], "to": ex_to[i]})
     return rep.png_data_uri(rep.similarity_histograms(
         hists, res.info["from"]["selector"], res.info["to"]["selector"]))
 

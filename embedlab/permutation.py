@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._io import usable_cores
-from .image_sets import aligned_chunks  # noqa: F401  (re-exported: the chunking every streamed sum uses)
+from .image_sets import aligned_chunks
 from .residual import group_codes, l2n
 
 log = logging.getLogger(__name__)

@@ -275,11 +275,10 @@ def unit_statistics(units: dict, C: np.ndarray, cand_idx: np.ndarray) -> tuple[p
     if units["unit"] == "images" and "candidate_histograms" in units:
         h = units["candidate_histograms"]
         auroc, err = histogram_auroc(h[0], h[1])
-        centres = (np.arange(HIST_BINS) + 0.5) * (2 / HIST_BINS) - 1
         m = units["moments"]
         mean_f, mean_t = Cc @ m.mean[0].astype(np.float32), Cc @ m.mean[1].astype(np.float32)
         how = {"auroc": f"from {HIST_BINS}-bin histograms of the image scores (ties within a bin count half)",
-               "auroc_max_error": float(err.max()) if len(err) else 0.0, "bin_width": float(centres[1] - centres[0])}
+               "auroc_max_error": float(err.max()) if len(err) else 0.0, "bin_width": 2 / HIST_BINS}
     else:
         if units["unit"] == "images":
             sa, sb = units["candidate_scores"]
