@@ -154,20 +154,24 @@ _F16_TABLE = None
 
 def _accumulate_kernel():
     """numba kernel: one pass over a block of stored vectors (float16 read through a 65,536-entry table, or
-    float32), each row optionally scaled to unit length, added in float64 to its set's total and its group's
-    sum; optionally written out (float32) for the per-image bootstrap's product."""
+    float32), each row optionally scaled to unit length, added in float64 to its group's sum (code >= 0) or else
+    to its set's total; optionally written out (float32) for the per-image bootstrap's product; with `rowpart`,
+    only the rows whose entry equals `part` (the rows one thread owns)."""
     global _F16_TABLE
     if _F16_TABLE is None:
         import numba
 
         @numba.njit(nogil=True, cache=True)
-        def accumulate(X, table, which, codes, normalise, totals, gsums, out):
+        def accumulate(X, table, which, codes, normalise, totals, gsums, out, rowpart, part):
             m, d = X.shape
             row = np.empty(d, np.float64)
             for i in range(m):
                 s = which[i]
                 if s < 0:
                     continue
+                if rowpart is not None:
+                    if rowpart[i] != part:
+                        continue
                 n2 = 0.0
                 for j in range(d):
                     if table is None:
@@ -177,12 +181,15 @@ def _accumulate_kernel():
                     row[j] = v
                     n2 += v * v
                 scale = 1.0 / np.sqrt(n2) if normalise and n2 > 0 else 1.0
-                for j in range(d):
-                    totals[s, j] += row[j] * scale
+                g = -1
                 if gsums is not None:
                     g = codes[i]
+                if g >= 0:          # the set's total is the sum of its group sums: one row update, not two
                     for j in range(d):
                         gsums[g, j] += row[j] * scale
+                else:
+                    for j in range(d):
+                        totals[s, j] += row[j] * scale
                 if out is not None:
                     for j in range(d):
                         out[i, j] = row[j] * scale
@@ -193,9 +200,12 @@ def _accumulate_kernel():
 
 
 def accumulate_block(X: np.ndarray, which: np.ndarray, codes: np.ndarray | None, normalise: bool, totals: np.ndarray,
-                     gsums: np.ndarray | None, want_rows: bool = False) -> np.ndarray | None:
-    """Add the rows of X (float16 or float32) to `totals[which[i]]` (and `gsums[codes[i]]`), rows with which < 0
-    skipped; unit-normalised first when `normalise`. Returns the (normalised) rows when `want_rows`."""
+                     gsums: np.ndarray | None, want_rows: bool = False, rowpart: np.ndarray | None = None,
+                     part: int = 0) -> np.ndarray | None:
+    """Add the rows of X (float16 or float32) to `gsums[codes[i]]` when codes are given and codes[i] >= 0, else to
+    `totals[which[i]]` (a set's total is then its part of `totals` plus the sum of its groups' sums); rows with
+    which < 0 skipped, and with `rowpart` the rows whose entry is not `part`; unit-normalised first when
+    `normalise`. Returns the (normalised) rows when `want_rows`."""
     kernel, table = _accumulate_kernel()
     X = np.ascontiguousarray(X)
     if X.dtype == np.float16:
@@ -204,7 +214,8 @@ def accumulate_block(X: np.ndarray, which: np.ndarray, codes: np.ndarray | None,
         X, tab = X.astype(np.float32, copy=False), None
     out = np.zeros((len(X), X.shape[1]), np.float32) if want_rows else None
     kernel(X, tab, np.ascontiguousarray(which, np.int8), None if codes is None else np.ascontiguousarray(codes, np.int64),
-           bool(normalise), totals, gsums, out)
+           bool(normalise), totals, gsums, out, None if rowpart is None else np.ascontiguousarray(rowpart, np.int8),
+           int(part))
     return out
 
 
@@ -365,16 +376,19 @@ def save_residual(path: str | os.PathLike, vector: np.ndarray, info: dict) -> Pa
 
 
 GROUP_COLUMNS = ("group",)
+NONSEMANTIC_COLUMNS = ("width", "height", "format", *NONSEMANTIC_NUMERIC)
 NONSEMANTIC_SAMPLE = 200_000      # rows per set the metadata checks read (AUROC to about +-0.002 past it)
 
 
 @dataclass
 class SetRows:
     """One set's metadata: its run's rows and the set's mask, never copied whole (a set of millions of rows is
-    only read for its group codes and a sample)."""
+    only read for its group codes and a sample). `meta` holds the columns every row is needed for (selectors,
+    group); other columns are read from `run` for a sample of rows only (`nonsemantic_samples`)."""
 
     meta: pd.DataFrame
     mask: np.ndarray
+    run: Run
 
     def __len__(self) -> int:
         return int(np.count_nonzero(self.mask))
@@ -390,40 +404,92 @@ class SetRows:
         values = col.to_numpy()[self.mask]
         return None if pd.isna(values).any() else pd.factorize(values)[0]
 
-    def sample(self, n: int, seed: int) -> pd.DataFrame:
-        """Every row of the set, or a seeded sample of `n` of them in their order."""
+    def sample_rows(self, n: int, seed: int) -> np.ndarray:
+        """Positions (in the run) of every row of the set, or of a seeded sample of `n` of them, in their order."""
         rows = np.flatnonzero(self.mask)
         if len(rows) > n:
             rows = rows[np.sort(np.random.default_rng([seed, 17]).choice(len(rows), n, replace=False))]
-        part = self.meta.iloc[rows].reset_index(drop=True)
-        if "format" in part.columns and isinstance(part["format"].dtype, pd.CategoricalDtype):
-            part["format"] = part["format"].astype(object)     # its counts list the formats present, as before
-        return part
+        return rows
+
+
+def nonsemantic_samples(a: SetRows, b: SetRows, n: int, seed: int) -> list[pd.DataFrame]:
+    """Each set's seeded sample of `n` rows with its non-semantic columns (size, format, JPEG quality, luma), read
+    for the sampled rows only, in one visit of the shards when both sets come from one run."""
+    rows = [a.sample_rows(n, seed), b.sample_rows(n, seed)]
+    if a.run is b.run:
+        both = a.run.metadata_rows(np.r_[rows[0], rows[1]], a.run.available_columns(NONSEMANTIC_COLUMNS))
+        return [both.iloc[:len(rows[0])].reset_index(drop=True), both.iloc[len(rows[0]):].reset_index(drop=True)]
+    return [s.run.metadata_rows(r, s.run.available_columns(NONSEMANTIC_COLUMNS)) for s, r in zip((a, b), rows)]
 
 
 ACCUMULATE_THREADS = 2     # fixed, not the core count: for a given block size the sums are the same on every machine
 
 
-def _parallel_accumulate(blocks, which, gcode, normalise: bool, totals, gsums, bar) -> None:
-    """`accumulate_block` over the blocks on ACCUMULATE_THREADS threads (the numba kernel releases the GIL, so
-    reading one block overlaps adding another): thread t takes blocks t, t + T, ... into its own sums, added up
-    in thread order at the end, so the result does not depend on timing."""
+def thread_owners(gcode: np.ndarray, n_threads: int, max_share: float = 0.6) -> np.ndarray | None:
+    """The thread that adds each group's rows (indexed by group code): groups dealt largest first in a snake order
+    (0, 1, 1, 0, 0, 1, ...), which balances the rows of many groups. None when a thread would get more than
+    `max_share` of the rows (a few groups hold most images)."""
+    sizes = np.bincount(gcode[gcode >= 0])
+    if len(sizes) == 0:
+        return None
+    turn = np.arange(len(sizes)) % (2 * n_threads)
+    owner = np.empty(len(sizes), np.int8)
+    owner[np.argsort(-sizes, kind="stable")] = np.where(turn < n_threads, turn, 2 * n_threads - 1 - turn)
+    load = np.bincount(owner, weights=sizes, minlength=n_threads)
+    return owner if load.max() <= max_share * sizes.sum() else None
+
+
+def _parallel_accumulate(make_blocks, which, gcode, normalise: bool, totals, gsums, bar) -> None:
+    """`accumulate_block` over the run on ACCUMULATE_THREADS threads (the numba kernel releases the GIL); the result
+    does not depend on timing.
+
+    With group sums: ONE array of them, shared: every block goes to every thread, which adds the rows of the groups
+    it owns (`thread_owners`), so a group's sum is added up in row order by one thread. Private copies per thread
+    would double the largest allocation (164 MB at 4M images and 20,000 groups per set; on the 2-core test VM fresh
+    pages cost about 0.25 s per such copy after idle). Without group sums (or when no split of the groups is balanced): thread t takes
+    blocks t, t + T, ... into its own totals, added up in thread order at the end."""
     from concurrent.futures import ThreadPoolExecutor
+
+    T = ACCUMULATE_THREADS
+    owner = thread_owners(gcode[which >= 0], T) if gsums is not None else None
+    if owner is not None:
+        rowpart = owner[gcode]      # code -1 (no group, or not in a set) reads owner[-1]: still one thread per row
+        tots = [totals] + [np.zeros(totals.shape) for _ in range(T - 1)]
+        lanes = [ThreadPoolExecutor(1) for _ in range(T)]      # one per part: its blocks in order, never two at once
+        try:
+            pending = []
+            for pos, X in make_blocks():
+                # one mapping of the block for all threads (a page is faulted in once), at most 2 blocks ahead
+                pending.append([lane.submit(accumulate_block, X, which[pos], gcode[pos], normalise, tots[t], gsums,
+                                            rowpart=rowpart[pos], part=t) for t, lane in enumerate(lanes)])
+                if len(pending) > 2:
+                    for f in pending.pop(0):
+                        f.result()
+                bar.update(len(pos))
+            for fs in pending:
+                for f in fs:
+                    f.result()
+        finally:
+            for lane in lanes:
+                lane.shutdown()
+        for tot in tots[1:]:
+            totals += tot
+        return
 
     # np.zeros, not zeros_like: calloc'ed pages cost nothing until a group's row is first touched
     parts = [(totals, gsums)] + [(np.zeros(totals.shape), None if gsums is None else np.zeros(gsums.shape))
-                                 for _ in range(ACCUMULATE_THREADS - 1)]
+                                 for _ in range(T - 1)]
 
-    def work(t, pos, X):
+    def work_block(t, pos, X):
         accumulate_block(X, which[pos], None if gcode is None else gcode[pos], normalise, *parts[t])
 
-    pending = [None] * ACCUMULATE_THREADS
-    with ThreadPoolExecutor(ACCUMULATE_THREADS) as pool:
-        for i, (pos, X) in enumerate(blocks):
-            t = i % ACCUMULATE_THREADS
+    pending = [None] * T
+    with ThreadPoolExecutor(T) as pool:
+        for i, (pos, X) in enumerate(make_blocks()):
+            t = i % T
             if pending[t] is not None:
                 pending[t].result()
-            pending[t] = pool.submit(work, t, pos, X)
+            pending[t] = pool.submit(work_block, t, pos, X)
             bar.update(len(pos))
         for f in pending:
             if f is not None:
@@ -442,7 +508,7 @@ def stream_sums(run: Run, masks: list[np.ndarray], codes: list, method: str = "r
     Poisson(1) per image, from one generator per set, so the draws do not depend on `block`)."""
     n, d = len(run), run.dim
     which = np.full(n, -1, np.int8)
-    gcode = np.zeros(n, np.int64)
+    gcode = np.full(n, -1, np.int64)
     offsets = np.cumsum([0] + [0 if c is None else int(c.max()) + 1 for c in codes])
     for s, (m, c) in enumerate(zip(masks, codes)):
         which[m] = s
@@ -463,7 +529,8 @@ def stream_sums(run: Run, masks: list[np.ndarray], codes: list, method: str = "r
                        unit="img")
     blocks = run.iter_vectors(rows, block, dtype=None)
     if not boot:
-        _parallel_accumulate(blocks, which, gcode if gsums is not None else None, method == "rave", totals, gsums, bar)
+        _parallel_accumulate(lambda: run.iter_vectors(rows, block, dtype=None), which,
+                             gcode if gsums is not None else None, method == "rave", totals, gsums, bar)
         blocks = ()
     for pos, X in blocks:
         bar.update(len(pos))
@@ -486,6 +553,7 @@ def stream_sums(run: Run, masks: list[np.ndarray], codes: list, method: str = "r
         part = {"sum": totals[s], "count": int(m.sum())}
         if c is not None:
             part["group_sums"] = gsums[offsets[s]:offsets[s + 1]]
+            totals[s] += part["group_sums"].sum(0)
             part["group_sizes"] = np.bincount(c).astype(np.float64)
         if boot:
             part["boot_sums"], part["boot_counts"] = bsums[s], bn[s]
@@ -519,13 +587,13 @@ def _read_sets(r_from: Run, r_to: Run, from_: str, to: str):
     from .selector import Selector
 
     s_from, s_to = Selector.parse(from_), Selector.parse(to)
-    wanted = [*s_from.columns, *s_to.columns, *GROUP_COLUMNS, "width", "height", "format", *NONSEMANTIC_NUMERIC]
+    wanted = [*s_from.columns, *s_to.columns, *GROUP_COLUMNS]      # for every row; the rest for a sample
     meta_a = r_from.read_metadata(r_from.available_columns(wanted))
     meta_b = meta_a if r_to is r_from else r_to.read_metadata(r_to.available_columns(wanted))
     m_from, m_to = s_from.mask(meta_a, f"run {r_from.path}"), s_to.mask(meta_b, f"run {r_to.path}")
     if r_to is r_from and np.any(m_from & m_to):
         raise ConfigError(f"Sets {from_!r} and {to!r} share {int((m_from & m_to).sum())} images; they must be disjoint.")
-    return m_from, m_to, SetRows(meta_a, m_from), SetRows(meta_b, m_to)
+    return m_from, m_to, SetRows(meta_a, m_from, r_from), SetRows(meta_b, m_to, r_to)
 
 
 def _stream_sets(r_from: Run, r_to: Run, m_from, m_to, meta_from, meta_to, method, bootstrap, seed, budget, block,
@@ -539,7 +607,7 @@ def _stream_sets(r_from: Run, r_to: Run, m_from, m_to, meta_from, meta_to, metho
         log.warning("residual: %d groups' sums would not fit half the memory budget; bootstrapping images instead",
                     c_from.max() + c_to.max() + 2)
         unit = "image"
-    codes = [c_from, c_to] if unit == "group" else [None, None]
+    codes = [c_from, c_to] if unit == "group" and bootstrap else [None, None]     # group sums: for the bootstrap
     boot = None
     scheme = "group"
     if bootstrap and unit == "image":
@@ -585,7 +653,7 @@ def residual(run: str | os.PathLike, from_: str, to: str, out: str | os.PathLike
                      r_from.manifest.get("vector_dtype", "float32"), f"{r_from.path}:{from_}", f"{r_to.path}:{to}")
     stab = (_bootstrap([st_from, st_to], r, bootstrap, seed, method, unit, BOOT_SCHEMES[scheme], progress)
             if bootstrap > 0 else None)
-    nonsem = compare_nonsemantic(*(m.sample(NONSEMANTIC_SAMPLE, seed) for m in (meta_from, meta_to)))
+    nonsem = compare_nonsemantic(*nonsemantic_samples(meta_from, meta_to, NONSEMANTIC_SAMPLE, seed))
     nonsem["sample"] = {"max_per_set": NONSEMANTIC_SAMPLE, "seed": seed, "from": min(len(meta_from), NONSEMANTIC_SAMPLE),
                         "to": min(len(meta_to), NONSEMANTIC_SAMPLE)}
     for w in nonsem["warnings"]:

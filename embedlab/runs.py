@@ -98,13 +98,23 @@ class Run:
         files = [meta_p for _, _, meta_p, _, _ in self.shards()]
         if not files:
             return pd.DataFrame({c: [] for c in columns})
+
+        def read(path):
+            # text columns come out of parquet's own dictionary pages (no string is materialised), so pandas gets
+            # categoricals: 2.5x faster than decoding 4M strings and encoding them again
+            schema = pq.read_schema(path)
+            text = [c for c in columns if c in schema.names and (pa.types.is_string(schema.field(c).type)
+                                                                 or pa.types.is_large_string(schema.field(c).type))]
+            return pq.read_table(path, columns=list(columns), read_dictionary=text)
+
         with ThreadPoolExecutor(2) as pool:        # parquet decoding releases the GIL: two shards at a time
-            tables = list(pool.map(lambda p: pq.read_table(p, columns=list(columns)), files))
+            tables = list(pool.map(read, files))
         table = pa.concat_tables(tables, promote_options="default")
-        # text columns dictionary-encoded by arrow (one pass in C++), so pandas gets categoricals
+        # a text column stored without a dictionary in every shard is encoded here (one pass in C++)
         cols = [pc.dictionary_encode(c) if pa.types.is_string(c.type) or pa.types.is_large_string(c.type) else c
                 for c in table.columns]
-        return pa.table(cols, names=table.column_names).to_pandas()
+        # one thread: pandas' threaded conversion is 2.5x slower here (4M rows, 7 columns: 0.25 s vs 0.10 s)
+        return pa.table(cols, names=table.column_names).to_pandas(use_threads=False)
 
     @property
     def metadata(self) -> pd.DataFrame:
@@ -117,15 +127,30 @@ class Run:
 
     def metadata_rows(self, rows: np.ndarray, columns: list[str]) -> pd.DataFrame:
         """`columns` of the metadata rows at positions `rows` (in that order), reading only the shards that hold
-        them: a few rows of a run of millions without loading its metadata."""
+        them, a shard at a time: a sample of a run of millions without its whole metadata in memory."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from concurrent.futures import ThreadPoolExecutor
+
         rows = np.asarray(rows, np.int64)
-        out = pd.DataFrame(index=range(len(rows)), columns=list(columns), dtype=object)
+        order = np.argsort(rows, kind="stable")
+        ordered = rows[order]
+        wanted = []
         for _, _, meta_p, first, n in self.shards():
-            hit = np.flatnonzero((rows >= first) & (rows < first + n))
-            if len(hit):
-                part = pd.read_parquet(meta_p, columns=list(columns))
-                out.iloc[hit] = part.iloc[rows[hit] - first].to_numpy()
-        return out
+            lo, hi = np.searchsorted(ordered, [first, first + n])
+            if hi > lo:
+                wanted.append((meta_p, ordered[lo:hi] - first))
+        with ThreadPoolExecutor(2) as pool:        # parquet decoding releases the GIL: two shards at a time
+            parts = list(pool.map(lambda w: pq.read_table(w[0], columns=list(columns)).take(pa.array(w[1])), wanted))
+        if sum(len(t) for t in parts) != len(rows):
+            raise ConfigError(f"Row positions out of range for run {self.path} ({len(self)} images).")
+        if not parts:
+            return pd.DataFrame({c: [] for c in columns})
+        got = pa.concat_tables(parts, promote_options="default").to_pandas()
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        return got.iloc[back].reset_index(drop=True)
 
     def iter_vectors(self, rows: np.ndarray | None = None, block: int = 65536, dtype=np.float32):
         """Yield (positions, float32 block) over the run's vectors, shard by shard, `block` rows at a time, from

@@ -90,6 +90,59 @@ def test_manifest_and_run_select_use_the_selector(tmp_path, small_run):
 
 # ---- streaming reader and residual ----------------------------------------------------------------------------
 
+def test_thread_owners_balance_groups_or_decline():
+    from embedlab.residual import thread_owners
+
+    codes = np.random.default_rng(0).integers(0, 5000, 200_000)
+    owner = thread_owners(codes, 2)
+    load = np.bincount(owner[codes], minlength=2)
+    assert owner.dtype == np.int8 and set(owner.tolist()) == {0, 1} and abs(load[0] - load[1]) < 0.01 * len(codes)
+    assert thread_owners(np.r_[np.zeros(900, int), np.arange(1, 101)], 2) is None      # one group holds 90%
+    assert thread_owners(np.full(10, -1), 2) is None
+
+
+def test_group_sums_equal_with_shared_and_private_threads(small_run, monkeypatch):
+    """The two ways the pass splits work over threads (shared group sums, groups owned by a thread; private copies
+    per thread when no split of the groups is balanced) give the same sums up to rounding."""
+    import embedlab.residual as R
+
+    meta = small_run.read_metadata(["role", "group"])
+    masks = [(meta["role"] == "backlit").to_numpy(), (meta["role"] == "welllit").to_numpy()]
+    codes = [pd.factorize(meta["group"].to_numpy()[m])[0] for m in masks]
+    shared = R.stream_sums(small_run, masks, codes, block=257)
+    monkeypatch.setattr(R, "thread_owners", lambda *a, **k: None)
+    private = R.stream_sums(small_run, masks, codes, block=257)
+    for a, b in zip(shared, private):
+        assert np.allclose(a["sum"], b["sum"], rtol=0, atol=1e-12)
+        assert np.allclose(a["group_sums"], b["group_sums"], rtol=0, atol=1e-12)
+        assert np.allclose(a["sum"], a["group_sums"].sum(0), rtol=0, atol=1e-12)
+
+
+def test_read_metadata_columns_equal_the_full_metadata(tmp_path):
+    """Text columns come back as categoricals read from parquet's dictionaries, equal value for value to the full
+    metadata, also when one shard's group column is empty (stored with the null type) and another's is partly empty."""
+    bench = _bench()
+    orig = bench.synthetic_shard
+
+    def shard(first, n, *a, **k):
+        X, meta = orig(first, n, *a, **k)
+        if first == 0:
+            meta = meta.assign(group=None)
+        elif first == 700:
+            meta.loc[meta.index[::3], "group"] = None
+        return X, meta
+    bench.synthetic_shard = shard
+    bench.write_synthetic_run(tmp_path / "run", 2000, 8, 30, shard_size=700, V=20)
+    run = Run(tmp_path / "run")
+    cols = ["role", "group", "format", "mean_luma"]
+    got, full = run.read_metadata(cols), run.metadata[cols]
+    assert all(isinstance(got[c].dtype, pd.CategoricalDtype) for c in ("role", "group", "format"))
+    assert got["group"].isna().sum() == full["group"].isna().sum() > 700
+    for c in cols:
+        assert got[c].astype(object).where(got[c].notna(), None).tolist() == \
+            full[c].astype(object).where(full[c].notna(), None).tolist()
+
+
 def test_iter_vectors_streams_what_vectors_holds(small_run):
     X = small_run.vectors
     mask = small_run.select("welllit")
