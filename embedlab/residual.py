@@ -645,15 +645,19 @@ def residual(run: str | os.PathLike, from_: str, to: str, out: str | os.PathLike
                                    f"model: `embedlab extract ... --model {r_from.manifest['model']} --pretrained "
                                    f"{r_from.manifest['pretrained']}`.")
     m_from, m_to, meta_from, meta_to = _read_sets(r_from, r_to, from_, to)
-    st_from, st_to, unit, scheme, c_from, c_to = _stream_sets(r_from, r_to, m_from, m_to, meta_from, meta_to, method,
-                                                              bootstrap, seed, budget, block, progress)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as side:     # the sample's parquet reads overlap the vector pass
+        samples = side.submit(nonsemantic_samples, meta_from, meta_to, NONSEMANTIC_SAMPLE, seed)
+        st_from, st_to, unit, scheme, c_from, c_to = _stream_sets(r_from, r_to, m_from, m_to, meta_from, meta_to,
+                                                                  method, bootstrap, seed, budget, block, progress)
 
     r, thr, v_from, v_to = residual_from_sums(st_from["sum"], st_from["count"], st_to["sum"], st_to["count"], method)
     check_separation(separation(st_from["sum"], st_from["count"], st_to["sum"], st_to["count"], method),
                      r_from.manifest.get("vector_dtype", "float32"), f"{r_from.path}:{from_}", f"{r_to.path}:{to}")
     stab = (_bootstrap([st_from, st_to], r, bootstrap, seed, method, unit, BOOT_SCHEMES[scheme], progress)
             if bootstrap > 0 else None)
-    nonsem = compare_nonsemantic(*nonsemantic_samples(meta_from, meta_to, NONSEMANTIC_SAMPLE, seed))
+    nonsem = compare_nonsemantic(*samples.result())
     nonsem["sample"] = {"max_per_set": NONSEMANTIC_SAMPLE, "seed": seed, "from": min(len(meta_from), NONSEMANTIC_SAMPLE),
                         "to": min(len(meta_to), NONSEMANTIC_SAMPLE)}
     for w in nonsem["warnings"]:
