@@ -439,42 +439,48 @@ def thread_owners(gcode: np.ndarray, n_threads: int, max_share: float = 0.6) -> 
     return owner if load.max() <= max_share * sizes.sum() else None
 
 
+def _accumulate_shared(make_blocks, which, gcode, normalise: bool, totals, gsums, bar, owner) -> None:
+    """Every block goes to every thread, which adds the rows of the groups it owns (`owner`, from `thread_owners`)
+    into ONE shared array of group sums, so a group's sum is added up in row order by one thread. Private copies
+    per thread would double the largest allocation (164 MB at 4M images and 20,000 groups per set; on the 2-core
+    test VM fresh pages cost about 0.25 s per such copy after an idle moment)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    T = ACCUMULATE_THREADS
+    rowpart = owner[gcode]      # code -1 (no group, or not in a set) reads owner[-1]: still one thread per row
+    tots = [totals] + [np.zeros(totals.shape) for _ in range(T - 1)]
+    lanes = [ThreadPoolExecutor(1) for _ in range(T)]      # one per part: its blocks in order, never two at once
+    try:
+        pending = []
+        for pos, X in make_blocks():
+            # one mapping of the block for all threads (a page is faulted in once), at most 2 blocks ahead
+            pending.append([lane.submit(accumulate_block, X, which[pos], gcode[pos], normalise, tots[t], gsums,
+                                        rowpart=rowpart[pos], part=t) for t, lane in enumerate(lanes)])
+            if len(pending) > 2:
+                for f in pending.pop(0):
+                    f.result()
+            bar.update(len(pos))
+        for fs in pending:
+            for f in fs:
+                f.result()
+    finally:
+        for lane in lanes:
+            lane.shutdown()
+    for tot in tots[1:]:
+        totals += tot
+
+
 def _parallel_accumulate(make_blocks, which, gcode, normalise: bool, totals, gsums, bar) -> None:
     """`accumulate_block` over the run on ACCUMULATE_THREADS threads (the numba kernel releases the GIL); the result
-    does not depend on timing.
-
-    With group sums: ONE array of them, shared: every block goes to every thread, which adds the rows of the groups
-    it owns (`thread_owners`), so a group's sum is added up in row order by one thread. Private copies per thread
-    would double the largest allocation (164 MB at 4M images and 20,000 groups per set; on the 2-core test VM fresh
-    pages cost about 0.25 s per such copy after idle). Without group sums (or when no split of the groups is balanced): thread t takes
-    blocks t, t + T, ... into its own totals, added up in thread order at the end."""
+    does not depend on timing. With group sums, one shared array of them (`_accumulate_shared`); without (or when
+    no split of the groups is balanced), thread t takes blocks t, t + T, ... into its own sums, added up in thread
+    order at the end."""
     from concurrent.futures import ThreadPoolExecutor
 
     T = ACCUMULATE_THREADS
     owner = thread_owners(gcode[which >= 0], T) if gsums is not None else None
     if owner is not None:
-        rowpart = owner[gcode]      # code -1 (no group, or not in a set) reads owner[-1]: still one thread per row
-        tots = [totals] + [np.zeros(totals.shape) for _ in range(T - 1)]
-        lanes = [ThreadPoolExecutor(1) for _ in range(T)]      # one per part: its blocks in order, never two at once
-        try:
-            pending = []
-            for pos, X in make_blocks():
-                # one mapping of the block for all threads (a page is faulted in once), at most 2 blocks ahead
-                pending.append([lane.submit(accumulate_block, X, which[pos], gcode[pos], normalise, tots[t], gsums,
-                                            rowpart=rowpart[pos], part=t) for t, lane in enumerate(lanes)])
-                if len(pending) > 2:
-                    for f in pending.pop(0):
-                        f.result()
-                bar.update(len(pos))
-            for fs in pending:
-                for f in fs:
-                    f.result()
-        finally:
-            for lane in lanes:
-                lane.shutdown()
-        for tot in tots[1:]:
-            totals += tot
-        return
+        return _accumulate_shared(make_blocks, which, gcode, normalise, totals, gsums, bar, owner)
 
     # np.zeros, not zeros_like: calloc'ed pages cost nothing until a group's row is first touched
     parts = [(totals, gsums)] + [(np.zeros(totals.shape), None if gsums is None else np.zeros(gsums.shape))
