@@ -177,9 +177,10 @@ def time_residual(run_dir: Path, res_path: Path, repeats: int) -> dict:
     ps = [p.get("seconds", np.nan) for p in plain]
     rs = [r.get("seconds", np.nan) for r in res]
     best = int(np.nanargmin(rs)) if not np.isnan(rs).all() else 0
-    return {"plain_read_sum": {"seconds": ps, "peak_rss_mb": max(p.get("peak_rss_mb", np.nan) for p in plain),
+    return {"plain_read_sum": {"seconds": ps, "peak_rss_mb": float(np.nanmax([p.get("peak_rss_mb", np.nan) for p in plain])),
                                "checksum": plain[0].get("checksum"), "min_seconds": float(np.nanmin(ps))},
-            "residual": dict(res[best], seconds_all=rs, peak_rss_mb=max(r.get("peak_rss_mb", np.nan) for r in res)),
+            "residual": dict(res[best], seconds_all=rs,
+                             peak_rss_mb=float(np.nanmax([r.get("peak_rss_mb", np.nan) for r in res]))),
             "residual_time_ratio_to_plain": round(float(np.nanmin(rs) / np.nanmin(ps)), 3),
             "residual_time_ratio_of_medians": round(float(np.nanmedian(rs) / np.nanmedian(ps)), 3)}
 
@@ -202,6 +203,8 @@ def main() -> None:
                     "only the finalisation's).")
     ap.add_argument("--out", default=None, help="JSON name (default bench_scale.json, or bench_scale_N.json off-size).")
     a = ap.parse_args()
+    if a.repeats < 1:
+        ap.error(f"--repeats must be at least 1. Got {a.repeats}.")
     work = Path(a.work)
     run_dir, res_path = work / "run", work / "residual.npy"
     t0 = time.perf_counter()

@@ -426,17 +426,20 @@ ACCUMULATE_THREADS = 2     # fixed, not the core count: for a given block size t
 
 
 def thread_owners(gcode: np.ndarray, n_threads: int, max_share: float = 0.6) -> np.ndarray | None:
-    """The thread that adds each group's rows (indexed by group code): groups dealt largest first in a snake order
-    (0, 1, 1, 0, 0, 1, ...), which balances the rows of many groups. None when a thread would get more than
-    `max_share` of the rows (a few groups hold most images)."""
+    """The thread that adds each group's rows (indexed by group code): groups dealt largest first, each to the
+    thread with the fewest rows so far (ties to the lowest index: deterministic). None when a thread would still
+    get more than `max_share` of the rows (one group holds most images)."""
     sizes = np.bincount(gcode[gcode >= 0])
     if len(sizes) == 0:
         return None
-    turn = np.arange(len(sizes)) % (2 * n_threads)
+    order = np.argsort(-sizes, kind="stable")
     owner = np.empty(len(sizes), np.int8)
-    owner[np.argsort(-sizes, kind="stable")] = np.where(turn < n_threads, turn, 2 * n_threads - 1 - turn)
-    load = np.bincount(owner, weights=sizes, minlength=n_threads)
-    return owner if load.max() <= max_share * sizes.sum() else None
+    load = [0] * n_threads
+    for g, size in zip(order.tolist(), sizes[order].tolist()):     # 40,000 groups: about 15 ms
+        t = load.index(min(load))
+        owner[g] = t
+        load[t] += size
+    return owner if max(load) <= max_share * sizes.sum() else None
 
 
 def _accumulate_shared(make_blocks, which, gcode, normalise: bool, totals, gsums, bar, owner) -> None:
@@ -473,8 +476,8 @@ def _accumulate_shared(make_blocks, which, gcode, normalise: bool, totals, gsums
 def _parallel_accumulate(make_blocks, which, gcode, normalise: bool, totals, gsums, bar) -> None:
     """`accumulate_block` over the run on ACCUMULATE_THREADS threads (the numba kernel releases the GIL); the result
     does not depend on timing. With group sums, one shared array of them (`_accumulate_shared`); without (or when
-    no split of the groups is balanced), thread t takes blocks t, t + T, ... into its own sums, added up in thread
-    order at the end."""
+    no split of the groups is balanced), thread t takes blocks t, t + T, ... into its own totals and group sums,
+    added up in thread order at the end."""
     from concurrent.futures import ThreadPoolExecutor
 
     T = ACCUMULATE_THREADS
@@ -609,7 +612,7 @@ def _stream_sets(r_from: Run, r_to: Run, m_from, m_to, meta_from, meta_to, metho
     c_from, c_to = meta_from.group_codes(), meta_to.group_codes()
     d = r_from.dim
     unit = "group" if c_from is not None and c_to is not None else "image"
-    if unit == "group" and (c_from.max() + c_to.max() + 2) * d * 8 > budget // 2:
+    if unit == "group" and bootstrap and (c_from.max() + c_to.max() + 2) * d * 8 > budget // 2:
         log.warning("residual: %d groups' sums would not fit half the memory budget; bootstrapping images instead",
                     c_from.max() + c_to.max() + 2)
         unit = "image"

@@ -99,6 +99,36 @@ def test_thread_owners_balance_groups_or_decline():
     assert owner.dtype == np.int8 and set(owner.tolist()) == {0, 1} and abs(load[0] - load[1]) < 0.01 * len(codes)
     assert thread_owners(np.r_[np.zeros(900, int), np.arange(1, 101)], 2) is None      # one group holds 90%
     assert thread_owners(np.full(10, -1), 2) is None
+    skewed = np.r_[np.zeros(400, int), np.arange(1, 601)]          # one group of 40%, 600 groups of one image
+    load = np.bincount(thread_owners(skewed, 2)[skewed], minlength=2)
+    assert load.tolist() == [500, 500]
+
+
+def test_no_group_sums_and_no_budget_warning_without_a_bootstrap(tmp_path, small_run, caplog):
+    small = residual(small_run.path, "backlit", "welllit", tmp_path / "r0.npy", bootstrap=0, memory_budget=20_000)
+    assert small.info["bootstrap"] is None and "would not fit" not in caplog.text
+    with_boot = residual(small_run.path, "backlit", "welllit", tmp_path / "r1.npy", bootstrap=5, memory_budget=20_000)
+    assert "would not fit" in caplog.text and with_boot.info["bootstrap"]["unit"] == "image"
+    assert np.allclose(small.vector, with_boot.vector, rtol=0, atol=1e-7)
+
+
+def test_metadata_rows_in_the_order_asked(small_run):
+    """Unsorted and repeated positions across shards come back in the order asked, as the full metadata has them;
+    each set's non-semantic sample holds that set's sampled rows."""
+    from embedlab.residual import _read_sets, nonsemantic_samples
+
+    full = small_run.metadata
+    rows = np.array([4999, 3, 1500, 3, 702, 0, 4999, 2100])
+    cols = ["row_id", "path", "mean_luma", "format"]
+    got = small_run.metadata_rows(rows, cols)
+    assert got.astype(object).values.tolist() == full.iloc[rows][cols].astype(object).values.tolist()
+    with pytest.raises(ConfigError, match="out of range"):
+        small_run.metadata_rows(np.array([5000]), cols)
+    _, _, a, b = _read_sets(small_run, small_run, "backlit", "welllit")
+    for s, sample in zip((a, b), nonsemantic_samples(a, b, 300, 0)):
+        want = full.iloc[s.sample_rows(300, 0)]
+        assert len(sample) == 300 and sample["mean_luma"].tolist() == want["mean_luma"].tolist()
+        assert sample["width"].tolist() == want["width"].tolist()
 
 
 def test_group_sums_equal_with_shared_and_private_threads(small_run, monkeypatch):
