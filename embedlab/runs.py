@@ -101,7 +101,8 @@ class Run:
 
         def read(path):
             # text columns come out of parquet's own dictionary pages (no string is materialised), so pandas gets
-            # categoricals: 2.5x faster than decoding 4M strings and encoding them again
+            # categoricals without decoding and re-encoding every string (4M rows, 7 columns, to pandas included:
+            # 0.25-0.37 s instead of 0.73-0.92 s)
             schema = pq.read_schema(path)
             text = [c for c in columns if c in schema.names and (pa.types.is_string(schema.field(c).type)
                                                                  or pa.types.is_large_string(schema.field(c).type))]
@@ -127,11 +128,11 @@ class Run:
 
     def metadata_rows(self, rows: np.ndarray, columns: list[str]) -> pd.DataFrame:
         """`columns` of the metadata rows at positions `rows` (in that order), reading only the shards that hold
-        them, a shard at a time: a sample of a run of millions without its whole metadata in memory."""
+        them, two shards at a time: a sample of a run of millions without its whole metadata in memory."""
+        from concurrent.futures import ThreadPoolExecutor
+
         import pyarrow as pa
         import pyarrow.parquet as pq
-
-        from concurrent.futures import ThreadPoolExecutor
 
         rows = np.asarray(rows, np.int64)
         order = np.argsort(rows, kind="stable")
