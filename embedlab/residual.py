@@ -536,12 +536,12 @@ def stream_sums(run: Run, masks: list[np.ndarray], codes: list, method: str = "r
 
     bar = progress_bar(progress, total=n if rows is None else int(union.sum()), desc=f"residual: {run.path.name}",
                        unit="img")
-    blocks = run.iter_vectors(rows, block, dtype=None)
+    def blocks():
+        return run.iter_vectors(rows, block, dtype=None)
+
     if not boot:
-        _parallel_accumulate(lambda: run.iter_vectors(rows, block, dtype=None), which,
-                             gcode if gsums is not None else None, method == "rave", totals, gsums, bar)
-        blocks = ()
-    for pos, X in blocks:
+        _parallel_accumulate(blocks, which, gcode if gsums is not None else None, method == "rave", totals, gsums, bar)
+    for pos, X in (blocks() if boot else ()):
         bar.update(len(pos))
         w = which[pos]
         Xn = accumulate_block(X, w, gcode[pos] if gsums is not None else None, method == "rave", totals, gsums,
