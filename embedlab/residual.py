@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,18 +118,34 @@ def bootstrap_summary(cos: np.ndarray, unit: str, seed: int, scheme: str) -> dic
             "ci95": [float(np.percentile(cos, 2.5)), float(np.percentile(cos, 97.5))], "seed": seed, "scheme": scheme}
 
 
-def group_bootstrap_from_sums(full: np.ndarray, sums: list[np.ndarray], sizes: list[np.ndarray], n_boot: int,
-                              seed: int, method: str = "rave", progress: bool = False) -> np.ndarray:
-    """Cosines to `full` of residuals from groups resampled with replacement, computed from per-group sums
-    (G, d) and sizes of each set. Draws exactly as `bootstrap_stability` does (same seed, same resamples)."""
+def group_resample_counts(n_groups: list[int], n_boot: int, seed: int, progress: bool = False) -> list[np.ndarray]:
+    """Per set, an (n_boot, G) array: how often each group is drawn in each resample of its G groups with
+    replacement. Draws exactly as `bootstrap_stability` does (same seed, same resamples)."""
     rng = np.random.default_rng(seed)
-    W = [np.empty((n_boot, len(S))) for S in sums]
+    W = [np.empty((n_boot, g)) for g in n_groups]
     from ._io import progress_bar
 
-    for b in progress_bar(progress, range(n_boot), desc="residual: bootstrap", unit="resample"):
-        for w, S in zip(W, sums):
-            w[b] = np.bincount(rng.integers(0, len(S), len(S)), minlength=len(S))
-    (s_from, s_to), (n_from, n_to) = [w @ S for w, S in zip(W, sums)], [w @ n for w, n in zip(W, sizes)]
+    for b in progress_bar(progress, range(n_boot), desc="residual: bootstrap draws", unit="resample"):
+        for w, g in zip(W, n_groups):
+            w[b] = np.bincount(rng.integers(0, g, g), minlength=g)
+    return W
+
+
+def _weighted_sums(W: np.ndarray, S: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """W @ S in float64 for float32 or float64 group sums S, a chunk of groups at a time (no float64 copy of S)."""
+    out = np.zeros((len(W), S.shape[1]))
+    for a in range(0, len(S), chunk):
+        out += W[:, a:a + chunk] @ np.asarray(S[a:a + chunk], np.float64)
+    return out
+
+
+def group_bootstrap_from_sums(full: np.ndarray, sums: list[np.ndarray], sizes: list[np.ndarray], n_boot: int,
+                              seed: int, method: str = "rave", progress: bool = False,
+                              counts: list[np.ndarray] | None = None) -> np.ndarray:
+    """Cosines to `full` of residuals from groups resampled with replacement, computed from per-group sums
+    (G, d) and sizes of each set; `counts` from `group_resample_counts` (drawn here when None)."""
+    W = counts if counts is not None else group_resample_counts([len(S) for S in sums], n_boot, seed, progress)
+    (s_from, s_to), (n_from, n_to) = [_weighted_sums(w, S) for w, S in zip(W, sums)], [w @ n for w, n in zip(W, sizes)]
     return residual_from_sums(s_from, n_from, s_to, n_to, method)[0] @ np.asarray(full, np.float64)
 
 
@@ -150,62 +167,67 @@ def image_bootstrap_weights(n_sets: tuple[int, int], n_boot: int, seed: int, exa
 
 
 _F16_TABLE = None
+_KERNEL_LOCK = threading.Lock()
 
 
 def _accumulate_kernel():
     """numba kernel: one pass over a block of stored vectors (float16 read through a 65,536-entry table, or
-    float32), each row optionally scaled to unit length, added in float64 to its group's sum (code >= 0) or else
-    to its set's total; optionally written out (float32) for the per-image bootstrap's product; with `rowpart`,
-    only the rows whose entry equals `part` (the rows one thread owns)."""
+    float32), each row optionally scaled to unit length, added in float64 to its set's total and, when its group
+    code is >= 0, to its group's sum (float32 or float64 storage); optionally written out (float32) for the
+    per-image bootstrap's product."""
     global _F16_TABLE
-    if _F16_TABLE is None:
-        import numba
-
-        @numba.njit(nogil=True, cache=True)
-        def accumulate(X, table, which, codes, normalise, totals, gsums, out, rowpart, part):
-            m, d = X.shape
-            row = np.empty(d, np.float64)
-            for i in range(m):
-                s = which[i]
-                if s < 0:
-                    continue
-                if rowpart is not None:
-                    if rowpart[i] != part:
-                        continue
-                n2 = 0.0
-                for j in range(d):
-                    if table is None:
-                        v = np.float64(X[i, j])
-                    else:
-                        v = np.float64(table[X[i, j]])
-                    row[j] = v
-                    n2 += v * v
-                scale = 1.0 / np.sqrt(n2) if normalise and n2 > 0 else 1.0
-                g = -1
-                if gsums is not None:
-                    g = codes[i]
-                if g >= 0:          # the set's total is the sum of its group sums: one row update, not two
-                    for j in range(d):
-                        gsums[g, j] += row[j] * scale
-                else:
-                    for j in range(d):
-                        totals[s, j] += row[j] * scale
-                if out is not None:
-                    for j in range(d):
-                        out[i, j] = row[j] * scale
-
-        table = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
-        _F16_TABLE = (accumulate, table)
+    with _KERNEL_LOCK:          # the kernel may be loaded on a side thread while the metadata is read
+        if _F16_TABLE is None:
+            _F16_TABLE = _make_accumulate_kernel()
     return _F16_TABLE
 
 
+def _make_accumulate_kernel():
+    import numba
+
+    @numba.njit(nogil=True, cache=True)
+    def accumulate(X, table, which, codes, normalise, totals, gsums, out):
+        m, d = X.shape
+        row = np.empty(d, np.float64)
+        for i in range(m):
+            s = which[i]
+            if s < 0:
+                continue
+            n2 = 0.0
+            for j in range(d):
+                if table is None:
+                    v = np.float64(X[i, j])
+                else:
+                    v = np.float64(table[X[i, j]])
+                row[j] = v
+                n2 += v * v
+            scale = 1.0 / np.sqrt(n2) if normalise and n2 > 0 else 1.0
+            for j in range(d):
+                totals[s, j] += row[j] * scale
+            if gsums is not None:
+                g = codes[i]
+                if g >= 0:
+                    for j in range(d):
+                        gsums[g, j] += row[j] * scale
+            if out is not None:
+                for j in range(d):
+                    out[i, j] = row[j] * scale
+
+    return accumulate, np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
+
+
+def preload_accumulate_kernel() -> None:
+    """Load the kernel (numba's start-up, about 0.45 s even from its cache) with the argument types of a grouped
+    pass over float16 vectors; run on a side thread while the metadata is read."""
+    accumulate_block(np.zeros((1, 8), np.float16), np.zeros(1, np.int8), np.zeros(1, np.int32), True,
+                     np.zeros((1, 8)), np.zeros((1, 8), np.float32))
+
+
 def accumulate_block(X: np.ndarray, which: np.ndarray, codes: np.ndarray | None, normalise: bool, totals: np.ndarray,
-                     gsums: np.ndarray | None, want_rows: bool = False, rowpart: np.ndarray | None = None,
-                     part: int = 0) -> np.ndarray | None:
-    """Add the rows of X (float16 or float32) to `gsums[codes[i]]` when codes are given and codes[i] >= 0, else to
-    `totals[which[i]]` (a set's total is then its part of `totals` plus the sum of its groups' sums); rows with
-    which < 0 skipped, and with `rowpart` the rows whose entry is not `part`; unit-normalised first when
-    `normalise`. Returns the (normalised) rows when `want_rows`."""
+                     gsums: np.ndarray | None, want_rows: bool = False) -> np.ndarray | None:
+    """Add each row of X (float16 or float32) to `totals[which[i]]` and, when `gsums` is given and codes[i] >= 0, to
+    `gsums[codes[i]]`; rows with which < 0 skipped; unit-normalised first when `normalise`. Returns the
+    (normalised) rows when `want_rows`."""
     kernel, table = _accumulate_kernel()
     X = np.ascontiguousarray(X)
     if X.dtype == np.float16:
@@ -213,9 +235,8 @@ def accumulate_block(X: np.ndarray, which: np.ndarray, codes: np.ndarray | None,
     else:
         X, tab = X.astype(np.float32, copy=False), None
     out = np.zeros((len(X), X.shape[1]), np.float32) if want_rows else None
-    kernel(X, tab, np.ascontiguousarray(which, np.int8), None if codes is None else np.ascontiguousarray(codes, np.int64),
-           bool(normalise), totals, gsums, out, None if rowpart is None else np.ascontiguousarray(rowpart, np.int8),
-           int(part))
+    kernel(X, tab, np.ascontiguousarray(which, np.int8), None if codes is None else np.ascontiguousarray(codes, np.int32),
+           bool(normalise), totals, gsums, out)
     return out
 
 
@@ -423,70 +444,25 @@ def nonsemantic_samples(a: SetRows, b: SetRows, n: int, seed: int) -> list[pd.Da
 
 
 ACCUMULATE_THREADS = 2     # fixed, not the core count: for a given block size the sums are the same on every machine
+F32_GROUP_LIMIT = 65_536   # group sums stored in float32 up to this group size (rounding: about sqrt(size) x 6e-8)
 
 
-def thread_owners(gcode: np.ndarray, n_threads: int, max_share: float = 0.6) -> np.ndarray | None:
-    """The thread that adds each group's rows (indexed by group code): groups dealt largest first, each to the
-    thread with the fewest rows so far (ties to the lowest index: deterministic). None when a thread would still
-    get more than `max_share` of the rows (one group holds most images)."""
-    sizes = np.bincount(gcode[gcode >= 0])
-    if len(sizes) == 0:
-        return None
-    order = np.argsort(-sizes, kind="stable")
-    owner = np.empty(len(sizes), np.int8)
-    load = [0] * n_threads
-    for g, size in zip(order.tolist(), sizes[order].tolist()):     # 40,000 groups: about 15 ms
-        t = load.index(min(load))
-        owner[g] = t
-        load[t] += size
-    return owner if max(load) <= max_share * sizes.sum() else None
-
-
-def _accumulate_shared(make_blocks, which, gcode, normalise: bool, totals, gsums, bar, owner) -> None:
-    """Every block goes to every thread, which adds the rows of the groups it owns (`owner`, from `thread_owners`)
-    into ONE shared array of group sums, so a group's sum is added up in row order by one thread. Private copies
-    per thread would double the largest allocation (164 MB at 4M images and 20,000 groups per set; on the 2-core
-    test VM fresh pages cost about 0.25 s per such copy after an idle moment)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    T = ACCUMULATE_THREADS
-    rowpart = owner[gcode]      # code -1 (no group, or not in a set) reads owner[-1]: still one thread per row
-    tots = [totals] + [np.zeros(totals.shape) for _ in range(T - 1)]
-    lanes = [ThreadPoolExecutor(1) for _ in range(T)]      # one per part: its blocks in order, never two at once
-    try:
-        pending = []
-        for pos, X in make_blocks():
-            # one mapping of the block for all threads (a page is faulted in once), at most 2 blocks ahead
-            pending.append([lane.submit(accumulate_block, X, which[pos], gcode[pos], normalise, tots[t], gsums,
-                                        rowpart=rowpart[pos], part=t) for t, lane in enumerate(lanes)])
-            if len(pending) > 2:
-                for f in pending.pop(0):
-                    f.result()
-            bar.update(len(pos))
-        for fs in pending:
-            for f in fs:
-                f.result()
-    finally:
-        for lane in lanes:
-            lane.shutdown()
-    for tot in tots[1:]:
-        totals += tot
+def group_sums_dtype(largest_group: int) -> type:
+    """float32 storage for group sums of up to F32_GROUP_LIMIT images (half the memory traffic of the pass's random
+    row updates: 0.15-0.2 s of 2.3 on 4M images in 40,000 groups), float64 past it."""
+    return np.float32 if largest_group <= F32_GROUP_LIMIT else np.float64
 
 
 def _parallel_accumulate(make_blocks, which, gcode, normalise: bool, totals, gsums, bar) -> None:
-    """`accumulate_block` over the run on ACCUMULATE_THREADS threads (the numba kernel releases the GIL); the result
-    does not depend on timing. With group sums, one shared array of them (`_accumulate_shared`); without (or when
-    no split of the groups is balanced), thread t takes blocks t, t + T, ... into its own totals and group sums,
-    added up in thread order at the end."""
+    """`accumulate_block` over the run on ACCUMULATE_THREADS threads (the numba kernel releases the GIL): thread t
+    takes blocks t, t + T, ... into its own totals and group sums, added up in thread order at the end, so the
+    result does not depend on timing. Each block is read by one thread only (splitting a block's rows between
+    threads by group made both threads pull every page: 0.65 s more on 4M images)."""
     from concurrent.futures import ThreadPoolExecutor
 
     T = ACCUMULATE_THREADS
-    owner = thread_owners(gcode[which >= 0], T) if gsums is not None else None
-    if owner is not None:
-        return _accumulate_shared(make_blocks, which, gcode, normalise, totals, gsums, bar, owner)
-
     # np.zeros, not zeros_like: calloc'ed pages cost nothing until a group's row is first touched
-    parts = [(totals, gsums)] + [(np.zeros(totals.shape), None if gsums is None else np.zeros(gsums.shape))
+    parts = [(totals, gsums)] + [(np.zeros(totals.shape), None if gsums is None else np.zeros(gsums.shape, gsums.dtype))
                                  for _ in range(T - 1)]
 
     def work_block(t, pos, X):
@@ -512,19 +488,24 @@ def _parallel_accumulate(make_blocks, which, gcode, normalise: bool, totals, gsu
 def stream_sums(run: Run, masks: list[np.ndarray], codes: list, method: str = "rave", boot: dict | None = None,
                 block: int = 65536, progress: bool = False) -> list[dict]:
     """One pass over the memory-mapped vectors of `run`: per set (disjoint boolean masks over its rows) the float64
-    sum of its (for rave: unit-normalised) vectors and, with `codes`, of each group's; with `boot`
+    sum of its (for rave: unit-normalised) vectors and, with `codes`, of each group's (`group_sums_dtype`); with `boot`
     ({"weights": per set (n_boot, n) array or None, "n_boot", "seed"}), per-image bootstrap sums (None weights:
     Poisson(1) per image, from one generator per set, so the draws do not depend on `block`)."""
     n, d = len(run), run.dim
     which = np.full(n, -1, np.int8)
-    gcode = np.full(n, -1, np.int64)
+    gcode = np.full(n, -1, np.int32)
     offsets = np.cumsum([0] + [0 if c is None else int(c.max()) + 1 for c in codes])
+    sizes = [None if c is None else np.bincount(c) for c in codes]
     for s, (m, c) in enumerate(zip(masks, codes)):
-        which[m] = s
+        idx = np.flatnonzero(m)         # a scatter by position: half the time of one by boolean mask (4M rows)
+        which[idx] = s
         if c is not None:
-            gcode[m] = c + offsets[s]
+            gcode[idx] = c + offsets[s]
     totals = np.zeros((len(masks), d), np.float64)
-    gsums = np.zeros((int(offsets[-1]), d), np.float64) if any(c is not None for c in codes) else None
+    gsums = None
+    if any(c is not None for c in codes):
+        largest = max((int(z.max()) for z in sizes if z is not None and len(z)), default=0)
+        gsums = np.zeros((int(offsets[-1]), d), group_sums_dtype(largest))
     seen = [0] * len(masks)
     if boot:
         bsums = [np.zeros((boot["n_boot"], d), np.float64) for _ in masks]
@@ -562,8 +543,7 @@ def stream_sums(run: Run, masks: list[np.ndarray], codes: list, method: str = "r
         part = {"sum": totals[s], "count": int(m.sum())}
         if c is not None:
             part["group_sums"] = gsums[offsets[s]:offsets[s + 1]]
-            totals[s] += part["group_sums"].sum(0)
-            part["group_sizes"] = np.bincount(c).astype(np.float64)
+            part["group_sizes"] = sizes[s].astype(np.float64)
         if boot:
             part["boot_sums"], part["boot_counts"] = bsums[s], bn[s]
         out.append(part)
@@ -571,15 +551,16 @@ def stream_sums(run: Run, masks: list[np.ndarray], codes: list, method: str = "r
 
 
 def _bootstrap(stats: list[dict], full: np.ndarray, n_boot: int, seed: int, method: str, unit: str, scheme: str,
-               progress: bool = False) -> dict:
+               progress: bool = False, counts: list[np.ndarray] | None = None) -> dict:
     if unit == "group":
-        cos = group_bootstrap_from_sums(full, [p["group_sums"] for p in stats], [p["group_sizes"] for p in stats],
-                                        n_boot, seed, method, progress)
-    else:
-        a, b = stats
-        r = residual_from_sums(a["boot_sums"], a["boot_counts"], b["boot_sums"], b["boot_counts"], method)[0]
-        cos = r @ full
-    return bootstrap_summary(cos, unit, seed, scheme)
+        sums = [p["group_sums"] for p in stats]
+        cos = group_bootstrap_from_sums(full, sums, [p["group_sizes"] for p in stats], n_boot, seed, method, progress,
+                                        counts)
+        return dict(bootstrap_summary(cos, unit, seed, scheme),
+                    group_sums_dtype=str(np.result_type(*[S.dtype for S in sums])))
+    a, b = stats
+    r = residual_from_sums(a["boot_sums"], a["boot_counts"], b["boot_sums"], b["boot_counts"], method)[0]
+    return bootstrap_summary(r @ full, unit, seed, scheme)
 
 
 BOOT_SCHEMES = {
@@ -606,17 +587,24 @@ def _read_sets(r_from: Run, r_to: Run, from_: str, to: str):
 
 
 def _stream_sets(r_from: Run, r_to: Run, m_from, m_to, meta_from, meta_to, method, bootstrap, seed, budget, block,
-                 progress=False):
+                 progress=False, side=None):
     """The two sets' sufficient statistics in one streaming pass per run, and the bootstrap unit and scheme:
-    groups (their sums) when every image has one and the sums fit half the budget, else images."""
+    groups (their sums) when every image has one and the sums fit half the budget, else images. With `side` (an
+    executor), the group bootstrap's draws are made there during the pass; returned as a future (else None)."""
     c_from, c_to = meta_from.group_codes(), meta_to.group_codes()
     d = r_from.dim
     unit = "group" if c_from is not None and c_to is not None else "image"
-    if unit == "group" and bootstrap and (c_from.max() + c_to.max() + 2) * d * 8 > budget // 2:
-        log.warning("residual: %d groups' sums would not fit half the memory budget; bootstrapping images instead",
-                    c_from.max() + c_to.max() + 2)
-        unit = "image"
+    if unit == "group" and bootstrap:
+        n_groups = [int(c.max()) + 1 if len(c) else 0 for c in (c_from, c_to)]
+        largest = max([int(np.bincount(c).max()) for c in (c_from, c_to) if len(c)], default=0)
+        need = sum(n_groups) * d * ACCUMULATE_THREADS * np.dtype(group_sums_dtype(largest)).itemsize
+        if need > budget // 2:
+            log.warning("residual: %d groups' sums would not fit half the memory budget; bootstrapping images instead",
+                        sum(n_groups))
+            unit = "image"
     codes = [c_from, c_to] if unit == "group" and bootstrap else [None, None]     # group sums: for the bootstrap
+    draws = (side.submit(group_resample_counts, n_groups, bootstrap, seed)
+             if side is not None and codes[0] is not None else None)
     boot = None
     scheme = "group"
     if bootstrap and unit == "image":
@@ -631,7 +619,7 @@ def _stream_sets(r_from: Run, r_to: Run, m_from, m_to, meta_from, meta_to, metho
         st_to = stream_sums(r_to, [m_to], codes[1:], method, b_to, block, progress)[0]
     if st_from["count"] == 0 or st_to["count"] == 0:
         raise ConfigError("A residual needs at least one image in each set.")
-    return st_from, st_to, unit, scheme, c_from, c_to
+    return st_from, st_to, unit, scheme, c_from, c_to, draws
 
 
 def residual(run: str | os.PathLike, from_: str, to: str, out: str | os.PathLike, *, to_run: str | os.PathLike | None = None,
@@ -640,7 +628,7 @@ def residual(run: str | os.PathLike, from_: str, to: str, out: str | os.PathLike
     """Compute the residual from set `from_` to set `to` of a run (or of `to_run`) and write it with its sidecar.
 
     Streams the memory-mapped shards once, `block` vectors at a time, keeping float64 sums per set (and per group
-    for the group bootstrap); `memory_budget` bounds what it holds beyond one block (group sums, bootstrap weights)."""
+    for the group bootstrap, float32 while groups are small: `group_sums_dtype`); `memory_budget` bounds what it holds beyond one block (group sums, bootstrap weights)."""
     check_param("method", method, METHODS, "residual")
     check_param("bootstrap", bootstrap, Interval(int, 0), "residual")
     budget = parse_bytes(memory_budget)
@@ -653,19 +641,23 @@ def residual(run: str | os.PathLike, from_: str, to: str, out: str | os.PathLike
                                    f"({', '.join(diff)}); a residual needs one. Re-extract one of them with the other's "
                                    f"model: `embedlab extract ... --model {r_from.manifest['model']} --pretrained "
                                    f"{r_from.manifest['pretrained']}`.")
-    m_from, m_to, meta_from, meta_to = _read_sets(r_from, r_to, from_, to)
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(1) as side:     # the sample's parquet reads overlap the vector pass
+    # one side thread: numba's start-up overlaps the metadata read; the sample's parquet reads and the bootstrap
+    # draws overlap the vector pass
+    with ThreadPoolExecutor(1) as side:
+        kernel = side.submit(preload_accumulate_kernel)
+        m_from, m_to, meta_from, meta_to = _read_sets(r_from, r_to, from_, to)
         samples = side.submit(nonsemantic_samples, meta_from, meta_to, NONSEMANTIC_SAMPLE, seed)
-        st_from, st_to, unit, scheme, c_from, c_to = _stream_sets(r_from, r_to, m_from, m_to, meta_from, meta_to,
-                                                                  method, bootstrap, seed, budget, block, progress)
+        st_from, st_to, unit, scheme, c_from, c_to, draws = _stream_sets(
+            r_from, r_to, m_from, m_to, meta_from, meta_to, method, bootstrap, seed, budget, block, progress, side)
+        kernel.result()
 
     r, thr, v_from, v_to = residual_from_sums(st_from["sum"], st_from["count"], st_to["sum"], st_to["count"], method)
     check_separation(separation(st_from["sum"], st_from["count"], st_to["sum"], st_to["count"], method),
                      r_from.manifest.get("vector_dtype", "float32"), f"{r_from.path}:{from_}", f"{r_to.path}:{to}")
-    stab = (_bootstrap([st_from, st_to], r, bootstrap, seed, method, unit, BOOT_SCHEMES[scheme], progress)
-            if bootstrap > 0 else None)
+    stab = (_bootstrap([st_from, st_to], r, bootstrap, seed, method, unit, BOOT_SCHEMES[scheme], progress,
+                       draws.result() if draws is not None else None) if bootstrap > 0 else None)
     nonsem = compare_nonsemantic(*samples.result())
     nonsem["sample"] = {"max_per_set": NONSEMANTIC_SAMPLE, "seed": seed, "from": min(len(meta_from), NONSEMANTIC_SAMPLE),
                         "to": min(len(meta_to), NONSEMANTIC_SAMPLE)}
