@@ -219,8 +219,9 @@ def _make_accumulate_kernel():
 def preload_accumulate_kernel() -> None:
     """Load the kernel (numba's start-up, about 0.45 s even from its cache) with the argument types of a grouped
     pass over float16 vectors; run on a side thread while the metadata is read."""
-    accumulate_block(np.zeros((1, 8), np.float16), np.zeros(1, np.int8), np.zeros(1, np.int32), True,
-                     np.zeros((1, 8)), np.zeros((1, 8), np.float32))
+    X = np.zeros((1, 8), np.float16)
+    X.flags.writeable = False           # as a block of a memory-mapped shard: numba types read-only arrays apart
+    accumulate_block(X, np.zeros(1, np.int8), np.zeros(1, np.int32), True, np.zeros((1, 8)), np.zeros((1, 8), np.float32))
 
 
 def accumulate_block(X: np.ndarray, which: np.ndarray, codes: np.ndarray | None, normalise: bool, totals: np.ndarray,
