@@ -217,11 +217,17 @@ def _make_accumulate_kernel():
 
 
 def preload_accumulate_kernel() -> None:
-    """Load the kernel (numba's start-up, about 0.45 s even from its cache) with the argument types of a grouped
-    pass over float16 vectors; run on a side thread while the metadata is read."""
-    X = np.zeros((1, 8), np.float16)
-    X.flags.writeable = False           # as a block of a memory-mapped shard: numba types read-only arrays apart
-    accumulate_block(X, np.zeros(1, np.int8), np.zeros(1, np.int32), True, np.zeros((1, 8)), np.zeros((1, 8), np.float32))
+    """Load the kernel (numba's start-up, about 0.45 s even from its cache: mostly its type registries, shared by
+    every signature) with the argument types of a group-bootstrap pass over a float16 run; run on a side thread
+    while the metadata is read. Other calls (float32 runs, no bootstrap, small selections) then load only their own
+    signature. A failure here is only logged: the pass loads the kernel itself and reports its errors."""
+    try:
+        X = np.zeros((1, 8), np.float16)
+        X.flags.writeable = False       # as a block of a memory-mapped shard: numba types read-only arrays apart
+        accumulate_block(X, np.zeros(1, np.int8), np.zeros(1, np.int32), True, np.zeros((1, 8)),
+                         np.zeros((1, 8), np.float32))
+    except Exception:       # noqa: BLE001 - a speed-up only
+        log.debug("residual: preloading the accumulation kernel failed", exc_info=True)
 
 
 def accumulate_block(X: np.ndarray, which: np.ndarray, codes: np.ndarray | None, normalise: bool, totals: np.ndarray,
@@ -445,13 +451,21 @@ def nonsemantic_samples(a: SetRows, b: SetRows, n: int, seed: int) -> list[pd.Da
 
 
 ACCUMULATE_THREADS = 2     # fixed, not the core count: for a given block size the sums are the same on every machine
-F32_GROUP_LIMIT = 65_536   # group sums stored in float32 up to this group size (rounding: about sqrt(size) x 6e-8)
+# group sums stored in float32 up to this group size: relative rounding error about sqrt(size) x 6e-8 for varied
+# rows, size x 6e-8 at worst (identical rows): 2.4e-4 at the limit
+F32_GROUP_LIMIT = 4096
 
 
 def group_sums_dtype(largest_group: int) -> type:
     """float32 storage for group sums of up to F32_GROUP_LIMIT images (half the memory traffic of the pass's random
     row updates: 0.15-0.2 s of 2.3 on 4M images in 40,000 groups), float64 past it."""
     return np.float32 if largest_group <= F32_GROUP_LIMIT else np.float64
+
+
+def group_bootstrap_bytes(n_groups: list[int], d: int, n_boot: int, dtype) -> int:
+    """Memory of the group bootstrap beyond one block: each pass thread's copy of the group sums, and the draws
+    (float64 counts per resample and group) made during the pass."""
+    return sum(n_groups) * (d * ACCUMULATE_THREADS * np.dtype(dtype).itemsize + n_boot * 8)
 
 
 def _parallel_accumulate(make_blocks, which, gcode, normalise: bool, totals, gsums, bar) -> None:
@@ -487,15 +501,16 @@ def _parallel_accumulate(make_blocks, which, gcode, normalise: bool, totals, gsu
 
 
 def stream_sums(run: Run, masks: list[np.ndarray], codes: list, method: str = "rave", boot: dict | None = None,
-                block: int = 65536, progress: bool = False) -> list[dict]:
+                block: int = 65536, progress: bool = False, group_dtype=None) -> list[dict]:
     """One pass over the memory-mapped vectors of `run`: per set (disjoint boolean masks over its rows) the float64
-    sum of its (for rave: unit-normalised) vectors and, with `codes`, of each group's (`group_sums_dtype`); with `boot`
+    sum of its (for rave: unit-normalised) vectors and, with `codes`, of each group's (stored as `group_dtype`, by
+    default `group_sums_dtype` of the largest group); with `boot`
     ({"weights": per set (n_boot, n) array or None, "n_boot", "seed"}), per-image bootstrap sums (None weights:
     Poisson(1) per image, from one generator per set, so the draws do not depend on `block`)."""
     n, d = len(run), run.dim
     which = np.full(n, -1, np.int8)
     gcode = np.full(n, -1, np.int32)
-    offsets = np.cumsum([0] + [0 if c is None else int(c.max()) + 1 for c in codes])
+    offsets = np.cumsum([0] + [0 if c is None or not len(c) else int(c.max()) + 1 for c in codes])
     sizes = [None if c is None else np.bincount(c) for c in codes]
     for s, (m, c) in enumerate(zip(masks, codes)):
         idx = np.flatnonzero(m)         # a scatter by position: half the time of one by boolean mask (4M rows)
@@ -506,7 +521,7 @@ def stream_sums(run: Run, masks: list[np.ndarray], codes: list, method: str = "r
     gsums = None
     if any(c is not None for c in codes):
         largest = max((int(z.max()) for z in sizes if z is not None and len(z)), default=0)
-        gsums = np.zeros((int(offsets[-1]), d), group_sums_dtype(largest))
+        gsums = np.zeros((int(offsets[-1]), d), group_dtype or group_sums_dtype(largest))
     seen = [0] * len(masks)
     if boot:
         bsums = [np.zeros((boot["n_boot"], d), np.float64) for _ in masks]
@@ -595,11 +610,12 @@ def _stream_sets(r_from: Run, r_to: Run, m_from, m_to, meta_from, meta_to, metho
     c_from, c_to = meta_from.group_codes(), meta_to.group_codes()
     d = r_from.dim
     unit = "group" if c_from is not None and c_to is not None else "image"
+    gdtype = None
     if unit == "group" and bootstrap:
         n_groups = [int(c.max()) + 1 if len(c) else 0 for c in (c_from, c_to)]
         largest = max([int(np.bincount(c).max()) for c in (c_from, c_to) if len(c)], default=0)
-        need = sum(n_groups) * d * ACCUMULATE_THREADS * np.dtype(group_sums_dtype(largest)).itemsize
-        if need > budget // 2:
+        gdtype = group_sums_dtype(largest)       # one storage type for both sets, also when they come from two runs
+        if group_bootstrap_bytes(n_groups, d, bootstrap, gdtype) > budget // 2:
             log.warning("residual: %d groups' sums would not fit half the memory budget; bootstrapping images instead",
                         sum(n_groups))
             unit = "image"
@@ -612,12 +628,12 @@ def _stream_sets(r_from: Run, r_to: Run, m_from, m_to, meta_from, meta_to, metho
         weights, scheme = image_bootstrap_weights((len(meta_from), len(meta_to)), bootstrap, seed, budget // 16, progress)
         boot = {"weights": weights, "n_boot": bootstrap, "seed": seed}
     if r_to is r_from:
-        st_from, st_to = stream_sums(r_from, [m_from, m_to], codes, method, boot, block, progress)
+        st_from, st_to = stream_sums(r_from, [m_from, m_to], codes, method, boot, block, progress, gdtype)
     else:
         b_from = dict(boot, weights=[boot["weights"][0]]) if boot else None
         b_to = dict(boot, weights=[boot["weights"][1]], first_set=1) if boot else None
-        st_from = stream_sums(r_from, [m_from], codes[:1], method, b_from, block, progress)[0]
-        st_to = stream_sums(r_to, [m_to], codes[1:], method, b_to, block, progress)[0]
+        st_from = stream_sums(r_from, [m_from], codes[:1], method, b_from, block, progress, gdtype)[0]
+        st_to = stream_sums(r_to, [m_to], codes[1:], method, b_to, block, progress, gdtype)[0]
     if st_from["count"] == 0 or st_to["count"] == 0:
         raise ConfigError("A residual needs at least one image in each set.")
     return st_from, st_to, unit, scheme, c_from, c_to, draws
@@ -629,7 +645,8 @@ def residual(run: str | os.PathLike, from_: str, to: str, out: str | os.PathLike
     """Compute the residual from set `from_` to set `to` of a run (or of `to_run`) and write it with its sidecar.
 
     Streams the memory-mapped shards once, `block` vectors at a time, keeping float64 sums per set (and per group
-    for the group bootstrap, float32 while groups are small: `group_sums_dtype`); `memory_budget` bounds what it holds beyond one block (group sums, bootstrap weights)."""
+    for the group bootstrap, float32 while groups are small: `group_sums_dtype`); `memory_budget` bounds what it
+    holds beyond one block (per-thread group sums and the group draws, `group_bootstrap_bytes`; bootstrap weights)."""
     check_param("method", method, METHODS, "residual")
     check_param("bootstrap", bootstrap, Interval(int, 0), "residual")
     budget = parse_bytes(memory_budget)

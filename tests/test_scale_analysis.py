@@ -98,6 +98,47 @@ def test_no_group_sums_and_no_budget_warning_without_a_bootstrap(tmp_path, small
     assert np.allclose(small.vector, with_boot.vector, rtol=0, atol=1e-7)
 
 
+def test_group_bootstrap_budget_counts_both_threads_sums_and_the_draws(tmp_path, small_run):
+    """The group bootstrap is chosen exactly while its sums (one copy per pass thread) and its draws fit half the
+    memory budget; past it, images are resampled."""
+    import embedlab.residual as R
+
+    meta = small_run.read_metadata(["role", "group"])
+    n_groups = [meta["group"][meta["role"] == r].nunique() for r in ("backlit", "welllit")]
+    need = R.group_bootstrap_bytes(n_groups, small_run.dim, 20, np.float32)
+    assert need == sum(n_groups) * (small_run.dim * R.ACCUMULATE_THREADS * 4 + 20 * 8)
+    units = [residual(small_run.path, "backlit", "welllit", tmp_path / f"b{b}.npy", bootstrap=20,
+                      memory_budget=b).info["bootstrap"]["unit"] for b in (2 * need, 2 * need - 2)]
+    assert units == ["group", "image"]
+
+
+def test_weighted_group_sums_chunk_by_chunk():
+    from embedlab.residual import _weighted_sums
+
+    rng = np.random.default_rng(0)
+    W, S = rng.integers(0, 3, (5, 30)).astype(float), rng.standard_normal((30, 4)).astype(np.float32)
+    assert np.allclose(_weighted_sums(W, S, chunk=7), W @ S.astype(np.float64), rtol=0, atol=1e-12)
+
+
+def test_one_group_sum_type_for_both_runs(tmp_path, monkeypatch):
+    """Two runs whose largest groups fall on either side of the float32 limit store their group sums alike, and the
+    sidecar names that type."""
+    import embedlab.residual as R
+
+    a = make_run(tmp_path / "a", 1500, d=16, groups=20)
+    b = make_run(tmp_path / "b", 1500, d=16, groups=200)
+    largest = [r.metadata["group"][r.metadata["role"] == role].value_counts().max()
+               for r, role in ((a, "backlit"), (b, "welllit"))]
+    assert largest[0] > largest[1]          # alone, run a's sums would be float64 and run b's float32
+    monkeypatch.setattr(R, "F32_GROUP_LIMIT", int(largest[1]))
+    seen = []
+    orig = R.stream_sums
+    monkeypatch.setattr(R, "stream_sums", lambda *a, **k: seen.append(orig(*a, **k)) or seen[-1])
+    res = residual(a.path, "backlit", "welllit", tmp_path / "r.npy", to_run=str(b.path), bootstrap=10)
+    assert [part[0]["group_sums"].dtype for part in seen] == [np.float64, np.float64]
+    assert res.info["bootstrap"]["unit"] == "group" and res.info["bootstrap"]["group_sums_dtype"] == "float64"
+
+
 def test_metadata_rows_in_the_order_asked(small_run):
     """Unsorted and repeated positions across shards come back in the order asked, as the full metadata has them;
     each set's non-semantic sample holds that set's sampled rows."""
