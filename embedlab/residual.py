@@ -500,14 +500,9 @@ def _parallel_accumulate(make_blocks, which, gcode, normalise: bool, totals, gsu
             gsums += gs
 
 
-def stream_sums(run: Run, masks: list[np.ndarray], codes: list, method: str = "rave", boot: dict | None = None,
-                block: int = 65536, progress: bool = False, group_dtype=None) -> list[dict]:
-    """One pass over the memory-mapped vectors of `run`: per set (disjoint boolean masks over its rows) the float64
-    sum of its (for rave: unit-normalised) vectors and, with `codes`, of each group's (stored as `group_dtype`, by
-    default `group_sums_dtype` of the largest group); with `boot`
-    ({"weights": per set (n_boot, n) array or None, "n_boot", "seed"}), per-image bootstrap sums (None weights:
-    Poisson(1) per image, from one generator per set, so the draws do not depend on `block`)."""
-    n, d = len(run), run.dim
+def _row_layout(n: int, masks: list[np.ndarray], codes: list):
+    """Per row of a run: its set (-1: in none) and its group's row in the stacked group sums (-1: none); each set's
+    first row there (`offsets`) and its group sizes."""
     which = np.full(n, -1, np.int8)
     gcode = np.full(n, -1, np.int32)
     offsets = np.cumsum([0] + [0 if c is None or not len(c) else int(c.max()) + 1 for c in codes])
@@ -517,42 +512,62 @@ def stream_sums(run: Run, masks: list[np.ndarray], codes: list, method: str = "r
         which[idx] = s
         if c is not None:
             gcode[idx] = c + offsets[s]
+    return which, gcode, offsets, sizes
+
+
+def _accumulate_image_bootstrap(make_blocks, which, gcode, normalise: bool, totals, gsums, boot: dict, bar):
+    """`accumulate_block` in one thread, each block's normalised rows also weighted into per-image bootstrap sums;
+    returns (per set (n_boot, d) sums, per set (n_boot,) total weights)."""
+    n_sets, d = totals.shape
+    bsums = [np.zeros((boot["n_boot"], d), np.float64) for _ in range(n_sets)]
+    bn = [np.zeros(boot["n_boot"], np.float64) for _ in range(n_sets)]
+    rngs = [np.random.default_rng([boot["seed"], s + boot.get("first_set", 0)]) for s in range(n_sets)]
+    seen = [0] * n_sets
+    for pos, X in make_blocks():
+        bar.update(len(pos))
+        w = which[pos]
+        Xn = accumulate_block(X, w, None if gcode is None else gcode[pos], normalise, totals, gsums, want_rows=True)
+        for s in range(n_sets):
+            hit = np.flatnonzero(w == s)
+            if boot["weights"][s] is not None:
+                W = boot["weights"][s][:, seen[s]:seen[s] + len(hit)]
+            else:
+                W = rngs[s].poisson(1.0, (len(hit), boot["n_boot"])).T.astype(np.float32)
+            bsums[s] += (W @ Xn[hit]).astype(np.float64)
+            bn[s] += W.sum(1)
+            seen[s] += len(hit)
+    return bsums, bn
+
+
+def stream_sums(run: Run, masks: list[np.ndarray], codes: list, method: str = "rave", boot: dict | None = None,
+                block: int = 65536, progress: bool = False, group_dtype=None) -> list[dict]:
+    """One pass over the memory-mapped vectors of `run`: per set (disjoint boolean masks over its rows) the float64
+    sum of its (for rave: unit-normalised) vectors and, with `codes`, of each group's (stored as `group_dtype`, by
+    default `group_sums_dtype` of the largest group); with `boot`
+    ({"weights": per set (n_boot, n) array or None, "n_boot", "seed"}), per-image bootstrap sums (None weights:
+    Poisson(1) per image, from one generator per set, so the draws do not depend on `block`)."""
+    from ._io import progress_bar
+
+    n, d = len(run), run.dim
+    which, gcode, offsets, sizes = _row_layout(n, masks, codes)
     totals = np.zeros((len(masks), d), np.float64)
     gsums = None
     if any(c is not None for c in codes):
         largest = max((int(z.max()) for z in sizes if z is not None and len(z)), default=0)
         gsums = np.zeros((int(offsets[-1]), d), group_dtype or group_sums_dtype(largest))
-    seen = [0] * len(masks)
-    if boot:
-        bsums = [np.zeros((boot["n_boot"], d), np.float64) for _ in masks]
-        bn = [np.zeros(boot["n_boot"], np.float64) for _ in masks]
-        rngs = [np.random.default_rng([boot["seed"], s + boot.get("first_set", 0)]) for s in range(len(masks))]
     union = which >= 0
     rows = None if union.mean() > 0.5 else union
-    from ._io import progress_bar
-
     bar = progress_bar(progress, total=n if rows is None else int(union.sum()), desc=f"residual: {run.path.name}",
                        unit="img")
+
     def blocks():
         return run.iter_vectors(rows, block, dtype=None)
 
-    if not boot:
-        _parallel_accumulate(blocks, which, gcode if gsums is not None else None, method == "rave", totals, gsums, bar)
-    for pos, X in (blocks() if boot else ()):
-        bar.update(len(pos))
-        w = which[pos]
-        Xn = accumulate_block(X, w, gcode[pos] if gsums is not None else None, method == "rave", totals, gsums,
-                              want_rows=bool(boot))
-        if boot:
-            for s in range(len(masks)):
-                hit = np.flatnonzero(w == s)
-                if boot["weights"][s] is not None:
-                    W = boot["weights"][s][:, seen[s]:seen[s] + len(hit)]
-                else:
-                    W = rngs[s].poisson(1.0, (len(hit), boot["n_boot"])).T.astype(np.float32)
-                bsums[s] += (W @ Xn[hit]).astype(np.float64)
-                bn[s] += W.sum(1)
-                seen[s] += len(hit)
+    gcode = gcode if gsums is not None else None
+    if boot:
+        bsums, bn = _accumulate_image_bootstrap(blocks, which, gcode, method == "rave", totals, gsums, boot, bar)
+    else:
+        _parallel_accumulate(blocks, which, gcode, method == "rave", totals, gsums, bar)
     bar.close()
     out = []
     for s, (m, c) in enumerate(zip(masks, codes)):
@@ -639,6 +654,20 @@ def _stream_sets(r_from: Run, r_to: Run, m_from, m_to, meta_from, meta_to, metho
     return st_from, st_to, unit, scheme, c_from, c_to, draws
 
 
+def _open_runs(run, to_run) -> tuple[Run, Run]:
+    """The run of each set (one object when both sets come from one run), refusing runs of different models."""
+    r_from = Run(run)
+    r_to = Run(to_run) if to_run else r_from
+    if r_to is not r_from and r_from.model_identity != r_to.model_identity:
+        diff = {k: (r_from.model_identity[k], r_to.model_identity[k]) for k in r_from.model_identity
+                if r_from.model_identity[k] != r_to.model_identity[k]}
+        raise IncompatibleRunError(f"Runs {r_from.path} and {r_to.path} used different models or preprocessing "
+                                   f"({', '.join(diff)}); a residual needs one. Re-extract one of them with the other's "
+                                   f"model: `embedlab extract ... --model {r_from.manifest['model']} --pretrained "
+                                   f"{r_from.manifest['pretrained']}`.")
+    return r_from, r_to
+
+
 def residual(run: str | os.PathLike, from_: str, to: str, out: str | os.PathLike, *, to_run: str | os.PathLike | None = None,
              method: str = "rave", bootstrap: int = 200, seed: int = 0, memory_budget: "str | int" = "1G",
              block: int = 65536, progress: bool = True) -> Residual:
@@ -650,15 +679,7 @@ def residual(run: str | os.PathLike, from_: str, to: str, out: str | os.PathLike
     check_param("method", method, METHODS, "residual")
     check_param("bootstrap", bootstrap, Interval(int, 0), "residual")
     budget = parse_bytes(memory_budget)
-    r_from = Run(run)
-    r_to = Run(to_run) if to_run else r_from
-    if r_to is not r_from and r_from.model_identity != r_to.model_identity:
-        diff = {k: (r_from.model_identity[k], r_to.model_identity[k]) for k in r_from.model_identity
-                if r_from.model_identity[k] != r_to.model_identity[k]}
-        raise IncompatibleRunError(f"Runs {r_from.path} and {r_to.path} used different models or preprocessing "
-                                   f"({', '.join(diff)}); a residual needs one. Re-extract one of them with the other's "
-                                   f"model: `embedlab extract ... --model {r_from.manifest['model']} --pretrained "
-                                   f"{r_from.manifest['pretrained']}`.")
+    r_from, r_to = _open_runs(run, to_run)
     from concurrent.futures import ThreadPoolExecutor
 
     # one side thread: numba's start-up overlaps the metadata read; the sample's parquet reads and the bootstrap
