@@ -1,6 +1,6 @@
 """The demo's closed loop on its held-out photos (issue 15). Prints a summary and writes JSON.
 
-    OMP_NUM_THREADS=1 python analyses/eval_demo_loop.py [--out analyses/results] [--work DIR] [--iters N] [--compare]
+    python analyses/eval_demo_loop.py [--out analyses/results] [--work DIR] [--iters N] [--compare]
 
 Runs `embedlab demo` (the demo CLIP from the cache or the copy shipped with embedlab; the enhancer trained with the
 `demo` preset on the corrected residual, and one on the raw residual for the curves) and reports, on the held-out

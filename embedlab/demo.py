@@ -49,7 +49,7 @@ def pick_bias_concept(concepts: list[dict]) -> str | None:
     return None
 
 
-IDLE_SECONDS_PER_ITER = 0.34   # measured: a fresh clone's demo trained 2 x 200 iterations in 136.4 s on 2 idle cores
+IDLE_SECONDS_PER_ITER = 0.22   # measured: the demo trained 2 x 200 iterations in 87.1 s on 2 idle cores (bench_demo)
 
 
 def training_notice(train_iters: int | None = None, raw_curve: bool = True, compare: bool = False) -> str:

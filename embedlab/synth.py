@@ -99,9 +99,18 @@ def add_veiling_glare(x: np.ndarray, m: np.ndarray, rng: np.random.Generator) ->
     return x, {"glare": glare, "glare_radius": rho, "glare_tint": [float(t) for t in tint], "light_yx": [int(ys), int(xs)]}
 
 
-def recipe_a(u8: np.ndarray, seed: int = 0) -> Synthesis:
-    """Recipe A (normative): backlight by dual exposure through a background mask, glare, noise, clipping."""
+RECIPE_A_STEPS = ("desaturation", "glare", "noise")   # the steps after the dual exposure that `omit` may leave out
+
+
+def recipe_a(u8: np.ndarray, seed: int = 0, omit: tuple[str, ...] = ()) -> Synthesis:
+    """Recipe A (normative): backlight by dual exposure through a background mask, glare, noise, clipping.
+
+    `omit` leaves named steps out (an ablation: which part of the degradation does an enhancer fail to undo?);
+    every random draw is still made, so the other steps stay exactly those of the full recipe for this seed."""
     u8 = _check_u8(u8)
+    unknown = set(omit) - set(RECIPE_A_STEPS)
+    if unknown:
+        raise ValueError(f"recipe_a: unknown step(s) {sorted(unknown)} in omit; the steps are {RECIPE_A_STEPS}")
     rng = np.random.default_rng(seed)
     img = u8 / 255.0
     params: dict = {"recipe": "A", "seed": int(seed)}
@@ -110,14 +119,20 @@ def recipe_a(u8: np.ndarray, seed: int = 0) -> Synthesis:
     ev_bg, ev_fg = rng.uniform(0.3, 1.5), rng.uniform(-4, -2)
     x = x * (2.0 ** (m * ev_bg + (1 - m) * ev_fg))[..., None]
     sat = rng.uniform(0.6, 0.9)
-    y = x @ LUMA
-    x = y[..., None] + (x - y[..., None]) * (m + (1 - m) * sat)[..., None]
-    x, glare_params = add_veiling_glare(x, m, rng)
+    if "desaturation" not in omit:
+        y = x @ LUMA
+        x = y[..., None] + (x - y[..., None]) * (m + (1 - m) * sat)[..., None]
+    glared, glare_params = add_veiling_glare(x, m, rng)
+    if "glare" not in omit:
+        x = glared
     noise = rng.normal(size=x.shape)
     k, sigma_r = rng.uniform(5e-4, 3e-3), rng.uniform(5e-4, 2e-3)
-    x = x + noise * np.sqrt(np.clip(x, 0, None) * k + sigma_r**2)
+    if "noise" not in omit:
+        x = x + noise * np.sqrt(np.clip(x, 0, None) * k + sigma_r**2)
     out = (linear_to_srgb(x) * 255 + 0.5).astype(np.uint8)
     params.update(ev_bg=ev_bg, ev_fg=ev_fg, shadow_saturation=sat, **glare_params, noise_k=k, noise_sigma_r=sigma_r)
+    if omit:
+        params["omitted"] = [s for s in RECIPE_A_STEPS if s in omit]
     return Synthesis(out, m, _floats(params))
 
 

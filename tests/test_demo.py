@@ -34,6 +34,25 @@ def test_pretrain_demo_plumbing_is_deterministic_and_cached(tmp_path, monkeypatc
     assert all(("cat" in c) for c in captions)
 
 
+def test_saturation_jitter_changes_colour_and_keeps_luma():
+    """The demo CLIP's saturation augmentation (recipe v3) must not be a lighting change: it scales each pixel's
+    colour around its linear-light luma, so the luma stays (where nothing clips) and factor 1 is the identity."""
+    from embedlab.colour import LUMA, srgb_to_linear
+    from embedlab.demo_clip import DemoRecipe, saturate
+
+    img = np.random.default_rng(0).integers(60, 190, (24, 24, 3), dtype=np.uint8)
+    luma = lambda u8: srgb_to_linear(u8 / 255.0) @ LUMA                                      # noqa: E731
+    spread = lambda u8: np.ptp(srgb_to_linear(u8 / 255.0), axis=2).mean()                    # noqa: E731
+    assert np.abs(saturate(img, 1.0).astype(int) - img).max() <= 1
+    assert np.ptp(saturate(img, 0.0).astype(int), axis=2).max() <= 1                          # grey
+    for factor in (0.6, 1.25):
+        out = saturate(img, factor)
+        assert np.abs(luma(out) - luma(img)).max() < 0.01
+        assert (spread(out) > spread(img)) == (factor > 1)
+    lo, hi = DemoRecipe().saturation_jitter
+    assert lo < 1 < hi                                                                       # on by default
+
+
 def test_bias_rule_skips_lighting_words():
     from embedlab.demo import pick_bias_concept
 
@@ -102,19 +121,12 @@ def test_shipped_demo_clip_is_the_default_recipe_and_unpacks(tmp_path):
 
 @pytest.fixture(scope="module")
 def demo_loop_result(tmp_path_factory):
-    """One default demo run (the shipped demo CLIP, the `demo` train preset, fixed seed, one thread as the measured
-    run in analyses/results/eval_demo_loop.json) scored by analyses/eval_demo_loop.py."""
-    import torch
-
+    """One default demo run (the shipped demo CLIP, the `demo` train preset, fixed seed, the demo's fixed training
+    thread count as in the measured run in analyses/results/eval_demo_loop.json) scored by analyses/eval_demo_loop.py."""
     sys.path.insert(0, str(REPO / "analyses"))
     from eval_demo_loop import run_eval
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return run_eval("cpu", str(tmp_path_factory.mktemp("loop")), raw_curve=False)
-    finally:
-        torch.set_num_threads(threads)
+    return run_eval("cpu", str(tmp_path_factory.mktemp("loop")), raw_curve=False)
 
 
 @pytest.mark.slow
@@ -126,16 +138,17 @@ def test_demo_loop_enhances_the_held_out_photos(demo_loop_result):
     b, m = demo_loop_result["bars"], demo_loop_result["metrics"]
     assert b["psnr_ok"] and b["dark40_ok"], (b, m)
     assert m["enhanced"]["mean_luma"] > m["input"]["mean_luma"], m
-    assert b["projection_share_of_gap"] > 0.25, b
+    assert b["projection_share_of_gap"] > 0.40, b          # v3 demo CLIP: 0.46 (0.44-0.46 over CLIP seeds 0-2)
     last = [p["psnr"] for p in demo_loop_result["curves"]["RAVE, corrected residual"][-3:]]
     assert len(last) == 3 and min(last) >= m["input"]["psnr"] + 1.0 and max(last) - min(last) < 0.5, last
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 15 bar not met yet: the converged demo preset moves the held-out "
-                                       "projection ~35% of the way to thr, not 50%; a lower identity weight gets "
-                                       "further only by over-brightening (0.53 of the gap at +0.6 dB, below the PSNR "
-                                       "bar; analyses/results/eval_demo_loop.json)")
+@pytest.mark.xfail(strict=True, reason="issue 15 bar not met yet: the demo preset moves the held-out projection "
+                                       "46% of the way to thr, not 50%; even the best output a one-gain-per-pixel "
+                                       "enhancer can make gets about 51% (analyses/oracle_demo_gain.py: Recipe A's "
+                                       "veiling glare cannot be divided away), and a lower identity weight reaches "
+                                       "50% only at about +1.0 dB (analyses/results/eval_demo_loop.json)")
 def test_demo_loop_projection_reaches_halfway_to_thr(demo_loop_result):
     assert demo_loop_result["bars"]["projection_ok"], demo_loop_result["bars"]
 
@@ -159,9 +172,10 @@ def test_demo_clip_heldout_quality(demo_clip_eval):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="known regression of the v2 ('spatial') demo CLIP recipe: its well-lit "
-                                       "variants with glaring backgrounds make 'washed-out' the balanced residual's "
-                                       "top-1 word and push the planted objects out of the top 3 (v1 passed both)")
+@pytest.mark.xfail(strict=True, reason="known regression since the v2 ('spatial') demo CLIP recipe (v3 too): its "
+                                       "well-lit variants with glaring backgrounds make 'blown-out' or 'washed-out' "
+                                       "the balanced residual's top-1 word and push the planted objects out of the "
+                                       "top 3 (v1 passed both)")
 def test_demo_clip_concept_report_quality(demo_clip_eval):
     res = demo_clip_eval
     assert res["balanced"]["top1_is_welllit_synonym"], res["balanced"]

@@ -23,6 +23,26 @@ def test_recipe_a_matches_the_normative_sketch():
         assert ours.params["seed"] == seed and -4 <= ours.params["ev_fg"] <= -2
 
 
+def test_recipe_a_ablation_leaves_out_only_the_named_steps():
+    """`omit` (used by analyses/oracle_demo_gain.py) keeps every draw of the full recipe: leaving all three steps
+    out gives exactly the dual exposure through the same mask, and leaving one out keeps the others' parameters."""
+    from embedlab.colour import linear_to_srgb, srgb_to_linear
+    from embedlab.photos import load_photo
+
+    img = load_photo("pkg:skimage/coffee")[::4, ::4].copy()
+    full = synth.recipe_a(img, 2)
+    bare = synth.recipe_a(img, 2, omit=synth.RECIPE_A_STEPS)
+    p = full.params
+    exposure = 2.0 ** (full.mask * p["ev_bg"] + (1 - full.mask) * p["ev_fg"])
+    expected = (linear_to_srgb(srgb_to_linear(img / 255.0) * exposure[..., None]) * 255 + 0.5).astype(np.uint8)
+    assert np.array_equal(bare.image, expected) and np.array_equal(bare.mask, full.mask)
+    no_glare = synth.recipe_a(img, 2, omit=("glare",))
+    assert not np.array_equal(no_glare.image, full.image)
+    assert {k: v for k, v in no_glare.params.items() if k != "omitted"} == p and no_glare.params["omitted"] == ["glare"]
+    with pytest.raises(ValueError, match="unknown step"):
+        synth.recipe_a(img, 2, omit=("blur",))
+
+
 def test_recipes_are_deterministic_and_distinct():
     from embedlab.photos import load_photo
 

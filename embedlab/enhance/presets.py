@@ -97,7 +97,9 @@ PRESETS = {
     # network's: at a constant 3e-4 the held-out PSNR swung between 11 and 17 dB from one 25-step point to the next
     # and a residual differing by 2.5e-4 at most (cosine 0.999999) moved the final result from 16.7 to 8.0 dB. The
     # identity weight is 75 (the paper: 22.5): at 22.5 the network over-brightens (held-out PSNR +0.6 dB, below the
-    # bar of +1), at 60 it ends at +1.05 dB. Measured on the held-out photos: analyses/results/eval_demo_loop.json.
+    # bar of +1); with the v3 demo CLIP, 75 ends at +1.1 to +1.3 dB and 44-46% of the projection gap over three
+    # demo-CLIP seeds, 60 at +0.8 to +1.1 dB and 50-52%. Measured on the held-out photos:
+    # analyses/results/eval_demo_loop.json (the shipped seed) and the closing note of issue 15 (the seeds).
     "demo": {"init": "identity", "iters": 200, "recon_iters": 0, "stage_iters": 200, "guidance_iters": 25,
              "guidance_init_iters": 100, "batch_size": 4, "size": 64, "crop": None, "guidance_size": 64,
              "lr": 3e-4, "lr_schedule": "cosine", "lr_floor": 0.0, "grad_clip": 1.0, "ema": 0.95,
