@@ -1,15 +1,18 @@
-"""How far could the paper's enhancer move the demo's held-out projection at best? (issue 15, the projection bar)
+"""What a one-gain-per-pixel enhancer could do for the demo's held-out projection (issue 15, the projection bar).
 
     python analyses/oracle_demo_gain.py --demo demo_out [--out analyses/results]
 
-The enhancer of CLIP-LIT / RAVE divides each pixel by one illumination value: it can change a pixel's brightness,
-not its chromaticity, and cannot subtract a veil. Its best possible output on a held-out photo is therefore the
-"oracle gain": the input divided by L = luma(input) / luma(original), which gives every pixel the original's luma
-and keeps the input's colour. This script scores that oracle (at full resolution and at the demo's inference scale,
-where the illumination map is estimated on a 64 x 96 copy and upsampled) on the demo's held-out photos, next to
-the originals and the demo's enhancer, with the quality bars of `embedlab demo`. It then re-renders Recipe A with
-one of its later steps left out (shadow desaturation, veiling glare, noise; same seed, same draws) to show which
-part of the degradation keeps even the oracle below the originals on the residual.
+The enhancer of CLIP-LIT / RAVE divides each pixel by one illumination value: it changes a pixel's brightness, not
+its chromaticity, and cannot subtract a veil. This script scores outputs of that form built from the originals
+(oracles, not something a trained network is known to reach) on the demo's held-out photos, next to the originals
+and the demo's enhancer, with the quality bars of `embedlab demo`:
+- the luma-matching gain: input / L with L = luma(input) / luma(original), every pixel given its original's luma
+  (at full resolution, and at the demo's inference scale where the map is estimated on a 64 x 96 copy and upsampled);
+- the same aimed c times brighter (L = luma(input) / (c luma(original))), c = 1.1, 1.2 and the c that gives the demo
+  enhancer's mean luma: what one gain per pixel reaches at a given brightness;
+- the luma-matching gain with colour saturation x1.2: how much the residual rewards colour at restored brightness;
+- the luma-matching gain on Recipe A re-rendered with one of its later steps left out (shadow desaturation, veiling
+  glare, noise; same seed, same draws): which part of the degradation one gain per pixel cannot undo.
 
 --demo is a finished `embedlab demo --out DIR` folder (its manifest, corrected residual and enhanced photos).
 """
@@ -25,29 +28,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 EPS = 1e-3
 
 
-def oracle_gain(x: np.ndarray, original: np.ndarray, max_pixels: int | None = None) -> np.ndarray:
-    """The best output of a one-gain-per-pixel enhancer ([0,1] float HxWx3 images): x / L with L the ratio of the
-    lumas, estimated at <= max_pixels and upsampled bilinearly as `embedlab enhance` does (None: full resolution)."""
+def oracle_gain(x: np.ndarray, original: np.ndarray, max_pixels: int | None = None, brighter: float = 1.0) -> np.ndarray:
+    """One gain per pixel ([0,1] float HxWx3 images): x / L with L = luma(x) / (brighter * luma(original)), the map
+    estimated at <= max_pixels and upsampled bilinearly as `embedlab enhance` does (None: full resolution)."""
     import torch
     import torch.nn.functional as F
 
     from embedlab.colour import LUMA
     from embedlab.enhance.infer import illumination_size
 
-    light = (x @ LUMA + EPS) / (original @ LUMA + EPS)
+    light = (x @ LUMA + EPS) / (brighter * (original @ LUMA) + EPS)
     small = illumination_size(*x.shape[:2], max_pixels)
     if small is not None:
-        lumas = torch.from_numpy(np.stack([x @ LUMA, original @ LUMA])[:, None]).float()
+        lumas = torch.from_numpy(np.stack([x @ LUMA, brighter * (original @ LUMA)])[:, None]).float()
         lo = F.interpolate(lumas, size=small, mode="bilinear", antialias=True, align_corners=False)
         light_lo = (lo[0:1] + EPS) / (lo[1:2] + EPS)
         light = F.interpolate(light_lo, size=x.shape[:2], mode="bilinear", align_corners=False)[0, 0].numpy()
     return np.clip(x / light[..., None], 0.0, 1.0)
-
-
-def brighten(x: np.ndarray, ev: float) -> np.ndarray:
-    from embedlab.colour import linear_to_srgb, srgb_to_linear
-
-    return np.clip(linear_to_srgb(srgb_to_linear(x) * 2.0 ** ev), 0.0, 1.0)
 
 
 def to_u8(x: np.ndarray) -> np.ndarray:
@@ -59,11 +56,14 @@ def held_out(demo: Path):
     from embedlab.demo_loop import HeldOut
     from embedlab.manifests import materialize, read_manifest
 
+    if not (demo / "manifest.jsonl").exists() or not (demo / "corrected.npy").exists():
+        raise SystemExit(f"{demo} is not a finished `embedlab demo` folder (manifest.jsonl and corrected.npy); run "
+                         "`embedlab demo --out DIR` first.")
     man = read_manifest(demo / "manifest.jsonl")
     entries = [e for e in man.entries if e.split == "test" and e.role == "backlit"]
-    if not entries or not (demo / "corrected.npy").exists():
-        raise SystemExit(f"{demo} is not a finished `embedlab demo` folder (manifest.jsonl with a test split and "
-                         "corrected.npy); run `embedlab demo --out DIR` first.")
+    if not entries or any((e.synth or {}).get("recipe") != "A" for e in entries):
+        raise SystemExit(f"{demo / 'manifest.jsonl'}: the held-out (split=test) backlit entries must be Recipe-A "
+                         "syntheses, as `embedlab demo` writes them.")
     held = HeldOut([materialize(man, e.path, e) for e in entries], [materialize(man, e.gt) for e in entries],
                    str(demo / "corrected.npy"), "cpu")
     return held, [int(e.synth["seed"]) for e in entries]
@@ -72,6 +72,7 @@ def held_out(demo: Path):
 def run(demo: str | Path) -> dict:
     from embedlab import synth
     from embedlab.demo import LOOP_MAX_PIXELS
+    from embedlab.demo_clip import saturate
     from embedlab.demo_loop import quality_bars
     from embedlab.images import load_rgb
 
@@ -89,18 +90,25 @@ def run(demo: str | Path) -> dict:
 
     score("input", inputs)
     score("original", originals)
-    enhanced = sorted((demo / "enhanced").glob("*.png"))
-    if len(enhanced) == len(held.names):
-        by_name = {p.stem: p for p in enhanced}
-        score("demo enhancer", [load_rgb(str(by_name[n])) / 255.0 for n in held.names])
-    score("oracle gain (full resolution)", [oracle_gain(x, o) for x, o in zip(inputs, originals)])
-    at_scale = [oracle_gain(x, o, LOOP_MAX_PIXELS) for x, o in zip(inputs, originals)]
-    score("oracle gain (inference scale)", at_scale)
-    for ev in (0.5, 1.0):
-        score(f"oracle gain (inference scale) +{ev} EV", [brighten(x, ev) for x in at_scale])
+    enhanced = {p.stem: p for p in (demo / "enhanced").glob("*.png")}
+    if set(held.names) <= set(enhanced):
+        score("demo enhancer", [load_rgb(str(enhanced[n])) / 255.0 for n in held.names])
+    else:
+        print(f"no enhanced copy of every held-out photo in {demo / 'enhanced'}: the demo enhancer's row is left out")
+    score("luma-matching gain (full resolution)", [oracle_gain(x, o) for x, o in zip(inputs, originals)])
+    score("luma-matching gain (inference scale)", [oracle_gain(x, o, LOOP_MAX_PIXELS) for x, o in zip(inputs, originals)])
+    aims = {"x1.1": 1.1, "x1.2": 1.2}
+    if "demo enhancer" in rows:
+        aims["at the demo enhancer's mean luma"] = rows["demo enhancer"]["mean_luma"] / rows["original"]["mean_luma"]
+    for label, c in aims.items():
+        score(f"gain aimed brighter, {label} (c = {c:.3f}, inference scale)",
+              [oracle_gain(x, o, LOOP_MAX_PIXELS, brighter=c) for x, o in zip(inputs, originals)])
+    score("luma-matching gain, then saturation x1.2",
+          [saturate(to_u8(oracle_gain(x, o)), 1.2) / 255.0 for x, o in zip(inputs, originals)])
     for omit in [(s,) for s in synth.RECIPE_A_STEPS] + [synth.RECIPE_A_STEPS]:
         redone = [synth.recipe_a(g, s, omit=omit).image / 255.0 for g, s in zip(held.gts, seeds)]
-        score(f"oracle gain, Recipe A without {' + '.join(omit)}", [oracle_gain(x, o) for x, o in zip(redone, originals)])
+        score(f"luma-matching gain, Recipe A without {' + '.join(omit)}",
+              [oracle_gain(x, o) for x, o in zip(redone, originals)])
     return {"demo": str(demo), "residual": str(demo / "corrected.npy"), "thr": held.thr,
             "held_out_images": held.names, "rows": rows}
 
@@ -116,7 +124,7 @@ def main() -> None:
     print(f"thr {res['thr']:+.3f}; bars: PSNR >= input + 1 dB, projection share of the gap >= 0.5")
     for name, r in res["rows"].items():
         psnr = "   inf          " if r["psnr"] is None else f"{r['psnr']:6.2f} ({r['psnr_gain_db']:+6.2f})"
-        print(f"{name:52s} PSNR {psnr}  luma {r['mean_luma']:.3f}  projection {r['projection']:+.3f}  "
+        print(f"{name:70s} PSNR {psnr}  luma {r['mean_luma']:.3f}  projection {r['projection']:+.3f}  "
               f"share {r['projection_share_of_gap']:.2f}")
     write_json("oracle_demo_gain.json", res, args.out)
 

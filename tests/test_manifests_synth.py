@@ -24,21 +24,33 @@ def test_recipe_a_matches_the_normative_sketch():
 
 
 def test_recipe_a_ablation_leaves_out_only_the_named_steps():
-    """`omit` (used by analyses/oracle_demo_gain.py) keeps every draw of the full recipe: leaving all three steps
-    out gives exactly the dual exposure through the same mask, and leaving one out keeps the others' parameters."""
-    from embedlab.colour import linear_to_srgb, srgb_to_linear
+    """`omit` (used by analyses/oracle_demo_gain.py) keeps every draw of the full recipe (each single-step ablation
+    records the full recipe's parameters), and what is left equals the recipe's steps recomputed from those
+    parameters: exposure; exposure + desaturation; exposure + desaturation + glare."""
+    from embedlab.colour import LUMA, linear_to_srgb, srgb_to_linear
     from embedlab.photos import load_photo
 
     img = load_photo("pkg:skimage/coffee")[::4, ::4].copy()
     full = synth.recipe_a(img, 2)
-    bare = synth.recipe_a(img, 2, omit=synth.RECIPE_A_STEPS)
-    p = full.params
-    exposure = 2.0 ** (full.mask * p["ev_bg"] + (1 - full.mask) * p["ev_fg"])
-    expected = (linear_to_srgb(srgb_to_linear(img / 255.0) * exposure[..., None]) * 255 + 0.5).astype(np.uint8)
-    assert np.array_equal(bare.image, expected) and np.array_equal(bare.mask, full.mask)
-    no_glare = synth.recipe_a(img, 2, omit=("glare",))
-    assert not np.array_equal(no_glare.image, full.image)
-    assert {k: v for k, v in no_glare.params.items() if k != "omitted"} == p and no_glare.params["omitted"] == ["glare"]
+    p, m = full.params, full.mask
+    for step in synth.RECIPE_A_STEPS:
+        one = synth.recipe_a(img, 2, omit=(step,))
+        assert {k: v for k, v in one.params.items() if k != "omitted"} == p and one.params["omitted"] == [step]
+        assert not np.array_equal(one.image, full.image) and np.array_equal(one.mask, m)
+
+    def u8(x):
+        return (linear_to_srgb(x) * 255 + 0.5).astype(np.uint8)
+
+    x = srgb_to_linear(img / 255.0) * (2.0 ** (m * p["ev_bg"] + (1 - m) * p["ev_fg"]))[..., None]
+    assert np.array_equal(synth.recipe_a(img, 2, omit=synth.RECIPE_A_STEPS).image, u8(x))
+    y = (x @ LUMA)[..., None]
+    x = y + (x - y) * (m + (1 - m) * p["shadow_saturation"])[..., None]
+    assert np.array_equal(synth.recipe_a(img, 2, omit=("glare", "noise")).image, u8(x))
+    h, w = m.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    d2 = ((yy - p["light_yx"][0]) ** 2 + (xx - p["light_yx"][1]) ** 2) / max(h, w) ** 2
+    x = x + (p["glare"] * np.exp(-d2 / (2 * p["glare_radius"] ** 2)))[..., None] * p["glare_tint"] + 0.02 * p["glare"]
+    assert np.abs(synth.recipe_a(img, 2, omit=("noise",)).image.astype(int) - u8(x)).max() <= 1
     with pytest.raises(ValueError, match="unknown step"):
         synth.recipe_a(img, 2, omit=("blur",))
 

@@ -98,7 +98,8 @@ PRESETS = {
     # and a residual differing by 2.5e-4 at most (cosine 0.999999) moved the final result from 16.7 to 8.0 dB. The
     # identity weight is 75 (the paper: 22.5): at 22.5 the network over-brightens (held-out PSNR +0.6 dB, below the
     # bar of +1); with the v3 demo CLIP, 75 ends at +1.1 to +1.3 dB and 44-46% of the projection gap over three
-    # demo-CLIP seeds, 60 at +0.8 to +1.1 dB and 50-52%. Measured on the held-out photos:
+    # demo-CLIP seeds, 60 at +0.8 to +1.1 dB and 50-52% (one training thread; the shipped seed with the demo's 2
+    # threads: +1.30 dB, 47%). Measured on the held-out photos:
     # analyses/results/eval_demo_loop.json (the shipped seed) and the closing note of issue 15 (the seeds).
     "demo": {"init": "identity", "iters": 200, "recon_iters": 0, "stage_iters": 200, "guidance_iters": 25,
              "guidance_init_iters": 100, "batch_size": 4, "size": 64, "crop": None, "guidance_size": 64,
