@@ -52,7 +52,7 @@ def to_u8(x: np.ndarray) -> np.ndarray:
 
 
 def held_out(demo: Path):
-    """(HeldOut scorer, Recipe-A seeds, original photos) of a demo folder's held-out pairs."""
+    """(HeldOut scorer, Recipe-A seed of each input) of a demo folder's held-out pairs."""
     from embedlab.demo_loop import HeldOut
     from embedlab.manifests import materialize, read_manifest
 
