@@ -37,10 +37,11 @@ def oracle_gain(x: np.ndarray, original: np.ndarray, max_pixels: int | None = No
     from embedlab.colour import LUMA
     from embedlab.enhance.infer import illumination_size
 
-    light = (x @ LUMA + EPS) / (brighter * (original @ LUMA) + EPS)
+    luma_in, luma_aim = x @ LUMA, brighter * (original @ LUMA)
+    light = (luma_in + EPS) / (luma_aim + EPS)
     small = illumination_size(*x.shape[:2], max_pixels)
     if small is not None:
-        lumas = torch.from_numpy(np.stack([x @ LUMA, brighter * (original @ LUMA)])[:, None]).float()
+        lumas = torch.from_numpy(np.stack([luma_in, luma_aim])[:, None]).float()
         lo = F.interpolate(lumas, size=small, mode="bilinear", antialias=True, align_corners=False)
         light_lo = (lo[0:1] + EPS) / (lo[1:2] + EPS)
         light = F.interpolate(light_lo, size=x.shape[:2], mode="bilinear", align_corners=False)[0, 0].numpy()

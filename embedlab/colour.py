@@ -19,3 +19,10 @@ def srgb_to_linear(x):
 def linear_to_srgb(x: np.ndarray) -> np.ndarray:
     x = np.clip(x, 0, 1)
     return np.where(x <= 0.0031308, 12.92 * x, 1.055 * x ** (1 / 2.4) - 0.055)
+
+
+def scale_chroma(x: np.ndarray, factor) -> np.ndarray:
+    """Scale each pixel's colour around its luma by `factor` (a number, or an (..., 1) array of per-pixel factors;
+    0 = grey, 1 = unchanged) in whatever encoding x is in; not clipped."""
+    y = (x @ LUMA)[..., None]
+    return y + (x - y) * factor

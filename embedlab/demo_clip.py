@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import photos, synth
-from .colour import LUMA, linear_to_srgb, srgb_to_linear
+from .colour import linear_to_srgb, scale_chroma, srgb_to_linear
 from ._io import atomic_path, atomic_write_bytes, atomic_write_json, cache_dir, read_json
 
 log = logging.getLogger(__name__)
@@ -169,10 +169,8 @@ def _caption(cls: str | None, obj: str | None, rng: np.random.Generator) -> str:
 
 def saturate(u8: np.ndarray, factor: float) -> np.ndarray:
     """Scale an sRGB image's colour saturation by `factor` around its luma, in linear light (as Recipe A does to
-    the subject); values pushed out of [0, 1] are clipped."""
-    x = srgb_to_linear(u8 / 255.0)
-    y = (x @ LUMA)[..., None]
-    return (linear_to_srgb(np.clip(y + (x - y) * factor, 0.0, 1.0)) * 255 + 0.5).astype(np.uint8)
+    the subject); values pushed out of [0, 1] are clipped (by linear_to_srgb)."""
+    return (linear_to_srgb(scale_chroma(srgb_to_linear(u8 / 255.0), factor)) * 255 + 0.5).astype(np.uint8)
 
 
 def _to_tensor(batch: list[np.ndarray], mean, std):

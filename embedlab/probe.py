@@ -21,7 +21,7 @@ from scipy import ndimage as ndi
 
 from ._io import atomic_write_bytes, atomic_write_json, list_images, progress_bar
 from .errors import ConfigError, IncompatibleRunError
-from .colour import LUMA, linear_to_srgb, srgb_to_linear
+from .colour import LUMA, linear_to_srgb, scale_chroma, srgb_to_linear
 from .synth import smoothstep
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,7 @@ def edit_contrast(x: np.ndarray, c: float) -> np.ndarray:
 
 def edit_saturation(x: np.ndarray, s: float) -> np.ndarray:
     """Scale the chroma around the per-pixel luma by s (0 = grey)."""
-    y = (x @ LUMA)[..., None]
-    return np.clip(y + (x - y) * s, 0, 1)
+    return np.clip(scale_chroma(x, s), 0, 1)
 
 
 def bright_mask(x: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
-from .colour import LUMA, linear_to_srgb, srgb_to_linear
+from .colour import LUMA, linear_to_srgb, scale_chroma, srgb_to_linear
 
 
 
@@ -120,8 +120,7 @@ def recipe_a(u8: np.ndarray, seed: int = 0, omit: tuple[str, ...] = ()) -> Synth
     x = x * (2.0 ** (m * ev_bg + (1 - m) * ev_fg))[..., None]
     sat = rng.uniform(0.6, 0.9)
     if "desaturation" not in omit:
-        y = x @ LUMA
-        x = y[..., None] + (x - y[..., None]) * (m + (1 - m) * sat)[..., None]
+        x = scale_chroma(x, (m + (1 - m) * sat)[..., None])
     glared, glare_params = add_veiling_glare(x, m, rng)
     if "glare" not in omit:
         x = glared
