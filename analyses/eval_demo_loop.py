@@ -58,7 +58,7 @@ def main() -> None:
               f"dark40 {m['dark40_luma']:.3f}  projection {m['projection']:+.3f}")
     b = res["bars"]
     print(f"thr {res['thr']:+.3f}; PSNR gain {b['psnr_gain_db']:+.2f} dB ({b['psnr_ok']}), dark40 gain {b['dark40_gain']:+.3f} "
-          f"({b['dark40_ok']}), projection share of the gap {b['projection_share_of_gap']:.2f} ({b['projection_ok']})")
+          f"({b['dark40_ok']}), projection share of the gap {b['projection_share_of_gap']:.3f} ({b['projection_ok']})")
     write_json("eval_demo_loop.json", res, args.out)
 
 

@@ -17,7 +17,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from . import __version__
 from .enhance.guidance import list_guidance
-from .enhance.presets import IDENTITY_LOSSES, LR_SCHEDULES, TrainConfig, list_presets
+from .enhance.presets import IDENTITY_LOSSES, LR_SCHEDULES, PADDINGS, TrainConfig, list_presets
 from .index import KINDS as _INDEX_KINDS
 from .manifests import LAYOUT_HELP, LAYOUTS
 from .vocab import TEMPLATES
@@ -155,7 +155,7 @@ OWN_DEFAULTS = {
     ("manifest", "split"): "None: each layout's own split (flat: train; baid: from its folders)",
     **{("train", k): "None: the preset's value (the help states TrainConfig's)" for k in (
         "init", "iters", "recon_iters", "stage_iters", "guidance_iters", "guidance_init_iters", "lr", "batch_size",
-        "size", "crop", "pixel_loss", "seed", "lr_schedule", "grad_clip", "ema", "identity_weight")},
+        "size", "crop", "pixel_loss", "seed", "lr_schedule", "grad_clip", "ema", "identity_weight", "padding")},
 }
 FILLED: dict[str, set] = {}     # command -> the options whose default came from the API (tests/test_cli.py)
 
@@ -713,6 +713,7 @@ def train_cmd(out: Path = typer.Option(..., "--out", "-o", help="Training run fo
               grad_clip: Optional[float] = typer.Option(None, help=f"Clip the gradient's global norm at this ({_TC.grad_clip or 'off'}; the paper: off)."),
               ema: Optional[float] = typer.Option(None, help=f"Export an exponential moving average of the weights with this decay ({_TC.ema or 'off'}; the paper: off)."),
               identity_weight: Optional[float] = typer.Option(None, help=f"Weight of the identity term in guided training ({_TC.identity_weight:g}, the paper's)."),
+              padding: Optional[str] = typer.Option(None, help=f"The trained network's padding: {registry_help(PADDINGS)} ({_TC.padding})."),
               seed: Optional[int] = typer.Option(None, help=f"Random seed ({_TC.seed})."),
               device: str = typer.Option(FROM_API, help=DEVICE_HELP),
               overwrite: bool = typer.Option(FROM_API, help="Start afresh, deleting an existing run in --out."),
@@ -729,7 +730,7 @@ def train_cmd(out: Path = typer.Option(..., "--out", "-o", help="Training run fo
                    recon_iters=recon_iters, stage_iters=stage_iters, guidance_iters=guidance_iters,
                    guidance_init_iters=guidance_init_iters, lr=lr, batch_size=batch_size, size=size, crop=crop,
                    pixel_loss=pixel_loss, lr_schedule=lr_schedule, grad_clip=grad_clip, ema=ema,
-                   identity_weight=identity_weight, seed=seed, device=device)
+                   identity_weight=identity_weight, padding=padding, seed=seed, device=device)
     if as_json:
         return _print_json(result)
     typer.echo(f"trained {result['steps']} iterations in {result['seconds_this_call']} s; enhancer: {result['enhancer']}")

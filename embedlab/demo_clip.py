@@ -59,7 +59,13 @@ class DemoRecipe:
     # v2). Without it the backlit -> well-lit residual rewards saturation (Recipe A desaturates the subject), which
     # the paper's enhancer cannot change (one gain per pixel keeps each pixel's chromaticity): see saturate().
     saturation_jitter: tuple = (0.6, 1.25)
-    version: int = 3
+    # v4: the spatial well-lit variants (half the well-lit ones) light the background 0 to +0.7 EV above the subject,
+    # without veiling glare (v2/v3: +0.3 to +1.5 EV with glare). A glaring, blown-out background under a well-lit
+    # label taught the model that brightening a whole backlit frame makes it well-lit: the residual's top-1 word was
+    # 'blown-out', and the guidance rewarded even brightening over brightening the subject.
+    welllit_background_ev: tuple = (0.0, 0.7)
+    welllit_glare: bool = False
+    version: int = 4
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
@@ -110,19 +116,21 @@ def render_spatial(base: np.ndarray, seed: int, ev_fg: tuple, ev_bg: tuple, glar
     return (synth.linear_to_srgb(x) * 255 + 0.5).astype(np.uint8)
 
 
-def render_condition(base: np.ndarray, cls: str, seed: int, variants: str = "spatial") -> np.ndarray:
+def render_condition(base: np.ndarray, cls: str, seed: int, variants: str = "spatial",
+                     welllit_background_ev: tuple = (0.0, 0.7), welllit_glare: bool = False) -> np.ndarray:
     """One lighting variant of a base photo.
 
     "global" (v1): well-lit = +-0.3 EV; backlit alternates Recipe A (even seeds) and B (odd seeds).
     "spatial" (v2) decouples "backlit" from "bright pixels" so the backlit -> well-lit direction rewards a brighter
-    subject rather than a darker frame: half the well-lit variants keep the subject exposed under a brighter,
-    glaring background (ev_fg +-0.3, ev_bg +0.3..+1.5, glare), and a third of the backlit ones darken only the
-    subject (ev_fg -4..-2, ev_bg +-0.3, no glare); the others are Recipe A and B as in v1."""
+    subject rather than a darker frame: half the well-lit variants keep the subject exposed (ev_fg +-0.3) under a
+    brighter background (ev_bg `welllit_background_ev`; v4: 0..+0.7 EV without glare; v2/v3: +0.3..+1.5 EV with
+    glare), and a third of the backlit ones darken only the subject (ev_fg -4..-2, ev_bg +-0.3, no glare); the
+    others are Recipe A and B as in v1."""
     rng = np.random.default_rng(10_000_000 + seed)
     spatial = variants == "spatial"
     if cls == "welllit":
         if spatial and seed % 2 == 1:
-            return render_spatial(base, seed, (-0.3, 0.3), (0.3, 1.5), glare=True)
+            return render_spatial(base, seed, (-0.3, 0.3), tuple(welllit_background_ev), glare=welllit_glare)
         return synth.recipe_c(base, float(rng.uniform(-0.3, 0.3))).image
     if cls == "backlit":
         if spatial and seed % 3 == 2:
@@ -142,7 +150,8 @@ def render_pool(recipe: DemoRecipe, seeds: range) -> list[tuple[np.ndarray, str,
         base = _load_base(uri, recipe.base_short_side)
         for cls in CLASSES:
             for seed in seeds:
-                pool.append((render_condition(base, cls, seed, recipe.variants), cls, uri))
+                pool.append((render_condition(base, cls, seed, recipe.variants, recipe.welllit_background_ev,
+                                              recipe.welllit_glare), cls, uri))
     return pool
 
 

@@ -21,8 +21,9 @@ BAR_PSNR_GAIN_DB = 1.0
 BAR_PROJECTION_SHARE = 0.5
 DARK_FRACTION = 0.4
 # The demo trains with 2 intra-op threads (1 on a one-core machine): on 2 idle cores a 64 px batch of 4 trains in
-# 153 ms a step with 2 threads, 295 ms with 1, and the held-out result is the same within noise (0.47 vs 0.46 of the
-# projection gap, +1.30 dB both). A fixed count, not the machine's, keeps the summation order of the measured run.
+# 153 ms a step with 2 threads, 295 ms with 1, and the held-out result is the same within noise (v3 demo CLIP: 0.47
+# vs 0.46 of the projection gap, +1.30 dB both). A fixed count, not the machine's, keeps the summation order of the
+# measured run.
 # With other work on the same 2 cores, 2 threads slow down more than 1 (oversubscription): the demo assumes it has
 # the machine to itself, as its timing does.
 TRAIN_THREADS = min(2, os.cpu_count() or 1)

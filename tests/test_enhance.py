@@ -67,6 +67,11 @@ def test_losses_against_hand_computed_values():
     assert ce.item() == pytest.approx(np.log(1 + np.e), rel=1e-5)
     maps_out, maps_in = [torch.ones(2, 1, 2, 2), torch.zeros(2, 3, 1, 1)], [torch.zeros(2, 1, 2, 2), torch.zeros(2, 3, 1, 1)]
     assert L.identity_loss(maps_out, maps_in, (0.5, 1.0)).item() == pytest.approx(1.0)   # summed over the batch
+    # the paper's lower last-layer weight stays on the last map whatever the tower's number of maps
+    assert L.layer_weights(L.PAPER_ID_WEIGHTS_GUIDED, 5) == (1.0, 1.0, 1.0, 1.0, 0.5)
+    assert L.layer_weights(L.PAPER_ID_WEIGHTS_GUIDED, 4) == (1.0, 1.0, 1.0, 0.5)
+    assert L.layer_weights(L.PAPER_ID_WEIGHTS_GUIDED, 6) == (1.0, 1.0, 1.0, 1.0, 1.0, 0.5)
+    assert L.layer_weights(L.PAPER_ID_WEIGHTS_RECON, 4) == (1.0, 1.0, 1.0, 1.0)
     b, w = torch.tensor([0.9]), torch.tensor([0.1])
     assert L.ranking_loss(b, w, []).item() == pytest.approx(0.2)
     assert L.ranking_loss(b, w, [torch.tensor([0.5])]).item() == pytest.approx(0.1 + 0.5 + 0.0)

@@ -1,6 +1,6 @@
-"""The training schedule's options (learning-rate schedule, gradient clipping, EMA weights, identity weight):
-the paper's defaults are unchanged, the `demo` preset is the only one using them, and a run with them resumes
-bitwise and exports the moving average."""
+"""The training schedule's options (learning-rate schedule, gradient clipping, EMA weights, identity weight, the
+trained network's padding): the paper's defaults are unchanged, the `demo` preset is the only one using them, and a run
+with them resumes bitwise and exports the moving average."""
 import math
 
 import pytest
@@ -37,12 +37,14 @@ def test_paper_defaults_unchanged_and_only_the_demo_preset_differs():
 
     cfg = TrainConfig()
     assert (cfg.lr_schedule, cfg.grad_clip, cfg.ema, cfg.identity_weight) == ("constant", None, None, L.W_ID_GUIDED)
-    schedule_keys = {"lr_schedule", "lr_floor", "grad_clip", "ema", "identity_weight"}
+    assert cfg.padding == "zeros"                          # the paper trains its zero-padded network class
+    schedule_keys = {"lr_schedule", "lr_floor", "grad_clip", "ema", "identity_weight", "padding"}
     assert [name for name, over in PRESETS.items() if set(over) & schedule_keys] == ["demo"]
     demo = make_config("demo", out="x", backlit="y", residual="z")
     assert demo.lr_schedule == "cosine" and demo.ema and demo.grad_clip and demo.identity_weight != L.W_ID_GUIDED
+    assert demo.padding == "reflect"
     assert "NOT the paper's" in list_presets()["demo"]
-    for bad in ({"lr_schedule": "linear"}, {"ema": 1.0}, {"grad_clip": 0.0}, {"lr_floor": 2.0}):
+    for bad in ({"lr_schedule": "linear"}, {"ema": 1.0}, {"grad_clip": 0.0}, {"lr_floor": 2.0}, {"padding": "same"}):
         with pytest.raises(InvalidParameterError):
             make_config("paper", backlit="y", residual="z", **bad).validate()
 
@@ -70,7 +72,7 @@ def test_ema_run_resumes_bitwise_and_exports_the_average(tiny_run, residual_file
 
 @pytest.mark.slow
 def test_a_run_from_before_the_schedule_options_still_resumes(tiny_run, residual_file, tmp_path):  # noqa: F811
-    """config.json written before lr_schedule/grad_clip/ema/identity_weight existed: their defaults are assumed."""
+    """config.json written before lr_schedule/grad_clip/ema/identity_weight/padding existed: their defaults are assumed."""
     import json
 
     from embedlab.enhance.train import train
@@ -79,8 +81,18 @@ def test_a_run_from_before_the_schedule_options_still_resumes(tiny_run, residual
     part = train(tmp_path / "run", preset="cpu-small", progress=False, stop_after=2, **opts)
     cfg_path = tmp_path / "run" / "config.json"
     cfg = json.loads(cfg_path.read_text())
-    for k in ("lr_schedule", "lr_floor", "grad_clip", "ema", "identity_weight"):
+    for k in ("lr_schedule", "lr_floor", "grad_clip", "ema", "identity_weight", "padding"):
         del cfg[k]
     cfg_path.write_text(json.dumps(cfg))
     rest = train(tmp_path / "run", preset="cpu-small", progress=False, **opts)
     assert not part["finished"] and rest["finished"] and rest["steps"] == 8
+
+
+def test_padding_option_picks_the_trained_network_class(tiny_run, residual_file, tmp_path):  # noqa: F811
+    """--padding reflect trains the test-time class (what `embedlab enhance` runs); the paper's default trains the
+    zero-padded training class."""
+    from embedlab.enhance.train import Trainer, make_config
+
+    for padding, mode in (("zeros", "zeros"), ("reflect", "reflect")):
+        tr = Trainer(make_config("cpu-small", out=str(tmp_path / padding), padding=padding, **_opts(tiny_run, residual_file)))
+        assert tr.net.cond1.padding_mode == mode and tr.net.ResidualBlock1.conv1.padding_mode == "reflect"

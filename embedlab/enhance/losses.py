@@ -36,6 +36,17 @@ def guidance_init_loss(feats: torch.Tensor, labels: torch.Tensor, guidance: torc
     return F.cross_entropy(100.0 * feats @ F.normalize(guidance, dim=-1).T, labels)
 
 
+def layer_weights(weights, n_maps: int) -> tuple[float, ...]:
+    """The identity loss's per-layer weights for a tower with `n_maps` feature maps: the last weight stays on the last
+    map (the paper lowers it to 0.5 in guided training for the layer nearest the embedding, which "relates more to
+    colour"), the earlier weights fill the maps before it in order, padded with 1.0. RN101 gives five maps, as the
+    paper; a small ViT's evenly spaced taps can land on fewer distinct blocks (four for a 4-block tower)."""
+    w = tuple(float(v) for v in weights)
+    if n_maps < 1 or not w:
+        raise ValueError(f"need at least one feature map and one weight, got {n_maps} maps and {len(w)} weights")
+    return (w[:-1] + (1.0,) * n_maps)[: n_maps - 1] + (w[-1],)
+
+
 def identity_loss(maps_out: list[torch.Tensor], maps_in: list[torch.Tensor], weights=PAPER_ID_WEIGHTS_GUIDED) -> torch.Tensor:
     """sum_b sum_l w_l MSE(map_l(out_b), map_l(in_b)): per-image MSE per layer, summed over the batch (as the reference)."""
     if len(maps_out) != len(weights):

@@ -29,6 +29,7 @@ from .network import EnhancementNet, load_enhancer_state
 from .presets import TrainConfig, make_config
 
 log = logging.getLogger(__name__)
+NETWORK_PADDING = {"zeros": "train", "reflect": "test"}    # TrainConfig.padding -> EnhancementNet's padding class
 
 
 class Trainer:
@@ -43,7 +44,7 @@ class Trainer:
         self.dev = models.resolve_device(cfg.device)
         self.cuda = self.dev.type == "cuda"
         torch.manual_seed(cfg.seed)
-        self.net = EnhancementNet("train").to(self.dev)
+        self.net = EnhancementNet(NETWORK_PADDING[self.cfg.padding]).to(self.dev)
         self._init_network()
         if self.cuda:
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -99,8 +100,7 @@ class Trainer:
         with torch.no_grad():
             maps_in = self.identity(inp)
         maps_out = self.identity(out)
-        w = (tuple(weights) + (1.0,) * len(maps_out))[: len(maps_out)]   # ViT towers may give fewer or more maps
-        return L.identity_loss(maps_out, maps_in, w)
+        return L.identity_loss(maps_out, maps_in, L.layer_weights(weights, len(maps_out)))
 
     def network_step(self, rng: np.random.Generator, reconstruct: bool) -> dict:
         cfg = self.cfg
@@ -280,7 +280,7 @@ class Trainer:
 
         net = self.net
         if self.ema is not None:                 # samples show the weights that will be exported
-            net = EnhancementNet("train").to(self.dev)
+            net = EnhancementNet(NETWORK_PADDING[self.cfg.padding]).to(self.dev)
             net.load_state_dict(self.ema)
         with torch.no_grad():
             x = fixed.to(self.dev)
