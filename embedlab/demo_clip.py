@@ -117,7 +117,8 @@ def render_spatial(base: np.ndarray, seed: int, ev_fg: tuple, ev_bg: tuple, glar
 
 
 def render_condition(base: np.ndarray, cls: str, seed: int, variants: str = "spatial",
-                     welllit_background_ev: tuple = (0.0, 0.7), welllit_glare: bool = False) -> np.ndarray:
+                     welllit_background_ev: tuple = DemoRecipe.welllit_background_ev,
+                     welllit_glare: bool = DemoRecipe.welllit_glare) -> np.ndarray:
     """One lighting variant of a base photo.
 
     "global" (v1): well-lit = +-0.3 EV; backlit alternates Recipe A (even seeds) and B (odd seeds).
@@ -324,8 +325,8 @@ def pretrain_demo(out: str | os.PathLike | None = None, device: str = "auto", ov
 
 # A copy of the default recipe's model ships inside the package (made by `embedlab pretrain-demo --pack`), so the
 # first `embedlab demo` needs no training. The token-embedding table (49,408 x 128) is most of the checkpoint, and
-# training only changes the rows of the caption grammar's tokens: the pack keeps those rows and every other tensor;
-# unpacking sets the never-trained rows to zero (they held random-init values no demo text uses).
+# training only changes the rows of the caption grammar's tokens: the pack keeps those rows, the rows of every token
+# of vocabulary() and every other tensor; unpacking sets the other rows to zero (random-init values no demo text uses).
 PACKAGED = Path(__file__).resolve().parent / "data" / "demo_clip"
 PACKED_FILE = f"{MODEL_NAME}.packed.safetensors"
 TOKEN_KEY = "token_embedding.weight"
@@ -364,8 +365,13 @@ def pack_model(ckpt: str | os.PathLike, dest: str | os.PathLike = PACKAGED) -> P
     ckpt = Path(ckpt)
     meta = read_json(ckpt.parent / "train.json")
     state = load_file(str(ckpt))
-    init = models.load_model(MODEL_NAME, "none", "cpu", seed=int(meta["recipe"]["seed"])).model.state_dict()
-    changed = (state[TOKEN_KEY] != init[TOKEN_KEY]).any(1).nonzero().flatten()
+    lm = models.load_model(MODEL_NAME, "none", "cpu", seed=int(meta["recipe"]["seed"]))
+    changed = (state[TOKEN_KEY] != lm.model.state_dict()[TOKEN_KEY]).any(1)
+    # also every token of the vocabulary `explain-residual` and `correct` embed: a word no caption used (e.g. "scene",
+    # the tag of photos that are not installed) kept its random-init row, and zeroing it on unpacking changed that
+    # word's embedding, hence the vocabulary centre of `correct` and the demo's corrected residual
+    changed[lm.tokenizer(vocabulary()).unique()] = True
+    changed = changed.nonzero().flatten()
     packed = {k: v.contiguous() for k, v in state.items() if k != TOKEN_KEY}
     packed.update(token_rows=state[TOKEN_KEY][changed].contiguous(), token_ids=changed.contiguous())
     dest = Path(dest)

@@ -107,14 +107,15 @@ class HeldOut:
                 "gamma 0.5": self.scores([gamma(x) for x in self.inputs])}
 
 
-def run_net(state: dict, images: list[np.ndarray], max_pixels: int | None) -> list[np.ndarray]:
-    """The test-time network with `state` on uint8 images (illumination estimated at <= max_pixels)."""
+def run_net(state: dict, images: list[np.ndarray], max_pixels: int | None, padding: str = "test") -> list[np.ndarray]:
+    """The test-time network (or, with padding "train", the zero-padded training class) with `state` on uint8
+    images (illumination estimated at <= max_pixels)."""
     import torch
 
     from .enhance.infer import enhance_array
     from .enhance.network import EnhancementNet
 
-    net = EnhancementNet("test")
+    net = EnhancementNet(padding)
     net.load_state_dict({k: v.detach().cpu() for k, v in state.items()})
     net.eval()
     outs = []

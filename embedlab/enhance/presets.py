@@ -95,25 +95,22 @@ PRESETS = {
                   "max_extensions": 1},
     # `embedlab demo`'s schedule on the demo CLIP (64 px input): identity init, whole images squash-resized to
     # 64 px, the guidance tower's own input size, batch 4, and the identity term through the guidance tower's
-    # features (no RN101 offline). Whole squashed images move the held-out projection further than views like the
-    # residual's (shortest side 64 px, centre crop: 42% of the gap vs 47%, v3 demo CLIP) or random 64 px crops (38%).
-    # How it differs from the paper, and why:
+    # features (no RN101 offline). How it differs from the paper, and why (held-out and validation figures:
+    # analyses/results/eval_demo_loop*.json and validate_demo_preset.json):
     # - lr 3e-4 (15x; 2e-5 barely moves the network in a few hundred steps) with a cosine decay to 0 over the 200
     #   iterations, the global gradient norm clipped at 1, and the exported weights an EMA (decay 0.95) of the
     #   network's: at a constant 3e-4 the held-out PSNR swung between 11 and 17 dB from one 25-step point to the next
     #   and a residual differing by 2.5e-4 at most (cosine 0.999999) moved the final result from 16.7 to 8.0 dB.
+    #   The result is still sensitive to the residual's last bits: a corrected residual differing by 3.7e-4 moved it
+    #   from +1.30 dB / 51% of the projection gap to +0.76 dB / 59%.
     # - identity weight 75 (the paper: 22.5): at 22.5 the network over-brightens (held-out PSNR +0.6 dB, below the
-    #   bar of +1). Checked on a validation set (the training photos under Recipe-A seeds never rendered for
-    #   training), not on the held-out photos: weights 60 / 75 / 90 reach 60% / 56% / 55% of the projection gap at
-    #   +0.86 / +1.43 / +1.43 dB; 75 leaves the widest margin over both bars.
+    #   bar of +1). On a validation set (the training photos under Recipe-A seeds never rendered for training), not
+    #   the held-out photos, weights 60 / 75 / 90 reach 60% / 56% / 55% of the projection gap at +0.86 / +1.43 /
+    #   +1.43 dB: 75 and 90 meet both bars there, 60 misses the PSNR bar; 75 stays.
     # - the network trains with the test-time class's reflect padding (the paper trains a zero-padded class and tests
-    #   the reflect-padded one). At 64 px the borders are a large part of the image: trained zero-padded, the network
-    #   learned a dark frame along them (the demo residual rewards dark frames: exposure -4 EV scores +0.36 in
-    #   `embedlab probe-residual`), which the reflect-padded network that `embedlab enhance` runs does not draw. The
-    #   same enhancer (v3 demo CLIP) scored with the zero-padded class reached 62% of the held-out projection gap,
-    #   with the reflect-padded one 50%; trained reflect-padded, its gain goes into the picture, not the frame.
-    # Held-out result with the shipped demo CLIP (recipe v4, seed 0): +1.30 dB, 51% of the gap; demo-CLIP seeds 1
-    # and 2: +1.03 dB / 54% and +0.93 dB / 50% (analyses/results/eval_demo_loop.json; the seeds: issue 15's note).
+    #   the reflect-padded one). At 64 px the borders are a large part of the picture, and what a zero-padded training
+    #   learns there does not carry over: trained zero-padded, the enhancer reaches 54% of the held-out gap when scored
+    #   with its own zero padding but 43% as `embedlab enhance` runs it (reflect); trained reflect-padded, 51%.
     "demo": {"init": "identity", "iters": 200, "recon_iters": 0, "stage_iters": 200, "guidance_iters": 25,
              "guidance_init_iters": 100, "batch_size": 4, "size": 64, "crop": None, "guidance_size": 64,
              "lr": 3e-4, "lr_schedule": "cosine", "lr_floor": 0.0, "grad_clip": 1.0, "ema": 0.95,

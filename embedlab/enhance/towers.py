@@ -36,9 +36,10 @@ class GuidanceEncoder(_FrozenTower):
 
 
 class IdentityFeatures(_FrozenTower):
-    """Five feature maps of a frozen open_clip image tower for the identity loss.
+    """Up to five feature maps of a frozen open_clip image tower for the identity loss.
 
-    ResNet towers: stem, layer1..layer4 (the paper, RN101). ViT towers: five evenly spaced blocks."""
+    ResNet towers: stem, layer1..layer4 (the paper, RN101). ViT towers: five evenly spaced blocks, fewer distinct
+    ones when the tower has fewer than five (losses.layer_weights keeps the last weight on the last map)."""
 
     def __init__(self, lm):
         super().__init__(lm)

@@ -179,7 +179,8 @@ class Trainer:
         with atomic_path(path) as tmp:
             save_file(state, str(tmp))
         atomic_write_json(self.out / "enhancer.json", {"format": "embedlab-enhancer", "network": "CLIP-LIT/RAVE enhancement net",
-                                                       "parameters": 278790, "steps": self.step, "guidance": self.cfg.guidance})
+                                                       "parameters": 278790, "steps": self.step, "guidance": self.cfg.guidance,
+                                                       "trained_padding": self.cfg.padding})
         return path
 
     # ----------------------------------------------------------------- the loop
