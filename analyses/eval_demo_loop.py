@@ -4,7 +4,8 @@
 
 Runs `embedlab demo` (the demo CLIP from the cache or the copy shipped with embedlab; the enhancer trained with the
 `demo` preset on the corrected residual, and one on the raw residual for the curves) and reports, on the held-out
-Recipe-A photos (coffee and china, never in a training or residual set), the mean PSNR / SSIM / luma / darkest-40%
+Recipe-A photos (coffee and china, never in the enhancer's training or the residual's sets; the demo CLIP's own
+training sees them under its lighting variants), the mean PSNR / SSIM / luma / darkest-40%
 luma / projection on the corrected residual of the input, the enhancer's output, CLAHE and gamma 0.5, the three
 quality bars (PSNR >= input + 1 dB, darkest-40% luma above the input's, projection at least halfway to thr), and
 the held-out curves over training iterations.
@@ -28,10 +29,13 @@ def run_eval(device: str = "cpu", work: str | None = None, from_demo: str | None
     from embedlab.demo import demo
 
     if clip_seed is not None:
+        from embedlab._io import cache_ref
         from embedlab.demo_clip import MODEL_NAME, pretrain_demo
 
+        if from_demo:
+            raise SystemExit("--clip-seed runs a new demo; it cannot be combined with --from-demo")
         ckpt = pretrain_demo(device=device, progress=False, seed=clip_seed)["files"]["checkpoint"]
-        demo_options.update(model=MODEL_NAME, pretrained=str(ckpt))
+        demo_options.update(model=MODEL_NAME, pretrained=cache_ref(ckpt))
 
     if from_demo:
         work, r = Path(from_demo), json.loads((Path(from_demo) / "demo.json").read_text())

@@ -14,7 +14,7 @@ class ("zero-padded scoring"), which shows what a zero-padded training puts alon
 
 A variant is PADDING:IDENTITY_WEIGHT[:flat]: the trained network's padding (zeros = the paper's training class,
 reflect = the demo preset's), the identity weight, and with ":flat" the identity loss's layer weights as before
-losses.layer_weights (every map 1.0 on the 4-block demo tower, the paper's 0.5 for the last layer dropped): an
+losses.layer_weights (on the 4-block demo tower every map 1.0, the paper's 0.5 for the last layer dropped): an
 ablation of that change.
 
 --demo is a finished `embedlab demo --out DIR` folder (its manifest, run, corrected residual and demo CLIP).
@@ -57,10 +57,24 @@ def validation_pairs(man, folder: Path) -> list[tuple[str, str]]:
 
 
 def parse_variant(spec: str) -> dict:
+    import math
+
     parts = spec.split(":")
-    if len(parts) not in (2, 3) or parts[0] not in ("zeros", "reflect") or parts[2:] not in ([], ["flat"]):
-        raise SystemExit(f"variant {spec!r}: expected PADDING:IDENTITY_WEIGHT[:flat], e.g. reflect:75 or zeros:75:flat")
-    return {"padding": parts[0], "identity_weight": float(parts[1]), "flat_layer_weights": parts[2:] == ["flat"]}
+    try:
+        weight = float(parts[1]) if len(parts) > 1 else math.nan
+    except ValueError:
+        weight = math.nan
+    if (len(parts) not in (2, 3) or parts[0] not in ("zeros", "reflect") or parts[2:] not in ([], ["flat"])
+            or not (math.isfinite(weight) and weight > 0)):
+        raise SystemExit(f"variant {spec!r}: expected PADDING:IDENTITY_WEIGHT[:flat] with PADDING zeros or reflect and "
+                         "a positive weight, e.g. reflect:75 or zeros:75:flat")
+    return {"padding": parts[0], "identity_weight": weight, "flat_layer_weights": parts[2:] == ["flat"]}
+
+
+def old_layer_weights(weights, n_maps: int) -> tuple[float, ...]:
+    """The identity loss's layer weights before losses.layer_weights: the paper's five, truncated or padded with 1.0
+    (on the demo CLIP's 4-map tower the paper's 0.5 for the last layer fell off the end)."""
+    return (tuple(weights) + (1.0,) * n_maps)[:n_maps]
 
 
 def main() -> None:
@@ -87,6 +101,14 @@ def main() -> None:
     if not (demo / "manifest.jsonl").exists() or not (demo / "corrected.npy").exists():
         raise SystemExit(f"{demo} is not a finished demo folder (no manifest.jsonl / corrected.npy); run "
                          f"`embedlab demo --out {demo}` first")
+    import json
+
+    from embedlab.enhance.presets import PRESETS
+
+    loop = json.loads((demo / "demo.json").read_text()).get("loop", {}) if (demo / "demo.json").exists() else {}
+    if loop.get("iters") != PRESETS["demo"]["iters"] or loop.get("preset") != "demo":
+        raise SystemExit(f"{demo} is not a default `embedlab demo` folder (demo.json's loop: preset "
+                         f"{loop.get('preset')!r}, iters {loop.get('iters')!r}); this script retrains the default")
     man = read_manifest(demo / "manifest.jsonl")
     residual = str(demo / "corrected.npy")
     model = load_residual(residual).info["model"]
@@ -99,7 +121,7 @@ def main() -> None:
     rows = []
     for v in variants:
         name = f"{v['padding']}_id{v['identity_weight']:g}" + ("_flat" if v["flat_layer_weights"] else "")
-        flat = (mock.patch.object(losses, "layer_weights", lambda w, n: (1.0,) * n) if v["flat_layer_weights"]
+        flat = (mock.patch.object(losses, "layer_weights", old_layer_weights) if v["flat_layer_weights"]
                 else contextlib.nullcontext())
         with flat:
             r = train_with_curve(work / f"train_{name}", scorers["held-out"], 200, LOOP_MAX_PIXELS, preset="demo",
@@ -125,4 +147,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from embedlab.errors import EmbedlabError
+
+    try:
+        main()
+    except EmbedlabError as exc:
+        raise SystemExit(f"error: {exc}") from None

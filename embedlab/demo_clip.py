@@ -326,7 +326,10 @@ def pretrain_demo(out: str | os.PathLike | None = None, device: str = "auto", ov
 # A copy of the default recipe's model ships inside the package (made by `embedlab pretrain-demo --pack`), so the
 # first `embedlab demo` needs no training. The token-embedding table (49,408 x 128) is most of the checkpoint, and
 # training only changes the rows of the caption grammar's tokens: the pack keeps those rows, the rows of every token
-# of vocabulary() and every other tensor; unpacking sets the other rows to zero (random-init values no demo text uses).
+# of vocabulary() and every other tensor; unpacking sets the other rows to zero. So every text `embedlab demo` embeds
+# (vocabulary words with the "{}" template, the grammar's captions and prompts) embeds as in the trained model; other
+# texts on the unpacked model (e.g. `--templates ensemble`, `--vocab words`) meet zeroed rows for untrained tokens,
+# whose trained values were random-init anyway.
 PACKAGED = Path(__file__).resolve().parent / "data" / "demo_clip"
 PACKED_FILE = f"{MODEL_NAME}.packed.safetensors"
 TOKEN_KEY = "token_embedding.weight"

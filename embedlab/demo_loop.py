@@ -2,7 +2,8 @@
 issue's quality bars, and short residual-guided trainings that record held-out PSNR and projection as they go.
 
 Pure functions first (statistics, baselines, bars), then the I/O (training in chunks with evaluation between them,
-the curve figure). The held-out photos are the demo manifest's test split: never in a training or residual set.
+the curve figure). The held-out photos are the demo manifest's test split: never in the enhancer's training or the
+residual's sets (the demo CLIP's own training renders every package photo under its lighting variants).
 """
 from __future__ import annotations
 
