@@ -184,7 +184,7 @@ def test_demo_loop_enhances_the_held_out_photos(demo_loop_result):
     """Issue 15's bars on the held-out photos: the enhancer gains >= 1 dB PSNR over the input, lifts the darkest 40%
     of pixels, and moves the mean projection on the corrected residual at least halfway to thr (no wall-time bound).
     Measured margins are small (+1.30 dB, 51% of the gap; analyses/results/eval_demo_loop.json), so a change to the
-    demo's chain that costs quality fails here. The schedule converges: the last three held-out points (the last 50
+    demo's chain that costs quality fails here. The schedule is stable: the last three held-out points (the last 50
     iterations) agree within 0.5 dB, where the old constant-lr preset swung by 5 dB between points 25 iterations
     apart (the point at iteration 175 sits at +0.95 dB, just under the bar: the bar is met at the end, not before)."""
     b, m = demo_loop_result["bars"], demo_loop_result["metrics"]

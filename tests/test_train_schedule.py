@@ -93,6 +93,6 @@ def test_padding_option_picks_the_trained_network_class(tiny_run, residual_file,
     zero-padded training class."""
     from embedlab.enhance.train import Trainer, make_config
 
-    for padding, mode in (("zeros", "zeros"), ("reflect", "reflect")):
+    for padding in ("zeros", "reflect"):
         tr = Trainer(make_config("cpu-small", out=str(tmp_path / padding), padding=padding, **_opts(tiny_run, residual_file)))
-        assert tr.net.cond1.padding_mode == mode and tr.net.ResidualBlock1.conv1.padding_mode == "reflect"
+        assert tr.net.cond1.padding_mode == padding and tr.net.ResidualBlock1.conv1.padding_mode == "reflect"
