@@ -1,12 +1,23 @@
-"""Shared helpers for the analyses scripts: hardware/version records and JSON output."""
+"""Shared helpers for the analyses scripts: argument parsing with a dry run, hardware/version records, JSON output."""
 from __future__ import annotations
 
 import json
 import os
 import platform
+import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(ap):
+    """`ap.parse_args()`, except that with ANALYSES_DRY_RUN=1 it stops after the arguments parse (exit 0): the GPU
+    check's --dry-run resolves every module and argument on a CPU machine this way."""
+    args = ap.parse_args()
+    if os.environ.get("ANALYSES_DRY_RUN") == "1":
+        print(f"dry run: {ap.prog} arguments ok")
+        sys.exit(0)
+    return args
 
 
 def hardware() -> dict:

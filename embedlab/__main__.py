@@ -1,3 +1,3 @@
-from .cli import main
+from embedlab.cli import main
 
 main()

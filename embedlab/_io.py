@@ -72,7 +72,7 @@ REFUSE_PICKLE = "embedlab refuses to unpickle files (unpickling can run arbitrar
 def load_npy(path: str | os.PathLike, expect: str = "a plain numeric array") -> np.ndarray:
     """np.load(allow_pickle=False); a pickle, an object array, an .npz or a damaged file raises InputFileError in
     one sentence that says what the file should hold (`expect`)."""
-    from .errors import InputFileError
+    from embedlab.errors import InputFileError
 
     shown = display_path(os.fspath(path))
     with open(path, "rb") as fh:
@@ -106,7 +106,7 @@ def load_weights_file(path: str | os.PathLike, what: str = "a state_dict of tens
 
     import torch
 
-    from .errors import InputFileError
+    from embedlab.errors import InputFileError
 
     shown = display_path(os.fspath(path))
     fix = (f"Fix: save {what} (torch.save(model.state_dict(), path)) or use a .safetensors file")
@@ -127,7 +127,7 @@ def load_weights_file(path: str | os.PathLike, what: str = "a state_dict of tens
 def check_output_dir(folder: str | os.PathLike, target: str | os.PathLike | None = None) -> None:
     """Refuse, before anything is written, an output folder that (or a parent of which) is an existing file:
     one line that names it; the file is left untouched. `target` is what was to be written there (for the message)."""
-    from .errors import ConfigError
+    from embedlab.errors import ConfigError
 
     folder = Path(folder)
     for p in (folder, *folder.parents):

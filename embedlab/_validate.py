@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any, Iterable
 
-from .errors import InvalidParameterError
+from embedlab.errors import InvalidParameterError
 
 
 @dataclass(frozen=True)

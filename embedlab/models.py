@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, DeviceError, ModelLoadError
+from embedlab.errors import ConfigError, DeviceError, ModelLoadError
 
 log = logging.getLogger(__name__)
 _CONFIGS_REGISTERED = False
@@ -102,7 +102,7 @@ def _classify_pretrained(model: str, pretrained: str | None) -> tuple[str, str, 
     if p.lower() in RANDOM_TAGS:
         return model, "random", None
     if p.startswith(CACHE_PREFIX):     # a checkpoint in embedlab's cache, named without the user's home
-        from ._io import cache_dir
+        from embedlab._io import cache_dir
 
         p = str(cache_dir() / p[len(CACHE_PREFIX):])
     if os.path.sep in p or p.endswith((".pt", ".pth", ".bin", ".safetensors")) or os.path.exists(p):
@@ -241,7 +241,7 @@ def load_model(model: str, pretrained: str | None = None, device: str | Any = "c
     import open_clip
     import torch
 
-    from ._io import sha256_file
+    from embedlab._io import sha256_file
 
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     name, kind, arg = _classify_pretrained(model, pretrained)
@@ -303,7 +303,7 @@ def load_verified(identity: dict, device: str | Any = "auto", source: str | None
     IncompatibleRunError
         When the weights loaded today are not those the vectors were made with.
     """
-    from .errors import IncompatibleRunError
+    from embedlab.errors import IncompatibleRunError
 
     lm = load_model(identity["model"], identity["pretrained"], device)
     want_dim = identity.get("embed_dim")

@@ -36,7 +36,7 @@ def tiny_model():
 
 @pytest.fixture(scope="session")
 def demo_manifest(tmp_path_factory):
-    from embedlab.manifests import manifest
+    from embedlab.datasets.layouts import manifest
 
     out = tmp_path_factory.mktemp("manifests") / "demo.jsonl"
     manifest("demo", ".", out)
@@ -45,7 +45,7 @@ def demo_manifest(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, demo_manifest):
-    from embedlab.extract import extract
+    from embedlab.runs.extract.pipeline import extract
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     extract(demo_manifest, "embedlab-tiny", "none", out, device="cpu", workers=0, shard_size=16, progress=False)

@@ -1,0 +1,219 @@
+"""Corrective edits of a residual: orthogonal projection out of chosen directions (method.md 2.8, anchors 3).
+
+Directions: text concepts (on the centred vocabulary), prompt differences ("a photo of a person" minus
+"a photo"), directions learned from user-labelled images (INLP), and the paper's own `rave-shift` preset.
+Pure functions first; `correct()` does the I/O.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from embedlab._validate import Interval, check_param
+from embedlab.analysis.formula import l2n
+from embedlab.analysis.residual_file import Residual, load_residual, save_residual
+from embedlab.errors import ConfigError, IncompatibleRunError, InvalidParameterError
+
+log = logging.getLogger(__name__)
+
+
+def gram_schmidt(directions: np.ndarray, tol: float = 1e-6) -> np.ndarray:
+    """Orthonormal basis (k, d) of the span of `directions` (m, d); near-dependent rows are dropped."""
+    basis: list[np.ndarray] = []
+    for v in np.atleast_2d(np.asarray(directions, np.float64)):
+        w = v - sum((v @ b) * b for b in basis) if basis else v.copy()
+        n = np.linalg.norm(w)
+        if n > tol * max(1.0, np.linalg.norm(v)):
+            basis.append(w / n)
+    return np.array(basis).reshape(-1, np.asarray(directions).shape[-1])
+
+
+def project_out(r: np.ndarray, directions: np.ndarray) -> tuple[np.ndarray, dict]:
+    """r' = normalise(r - Q Q^T r) for an orthonormal basis Q of `directions`; with statistics."""
+    r = l2n(np.asarray(r, np.float64))
+    Q = gram_schmidt(directions)
+    removed = Q.T @ (Q @ r) if len(Q) else np.zeros_like(r)
+    kept = r - removed
+    if np.linalg.norm(kept) < 1e-9:
+        raise ConfigError("The edit would remove the whole residual (it lies in the span of the chosen directions).")
+    r_new = l2n(kept)
+    return r_new, {"fraction_of_norm_removed": float(1 - np.linalg.norm(kept)),
+                   "fraction_of_sq_norm_removed": float(removed @ removed), "cos_before_after": float(r @ r_new),
+                   "basis_rank": int(len(Q))}
+
+
+def rave_shift_direction(r: np.ndarray, E_raw: np.ndarray, k: int = 15) -> tuple[np.ndarray, dict]:
+    """method.md 2.8: score raw token embeddings by cosine with r; a = norm(mean_top-k s*E), b = norm(mean_bottom-k s*E),
+    u = norm(a + b). (The reference hard-codes k = 15 and crashes on an undefined name; here k is an option.)"""
+    check_param("k", k, Interval(int, 1, len(E_raw) // 2), "correct")
+    r = l2n(np.asarray(r, np.float64))
+    E = np.asarray(E_raw, np.float64)
+    s = (E @ r) / np.linalg.norm(E, axis=1).clip(1e-12)
+    order = np.argsort(-s)
+    top, bottom = order[:k], order[::-1][:k]
+    a = l2n((s[top, None] * E[top]).mean(0))
+    b = l2n((s[bottom, None] * E[bottom]).mean(0))
+    return l2n(a + b), {"top_indices": top.tolist(), "bottom_indices": bottom.tolist(),
+                        "top_scores": s[top].tolist(), "bottom_scores": s[bottom].tolist()}
+
+
+def inlp_directions(X: np.ndarray, y: np.ndarray, max_iter: int = 10, seed: int = 0, tol: float = 0.05) -> tuple[np.ndarray, list]:
+    """Iterative nullspace projection (Ravfogel et al.): fit a linear classifier for the attribute, keep its
+    direction, project it out of X, repeat until held-out accuracy is within `tol` of the majority rate."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+
+    X = l2n(np.asarray(X, np.float64))
+    y = np.asarray(y).astype(int)
+    if len(np.unique(y)) != 2:
+        raise ConfigError("A learned direction needs images of both kinds: the attribute is true for all or none of them.")
+    majority = max(y.mean(), 1 - y.mean())
+    dirs, history = [], []
+    Xp = X.copy()
+    for it in range(max_iter):
+        Xtr, Xte, ytr, yte = train_test_split(Xp, y, test_size=0.3, random_state=seed + it, stratify=y)
+        clf = LogisticRegression(max_iter=2000).fit(Xtr, ytr)
+        acc = float(clf.score(Xte, yte))
+        history.append({"iteration": it, "heldout_accuracy": acc, "majority_rate": float(majority)})
+        if acc <= majority + tol:
+            break
+        w = l2n(clf.coef_[0])
+        dirs.append(w)
+        Xp = Xp - np.outer(Xp @ w, w)
+    return np.array(dirs).reshape(-1, X.shape[1]), history
+
+
+def _concept_edits(lm, remove: list[str], vocab: str | None, templates: str | None) -> tuple[list, list]:
+    """Directions of concepts: their text embeddings minus the vocabulary's mean (both cached)."""
+    from embedlab.analysis import vocab as vb
+
+    V = vb.resolve_vocab(vocab, lm)
+    tpls = vb.resolve_templates(templates)
+    E_vocab, _ = vb.embed_concepts(lm, V.concepts, tpls)
+    mu = E_vocab.mean(0, dtype=np.float64)
+    E_c, _ = vb.embed_concepts(lm, list(remove), tpls)
+    dirs = [l2n(e - mu) for e in E_c]
+    return dirs, [{"kind": "concept", "concept": c, "vocabulary_centre": V.source, "templates": tpls} for c in remove]
+
+
+def _pair_edits(lm, remove_pair: list[tuple[str, str]]) -> tuple[list, list]:
+    """Directions of prompt differences (prompt minus its baseline prompt)."""
+    from embedlab.analysis import vocab as vb
+
+    dirs, edits = [], []
+    for a, b in remove_pair:
+        (ea, eb), _ = vb.embed_concepts(lm, [a, b], ["{}"])
+        dirs.append(l2n(ea.astype(np.float64) - eb))
+        edits.append({"kind": "prompt-pair", "prompt": a, "baseline": b})
+    return dirs, edits
+
+
+def _labelled_edits(remove_labelled: tuple[str, str], model_identity: dict, dim: int, residual) -> tuple[list, list]:
+    """Directions learned (INLP) from a run's images labelled by COLUMN=VALUE."""
+    from embedlab.runs.store import Run
+
+    run_path, attribute = remove_labelled
+    run = Run(run_path)
+    if run.manifest["embed_dim"] != dim or run.manifest["weights_sha256"] != model_identity["weights_sha256"]:
+        raise IncompatibleRunError(f"Run {run_path} was made with another model than residual {residual}.")
+    if "=" not in attribute:
+        raise InvalidParameterError(f"The 'remove_labelled' parameter of correct needs (RUN, 'COLUMN=VALUE'), e.g. "
+                                    f"role=welllit. Got {attribute!r} instead.", param="remove_labelled", owner="correct")
+    D, history = inlp_directions(run.vectors, run.select(attribute))
+    if len(D) == 0:
+        raise ConfigError(f"No linear direction predicts {attribute!r} in {run_path} above chance; nothing to remove.")
+    return list(D), [{"kind": "learned-inlp", "run": str(run_path), "attribute": attribute, "directions": len(D),
+                      "history": history}]
+
+
+def _rave_shift_edits(lm, r: np.ndarray, k: int) -> tuple[list, list]:
+    """method.md 2.8's direction from the raw token embeddings (cached)."""
+    from embedlab.analysis import vocab as vb
+
+    V = vb.resolve_vocab("tokens", lm)
+    E_raw, _ = vb.embed_concepts(lm, V.concepts, ["{}"], normalize=False)
+    u, detail = rave_shift_direction(r, E_raw, k)
+    return [u], [{"kind": "rave-shift", "k": k, "vocabulary": V.source,
+                  "removed_info_from": [V.concepts[i] for i in detail["top_indices"]],
+                  "added_info_from": [V.concepts[i] for i in detail["bottom_indices"]]}]
+
+
+PRESETS = {"rave-shift": "the released RAVE code's shifted residual: project out the direction of the top-k and "
+                         "bottom-k raw token embeddings (docs/method.md)"}
+
+
+def edit_label(edit: dict, index: int = 0, count: int = 1) -> str:
+    """A short name of an edit for printing: its concept, prompt, attribute (with the direction's number when the
+    edit learned several, as INLP does) or kind."""
+    name = edit.get("concept") or edit.get("prompt") or edit.get("attribute") or edit["kind"]
+    return f"{name} ({edit['kind']} direction {index + 1} of {count})" if count > 1 else name
+
+
+def _origins(parts: list, first: int) -> tuple[list, list, list]:
+    """Flatten [(directions, edits)] parts into directions, edits and, per direction, (edit index, direction number,
+    directions of that edit). An edit yields one direction, or (INLP) one edit several."""
+    dirs, edits, origin = [], [], []
+    for part_dirs, part_edits in parts:
+        one_each = len(part_edits) == len(part_dirs)
+        for j in range(len(part_dirs)):
+            origin.append((first + len(edits) + (j if one_each else 0), 0 if one_each else j,
+                           1 if one_each else len(part_dirs)))
+        dirs += list(part_dirs)
+        edits += list(part_edits)
+    return dirs, edits, origin
+
+
+def correct(residual: str | os.PathLike, out: str | os.PathLike, *, remove: list[str] | None = None,
+            remove_pair: list[tuple[str, str]] | None = None, remove_labelled: tuple[str, str] | None = None,
+            preset: str | None = None, k: int = 15, vocab: str | None = None, templates: str | None = None,
+            device: str = "auto") -> Residual:
+    """Project chosen directions out of a residual and write `out` (.npy) with a sidecar listing every edit.
+
+    remove: concept names (centred text embeddings); remove_pair: (prompt, baseline prompt) differences;
+    remove_labelled: (RUN, COLUMN=VALUE) learns directions (INLP) separating images with that attribute;
+    preset 'rave-shift' (`PRESETS`) reproduces the released code's shift with `k` tokens per side.
+
+    Returns the corrected Residual (`.files`: the .npy and its sidecar); its info["correction"]["directions"] has,
+    per removed direction, `edit` (its index in info["edits"]), `label` and the projections before and after."""
+    from . import models
+
+    res = load_residual(residual)
+    mi = res.info["model"]
+    if not (remove or remove_pair or remove_labelled or preset):
+        raise InvalidParameterError("The 'remove' parameter of correct, or 'remove_pair', 'remove_labelled' or "
+                                    "'preset', must name at least one edit. Got none.", param="remove",
+                                    owner="correct", also=("remove_pair", "remove_labelled", "preset"))
+    check_param("preset", preset, tuple(PRESETS), "correct", allow_none=True)
+    r = l2n(res.vector)
+    # as in explain: the network is built (and its weights checked against the residual's) only if some text
+    # is not in the text-embedding cache
+    lm = models.TextModelHandle(mi["model"], mi["pretrained"], mi["weights_sha256"], len(r), device) \
+        if (remove or remove_pair or preset) else None
+    parts = []
+    if remove:
+        parts.append(_concept_edits(lm, remove, vocab, templates))
+    if remove_pair:
+        parts.append(_pair_edits(lm, remove_pair))
+    if remove_labelled:
+        parts.append(_labelled_edits(remove_labelled, mi, len(r), residual))
+    if preset == "rave-shift":
+        parts.append(_rave_shift_edits(lm, r, k))
+    earlier = list(res.info.get("edits", []))
+    dirs, edits, origin = _origins(parts, len(earlier))
+    D = np.array(dirs)
+    if D.shape[1] != len(r):
+        raise IncompatibleRunError(f"Edit directions have dimension {D.shape[1]} but the residual {len(r)}.")
+    r_new, stats = project_out(r, D)
+    info = dict(res.info)
+    info["edits"] = earlier + [dict(e) for e in edits]
+    per_dir = [{"edit": e, "label": edit_label(info["edits"][e], j, n), "projection_before": float(l2n(d) @ r),
+                "projection_after": float(l2n(d) @ r_new)} for d, (e, j, n) in zip(D, origin)]
+    v_to = res.v_to
+    info["correction"] = dict(stats, directions=per_dir, thr_before=res.thr, thr_after=float(v_to @ r_new),
+                              source_residual=str(Path(residual).resolve()))
+    info["thr"] = float(v_to @ r_new)
+    save_residual(out, r_new, info)
+    return Residual(r_new.astype(np.float32), info, Path(out))

@@ -1,0 +1,337 @@
+"""Read a residual in words: centred-vocabulary scores, greedy deflation, and significance.
+
+Pure functions on arrays (`centre`, `deflation_rankings`, `side_lists`, `explain_vectors`) carry the method; the
+per-concept statistics on the test units live in `unit_stats`, the permutation null in `permutation`;
+`explain_residual()` does the I/O (residual sidecar, run folders, model, cached text embeddings) and writes
+report.{json,csv,md,html}; the image sets are read block by block (`ImageSets`), never held. The deflation's
+products with the whole vocabulary are a numba kernel, checked against the definition in the tests.
+
+Significance is one family per page: p_fwer and p_fwer_deflated control the chance of any false positive on
+the page (both lists) at once, and the per-concept statistics (AUROC, Welch p, BH q) count the same units as
+the shuffles (images, or groups when the images come in groups).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from functools import partial
+
+import numpy as np
+import pandas as pd
+
+from embedlab.analysis.formula import l2n
+from embedlab.analysis.image_sets import ImageSets
+from embedlab.analysis.permutation import SIDES, draw_shuffles, family_p, permutation_null
+from embedlab.analysis.unit_stats import collect, unit_statistics
+from embedlab.choices import FAMILIES
+from embedlab.errors import ConfigError, IncompatibleRunError
+
+log = logging.getLogger(__name__)
+MIN_EXPLAINED = 0.001     # a side's list ends at a pick that explains less than this share of |r|^2
+SMALL_VOCAB = 1 << 20     # vocabulary x dimension below which the deflation's products stay in NumPy
+
+
+def unit_rows32(X: np.ndarray, inplace: bool = False) -> np.ndarray:
+    """Rows scaled to unit length in float32 (a vocabulary is too large to round-trip through float64).
+    Rows already of unit length (cached embeddings) are returned as they are, without a copy."""
+    X = np.asarray(X, np.float32)
+    n = np.sqrt(np.einsum("ij,ij->i", X, X))[:, None]
+    if np.all(np.abs(n - 1) < 1e-5):
+        return X
+    n[n == 0] = 1
+    return np.divide(X, n, out=X) if inplace else X / n
+
+
+def centre(E: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Subtract the vocabulary mean (the text side of the modality gap) and renormalise: (C, mean)."""
+    mu = E.mean(0, dtype=np.float64)
+    return unit_rows32(np.subtract(E, mu.astype(np.float32), dtype=np.float32), inplace=True), mu
+
+
+def vocab_products(Cf: np.ndarray, vectors) -> np.ndarray:
+    """(V, len(vectors)) float64 products of the float32 vocabulary with a few vectors: one parallel pass over the
+    vocabulary (4 ms for 40k x 512 and two vectors on two cores, where numpy's OpenBLAS takes 9 ms); a small
+    vocabulary stays in NumPy (no threads to wake)."""
+    vectors = np.ascontiguousarray(vectors, np.float32)
+    if Cf.size < SMALL_VOCAB:
+        return (Cf @ vectors.T).astype(np.float64)
+    out = np.empty((len(Cf), len(vectors)), np.float32)
+    _kernels().times_vocab(Cf, vectors, out)
+    return out.astype(np.float64)
+
+
+def deflation_rankings(r: np.ndarray, C: np.ndarray, n_top: int, signs=(1.0, -1.0)) -> list[list[dict]]:
+    """Greedy, non-redundant rankings (TextSpan-style), one per sign: pick the concept with the largest
+    sign*cos with the current residual, project it out of the residual and of every candidate, renormalise the
+    candidates, repeat. Per pick: index, the score at pick time and the share of |r|^2 it explains (cumulative
+    too). The rankings are computed together, reading the vocabulary once per step.
+
+    Deflated candidates are never materialised: with orthonormal picks t_i and the deflated residual rr,
+    (P c) . rr = c . rr and |P c|^2 = 1 - sum_i (c . t_i)^2, so a step costs one product of the vocabulary
+    with the new pick directions (one column per ranking)."""
+    Cf = np.ascontiguousarray(C, dtype=np.float32)
+    times_vocab = partial(vocab_products, Cf)
+    n = len(signs)
+    rr = [np.asarray(r, np.float64) * sg for sg in signs]
+    total = float(rr[0] @ rr[0])
+    c_dot_rr = times_vocab(rr)      # (V, n), kept up to date
+    cn2 = np.ones((len(C), n), np.float64)
+    alive = np.ones((len(C), n), bool)
+    basis: list[list[np.ndarray]] = [[] for _ in signs]
+    picks: list[list[dict]] = [[] for _ in signs]
+    cum = [0.0] * n
+    live = list(range(n))
+    for _ in range(min(n_top, len(C))):
+        steps = []
+        for s in live:
+            scores = c_dot_rr[:, s] / np.sqrt(np.maximum(cn2[:, s], 1e-12))
+            scores[~alive[:, s]] = -np.inf
+            j = int(np.argmax(scores))
+            if not np.isfinite(scores[j]):
+                continue
+            t = C[j].astype(np.float64)
+            for b in basis[s]:
+                t -= (C[j].astype(np.float64) @ b) * b
+            t /= np.linalg.norm(t) or 1.0
+            proj = float(rr[s] @ t)
+            explained = proj * proj / total if total else 0.0
+            cum[s] += explained
+            picks[s].append({"index": j, "score_at_pick": float(scores[j]), "explained": explained,
+                             "cum_explained": cum[s],
+                             "cosine_at_pick": float(scores[j]) / math.sqrt(max(1.0 - (cum[s] - explained), 1e-12)),
+                             "direction": t.astype(np.float32)})
+            basis[s].append(t)
+            rr[s] = rr[s] - proj * t
+            steps.append((s, j, t, proj))
+        live = [s for s, *_ in steps]
+        if not live:
+            break
+        c_dot_t = times_vocab([t for _, _, t, _ in steps])   # (V, live)
+        for col, (s, j, _, proj) in enumerate(steps):
+            c_dot_rr[:, s] -= proj * c_dot_t[:, col]
+            cn2[:, s] -= c_dot_t[:, col] ** 2
+            alive[:, s] &= cn2[:, s] > 1e-8
+            alive[j, s] = False
+    return picks
+
+
+
+def side_lists(rankings: list[list[dict]], scores: np.ndarray, min_explained: float = MIN_EXPLAINED) -> dict[str, list[dict]]:
+    """Cut each side's ranking (`deflation_rankings` for the signs of SIDES) so that a concept is listed once, on
+    the side of its sign: a side's list ends at the first pick whose own centred score (its cosine with the whole
+    residual) or whose cosine at its deflation step has the other sign or is zero, or that explains less than
+    `min_explained` of |r|^2. (Past that point a greedy ranking picks what is left, whatever its direction.)"""
+    out = {}
+    for (side, sign), picks in zip(SIDES.items(), rankings):
+        kept = []
+        for pk in picks:
+            if sign * scores[pk["index"]] <= 0 or pk["cosine_at_pick"] <= 0 or pk["explained"] < min_explained:
+                break
+            kept.append(pk)
+        out[side] = kept
+    return out
+
+
+RANKING_COLUMNS = ["rank", "direction", "concept", "vocab_index", "score_centred", "z", "raw_cosine", "score_at_pick",
+                   "cosine_at_pick", "explained", "cum_explained"]
+
+
+def _ranking_table(side: str, picks: list[dict], concepts: list[str], s_centred, z, s_raw) -> pd.DataFrame:
+    sign = SIDES[side]
+    rows = [{"rank": rank, "direction": side, "concept": concepts[pk["index"]], "vocab_index": pk["index"],
+             "score_centred": float(s_centred[pk["index"]]), "z": float(z[pk["index"]]),
+             "raw_cosine": float(s_raw[pk["index"]]), "score_at_pick": float(sign * pk["score_at_pick"]),
+             "cosine_at_pick": float(sign * pk["cosine_at_pick"]), "explained": pk["explained"],
+             "cum_explained": pk["cum_explained"]} for rank, pk in enumerate(picks, 1)]
+    return pd.DataFrame(rows, columns=RANKING_COLUMNS)
+
+
+def deflated_family_p(observed: dict, null_seq: dict, first_step: dict | None = None) -> dict:
+    """p_fwer_deflated: at each deflation step one family over the sides that reach it (`family_p`), then a
+    running maximum along each side (a step counts only once the steps before it do). `first_step` ({side:
+    (observed, (K,) null)} of each side's first-step statistic, its maximum over the vocabulary) keeps every side
+    of the family in the first step's family, also a side whose list is empty."""
+    out = {s: np.empty(len(v)) for s, v in observed.items()}
+    for i in range(max((len(v) for v in observed.values()), default=0)):
+        sides = [s for s, v in observed.items() if len(v) > i]
+        obs, nul = {s: observed[s][i] for s in sides}, {s: null_seq[s][:, i] for s in sides}
+        for s, (o, nl) in (first_step or {}).items() if i == 0 else ():
+            obs.setdefault(s, o)
+            nul.setdefault(s, nl)
+        p = family_p(obs, nul, {s: observed[s][i:i + 1] for s in sides})
+        for s in sides:
+            out[s][i] = p[s][0]
+    return {s: np.maximum.accumulate(v) for s, v in out.items()}
+
+
+def permutation_test(sets: ImageSets, groups, C: np.ndarray, s_centred: np.ndarray, lists: dict, *, permutations: int,
+                     seed: int, method: str, deflated_steps: int, family: str) -> tuple[dict, dict]:
+    """The page's family-wise permutation test: ({info}, {side: (p_fwer, p_fwer_deflated) of its listed picks}).
+
+    The statistic is each side's maximum over the whole vocabulary (sign x centred score), standardised by its
+    own null and combined over the family's sides (`family_p`): under the null, p_fwer < alpha for any concept
+    of the page happens in at most alpha of splits. The deflated test does the same at each step. The observed
+    labelling goes through the null's own computation as shuffle 0 (its residual recomputed from the two sets,
+    scored like every shuffle), so a shuffle that reproduces it ties with it to the bit."""
+    t0 = time.perf_counter()
+    sides = tuple(SIDES) if family == "page" else (family,)
+    is_to = sets.is_to
+    sh = draw_shuffles(is_to, groups, permutations, seed, observed=True)      # row 0: the observed labelling
+    steps = {s: lists[s][:deflated_steps] for s in sides}
+    deflations = {s: (SIDES[s], [pk["index"] for pk in steps[s]],
+                      np.array([pk["direction"] for pk in steps[s]], np.float32).reshape(-1, C.shape[1])) for s in sides}
+    null = permutation_null(sets, sh, C, method, deflations, keep_first=True)   # one pass, block by block
+    side_stat = {"adds": null["max"], "removes": -null["min"]}                           # row 0: observed
+    raw = family_p({s: side_stat[s][0] for s in sides}, {s: side_stat[s][1:] for s in sides},
+                   {s: SIDES[s] * null["first"][[pk["index"] for pk in lists[s]]] for s in sides})
+    seq = deflated_family_p({s: null["seq_" + s][0] for s in sides}, {s: null["seq_" + s][1:] for s in sides},
+                            {s: (side_stat[s][0], side_stat[s][1:]) for s in sides})
+    pvals = {s: (raw[s], np.r_[seq[s], np.full(len(lists[s]) - len(seq[s]), np.nan)]) for s in sides}
+    info = dict(sh.info, K=permutations, deflated_steps=deflated_steps, family=family,
+                family_note=FAMILY_NOTES[family], seconds=round(time.perf_counter() - t0, 3))
+    info["smallest_attainable_p"] = smallest_attainable_p(permutations, info["distinct_shuffles"],
+                                                          family == "page" and info["swap_is_a_shuffle"])
+    info["null_max_score_95"] = float(np.quantile(null["max"][1:], 0.95))
+    info["null_min_score_05"] = float(np.quantile(null["min"][1:], 0.05))
+    return info, pvals
+
+
+def smallest_attainable_p(K: int, distinct: float, swap_symmetric: bool) -> float:
+    """The smallest p the test can give: 1/(K + 1), and at least the share of the distinct labellings that give
+    the observed statistic: the observed one, and its swap too when swapping the sets is itself a shuffle and the
+    statistic (the page's, both signs) takes the same value on it (equal sets: the residual only changes sign)."""
+    finite = distinct not in (0, float("inf"))
+    return max(1.0 / (K + 1), (2.0 if swap_symmetric else 1.0) / distinct if finite else 0.0)
+
+
+FAMILY_NOTES = {
+    "page": "one family for the page: both lists and every deflation step; p_fwer < alpha anywhere on the page "
+            "happens in at most alpha of null splits",
+    "adds": "one-sided question, what the residual adds: only the 'adds' list is tested (the 'removes' list "
+            "carries no p-values)",
+    "removes": "one-sided question, what the residual removes: only the 'removes' list is tested (the 'adds' "
+               "list carries no p-values)"}
+STAT_COLUMNS = ("mean_sim_from", "mean_sim_to", "diff", "auroc", "welch_p", "q_bh")
+
+
+def _candidate_indices(s_centred: np.ndarray, tables: dict, candidates: int) -> np.ndarray:
+    """The `candidates` concepts of largest |score|, and every listed concept."""
+    cand = np.argsort(-np.abs(s_centred))[:min(candidates, len(s_centred))]
+    listed = [j for tab in tables.values() for j in tab["vocab_index"] if j not in set(cand.tolist())]
+    return np.r_[cand, np.asarray(list(dict.fromkeys(listed)), int)]
+
+
+def _significance(tables: dict, lists: dict, sets: ImageSets, groups, C, s_centred, *, candidates: int,
+                  permutations: int, seed: int, method: str, deflated_steps: int, family: str,
+                  figure_rows=None, queries=None, exemplars: int = 0) -> tuple[dict, pd.DataFrame, dict]:
+    """Per-concept statistics on the test units and the permutation test, written into the tables in place:
+    two passes over the sets (the units' statistics, then the shuffled sums)."""
+    cand_idx = _candidate_indices(s_centred, tables, candidates)
+    seen = collect(sets, groups, C[cand_idx], figure_rows, queries, exemplars)
+    units = seen["units"]
+    stats, how = unit_statistics(units, C, cand_idx)
+    perm_info, pvals = {"K": permutations, "family": family}, {}
+    if permutations > 0:
+        perm_info, pvals = permutation_test(sets, groups, C, s_centred, lists, permutations=permutations,
+                                            seed=seed, method=method, deflated_steps=deflated_steps, family=family)
+    for side, tab in tables.items():
+        rows = stats.loc[tab["vocab_index"].to_numpy(int)]
+        for col in STAT_COLUMNS:
+            tab[col] = rows[col].to_numpy()
+        if permutations > 0:
+            tab["p_fwer"], tab["p_fwer_deflated"] = pvals.get(side, (np.full(len(tab), np.nan),) * 2)
+    count = {col: int(sum((t[col] < 0.05).sum() for t in tables.values() if col in t)) for col in ("p_fwer", "p_fwer_deflated")}
+    test_unit = {k: units[k] for k in ("unit", "n_from", "n_to", "effective_n", "shuffle")}
+    test_unit.update(shuffle=units["shuffle"] if permutations > 0 else "none", family=family,
+                     effective_n=round(test_unit["effective_n"], 1), **how)
+    n_groups = seen["groups"]
+    return ({"candidates": int(len(cand_idx)), "permutation": perm_info, "n_from": sets.n_from, "n_to": sets.n_to,
+             "images": sets.n, "groups": n_groups, "read_from": sets.source, "test_unit": test_unit,
+             "significant_fwer_05": count["p_fwer"], "significant_fwer_deflated_05": count["p_fwer_deflated"],
+             "candidates_q_below_05": int((stats["q_bh"] < 0.05).sum())}, stats, seen)
+
+
+FIGURE_CONCEPTS = {"adds": 5, "removes": 3}     # the similarity histograms and exemplars show these many per side
+
+
+def explain_vectors(r: np.ndarray, E: np.ndarray, concepts: list[str], x_from: "np.ndarray | ImageSets | None" = None,
+                    x_to: np.ndarray | None = None, groups: np.ndarray | None = None, *, top: int = 30,
+                    candidates: int = 500, permutations: int = 1000, seed: int = 0, method: str = "rave",
+                    deflated_steps: int = 10, family: str = "page", min_explained: float = MIN_EXPLAINED,
+                    exemplars: int = 0) -> dict:
+    """Rank concepts for residual `r` (d,) against text embeddings `E` (V, d) of `concepts`.
+
+    Each side's list is a greedy deflation, cut where its picks stop pointing its way (`side_lists`). With the
+    two sets' image vectors, add per-concept statistics on the test units (`test_units`: images, or groups) for
+    the top `candidates` and a permutation test of the whole page (`permutation_test`; `family` "adds" or
+    "removes" asks a one-sided question instead). `groups` (for the concatenation [x_from; x_to]) restricts the
+    shuffles to exchangeable units. The sequential (deflated) test covers the first `deflated_steps` picks of
+    each side (its cost is shuffles x vocabulary x steps).
+
+    `x_from` may be an `ImageSets` (then `x_to` is None): the sets are then read block by block, twice, and
+    never held (a run of millions of images). With the sets, the result also holds "figure" (concept indices and
+    each image's similarity to them, per set) and, with `exemplars` > 0, "nearest" (per set and figure concept,
+    the `exemplars` images nearest to its text embedding: (scores, positions within the set))."""
+    if E.shape[0] != len(concepts):
+        raise ConfigError(f"{len(concepts)} concepts but {E.shape[0]} embeddings.")
+    if E.shape[1] != len(r):
+        raise IncompatibleRunError(f"Residual has dimension {len(r)} but the text embeddings {E.shape[1]}: different models.")
+    if family not in FAMILIES:
+        raise ConfigError(f"The 'family' parameter must be one of {FAMILIES}. Got {family!r} instead.")
+    if not 0 <= min_explained < 1:
+        raise ConfigError(f"The 'min_explained' parameter must be a float in [0, 1). Got {min_explained!r} instead.")
+    sets = x_from if isinstance(x_from, ImageSets) else (
+        ImageSets.from_arrays(x_from, x_to) if x_from is not None and x_to is not None else None)
+    for name, arr in (("r", r), ("E", E), ("x_from", x_from), ("x_to", x_to)):
+        if isinstance(arr, np.ndarray) and not np.isfinite(arr).all():
+            raise ConfigError(f"The '{name}' input of explain_vectors holds NaN or infinite values.")
+    r = l2n(np.asarray(r, np.float64))
+    E = unit_rows32(E)
+    C, text_mean = centre(E)
+    s_centred = C @ r.astype(np.float32)
+    s_raw = E @ r.astype(np.float32)
+    z = (s_centred - s_centred.mean()) / (s_centred.std() or 1.0)
+    out: dict = {"info": {"vocabulary_size": len(concepts), "text_mean_norm": float(np.linalg.norm(text_mean)),
+                          "score": "cosine of r with the centred, renormalised concept embedding",
+                          "min_explained": min_explained}}
+    lists = side_lists(deflation_rankings(r, C, top, tuple(SIDES.values())), s_centred, min_explained)
+    tables = {side: _ranking_table(side, lists[side], concepts, s_centred, z, s_raw) for side in SIDES}
+    if sets is not None and sets.n_from and sets.n_to:
+        fig = [int(j) for side, n in FIGURE_CONCEPTS.items() for j in tables[side]["vocab_index"].iloc[:n]]
+        info, out["candidate_stats"], seen = _significance(
+            tables, lists, sets, groups, C, s_centred, candidates=candidates, permutations=permutations,
+            seed=seed, method=method, deflated_steps=deflated_steps, family=family, figure_rows=C[fig],
+            queries=E[fig], exemplars=exemplars)
+        out["info"].update(info)
+        out["figure"] = {"index": fig, "from": seen["figure"][0], "to": seen["figure"][1]}
+        out["nearest"] = {"from": seen["nearest"][0], "to": seen["nearest"][1]}
+    out["adds"], out["removes"] = tables["adds"], tables["removes"]
+    out["centred"] = C
+    out["scores_centred"] = s_centred
+    return out
+
+
+_KERNELS = None
+
+
+def _kernels():
+    """The deflation's numba kernel, compiled (or loaded from numba's cache) on first use."""
+    global _KERNELS
+    if _KERNELS is None:
+        from types import SimpleNamespace
+
+        import numba
+
+        @numba.njit(parallel=True, cache=True, fastmath={"nnan", "nsz", "reassoc", "contract"})
+        def times_vocab(C, T, out):
+            """out = C @ T.T for a tall C (V, d) and a few rows T (n, d)."""
+            for v in numba.prange(C.shape[0]):
+                for j in range(T.shape[0]):
+                    acc = np.float32(0)
+                    for k in range(C.shape[1]):
+                        acc += C[v, k] * T[j, k]
+                    out[v, j] = acc
+
+        _KERNELS = SimpleNamespace(times_vocab=times_vocab)
+    return _KERNELS

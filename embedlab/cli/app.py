@@ -1,0 +1,203 @@
+"""The `embedlab` command line: a thin shell over the Python API (each command calls one function).
+
+Exit codes: 0 success, 1 failure (an embedlab error: one line, no traceback unless --debug), 2 usage error.
+"""
+from __future__ import annotations
+
+import enum
+import functools
+import logging
+import sys
+
+import typer
+from typer.core import TyperCommand, TyperGroup
+
+from embedlab import __version__
+from embedlab.analysis.vocab import TEMPLATES
+from embedlab.cli.defaults import API, CLI_NAMES, from_api
+from embedlab.errors import EmbedlabError
+
+
+class _FlagsShowNoType:
+    """Boolean flags (and --help) show as flags: typer >= 0.2x prints a `<bool>` type column after them otherwise."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for p in params:
+            if getattr(p, "is_flag", False) and p.metavar is None:
+                p.metavar = ""
+        return params
+
+
+class _Command(_FlagsShowNoType, TyperCommand):
+    pass
+
+
+class _Group(_FlagsShowNoType, TyperGroup):
+    pass
+
+
+class _Typer(typer.Typer):
+    """typer.Typer whose commands and groups are the classes above, and whose options declared with default
+    FROM_API take the default of the API function the command calls (one place, every command)."""
+
+    def __init__(self, prefix: str = "", **kwargs):
+        super().__init__(cls=_Group, rich_markup_mode=None, **kwargs)   # no markup: help shows [ray] etc. verbatim
+        self.prefix = prefix            # a sub-app's name and a space ("runs "): its commands' keys in API
+
+    def command(self, name: str | None = None, *args, **kwargs):
+        kwargs.setdefault("cls", _Command)
+        register = super().command(name, *args, **kwargs)
+        key = self.prefix + (name or "")
+        return lambda fn: register(from_api(key)(fn) if key in API else fn)
+
+
+def choices(name: str, values) -> type[enum.Enum]:
+    """A typer enum of fixed string choices: listed by --help, anything else rejected with exit 2."""
+    return enum.Enum(name, {v: v for v in values}, type=str)
+
+
+def registry_help(table: dict, sep: str = "; ") -> str:
+    """'name: help; name: help' from a registry's {name: help}."""
+    return sep.join(f"{k}: {v}" for k, v in table.items())
+
+
+app = _Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Embedding analysis and bias inspection around RAVE: extract CLIP embeddings, compute and "
+                       "explain residual vectors, correct them, and train/run backlit-image enhancers.")
+_STATE = {"debug": False}
+
+MODEL_HELP = "open_clip architecture (e.g. ViT-B-32), hf-hub:ORG/REPO, or embedlab-demo / embedlab-tiny."
+PRETRAINED_HELP = "Weights: an open_clip pretrained tag (e.g. openai), hf-hub:ORG/REPO, a local checkpoint file, or none (random init)."
+JSON_HELP = "Print a machine-readable summary (JSON) on stdout instead of text."
+PROGRESS_HELP = "Show a progress bar (on stderr)."
+TEMPLATES_HELP = ("Prompt templates (embedlab.vocab.TEMPLATES): " + ", ".join(
+    f"{k} ({v[0]!r})" if len(v) == 1 else f"{k} ({len(v)} templates: {v[0]!r}, ...)" for k, v in TEMPLATES.items())
+    + f"; or one template containing {{}}. Default: {next(iter(TEMPLATES))}.")
+DEVICE_HELP = "auto (GPU when present, says which), cpu, cuda, cuda:N. 'cuda' without a GPU is an error."
+
+
+def handle_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except EmbedlabError as exc:
+            if _STATE["debug"]:
+                raise
+            typer.echo(f"Error: {cli_message(exc)}", err=True)
+            raise typer.Exit(1)
+        except KeyboardInterrupt:
+            typer.echo("Interrupted. Finished work is kept; rerun the same command to resume.", err=True)
+            raise typer.Exit(130)
+        except OSError as exc:     # the file system said no (permissions, disk full, a file where a folder goes)
+            if _STATE["debug"]:
+                raise
+            typer.echo(f"Error: {_os_error_line(exc)}", err=True)
+            raise typer.Exit(1)
+    return wrapper
+
+
+def _current_ctx():
+    try:
+        from typer._click.globals import get_current_context
+    except ImportError:  # pragma: no cover - older typer uses click itself
+        from click import get_current_context
+    return get_current_context(silent=True)
+
+
+def flag_for(param: str, ctx=None) -> str | None:
+    """The flag (`--top`, `--from`) or argument (`RUN`) of the running command that sets Python parameter `param`."""
+    ctx = ctx or _current_ctx()
+    if ctx is None:
+        return None
+    name = CLI_NAMES.get(param, param)
+    for p in ctx.command.params:
+        if p.name in (name, name + "_"):        # from_ -> --from
+            if p.param_type_name == "argument":
+                return p.name.upper()
+            return max((o for o in p.opts if o.startswith("--")), key=len, default=p.opts[0])
+    return None
+
+
+def cli_message(exc: Exception) -> str:
+    """An error's message with a Python parameter and function rewritten as the flag and command the user typed,
+    and every other parameter it quotes ('name', listed in `exc.also`) as its flag."""
+    msg, param = str(exc), getattr(exc, "param", None)
+    flag = flag_for(param) if param else None
+    if flag is not None:
+        ctx, names = _current_ctx(), []
+        while ctx.parent is not None:       # the command's own names, without the program's (embedlab, -m embedlab)
+            names.append(ctx.info_name)
+            ctx = ctx.parent
+        command = " ".join(reversed(names)) or ctx.info_name
+        kind = "argument" if not flag.startswith("-") else "option"
+        msg = msg.replace(f"The {param!r} parameter of {exc.owner}", f"The '{flag}' {kind} of {command}", 1)
+    for name in filter(None, (param, *getattr(exc, "also", ()))):
+        other = flag_for(name)
+        if other is not None:
+            msg = msg.replace(repr(name), f"'{other}'")
+    return msg
+
+
+def _os_error_line(exc: OSError) -> str:
+    from embedlab._io import display_path
+
+    names = [display_path(str(f)) for f in (exc.filename, exc.filename2) if f is not None]
+    return (f"{exc.strerror or type(exc).__name__}: {' -> '.join(names) or str(exc)}. Fix the path or its permissions "
+            "and rerun (--debug shows the traceback).")
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"embedlab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+          verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output (-v info, -vv debug)."),
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
+          debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors.")):
+    # embedlab's own messages at INFO by default; third-party chatter (open_clip logs to root) only with -vv
+    ours = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("embedlab").setLevel(ours)
+    if verbose < 2:
+        logging.getLogger().setLevel(logging.ERROR if quiet else logging.WARNING)
+        logging.getLogger("faiss").setLevel(logging.WARNING)
+    _STATE["debug"] = debug
+
+
+def _print_json(obj) -> None:
+    from embedlab._io import dumps_json
+
+    typer.echo(dumps_json(obj))
+
+
+def main() -> None:
+    """Console entry point. Exit codes: 0 success, 1 an embedlab error, 2 a usage error (each one line on stderr,
+    the traceback with --debug), 130 interrupted."""
+    try:
+        from typer._click import exceptions as click_exc  # typer >= 0.2x vendors click
+    except ImportError:  # pragma: no cover - older typer uses click itself
+        from click import exceptions as click_exc
+    try:
+        code = app(standalone_mode=False)
+    except click_exc.NoArgsIsHelpError as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click_exc.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "embedlab"
+        typer.echo(f"Error: {' '.join(exc.format_message().split()).rstrip('.')}. See `{where} --help`.", err=True)
+        sys.exit(2)
+    except typer.Abort:
+        typer.echo("Aborted.", err=True)
+        sys.exit(1)
+    except EmbedlabError as exc:  # raised outside a command (e.g. by a callback)
+        if _STATE["debug"]:
+            raise
+        typer.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,163 @@
+"""page: split from demo.py."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from embedlab._io import atomic_write_bytes
+from embedlab.reports.concept_report import lead_sentences
+from embedlab.reports.html import render_page, set_nav
+
+log = logging.getLogger(__name__)
+
+
+HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "ms_ssim": True, "lpips": False, "niqe": False, "brisque": False,
+                    "delta_e": False, "ciede2000": False, "mae": False, "mse": False}
+TOP_FIGURES = ("before_after", "plot_training_curves")     # shown side by side at the top of the page
+PAGE_KEYS = {"files", "bias_concept", "model", "residual_top", "metrics", "correction", "timings_s", "total_s"}
+
+
+def _scalar(v) -> bool:
+    return isinstance(v, (int, float, str, bool)) or v is None
+
+
+def metric_views(metrics: dict) -> tuple[list, list, list]:
+    """demo.json's metrics as page parts, whatever keys they hold: a table of the variants (dicts of numbers
+    sharing keys, e.g. input and enhanced), key/value lines for other flat dicts, the rest as JSON."""
+    variants = {k: v for k, v in (metrics or {}).items() if isinstance(v, dict) and v and all(_scalar(x) for x in v.values())}
+    lists, tables = [], []
+    keyed = {}
+    for k, v in variants.items():
+        keyed.setdefault(frozenset(v), []).append(k)
+    for keys, names in keyed.items():
+        if len(names) > 1:
+            cols = [c for c in variants[names[0]]]
+            tables.append({"title": "Metrics: " + ", ".join(names), "columns": cols, "rows": [(n, variants[n]) for n in names]})
+        else:
+            lists.append((names[0], list(variants[names[0]].items())))
+    extras = [(k, json.dumps(v, default=str)[:400]) for k, v in (metrics or {}).items()
+              if k not in variants and not (isinstance(v, dict) and not v)]
+    return tables, lists, extras
+
+
+def compare_cards(tables: list) -> tuple[list, str]:
+    """The enhanced result against the reference row (the input when present): improved, got worse, unchanged,
+    or changed (a metric with no better/worse direction, such as mean luma); then which row is best per metric
+    when baselines sit beside it."""
+    cards, buckets = [], {"improved": [], "got worse": [], "unchanged": [], "changed (no better/worse direction)": []}
+    best = []
+    for t in tables:
+        rows = dict(t["rows"])
+        ref = next((n for n in rows if "input" in n or "baseline" in n), next(iter(rows)))
+        main = next((n for n in rows if "enhanced" in n), next((n for n in rows if n != ref), ref))
+        for metric in t["columns"] if main != ref else []:
+            a, b = rows[ref].get(metric), rows[main].get(metric)
+            if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+                continue
+            better = HIGHER_IS_BETTER.get(metric.lower())
+            word = ("unchanged" if f"{a:.4g}" == f"{b:.4g}" else "changed (no better/worse direction)" if better is None
+                    else "improved" if (b > a) == better else "got worse")
+            cls = {"improved": "up", "got worse": "down"}.get(word, "flat")
+            cards.append({"name": metric, "ref": a, "val": b, "ref_name": ref, "val_name": main, "word": word, "cls": cls})
+            buckets[word].append(f"{metric} ({_f(a)} → {_f(b)})")
+            scored = {n: v.get(metric) for n, v in rows.items() if isinstance(v.get(metric), (int, float))}
+            if better is not None and len(scored) > 2:
+                top = (max if better else min)(scored, key=scored.get)
+                best.append(f"{metric}: {top} ({_f(scored[top])})")
+    text = " ".join(f"{word.capitalize()} ({cards[0]['val_name']} vs {cards[0]['ref_name']}): {', '.join(items)}."
+                    for word, items in buckets.items() if items)
+    return cards, text + (f" Best of all rows, {'; '.join(best)}." if best else "")
+
+
+def file_groups(out: Path, cap: int = 40) -> list[dict]:
+    """Every file under the demo folder, grouped by top-level folder (links relative to `out`)."""
+    top = sorted(p for p in out.iterdir() if p.is_file() and not p.name.startswith("."))
+    groups = [{"name": "demo folder", "href": ".", "entries": [(p.name, p.name) for p in top], "more": 0}]
+    for d in sorted(p for p in out.iterdir() if p.is_dir()):
+        files = sorted(f for f in d.rglob("*") if f.is_file())
+        items = [(str(f.relative_to(out)), str(f.relative_to(out))) for f in files[:cap]]
+        groups.append({"name": d.name + "/", "href": d.name + "/", "entries": items, "more": max(0, len(files) - cap)})
+    return groups
+
+
+def _report_lead(report_html: Path) -> list:
+    import pandas as pd
+
+    
+
+    path = Path(report_html).with_suffix(".json")
+    if not path.exists():
+        return []
+    r = json.loads(path.read_text())
+    table = pd.DataFrame(r["concepts"]) if r.get("concepts") else pd.DataFrame(columns=["direction", "concept"])
+    return lead_sentences(r, table)
+
+
+def _shown(v, out: Path):
+    """A value for the page: an absolute path under the demo folder becomes relative to it."""
+    if isinstance(v, str) and os.path.isabs(v) and Path(v).resolve().is_relative_to(Path(out).resolve()):
+        return os.path.relpath(v, out)
+    return v
+
+
+def _label(im, text: str):
+    """A column header drawn on a grid tile (top-left, white on a dark box), so the grid reads on its own."""
+    from PIL import ImageDraw, ImageFont
+
+    draw = ImageDraw.Draw(im)
+    font = ImageFont.load_default(size=16)
+    box = draw.textbbox((8, 6), text, font=font)
+    draw.rectangle((box[0] - 5, box[1] - 4, box[2] + 5, box[3] + 4), fill=(0, 0, 0))
+    draw.text((8, 6), text, fill=(255, 255, 255), font=font)
+    return im
+
+
+def write_index(out: Path, result: dict) -> Path:
+    """index.html from demo.json's content (rendered generically), and the report page's links back to it."""
+    
+
+    out = Path(out)
+    arts = result["files"]
+
+    def rel(p):
+        return os.path.relpath(p, out)
+
+    tables, lists, extras = metric_views(result.get("metrics") or {})
+    cards, headline = compare_cards(tables)
+    report_html = arts.get("report")
+    map_href = rel(arts["map"]) if arts.get("map") else None
+    nav = [("demo index", "index.html")] + ([("concept report", rel(report_html))] if report_html else []) \
+        + ([("embedding map", map_href)] if map_href else []) + ([("demo.json", "demo.json")] if (out / "demo.json").exists() else [])
+    figures = [(k.removeprefix("plot_").replace("_", " "), rel(v)) for k, v in arts.items()
+               if str(v).endswith(".png") and k not in TOP_FIGURES]
+    report_files = [(f"report.{s}", rel(Path(report_html).with_suffix(f".{s}"))) for s in ("json", "csv", "md")
+                    if report_html and Path(report_html).with_suffix(f".{s}").exists()]
+    extras += [(k, json.dumps(v, default=str)[:400]) for k, v in result.items() if k not in PAGE_KEYS]
+    train_dir = Path(arts["training_log"]).parent if arts.get("training_log") else None
+    samples = sorted((train_dir / "samples").glob("*.png")) if train_dir else []
+    training = {"log": rel(arts["training_log"]), "samples": [rel(p) for p in samples],
+                "folder": rel(train_dir) + "/"} if train_dir else None
+    page = render_page(
+        "index.html.j2", nav_links=nav, model=result.get("model", ""), headline=headline, cards=cards,
+        metric_tables=tables, metric_lists=lists, before_after=rel(arts["before_after"]) if arts.get("before_after") else None,
+        curves=rel(arts["plot_training_curves"]) if arts.get("plot_training_curves") else None,
+        report_lead=_report_lead(report_html) if report_html else [], report_href=rel(report_html) if report_html else "",
+        report_files=report_files, bias=str(result.get("bias_concept")),
+        correction=[(k, _shown(v, out)) for k, v in (result.get("correction") or {}).items() if _scalar(v)], map_href=map_href,
+        figures=figures, extras=extras, files=file_groups(out), training=training,
+        timings=list((result.get("timings_s") or {}).items()), total=result.get("total_s"))
+    path = out / "index.html"
+    atomic_write_bytes(path, page.encode())
+    if map_href:
+        set_nav(out / map_href, nav)
+    if report_html and Path(report_html).exists():
+        up = os.path.relpath(out, Path(report_html).parent)
+        set_nav(report_html, [(label, href if href.startswith(("http", "/")) else os.path.join(up, href))
+                                  for label, href in nav])
+    return path
+
+
+def _f(v) -> str:
+    return "n/a" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
