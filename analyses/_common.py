@@ -1,4 +1,5 @@
 """Shared helpers for the analyses scripts: argument parsing with a dry run, hardware/version records, JSON output."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,14 @@ def hardware() -> dict:
                 break
     except OSError:
         pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__}
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
     try:
         import open_clip
 

@@ -59,7 +59,7 @@ __all__ = sorted(_API) + ["__version__"]
 def __getattr__(name: str):
     if name in _API:
         value = getattr(importlib.import_module(_API[name]), name)
-        globals()[name] = value          # later reads skip this hook
+        globals()[name] = value  # later reads skip this hook
         return value
     raise AttributeError(f"module 'embedlab' has no attribute {name!r}")
 

@@ -1,4 +1,5 @@
 """Small I/O helpers: atomic writes (tmp then os.replace), hashing and JSON."""
+
 from __future__ import annotations
 
 import contextlib
@@ -92,10 +93,14 @@ def load_npy(path: str | os.PathLike, expect: str = "a plain numeric array") -> 
     except (EOFError, OSError) as exc:
         if isinstance(exc, FileNotFoundError):
             raise
-        raise InputFileError(f"{shown} is damaged or truncated ({type(exc).__name__}). It should hold {expect}.") from None
+        raise InputFileError(
+            f"{shown} is damaged or truncated ({type(exc).__name__}). It should hold {expect}."
+        ) from None
     if not isinstance(arr, np.ndarray):
         arr.close()
-        raise InputFileError(f"{shown} is a .npz archive of several arrays, not one .npy array. It should hold {expect}.")
+        raise InputFileError(
+            f"{shown} is a .npz archive of several arrays, not one .npy array. It should hold {expect}."
+        )
     return arr
 
 
@@ -109,7 +114,7 @@ def load_weights_file(path: str | os.PathLike, what: str = "a state_dict of tens
     from embedlab.errors import InputFileError
 
     shown = display_path(os.fspath(path))
-    fix = (f"Fix: save {what} (torch.save(model.state_dict(), path)) or use a .safetensors file")
+    fix = f"Fix: save {what} (torch.save(model.state_dict(), path)) or use a .safetensors file"
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -117,11 +122,14 @@ def load_weights_file(path: str | os.PathLike, what: str = "a state_dict of tens
         if "invalid load key" in str(exc) or not detail:
             raise InputFileError(f"{shown} is not a PyTorch checkpoint (damaged or another format). {fix}.") from None
         detail = detail.split("GLOBAL", 1)[-1].split(" was not", 1)[0].strip()
-        raise InputFileError(f"{shown} is not a plain weights file: it holds pickled Python objects beyond tensors "
-                             f"({detail}), refused for safety. {fix}.") from None
+        raise InputFileError(
+            f"{shown} is not a plain weights file: it holds pickled Python objects beyond tensors "
+            f"({detail}), refused for safety. {fix}."
+        ) from None
     except (RuntimeError, EOFError, ValueError) as exc:
-        raise InputFileError(f"{shown} is not a PyTorch checkpoint (damaged or another format: "
-                             f"{str(exc).splitlines()[0][:100]}). {fix}.") from None
+        raise InputFileError(
+            f"{shown} is not a PyTorch checkpoint (damaged or another format: {str(exc).splitlines()[0][:100]}). {fix}."
+        ) from None
 
 
 def check_output_dir(folder: str | os.PathLike, target: str | os.PathLike | None = None) -> None:
@@ -136,8 +144,10 @@ def check_output_dir(folder: str | os.PathLike, target: str | os.PathLike | None
         if p.exists() or p.is_symlink():
             what = display_path(str(target if target is not None else folder))
             which = "it" if p == folder and target is None else display_path(str(p))
-            raise ConfigError(f"Cannot write {what}: {which} is an existing file, not a folder, and is left untouched. "
-                              "Fix: choose another 'out' path or move that file.").naming("out")
+            raise ConfigError(
+                f"Cannot write {what}: {which} is an existing file, not a folder, and is left untouched. "
+                "Fix: choose another 'out' path or move that file."
+            ).naming("out")
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -159,11 +169,14 @@ def hash_records(records: Iterable[dict]) -> str:
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """The image files directly in `folder` (by extension, any case), sorted; dotfiles such as macOS '._x.jpg'
     resource forks are skipped."""
-    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    return sorted(
+        p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    )
 
 
-def progress_bar(enabled: bool, iterable: Iterable | None = None, *, total: int | None = None, desc: str = "",
-                 unit: str = "it"):
+def progress_bar(
+    enabled: bool, iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", unit: str = "it"
+):
     """A tqdm progress bar on stderr over `iterable` (or updated by hand up to `total`); enabled=False: the same
     object, disabled, so it prints nothing (every command's progress=False)."""
     from tqdm.auto import tqdm
@@ -201,4 +214,3 @@ def cache_ref(path: str | os.PathLike) -> str:
         return "cache:" + p.resolve().relative_to(root.resolve()).as_posix()
     except ValueError:
         return str(path)
-

@@ -4,6 +4,7 @@
 
 Messages name the Python parameter and function; the CLI maps them to its flags and commands when it prints them.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,7 +22,7 @@ class Interval:
     kind: type
     low: float | None = None
     high: float | None = None
-    closed: str = "both"       # both | left | right | neither
+    closed: str = "both"  # both | left | right | neither
 
     def accepts(self, value: Any) -> bool:
         if isinstance(value, bool) or not isinstance(value, Integral if self.kind is int else Real):
@@ -60,8 +61,9 @@ def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else repr(x)
 
 
-def check_param(name: str, value: Any, constraint: Interval | Options | Iterable, owner: str,
-                allow_none: bool = False) -> Any:
+def check_param(
+    name: str, value: Any, constraint: Interval | Options | Iterable, owner: str, allow_none: bool = False
+) -> Any:
     """Return `value` when it satisfies `constraint`, else raise InvalidParameterError naming `name` and `owner`.
 
     A plain iterable of values is read as `Options(values)`.
@@ -71,5 +73,6 @@ def check_param(name: str, value: Any, constraint: Interval | Options | Iterable
     if (value is None and allow_none) or constraint.accepts(value):
         return value
     what = str(constraint) + (" or None" if allow_none else "")
-    raise InvalidParameterError(f"The {name!r} parameter of {owner} must be {what}. Got {value!r} instead.",
-                                param=name, owner=owner)
+    raise InvalidParameterError(
+        f"The {name!r} parameter of {owner} must be {what}. Got {value!r} instead.", param=name, owner=owner
+    )

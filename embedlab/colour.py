@@ -1,11 +1,12 @@
 """Colour constants and transfer functions shared by the recipes, decoders, metrics and losses (NumPy only;
 the transfer functions also accept torch tensors)."""
+
 from __future__ import annotations
 
 import numpy as np
 
-LUMA = np.array([0.2126, 0.7152, 0.0722])          # Rec. 709 luma weights (linear or sRGB-encoded RGB)
-LUMA_601 = np.array([0.299, 0.587, 0.114])          # Rec. 601 weights (the RAVE repo's grayscale metrics)
+LUMA = np.array([0.2126, 0.7152, 0.0722])  # Rec. 709 luma weights (linear or sRGB-encoded RGB)
+LUMA_601 = np.array([0.299, 0.587, 0.114])  # Rec. 601 weights (the RAVE repo's grayscale metrics)
 
 
 def srgb_to_linear(x):
@@ -13,7 +14,7 @@ def srgb_to_linear(x):
     low, high = x / 12.92, ((x.clip(0) + 0.055) / 1.055) ** 2.4
     if isinstance(x, (np.ndarray, np.generic, float, int)):
         return np.where(x <= 0.04045, low, high)
-    return low.where(x <= 0.04045, high)             # torch.where(cond, low, high), keeping torch out of imports
+    return low.where(x <= 0.04045, high)  # torch.where(cond, low, high), keeping torch out of imports
 
 
 def linear_to_srgb(x: np.ndarray) -> np.ndarray:

@@ -5,6 +5,7 @@ embedlab's registered configs: embedlab-tiny, embedlab-tiny-rn for tests, embedl
 TAG is an open_clip pretrained tag; `hf-hub:ORG/REPO` a Hugging Face hub model; PATH a local checkpoint file;
 `none` a random initialisation with a fixed seed (tests and benchmarks only).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,7 +25,7 @@ from embedlab.errors import ConfigError, DeviceError, ModelLoadError
 log = logging.getLogger(__name__)
 _CONFIGS_REGISTERED = False
 RANDOM_TAGS = ("none", "random", "")
-CACHE_PREFIX = "cache:"   # --pretrained cache:REL is REL under the embedlab cache folder (see _io.cache_ref)
+CACHE_PREFIX = "cache:"  # --pretrained cache:REL is REL under the embedlab cache folder (see _io.cache_ref)
 
 
 def register_configs() -> None:
@@ -57,16 +58,19 @@ def resolve_device(spec: str | None = "auto") -> Any:
         return dev
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise DeviceError(f"'device' {spec!r} was requested but no CUDA GPU is available (torch {torch.__version__}, "
-                              f"CUDA build {torch.version.cuda}). Use 'device' 'cpu' or 'auto'.").naming("device")
+            raise DeviceError(
+                f"'device' {spec!r} was requested but no CUDA GPU is available (torch {torch.__version__}, "
+                f"CUDA build {torch.version.cuda}). Use 'device' 'cpu' or 'auto'."
+            ).naming("device")
         dev = torch.device(spec)
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise DeviceError(f"'device' {spec!r}: only {torch.cuda.device_count()} GPU(s) visible.").naming("device")
         return dev
     if spec == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise DeviceError("'device' 'mps' was requested but MPS is not available. Use 'device' "
-                              "'cpu'.").naming("device")
+            raise DeviceError("'device' 'mps' was requested but MPS is not available. Use 'device' 'cpu'.").naming(
+                "device"
+            )
         return torch.device("mps")
     if spec == "cpu":
         return torch.device("cpu")
@@ -101,15 +105,16 @@ def _classify_pretrained(model: str, pretrained: str | None) -> tuple[str, str, 
         return p, "hf-hub", None
     if p.lower() in RANDOM_TAGS:
         return model, "random", None
-    if p.startswith(CACHE_PREFIX):     # a checkpoint in embedlab's cache, named without the user's home
+    if p.startswith(CACHE_PREFIX):  # a checkpoint in embedlab's cache, named without the user's home
         from embedlab._io import cache_dir
 
-        p = str(cache_dir() / p[len(CACHE_PREFIX):])
+        p = str(cache_dir() / p[len(CACHE_PREFIX) :])
     if os.path.sep in p or p.endswith((".pt", ".pth", ".bin", ".safetensors")) or os.path.exists(p):
         if not os.path.isfile(p):
-            raise ModelLoadError(f"The 'pretrained' checkpoint file {p} was not found. Pass an existing open_clip "
-                                 "checkpoint file, a pretrained tag (see `embedlab models`), or hf-hub:ORG/REPO."
-                                 ).naming("pretrained")
+            raise ModelLoadError(
+                f"The 'pretrained' checkpoint file {p} was not found. Pass an existing open_clip "
+                "checkpoint file, a pretrained tag (see `embedlab models`), or hf-hub:ORG/REPO."
+            ).naming("pretrained")
         return model, "file", os.path.abspath(p)
     return model, "tag", p
 
@@ -167,12 +172,16 @@ def _preflight_fetch(name: str, kind: str, tag: str | None) -> None:
         return
     import open_clip
 
-    cfg = open_clip.get_pretrained_cfg(name, tag) if kind == "tag" else {"hf_hub": name[len("hf-hub:"):]}
+    cfg = open_clip.get_pretrained_cfg(name, tag) if kind == "tag" else {"hf_hub": name[len("hf-hub:") :]}
     if cfg.get("hf_hub"):
         from huggingface_hub import try_to_load_from_cache
 
-        names = [cfg.get("hf_hub_filename"), "open_clip_model.safetensors", "open_clip_pytorch_model.bin",
-                 "open_clip_config.json"]
+        names = [
+            cfg.get("hf_hub_filename"),
+            "open_clip_model.safetensors",
+            "open_clip_pytorch_model.bin",
+            "open_clip_config.json",
+        ]
         repo_id = "/".join(cfg["hf_hub"].rstrip("/").split("/")[:2])
         for fname in filter(None, names):
             if isinstance(try_to_load_from_cache(repo_id, fname), str):
@@ -201,13 +210,17 @@ def _check_known(name: str, kind: str, arg: str | None) -> None:
     if kind != "hf-hub" and name not in open_clip.list_models():
         close = [m for m in open_clip.list_models() if m.lower().replace("-", "") == name.lower().replace("-", "")]
         hint = f" Did you mean {close[0]}?" if close else ""
-        raise ModelLoadError(f"Unknown model {name!r}.{hint} See `embedlab models` for the architectures open_clip knows "
-                             "(embedlab adds embedlab-tiny, embedlab-tiny-rn and embedlab-demo).")
+        raise ModelLoadError(
+            f"Unknown model {name!r}.{hint} See `embedlab models` for the architectures open_clip knows "
+            "(embedlab adds embedlab-tiny, embedlab-tiny-rn and embedlab-demo)."
+        )
     if kind == "tag":
         tags = open_clip.list_pretrained_tags_by_model(name)
         if arg not in tags:
-            raise ModelLoadError(f"Unknown pretrained tag {arg!r} for {name}. Available: {', '.join(tags) or 'none'}; "
-                                 "or pass a local checkpoint file, hf-hub:ORG/REPO, or none (random init).")
+            raise ModelLoadError(
+                f"Unknown pretrained tag {arg!r} for {name}. Available: {', '.join(tags) or 'none'}; "
+                "or pass a local checkpoint file, hf-hub:ORG/REPO, or none (random init)."
+            )
 
 
 @contextlib.contextmanager
@@ -232,7 +245,8 @@ def _load_error(model: str, pretrained: str | None, tried: str, exc: Exception) 
         f"{'HF_HUB_OFFLINE=1 is set, so nothing can be downloaded. ' if offline else ''}"
         f"If this machine is offline, download the checkpoint on a connected machine (e.g. `open_clip` caches it "
         f"under ~/.cache/huggingface) and pass the file: 'model' {model if not model.startswith('hf-hub:') else 'ARCH'}, "
-        f"'pretrained' /path/to/open_clip_model.safetensors. Tried: {tried}.").naming("model", "pretrained")
+        f"'pretrained' /path/to/open_clip_model.safetensors. Tried: {tried}."
+    ).naming("model", "pretrained")
 
 
 def load_model(model: str, pretrained: str | None = None, device: str | Any = "cpu", seed: int = 0) -> LoadedModel:
@@ -268,18 +282,27 @@ def load_model(model: str, pretrained: str | None = None, device: str | Any = "c
     image_size = image_size[0] if isinstance(image_size, (tuple, list)) else image_size
     pp_cfg = getattr(visual, "preprocess_cfg", {}) or {}
     weights_sha = sha256_file(arg) if kind == "file" else _state_hash(clip_model)
-    embed_dim = int(getattr(clip_model, "embed_dim", 0) or clip_model.encode_image(
-        torch.zeros(1, 3, image_size, image_size, device=dev)).shape[-1])
+    embed_dim = int(
+        getattr(clip_model, "embed_dim", 0)
+        or clip_model.encode_image(torch.zeros(1, 3, image_size, image_size, device=dev)).shape[-1]
+    )
     info = {
-        "model": model, "pretrained": pretrained or "none", "pretrained_kind": kind,
-        "weights_sha256": weights_sha, "random_init_seed": seed if kind == "random" else None,
-        "embed_dim": embed_dim, "image_size": int(image_size),
+        "model": model,
+        "pretrained": pretrained or "none",
+        "pretrained_kind": kind,
+        "weights_sha256": weights_sha,
+        "random_init_seed": seed if kind == "random" else None,
+        "embed_dim": embed_dim,
+        "image_size": int(image_size),
         "mean": list(pp_cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)),
         "std": list(pp_cfg.get("std", open_clip.OPENAI_DATASET_STD)),
-        "interpolation": pp_cfg.get("interpolation", "bicubic"), "resize_mode": pp_cfg.get("resize_mode", "shortest"),
+        "interpolation": pp_cfg.get("interpolation", "bicubic"),
+        "resize_mode": pp_cfg.get("resize_mode", "shortest"),
         "preprocess": repr(preprocess).replace("\n", " "),
-        "open_clip_version": open_clip.__version__, "torch_version": torch.__version__,
-        "tokenizer": type(tokenizer).__name__, "context_length": int(getattr(tokenizer, "context_length", 77)),
+        "open_clip_version": open_clip.__version__,
+        "torch_version": torch.__version__,
+        "tokenizer": type(tokenizer).__name__,
+        "context_length": int(getattr(tokenizer, "context_length", 77)),
         "device": str(dev),
     }
     log.info("loaded %s/%s (%s) in %.1fs on %s", model, pretrained, kind, time.perf_counter() - t0, dev)
@@ -310,12 +333,14 @@ def load_verified(identity: dict, device: str | Any = "auto", source: str | None
     if want_dim is not None and lm.dim != int(want_dim):
         raise IncompatibleRunError(
             f"{identity['model']}/{identity['pretrained']} makes {lm.dim}-dimensional embeddings, but the vectors"
-            f"{' of ' + source if source else ''} have {int(want_dim)} dimensions: they were made with another model.")
+            f"{' of ' + source if source else ''} have {int(want_dim)} dimensions: they were made with another model."
+        )
     if lm.info["weights_sha256"] != identity["weights_sha256"]:
         made = f" that made {source}" if source else " the vectors were made with"
         raise IncompatibleRunError(
             f"The weights of {identity['model']}/{identity['pretrained']} (sha256 {lm.info['weights_sha256'][:12]}..., "
-            f"dim {lm.dim}) differ from those{made} (sha256 {identity['weights_sha256'][:12]}..., dim {want_dim}).")
+            f"dim {lm.dim}) differ from those{made} (sha256 {identity['weights_sha256'][:12]}..., dim {want_dim})."
+        )
     return lm
 
 
@@ -330,7 +355,12 @@ class TextModelHandle:
         self._tokenizer = None
         name, kind, _ = _classify_pretrained(model, pretrained)
         self.open_clip_name = name
-        self.info = {"model": model, "pretrained": pretrained, "pretrained_kind": kind, "weights_sha256": weights_sha256}
+        self.info = {
+            "model": model,
+            "pretrained": pretrained,
+            "pretrained_kind": kind,
+            "weights_sha256": weights_sha256,
+        }
 
     @property
     def tokenizer(self):
@@ -339,8 +369,10 @@ class TextModelHandle:
             import open_clip
 
             self._tokenizer = open_clip.get_tokenizer(self.open_clip_name)
-            self.info.update(tokenizer=type(self._tokenizer).__name__,
-                             context_length=int(getattr(self._tokenizer, "context_length", 77)))
+            self.info.update(
+                tokenizer=type(self._tokenizer).__name__,
+                context_length=int(getattr(self._tokenizer, "context_length", 77)),
+            )
         return self._tokenizer
 
     def loaded(self) -> LoadedModel:
@@ -389,7 +421,11 @@ def text_tower(model, embedded, tokens, normalize: bool = False):
     x = model.ln_final(x)
     x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
     if model.text_projection is not None:
-        x = model.text_projection(x) if isinstance(model.text_projection, torch_nn_linear()) else x @ model.text_projection
+        x = (
+            model.text_projection(x)
+            if isinstance(model.text_projection, torch_nn_linear())
+            else x @ model.text_projection
+        )
     return F.normalize(x, dim=-1) if normalize else x
 
 
@@ -401,13 +437,22 @@ def torch_nn_linear():
 
 def supports_cut_context(model) -> bool:
     """True for open_clip's CLIP class with a causal mask and argmax/last pooling (where cutting is exact)."""
-    return (hasattr(model, "token_embedding") and hasattr(model, "positional_embedding")
-            and getattr(model, "attn_mask", None) is not None
-            and getattr(model, "text_pool_type", "argmax") in ("argmax", "last", "eos"))
+    return (
+        hasattr(model, "token_embedding")
+        and hasattr(model, "positional_embedding")
+        and getattr(model, "attn_mask", None) is not None
+        and getattr(model, "text_pool_type", "argmax") in ("argmax", "last", "eos")
+    )
 
 
-def encode_texts(lm: LoadedModel, texts: list[str], batch_size: int = 512, cut_context: bool = True,
-                 progress: bool = False, normalize: bool = True) -> np.ndarray:
+def encode_texts(
+    lm: LoadedModel,
+    texts: list[str],
+    batch_size: int = 512,
+    cut_context: bool = True,
+    progress: bool = False,
+    normalize: bool = True,
+) -> np.ndarray:
     """Text embeddings, float32 (n, dim), L2-normalised unless `normalize=False` (the raw projected features
     RAVE's shift uses). Batches are cut to their longest tokenised prompt (exact under the causal mask)."""
     import torch
@@ -423,14 +468,14 @@ def encode_texts(lm: LoadedModel, texts: list[str], batch_size: int = 512, cut_c
         iterator = tqdm(iterator, desc="encode text", unit="batch", total=(len(texts) + batch_size - 1) // batch_size)
     with torch.inference_mode(), autocast_context(device):
         for start in iterator:
-            tokens = lm.tokenizer(texts[start:start + batch_size]).to(device)
+            tokens = lm.tokenizer(texts[start : start + batch_size]).to(device)
             if cut:
                 length = int((tokens != 0).sum(1).max().item())
-                feats = _encode_text_cut(model, tokens[:, :max(length, 2)], normalize)
+                feats = _encode_text_cut(model, tokens[:, : max(length, 2)], normalize)
             else:
                 feats = model.encode_text(tokens)
                 feats = F.normalize(feats, dim=-1) if normalize else feats
-            out[start:start + len(feats)] = feats.float().cpu().numpy()
+            out[start : start + len(feats)] = feats.float().cpu().numpy()
     return out
 
 

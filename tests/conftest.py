@@ -71,9 +71,31 @@ def tiny_demo(tmp_path_factory):
     import sys
 
     out = tmp_path_factory.mktemp("demo") / "demo"
-    r = subprocess.run([sys.executable, "-m", "embedlab", "demo", "--out", str(out), "--model", "embedlab-tiny",
-                        "--pretrained", "none", "--iters", "6", "--permutations", "100", "--device", "cpu"],
-                       capture_output=True, text=True, cwd=REPO, env=dict(os.environ), timeout=1200)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "embedlab",
+            "demo",
+            "--out",
+            str(out),
+            "--model",
+            "embedlab-tiny",
+            "--pretrained",
+            "none",
+            "--iters",
+            "6",
+            "--permutations",
+            "100",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ),
+        timeout=1200,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return out, json.loads((out / "demo.json").read_text()), r.stdout
 

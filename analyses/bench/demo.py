@@ -7,6 +7,7 @@ cached run, with the parts (demo CLIP, extraction, explain, training, pages). Wr
 --retrain also times a first run that trains the demo CLIP (an empty cache and no shipped copy: ~5 min more).
 The machine's load average is recorded before and after each run: on a shared machine the times are upper bounds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PARTS = {"demo CLIP": ("demo CLIP",), "extraction": ("extract",), "explain": ("residual", "explain-residual", "correct"),
-         "training": ("train",), "enhance + evaluate": ("enhance", "evaluate"), "pages": ("plots",)}
+PARTS = {
+    "demo CLIP": ("demo CLIP",),
+    "extraction": ("extract",),
+    "explain": ("residual", "explain-residual", "correct"),
+    "training": ("train",),
+    "enhance + evaluate": ("enhance", "evaluate"),
+    "pages": ("plots",),
+}
 
 
 def parts(timings: dict) -> dict:
@@ -35,15 +42,26 @@ def run_demo(cache: Path, out: Path, env_extra: dict | None = None) -> dict:
     env = dict(os.environ, EMBEDLAB_CACHE=str(cache), HF_HUB_OFFLINE="1", **(env_extra or {}))
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "embedlab", "demo", "--out", str(out), "--device", "cpu"],
-                       capture_output=True, text=True, cwd=REPO, env=env)
+    r = subprocess.run(
+        [sys.executable, "-m", "embedlab", "demo", "--out", str(out), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         raise RuntimeError(r.stderr[-2000:])
     demo = json.loads((out / "demo.json").read_text())
-    return {"wall_s": round(wall, 1), "in_process_total_s": demo["total_s"], "parts_s": parts(demo["timings_s"]),
-            "timings_s": demo["timings_s"], "first_line": r.stdout.splitlines()[0],
-            "load_avg_before": [round(x, 2) for x in load_before], "load_avg_after": [round(x, 2) for x in os.getloadavg()]}
+    return {
+        "wall_s": round(wall, 1),
+        "in_process_total_s": demo["total_s"],
+        "parts_s": parts(demo["timings_s"]),
+        "timings_s": demo["timings_s"],
+        "first_line": r.stdout.splitlines()[0],
+        "load_avg_before": [round(x, 2) for x in load_before],
+        "load_avg_after": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 def main() -> None:
@@ -55,10 +73,14 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="Folder for the runs (default: a temporary folder).")
     args = parse_args(ap)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_demo_"))
-    res = {"first_run": run_demo(work / "cache", work / "first"), "cached_run": run_demo(work / "cache", work / "cached")}
+    res = {
+        "first_run": run_demo(work / "cache", work / "first"),
+        "cached_run": run_demo(work / "cache", work / "cached"),
+    }
     if args.retrain:
-        res["first_run_training_demo_clip"] = run_demo(work / "cache2", work / "retrain",
-                                                       {"EMBEDLAB_DEMO_NO_PACKAGED": "1"})
+        res["first_run_training_demo_clip"] = run_demo(
+            work / "cache2", work / "retrain", {"EMBEDLAB_DEMO_NO_PACKAGED": "1"}
+        )
     res["threads_env"] = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     res["work"] = str(work)
     for k, v in ((k, v) for k, v in res.items() if isinstance(v, dict) and "wall_s" in v):

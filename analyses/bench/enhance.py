@@ -8,6 +8,7 @@ defaults), every published checkpoint (test-time forward on the full image), and
 embedlab (--trained). RGB PSNR / SSIM (scikit-image, data_range 1, channel_axis 2) averaged; plus enhancement
 throughput in megapixels/s. Writes analyses/results/bench_enhance.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-PHOTOS = ("pkg:skimage/astronaut", "pkg:skimage/chelsea", "pkg:skimage/coffee", "pkg:skimage/rocket",
-          "pkg:skimage/motorcycle", "pkg:sklearn/china.jpg", "pkg:sklearn/flower.jpg")
+PHOTOS = (
+    "pkg:skimage/astronaut",
+    "pkg:skimage/chelsea",
+    "pkg:skimage/coffee",
+    "pkg:skimage/rocket",
+    "pkg:skimage/motorcycle",
+    "pkg:sklearn/china.jpg",
+    "pkg:sklearn/flower.jpg",
+)
 
 
 def main() -> None:
@@ -51,7 +59,7 @@ def main() -> None:
         print(f"{name:36s} PSNR {rows[name]['psnr']:6.2f}  SSIM {rows[name]['ssim']:.3f}")
 
     score("input", lambda x: x)
-    score("gamma 0.5", lambda x: x ** 0.5)
+    score("gamma 0.5", lambda x: x**0.5)
     score("CLAHE", lambda x: exposure.equalize_adapthist(x))
     ckpts = sorted(Path(args.checkpoints).glob("*/*.pth")) if Path(args.checkpoints).exists() else []
     ckpts += [Path(p) for p in args.trained]
@@ -74,10 +82,20 @@ def main() -> None:
         score(name, run)
         mp_s[name] = sum(x.shape[0] * x.shape[1] for x, _ in pairs) / 1e6 / spent[0]
     if mp_s:
-        print(f"enhancement throughput on {dev}: {np.mean(list(mp_s.values())):.3f} megapixels/s "
-              "(network forward only, one image at a time, full resolution)")
-    write_json("bench_enhance.json", {"pairs": "7 package photos x Recipe A seeds 0, 1 (full size)", "rows": rows,
-                                      "megapixels_per_s": mp_s, "device": str(dev)}, args.out)
+        print(
+            f"enhancement throughput on {dev}: {np.mean(list(mp_s.values())):.3f} megapixels/s "
+            "(network forward only, one image at a time, full resolution)"
+        )
+    write_json(
+        "bench_enhance.json",
+        {
+            "pairs": "7 package photos x Recipe A seeds 0, 1 (full size)",
+            "rows": rows,
+            "megapixels_per_s": mp_s,
+            "device": str(dev),
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ extrapolated, labelled as such), and a cached explain call in-process (imports e
 
 Writes analyses/results/bench_explain.json (bench_explain_cached.json with --cached-only).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,7 +52,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
-    for name in ([] if args.cached_only else args.models):
+    for name in [] if args.cached_only else args.models:
         lm = models.load_model(name, "none", args.device)
         tokens = vocab.tokenizer_tokens(lm.tokenizer)
         t0 = time.perf_counter()
@@ -61,12 +62,21 @@ def main() -> None:
         sample = [tokens[i] for i in rng.choice(len(tokens), args.sample, replace=False)]
         one_at_a_time(lm, sample[:5])
         slow = one_at_a_time(lm, sample) * len(tokens) / len(sample)
-        row = {"model": name, "tokens": len(tokens), "batched_cut_context_s": round(batched, 2),
-               "one_per_forward_full_context_s_extrapolated": round(slow, 1), "sample_for_extrapolation": args.sample,
-               "ratio": round(slow / batched, 1), "device": str(lm.device), "batch_size": args.batch_size,
-               "threads": torch.get_num_threads()}
-        print(f"{name:14s} all {len(tokens)} tokens: batched {batched:7.1f} s   one-at-a-time {slow:8.1f} s "
-              f"(extrapolated from {args.sample})   ratio {slow / batched:6.1f}x")
+        row = {
+            "model": name,
+            "tokens": len(tokens),
+            "batched_cut_context_s": round(batched, 2),
+            "one_per_forward_full_context_s_extrapolated": round(slow, 1),
+            "sample_for_extrapolation": args.sample,
+            "ratio": round(slow / batched, 1),
+            "device": str(lm.device),
+            "batch_size": args.batch_size,
+            "threads": torch.get_num_threads(),
+        }
+        print(
+            f"{name:14s} all {len(tokens)} tokens: batched {batched:7.1f} s   one-at-a-time {slow:8.1f} s "
+            f"(extrapolated from {args.sample})   ratio {slow / batched:6.1f}x"
+        )
         rows.append(row)
     # A cached explain call: the demo run, the full token vocabulary, K = 1000 shuffles.
     from embedlab.analysis.explain import explain_vectors
@@ -76,12 +86,12 @@ def main() -> None:
     from embedlab.runs.extract.pipeline import extract
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_explain_"))
-    os.environ.setdefault("EMBEDLAB_CACHE", str(tmp / "cache"))    # set it to reuse an already filled text cache
+    os.environ.setdefault("EMBEDLAB_CACHE", str(tmp / "cache"))  # set it to reuse an already filled text cache
     man = manifest("demo", ".", tmp / "demo.jsonl")["files"]["manifest"]
     model = args.models[-1]
     extract(man, model, "none", tmp / "run", device=args.device, workers=0, progress=False)
     residual(tmp / "run", "role=backlit,split=train", "role=welllit,split=train", tmp / "r.npy", bootstrap=0)
-    explain_residual(tmp / "r.npy", tmp / "rep", vocab="tokens", device=args.device, progress=False)   # fills the cache
+    explain_residual(tmp / "r.npy", tmp / "rep", vocab="tokens", device=args.device, progress=False)  # fills the cache
     times = []
     for i in range(args.repeats):
         t0 = time.perf_counter()
@@ -89,14 +99,32 @@ def main() -> None:
         times.append(time.perf_counter() - t0)
     cached = float(np.median(times))
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "embedlab", "-q", "explain-residual", str(tmp / "r.npy"), "--vocab", "tokens",
-                    "--out", str(tmp / "rep_cli"), "--device", args.device], check=True, env=dict(os.environ),
-                   capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "embedlab",
+            "-q",
+            "explain-residual",
+            str(tmp / "r.npy"),
+            "--vocab",
+            "tokens",
+            "--out",
+            str(tmp / "rep_cli"),
+            "--device",
+            args.device,
+        ],
+        check=True,
+        env=dict(os.environ),
+        capture_output=True,
+    )
     cli = time.perf_counter() - t0
     info = rep["info"]
-    print(f"cached explain call ({model}, {info['vocabulary_size']} tokens, {info['n_from']} + {info['n_to']} images, "
-          f"K=1000): in-process median {cached:.2f} s over {args.repeats} (min {min(times):.2f}, max {max(times):.2f}; "
-          f"permutation test {info['permutation']['seconds']:.2f} s), CLI wall {cli:.2f} s")
+    print(
+        f"cached explain call ({model}, {info['vocabulary_size']} tokens, {info['n_from']} + {info['n_to']} images, "
+        f"K=1000): in-process median {cached:.2f} s over {args.repeats} (min {min(times):.2f}, max {max(times):.2f}; "
+        f"permutation test {info['permutation']['seconds']:.2f} s), CLI wall {cli:.2f} s"
+    )
     # The same scoring with many images (the pure function; synthetic unit vectors, no I/O, no figures): the
     # permutation test's cost is shuffles x vocabulary x dimension, nearly independent of the number of images.
     from embedlab.analysis.residual_file import load_residual
@@ -117,14 +145,32 @@ def main() -> None:
     t0 = time.perf_counter()
     explain_vectors(res.vector, E, V.concepts, x_from, x_to)
     many = time.perf_counter() - t0
-    print(f"explain_vectors with {args.many} + {args.many} synthetic image vectors, same vocabulary, K=1000: {many:.2f} s")
-    write_json("bench_explain_cached.json" if args.cached_only else "bench_explain.json", {"encode": rows, "cached_explain": {
-        "model": model, "vocabulary": "tokens", "vocabulary_size": info["vocabulary_size"], "permutations": 1000,
-        "images": [info["n_from"], info["n_to"]], "repeats": args.repeats, "in_process_s": round(cached, 3),
-        "in_process_all_s": [round(t, 3) for t in times], "permutation_test_s": info["permutation"]["seconds"],
-        "cli_wall_s": round(cli, 3), "text_cache": info["text_cache"],
-        "explain_vectors_many_images_s": round(many, 3), "many_images": [args.many, args.many],
-        "target_in_process_s": 2.0}}, args.out)
+    print(
+        f"explain_vectors with {args.many} + {args.many} synthetic image vectors, same vocabulary, K=1000: {many:.2f} s"
+    )
+    write_json(
+        "bench_explain_cached.json" if args.cached_only else "bench_explain.json",
+        {
+            "encode": rows,
+            "cached_explain": {
+                "model": model,
+                "vocabulary": "tokens",
+                "vocabulary_size": info["vocabulary_size"],
+                "permutations": 1000,
+                "images": [info["n_from"], info["n_to"]],
+                "repeats": args.repeats,
+                "in_process_s": round(cached, 3),
+                "in_process_all_s": [round(t, 3) for t in times],
+                "permutation_test_s": info["permutation"]["seconds"],
+                "cli_wall_s": round(cli, 3),
+                "text_cache": info["text_cache"],
+                "explain_vectors_many_images_s": round(many, 3),
+                "many_images": [args.many, args.many],
+                "target_in_process_s": 2.0,
+            },
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ bias ("planted bias", smaller). Both sets share the groups (every scene under bo
     python -m analyses.bench.scale --n 4000000          # the issue's size (4 GB of float16 on disk)
     python -m analyses.bench.scale --n 200000 --keep    # small; keep the run folder
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,7 @@ import pandas as pd
 from analyses._common import parse_args, write_json  # noqa: E402
 
 LIGHT, BIAS = "planted lighting", "planted bias"
-PARTS = 20          # shards are labelled split=part0..part19 in turn: a ~1/20 subset for comparisons
+PARTS = 20  # shards are labelled split=part0..part19 in turn: a ~1/20 subset for comparisons
 
 
 def vocabulary(V: int, d: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
@@ -49,8 +50,17 @@ def planted_directions(E: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return C[0], C[1]
 
 
-def synthetic_shard(first: int, n: int, d: int, n_groups: int, E: np.ndarray, seed: int,
-                    light: float = 0.25, bias: float = 0.12, noise: float = 0.6) -> tuple[np.ndarray, pd.DataFrame]:
+def synthetic_shard(
+    first: int,
+    n: int,
+    d: int,
+    n_groups: int,
+    E: np.ndarray,
+    seed: int,
+    light: float = 0.25,
+    bias: float = 0.12,
+    noise: float = 0.6,
+) -> tuple[np.ndarray, pd.DataFrame]:
     rng = np.random.default_rng([seed, first])
     rows = np.arange(first, first + n)
     groups = rng.integers(0, n_groups, n)
@@ -61,18 +71,43 @@ def synthetic_shard(first: int, n: int, d: int, n_groups: int, E: np.ndarray, se
     X += is_to[:, None] * (light * u_light + bias * u_bias)[None, :]
     X /= np.linalg.norm(X, axis=1, keepdims=True)
     luma = np.where(is_to, 0.45, 0.25) + 0.05 * rng.standard_normal(n)
-    meta = pd.DataFrame({
-        "row_id": rows.astype(np.int64), "path": [f"s/{i}.jpg" for i in rows], "file": [f"s/{i}.jpg" for i in rows],
-        "content_sha1": "", "width": np.int64(640), "height": np.int64(480), "format": "JPEG", "mode": "RGB",
-        "jpeg_quality": 90.0, "mean_luma": luma, "frames": np.int64(1), "notes": "",
-        "role": np.where(is_to, "welllit", "backlit"), "split": f"part{(first // n) % PARTS if n else 0}",
-        "group": [f"g{g}" for g in groups],
-        "pair_id": None, "gt": None, "source": "synthetic", "manifest_line": rows.astype(np.int64)})
+    meta = pd.DataFrame(
+        {
+            "row_id": rows.astype(np.int64),
+            "path": [f"s/{i}.jpg" for i in rows],
+            "file": [f"s/{i}.jpg" for i in rows],
+            "content_sha1": "",
+            "width": np.int64(640),
+            "height": np.int64(480),
+            "format": "JPEG",
+            "mode": "RGB",
+            "jpeg_quality": 90.0,
+            "mean_luma": luma,
+            "frames": np.int64(1),
+            "notes": "",
+            "role": np.where(is_to, "welllit", "backlit"),
+            "split": f"part{(first // n) % PARTS if n else 0}",
+            "group": [f"g{g}" for g in groups],
+            "pair_id": None,
+            "gt": None,
+            "source": "synthetic",
+            "manifest_line": rows.astype(np.int64),
+        }
+    )
     return X, meta
 
 
-def write_synthetic_run(out: Path, n: int, d: int = 512, n_groups: int = 20_000, shard_size: int = 65536,
-                        dtype: str = "float16", V: int = 10_000, seed: int = 0, index_budget: str = "4G") -> dict:
+def write_synthetic_run(
+    out: Path,
+    n: int,
+    d: int = 512,
+    n_groups: int = 20_000,
+    shard_size: int = 65536,
+    dtype: str = "float16",
+    V: int = 10_000,
+    seed: int = 0,
+    index_budget: str = "4G",
+) -> dict:
     """Write the run through the real writer: one `write_shard` per shard, then `extract.finalize`."""
     from embedlab._io import atomic_write_json
     from embedlab.runs.finalize import finalize
@@ -83,11 +118,26 @@ def write_synthetic_run(out: Path, n: int, d: int = 512, n_groups: int = 20_000,
     out.mkdir(parents=True)
     E, _ = vocabulary(V, d, seed)
     shards = (n + shard_size - 1) // shard_size
-    header = {"embedlab_run": 1, "kind": "image-embeddings", "model": "synthetic", "pretrained": "none",
-              "weights_sha256": f"synthetic-seed-{seed}", "preprocess": "none (synthetic vectors)", "decode": "none",
-              "vector_dtype": dtype, "compute_dtype": "float32", "input_hash": f"synthetic-{n}-{seed}",
-              "shard_size": shard_size, "embed_dim": d, "image_size": None, "status": "running", "inputs": n,
-              "shards": shards, "source_manifest": None, "normalisation": "L2 per vector"}
+    header = {
+        "embedlab_run": 1,
+        "kind": "image-embeddings",
+        "model": "synthetic",
+        "pretrained": "none",
+        "weights_sha256": f"synthetic-seed-{seed}",
+        "preprocess": "none (synthetic vectors)",
+        "decode": "none",
+        "vector_dtype": dtype,
+        "compute_dtype": "float32",
+        "input_hash": f"synthetic-{n}-{seed}",
+        "shard_size": shard_size,
+        "embed_dim": d,
+        "image_size": None,
+        "status": "running",
+        "inputs": n,
+        "shards": shards,
+        "source_manifest": None,
+        "normalisation": "L2 per vector",
+    }
     atomic_write_json(out / "manifest.json", header)
     empty_err = pd.DataFrame(columns=["row_id", "path", "reason", "detail"])
     for s in range(shards):
@@ -100,11 +150,15 @@ def write_synthetic_run(out: Path, n: int, d: int = 512, n_groups: int = 20_000,
 def _child(code: str) -> dict:
     """Run `code` in a fresh interpreter; it prints one JSON line; peak RSS from its VmHWM (getrusage's maxrss would
     carry the parent's high-water mark across fork and exec)."""
-    prog = ("import json, resource, time, sys; sys.path.insert(0, %r)\nt0 = time.perf_counter()\n" % str(Path(__file__).resolve().parents[2])
-            + code + "\nout['seconds'] = round(time.perf_counter() - t0, 3)\n"
-            "hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0].split()[1]\n"
-            "out['peak_rss_mb'] = round(int(hwm) / 1024, 1)\n"
-            "print('RESULT ' + json.dumps(out, default=float))")
+    prog = (
+        "import json, resource, time, sys; sys.path.insert(0, %r)\nt0 = time.perf_counter()\n"
+        % str(Path(__file__).resolve().parents[2])
+        + code
+        + "\nout['seconds'] = round(time.perf_counter() - t0, 3)\n"
+        "hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0].split()[1]\n"
+        "out['peak_rss_mb'] = round(int(hwm) / 1024, 1)\n"
+        "print('RESULT ' + json.dumps(out, default=float))"
+    )
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     p = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, env=env)
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -176,12 +230,19 @@ def time_residual(run_dir: Path, res_path: Path, repeats: int) -> dict:
     ps = [p.get("seconds", np.nan) for p in plain]
     rs = [r.get("seconds", np.nan) for r in res]
     best = int(np.nanargmin(rs)) if not np.isnan(rs).all() else 0
-    return {"plain_read_sum": {"seconds": ps, "peak_rss_mb": float(np.nanmax([p.get("peak_rss_mb", np.nan) for p in plain])),
-                               "checksum": plain[0].get("checksum"), "min_seconds": float(np.nanmin(ps))},
-            "residual": dict(res[best], seconds_all=rs,
-                             peak_rss_mb=float(np.nanmax([r.get("peak_rss_mb", np.nan) for r in res]))),
-            "residual_time_ratio_to_plain": round(float(np.nanmin(rs) / np.nanmin(ps)), 3),
-            "residual_time_ratio_of_medians": round(float(np.nanmedian(rs) / np.nanmedian(ps)), 3)}
+    return {
+        "plain_read_sum": {
+            "seconds": ps,
+            "peak_rss_mb": float(np.nanmax([p.get("peak_rss_mb", np.nan) for p in plain])),
+            "checksum": plain[0].get("checksum"),
+            "min_seconds": float(np.nanmin(ps)),
+        },
+        "residual": dict(
+            res[best], seconds_all=rs, peak_rss_mb=float(np.nanmax([r.get("peak_rss_mb", np.nan) for r in res]))
+        ),
+        "residual_time_ratio_to_plain": round(float(np.nanmin(rs) / np.nanmin(ps)), 3),
+        "residual_time_ratio_of_medians": round(float(np.nanmedian(rs) / np.nanmedian(ps)), 3),
+    }
 
 
 def main() -> None:
@@ -191,16 +252,28 @@ def main() -> None:
     ap.add_argument("--groups", type=int, default=20_000)
     ap.add_argument("--vocab", type=int, default=10_000, help="Concepts in the synthetic vocabulary.")
     ap.add_argument("--permutations", type=int, default=1000, help="K for explain.")
-    ap.add_argument("--repeats", type=int, default=5, help="Residual calls (and plain reads, one more) timed, "
-                    "interleaved; the ratio compares the fastest of each (the least disturbed by other work).")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="Residual calls (and plain reads, one more) timed, "
+        "interleaved; the ratio compares the fastest of each (the least disturbed by other work).",
+    )
     ap.add_argument("--budget", default="4G", help="Index memory budget.")
-    ap.add_argument("--explain-guard-gb", type=float, default=6.0,
-                    help="Address-space limit of the explain process (GiB): past it, a MemoryError is recorded.")
+    ap.add_argument(
+        "--explain-guard-gb",
+        type=float,
+        default=6.0,
+        help="Address-space limit of the explain process (GiB): past it, a MemoryError is recorded.",
+    )
     ap.add_argument("--work", default="/tmp/embedlab_bench_scale", help="Where the run is written (deleted after).")
     ap.add_argument("--skip", nargs="*", default=[], choices=["explain", "index"], help="Parts to skip.")
     ap.add_argument("--keep", action="store_true", help="Keep the synthetic run.")
-    ap.add_argument("--reuse", action="store_true", help="Reuse the run already in --work (its write time is then "
-                    "only the finalisation's).")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="Reuse the run already in --work (its write time is then only the finalisation's).",
+    )
     ap.add_argument("--out", default=None, help="JSON name (default bench_scale.json, or bench_scale_N.json off-size).")
     a = parse_args(ap)
     if a.repeats < 1:
@@ -208,7 +281,7 @@ def main() -> None:
     work = Path(a.work)
     run_dir, res_path = work / "run", work / "residual.npy"
     t0 = time.perf_counter()
-    if a.reuse and (run_dir / "manifest.json").exists():     # shards already written by an interrupted call
+    if a.reuse and (run_dir / "manifest.json").exists():  # shards already written by an interrupted call
         from embedlab._io import read_json
         from embedlab.runs.finalize import finalize
 
@@ -218,21 +291,38 @@ def main() -> None:
         written = write_synthetic_run(run_dir, a.n, a.dim, a.groups, V=a.vocab)
     t_write = time.perf_counter() - t0
     t0 = time.perf_counter()
-    os.sync()       # the kernel's writeback of the run just written must not run during the timed parts
+    os.sync()  # the kernel's writeback of the run just written must not run during the timed parts
     t_sync = time.perf_counter() - t0
     disk = sum(f.stat().st_size for f in (run_dir / "shards").glob("emb_*.npy"))
-    results = {"n": a.n, "dim": a.dim, "groups": a.groups, "dtype": "float16", "vector_bytes_on_disk": disk,
-               "write_seconds": round(t_write, 1), "sync_seconds": round(t_sync, 1), "finalize_index": written.get("index")}
+    results = {
+        "n": a.n,
+        "dim": a.dim,
+        "groups": a.groups,
+        "dtype": "float16",
+        "vector_bytes_on_disk": disk,
+        "write_seconds": round(t_write, 1),
+        "sync_seconds": round(t_sync, 1),
+        "finalize_index": written.get("index"),
+    }
     try:
         results.update(time_residual(run_dir, res_path, a.repeats))
         if "explain" not in a.skip:
             guard = int(a.explain_guard_gb * 2**30)
             results["explain"] = _child(EXPLAIN % (guard, guard, str(res_path), str(run_dir), a.vocab, a.permutations))
-            results["explain"]["planted_first_and_second"] = results["explain"].get("adds_top5", [])[:2] == [LIGHT, BIAS]
+            results["explain"]["planted_first_and_second"] = results["explain"].get("adds_top5", [])[:2] == [
+                LIGHT,
+                BIAS,
+            ]
         if "index" not in a.skip:
             results["index"] = _child(INDEX % (str(run_dir), a.budget))
-        results["targets"] = {"residual_peak_rss_mb_lt": 1536, "residual_time_ratio_lt": 1.5, "explain_seconds_lt": 600,
-                              "explain_peak_rss_mb_lt": 2048, "index_recall_at_10_ge": 0.90, "index_latency_ms_le": 5}
+        results["targets"] = {
+            "residual_peak_rss_mb_lt": 1536,
+            "residual_time_ratio_lt": 1.5,
+            "explain_seconds_lt": 600,
+            "explain_peak_rss_mb_lt": 2048,
+            "index_recall_at_10_ge": 0.90,
+            "index_latency_ms_le": 5,
+        }
     finally:
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -8,6 +8,7 @@ guidance mode's per-iteration costs times its default schedule (an EXTRAPOLATION
 Random weights (same FLOPs as the real towers). CPU default shapes are small (batch 2, 128 px); on a GPU use
 --batch 8 --size 512. Writes analyses/results/bench_train.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,7 @@ import numpy as np
 def timed(fn, iters: int, device) -> float:
     import torch
 
-    fn()                                   # warm-up
+    fn()  # warm-up
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -63,14 +64,36 @@ def main() -> None:
     rng = np.random.default_rng(0)
     v = rng.normal(size=glm.dim)
     v /= np.linalg.norm(v)
-    info = {"thr": 0.2, "v_to": v.tolist(), "model": {"model": args.guidance_model, "pretrained": "none",
-            "weights_sha256": glm.info["weights_sha256"], "preprocess": glm.info["preprocess"], "embed_dim": glm.dim},
-            "from": {}, "to": {}}
+    info = {
+        "thr": 0.2,
+        "v_to": v.tolist(),
+        "model": {
+            "model": args.guidance_model,
+            "pretrained": "none",
+            "weights_sha256": glm.info["weights_sha256"],
+            "preprocess": glm.info["preprocess"],
+            "embed_dim": glm.dim,
+        },
+        "from": {},
+        "to": {},
+    }
     save_residual(tmp / "r.npy", v, info)
     del glm
-    common = dict(residual=str(tmp / "r.npy"), backlit=f"{man}:role=backlit", welllit=f"{man}:role=welllit",
-                  identity_model=args.identity_model, identity_pretrained="none", batch_size=batch, size=size,
-                  crop=None, device=args.device, init="identity", iters=10 ** 6, model=args.guidance_model, pretrained="none")
+    common = dict(
+        residual=str(tmp / "r.npy"),
+        backlit=f"{man}:role=backlit",
+        welllit=f"{man}:role=welllit",
+        identity_model=args.identity_model,
+        identity_pretrained="none",
+        batch_size=batch,
+        size=size,
+        crop=None,
+        device=args.device,
+        init="identity",
+        iters=10**6,
+        model=args.guidance_model,
+        pretrained="none",
+    )
     tr = Trainer(make_config("paper", out=str(tmp / "t"), guidance="residual", **common))
     step_rng = np.random.default_rng(1)
 
@@ -84,12 +107,12 @@ def main() -> None:
         out, _ = tr.net(x)
         g_total = 0.0
         id_total = 0.0
-        for i in range(len(out)):            # one image per tower call, fp32, as the reference code
-            f = tr.guidance.encoder(out[i:i + 1])
+        for i in range(len(out)):  # one image per tower call, fp32, as the reference code
+            f = tr.guidance.encoder(out[i : i + 1])
             g_total = g_total + ((f @ tr.guidance.v_res - tr.guidance.thr) ** 2).sum()
             with torch.no_grad():
-                m_in = tr.identity(x[i:i + 1])
-            m_out = tr.identity(out[i:i + 1])
+                m_in = tr.identity(x[i : i + 1])
+            m_out = tr.identity(out[i : i + 1])
             id_total = id_total + L.identity_loss(m_out, m_in, L.PAPER_ID_WEIGHTS_GUIDED)
         loss = L.W_RESIDUAL * g_total / len(out) + L.W_ID_GUIDED * id_total
         tr.opt.zero_grad(set_to_none=True)
@@ -106,8 +129,16 @@ def main() -> None:
     print(f"  reference style {t_ref:.3f} s/it   embedlab batched {t_ours:.3f} s/it   ratio {t_ref / t_ours:.2f}x")
     guidance_costs = {}
     for mode in ("latent", "prompt"):
-        tg = Trainer(make_config("paper", out=str(tmp / mode), guidance=mode, bank_views=1, guidance_size=min(256, size),
-                                 **{k: v for k, v in common.items() if k != "residual"}))
+        tg = Trainer(
+            make_config(
+                "paper",
+                out=str(tmp / mode),
+                guidance=mode,
+                bank_views=1,
+                guidance_size=min(256, size),
+                **{k: v for k, v in common.items() if k != "residual"},
+            )
+        )
         gm = tg.guidance
         gm.banks["backlit"] = gm.build_bank(tg.backlit, 1)
         gm.banks["welllit"] = gm.build_bank(tg.welllit, 2)
@@ -124,15 +155,31 @@ def main() -> None:
         extrap[name] = 8000 * c["init_step_s"] + 1000 * t_recon + cycles * (2100 * t_ours + 1000 * c["rank_step_s"])
     for k, v in extrap.items():
         print(f"  EXTRAPOLATED default schedule {k:16s} {v / 3600:7.2f} h")
-    print(f"  CLIP-LIT / RAVE (extrapolated) {extrap['clip_lit'] / extrap['rave']:.1f}x; "
-          f"CLIP-LIT-Latent / RAVE {extrap['clip_lit_latent'] / extrap['rave']:.1f}x")
-    write_json("bench_train.json" if dev.type == "cpu" else "bench_train_gpu.json", {
-        "shapes": {"batch": batch, "size": size, "guidance_model": args.guidance_model,
-                   "identity_model": args.identity_model, "weights": "random init"},
-        "device": str(dev), "reference_s_per_iter": t_ref, "embedlab_s_per_iter": t_ours, "ratio": t_ref / t_ours,
-        "reconstruction_s_per_iter": t_recon, "guidance_steps": guidance_costs,
-        "extrapolated_default_schedule_s": extrap,
-        "extrapolation_note": "per-iteration cost measured here times the default schedule's iteration counts"}, args.out)
+    print(
+        f"  CLIP-LIT / RAVE (extrapolated) {extrap['clip_lit'] / extrap['rave']:.1f}x; "
+        f"CLIP-LIT-Latent / RAVE {extrap['clip_lit_latent'] / extrap['rave']:.1f}x"
+    )
+    write_json(
+        "bench_train.json" if dev.type == "cpu" else "bench_train_gpu.json",
+        {
+            "shapes": {
+                "batch": batch,
+                "size": size,
+                "guidance_model": args.guidance_model,
+                "identity_model": args.identity_model,
+                "weights": "random init",
+            },
+            "device": str(dev),
+            "reference_s_per_iter": t_ref,
+            "embedlab_s_per_iter": t_ours,
+            "ratio": t_ref / t_ours,
+            "reconstruction_s_per_iter": t_recon,
+            "guidance_steps": guidance_costs,
+            "extrapolated_default_schedule_s": extrap,
+            "extrapolation_note": "per-iteration cost measured here times the default schedule's iteration counts",
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

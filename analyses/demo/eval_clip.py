@@ -9,6 +9,7 @@ with seeds never used in training (20000+):
   3. a planted bias (well-lit set = cat and flower photos only): rank of the planted objects after deflation,
      and the cosine of the residual with the balanced residual before and after removing the top non-lighting concept.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,7 @@ def embed(lm, images):
 
     feats = []
     for s in range(0, len(images), 64):
-        batch = [lm.preprocess(Image.fromarray(im)) for im in images[s:s + 64]]
+        batch = [lm.preprocess(Image.fromarray(im)) for im in images[s : s + 64]]
         import torch
 
         feats.append(models.encode_image_batch(lm, torch.stack(batch)))
@@ -74,22 +75,41 @@ def run_eval(device: str = "cpu", steps: int | None = None, seed: int | None = N
     C, _ = centre(E)
     r_fixed, stats = project_out(r_bias, [C[V.concepts.index(removed)]]) if removed else (r_bias, {})
     result = {
-        "checkpoint": str(ckpt), "train_seconds": train_meta["train_seconds"], "train_device": train_meta["device"],
-        "train_threads": train_meta["threads"], "steps": train_meta["recipe"]["steps"], "heldout_seeds": list(HELDOUT_SEEDS),
-        "zero_shot_accuracy": acc, "zero_shot_per_class": per_class, "n_heldout_images": len(images),
-        "balanced": {"top1": top1, "bottom1": bottom1, "top1_is_welllit_synonym": top1 in dc.SYNONYMS["welllit"],
-                     "bottom1_is_backlit_synonym": bottom1 in dc.SYNONYMS["backlit"],
-                     "adds": list(bal["adds"]["concept"]), "removes": list(bal["removes"]["concept"])},
-        "planted": {"welllit_photos": list(PLANTED), "top3_after_deflation": top3,
-                    "planted_object_in_top3": bool(set(top3) & PLANTED_OBJECTS),
-                    "p_fwer_deflated_top3": [float(p) for p in biased["adds"]["p_fwer_deflated"].head(3)],
-                    "removed_concept": removed, "cos_with_balanced_before": float(r_bias @ r_bal),
-                    "cos_with_balanced_after": float(r_fixed @ r_bal)},
+        "checkpoint": str(ckpt),
+        "train_seconds": train_meta["train_seconds"],
+        "train_device": train_meta["device"],
+        "train_threads": train_meta["threads"],
+        "steps": train_meta["recipe"]["steps"],
+        "heldout_seeds": list(HELDOUT_SEEDS),
+        "zero_shot_accuracy": acc,
+        "zero_shot_per_class": per_class,
+        "n_heldout_images": len(images),
+        "balanced": {
+            "top1": top1,
+            "bottom1": bottom1,
+            "top1_is_welllit_synonym": top1 in dc.SYNONYMS["welllit"],
+            "bottom1_is_backlit_synonym": bottom1 in dc.SYNONYMS["backlit"],
+            "adds": list(bal["adds"]["concept"]),
+            "removes": list(bal["removes"]["concept"]),
+        },
+        "planted": {
+            "welllit_photos": list(PLANTED),
+            "top3_after_deflation": top3,
+            "planted_object_in_top3": bool(set(top3) & PLANTED_OBJECTS),
+            "p_fwer_deflated_top3": [float(p) for p in biased["adds"]["p_fwer_deflated"].head(3)],
+            "removed_concept": removed,
+            "cos_with_balanced_before": float(r_bias @ r_bal),
+            "cos_with_balanced_after": float(r_fixed @ r_bal),
+        },
         "eval_seconds": round(time.perf_counter() - t0, 1),
     }
-    result["passed"] = bool(acc >= 0.90 and result["balanced"]["top1_is_welllit_synonym"]
-                            and result["balanced"]["bottom1_is_backlit_synonym"] and result["planted"]["planted_object_in_top3"]
-                            and result["planted"]["cos_with_balanced_after"] > result["planted"]["cos_with_balanced_before"])
+    result["passed"] = bool(
+        acc >= 0.90
+        and result["balanced"]["top1_is_welllit_synonym"]
+        and result["balanced"]["bottom1_is_backlit_synonym"]
+        and result["planted"]["planted_object_in_top3"]
+        and result["planted"]["cos_with_balanced_after"] > result["planted"]["cos_with_balanced_before"]
+    )
     return result
 
 
@@ -98,19 +118,31 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=None, help="Folder for eval_demo_clip.json (default analyses/results).")
-    ap.add_argument("--seed", type=int, default=None, help="Evaluate the model trained with this seed instead of the "
-                    "shipped seed 0 (trained and cached on first use); writes eval_demo_clip_seedN.json.")
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="Evaluate the model trained with this seed instead of the "
+        "shipped seed 0 (trained and cached on first use); writes eval_demo_clip_seedN.json.",
+    )
     ap.add_argument("--device", default="cpu")
     args = parse_args(ap)
     res = run_eval(args.device, seed=args.seed)
     print(f"zero-shot lighting accuracy {res['zero_shot_accuracy']:.3f} {res['zero_shot_per_class']}")
     print(f"balanced: top-1 {res['balanced']['top1']!r}, bottom-1 {res['balanced']['bottom1']!r}")
     p = res["planted"]
-    print(f"planted: top-3 {p['top3_after_deflation']}, removed {p['removed_concept']!r}, cos with balanced "
-          f"{p['cos_with_balanced_before']:.3f} -> {p['cos_with_balanced_after']:.3f}")
-    print(f"training {res['train_seconds']} s on {res['train_device']} ({res['train_threads']} threads); passed={res['passed']}")
-    write_json("eval_demo_clip.json" if args.seed is None else f"eval_demo_clip_seed{args.seed}.json",
-               dict(res, seed=args.seed), args.out)
+    print(
+        f"planted: top-3 {p['top3_after_deflation']}, removed {p['removed_concept']!r}, cos with balanced "
+        f"{p['cos_with_balanced_before']:.3f} -> {p['cos_with_balanced_after']:.3f}"
+    )
+    print(
+        f"training {res['train_seconds']} s on {res['train_device']} ({res['train_threads']} threads); passed={res['passed']}"
+    )
+    write_json(
+        "eval_demo_clip.json" if args.seed is None else f"eval_demo_clip_seed{args.seed}.json",
+        dict(res, seed=args.seed),
+        args.out,
+    )
 
 
 if __name__ == "__main__":

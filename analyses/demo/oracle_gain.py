@@ -16,6 +16,7 @@ and the demo's enhancer, with the quality bars of `embedlab demo`:
 
 --demo is a finished `embedlab demo --out DIR` folder (its manifest, corrected residual and enhanced photos).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,9 @@ import numpy as np
 EPS = 1e-3
 
 
-def oracle_gain(x: np.ndarray, original: np.ndarray, max_pixels: int | None = None, brighter: float = 1.0) -> np.ndarray:
+def oracle_gain(
+    x: np.ndarray, original: np.ndarray, max_pixels: int | None = None, brighter: float = 1.0
+) -> np.ndarray:
     """One gain per pixel ([0,1] float HxWx3 images): x / L with L = luma(x) / (brighter * luma(original)), the map
     estimated at <= max_pixels and upsampled bilinearly as `embedlab enhance` does (None: full resolution)."""
     import torch
@@ -56,15 +59,23 @@ def held_out(demo: Path):
     from embedlab.demos.loop import HeldOut
 
     if not (demo / "manifest.jsonl").exists() or not (demo / "corrected.npy").exists():
-        raise SystemExit(f"{demo} is not a finished `embedlab demo` folder (manifest.jsonl and corrected.npy); run "
-                         "`embedlab demo --out DIR` first.")
+        raise SystemExit(
+            f"{demo} is not a finished `embedlab demo` folder (manifest.jsonl and corrected.npy); run "
+            "`embedlab demo --out DIR` first."
+        )
     man = read_manifest(demo / "manifest.jsonl")
     entries = [e for e in man.entries if e.split == "test" and e.role == "backlit"]
     if not entries or any((e.synth or {}).get("recipe") != "A" for e in entries):
-        raise SystemExit(f"{demo / 'manifest.jsonl'}: the held-out (split=test) backlit entries must be Recipe-A "
-                         "syntheses, as `embedlab demo` writes them.")
-    held = HeldOut([materialize(man, e.path, e) for e in entries], [materialize(man, e.gt) for e in entries],
-                   str(demo / "corrected.npy"), "cpu")
+        raise SystemExit(
+            f"{demo / 'manifest.jsonl'}: the held-out (split=test) backlit entries must be Recipe-A "
+            "syntheses, as `embedlab demo` writes them."
+        )
+    held = HeldOut(
+        [materialize(man, e.path, e) for e in entries],
+        [materialize(man, e.gt) for e in entries],
+        str(demo / "corrected.npy"),
+        "cpu",
+    )
     return held, [int(e.synth["seed"]) for e in entries]
 
 
@@ -85,7 +96,7 @@ def run(demo: str | Path) -> dict:
     def score(name: str, images: list[np.ndarray]) -> None:
         s = held.scores([to_u8(im) for im in images])
         row = {**s, **{k: v for k, v in quality_bars(base, s, held.thr).items() if not k.endswith("_ok")}}
-        rows[name] = {k: (v if np.isfinite(v) else None) for k, v in row.items()}   # the originals' PSNR: inf
+        rows[name] = {k: (v if np.isfinite(v) else None) for k, v in row.items()}  # the originals' PSNR: inf
 
     score("input", inputs)
     score("original", originals)
@@ -95,21 +106,34 @@ def run(demo: str | Path) -> dict:
     else:
         print(f"no enhanced copy of every held-out photo in {demo / 'enhanced'}: the demo enhancer's row is left out")
     score("luma-matching gain (full resolution)", [oracle_gain(x, o) for x, o in zip(inputs, originals)])
-    score("luma-matching gain (inference scale)", [oracle_gain(x, o, LOOP_MAX_PIXELS) for x, o in zip(inputs, originals)])
+    score(
+        "luma-matching gain (inference scale)", [oracle_gain(x, o, LOOP_MAX_PIXELS) for x, o in zip(inputs, originals)]
+    )
     aims = {"x1.1": 1.1, "x1.2": 1.2}
     if "demo enhancer" in rows:
         aims["at the demo enhancer's mean luma"] = rows["demo enhancer"]["mean_luma"] / rows["original"]["mean_luma"]
     for label, c in aims.items():
-        score(f"gain aimed brighter, {label} (c = {c:.3f}, inference scale)",
-              [oracle_gain(x, o, LOOP_MAX_PIXELS, brighter=c) for x, o in zip(inputs, originals)])
-    score("luma-matching gain, then saturation x1.2",
-          [saturate(to_u8(oracle_gain(x, o)), 1.2) / 255.0 for x, o in zip(inputs, originals)])
+        score(
+            f"gain aimed brighter, {label} (c = {c:.3f}, inference scale)",
+            [oracle_gain(x, o, LOOP_MAX_PIXELS, brighter=c) for x, o in zip(inputs, originals)],
+        )
+    score(
+        "luma-matching gain, then saturation x1.2",
+        [saturate(to_u8(oracle_gain(x, o)), 1.2) / 255.0 for x, o in zip(inputs, originals)],
+    )
     for omit in [(s,) for s in synth.RECIPE_A_STEPS] + [synth.RECIPE_A_STEPS]:
         redone = [synth.recipe_a(g, s, omit=omit).image / 255.0 for g, s in zip(held.gts, seeds)]
-        score(f"luma-matching gain, Recipe A without {' + '.join(omit)}",
-              [oracle_gain(x, o) for x, o in zip(redone, originals)])
-    return {"demo": str(demo), "residual": str(demo / "corrected.npy"), "thr": held.thr,
-            "held_out_images": held.names, "rows": rows}
+        score(
+            f"luma-matching gain, Recipe A without {' + '.join(omit)}",
+            [oracle_gain(x, o) for x, o in zip(redone, originals)],
+        )
+    return {
+        "demo": str(demo),
+        "residual": str(demo / "corrected.npy"),
+        "thr": held.thr,
+        "held_out_images": held.names,
+        "rows": rows,
+    }
 
 
 def main() -> None:
@@ -123,8 +147,10 @@ def main() -> None:
     print(f"thr {res['thr']:+.3f}; bars: PSNR >= input + 1 dB, projection share of the gap >= 0.5")
     for name, r in res["rows"].items():
         psnr = "   inf          " if r["psnr"] is None else f"{r['psnr']:6.2f} ({r['psnr_gain_db']:+6.2f})"
-        print(f"{name:70s} PSNR {psnr}  luma {r['mean_luma']:.3f}  projection {r['projection']:+.3f}  "
-              f"share {r['projection_share_of_gap']:.2f}")
+        print(
+            f"{name:70s} PSNR {psnr}  luma {r['mean_luma']:.3f}  projection {r['projection']:+.3f}  "
+            f"share {r['projection_share_of_gap']:.2f}"
+        )
     write_json("oracle_demo_gain.json", res, args.out)
 
 

@@ -19,6 +19,7 @@ ablation of that change.
 
 --demo is a finished `embedlab demo --out DIR` folder (its manifest, run, corrected residual and demo CLIP).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,10 @@ def validation_pairs(man, folder: Path) -> list[tuple[str, str]]:
     originals = sorted({e.gt for e in man.entries if e.split == "train" and e.role == "backlit" and e.gt})
     seeds_used = {int(e.synth["seed"]) for e in man.entries if e.role == "backlit" and e.synth and "seed" in e.synth}
     if seeds_used & set(VALIDATION_SEEDS):
-        raise SystemExit(f"the manifest trains on Recipe-A seeds {sorted(seeds_used)}; validation seeds "
-                         f"{VALIDATION_SEEDS} must be others")
+        raise SystemExit(
+            f"the manifest trains on Recipe-A seeds {sorted(seeds_used)}; validation seeds "
+            f"{VALIDATION_SEEDS} must be others"
+        )
     pairs = []
     for uri in originals:
         gt = materialize(man, uri)
@@ -62,10 +65,16 @@ def parse_variant(spec: str) -> dict:
         weight = float(parts[1]) if len(parts) > 1 else math.nan
     except ValueError:
         weight = math.nan
-    if (len(parts) not in (2, 3) or parts[0] not in ("zeros", "reflect") or parts[2:] not in ([], ["flat"])
-            or not (math.isfinite(weight) and weight > 0)):
-        raise SystemExit(f"variant {spec!r}: expected PADDING:IDENTITY_WEIGHT[:flat] with PADDING zeros or reflect and "
-                         "a positive weight, e.g. reflect:75 or zeros:75:flat")
+    if (
+        len(parts) not in (2, 3)
+        or parts[0] not in ("zeros", "reflect")
+        or parts[2:] not in ([], ["flat"])
+        or not (math.isfinite(weight) and weight > 0)
+    ):
+        raise SystemExit(
+            f"variant {spec!r}: expected PADDING:IDENTITY_WEIGHT[:flat] with PADDING zeros or reflect and "
+            "a positive weight, e.g. reflect:75 or zeros:75:flat"
+        )
     return {"padding": parts[0], "identity_weight": weight, "flat_layer_weights": parts[2:] == ["flat"]}
 
 
@@ -89,58 +98,96 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--demo", required=True, help="A finished `embedlab demo --out DIR` folder.")
-    ap.add_argument("--variants", default="reflect:60,reflect:75,reflect:90,zeros:75,reflect:75:flat",
-                    help="Comma-separated PADDING:IDENTITY_WEIGHT[:flat] variants to train.")
+    ap.add_argument(
+        "--variants",
+        default="reflect:60,reflect:75,reflect:90,zeros:75,reflect:75:flat",
+        help="Comma-separated PADDING:IDENTITY_WEIGHT[:flat] variants to train.",
+    )
     ap.add_argument("--out", default=None, help="Folder for validate_demo_preset.json (default analyses/results).")
     args = parse_args(ap)
     variants = [parse_variant(v) for v in args.variants.split(",")]
     demo = Path(args.demo)
     if not (demo / "manifest.jsonl").exists() or not (demo / "corrected.npy").exists():
-        raise SystemExit(f"{demo} is not a finished demo folder (no manifest.jsonl / corrected.npy); run "
-                         f"`embedlab demo --out {demo}` first")
+        raise SystemExit(
+            f"{demo} is not a finished demo folder (no manifest.jsonl / corrected.npy); run "
+            f"`embedlab demo --out {demo}` first"
+        )
     import json
 
     from embedlab.enhancement.presets import PRESETS
 
     loop = json.loads((demo / "demo.json").read_text()).get("loop", {}) if (demo / "demo.json").exists() else {}
     if loop.get("iters") != PRESETS["demo"]["iters"] or loop.get("preset") != "demo":
-        raise SystemExit(f"{demo} is not a default `embedlab demo` folder (demo.json's loop: preset "
-                         f"{loop.get('preset')!r}, iters {loop.get('iters')!r}); this script retrains the default")
+        raise SystemExit(
+            f"{demo} is not a default `embedlab demo` folder (demo.json's loop: preset "
+            f"{loop.get('preset')!r}, iters {loop.get('iters')!r}); this script retrains the default"
+        )
     man = read_manifest(demo / "manifest.jsonl")
     residual = str(demo / "corrected.npy")
     model = load_residual(residual).info["model"]
     work = demo / "validate_preset"
-    sets = {"validation": validation_pairs(man, work / "validation"),
-            "held-out": _copy_held_out_inputs(man, work / "held_out")}
-    scorers = {name: HeldOut([p for p, _ in pairs], [g for _, g in pairs], residual, "cpu")
-               for name, pairs in sets.items()}
+    sets = {
+        "validation": validation_pairs(man, work / "validation"),
+        "held-out": _copy_held_out_inputs(man, work / "held_out"),
+    }
+    scorers = {
+        name: HeldOut([p for p, _ in pairs], [g for _, g in pairs], residual, "cpu") for name, pairs in sets.items()
+    }
     inputs = {name: s.scores(s.inputs) for name, s in scorers.items()}
     rows = []
     for v in variants:
         name = f"{v['padding']}_id{v['identity_weight']:g}" + ("_flat" if v["flat_layer_weights"] else "")
-        flat = (mock.patch.object(losses, "layer_weights", old_layer_weights) if v["flat_layer_weights"]
-                else contextlib.nullcontext())
+        flat = (
+            mock.patch.object(losses, "layer_weights", old_layer_weights)
+            if v["flat_layer_weights"]
+            else contextlib.nullcontext()
+        )
         with flat:
-            r = train_with_curve(work / f"train_{name}", scorers["held-out"], 200, LOOP_MAX_PIXELS, preset="demo",
-                                 residual=residual, backlit=f"{demo / 'run'}:role=backlit,split=train",
-                                 identity_model=model["model"], identity_pretrained=model["pretrained"],
-                                 identity_weight=v["identity_weight"], padding=v["padding"], device="cpu")
+            r = train_with_curve(
+                work / f"train_{name}",
+                scorers["held-out"],
+                200,
+                LOOP_MAX_PIXELS,
+                preset="demo",
+                residual=residual,
+                backlit=f"{demo / 'run'}:role=backlit,split=train",
+                identity_model=model["model"],
+                identity_pretrained=model["pretrained"],
+                identity_weight=v["identity_weight"],
+                padding=v["padding"],
+                device="cpu",
+            )
         state = load_enhancer_state(r["enhancer"])
         row = {**v, "train_seconds": r["train_seconds"]}
         for set_name, s in scorers.items():
             scores = s.scores(run_net(state, s.inputs, LOOP_MAX_PIXELS))
             row[set_name] = {"scores": scores, "bars": quality_bars(inputs[set_name], scores, s.thr)}
         zero = scorers["held-out"].scores(run_net(state, scorers["held-out"].inputs, LOOP_MAX_PIXELS, padding="train"))
-        row["held-out, zero-padded scoring"] = {"scores": zero, "bars": quality_bars(inputs["held-out"], zero,
-                                                                                    scorers["held-out"].thr)}
+        row["held-out, zero-padded scoring"] = {
+            "scores": zero,
+            "bars": quality_bars(inputs["held-out"], zero, scorers["held-out"].thr),
+        }
         rows.append(row)
-        print(f"{name}: " + "; ".join(
-            f"{k} PSNR {row[k]['bars']['psnr_gain_db']:+.2f} dB, share {row[k]['bars']['projection_share_of_gap']:.3f}"
-            f"{' (all bars met)' if row[k]['bars']['all_ok'] else ''}"
-            for k in ("validation", "held-out", "held-out, zero-padded scoring")), flush=True)
-    write_json("validate_demo_preset.json", {"demo": str(demo), "validation_seeds": list(VALIDATION_SEEDS),
-                                             "sets": {k: [p for p, _ in v] for k, v in sets.items()},
-                                             "inputs": inputs, "rows": rows}, args.out)
+        print(
+            f"{name}: "
+            + "; ".join(
+                f"{k} PSNR {row[k]['bars']['psnr_gain_db']:+.2f} dB, share {row[k]['bars']['projection_share_of_gap']:.3f}"
+                f"{' (all bars met)' if row[k]['bars']['all_ok'] else ''}"
+                for k in ("validation", "held-out", "held-out, zero-padded scoring")
+            ),
+            flush=True,
+        )
+    write_json(
+        "validate_demo_preset.json",
+        {
+            "demo": str(demo),
+            "validation_seeds": list(VALIDATION_SEEDS),
+            "sets": {k: [p for p, _ in v] for k, v in sets.items()},
+            "inputs": inputs,
+            "rows": rows,
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

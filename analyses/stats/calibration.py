@@ -16,6 +16,7 @@ not above the binomial 95% interval of Bin(splits, 0.05) / splits (conservative 
 
 Writes analyses/results/calibration.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,7 +43,7 @@ def vocabulary(rng: np.random.Generator, n_concepts: int, d: int) -> np.ndarray:
 def population(rng: np.random.Generator, n: int, d: int, group_size: int = 1, group_weight: float = 0.0) -> tuple:
     """(X (n, d) unit image vectors, group labels or None): anisotropic spread around a common offset; images of
     one group share a component of relative weight `group_weight`."""
-    scales = 1.0 / np.sqrt(np.arange(1, d + 1))          # anisotropic: a decaying spectrum
+    scales = 1.0 / np.sqrt(np.arange(1, d + 1))  # anisotropic: a decaying spectrum
     offset = _unit(rng.normal(size=d))
     noise = rng.normal(size=(n, d)) * scales
     groups = None
@@ -61,7 +62,7 @@ def null_split(rng: np.random.Generator, n: int, scenario: str, groups: np.ndarr
         G = groups.max() + 1
         return np.isin(groups, rng.choice(G, G // 2, replace=False))
     if scenario == "groups_span":
-        keys = rng.random(n) + groups                       # within each group, a random half goes to 'to'
+        keys = rng.random(n) + groups  # within each group, a random half goes to 'to'
         order = np.argsort(keys)
         mask = np.zeros(n, bool)
         mask[order] = (np.arange(n) % 4) >= 2
@@ -85,12 +86,24 @@ def split_outcome(out: dict) -> dict:
             row[f"{col}:{side}"] = bool((tab[col] < ALPHA).any()) if col in tab else False
     for col in ("p_fwer", "p_fwer_deflated"):
         row[f"{col}:page"] = row[f"{col}:adds"] or row[f"{col}:removes"]
-    row["q_bh:page"] = out["info"]["candidates_q_below_05"] > 0        # candidates = the whole vocabulary
+    row["q_bh:page"] = out["info"]["candidates_q_below_05"] > 0  # candidates = the whole vocabulary
     return row
 
 
-def run_scenario(scenario: str, splits: int, E: np.ndarray, *, n: int, d: int, permutations: int, top: int,
-                 deflated_steps: int, seed: int = 0, fixed_seed: bool = False, method: str = "rave") -> dict:
+def run_scenario(
+    scenario: str,
+    splits: int,
+    E: np.ndarray,
+    *,
+    n: int,
+    d: int,
+    permutations: int,
+    top: int,
+    deflated_steps: int,
+    seed: int = 0,
+    fixed_seed: bool = False,
+    method: str = "rave",
+) -> dict:
     from embedlab.analysis.explain import explain_vectors
     from embedlab.analysis.formula import compute_residual
 
@@ -102,15 +115,34 @@ def run_scenario(scenario: str, splits: int, E: np.ndarray, *, n: int, d: int, p
         to = null_split(rng, n, scenario, groups)
         g = None if groups is None else np.r_[groups[~to], groups[to]]
         r = compute_residual(X[~to], X[to], method)[0]
-        out = explain_vectors(r, E, concepts, X[~to], X[to], g, top=top, candidates=len(E),
-                              permutations=permutations, seed=0 if fixed_seed else t, method=method,
-                              deflated_steps=deflated_steps)
+        out = explain_vectors(
+            r,
+            E,
+            concepts,
+            X[~to],
+            X[to],
+            g,
+            top=top,
+            candidates=len(E),
+            permutations=permutations,
+            seed=0 if fixed_seed else t,
+            method=method,
+            deflated_steps=deflated_steps,
+        )
         rows.append(split_outcome(out))
     return {k: int(sum(r[k] for r in rows)) for k in rows[0]}
 
 
-def side_rates(splits: int, *, n: int = 240, d: int = 64, vocab: int = 2000, permutations: int = 500,
-               fixed_seed: bool = False, seed: int = 0) -> dict:
+def side_rates(
+    splits: int,
+    *,
+    n: int = 240,
+    d: int = 64,
+    vocab: int = 2000,
+    permutations: int = 500,
+    fixed_seed: bool = False,
+    seed: int = 0,
+) -> dict:
     """Why "removes" ran above nominal when each list was its own family: per-list rejection rates of the max
     statistic (adds: max score, removes: max of -score) over many null splits in halves, in the setting of
     issue 16 (2,000 concepts, K = 500), with one permutation seed for all splits or a fresh one per split.
@@ -127,8 +159,9 @@ def side_rates(splits: int, *, n: int = 240, d: int = 64, vocab: int = 2000, per
     for t in range(splits):
         to = null_split(rng, n, "no_groups", None)
         s = C @ compute_residual(X[~to], X[to])[0].astype(np.float32)
-        sh = draw_shuffles(np.r_[np.zeros((~to).sum(), bool), np.ones(to.sum(), bool)], None, permutations,
-                           0 if fixed_seed else t + 1)
+        sh = draw_shuffles(
+            np.r_[np.zeros((~to).sum(), bool), np.ones(to.sum(), bool)], None, permutations, 0 if fixed_seed else t + 1
+        )
         null = null_scores(shuffled_residuals(np.concatenate([X[~to], X[to]]), sh), C)
         p_adds = (1 + (null["max"] >= s.max()).sum()) / (permutations + 1)
         p_rem = (1 + (-null["min"] >= -s.min()).sum()) / (permutations + 1)
@@ -150,8 +183,13 @@ def rates_with_intervals(counts: dict, splits: int) -> dict:
     out = {}
     for key, k in counts.items():
         ci = binomtest(k, splits).proportion_ci(0.95)
-        out[key] = {"count": k, "rate": k / splits, "ci95": [ci.low, ci.high], "nominal_interval": [lo, hi],
-                    "ok": k / splits <= hi}
+        out[key] = {
+            "count": k,
+            "rate": k / splits,
+            "ci95": [ci.low, ci.high],
+            "nominal_interval": [lo, hi],
+            "ok": k / splits <= hi,
+        }
     return out
 
 
@@ -167,36 +205,70 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=5)
     ap.add_argument("--deflated-steps", type=int, default=3)
     ap.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS)
-    ap.add_argument("--fixed-seed", action="store_true", help="One permutation seed for every split (as a user who "
-                    "keeps the default seed would run it); default: a different seed per split.")
-    ap.add_argument("--sides", type=int, default=0, help="Also run `side_rates` with this many splits, with a "
-                    "fixed and with a varying permutation seed.")
+    ap.add_argument(
+        "--fixed-seed",
+        action="store_true",
+        help="One permutation seed for every split (as a user who "
+        "keeps the default seed would run it); default: a different seed per split.",
+    )
+    ap.add_argument(
+        "--sides",
+        type=int,
+        default=0,
+        help="Also run `side_rates` with this many splits, with a fixed and with a varying permutation seed.",
+    )
     ap.add_argument("--out", default=None)
     args = parse_args(ap)
     sides, t_all = {}, time.perf_counter()
-    for fixed in ([False, True] if args.sides else []):
+    for fixed in [False, True] if args.sides else []:
         t0 = time.perf_counter()
         sides["fixed_seed" if fixed else "seed_per_split"] = r = side_rates(args.sides, fixed_seed=fixed)
         r["seconds"] = round(time.perf_counter() - t0, 1)
-        print(f"per-list max statistic, {'fixed' if fixed else 'varying'} seed ({time.perf_counter() - t0:.0f} s): "
-              + ", ".join(f"{k} {v['rate']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]" for k, v in r.items()
-                          if isinstance(v, dict) and "rate" in v))
+        print(
+            f"per-list max statistic, {'fixed' if fixed else 'varying'} seed ({time.perf_counter() - t0:.0f} s): "
+            + ", ".join(
+                f"{k} {v['rate']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]"
+                for k, v in r.items()
+                if isinstance(v, dict) and "rate" in v
+            )
+        )
     E = vocabulary(np.random.default_rng(12345), args.vocab, args.dim)
     results = {}
     for sc in args.scenarios:
         t0 = time.perf_counter()
-        counts = run_scenario(sc, args.splits, E, n=args.images, d=args.dim, permutations=args.permutations,
-                              top=args.top, deflated_steps=args.deflated_steps, fixed_seed=args.fixed_seed)
-        results[sc] = {"rates": rates_with_intervals(counts, args.splits), "seconds": round(time.perf_counter() - t0, 1)}
+        counts = run_scenario(
+            sc,
+            args.splits,
+            E,
+            n=args.images,
+            d=args.dim,
+            permutations=args.permutations,
+            top=args.top,
+            deflated_steps=args.deflated_steps,
+            fixed_seed=args.fixed_seed,
+        )
+        results[sc] = {
+            "rates": rates_with_intervals(counts, args.splits),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
         print(f"{sc:13s} ({results[sc]['seconds']} s)")
         for key, v in results[sc]["rates"].items():
-            print(f"   {key:24s} {v['rate']:.3f}  [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]  {'ok' if v['ok'] else 'ABOVE'}")
-    write_json("calibration.json" if args.out is None else Path(args.out).name, {
-        "command": "python -m analyses.stats.calibration " + " ".join(sys.argv[1:]),
-        "settings": {k: v for k, v in vars(args).items() if k != "out"}, "alpha": ALPHA,
-        "all_ok": all(v["ok"] for r in results.values() for v in r["rates"].values()),
-        "scenarios": results, "per_list_investigation": sides, "total_seconds": round(time.perf_counter() - t_all, 1)},
-        str(Path(args.out).parent) if args.out else None)
+            print(
+                f"   {key:24s} {v['rate']:.3f}  [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]  {'ok' if v['ok'] else 'ABOVE'}"
+            )
+    write_json(
+        "calibration.json" if args.out is None else Path(args.out).name,
+        {
+            "command": "python -m analyses.stats.calibration " + " ".join(sys.argv[1:]),
+            "settings": {k: v for k, v in vars(args).items() if k != "out"},
+            "alpha": ALPHA,
+            "all_ok": all(v["ok"] for r in results.values() for v in r["rates"].values()),
+            "scenarios": results,
+            "per_list_investigation": sides,
+            "total_seconds": round(time.perf_counter() - t_all, 1),
+        },
+        str(Path(args.out).parent) if args.out else None,
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Directions: text concepts (on the centred vocabulary), prompt differences ("a ph
 "a photo"), directions learned from user-labelled images (INLP), and the paper's own `rave-shift` preset.
 Pure functions first; `correct()` does the I/O.
 """
+
 from __future__ import annotations
 
 import logging
@@ -40,9 +41,12 @@ def project_out(r: np.ndarray, directions: np.ndarray) -> tuple[np.ndarray, dict
     if np.linalg.norm(kept) < 1e-9:
         raise ConfigError("The edit would remove the whole residual (it lies in the span of the chosen directions).")
     r_new = l2n(kept)
-    return r_new, {"fraction_of_norm_removed": float(1 - np.linalg.norm(kept)),
-                   "fraction_of_sq_norm_removed": float(removed @ removed), "cos_before_after": float(r @ r_new),
-                   "basis_rank": int(len(Q))}
+    return r_new, {
+        "fraction_of_norm_removed": float(1 - np.linalg.norm(kept)),
+        "fraction_of_sq_norm_removed": float(removed @ removed),
+        "cos_before_after": float(r @ r_new),
+        "basis_rank": int(len(Q)),
+    }
 
 
 def rave_shift_direction(r: np.ndarray, E_raw: np.ndarray, k: int = 15) -> tuple[np.ndarray, dict]:
@@ -56,11 +60,17 @@ def rave_shift_direction(r: np.ndarray, E_raw: np.ndarray, k: int = 15) -> tuple
     top, bottom = order[:k], order[::-1][:k]
     a = l2n((s[top, None] * E[top]).mean(0))
     b = l2n((s[bottom, None] * E[bottom]).mean(0))
-    return l2n(a + b), {"top_indices": top.tolist(), "bottom_indices": bottom.tolist(),
-                        "top_scores": s[top].tolist(), "bottom_scores": s[bottom].tolist()}
+    return l2n(a + b), {
+        "top_indices": top.tolist(),
+        "bottom_indices": bottom.tolist(),
+        "top_scores": s[top].tolist(),
+        "bottom_scores": s[bottom].tolist(),
+    }
 
 
-def inlp_directions(X: np.ndarray, y: np.ndarray, max_iter: int = 10, seed: int = 0, tol: float = 0.05) -> tuple[np.ndarray, list]:
+def inlp_directions(
+    X: np.ndarray, y: np.ndarray, max_iter: int = 10, seed: int = 0, tol: float = 0.05
+) -> tuple[np.ndarray, list]:
     """Iterative nullspace projection (Ravfogel et al.): fit a linear classifier for the attribute, keep its
     direction, project it out of X, repeat until held-out accuracy is within `tol` of the majority rate."""
     from sklearn.linear_model import LogisticRegression
@@ -69,7 +79,9 @@ def inlp_directions(X: np.ndarray, y: np.ndarray, max_iter: int = 10, seed: int 
     X = l2n(np.asarray(X, np.float64))
     y = np.asarray(y).astype(int)
     if len(np.unique(y)) != 2:
-        raise ConfigError("A learned direction needs images of both kinds: the attribute is true for all or none of them.")
+        raise ConfigError(
+            "A learned direction needs images of both kinds: the attribute is true for all or none of them."
+        )
     majority = max(y.mean(), 1 - y.mean())
     dirs, history = [], []
     Xp = X.copy()
@@ -120,13 +132,18 @@ def _labelled_edits(remove_labelled: tuple[str, str], model_identity: dict, dim:
     if run.manifest["embed_dim"] != dim or run.manifest["weights_sha256"] != model_identity["weights_sha256"]:
         raise IncompatibleRunError(f"Run {run_path} was made with another model than residual {residual}.")
     if "=" not in attribute:
-        raise InvalidParameterError(f"The 'remove_labelled' parameter of correct needs (RUN, 'COLUMN=VALUE'), e.g. "
-                                    f"role=welllit. Got {attribute!r} instead.", param="remove_labelled", owner="correct")
+        raise InvalidParameterError(
+            f"The 'remove_labelled' parameter of correct needs (RUN, 'COLUMN=VALUE'), e.g. "
+            f"role=welllit. Got {attribute!r} instead.",
+            param="remove_labelled",
+            owner="correct",
+        )
     D, history = inlp_directions(run.vectors, run.select(attribute))
     if len(D) == 0:
         raise ConfigError(f"No linear direction predicts {attribute!r} in {run_path} above chance; nothing to remove.")
-    return list(D), [{"kind": "learned-inlp", "run": str(run_path), "attribute": attribute, "directions": len(D),
-                      "history": history}]
+    return list(D), [
+        {"kind": "learned-inlp", "run": str(run_path), "attribute": attribute, "directions": len(D), "history": history}
+    ]
 
 
 def _rave_shift_edits(lm, r: np.ndarray, k: int) -> tuple[list, list]:
@@ -136,13 +153,21 @@ def _rave_shift_edits(lm, r: np.ndarray, k: int) -> tuple[list, list]:
     V = vb.resolve_vocab("tokens", lm)
     E_raw, _ = vb.embed_concepts(lm, V.concepts, ["{}"], normalize=False)
     u, detail = rave_shift_direction(r, E_raw, k)
-    return [u], [{"kind": "rave-shift", "k": k, "vocabulary": V.source,
-                  "removed_info_from": [V.concepts[i] for i in detail["top_indices"]],
-                  "added_info_from": [V.concepts[i] for i in detail["bottom_indices"]]}]
+    return [u], [
+        {
+            "kind": "rave-shift",
+            "k": k,
+            "vocabulary": V.source,
+            "removed_info_from": [V.concepts[i] for i in detail["top_indices"]],
+            "added_info_from": [V.concepts[i] for i in detail["bottom_indices"]],
+        }
+    ]
 
 
-PRESETS = {"rave-shift": "the released RAVE code's shifted residual: project out the direction of the top-k and "
-                         "bottom-k raw token embeddings (docs/method.md)"}
+PRESETS = {
+    "rave-shift": "the released RAVE code's shifted residual: project out the direction of the top-k and "
+    "bottom-k raw token embeddings (docs/method.md)"
+}
 
 
 def edit_label(edit: dict, index: int = 0, count: int = 1) -> str:
@@ -159,17 +184,27 @@ def _origins(parts: list, first: int) -> tuple[list, list, list]:
     for part_dirs, part_edits in parts:
         one_each = len(part_edits) == len(part_dirs)
         for j in range(len(part_dirs)):
-            origin.append((first + len(edits) + (j if one_each else 0), 0 if one_each else j,
-                           1 if one_each else len(part_dirs)))
+            origin.append(
+                (first + len(edits) + (j if one_each else 0), 0 if one_each else j, 1 if one_each else len(part_dirs))
+            )
         dirs += list(part_dirs)
         edits += list(part_edits)
     return dirs, edits, origin
 
 
-def correct(residual: str | os.PathLike, out: str | os.PathLike, *, remove: list[str] | None = None,
-            remove_pair: list[tuple[str, str]] | None = None, remove_labelled: tuple[str, str] | None = None,
-            preset: str | None = None, k: int = 15, vocab: str | None = None, templates: str | None = None,
-            device: str = "auto") -> Residual:
+def correct(
+    residual: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    remove: list[str] | None = None,
+    remove_pair: list[tuple[str, str]] | None = None,
+    remove_labelled: tuple[str, str] | None = None,
+    preset: str | None = None,
+    k: int = 15,
+    vocab: str | None = None,
+    templates: str | None = None,
+    device: str = "auto",
+) -> Residual:
     """Project chosen directions out of a residual and write `out` (.npy) with a sidecar listing every edit.
 
     remove: concept names (centred text embeddings); remove_pair: (prompt, baseline prompt) differences;
@@ -183,15 +218,22 @@ def correct(residual: str | os.PathLike, out: str | os.PathLike, *, remove: list
     res = load_residual(residual)
     mi = res.info["model"]
     if not (remove or remove_pair or remove_labelled or preset):
-        raise InvalidParameterError("The 'remove' parameter of correct, or 'remove_pair', 'remove_labelled' or "
-                                    "'preset', must name at least one edit. Got none.", param="remove",
-                                    owner="correct", also=("remove_pair", "remove_labelled", "preset"))
+        raise InvalidParameterError(
+            "The 'remove' parameter of correct, or 'remove_pair', 'remove_labelled' or "
+            "'preset', must name at least one edit. Got none.",
+            param="remove",
+            owner="correct",
+            also=("remove_pair", "remove_labelled", "preset"),
+        )
     check_param("preset", preset, tuple(PRESETS), "correct", allow_none=True)
     r = l2n(res.vector)
     # as in explain: the network is built (and its weights checked against the residual's) only if some text
     # is not in the text-embedding cache
-    lm = models.TextModelHandle(mi["model"], mi["pretrained"], mi["weights_sha256"], len(r), device) \
-        if (remove or remove_pair or preset) else None
+    lm = (
+        models.TextModelHandle(mi["model"], mi["pretrained"], mi["weights_sha256"], len(r), device)
+        if (remove or remove_pair or preset)
+        else None
+    )
     parts = []
     if remove:
         parts.append(_concept_edits(lm, remove, vocab, templates))
@@ -209,11 +251,23 @@ def correct(residual: str | os.PathLike, out: str | os.PathLike, *, remove: list
     r_new, stats = project_out(r, D)
     info = dict(res.info)
     info["edits"] = earlier + [dict(e) for e in edits]
-    per_dir = [{"edit": e, "label": edit_label(info["edits"][e], j, n), "projection_before": float(l2n(d) @ r),
-                "projection_after": float(l2n(d) @ r_new)} for d, (e, j, n) in zip(D, origin)]
+    per_dir = [
+        {
+            "edit": e,
+            "label": edit_label(info["edits"][e], j, n),
+            "projection_before": float(l2n(d) @ r),
+            "projection_after": float(l2n(d) @ r_new),
+        }
+        for d, (e, j, n) in zip(D, origin)
+    ]
     v_to = res.v_to
-    info["correction"] = dict(stats, directions=per_dir, thr_before=res.thr, thr_after=float(v_to @ r_new),
-                              source_residual=str(Path(residual).resolve()))
+    info["correction"] = dict(
+        stats,
+        directions=per_dir,
+        thr_before=res.thr,
+        thr_after=float(v_to @ r_new),
+        source_residual=str(Path(residual).resolve()),
+    )
     info["thr"] = float(v_to @ r_new)
     save_residual(out, r_new, info)
     return Residual(r_new.astype(np.float32), info, Path(out))

@@ -10,6 +10,7 @@ Significance is one family per page: p_fwer and p_fwer_deflated control the chan
 the page (both lists) at once, and the per-concept statistics (AUROC, Welch p, BH q) count the same units as
 the shuffles (images, or groups when the images come in groups).
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,8 +29,8 @@ from embedlab.choices import FAMILIES
 from embedlab.errors import ConfigError, IncompatibleRunError
 
 log = logging.getLogger(__name__)
-MIN_EXPLAINED = 0.001     # a side's list ends at a pick that explains less than this share of |r|^2
-SMALL_VOCAB = 1 << 20     # vocabulary x dimension below which the deflation's products stay in NumPy
+MIN_EXPLAINED = 0.001  # a side's list ends at a pick that explains less than this share of |r|^2
+SMALL_VOCAB = 1 << 20  # vocabulary x dimension below which the deflation's products stay in NumPy
 
 
 def unit_rows32(X: np.ndarray, inplace: bool = False) -> np.ndarray:
@@ -75,7 +76,7 @@ def deflation_rankings(r: np.ndarray, C: np.ndarray, n_top: int, signs=(1.0, -1.
     n = len(signs)
     rr = [np.asarray(r, np.float64) * sg for sg in signs]
     total = float(rr[0] @ rr[0])
-    c_dot_rr = times_vocab(rr)      # (V, n), kept up to date
+    c_dot_rr = times_vocab(rr)  # (V, n), kept up to date
     cn2 = np.ones((len(C), n), np.float64)
     alive = np.ones((len(C), n), bool)
     basis: list[list[np.ndarray]] = [[] for _ in signs]
@@ -97,17 +98,23 @@ def deflation_rankings(r: np.ndarray, C: np.ndarray, n_top: int, signs=(1.0, -1.
             proj = float(rr[s] @ t)
             explained = proj * proj / total if total else 0.0
             cum[s] += explained
-            picks[s].append({"index": j, "score_at_pick": float(scores[j]), "explained": explained,
-                             "cum_explained": cum[s],
-                             "cosine_at_pick": float(scores[j]) / math.sqrt(max(1.0 - (cum[s] - explained), 1e-12)),
-                             "direction": t.astype(np.float32)})
+            picks[s].append(
+                {
+                    "index": j,
+                    "score_at_pick": float(scores[j]),
+                    "explained": explained,
+                    "cum_explained": cum[s],
+                    "cosine_at_pick": float(scores[j]) / math.sqrt(max(1.0 - (cum[s] - explained), 1e-12)),
+                    "direction": t.astype(np.float32),
+                }
+            )
             basis[s].append(t)
             rr[s] = rr[s] - proj * t
             steps.append((s, j, t, proj))
         live = [s for s, *_ in steps]
         if not live:
             break
-        c_dot_t = times_vocab([t for _, _, t, _ in steps])   # (V, live)
+        c_dot_t = times_vocab([t for _, _, t, _ in steps])  # (V, live)
         for col, (s, j, _, proj) in enumerate(steps):
             c_dot_rr[:, s] -= proj * c_dot_t[:, col]
             cn2[:, s] -= c_dot_t[:, col] ** 2
@@ -116,8 +123,9 @@ def deflation_rankings(r: np.ndarray, C: np.ndarray, n_top: int, signs=(1.0, -1.
     return picks
 
 
-
-def side_lists(rankings: list[list[dict]], scores: np.ndarray, min_explained: float = MIN_EXPLAINED) -> dict[str, list[dict]]:
+def side_lists(
+    rankings: list[list[dict]], scores: np.ndarray, min_explained: float = MIN_EXPLAINED
+) -> dict[str, list[dict]]:
     """Cut each side's ranking (`deflation_rankings` for the signs of SIDES) so that a concept is listed once, on
     the side of its sign: a side's list ends at the first pick whose own centred score (its cosine with the whole
     residual) or whose cosine at its deflation step has the other sign or is zero, or that explains less than
@@ -133,17 +141,39 @@ def side_lists(rankings: list[list[dict]], scores: np.ndarray, min_explained: fl
     return out
 
 
-RANKING_COLUMNS = ["rank", "direction", "concept", "vocab_index", "score_centred", "z", "raw_cosine", "score_at_pick",
-                   "cosine_at_pick", "explained", "cum_explained"]
+RANKING_COLUMNS = [
+    "rank",
+    "direction",
+    "concept",
+    "vocab_index",
+    "score_centred",
+    "z",
+    "raw_cosine",
+    "score_at_pick",
+    "cosine_at_pick",
+    "explained",
+    "cum_explained",
+]
 
 
 def _ranking_table(side: str, picks: list[dict], concepts: list[str], s_centred, z, s_raw) -> pd.DataFrame:
     sign = SIDES[side]
-    rows = [{"rank": rank, "direction": side, "concept": concepts[pk["index"]], "vocab_index": pk["index"],
-             "score_centred": float(s_centred[pk["index"]]), "z": float(z[pk["index"]]),
-             "raw_cosine": float(s_raw[pk["index"]]), "score_at_pick": float(sign * pk["score_at_pick"]),
-             "cosine_at_pick": float(sign * pk["cosine_at_pick"]), "explained": pk["explained"],
-             "cum_explained": pk["cum_explained"]} for rank, pk in enumerate(picks, 1)]
+    rows = [
+        {
+            "rank": rank,
+            "direction": side,
+            "concept": concepts[pk["index"]],
+            "vocab_index": pk["index"],
+            "score_centred": float(s_centred[pk["index"]]),
+            "z": float(z[pk["index"]]),
+            "raw_cosine": float(s_raw[pk["index"]]),
+            "score_at_pick": float(sign * pk["score_at_pick"]),
+            "cosine_at_pick": float(sign * pk["cosine_at_pick"]),
+            "explained": pk["explained"],
+            "cum_explained": pk["cum_explained"],
+        }
+        for rank, pk in enumerate(picks, 1)
+    ]
     return pd.DataFrame(rows, columns=RANKING_COLUMNS)
 
 
@@ -159,14 +189,25 @@ def deflated_family_p(observed: dict, null_seq: dict, first_step: dict | None = 
         for s, (o, nl) in (first_step or {}).items() if i == 0 else ():
             obs.setdefault(s, o)
             nul.setdefault(s, nl)
-        p = family_p(obs, nul, {s: observed[s][i:i + 1] for s in sides})
+        p = family_p(obs, nul, {s: observed[s][i : i + 1] for s in sides})
         for s in sides:
             out[s][i] = p[s][0]
     return {s: np.maximum.accumulate(v) for s, v in out.items()}
 
 
-def permutation_test(sets: ImageSets, groups, C: np.ndarray, s_centred: np.ndarray, lists: dict, *, permutations: int,
-                     seed: int, method: str, deflated_steps: int, family: str) -> tuple[dict, dict]:
+def permutation_test(
+    sets: ImageSets,
+    groups,
+    C: np.ndarray,
+    s_centred: np.ndarray,
+    lists: dict,
+    *,
+    permutations: int,
+    seed: int,
+    method: str,
+    deflated_steps: int,
+    family: str,
+) -> tuple[dict, dict]:
     """The page's family-wise permutation test: ({info}, {side: (p_fwer, p_fwer_deflated) of its listed picks}).
 
     The statistic is each side's maximum over the whole vocabulary (sign x centred score), standardised by its
@@ -177,21 +218,40 @@ def permutation_test(sets: ImageSets, groups, C: np.ndarray, s_centred: np.ndarr
     t0 = time.perf_counter()
     sides = tuple(SIDES) if family == "page" else (family,)
     is_to = sets.is_to
-    sh = draw_shuffles(is_to, groups, permutations, seed, observed=True)      # row 0: the observed labelling
+    sh = draw_shuffles(is_to, groups, permutations, seed, observed=True)  # row 0: the observed labelling
     steps = {s: lists[s][:deflated_steps] for s in sides}
-    deflations = {s: (SIDES[s], [pk["index"] for pk in steps[s]],
-                      np.array([pk["direction"] for pk in steps[s]], np.float32).reshape(-1, C.shape[1])) for s in sides}
-    null = permutation_null(sets, sh, C, method, deflations, keep_first=True)   # one pass, block by block
-    side_stat = {"adds": null["max"], "removes": -null["min"]}                           # row 0: observed
-    raw = family_p({s: side_stat[s][0] for s in sides}, {s: side_stat[s][1:] for s in sides},
-                   {s: SIDES[s] * null["first"][[pk["index"] for pk in lists[s]]] for s in sides})
-    seq = deflated_family_p({s: null["seq_" + s][0] for s in sides}, {s: null["seq_" + s][1:] for s in sides},
-                            {s: (side_stat[s][0], side_stat[s][1:]) for s in sides})
+    deflations = {
+        s: (
+            SIDES[s],
+            [pk["index"] for pk in steps[s]],
+            np.array([pk["direction"] for pk in steps[s]], np.float32).reshape(-1, C.shape[1]),
+        )
+        for s in sides
+    }
+    null = permutation_null(sets, sh, C, method, deflations, keep_first=True)  # one pass, block by block
+    side_stat = {"adds": null["max"], "removes": -null["min"]}  # row 0: observed
+    raw = family_p(
+        {s: side_stat[s][0] for s in sides},
+        {s: side_stat[s][1:] for s in sides},
+        {s: SIDES[s] * null["first"][[pk["index"] for pk in lists[s]]] for s in sides},
+    )
+    seq = deflated_family_p(
+        {s: null["seq_" + s][0] for s in sides},
+        {s: null["seq_" + s][1:] for s in sides},
+        {s: (side_stat[s][0], side_stat[s][1:]) for s in sides},
+    )
     pvals = {s: (raw[s], np.r_[seq[s], np.full(len(lists[s]) - len(seq[s]), np.nan)]) for s in sides}
-    info = dict(sh.info, K=permutations, deflated_steps=deflated_steps, family=family,
-                family_note=FAMILY_NOTES[family], seconds=round(time.perf_counter() - t0, 3))
-    info["smallest_attainable_p"] = smallest_attainable_p(permutations, info["distinct_shuffles"],
-                                                          family == "page" and info["swap_is_a_shuffle"])
+    info = dict(
+        sh.info,
+        K=permutations,
+        deflated_steps=deflated_steps,
+        family=family,
+        family_note=FAMILY_NOTES[family],
+        seconds=round(time.perf_counter() - t0, 3),
+    )
+    info["smallest_attainable_p"] = smallest_attainable_p(
+        permutations, info["distinct_shuffles"], family == "page" and info["swap_is_a_shuffle"]
+    )
     info["null_max_score_95"] = float(np.quantile(null["max"][1:], 0.95))
     info["null_min_score_05"] = float(np.quantile(null["min"][1:], 0.05))
     return info, pvals
@@ -207,24 +267,40 @@ def smallest_attainable_p(K: int, distinct: float, swap_symmetric: bool) -> floa
 
 FAMILY_NOTES = {
     "page": "one family for the page: both lists and every deflation step; p_fwer < alpha anywhere on the page "
-            "happens in at most alpha of null splits",
+    "happens in at most alpha of null splits",
     "adds": "one-sided question, what the residual adds: only the 'adds' list is tested (the 'removes' list "
-            "carries no p-values)",
+    "carries no p-values)",
     "removes": "one-sided question, what the residual removes: only the 'removes' list is tested (the 'adds' "
-               "list carries no p-values)"}
+    "list carries no p-values)",
+}
 STAT_COLUMNS = ("mean_sim_from", "mean_sim_to", "diff", "auroc", "welch_p", "q_bh")
 
 
 def _candidate_indices(s_centred: np.ndarray, tables: dict, candidates: int) -> np.ndarray:
     """The `candidates` concepts of largest |score|, and every listed concept."""
-    cand = np.argsort(-np.abs(s_centred))[:min(candidates, len(s_centred))]
+    cand = np.argsort(-np.abs(s_centred))[: min(candidates, len(s_centred))]
     listed = [j for tab in tables.values() for j in tab["vocab_index"] if j not in set(cand.tolist())]
     return np.r_[cand, np.asarray(list(dict.fromkeys(listed)), int)]
 
 
-def _significance(tables: dict, lists: dict, sets: ImageSets, groups, C, s_centred, *, candidates: int,
-                  permutations: int, seed: int, method: str, deflated_steps: int, family: str,
-                  figure_rows=None, queries=None, exemplars: int = 0) -> tuple[dict, pd.DataFrame, dict]:
+def _significance(
+    tables: dict,
+    lists: dict,
+    sets: ImageSets,
+    groups,
+    C,
+    s_centred,
+    *,
+    candidates: int,
+    permutations: int,
+    seed: int,
+    method: str,
+    deflated_steps: int,
+    family: str,
+    figure_rows=None,
+    queries=None,
+    exemplars: int = 0,
+) -> tuple[dict, pd.DataFrame, dict]:
     """Per-concept statistics on the test units and the permutation test, written into the tables in place:
     two passes over the sets (the units' statistics, then the shuffled sums)."""
     cand_idx = _candidate_indices(s_centred, tables, candidates)
@@ -233,33 +309,76 @@ def _significance(tables: dict, lists: dict, sets: ImageSets, groups, C, s_centr
     stats, how = unit_statistics(units, C, cand_idx)
     perm_info, pvals = {"K": permutations, "family": family}, {}
     if permutations > 0:
-        perm_info, pvals = permutation_test(sets, groups, C, s_centred, lists, permutations=permutations,
-                                            seed=seed, method=method, deflated_steps=deflated_steps, family=family)
+        perm_info, pvals = permutation_test(
+            sets,
+            groups,
+            C,
+            s_centred,
+            lists,
+            permutations=permutations,
+            seed=seed,
+            method=method,
+            deflated_steps=deflated_steps,
+            family=family,
+        )
     for side, tab in tables.items():
         rows = stats.loc[tab["vocab_index"].to_numpy(int)]
         for col in STAT_COLUMNS:
             tab[col] = rows[col].to_numpy()
         if permutations > 0:
             tab["p_fwer"], tab["p_fwer_deflated"] = pvals.get(side, (np.full(len(tab), np.nan),) * 2)
-    count = {col: int(sum((t[col] < 0.05).sum() for t in tables.values() if col in t)) for col in ("p_fwer", "p_fwer_deflated")}
+    count = {
+        col: int(sum((t[col] < 0.05).sum() for t in tables.values() if col in t))
+        for col in ("p_fwer", "p_fwer_deflated")
+    }
     test_unit = {k: units[k] for k in ("unit", "n_from", "n_to", "effective_n", "shuffle")}
-    test_unit.update(shuffle=units["shuffle"] if permutations > 0 else "none", family=family,
-                     effective_n=round(test_unit["effective_n"], 1), **how)
+    test_unit.update(
+        shuffle=units["shuffle"] if permutations > 0 else "none",
+        family=family,
+        effective_n=round(test_unit["effective_n"], 1),
+        **how,
+    )
     n_groups = seen["groups"]
-    return ({"candidates": int(len(cand_idx)), "permutation": perm_info, "n_from": sets.n_from, "n_to": sets.n_to,
-             "images": sets.n, "groups": n_groups, "read_from": sets.source, "test_unit": test_unit,
-             "significant_fwer_05": count["p_fwer"], "significant_fwer_deflated_05": count["p_fwer_deflated"],
-             "candidates_q_below_05": int((stats["q_bh"] < 0.05).sum())}, stats, seen)
+    return (
+        {
+            "candidates": int(len(cand_idx)),
+            "permutation": perm_info,
+            "n_from": sets.n_from,
+            "n_to": sets.n_to,
+            "images": sets.n,
+            "groups": n_groups,
+            "read_from": sets.source,
+            "test_unit": test_unit,
+            "significant_fwer_05": count["p_fwer"],
+            "significant_fwer_deflated_05": count["p_fwer_deflated"],
+            "candidates_q_below_05": int((stats["q_bh"] < 0.05).sum()),
+        },
+        stats,
+        seen,
+    )
 
 
-FIGURE_CONCEPTS = {"adds": 5, "removes": 3}     # the similarity histograms and exemplars show these many per side
+FIGURE_CONCEPTS = {"adds": 5, "removes": 3}  # the similarity histograms and exemplars show these many per side
 
 
-def explain_vectors(r: np.ndarray, E: np.ndarray, concepts: list[str], x_from: "np.ndarray | ImageSets | None" = None,
-                    x_to: np.ndarray | None = None, groups: np.ndarray | None = None, *, top: int = 30,
-                    candidates: int = 500, permutations: int = 1000, seed: int = 0, method: str = "rave",
-                    deflated_steps: int = 10, family: str = "page", min_explained: float = MIN_EXPLAINED,
-                    exemplars: int = 0) -> dict:
+def explain_vectors(
+    r: np.ndarray,
+    E: np.ndarray,
+    concepts: list[str],
+    x_from: "np.ndarray | ImageSets | None" = None,
+    x_to: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
+    *,
+    top: int = 30,
+    candidates: int = 500,
+    permutations: int = 1000,
+    seed: int = 0,
+    method: str = "rave",
+    deflated_steps: int = 10,
+    family: str = "page",
+    min_explained: float = MIN_EXPLAINED,
+    exemplars: int = 0,
+) -> dict:
     """Rank concepts for residual `r` (d,) against text embeddings `E` (V, d) of `concepts`.
 
     Each side's list is a greedy deflation, cut where its picks stop pointing its way (`side_lists`). With the
@@ -276,13 +395,18 @@ def explain_vectors(r: np.ndarray, E: np.ndarray, concepts: list[str], x_from: "
     if E.shape[0] != len(concepts):
         raise ConfigError(f"{len(concepts)} concepts but {E.shape[0]} embeddings.")
     if E.shape[1] != len(r):
-        raise IncompatibleRunError(f"Residual has dimension {len(r)} but the text embeddings {E.shape[1]}: different models.")
+        raise IncompatibleRunError(
+            f"Residual has dimension {len(r)} but the text embeddings {E.shape[1]}: different models."
+        )
     if family not in FAMILIES:
         raise ConfigError(f"The 'family' parameter must be one of {FAMILIES}. Got {family!r} instead.")
     if not 0 <= min_explained < 1:
         raise ConfigError(f"The 'min_explained' parameter must be a float in [0, 1). Got {min_explained!r} instead.")
-    sets = x_from if isinstance(x_from, ImageSets) else (
-        ImageSets.from_arrays(x_from, x_to) if x_from is not None and x_to is not None else None)
+    sets = (
+        x_from
+        if isinstance(x_from, ImageSets)
+        else (ImageSets.from_arrays(x_from, x_to) if x_from is not None and x_to is not None else None)
+    )
     for name, arr in (("r", r), ("E", E), ("x_from", x_from), ("x_to", x_to)):
         if isinstance(arr, np.ndarray) and not np.isfinite(arr).all():
             raise ConfigError(f"The '{name}' input of explain_vectors holds NaN or infinite values.")
@@ -292,17 +416,35 @@ def explain_vectors(r: np.ndarray, E: np.ndarray, concepts: list[str], x_from: "
     s_centred = C @ r.astype(np.float32)
     s_raw = E @ r.astype(np.float32)
     z = (s_centred - s_centred.mean()) / (s_centred.std() or 1.0)
-    out: dict = {"info": {"vocabulary_size": len(concepts), "text_mean_norm": float(np.linalg.norm(text_mean)),
-                          "score": "cosine of r with the centred, renormalised concept embedding",
-                          "min_explained": min_explained}}
+    out: dict = {
+        "info": {
+            "vocabulary_size": len(concepts),
+            "text_mean_norm": float(np.linalg.norm(text_mean)),
+            "score": "cosine of r with the centred, renormalised concept embedding",
+            "min_explained": min_explained,
+        }
+    }
     lists = side_lists(deflation_rankings(r, C, top, tuple(SIDES.values())), s_centred, min_explained)
     tables = {side: _ranking_table(side, lists[side], concepts, s_centred, z, s_raw) for side in SIDES}
     if sets is not None and sets.n_from and sets.n_to:
         fig = [int(j) for side, n in FIGURE_CONCEPTS.items() for j in tables[side]["vocab_index"].iloc[:n]]
         info, out["candidate_stats"], seen = _significance(
-            tables, lists, sets, groups, C, s_centred, candidates=candidates, permutations=permutations,
-            seed=seed, method=method, deflated_steps=deflated_steps, family=family, figure_rows=C[fig],
-            queries=E[fig], exemplars=exemplars)
+            tables,
+            lists,
+            sets,
+            groups,
+            C,
+            s_centred,
+            candidates=candidates,
+            permutations=permutations,
+            seed=seed,
+            method=method,
+            deflated_steps=deflated_steps,
+            family=family,
+            figure_rows=C[fig],
+            queries=E[fig],
+            exemplars=exemplars,
+        )
         out["info"].update(info)
         out["figure"] = {"index": fig, "from": seen["figure"][0], "to": seen["figure"][1]}
         out["nearest"] = {"from": seen["nearest"][0], "to": seen["nearest"][1]}

@@ -1,5 +1,6 @@
 """The residual formula: RAVE's difference of normalised means (and the plain mean difference), from vectors or from
 streamed sums, with the small statistics it is judged by (separation, AUROC)."""
+
 from __future__ import annotations
 
 import logging
@@ -15,11 +16,14 @@ log = logging.getLogger(__name__)
 
 
 def l2n(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    if getattr(x, "dtype", None) == np.float16:         # via float32 (exact both ways; numpy converts f16 -> f32
-        x = np.asarray(x, dtype=np.float32)              # with SIMD, f16 -> f64 element by element)
+    if getattr(x, "dtype", None) == np.float16:  # via float32 (exact both ways; numpy converts f16 -> f32
+        x = np.asarray(x, dtype=np.float32)  # with SIMD, f16 -> f64 element by element)
     x = np.asarray(x, dtype=np.float64)
-    n = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None] if x.ndim == 2 and axis in (-1, 1) \
+    n = (
+        np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
+        if x.ndim == 2 and axis in (-1, 1)
         else np.linalg.norm(x, axis=axis, keepdims=True)
+    )
     return x / np.where(n > 0, n, 1.0)
 
 
@@ -52,11 +56,11 @@ def group_codes(groups: np.ndarray | None, n: int) -> np.ndarray:
     """Integer codes 0..G-1 of each item's group; each item its own group when `groups` is None."""
     if groups is None:
         return np.arange(n)
-    if isinstance(groups, np.ndarray) and groups.dtype.kind in "iu":    # ids (set_group_ids): as they are
+    if isinstance(groups, np.ndarray) and groups.dtype.kind in "iu":  # ids (set_group_ids): as they are
         codes = pd.factorize(groups)[0]
     else:
         codes = pd.factorize(pd.Series(groups).astype(str))[0]
-    missing = codes < 0                       # a missing label (NA kept by astype(str)): a group of its own
+    missing = codes < 0  # a missing label (NA kept by astype(str)): a group of its own
     if missing.any():
         codes[missing] = codes.max() + 1 + np.arange(int(missing.sum()))
     return codes
@@ -66,7 +70,7 @@ def residual_from_sums(sum_from: np.ndarray, n_from, sum_to: np.ndarray, n_to, m
     """`compute_residual` from sufficient statistics: each set's sum of (for rave: unit-normalised) vectors and
     its count. Rows of 2-D sums are independent replicates (bootstrap). Returns (r, thr, v_from, v_to)."""
     sum_from, sum_to = np.asarray(sum_from, np.float64), np.asarray(sum_to, np.float64)
-    if method == "rave":                       # norm(mean) = norm(sum): the counts cancel
+    if method == "rave":  # norm(mean) = norm(sum): the counts cancel
         v_from, v_to = l2n(sum_from), l2n(sum_to)
         r = l2n(v_to - v_from)
     else:

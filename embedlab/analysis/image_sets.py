@@ -5,6 +5,7 @@ shards); either way a reader holds one block at a time, never the sets.
 Rows come in one fixed order, every 'from' row and then every 'to' row (the order of `np.r_[x_from, x_to]`), so
 labels, groups and shuffles indexed over the concatenation line up with the stream.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,9 +19,9 @@ import pandas as pd
 class ImageSets:
     n_from: int
     n_to: int
-    read: Callable[[], Iterable[np.ndarray]]     # a new iterator over the row blocks at every call
+    read: Callable[[], Iterable[np.ndarray]]  # a new iterator over the row blocks at every call
     source: str = "arrays"
-    progress: bool = False                       # a progress bar (stderr) over each pass
+    progress: bool = False  # a progress bar (stderr) over each pass
     passes: int = 0
 
     @property
@@ -35,8 +36,9 @@ class ImageSets:
         from embedlab._io import progress_bar
 
         self.passes += 1
-        with progress_bar(self.progress, total=self.n, desc=f"reading the sets (pass {self.passes})",
-                          unit="img") as bar:
+        with progress_bar(
+            self.progress, total=self.n, desc=f"reading the sets (pass {self.passes})", unit="img"
+        ) as bar:
             for b in self.read():
                 yield b
                 bar.update(len(b))
@@ -47,14 +49,17 @@ class ImageSets:
         return cls(len(x_from), len(x_to), lambda: (x_from, x_to), "arrays")
 
     @classmethod
-    def from_runs(cls, run_from, mask_from: np.ndarray, run_to, mask_to: np.ndarray, block: int = 65536,
-                  progress: bool = False) -> "ImageSets":
+    def from_runs(
+        cls, run_from, mask_from: np.ndarray, run_to, mask_to: np.ndarray, block: int = 65536, progress: bool = False
+    ) -> "ImageSets":
         """The selected rows (boolean masks over each run's metadata) of one or two runs, read from their
         memory-mapped shards as stored (float16 or float32)."""
+
         def read():
             for run, mask in ((run_from, mask_from), (run_to, mask_to)):
                 for _, X in run.iter_vectors(mask, block, dtype=None):
                     yield X
+
         return cls(int(np.count_nonzero(mask_from)), int(np.count_nonzero(mask_to)), read, "runs", progress)
 
 
@@ -81,8 +86,10 @@ def set_group_ids(*columns) -> np.ndarray | None:
     """Integer group ids of the concatenated sets (equal ids: same group label), or None when no image has a
     group; an image without one is its own group. Works on categorical columns of millions of rows without
     turning them into strings."""
-    cats = [pd.Categorical(np.asarray(c, dtype=object) if not isinstance(c, (pd.Series, pd.Categorical)) else c)
-            for c in columns]
+    cats = [
+        pd.Categorical(np.asarray(c, dtype=object) if not isinstance(c, (pd.Series, pd.Categorical)) else c)
+        for c in columns
+    ]
     if all((c.codes < 0).all() for c in cats):
         return None
     labels = pd.Index(pd.unique(np.concatenate([np.asarray(c.categories.astype(str)) for c in cats])))

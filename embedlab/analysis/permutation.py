@@ -8,6 +8,7 @@ the units, else the block's labels times its rows. Blocks are re-cut into fixed 
 bitwise the same however the caller cuts its blocks (an in-memory array is one block). Memory holds K shuffled
 sums (K x d), the labels (K x units, bit-packed when units are images) and one chunk, never images x dimension.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,7 +22,7 @@ from embedlab.analysis.formula import group_codes, l2n
 from embedlab.analysis.image_sets import aligned_chunks
 
 log = logging.getLogger(__name__)
-SIDES = {"adds": 1.0, "removes": -1.0}   # ranking side -> sign of the score it ranks by
+SIDES = {"adds": 1.0, "removes": -1.0}  # ranking side -> sign of the score it ranks by
 
 
 def _log_binom(n: int, k: int) -> float:
@@ -50,7 +51,7 @@ class Shuffles:
             return self.labels[:, self.codes[start:stop]]
         a, b = start // 8, -(-stop // 8)
         bits = np.unpackbits(self.labels[:, a:b], axis=1)
-        return bits[:, start - 8 * a: stop - 8 * a].astype(bool)
+        return bits[:, start - 8 * a : stop - 8 * a].astype(bool)
 
 
 def group_layout(is_to: np.ndarray, groups: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
@@ -63,8 +64,9 @@ def group_layout(is_to: np.ndarray, groups: np.ndarray | None) -> tuple[np.ndarr
     return codes, sizes, counts_to, bool(np.all((counts_to == 0) | (counts_to == sizes)))
 
 
-def draw_shuffles(is_to: np.ndarray, groups: np.ndarray | None, n_perm: int, seed: int,
-                  observed: bool = False) -> Shuffles:
+def draw_shuffles(
+    is_to: np.ndarray, groups: np.ndarray | None, n_perm: int, seed: int, observed: bool = False
+) -> Shuffles:
     """K shuffles of the 'to' labels under the null, and how they were drawn.
 
     Groups nested in one set are permuted as units; groups that span both sets (pairs, scenes photographed
@@ -92,19 +94,32 @@ def draw_shuffles(is_to: np.ndarray, groups: np.ndarray | None, n_perm: int, see
         packed = within_group_shuffles(is_to, codes, n_perm, rng, first_row=int(observed))
         log_distinct = float(sum(_log_binom(int(s), int(t)) for s, t in zip(sizes, counts_to.astype(int))))
         spanning = int(((counts_to > 0) & (counts_to < sizes)).sum())
-        scheme = (f"labels shuffled within groups ({spanning} of {n_groups} groups span both sets; the labels of the "
-                  f"other {n_groups - spanning} groups stay fixed)" if spanning < n_groups
-                  else f"labels shuffled within groups (all {n_groups} groups span both sets)")
+        scheme = (
+            f"labels shuffled within groups ({spanning} of {n_groups} groups span both sets; the labels of the "
+            f"other {n_groups - spanning} groups stay fixed)"
+            if spanning < n_groups
+            else f"labels shuffled within groups (all {n_groups} groups span both sets)"
+        )
         if spanning < n_groups:
-            log.warning("%d of %d groups span both sets: labels are shuffled within groups, so the other %d groups "
-                        "keep their set in every shuffle.", spanning, n_groups, n_groups - spanning)
+            log.warning(
+                "%d of %d groups span both sets: labels are shuffled within groups, so the other %d groups "
+                "keep their set in every shuffle.",
+                spanning,
+                n_groups,
+                n_groups - spanning,
+            )
         swap = bool(np.all(2 * counts_to == sizes))
         sh = Shuffles(packed, n, int(is_to.sum()))
     if observed:
         sh.labels[0] = observed_labels(sh, is_to)
     distinct = math.exp(log_distinct) if log_distinct < 700 else float("inf")
-    sh.info = {"scheme": scheme, "n_units": n_groups, "distinct_shuffles": distinct,
-               "log10_distinct_shuffles": log_distinct / math.log(10), "swap_is_a_shuffle": swap}
+    sh.info = {
+        "scheme": scheme,
+        "n_units": n_groups,
+        "distinct_shuffles": distinct,
+        "log10_distinct_shuffles": log_distinct / math.log(10),
+        "swap_is_a_shuffle": swap,
+    }
     return sh
 
 
@@ -161,16 +176,18 @@ def shuffled_sums(data, shuffles: Shuffles, method: str = "rave", chunk: int = 4
             sum_to = np.zeros((shuffles.K, x.shape[1])) if U is None else None
         total += x.sum(0)
         if U is not None:
-            add_group_sums(U, shuffles.codes[start:start + len(x)], x)
+            add_group_sums(U, shuffles.codes[start : start + len(x)], x)
         else:
             # float32 product per chunk of 4,096 rows (exact 0/1 labels; half the time of float64), summed in float64
             sum_to += shuffles.image_labels(start, start + len(x)).astype(np.float32) @ x.astype(np.float32)
         seen = start + len(x)
     if seen != shuffles.n:
         raise ValueError(f"The image blocks hold {seen} rows but the shuffles label {shuffles.n} images.")
-    if U is not None:                                   # (K, G) labels times (G, d) group sums, 256 shuffles at a time
-        sum_to = np.concatenate([shuffles.labels[k:k + 256].astype(np.float64) @ U for k in range(0, shuffles.K, 256)]
-                                + [np.zeros((0, U.shape[1]))])
+    if U is not None:  # (K, G) labels times (G, d) group sums, 256 shuffles at a time
+        sum_to = np.concatenate(
+            [shuffles.labels[k : k + 256].astype(np.float64) @ U for k in range(0, shuffles.K, 256)]
+            + [np.zeros((0, U.shape[1]))]
+        )
     return sum_to, total
 
 
@@ -190,8 +207,15 @@ def shuffled_residuals(data, shuffles, method: str = "rave", chunk: int = 4096) 
     return l2n(sum_to / shuffles.n_to - sum_from / (shuffles.n - shuffles.n_to)).astype(np.float32)
 
 
-def null_scores(R: np.ndarray, C: np.ndarray, deflations: dict | None = None, block: int = 1024, rows: int = 512,
-                threads: int | None = None, keep_first: bool = False) -> dict:
+def null_scores(
+    R: np.ndarray,
+    C: np.ndarray,
+    deflations: dict | None = None,
+    block: int = 1024,
+    rows: int = 512,
+    threads: int | None = None,
+    keep_first: bool = False,
+) -> dict:
     """Score the whole vocabulary under each shuffled residual (rows of R). Returns the max and min score per
     shuffle, and, for each ranking side in `deflations` ({side: (sign, picked indices, orthonormal pick
     directions (m, d))}), the best cosine at each deflation step when the shuffled residual is deflated by
@@ -209,25 +233,25 @@ def null_scores(R: np.ndarray, C: np.ndarray, deflations: dict | None = None, bl
     sides = []
     for side, (sign, idx, T) in (deflations or {}).items():
         T = np.asarray(T, np.float32).reshape(len(idx), Cf.shape[1])
-        A = np.ascontiguousarray(T @ Cf.T)                                       # (m, V): pick . concept
-        B = np.ascontiguousarray(sign * (R @ T.T), dtype=np.float32)            # (K, m): shuffled r . pick
+        A = np.ascontiguousarray(T @ Cf.T)  # (m, V): pick . concept
+        B = np.ascontiguousarray(sign * (R @ T.T), dtype=np.float32)  # (K, m): shuffled r . pick
         sides.append((side, np.float32(sign), A, B, step_tables(A, np.asarray(idx, np.int64))))
     starts = list(range(0, len(Cf), block))
     kernel = _kernels().sequential_max
     first = np.empty(len(Cf), np.float32)
 
     def work(v0: int):
-        Cb = Cf[v0:v0 + block]
+        Cb = Cf[v0 : v0 + block]
         mx, mn = np.empty(K, np.float32), np.empty(K, np.float32)
         seq = [np.empty((K, s[2].shape[0]), np.float32) for s in sides]
         for k0 in range(0, K, rows):
-            S = R[k0:k0 + rows] @ Cb.T
-            mx[k0:k0 + rows], mn[k0:k0 + rows] = S.max(1), S.min(1)
+            S = R[k0 : k0 + rows] @ Cb.T
+            mx[k0 : k0 + rows], mn[k0 : k0 + rows] = S.max(1), S.min(1)
             if k0 == 0 and K:
-                first[v0:v0 + len(Cb)] = S[0]
+                first[v0 : v0 + len(Cb)] = S[0]
             for out, (_, sign, A, B, (inv, pen)) in zip(seq, sides):
                 if A.shape[0]:
-                    kernel(S, sign, A, B[k0:k0 + rows], inv, pen, v0, out[k0:k0 + rows])
+                    kernel(S, sign, A, B[k0 : k0 + rows], inv, pen, v0, out[k0 : k0 + rows])
         return mx, mn, seq
 
     workers = max(1, min(threads or usable_cores(), len(starts)))
@@ -237,8 +261,10 @@ def null_scores(R: np.ndarray, C: np.ndarray, deflations: dict | None = None, bl
         else:
             with ThreadPoolExecutor(workers) as pool:
                 parts = list(pool.map(work, starts))
-    out = {"max": np.max([p[0] for p in parts], 0).astype(np.float64),
-           "min": np.min([p[1] for p in parts], 0).astype(np.float64)}
+    out = {
+        "max": np.max([p[0] for p in parts], 0).astype(np.float64),
+        "min": np.min([p[1] for p in parts], 0).astype(np.float64),
+    }
     for j, (side, _, A, B, _) in enumerate(sides):
         best = np.max([p[2][j] for p in parts], 0).astype(np.float64)
         out["seq_" + side] = best / np.sqrt(np.maximum(residual_norms2(B), 1e-12))
@@ -247,19 +273,29 @@ def null_scores(R: np.ndarray, C: np.ndarray, deflations: dict | None = None, bl
     return out
 
 
-def permutation_null(data, shuffles, C: np.ndarray, method: str = "rave", deflations: dict | None = None,
-                     block: int = 1024, rows: int = 512, threads: int | None = None, chunk: int = 4096,
-                     keep_first: bool = False) -> dict:
+def permutation_null(
+    data,
+    shuffles,
+    C: np.ndarray,
+    method: str = "rave",
+    deflations: dict | None = None,
+    block: int = 1024,
+    rows: int = 512,
+    threads: int | None = None,
+    chunk: int = 4096,
+    keep_first: bool = False,
+) -> dict:
     """`null_scores` of the residuals recomputed under each shuffle from the image vectors `data` (an array or
     an iterable of row blocks, in the order of the labels)."""
-    return null_scores(shuffled_residuals(data, shuffles, method, chunk), C, deflations, block, rows, threads,
-                       keep_first)
+    return null_scores(
+        shuffled_residuals(data, shuffles, method, chunk), C, deflations, block, rows, threads, keep_first
+    )
 
 
 def residual_norms2(B: np.ndarray) -> np.ndarray:
     """|P r|^2 at each deflation step: 1 - the squared projections on the picks removed before it."""
     b2 = np.asarray(B, np.float64) ** 2
-    return 1.0 - np.cumsum(np.c_[np.zeros(len(b2)), b2], axis=1)[:, :b2.shape[1]]
+    return 1.0 - np.cumsum(np.c_[np.zeros(len(b2)), b2], axis=1)[:, : b2.shape[1]]
 
 
 def step_tables(A: np.ndarray, picked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -282,12 +318,20 @@ def sequential_max(S0: np.ndarray, sign: float, A: np.ndarray, B: np.ndarray, pi
     (`null_scores` runs the same kernel block by block.)"""
     inv, pen = step_tables(A, picked)
     best = np.empty((S0.shape[0], A.shape[0]), np.float32)
-    _kernels().sequential_max(np.ascontiguousarray(S0, np.float32), np.float32(sign), np.ascontiguousarray(A, np.float32),
-                              np.ascontiguousarray(B, np.float32), inv, pen, 0, best)
+    _kernels().sequential_max(
+        np.ascontiguousarray(S0, np.float32),
+        np.float32(sign),
+        np.ascontiguousarray(A, np.float32),
+        np.ascontiguousarray(B, np.float32),
+        inv,
+        pen,
+        0,
+        best,
+    )
     return best.astype(np.float64) / np.sqrt(np.maximum(residual_norms2(B), 1e-12))
 
 
-TIE_TOLERANCE = 1e-6   # relative: float32 statistics of one labelling computed two ways differ by a few ulps
+TIE_TOLERANCE = 1e-6  # relative: float32 statistics of one labelling computed two ways differ by a few ulps
 
 
 def tail_counts(reference: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -308,7 +352,7 @@ def family_p(observed: dict, null: dict, values: dict) -> dict:
     best standardised statistic over the family's sides is at least as extreme. One side: the usual
     (1 + #{null >= x}) / (K + 1)."""
     refs = {s: np.r_[observed[s], null[s]] for s in observed}
-    best = np.min([tail_counts(refs[s], refs[s]) for s in refs], axis=0)          # (K + 1,)
+    best = np.min([tail_counts(refs[s], refs[s]) for s in refs], axis=0)  # (K + 1,)
     best.sort()
     out = {}
     for s, x in values.items():
@@ -372,7 +416,7 @@ def _kernels():
                 for v in range(w):
                     row[v] = S[k, v] * sign
                 for i in range(A.shape[0]):
-                    out[0] = step(row, inv[i, v0:v0 + w], pen[i, v0:v0 + w], A[i, v0:v0 + w], B[k, i], vals, keys)
+                    out[0] = step(row, inv[i, v0 : v0 + w], pen[i, v0 : v0 + w], A[i, v0 : v0 + w], B[k, i], vals, keys)
                     best[k, i] = as_float[0]
 
         _KERNELS = SimpleNamespace(**vars(_label_kernels()), sequential_max=sequential_max)

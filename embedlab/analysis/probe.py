@@ -8,6 +8,7 @@ projection along the residual (towards its 'to' set and, for images below it, to
 guidance loss). It tells whether a residual rewards lighting, or
 sharpness, compression or size. The edits and statistics are pure functions; `probe_residual` does the I/O.
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------------------------- edits (pure)
 def edit_exposure(x: np.ndarray, ev: float) -> np.ndarray:
     """Global exposure: ev stops in linear light."""
-    return linear_to_srgb(srgb_to_linear(x) * 2.0 ** ev)
+    return linear_to_srgb(srgb_to_linear(x) * 2.0**ev)
 
 
 def edit_gamma(x: np.ndarray, g: float) -> np.ndarray:
@@ -111,7 +112,7 @@ def edit_downscale(x: np.ndarray, factor: float) -> np.ndarray:
 @dataclass(frozen=True)
 class Edit:
     name: str
-    family: str             # "lighting" or "other"
+    family: str  # "lighting" or "other"
     fn: Callable[[np.ndarray, float], np.ndarray]
     strengths: tuple
     meaning: str
@@ -167,22 +168,45 @@ def summarise(base: np.ndarray, edited: dict, thr: float, edits: Sequence[Edit])
         for s in e.strengths:
             d = np.asarray(edited[(e.name, s)]) - base
             m, lo, hi = mean_ci(d)
-            row = {"edit": e.name, "family": e.family, "strength": float(s), "mean_delta": m, "ci_low": lo,
-                   "ci_high": hi, "gap_closed": m / gap, "n": int(len(d)), "significant": bool(lo > 0 or hi < 0)}
+            row = {
+                "edit": e.name,
+                "family": e.family,
+                "strength": float(s),
+                "mean_delta": m,
+                "ci_low": lo,
+                "ci_high": hi,
+                "gap_closed": m / gap,
+                "n": int(len(d)),
+                "significant": bool(lo > 0 or hi < 0),
+            }
             rows.append(row)
             if best is None or m > best["mean_delta"]:
                 best = row
-        ranking.append({"edit": e.name, "family": e.family, "best_strength": best["strength"],
-                        "mean_delta": best["mean_delta"], "gap_closed": best["gap_closed"], "ci_low": best["ci_low"],
-                        "ci_high": best["ci_high"], "significant": best["significant"]})
+        ranking.append(
+            {
+                "edit": e.name,
+                "family": e.family,
+                "best_strength": best["strength"],
+                "mean_delta": best["mean_delta"],
+                "gap_closed": best["gap_closed"],
+                "ci_low": best["ci_low"],
+                "ci_high": best["ci_high"],
+                "significant": best["significant"],
+            }
+        )
     ranking.sort(key=lambda r: -r["mean_delta"])
     for i, r in enumerate(ranking):
         r["rank"] = i + 1
     return rows, ranking
 
 
-def probe_projections(encode: Callable[[list[np.ndarray]], np.ndarray], images: list[np.ndarray], vector: np.ndarray,
-                      edits: Sequence[Edit], progress: bool = False) -> tuple[np.ndarray, dict]:
+def probe_projections(
+    encode: Callable[[list[np.ndarray]], np.ndarray],
+    images: list[np.ndarray],
+    vector: np.ndarray,
+    edits: Sequence[Edit],
+    progress: bool = False,
+) -> tuple[np.ndarray, dict]:
     """Projections on `vector` of the images and of every edited version. `encode` maps a list of float [0,1]
     HxWx3 arrays to L2-normalised embeddings (n, d). `progress`: a bar over the (edit, strength) pairs."""
     v = np.asarray(vector, dtype=np.float64)
@@ -196,19 +220,24 @@ def probe_projections(encode: Callable[[list[np.ndarray]], np.ndarray], images: 
 
 def format_table(ranking: list[dict], base_mean: float, thr: float) -> str:
     """A Markdown table of the ranking."""
-    lines = [f"mean projection of the unedited images {base_mean:+.4f}; target thr {thr:+.4f}", "",
-             "| rank | edit | family | best strength | mean change of projection [95% CI] | share of gap to thr |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"mean projection of the unedited images {base_mean:+.4f}; target thr {thr:+.4f}",
+        "",
+        "| rank | edit | family | best strength | mean change of projection [95% CI] | share of gap to thr |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in ranking:
-        lines.append(f"| {r['rank']} | {r['edit']} | {r['family']} | {r['best_strength']:g} | {r['mean_delta']:+.4f} "
-                     f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]{'' if r['significant'] else ' (n.s.)'} | "
-                     f"{100 * r['gap_closed']:.0f}% |")
+        lines.append(
+            f"| {r['rank']} | {r['edit']} | {r['family']} | {r['best_strength']:g} | {r['mean_delta']:+.4f} "
+            f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]{'' if r['significant'] else ' (n.s.)'} | "
+            f"{100 * r['gap_closed']:.0f}% |"
+        )
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------- I/O
 def _image_files(images: Sequence[str], selector: str) -> list[str]:
-    
+
     from embedlab.datasets.selector import split_spec
 
     files: list[str] = []
@@ -252,15 +281,26 @@ def make_encoder(lm, batch_size: int = 32) -> Callable[[list[np.ndarray]], np.nd
     def encode(images: list[np.ndarray]) -> np.ndarray:
         feats = []
         for s in range(0, len(images), batch_size):
-            px = torch.stack([lm.preprocess(_pil(x)) for x in images[s:s + batch_size]])
+            px = torch.stack([lm.preprocess(_pil(x)) for x in images[s : s + batch_size]])
             feats.append(models.encode_image_batch(lm, px))
         return np.concatenate(feats).astype(np.float64)
+
     return encode
 
 
-def probe_residual(residual: str | os.PathLike, images: Sequence[str], out: str | os.PathLike | None = None, *,
-                   selector: str = "role=backlit", edits: Sequence[str] | None = None, max_images: int | None = 32,
-                   max_side: int = 512, device: str = "auto", seed: int = 0, progress: bool = True) -> dict:
+def probe_residual(
+    residual: str | os.PathLike,
+    images: Sequence[str],
+    out: str | os.PathLike | None = None,
+    *,
+    selector: str = "role=backlit",
+    edits: Sequence[str] | None = None,
+    max_images: int | None = 32,
+    max_side: int = 512,
+    device: str = "auto",
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
     """Apply the edit family to the images, measure the change of their projection on `residual`, and write
     probe.json, probe.csv, probe.md and probe.png into `out` (default: beside the residual)."""
     from embedlab.analysis.residual_file import load_residual
@@ -281,9 +321,17 @@ def probe_residual(residual: str | os.PathLike, images: Sequence[str], out: str 
     out = Path(out) if out else Path(residual).with_suffix("").parent / f"{Path(residual).stem}_probe"
     out.mkdir(parents=True, exist_ok=True)
     table = format_table(ranking, float(base.mean()), res.thr)
-    result = {"residual": str(residual), "model": f"{mi['model']}/{mi['pretrained']}", "thr": res.thr,
-              "images": files, "base_mean": float(base.mean()), "base": base.tolist(), "ranking": ranking, "rows": rows,
-              "edits": {e.name: {"family": e.family, "strengths": list(e.strengths), "meaning": e.meaning} for e in chosen}}
+    result = {
+        "residual": str(residual),
+        "model": f"{mi['model']}/{mi['pretrained']}",
+        "thr": res.thr,
+        "images": files,
+        "base_mean": float(base.mean()),
+        "base": base.tolist(),
+        "ranking": ranking,
+        "rows": rows,
+        "edits": {e.name: {"family": e.family, "strengths": list(e.strengths), "meaning": e.meaning} for e in chosen},
+    }
     import pandas as pd
 
     atomic_write_bytes(out / "probe.csv", pd.DataFrame(rows).to_csv(index=False).encode())
@@ -315,7 +363,7 @@ def plot_probe(rows: list[dict], edits: Sequence[Edit], base_mean: float, thr: f
         ax.axhline(thr - base_mean, color="C2", lw=0.8, ls="--")
         ax.set_xticks(xs, [f"{x['strength']:g}" for x in r], fontsize=7)
         ax.set_title(e.name, fontsize=9)
-    for ax in list(axes.flat)[len(edits):]:
+    for ax in list(axes.flat)[len(edits) :]:
         ax.axis("off")
     axes[0, 0].set_ylabel("mean change of projection", fontsize=8)
     fig.suptitle("change of projection on the residual per edit (95% CI); dashed: change that reaches thr", fontsize=9)

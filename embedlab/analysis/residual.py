@@ -4,6 +4,7 @@ Math lives in small pure functions (`rave_residual`, `mean_difference`, `bootstr
 `compare_nonsemantic`); `residual()` does the I/O: it reads run folders and writes `residual.npy` (float32,
 shape (d,)) plus a JSON sidecar `residual.json`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,14 +43,25 @@ log = logging.getLogger(__name__)
 GROUP_COLUMNS = ("group",)
 
 
-def _bootstrap(stats: list[dict], full: np.ndarray, n_boot: int, seed: int, method: str, unit: str, scheme: str,
-               progress: bool = False, counts: list[np.ndarray] | None = None) -> dict:
+def _bootstrap(
+    stats: list[dict],
+    full: np.ndarray,
+    n_boot: int,
+    seed: int,
+    method: str,
+    unit: str,
+    scheme: str,
+    progress: bool = False,
+    counts: list[np.ndarray] | None = None,
+) -> dict:
     if unit == "group":
         sums = [p["group_sums"] for p in stats]
-        cos = group_bootstrap_from_sums(full, sums, [p["group_sizes"] for p in stats], n_boot, seed, method, progress,
-                                        counts)
-        return dict(bootstrap_summary(cos, unit, seed, scheme),
-                    group_sums_dtype=str(np.result_type(*[S.dtype for S in sums])))
+        cos = group_bootstrap_from_sums(
+            full, sums, [p["group_sizes"] for p in stats], n_boot, seed, method, progress, counts
+        )
+        return dict(
+            bootstrap_summary(cos, unit, seed, scheme), group_sums_dtype=str(np.result_type(*[S.dtype for S in sums]))
+        )
     a, b = stats
     r = residual_from_sums(a["boot_sums"], a["boot_counts"], b["boot_sums"], b["boot_counts"], method)[0]
     return bootstrap_summary(r @ full, unit, seed, scheme)
@@ -57,11 +69,11 @@ def _bootstrap(stats: list[dict], full: np.ndarray, n_boot: int, seed: int, meth
 
 BOOT_SCHEMES = {
     "group": "groups resampled with replacement (multinomial counts over per-group sums; the same draws as the "
-             "in-memory bootstrap)",
+    "in-memory bootstrap)",
     "multinomial": "images resampled with replacement (multinomial counts per image; the same draws as the "
-                   "in-memory bootstrap)",
+    "in-memory bootstrap)",
     "poisson": "Poisson(1) weight per image, drawn while streaming (the Poisson bootstrap: equal in distribution "
-               "to resampling images given the resample size, which varies by about sqrt(n))",
+    "to resampling images given the resample size, which varies by about sqrt(n))",
 }
 
 
@@ -69,17 +81,32 @@ def _read_sets(r_from: Run, r_to: Run, from_: str, to: str):
     from embedlab.datasets.selector import Selector
 
     s_from, s_to = Selector.parse(from_), Selector.parse(to)
-    wanted = [*s_from.columns, *s_to.columns, *GROUP_COLUMNS]      # for every row; the rest for a sample
+    wanted = [*s_from.columns, *s_to.columns, *GROUP_COLUMNS]  # for every row; the rest for a sample
     meta_a = r_from.read_metadata(r_from.available_columns(wanted))
     meta_b = meta_a if r_to is r_from else r_to.read_metadata(r_to.available_columns(wanted))
     m_from, m_to = s_from.mask(meta_a, f"run {r_from.path}"), s_to.mask(meta_b, f"run {r_to.path}")
     if r_to is r_from and np.any(m_from & m_to):
-        raise ConfigError(f"Sets {from_!r} and {to!r} share {int((m_from & m_to).sum())} images; they must be disjoint.")
+        raise ConfigError(
+            f"Sets {from_!r} and {to!r} share {int((m_from & m_to).sum())} images; they must be disjoint."
+        )
     return m_from, m_to, SetRows(meta_a, m_from, r_from), SetRows(meta_b, m_to, r_to)
 
 
-def _stream_sets(r_from: Run, r_to: Run, m_from, m_to, meta_from, meta_to, method, bootstrap, seed, budget, block,
-                 progress=False, side=None):
+def _stream_sets(
+    r_from: Run,
+    r_to: Run,
+    m_from,
+    m_to,
+    meta_from,
+    meta_to,
+    method,
+    bootstrap,
+    seed,
+    budget,
+    block,
+    progress=False,
+    side=None,
+):
     """The two sets' sufficient statistics in one streaming pass per run, and the bootstrap unit and scheme:
     groups (their sums) when every image has one and the sums fit half the budget, else images. With `side` (an
     executor), the group bootstrap's draws are made there during the pass; returned as a future (else None)."""
@@ -90,18 +117,25 @@ def _stream_sets(r_from: Run, r_to: Run, m_from, m_to, meta_from, meta_to, metho
     if unit == "group" and bootstrap:
         n_groups = [int(c.max()) + 1 if len(c) else 0 for c in (c_from, c_to)]
         largest = max([int(np.bincount(c).max()) for c in (c_from, c_to) if len(c)], default=0)
-        gdtype = group_sums_dtype(largest)       # one storage type for both sets, also when they come from two runs
+        gdtype = group_sums_dtype(largest)  # one storage type for both sets, also when they come from two runs
         if group_bootstrap_bytes(n_groups, d, bootstrap, gdtype) > budget // 2:
-            log.warning("residual: %d groups' sums would not fit half the memory budget; bootstrapping images instead",
-                        sum(n_groups))
+            log.warning(
+                "residual: %d groups' sums would not fit half the memory budget; bootstrapping images instead",
+                sum(n_groups),
+            )
             unit = "image"
-    codes = [c_from, c_to] if unit == "group" and bootstrap else [None, None]     # group sums: for the bootstrap
-    draws = (side.submit(group_resample_counts, n_groups, bootstrap, seed)
-             if side is not None and codes[0] is not None else None)
+    codes = [c_from, c_to] if unit == "group" and bootstrap else [None, None]  # group sums: for the bootstrap
+    draws = (
+        side.submit(group_resample_counts, n_groups, bootstrap, seed)
+        if side is not None and codes[0] is not None
+        else None
+    )
     boot = None
     scheme = "group"
     if bootstrap and unit == "image":
-        weights, scheme = image_bootstrap_weights((len(meta_from), len(meta_to)), bootstrap, seed, budget // 16, progress)
+        weights, scheme = image_bootstrap_weights(
+            (len(meta_from), len(meta_to)), bootstrap, seed, budget // 16, progress
+        )
         boot = {"weights": weights, "n_boot": bootstrap, "seed": seed}
     if r_to is r_from:
         st_from, st_to = stream_sums(r_from, [m_from, m_to], codes, method, boot, block, progress, gdtype)
@@ -120,18 +154,34 @@ def _open_runs(run, to_run) -> tuple[Run, Run]:
     r_from = Run(run)
     r_to = Run(to_run) if to_run else r_from
     if r_to is not r_from and r_from.model_identity != r_to.model_identity:
-        diff = {k: (r_from.model_identity[k], r_to.model_identity[k]) for k in r_from.model_identity
-                if r_from.model_identity[k] != r_to.model_identity[k]}
-        raise IncompatibleRunError(f"Runs {r_from.path} and {r_to.path} used different models or preprocessing "
-                                   f"({', '.join(diff)}); a residual needs one. Re-extract one of them with the other's "
-                                   f"model: `embedlab extract ... --model {r_from.manifest['model']} --pretrained "
-                                   f"{r_from.manifest['pretrained']}`.")
+        diff = {
+            k: (r_from.model_identity[k], r_to.model_identity[k])
+            for k in r_from.model_identity
+            if r_from.model_identity[k] != r_to.model_identity[k]
+        }
+        raise IncompatibleRunError(
+            f"Runs {r_from.path} and {r_to.path} used different models or preprocessing "
+            f"({', '.join(diff)}); a residual needs one. Re-extract one of them with the other's "
+            f"model: `embedlab extract ... --model {r_from.manifest['model']} --pretrained "
+            f"{r_from.manifest['pretrained']}`."
+        )
     return r_from, r_to
 
 
-def residual(run: str | os.PathLike, from_: str, to: str, out: str | os.PathLike, *, to_run: str | os.PathLike | None = None,
-             method: str = "rave", bootstrap: int = 200, seed: int = 0, memory_budget: "str | int" = "1G",
-             block: int = 65536, progress: bool = True) -> Residual:
+def residual(
+    run: str | os.PathLike,
+    from_: str,
+    to: str,
+    out: str | os.PathLike,
+    *,
+    to_run: str | os.PathLike | None = None,
+    method: str = "rave",
+    bootstrap: int = 200,
+    seed: int = 0,
+    memory_budget: "str | int" = "1G",
+    block: int = 65536,
+    progress: bool = True,
+) -> Residual:
     """Compute the residual from set `from_` to set `to` of a run (or of `to_run`) and write it with its sidecar.
 
     Streams the memory-mapped shards once, `block` vectors at a time, keeping float64 sums per set (and per group
@@ -150,35 +200,78 @@ def residual(run: str | os.PathLike, from_: str, to: str, out: str | os.PathLike
         m_from, m_to, meta_from, meta_to = _read_sets(r_from, r_to, from_, to)
         samples = side.submit(nonsemantic_samples, meta_from, meta_to, NONSEMANTIC_SAMPLE, seed)
         st_from, st_to, unit, scheme, c_from, c_to, draws = _stream_sets(
-            r_from, r_to, m_from, m_to, meta_from, meta_to, method, bootstrap, seed, budget, block, progress, side)
+            r_from, r_to, m_from, m_to, meta_from, meta_to, method, bootstrap, seed, budget, block, progress, side
+        )
         kernel.result()
 
     r, thr, v_from, v_to = residual_from_sums(st_from["sum"], st_from["count"], st_to["sum"], st_to["count"], method)
-    check_separation(separation(st_from["sum"], st_from["count"], st_to["sum"], st_to["count"], method),
-                     r_from.manifest.get("vector_dtype", "float32"), f"{r_from.path}:{from_}", f"{r_to.path}:{to}")
-    stab = (_bootstrap([st_from, st_to], r, bootstrap, seed, method, unit, BOOT_SCHEMES[scheme], progress,
-                       draws.result() if draws is not None else None) if bootstrap > 0 else None)
+    check_separation(
+        separation(st_from["sum"], st_from["count"], st_to["sum"], st_to["count"], method),
+        r_from.manifest.get("vector_dtype", "float32"),
+        f"{r_from.path}:{from_}",
+        f"{r_to.path}:{to}",
+    )
+    stab = (
+        _bootstrap(
+            [st_from, st_to],
+            r,
+            bootstrap,
+            seed,
+            method,
+            unit,
+            BOOT_SCHEMES[scheme],
+            progress,
+            draws.result() if draws is not None else None,
+        )
+        if bootstrap > 0
+        else None
+    )
     nonsem = compare_nonsemantic(*samples.result())
-    nonsem["sample"] = {"max_per_set": NONSEMANTIC_SAMPLE, "seed": seed, "from": min(len(meta_from), NONSEMANTIC_SAMPLE),
-                        "to": min(len(meta_to), NONSEMANTIC_SAMPLE)}
+    nonsem["sample"] = {
+        "max_per_set": NONSEMANTIC_SAMPLE,
+        "seed": seed,
+        "from": min(len(meta_from), NONSEMANTIC_SAMPLE),
+        "to": min(len(meta_to), NONSEMANTIC_SAMPLE),
+    }
     for w in nonsem["warnings"]:
         log.warning("residual: %s", w)
     mi = r_from.manifest
     info = {
-        "embedlab_residual": 1, "method": method, "thr": thr,
+        "embedlab_residual": 1,
+        "method": method,
+        "thr": thr,
         "thr_definition": "<v_to, r> (the paper's target projection)",
-        "model": {"model": mi["model"], "pretrained": mi["pretrained"], "weights_sha256": mi["weights_sha256"],
-                  "preprocess": mi["preprocess"], "decode": mi["decode"], "embed_dim": mi["embed_dim"],
-                  "image_size": mi.get("image_size")},
-        "from": {"run": str(r_from.path.resolve()), "selector": from_, "count": int(m_from.sum()),
-                 "groups": int(c_from.max()) + 1 if c_from is not None and len(c_from) else None,
-                 "manifest_fingerprint": mi.get("source_manifest_fingerprint"), "input_hash": mi.get("input_hash")},
-        "to": {"run": str(r_to.path.resolve()), "selector": to, "count": int(m_to.sum()),
-               "groups": int(c_to.max()) + 1 if c_to is not None and len(c_to) else None,
-               "manifest_fingerprint": r_to.manifest.get("source_manifest_fingerprint"),
-               "input_hash": r_to.manifest.get("input_hash")},
-        "cos_v_from_v_to": float(v_from @ v_to), "v_from": v_from.astype(np.float32).tolist(),
-        "v_to": v_to.astype(np.float32).tolist(), "bootstrap": stab, "nonsemantic": nonsem, "edits": [],
+        "model": {
+            "model": mi["model"],
+            "pretrained": mi["pretrained"],
+            "weights_sha256": mi["weights_sha256"],
+            "preprocess": mi["preprocess"],
+            "decode": mi["decode"],
+            "embed_dim": mi["embed_dim"],
+            "image_size": mi.get("image_size"),
+        },
+        "from": {
+            "run": str(r_from.path.resolve()),
+            "selector": from_,
+            "count": int(m_from.sum()),
+            "groups": int(c_from.max()) + 1 if c_from is not None and len(c_from) else None,
+            "manifest_fingerprint": mi.get("source_manifest_fingerprint"),
+            "input_hash": mi.get("input_hash"),
+        },
+        "to": {
+            "run": str(r_to.path.resolve()),
+            "selector": to,
+            "count": int(m_to.sum()),
+            "groups": int(c_to.max()) + 1 if c_to is not None and len(c_to) else None,
+            "manifest_fingerprint": r_to.manifest.get("source_manifest_fingerprint"),
+            "input_hash": r_to.manifest.get("input_hash"),
+        },
+        "cos_v_from_v_to": float(v_from @ v_to),
+        "v_from": v_from.astype(np.float32).tolist(),
+        "v_to": v_to.astype(np.float32).tolist(),
+        "bootstrap": stab,
+        "nonsemantic": nonsem,
+        "edits": [],
     }
     save_residual(out, r, info)
     return Residual(r.astype(np.float32), info, Path(out))

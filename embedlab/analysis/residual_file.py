@@ -1,4 +1,5 @@
 """residual_file: split from residual.py."""
+
 from __future__ import annotations
 
 import logging
@@ -38,8 +39,12 @@ class Residual:
     def summary(self) -> dict:
         """JSON-ready: files, dim, thr and the sidecar's provenance (the vectors v_from/v_to left out)."""
         info = {k: v for k, v in self.info.items() if k not in ("v_from", "v_to")}
-        return {"files": {k: str(v) for k, v in self.files.items()}, "dim": int(len(self.vector)), "thr": self.thr,
-                **info}
+        return {
+            "files": {k: str(v) for k, v in self.files.items()},
+            "dim": int(len(self.vector)),
+            "thr": self.thr,
+            **info,
+        }
 
 
 def sidecar_path(npy: str | os.PathLike) -> Path:
@@ -51,19 +56,25 @@ def load_residual(path: str | os.PathLike) -> Residual:
     """Read residual.npy (allow_pickle=False) and its JSON sidecar; validate shape and finiteness."""
     p = Path(path)
     if not p.exists():
-        raise ConfigError(f"Residual file {p} not found. Make one with `embedlab residual RUN --from A --to B --out {p}`.")
+        raise ConfigError(
+            f"Residual file {p} not found. Make one with `embedlab residual RUN --from A --to B --out {p}`."
+        )
     vec = check_residual_vector(load_npy(p, expect=RESIDUAL_CONTENT + f" (fix: {_RECREATE.format(p=p)})"), p)
     side = sidecar_path(p)
     if not side.exists():
-        raise ConfigError(f"{p} has no sidecar {side}; it holds thr and the model identity. Recreate it with `embedlab residual`.")
+        raise ConfigError(
+            f"{p} has no sidecar {side}; it holds thr and the model identity. Recreate it with `embedlab residual`."
+        )
     info = read_json(side)
     if int(info.get("dim", len(vec))) != len(vec):
         raise IncompatibleRunError(f"{p}: vector has dimension {len(vec)} but its sidecar says {info.get('dim')}.")
     model = info.get("model") or {}
     if model.get("embed_dim") is not None and int(model["embed_dim"]) != len(vec):
-        raise IncompatibleRunError(f"{p} holds a {len(vec)}-dimensional vector, but its model {model.get('model')}/"
-                                   f"{model.get('pretrained')} makes {int(model['embed_dim'])}-dimensional embeddings. "
-                                   f"Fix: {_RECREATE.format(p=p)} from a run of that model.")
+        raise IncompatibleRunError(
+            f"{p} holds a {len(vec)}-dimensional vector, but its model {model.get('model')}/"
+            f"{model.get('pretrained')} makes {int(model['embed_dim'])}-dimensional embeddings. "
+            f"Fix: {_RECREATE.format(p=p)} from a run of that model."
+        )
     return Residual(vec, info, p)
 
 
@@ -78,7 +89,9 @@ def check_residual_vector(vec: np.ndarray, source) -> np.ndarray:
     vec = np.asarray(vec)
     fix = _RECREATE.format(p=source)
     if vec.dtype.kind not in "fiu":
-        raise ConfigError(f"{source} holds dtype {vec.dtype}, not numbers; a residual is {RESIDUAL_CONTENT}. Fix: {fix}.")
+        raise ConfigError(
+            f"{source} holds dtype {vec.dtype}, not numbers; a residual is {RESIDUAL_CONTENT}. Fix: {fix}."
+        )
     if vec.ndim != 1:
         raise ConfigError(f"{source}: expected a 1-D vector, got shape {vec.shape}. Fix: {fix}.")
     n_nan, n_inf = int(np.isnan(vec).sum()), int(np.isinf(vec).sum())
@@ -87,8 +100,10 @@ def check_residual_vector(vec: np.ndarray, source) -> np.ndarray:
         raise ConfigError(f"{source} holds {bad} value(s) among its {len(vec)}; a residual must be finite. Fix: {fix}.")
     norm = float(np.linalg.norm(vec.astype(np.float64)))
     if norm < MIN_RESIDUAL_NORM:
-        raise ConfigError(f"{source} has norm {norm:.3g} (below {MIN_RESIDUAL_NORM:g}), so it has no direction: the "
-                          f"two sets' means were equal. Fix: {fix} using two different sets.")
+        raise ConfigError(
+            f"{source} has norm {norm:.3g} (below {MIN_RESIDUAL_NORM:g}), so it has no direction: the "
+            f"two sets' means were equal. Fix: {fix} using two different sets."
+        )
     return vec.astype(np.float32)
 
 

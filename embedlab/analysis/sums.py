@@ -1,4 +1,5 @@
 """sums: split from residual.py."""
+
 from __future__ import annotations
 
 import logging
@@ -26,7 +27,7 @@ def _accumulate_kernel():
     code is >= 0, to its group's sum (float32 or float64 storage); optionally written out (float32) for the
     per-image bootstrap's product."""
     global _F16_TABLE
-    with _KERNEL_LOCK:          # the kernel may be loaded on a side thread while the metadata is read
+    with _KERNEL_LOCK:  # the kernel may be loaded on a side thread while the metadata is read
         if _F16_TABLE is None:
             _F16_TABLE = _make_accumulate_kernel()
     return _F16_TABLE
@@ -73,15 +74,23 @@ def preload_accumulate_kernel() -> None:
     signature. A failure here is only logged: the pass loads the kernel itself and reports its errors."""
     try:
         X = np.zeros((1, 8), np.float16)
-        X.flags.writeable = False       # as a block of a memory-mapped shard: numba types read-only arrays apart
-        accumulate_block(X, np.zeros(1, np.int8), np.zeros(1, np.int32), True, np.zeros((1, 8)),
-                         np.zeros((1, 8), np.float32))
-    except Exception:       # noqa: BLE001 - a speed-up only
+        X.flags.writeable = False  # as a block of a memory-mapped shard: numba types read-only arrays apart
+        accumulate_block(
+            X, np.zeros(1, np.int8), np.zeros(1, np.int32), True, np.zeros((1, 8)), np.zeros((1, 8), np.float32)
+        )
+    except Exception:  # noqa: BLE001 - a speed-up only
         log.debug("residual: preloading the accumulation kernel failed", exc_info=True)
 
 
-def accumulate_block(X: np.ndarray, which: np.ndarray, codes: np.ndarray | None, normalise: bool, totals: np.ndarray,
-                     gsums: np.ndarray | None, want_rows: bool = False) -> np.ndarray | None:
+def accumulate_block(
+    X: np.ndarray,
+    which: np.ndarray,
+    codes: np.ndarray | None,
+    normalise: bool,
+    totals: np.ndarray,
+    gsums: np.ndarray | None,
+    want_rows: bool = False,
+) -> np.ndarray | None:
     """Add each row of X (float16 or float32) to `totals[which[i]]` and, when `gsums` is given and codes[i] >= 0, to
     `gsums[codes[i]]`; rows with which < 0 skipped; unit-normalised first when `normalise`. Returns the
     (normalised) rows when `want_rows`."""
@@ -92,10 +101,20 @@ def accumulate_block(X: np.ndarray, which: np.ndarray, codes: np.ndarray | None,
     else:
         X, tab = X.astype(np.float32, copy=False), None
     out = np.zeros((len(X), X.shape[1]), np.float32) if want_rows else None
-    kernel(X, tab, np.ascontiguousarray(which, np.int8), None if codes is None else np.ascontiguousarray(codes, np.int32),
-           bool(normalise), totals, gsums, out)
+    kernel(
+        X,
+        tab,
+        np.ascontiguousarray(which, np.int8),
+        None if codes is None else np.ascontiguousarray(codes, np.int32),
+        bool(normalise),
+        totals,
+        gsums,
+        out,
+    )
     return out
-NONSEMANTIC_SAMPLE = 200_000      # rows per set the metadata checks read (AUROC to about +-0.002 past it)
+
+
+NONSEMANTIC_SAMPLE = 200_000  # rows per set the metadata checks read (AUROC to about +-0.002 past it)
 
 
 @dataclass
@@ -136,11 +155,11 @@ def nonsemantic_samples(a: SetRows, b: SetRows, n: int, seed: int) -> list[pd.Da
     rows = [a.sample_rows(n, seed), b.sample_rows(n, seed)]
     if a.run is b.run:
         both = a.run.metadata_rows(np.r_[rows[0], rows[1]], a.run.available_columns(NONSEMANTIC_COLUMNS))
-        return [both.iloc[:len(rows[0])].reset_index(drop=True), both.iloc[len(rows[0]):].reset_index(drop=True)]
+        return [both.iloc[: len(rows[0])].reset_index(drop=True), both.iloc[len(rows[0]) :].reset_index(drop=True)]
     return [s.run.metadata_rows(r, s.run.available_columns(NONSEMANTIC_COLUMNS)) for s, r in zip((a, b), rows)]
 
 
-ACCUMULATE_THREADS = 2     # fixed, not the core count: for a given block size the sums are the same on every machine
+ACCUMULATE_THREADS = 2  # fixed, not the core count: for a given block size the sums are the same on every machine
 
 
 def group_sums_dtype(largest_group: int) -> type:
@@ -164,8 +183,9 @@ def _parallel_accumulate(make_blocks, which, gcode, normalise: bool, totals, gsu
 
     T = ACCUMULATE_THREADS
     # np.zeros, not zeros_like: calloc'ed pages cost nothing until a group's row is first touched
-    parts = [(totals, gsums)] + [(np.zeros(totals.shape), None if gsums is None else np.zeros(gsums.shape, gsums.dtype))
-                                 for _ in range(T - 1)]
+    parts = [(totals, gsums)] + [
+        (np.zeros(totals.shape), None if gsums is None else np.zeros(gsums.shape, gsums.dtype)) for _ in range(T - 1)
+    ]
 
     def work_block(t, pos, X):
         accumulate_block(X, which[pos], None if gcode is None else gcode[pos], normalise, *parts[t])
@@ -195,7 +215,7 @@ def _row_layout(n: int, masks: list[np.ndarray], codes: list):
     offsets = np.cumsum([0] + [0 if c is None or not len(c) else int(c.max()) + 1 for c in codes])
     sizes = [None if c is None else np.bincount(c) for c in codes]
     for s, (m, c) in enumerate(zip(masks, codes)):
-        idx = np.flatnonzero(m)         # a scatter by position: half the time of one by boolean mask (4M rows)
+        idx = np.flatnonzero(m)  # a scatter by position: half the time of one by boolean mask (4M rows)
         which[idx] = s
         if c is not None:
             gcode[idx] = c + offsets[s]
@@ -217,7 +237,7 @@ def _accumulate_image_bootstrap(make_blocks, which, gcode, normalise: bool, tota
         for s in range(n_sets):
             hit = np.flatnonzero(w == s)
             if boot["weights"][s] is not None:
-                W = boot["weights"][s][:, seen[s]:seen[s] + len(hit)]
+                W = boot["weights"][s][:, seen[s] : seen[s] + len(hit)]
             else:
                 W = rngs[s].poisson(1.0, (len(hit), boot["n_boot"])).T.astype(np.float32)
             bsums[s] += (W @ Xn[hit]).astype(np.float64)
@@ -226,8 +246,16 @@ def _accumulate_image_bootstrap(make_blocks, which, gcode, normalise: bool, tota
     return bsums, bn
 
 
-def stream_sums(run: Run, masks: list[np.ndarray], codes: list, method: str = "rave", boot: dict | None = None,
-                block: int = 65536, progress: bool = False, group_dtype=None) -> list[dict]:
+def stream_sums(
+    run: Run,
+    masks: list[np.ndarray],
+    codes: list,
+    method: str = "rave",
+    boot: dict | None = None,
+    block: int = 65536,
+    progress: bool = False,
+    group_dtype=None,
+) -> list[dict]:
     """One pass over the memory-mapped vectors of `run`: per set (disjoint boolean masks over its rows) the float64
     sum of its (for rave: unit-normalised) vectors and, with `codes`, of each group's (stored as `group_dtype`, by
     default `group_sums_dtype` of the largest group); with `boot`
@@ -244,8 +272,9 @@ def stream_sums(run: Run, masks: list[np.ndarray], codes: list, method: str = "r
         gsums = np.zeros((int(offsets[-1]), d), group_dtype or group_sums_dtype(largest))
     union = which >= 0
     rows = None if union.mean() > 0.5 else union
-    bar = progress_bar(progress, total=n if rows is None else int(union.sum()), desc=f"residual: {run.path.name}",
-                       unit="img")
+    bar = progress_bar(
+        progress, total=n if rows is None else int(union.sum()), desc=f"residual: {run.path.name}", unit="img"
+    )
 
     def blocks():
         return run.iter_vectors(rows, block, dtype=None)
@@ -260,7 +289,7 @@ def stream_sums(run: Run, masks: list[np.ndarray], codes: list, method: str = "r
     for s, (m, c) in enumerate(zip(masks, codes)):
         part = {"sum": totals[s], "count": int(m.sum())}
         if c is not None:
-            part["group_sums"] = gsums[offsets[s]:offsets[s + 1]]
+            part["group_sums"] = gsums[offsets[s] : offsets[s + 1]]
             part["group_sizes"] = sizes[s].astype(np.float64)
         if boot:
             part["boot_sums"], part["boot_counts"] = bsums[s], bn[s]

@@ -11,6 +11,7 @@ dimension, so a run of millions of images is explained in the memory of a few th
 The pass re-cuts the blocks into fixed chunks (`aligned_chunks`): every sum is the same however the caller cut
 its blocks, so a run read shard by shard gives the same statistics as the same vectors handed over in memory.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,8 +22,8 @@ from embedlab.analysis.image_sets import ImageSets, aligned_chunks
 from embedlab.analysis.permutation import add_group_sums, group_layout
 
 CHUNK = 4096
-EXACT_SCORE_LIMIT = 1 << 25       # images x candidates kept as float32 scores (128 MB); beyond: histograms
-HIST_BINS = 4096                  # bins over [-1, 1] of a histogram AUROC (ties inside a bin count half)
+EXACT_SCORE_LIMIT = 1 << 25  # images x candidates kept as float32 scores (128 MB); beyond: histograms
+HIST_BINS = 4096  # bins over [-1, 1] of a histogram AUROC (ties inside a bin count half)
 
 
 def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
@@ -35,7 +36,7 @@ def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
 def kish(w: np.ndarray) -> float:
     """Kish's effective sample size (sum w)^2 / sum w^2 of units weighted by w."""
     w = np.asarray(w, np.float64)
-    return float(w.sum() ** 2 / (w ** 2).sum()) if len(w) else 0.0
+    return float(w.sum() ** 2 / (w**2).sum()) if len(w) else 0.0
 
 
 class Moments:
@@ -101,12 +102,18 @@ class TopK:
         for j in range(len(self.Q)):
             vals, pos = self.best[s][j]
             vals, pos = np.r_[vals, sc[:, j]], np.r_[pos, first + np.arange(len(x))]
-            keep = np.lexsort((pos, -vals))[:self.k]
+            keep = np.lexsort((pos, -vals))[: self.k]
             self.best[s][j] = (vals[keep], pos[keep])
 
 
-def collect(sets: ImageSets, groups: np.ndarray | None, candidates: np.ndarray, figure_rows: np.ndarray | None = None,
-            queries: np.ndarray | None = None, k: int = 0) -> dict:
+def collect(
+    sets: ImageSets,
+    groups: np.ndarray | None,
+    candidates: np.ndarray,
+    figure_rows: np.ndarray | None = None,
+    queries: np.ndarray | None = None,
+    k: int = 0,
+) -> dict:
     """The one pass: test units (`test_units`' dict) plus "figure" (per set, each image's score on
     `figure_rows`) and "nearest" (per set and query, the top-k (scores, positions within the set))."""
     is_to = sets.is_to
@@ -122,9 +129,12 @@ def collect(sets: ImageSets, groups: np.ndarray | None, candidates: np.ndarray, 
             d = x.shape[1]
             moments = Moments(d) if by_image else None
             gsums = None if by_image else np.zeros((2, len(sizes), d))
-            cand = Scores(candidates, histogram=by_image and sets.n * len(candidates) > EXACT_SCORE_LIMIT) \
-                if by_image else None
-        cut = min(max(sets.n_from - start, 0), len(x))          # rows before `cut` are 'from' rows
+            cand = (
+                Scores(candidates, histogram=by_image and sets.n * len(candidates) > EXACT_SCORE_LIMIT)
+                if by_image
+                else None
+            )
+        cut = min(max(sets.n_from - start, 0), len(x))  # rows before `cut` are 'from' rows
         for s, part, first in ((0, x[:cut], start), (1, x[cut:], start + cut - sets.n_from)):
             if not len(part):
                 continue
@@ -135,20 +145,36 @@ def collect(sets: ImageSets, groups: np.ndarray | None, candidates: np.ndarray, 
                 cand.add(s, part)
             else:
                 lo = start + (0 if s == 0 else cut)
-                add_group_sums(gsums[s], codes[lo:lo + len(part)], part)
+                add_group_sums(gsums[s], codes[lo : lo + len(part)], part)
     if d is None:
         raise ValueError("Both sets are empty.")
     if start + len(x) != sets.n:
         raise ValueError(f"The image blocks hold {start + len(x)} rows but the sets have {sets.n} images.")
-    units = (image_units(sets, moments, cand) if by_image
-             else group_units(gsums[0], gsums[1], sizes - counts_to, counts_to, sizes, nested))
-    return {"units": units, "figure": figure.arrays(), "nearest": nearest.best,
-            "groups": None if groups is None else int(len(sizes))}
+    units = (
+        image_units(sets, moments, cand)
+        if by_image
+        else group_units(gsums[0], gsums[1], sizes - counts_to, counts_to, sizes, nested)
+    )
+    return {
+        "units": units,
+        "figure": figure.arrays(),
+        "nearest": nearest.best,
+        "groups": None if groups is None else int(len(sizes)),
+    }
 
 
 def image_units(sets: ImageSets, moments: Moments, cand: Scores) -> dict:
-    out = {"from": None, "to": None, "paired": None, "unit": "images", "n_from": sets.n_from, "n_to": sets.n_to,
-           "effective_n": float(sets.n), "shuffle": "between", "moments": moments}
+    out = {
+        "from": None,
+        "to": None,
+        "paired": None,
+        "unit": "images",
+        "n_from": sets.n_from,
+        "n_to": sets.n_to,
+        "effective_n": float(sets.n),
+        "shuffle": "between",
+        "moments": moments,
+    }
     if cand.histogram:
         out["candidate_histograms"] = cand.counts
     else:
@@ -159,13 +185,28 @@ def image_units(sets: ImageSets, moments: Moments, cand: Scores) -> dict:
 def group_units(sums_f, sums_t, n_f, n_t, sizes, nested: bool) -> dict:
     if nested:
         f, t = n_f > 0, n_t > 0
-        return {"from": sums_f[f] / n_f[f, None], "to": sums_t[t] / n_t[t, None], "paired": None, "unit": "groups",
-                "n_from": int(f.sum()), "n_to": int(t.sum()), "effective_n": kish(n_f[f]) + kish(n_t[t]),
-                "shuffle": "between"}
+        return {
+            "from": sums_f[f] / n_f[f, None],
+            "to": sums_t[t] / n_t[t, None],
+            "paired": None,
+            "unit": "groups",
+            "n_from": int(f.sum()),
+            "n_to": int(t.sum()),
+            "effective_n": kish(n_f[f]) + kish(n_t[t]),
+            "shuffle": "between",
+        }
     both = (n_f > 0) & (n_t > 0)
     uf, ut = sums_f[both] / n_f[both, None], sums_t[both] / n_t[both, None]
-    return {"from": uf, "to": ut, "paired": ut - uf, "unit": "groups", "n_from": int(both.sum()),
-            "n_to": int(both.sum()), "effective_n": kish(n_f[both] * n_t[both] / sizes[both]), "shuffle": "within"}
+    return {
+        "from": uf,
+        "to": ut,
+        "paired": ut - uf,
+        "unit": "groups",
+        "n_from": int(both.sum()),
+        "n_to": int(both.sum()),
+        "effective_n": kish(n_f[both] * n_t[both] / sizes[both]),
+        "shuffle": "within",
+    }
 
 
 def test_units(x_from, x_to=None, groups: np.ndarray | None = None, candidates: np.ndarray | None = None) -> dict:
@@ -202,11 +243,11 @@ def _welch_p(delta: np.ndarray, var_a, var_b, na: int, nb: int, C: np.ndarray, c
 
     p = np.empty(len(C))
     for s in range(0, len(C), chunk):
-        c = np.asarray(C[s:s + chunk], np.float64)
+        c = np.asarray(C[s : s + chunk], np.float64)
         va, vb = var_a(c), var_b(c)
         se2 = np.maximum(va + vb, 1e-300)
-        df = se2 ** 2 / np.maximum(va ** 2 / (na - 1) + vb ** 2 / (nb - 1), 1e-300)
-        p[s:s + chunk] = 2 * student_t.sf(np.abs(c @ delta) / np.sqrt(se2), df)
+        df = se2**2 / np.maximum(va**2 / (na - 1) + vb**2 / (nb - 1), 1e-300)
+        p[s : s + chunk] = 2 * student_t.sf(np.abs(c @ delta) / np.sqrt(se2), df)
     return p
 
 
@@ -227,8 +268,9 @@ def welch_from_moments(m: Moments, C: np.ndarray, chunk: int = 8192) -> np.ndarr
     if na < 2 or nb < 2:
         return np.ones(len(C))
     Sa, Sb = m.spread(0), m.spread(1)
-    return _welch_p(m.mean[1] - m.mean[0], lambda c: ((c @ Sa) * c).sum(1), lambda c: ((c @ Sb) * c).sum(1),
-                    na, nb, C, chunk)
+    return _welch_p(
+        m.mean[1] - m.mean[0], lambda c: ((c @ Sa) * c).sum(1), lambda c: ((c @ Sb) * c).sum(1), na, nb, C, chunk
+    )
 
 
 def paired_all_concepts(D: np.ndarray, C: np.ndarray, chunk: int = 8192) -> np.ndarray:
@@ -241,8 +283,8 @@ def paired_all_concepts(D: np.ndarray, C: np.ndarray, chunk: int = 8192) -> np.n
     m, S = D.mean(0), _spread(np.asarray(D, np.float64))
     p = np.empty(len(C))
     for s in range(0, len(C), chunk):
-        c = np.asarray(C[s:s + chunk], np.float64)
-        p[s:s + chunk] = 2 * student_t.sf(np.abs(c @ m) / np.sqrt(np.maximum(_along(c, S), 1e-300)), G - 1)
+        c = np.asarray(C[s : s + chunk], np.float64)
+        p[s : s + chunk] = 2 * student_t.sf(np.abs(c @ m) / np.sqrt(np.maximum(_along(c, S), 1e-300)), G - 1)
     return p
 
 
@@ -277,15 +319,32 @@ def unit_statistics(units: dict, C: np.ndarray, cand_idx: np.ndarray) -> tuple[p
         auroc, err = histogram_auroc(h[0], h[1])
         m = units["moments"]
         mean_f, mean_t = Cc @ m.mean[0].astype(np.float32), Cc @ m.mean[1].astype(np.float32)
-        how = {"auroc": f"from {HIST_BINS}-bin histograms of the image scores (ties within a bin count half)",
-               "auroc_max_error": float(err.max()) if len(err) else 0.0, "bin_width": 2 / HIST_BINS}
+        how = {
+            "auroc": f"from {HIST_BINS}-bin histograms of the image scores (ties within a bin count half)",
+            "auroc_max_error": float(err.max()) if len(err) else 0.0,
+            "bin_width": 2 / HIST_BINS,
+        }
     else:
         if units["unit"] == "images":
             sa, sb = units["candidate_scores"]
         else:
             sa, sb = units["from"].astype(np.float32) @ Cc.T, units["to"].astype(np.float32) @ Cc.T
-        auroc = np.concatenate([mannwhitneyu(sb[:, j:j + 32], sa[:, j:j + 32], axis=0).statistic     # 32 at a
-                                for j in range(0, sa.shape[1], 32)] or [np.zeros(0)]) / (len(sa) * len(sb))  # time: memory
+        auroc = np.concatenate(
+            [
+                mannwhitneyu(sb[:, j : j + 32], sa[:, j : j + 32], axis=0).statistic  # 32 at a
+                for j in range(0, sa.shape[1], 32)
+            ]
+            or [np.zeros(0)]
+        ) / (len(sa) * len(sb))  # time: memory
         mean_f, mean_t = sa.mean(0), sb.mean(0)
-    return pd.DataFrame({"mean_sim_from": mean_f, "mean_sim_to": mean_t, "diff": mean_t - mean_f,
-                         "auroc": auroc, "welch_p": p_all[cand_idx], "q_bh": q_all[cand_idx]}, index=cand_idx), how
+    return pd.DataFrame(
+        {
+            "mean_sim_from": mean_f,
+            "mean_sim_to": mean_t,
+            "diff": mean_t - mean_f,
+            "auroc": auroc,
+            "welch_p": p_all[cand_idx],
+            "q_bh": q_all[cand_idx],
+        },
+        index=cand_idx,
+    ), how

@@ -5,6 +5,7 @@ Vocabularies: `tokens` (every token of the model's tokenizer, as RAVE ranks: 49,
 e.g. embedlab-demo), or a file with one concept or phrase per line. Templates: `none` ("{}"), `photo`
 ("a photo of {}."), `ensemble` (several photo templates, averaged), or any string containing "{}".
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,8 +26,15 @@ log = logging.getLogger(__name__)
 TEMPLATES = {
     "none": ["{}"],
     "photo": ["a photo of {}."],
-    "ensemble": ["a photo of {}.", "a photo of the {}.", "a picture of {}.", "an image of {}.", "a close-up photo of {}.",
-                 "a bright photo of {}.", "a cropped photo of {}."],
+    "ensemble": [
+        "a photo of {}.",
+        "a photo of the {}.",
+        "a picture of {}.",
+        "an image of {}.",
+        "a close-up photo of {}.",
+        "a bright photo of {}.",
+        "a cropped photo of {}.",
+    ],
 }
 
 
@@ -43,12 +51,14 @@ def tokenizer_tokens(tokenizer) -> list[str]:
     if hasattr(tokenizer, "decoder") and hasattr(tokenizer, "decode"):  # open_clip SimpleTokenizer
         n = len(tokenizer.decoder)
         return [tokenizer.decode([i]).strip() for i in range(n)]
-    if inner is not None and hasattr(inner, "get_vocab"):                  # HF tokenizers
+    if inner is not None and hasattr(inner, "get_vocab"):  # HF tokenizers
         vocab = inner.get_vocab()
         by_id = sorted(vocab.items(), key=lambda kv: kv[1])
         return [inner.convert_tokens_to_string([tok]).strip() for tok, _ in by_id]
-    raise ConfigError(f"Cannot list the tokens of tokenizer {type(tokenizer).__name__}; pass a file (one concept "
-                      "per line) as 'vocab' instead.").naming("vocab")
+    raise ConfigError(
+        f"Cannot list the tokens of tokenizer {type(tokenizer).__name__}; pass a file (one concept "
+        "per line) as 'vocab' instead."
+    ).naming("vocab")
 
 
 def tokenizer_record(lm) -> dict:
@@ -63,7 +73,7 @@ def tokenizer_record(lm) -> dict:
     name = getattr(lm, "open_clip_name", None)
     try:
         open_clip_version = version("open_clip_torch")
-    except PackageNotFoundError:       # a source checkout without metadata: no key to trust, no cache
+    except PackageNotFoundError:  # a source checkout without metadata: no key to trust, no cache
         open_clip_version = None
     path = None
     if name is not None and open_clip_version is not None:
@@ -79,8 +89,12 @@ def tokenizer_record(lm) -> dict:
             except (ValueError, KeyError, AttributeError, OSError) as exc:
                 log.warning("Ignoring an unreadable tokenizer cache file %s (%s); rebuilding it.", path, exc)
     tok = lm.tokenizer
-    rec = {"model": name or lm.info.get("model"), "tokenizer": type(tok).__name__,
-           "context_length": int(getattr(tok, "context_length", 77)), "tokens": tokenizer_tokens(tok)}
+    rec = {
+        "model": name or lm.info.get("model"),
+        "tokenizer": type(tok).__name__,
+        "context_length": int(getattr(tok, "context_length", 77)),
+        "tokens": tokenizer_tokens(tok),
+    }
     lm.info.update(tokenizer=rec["tokenizer"], context_length=rec["context_length"])
     if path is not None:
         atomic_write_json(path, rec)
@@ -100,7 +114,9 @@ def words_from_tokens(tokens: list[str]) -> list[str]:
 def read_vocab_file(path: str | os.PathLike) -> list[str]:
     p = Path(path)
     if not p.exists():
-        raise ConfigError(f"Vocabulary file {p} not found. Pass tokens, words, model, or a text file with one concept per line.")
+        raise ConfigError(
+            f"Vocabulary file {p} not found. Pass tokens, words, model, or a text file with one concept per line."
+        )
     lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
     concepts = list(dict.fromkeys(ln for ln in lines if ln and not ln.startswith("#")))
     if not concepts:
@@ -111,8 +127,8 @@ def read_vocab_file(path: str | os.PathLike) -> list[str]:
 def model_vocab_path(lm_info: dict) -> Path | None:
     """The vocabulary file shipped beside a model's checkpoint (<ckpt>.vocab.txt), if any."""
     pre = lm_info.get("pretrained") or ""
-    if pre.startswith("cache:"):          # a checkpoint in embedlab's cache named as models.CACHE_PREFIX names it
-        pre = str(cache_dir() / pre[len("cache:"):])
+    if pre.startswith("cache:"):  # a checkpoint in embedlab's cache named as models.CACHE_PREFIX names it
+        pre = str(cache_dir() / pre[len("cache:") :])
     if lm_info.get("pretrained_kind") == "file":
         cand = Path(pre).with_suffix(".vocab.txt")
         if cand.exists():
@@ -127,7 +143,9 @@ def resolve_vocab(spec: str | None, lm) -> Vocabulary:
         spec = "model" if own else "words"
     if spec == "model":
         if own is None:
-            raise ConfigError(f"{lm.info['model']}/{lm.info['pretrained']} ships no vocabulary; use tokens, words or a file.")
+            raise ConfigError(
+                f"{lm.info['model']}/{lm.info['pretrained']} ships no vocabulary; use tokens, words or a file."
+            )
         return Vocabulary("model", read_vocab_file(own), f"the model's own vocabulary ({own.name})")
     if spec in ("tokens", "words"):
         tokens = tokenizer_record(lm)["tokens"]
@@ -144,12 +162,21 @@ def resolve_templates(spec: str | None) -> list[str]:
     if spec in TEMPLATES:
         return TEMPLATES[spec]
     if "{}" not in spec:
-        raise ConfigError(f"Template {spec!r} must be one of {sorted(TEMPLATES)} or contain '{{}}' (e.g. 'a photo of {{}}.').")
+        raise ConfigError(
+            f"Template {spec!r} must be one of {sorted(TEMPLATES)} or contain '{{}}' (e.g. 'a photo of {{}}.')."
+        )
     return [spec]
 
 
-def embed_concepts(lm, concepts: list[str], templates: list[str], batch_size: int = 1024, cache: bool = True,
-                   progress: bool = False, normalize: bool = True) -> tuple[np.ndarray, dict]:
+def embed_concepts(
+    lm,
+    concepts: list[str],
+    templates: list[str],
+    batch_size: int = 1024,
+    cache: bool = True,
+    progress: bool = False,
+    normalize: bool = True,
+) -> tuple[np.ndarray, dict]:
     """Unit text embeddings (n, d) float32 of each concept (template ensemble averaged, then renormalised).
 
     Cached per (weights sha256, tokenizer, concept list, templates): the second call reads one .npy."""
@@ -157,9 +184,17 @@ def embed_concepts(lm, concepts: list[str], templates: list[str], batch_size: in
 
     if "tokenizer" not in lm.info:
         tokenizer_record(lm)  # the tokenizer's identity, in lm.info, is part of the key
-    key_src = json.dumps({"w": lm.info["weights_sha256"], "tok": lm.info.get("tokenizer"), "ctx": lm.info.get("context_length"),
-                          "concepts": hashlib.sha256("\n".join(concepts).encode("utf-8", "surrogateescape")).hexdigest(),
-                          "templates": templates, "normalize": normalize}, sort_keys=True)
+    key_src = json.dumps(
+        {
+            "w": lm.info["weights_sha256"],
+            "tok": lm.info.get("tokenizer"),
+            "ctx": lm.info.get("context_length"),
+            "concepts": hashlib.sha256("\n".join(concepts).encode("utf-8", "surrogateescape")).hexdigest(),
+            "templates": templates,
+            "normalize": normalize,
+        },
+        sort_keys=True,
+    )
     key = hashlib.sha256(key_src.encode()).hexdigest()[:24]
     path = cache_dir() / "text" / f"{key}.npy"
     if cache and path.exists():
@@ -170,8 +205,9 @@ def embed_concepts(lm, concepts: list[str], templates: list[str], batch_size: in
         lm = lm.loaded()
     acc = np.zeros((len(concepts), lm.dim), np.float64)
     for tpl in templates:
-        acc += models.encode_texts(lm, [tpl.format(c) for c in concepts], batch_size=batch_size, progress=progress,
-                                   normalize=normalize)
+        acc += models.encode_texts(
+            lm, [tpl.format(c) for c in concepts], batch_size=batch_size, progress=progress, normalize=normalize
+        )
     if normalize:
         emb = (acc / np.linalg.norm(acc, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)
     else:

@@ -1,4 +1,5 @@
 """Commands of the analysis stage: residual, explain-residual, correct, probe-residual."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,35 +26,59 @@ CorrectPresetChoice = choices("CorrectPresetChoice", CORRECT_PRESETS)
 
 @app.command("residual")
 @handle_errors
-def residual_cmd(run: Path = typer.Argument(..., help="Run folder (the 'from' set, and the 'to' set unless --to-run)."),
-                 from_: str = typer.Option(..., "--from", help="The starting set: a set label (backlit), COLUMN=VALUE, or several joined by commas."),
-                 to: str = typer.Option(..., "--to", help="The target set, same syntax (e.g. welllit)."),
-                 out: Path = typer.Option(..., "--out", "-o", help="Output .npy (a JSON sidecar is written beside it)."),
-                 to_run: Optional[Path] = typer.Option(FROM_API, help="Take the 'to' set from this run (same model and preprocessing required)."),
-                 method: MethodChoice = typer.Option(FROM_API, help="rave (the paper: normalise, mean, normalise, subtract, normalise; "
-                                                     "docs/method.md) or mean-diff."),
-                 bootstrap: int = typer.Option(FROM_API, help="Bootstrap resamples for the stability figure (0 = skip)."),
-                 seed: int = typer.Option(FROM_API, help="Random seed for the bootstrap."),
-                 memory_budget: str = typer.Option(FROM_API, help="Memory for what the streaming pass keeps beyond one block of "
-                                                   "vectors (per-group sums, bootstrap weights), e.g. 512M, 2G."),
-                 progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
-                 as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
+def residual_cmd(
+    run: Path = typer.Argument(..., help="Run folder (the 'from' set, and the 'to' set unless --to-run)."),
+    from_: str = typer.Option(
+        ..., "--from", help="The starting set: a set label (backlit), COLUMN=VALUE, or several joined by commas."
+    ),
+    to: str = typer.Option(..., "--to", help="The target set, same syntax (e.g. welllit)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output .npy (a JSON sidecar is written beside it)."),
+    to_run: Optional[Path] = typer.Option(
+        FROM_API, help="Take the 'to' set from this run (same model and preprocessing required)."
+    ),
+    method: MethodChoice = typer.Option(
+        FROM_API, help="rave (the paper: normalise, mean, normalise, subtract, normalise; docs/method.md) or mean-diff."
+    ),
+    bootstrap: int = typer.Option(FROM_API, help="Bootstrap resamples for the stability figure (0 = skip)."),
+    seed: int = typer.Option(FROM_API, help="Random seed for the bootstrap."),
+    memory_budget: str = typer.Option(
+        FROM_API,
+        help="Memory for what the streaming pass keeps beyond one block of "
+        "vectors (per-group sums, bootstrap weights), e.g. 512M, 2G.",
+    ),
+    progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+):
     """Compute the residual vector between two image sets (the paper's formula) with its sidecar.
 
     Streams the run's memory-mapped vectors once, block by block: runs larger than memory are fine."""
     from embedlab.analysis.residual import residual
 
-    res = residual(run, from_, to, out, to_run=to_run, method=method.value, bootstrap=bootstrap, seed=seed,
-                   memory_budget=memory_budget, progress=progress)
+    res = residual(
+        run,
+        from_,
+        to,
+        out,
+        to_run=to_run,
+        method=method.value,
+        bootstrap=bootstrap,
+        seed=seed,
+        memory_budget=memory_budget,
+        progress=progress,
+    )
     if as_json:
         return _print_json(res.summary())
     info = res.info
-    typer.echo(f"wrote {out} (dim {len(res.vector)}, thr {res.thr:.4f}; {info['from']['count']} '{from_}' -> "
-               f"{info['to']['count']} '{to}' images; cos(v_from, v_to) = {info['cos_v_from_v_to']:.4f})")
+    typer.echo(
+        f"wrote {out} (dim {len(res.vector)}, thr {res.thr:.4f}; {info['from']['count']} '{from_}' -> "
+        f"{info['to']['count']} '{to}' images; cos(v_from, v_to) = {info['cos_v_from_v_to']:.4f})"
+    )
     if info["bootstrap"]:
         b = info["bootstrap"]
-        typer.echo(f"bootstrap stability ({b['n_boot']} resamples of {b['unit']}s): mean cosine {b['mean_cosine']:.3f}, "
-                   f"95% interval [{b['ci95'][0]:.3f}, {b['ci95'][1]:.3f}]")
+        typer.echo(
+            f"bootstrap stability ({b['n_boot']} resamples of {b['unit']}s): mean cosine {b['mean_cosine']:.3f}, "
+            f"95% interval [{b['ci95'][0]:.3f}, {b['ci95'][1]:.3f}]"
+        )
 
 
 FamilyChoice = choices("FamilyChoice", FAMILIES)
@@ -61,52 +86,94 @@ FamilyChoice = choices("FamilyChoice", FAMILIES)
 
 @app.command("explain-residual")
 @handle_errors
-def explain_residual_cmd(residual: Path = typer.Argument(..., help="residual.npy (with its sidecar)."),
-                         vocab: Optional[str] = typer.Option(FROM_API, help="tokens (all tokenizer tokens, as RAVE), words, model "
-                                                             "(the model's own, default when it ships one), or a file with one concept per line. Default: model, else words."),
-                         templates: Optional[str] = typer.Option(FROM_API, help=TEMPLATES_HELP),
-                         top: int = typer.Option(FROM_API, "--top", "-k", help="Concepts per side after deflation (the top k; 1-500)."),
-                         out: Path = typer.Option(FROM_API, "--out", "-o", help="Report folder."),
-                         candidates: int = typer.Option(FROM_API, help="Top concepts that get per-image statistics (AUROC, Welch p, BH q)."),
-                         permutations: int = typer.Option(FROM_API, help="Label shuffles for the family-wise permutation test (0 = skip)."),
-                         seed: int = typer.Option(FROM_API, help="Seed for the shuffles."),
-                         deflated_steps: int = typer.Option(FROM_API, help="Deflation steps that get the sequential permutation test (p_fwer_deflated)."),
-                         family: FamilyChoice = typer.Option(FROM_API, help="What p_fwer controls: page (both lists, one family) or a one-sided question about one list (adds or removes; the other list gets no p-values)."),
-                         min_explained: float = typer.Option(FROM_API, help="A list ends at a pick that explains less than this share of |r|^2."),
-                         exemplars: int = typer.Option(FROM_API, help="Exemplar images per top concept and set."),
-                         device: str = typer.Option(FROM_API, help=DEVICE_HELP),
-                         progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
-                         as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
+def explain_residual_cmd(
+    residual: Path = typer.Argument(..., help="residual.npy (with its sidecar)."),
+    vocab: Optional[str] = typer.Option(
+        FROM_API,
+        help="tokens (all tokenizer tokens, as RAVE), words, model "
+        "(the model's own, default when it ships one), or a file with one concept per line. Default: model, else words.",
+    ),
+    templates: Optional[str] = typer.Option(FROM_API, help=TEMPLATES_HELP),
+    top: int = typer.Option(FROM_API, "--top", "-k", help="Concepts per side after deflation (the top k; 1-500)."),
+    out: Path = typer.Option(FROM_API, "--out", "-o", help="Report folder."),
+    candidates: int = typer.Option(FROM_API, help="Top concepts that get per-image statistics (AUROC, Welch p, BH q)."),
+    permutations: int = typer.Option(FROM_API, help="Label shuffles for the family-wise permutation test (0 = skip)."),
+    seed: int = typer.Option(FROM_API, help="Seed for the shuffles."),
+    deflated_steps: int = typer.Option(
+        FROM_API, help="Deflation steps that get the sequential permutation test (p_fwer_deflated)."
+    ),
+    family: FamilyChoice = typer.Option(
+        FROM_API,
+        help="What p_fwer controls: page (both lists, one family) or a one-sided question about one list (adds or removes; the other list gets no p-values).",
+    ),
+    min_explained: float = typer.Option(
+        FROM_API, help="A list ends at a pick that explains less than this share of |r|^2."
+    ),
+    exemplars: int = typer.Option(FROM_API, help="Exemplar images per top concept and set."),
+    device: str = typer.Option(FROM_API, help=DEVICE_HELP),
+    progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+):
     """Rank the concepts a residual carries, with significance, into report.{json,csv,md,html}."""
     from embedlab.reports.explain import explain_residual
 
-    rep = explain_residual(residual, out, vocab=vocab, templates=templates, top=top, candidates=candidates,
-                           permutations=permutations, seed=seed, exemplars=exemplars, device=device, progress=progress,
-                           deflated_steps=deflated_steps, family=family.value, min_explained=min_explained)
+    rep = explain_residual(
+        residual,
+        out,
+        vocab=vocab,
+        templates=templates,
+        top=top,
+        candidates=candidates,
+        permutations=permutations,
+        seed=seed,
+        exemplars=exemplars,
+        device=device,
+        progress=progress,
+        deflated_steps=deflated_steps,
+        family=family.value,
+        min_explained=min_explained,
+    )
     if as_json:
         return _print_json(rep)
     for side in ("adds", "removes"):
         rows = [c for c in rep["concepts"] if c["direction"] == side][:5]
-        typer.echo(f"{side}: " + ", ".join(f"{c['concept']} ({c['score_centred']:.3f}"
-                                          + (f", p={c['p_fwer_deflated']:.3g}" if c.get("p_fwer_deflated") is not None else "") + ")"
-                                          for c in rows))
+        typer.echo(
+            f"{side}: "
+            + ", ".join(
+                f"{c['concept']} ({c['score_centred']:.3f}"
+                + (f", p={c['p_fwer_deflated']:.3g}" if c.get("p_fwer_deflated") is not None else "")
+                + ")"
+                for c in rows
+            )
+        )
     typer.echo(f"report: {rep['files']['html']} (also .json, .csv, .md)")
 
 
 @app.command("correct")
 @handle_errors
-def correct_cmd(residual: Path = typer.Argument(..., help="residual.npy to correct."),
-                out: Path = typer.Option(..., "--out", "-o", help="Corrected .npy (with sidecar)."),
-                remove: Optional[List[str]] = typer.Option(FROM_API, help="A concept to project out (centred text embedding); repeatable."),
-                remove_pair: Optional[List[str]] = typer.Option(FROM_API, help="'PROMPT|BASELINE': project out the difference of two prompts; repeatable."),
-                remove_labelled: Optional[str] = typer.Option(FROM_API, help="'RUN:COLUMN=VALUE': learn directions separating those images (INLP)."),
-                preset: Optional[CorrectPresetChoice] = typer.Option(FROM_API, help="rave-shift: the released RAVE code's shifted "
-                                                                     "residual (docs/method.md)."),
-                top: int = typer.Option(FROM_API, "--top", "-k", help="Tokens per side for --preset rave-shift (the top k)."),
-                vocab: Optional[str] = typer.Option(FROM_API, help="Vocabulary whose mean centres --remove concepts (as in explain-residual)."),
-                templates: Optional[str] = typer.Option(FROM_API, help="Templates for --remove concepts. " + TEMPLATES_HELP),
-                device: str = typer.Option(FROM_API, help=DEVICE_HELP),
-                as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
+def correct_cmd(
+    residual: Path = typer.Argument(..., help="residual.npy to correct."),
+    out: Path = typer.Option(..., "--out", "-o", help="Corrected .npy (with sidecar)."),
+    remove: Optional[List[str]] = typer.Option(
+        FROM_API, help="A concept to project out (centred text embedding); repeatable."
+    ),
+    remove_pair: Optional[List[str]] = typer.Option(
+        FROM_API, help="'PROMPT|BASELINE': project out the difference of two prompts; repeatable."
+    ),
+    remove_labelled: Optional[str] = typer.Option(
+        FROM_API, help="'RUN:COLUMN=VALUE': learn directions separating those images (INLP)."
+    ),
+    preset: Optional[CorrectPresetChoice] = typer.Option(
+        FROM_API, help="rave-shift: the released RAVE code's shifted residual (docs/method.md)."
+    ),
+    top: int = typer.Option(FROM_API, "--top", "-k", help="Tokens per side for --preset rave-shift (the top k)."),
+    vocab: Optional[str] = typer.Option(
+        FROM_API, help="Vocabulary whose mean centres --remove concepts (as in explain-residual)."
+    ),
+    templates: Optional[str] = typer.Option(FROM_API, help="Templates for --remove concepts. " + TEMPLATES_HELP),
+    device: str = typer.Option(FROM_API, help=DEVICE_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+):
     """Remove bias directions from a residual by orthogonal projection; writes every edit to the sidecar."""
     from embedlab.analysis.correct import correct
     from embedlab.errors import ConfigError
@@ -114,7 +181,9 @@ def correct_cmd(residual: Path = typer.Argument(..., help="residual.npy to corre
     pairs = []
     for spec in remove_pair or []:
         if "|" not in spec:
-            raise ConfigError(f"--remove-pair takes 'PROMPT|BASELINE' (e.g. 'a photo of a person|a photo'). Got {spec!r}.")
+            raise ConfigError(
+                f"--remove-pair takes 'PROMPT|BASELINE' (e.g. 'a photo of a person|a photo'). Got {spec!r}."
+            )
         a, b = spec.split("|", 1)
         pairs.append((a.strip(), b.strip()))
     labelled = None
@@ -125,34 +194,51 @@ def correct_cmd(residual: Path = typer.Argument(..., help="residual.npy to corre
             raise ConfigError(f"--remove-labelled takes RUN:COLUMN=VALUE. Got {remove_labelled!r}.")
         run_path, selector = split_spec(remove_labelled, "")
         labelled = (run_path, str(selector))
-    res = correct(residual, out, remove=remove, remove_pair=pairs, remove_labelled=labelled,
-                  preset=preset.value if preset else None, k=top, vocab=vocab, templates=templates, device=device)
+    res = correct(
+        residual,
+        out,
+        remove=remove,
+        remove_pair=pairs,
+        remove_labelled=labelled,
+        preset=preset.value if preset else None,
+        k=top,
+        vocab=vocab,
+        templates=templates,
+        device=device,
+    )
     if as_json:
         return _print_json(res.summary())
     c = res.info["correction"]
-    typer.echo(f"wrote {out}: cos(r, r') = {c['cos_before_after']:.4f}, {100 * c['fraction_of_norm_removed']:.1f}% of |r| removed, "
-               f"thr {c['thr_before']:.4f} -> {c['thr_after']:.4f}")
+    typer.echo(
+        f"wrote {out}: cos(r, r') = {c['cos_before_after']:.4f}, {100 * c['fraction_of_norm_removed']:.1f}% of |r| removed, "
+        f"thr {c['thr_before']:.4f} -> {c['thr_after']:.4f}"
+    )
     for d in c["directions"]:
         typer.echo(f"  {d['label']}: projection {d['projection_before']:.4f} -> {d['projection_after']:.2e}")
 
 
 @app.command("probe-residual")
 @handle_errors
-def probe_residual_cmd(residual: Path = typer.Argument(..., help="residual.npy (with its sidecar: model and thr)."),
-                       images: List[str] = typer.Argument(..., help="Images: files, folders, or MANIFEST.jsonl[:SELECTOR]."),
-                       out: Optional[Path] = typer.Option(FROM_API, "--out", "-o", help="Output folder (default RESIDUAL_probe/ beside the residual)."),
-                       selector: str = typer.Option(FROM_API, help="Selector for manifests (COLUMN=VALUE[,...])."),
-                       edit: Optional[List[str]] = typer.Option(FROM_API, help="Only these edits (repeatable; default all)."),
-                       max_images: int = typer.Option(FROM_API, help="At most this many images (a seeded sample)."),
-                       device: str = typer.Option(FROM_API, help=DEVICE_HELP),
-                       progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
-                       as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
+def probe_residual_cmd(
+    residual: Path = typer.Argument(..., help="residual.npy (with its sidecar: model and thr)."),
+    images: List[str] = typer.Argument(..., help="Images: files, folders, or MANIFEST.jsonl[:SELECTOR]."),
+    out: Optional[Path] = typer.Option(
+        FROM_API, "--out", "-o", help="Output folder (default RESIDUAL_probe/ beside the residual)."
+    ),
+    selector: str = typer.Option(FROM_API, help="Selector for manifests (COLUMN=VALUE[,...])."),
+    edit: Optional[List[str]] = typer.Option(FROM_API, help="Only these edits (repeatable; default all)."),
+    max_images: int = typer.Option(FROM_API, help="At most this many images (a seeded sample)."),
+    device: str = typer.Option(FROM_API, help=DEVICE_HELP),
+    progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+):
     """Which image edits (exposure, gamma, contrast, saturation, shadows, highlights, glare, blur, JPEG, downscale)
     move the images' projection on a residual towards its target thr: a table with 95% CIs and a plot."""
     from embedlab.analysis.probe import probe_residual
 
-    r = probe_residual(residual, images, out, selector=selector, edits=edit, max_images=max_images, device=device,
-                       progress=progress)
+    r = probe_residual(
+        residual, images, out, selector=selector, edits=edit, max_images=max_images, device=device, progress=progress
+    )
     if as_json:
         return _print_json(r)
     typer.echo(r["table"])

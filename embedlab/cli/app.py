@@ -2,6 +2,7 @@
 
 Exit codes: 0 success, 1 failure (an embedlab error: one line, no traceback unless --debug), 2 usage error.
 """
+
 from __future__ import annotations
 
 import enum
@@ -42,8 +43,8 @@ class _Typer(typer.Typer):
     FROM_API take the default of the API function the command calls (one place, every command)."""
 
     def __init__(self, prefix: str = "", **kwargs):
-        super().__init__(cls=_Group, rich_markup_mode=None, **kwargs)   # no markup: help shows [ray] etc. verbatim
-        self.prefix = prefix            # a sub-app's name and a space ("runs "): its commands' keys in API
+        super().__init__(cls=_Group, rich_markup_mode=None, **kwargs)  # no markup: help shows [ray] etc. verbatim
+        self.prefix = prefix  # a sub-app's name and a space ("runs "): its commands' keys in API
 
     def command(self, name: str | None = None, *args, **kwargs):
         kwargs.setdefault("cls", _Command)
@@ -62,18 +63,26 @@ def registry_help(table: dict, sep: str = "; ") -> str:
     return sep.join(f"{k}: {v}" for k, v in table.items())
 
 
-app = _Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Embedding analysis and bias inspection around RAVE: extract CLIP embeddings, compute and "
-                       "explain residual vectors, correct them, and train/run backlit-image enhancers.")
+app = _Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Embedding analysis and bias inspection around RAVE: extract CLIP embeddings, compute and "
+    "explain residual vectors, correct them, and train/run backlit-image enhancers.",
+)
 _STATE = {"debug": False}
 
 MODEL_HELP = "open_clip architecture (e.g. ViT-B-32), hf-hub:ORG/REPO, or embedlab-demo / embedlab-tiny."
 PRETRAINED_HELP = "Weights: an open_clip pretrained tag (e.g. openai), hf-hub:ORG/REPO, a local checkpoint file, or none (random init)."
 JSON_HELP = "Print a machine-readable summary (JSON) on stdout instead of text."
 PROGRESS_HELP = "Show a progress bar (on stderr)."
-TEMPLATES_HELP = ("Prompt templates (embedlab.vocab.TEMPLATES): " + ", ".join(
-    f"{k} ({v[0]!r})" if len(v) == 1 else f"{k} ({len(v)} templates: {v[0]!r}, ...)" for k, v in TEMPLATES.items())
-    + f"; or one template containing {{}}. Default: {next(iter(TEMPLATES))}.")
+TEMPLATES_HELP = (
+    "Prompt templates (embedlab.vocab.TEMPLATES): "
+    + ", ".join(
+        f"{k} ({v[0]!r})" if len(v) == 1 else f"{k} ({len(v)} templates: {v[0]!r}, ...)" for k, v in TEMPLATES.items()
+    )
+    + f"; or one template containing {{}}. Default: {next(iter(TEMPLATES))}."
+)
 DEVICE_HELP = "auto (GPU when present, says which), cpu, cuda, cuda:N. 'cuda' without a GPU is an error."
 
 
@@ -90,11 +99,12 @@ def handle_errors(fn):
         except KeyboardInterrupt:
             typer.echo("Interrupted. Finished work is kept; rerun the same command to resume.", err=True)
             raise typer.Exit(130)
-        except OSError as exc:     # the file system said no (permissions, disk full, a file where a folder goes)
+        except OSError as exc:  # the file system said no (permissions, disk full, a file where a folder goes)
             if _STATE["debug"]:
                 raise
             typer.echo(f"Error: {_os_error_line(exc)}", err=True)
             raise typer.Exit(1)
+
     return wrapper
 
 
@@ -113,7 +123,7 @@ def flag_for(param: str, ctx=None) -> str | None:
         return None
     name = CLI_NAMES.get(param, param)
     for p in ctx.command.params:
-        if p.name in (name, name + "_"):        # from_ -> --from
+        if p.name in (name, name + "_"):  # from_ -> --from
             if p.param_type_name == "argument":
                 return p.name.upper()
             return max((o for o in p.opts if o.startswith("--")), key=len, default=p.opts[0])
@@ -127,7 +137,7 @@ def cli_message(exc: Exception) -> str:
     flag = flag_for(param) if param else None
     if flag is not None:
         ctx, names = _current_ctx(), []
-        while ctx.parent is not None:       # the command's own names, without the program's (embedlab, -m embedlab)
+        while ctx.parent is not None:  # the command's own names, without the program's (embedlab, -m embedlab)
             names.append(ctx.info_name)
             ctx = ctx.parent
         command = " ".join(reversed(names)) or ctx.info_name
@@ -144,8 +154,10 @@ def _os_error_line(exc: OSError) -> str:
     from embedlab._io import display_path
 
     names = [display_path(str(f)) for f in (exc.filename, exc.filename2) if f is not None]
-    return (f"{exc.strerror or type(exc).__name__}: {' -> '.join(names) or str(exc)}. Fix the path or its permissions "
-            "and rerun (--debug shows the traceback).")
+    return (
+        f"{exc.strerror or type(exc).__name__}: {' -> '.join(names) or str(exc)}. Fix the path or its permissions "
+        "and rerun (--debug shows the traceback)."
+    )
 
 
 def _version(value: bool):
@@ -155,14 +167,19 @@ def _version(value: bool):
 
 
 @app.callback()
-def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
-          verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output (-v info, -vv debug)."),
-          quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
-          debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors.")):
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output (-v info, -vv debug)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
+):
     # embedlab's own messages at INFO by default; third-party chatter (open_clip logs to root) only with -vv
     ours = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
-    logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose > 1 else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("embedlab").setLevel(ours)
     if verbose < 2:
         logging.getLogger().setLevel(logging.ERROR if quiet else logging.WARNING)

@@ -1,4 +1,5 @@
 """Commands of the data stage: models, manifest, synth-backlit."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,21 +13,26 @@ from embedlab.cli.defaults import FROM_API
 from embedlab.datasets.layouts import get_layout, list_layouts
 
 RecipeChoice = choices("RecipeChoice", RECIPES)
-LayoutChoice = choices("LayoutChoice", list_layouts())      # the layout registry gives choices and help
+LayoutChoice = choices("LayoutChoice", list_layouts())  # the layout registry gives choices and help
 
 
 @app.command("models")
 @handle_errors
-def models_cmd(pattern: str = typer.Argument("", help="Only names containing this text."),
-               as_json: bool = typer.Option(False, "--json", help="Print {architecture: [pretrained tags]} as JSON.")):
+def models_cmd(
+    pattern: str = typer.Argument("", help="Only names containing this text."),
+    as_json: bool = typer.Option(False, "--json", help="Print {architecture: [pretrained tags]} as JSON."),
+):
     """List the open_clip architectures and pretrained tags embedlab can load."""
     import open_clip
 
     from . import models
 
     models.register_configs()
-    found = {name: list(open_clip.list_pretrained_tags_by_model(name)) for name in models.list_models()
-             if pattern.lower() in name.lower()}
+    found = {
+        name: list(open_clip.list_pretrained_tags_by_model(name))
+        for name in models.list_models()
+        if pattern.lower() in name.lower()
+    }
     if as_json:
         return _print_json(found)
     for name, tags in found.items():
@@ -35,13 +41,19 @@ def models_cmd(pattern: str = typer.Argument("", help="Only names containing thi
 
 @app.command("manifest")
 @handle_errors
-def manifest_cmd(layout: LayoutChoice = typer.Argument(..., help="Dataset layout. " + registry_help({n: get_layout(n).help for n in list_layouts()}) + "."),
-                 root: Path = typer.Argument(Path("."), help="Dataset root folder (ignored for demo); webdataset: a folder of .tar shards or a glob."),
-                 out: Path = typer.Option(..., "--out", "-o", help="Manifest file to write (.jsonl)."),
-                 role: str = typer.Option(FROM_API, help="Set label for every image (flat layout only)."),
-                 split: Optional[str] = typer.Option(None, help="Split for every image (flat: default train; baid: override)."),
-                 source: Optional[str] = typer.Option(FROM_API, help="Source name recorded per image (flat layout)."),
-                 as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
+def manifest_cmd(
+    layout: LayoutChoice = typer.Argument(
+        ..., help="Dataset layout. " + registry_help({n: get_layout(n).help for n in list_layouts()}) + "."
+    ),
+    root: Path = typer.Argument(
+        Path("."), help="Dataset root folder (ignored for demo); webdataset: a folder of .tar shards or a glob."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Manifest file to write (.jsonl)."),
+    role: str = typer.Option(FROM_API, help="Set label for every image (flat layout only)."),
+    split: Optional[str] = typer.Option(None, help="Split for every image (flat: default train; baid: override)."),
+    source: Optional[str] = typer.Option(FROM_API, help="Source name recorded per image (flat layout)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+):
     """Write a data manifest for a dataset folder layout (or the bundled demo)."""
     from embedlab.datasets.layouts import manifest
 
@@ -55,20 +67,29 @@ def manifest_cmd(layout: LayoutChoice = typer.Argument(..., help="Dataset layout
     for note in report.get("notes", [])[:10]:
         typer.echo(f"note: {note}")
     if report.get("dropped_duplicates"):
-        typer.echo(f"dropped {len(report['dropped_duplicates'])} duplicate(s): {', '.join(report['dropped_duplicates'][:10])}")
+        typer.echo(
+            f"dropped {len(report['dropped_duplicates'])} duplicate(s): {', '.join(report['dropped_duplicates'][:10])}"
+        )
 
 
 @app.command("synth-backlit")
 @handle_errors
-def synth_backlit_cmd(src: List[str] = typer.Argument(..., help="Photos: files, folders, or 'pkg' (the package photos)."),
-                      out: Path = typer.Option(..., "--out", "-o", help="Output folder (images/, originals/, manifest.jsonl, params.json)."),
-                      recipe: RecipeChoice = typer.Option(FROM_API, case_sensitive=False, help="A: backlight (a background "
-                                                          "mask), B: radial light, C: global exposure (docs/method.md)."),
-                      seeds: int = typer.Option(FROM_API, help="Variants per photo (recipes A and B)."),
-                      first_seed: int = typer.Option(FROM_API, help="First seed."),
-                      split: str = typer.Option(FROM_API, help="Split recorded in the manifest."),
-                      progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
-                      as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
+def synth_backlit_cmd(
+    src: List[str] = typer.Argument(..., help="Photos: files, folders, or 'pkg' (the package photos)."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Output folder (images/, originals/, manifest.jsonl, params.json)."
+    ),
+    recipe: RecipeChoice = typer.Option(
+        FROM_API,
+        case_sensitive=False,
+        help="A: backlight (a background mask), B: radial light, C: global exposure (docs/method.md).",
+    ),
+    seeds: int = typer.Option(FROM_API, help="Variants per photo (recipes A and B)."),
+    first_seed: int = typer.Option(FROM_API, help="First seed."),
+    split: str = typer.Option(FROM_API, help="Split recorded in the manifest."),
+    progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+):
     """Render paired synthetic backlit (or exposure-error) versions of photos, with a manifest."""
     from embedlab.datasets.synth_sets import synth_backlit
 

@@ -1,5 +1,6 @@
 """Option defaults read from the API's own signatures (with `ast`, so `--help` imports no torch or pandas): every
 CLI default has one home, the Python function or config dataclass the command calls."""
+
 from __future__ import annotations
 
 import functools
@@ -20,9 +21,14 @@ def _constant(module: str, name: str):
     for node in _source(module).body:
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
             return ast.literal_eval(node.value)
-        if (isinstance(node, ast.ImportFrom) and (node.module or "").startswith("embedlab.")
-                and any((a.asname or a.name) == name for a in node.names)):
-            return _constant(node.module[len("embedlab."):], next(a.name for a in node.names if (a.asname or a.name) == name))
+        if (
+            isinstance(node, ast.ImportFrom)
+            and (node.module or "").startswith("embedlab.")
+            and any((a.asname or a.name) == name for a in node.names)
+        ):
+            return _constant(
+                node.module[len("embedlab.") :], next(a.name for a in node.names if (a.asname or a.name) == name)
+            )
     raise LookupError(f"embedlab.{module} has no literal constant {name!r}")
 
 
@@ -37,7 +43,7 @@ def api_defaults(module: str, name: str) -> dict:
     def value(node):
         return _constant(module, node.id) if isinstance(node, ast.Name) else ast.literal_eval(node)
 
-    def literal(pairs):         # defaults that are not literals (a call, an expression) are left out
+    def literal(pairs):  # defaults that are not literals (a call, an expression) are left out
         out = {}
         for key, node in pairs:
             try:
@@ -51,27 +57,36 @@ def api_defaults(module: str, name: str) -> dict:
             break
     else:
         raise LookupError(f"embedlab.{module} has no function or class {name!r}")
-    if isinstance(node, ast.ClassDef):          # a dataclass: its annotated fields with a value
-        return literal((n.target.id, n.value) for n in node.body if isinstance(n, ast.AnnAssign) and n.value is not None)
+    if isinstance(node, ast.ClassDef):  # a dataclass: its annotated fields with a value
+        return literal(
+            (n.target.id, n.value) for n in node.body if isinstance(n, ast.AnnAssign) and n.value is not None
+        )
     a = node.args
     positional = a.posonlyargs + a.args
-    pairs = list(zip(positional[len(positional) - len(a.defaults):], a.defaults))
+    pairs = list(zip(positional[len(positional) - len(a.defaults) :], a.defaults))
     pairs += [(arg, d) for arg, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None]
     return literal((arg.arg, d) for arg, d in pairs)
 
 
 # command -> where its option defaults live: (module, function or config dataclass), searched in order
 API = {
-    "manifest": [("datasets.layouts", "_gen_flat")], "extract": [("runs.extract.pipeline", "extract")],
-    "search": [("runs.search", "search")], "index": [("runs.index", "index_run")],
-    "runs merge": [("runs.merge", "merge_runs")], "residual": [("analysis.residual", "residual")],
-    "explain-residual": [("reports.explain", "explain_residual")], "correct": [("analysis.correct", "correct")],
-    "probe-residual": [("analysis.probe", "probe_residual")], "plot": [("reports.plot", "plot")],
+    "manifest": [("datasets.layouts", "_gen_flat")],
+    "extract": [("runs.extract.pipeline", "extract")],
+    "search": [("runs.search", "search")],
+    "index": [("runs.index", "index_run")],
+    "runs merge": [("runs.merge", "merge_runs")],
+    "residual": [("analysis.residual", "residual")],
+    "explain-residual": [("reports.explain", "explain_residual")],
+    "correct": [("analysis.correct", "correct")],
+    "probe-residual": [("analysis.probe", "probe_residual")],
+    "plot": [("reports.plot", "plot")],
     "embedding-map": [("reports.embedding_map", "embedding_map")],
     "train": [("enhancement.train", "train"), ("enhancement.presets", "TrainConfig")],
-    "enhance": [("enhancement.infer", "enhance")], "evaluate": [("enhancement.evaluate", "evaluate")],
+    "enhance": [("enhancement.infer", "enhance")],
+    "evaluate": [("enhancement.evaluate", "evaluate")],
     "synth-backlit": [("datasets.synth_sets", "synth_backlit")],
-    "pretrain-demo": [("demos.clip", "pretrain_demo"), ("demos.clip", "DemoRecipe")], "demo": [("demos.pipeline", "demo")],
+    "pretrain-demo": [("demos.clip", "pretrain_demo"), ("demos.clip", "DemoRecipe")],
+    "demo": [("demos.pipeline", "demo")],
 }
 
 
@@ -89,15 +104,34 @@ class _FromAPI:
         return "FROM_API"
 
 
-FROM_API = _FromAPI()       # an option's default: the API's (filled in by `from_api`)
+FROM_API = _FromAPI()  # an option's default: the API's (filled in by `from_api`)
 # options whose CLI default differs on purpose from the API default of the same name
 OWN_DEFAULTS = {
     ("manifest", "split"): "None: each layout's own split (flat: train; baid: from its folders)",
-    **{("train", k): "None: the preset's value (the help states TrainConfig's)" for k in (
-        "init", "iters", "recon_iters", "stage_iters", "guidance_iters", "guidance_init_iters", "lr", "batch_size",
-        "size", "crop", "pixel_loss", "seed", "lr_schedule", "grad_clip", "ema", "identity_weight", "padding")},
+    **{
+        ("train", k): "None: the preset's value (the help states TrainConfig's)"
+        for k in (
+            "init",
+            "iters",
+            "recon_iters",
+            "stage_iters",
+            "guidance_iters",
+            "guidance_init_iters",
+            "lr",
+            "batch_size",
+            "size",
+            "crop",
+            "pixel_loss",
+            "seed",
+            "lr_schedule",
+            "grad_clip",
+            "ema",
+            "identity_weight",
+            "padding",
+        )
+    },
 }
-FILLED: dict[str, set] = {}     # command -> the options whose default came from the API (tests/test_cli.py)
+FILLED: dict[str, set] = {}  # command -> the options whose default came from the API (tests/test_cli.py)
 
 
 def python_names(option: str) -> list[str]:
@@ -119,6 +153,7 @@ def from_api(command: str):
                 p.default.default = default(command, found[0])
                 FILLED.setdefault(command, set()).add(name)
         return fn
+
     return deco
 
 

@@ -1,4 +1,5 @@
 """Commands of the enhancement stage: train, enhance, evaluate."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,110 +27,209 @@ from embedlab.enhancement.presets import IDENTITY_LOSSES, LR_SCHEDULES, PADDINGS
 PrecisionChoice = choices("PrecisionChoice", PRECISIONS)
 
 
-GUIDANCE_MODES = list_guidance()            # the registry (embedlab.enhancement.guidance) is the source of choices and help
+GUIDANCE_MODES = list_guidance()  # the registry (embedlab.enhancement.guidance) is the source of choices and help
 GuidanceChoice = choices("GuidanceChoice", GUIDANCE_MODES)
-PresetChoice = choices("PresetChoice", list_presets())          # embedlab.enhancement.presets.PRESETS
+PresetChoice = choices("PresetChoice", list_presets())  # embedlab.enhancement.presets.PRESETS
 IdentityChoice = choices("IdentityChoice", IDENTITY_LOSSES)
-_TC = TrainConfig()                         # train's help states the defaults of the dataclass, never retyped
+_TC = TrainConfig()  # train's help states the defaults of the dataclass, never retyped
 
 
 @app.command("train")
 @handle_errors
-def train_cmd(out: Path = typer.Option(..., "--out", "-o", help="Training run folder (rerun the same command to resume)."),
-              residual: Optional[Path] = typer.Option(FROM_API, help="Residual .npy (e.g. corrected.npy) guiding --guidance residual; "
-                                                      "its sidecar gives thr and the guidance model."),
-              backlit: str = typer.Option(..., help="Images to enhance: MANIFEST.jsonl[:SELECTOR], RUN[:SELECTOR] or a folder "
-                                          "(default selector role=backlit)."),
-              welllit: Optional[str] = typer.Option(FROM_API, help="Well-lit set (latent/prompt modes; default selector role=welllit). "
-                                                   "Unpaired: any well-lit set; paired: the GT of the same scenes."),
-              guidance: GuidanceChoice = typer.Option(FROM_API, help=registry_help(GUIDANCE_MODES) + "."),
-              model: Optional[str] = typer.Option(FROM_API, help="Guidance CLIP for latent/prompt (default ViT-B-32). " + MODEL_HELP),
-              pretrained: Optional[str] = typer.Option(FROM_API, help="Its weights (default openai). " + PRETRAINED_HELP),
-              identity: IdentityChoice = typer.Option(FROM_API, help=registry_help(IDENTITY_LOSSES) + "."),
-              identity_model: str = typer.Option(FROM_API, help="open_clip image tower for the identity loss (ResNet: stem+4 stages; ViT: 5 blocks)."),
-              identity_pretrained: str = typer.Option(FROM_API, help="Its weights. " + PRETRAINED_HELP),
-              preset: PresetChoice = typer.Option(FROM_API, help="Overrides of the defaults below. " + registry_help(list_presets()) + "."),
-              init: Optional[str] = typer.Option(None, help="reconstruct (the paper's identity-loss warm-up), identity "
-                                                 "(output = input at step 0) or a checkpoint (embedlab's or a published .pth)."),
-              iters: Optional[int] = typer.Option(None, help=f"Network iterations in total, reconstruction included ({_TC.iters:,})."),
-              recon_iters: Optional[int] = typer.Option(None, help=f"Reconstruction warm-up iterations, init reconstruct ({_TC.recon_iters:,})."),
-              stage_iters: Optional[int] = typer.Option(None, help=f"Network iterations per stage ({_TC.stage_iters:,})."),
-              guidance_iters: Optional[int] = typer.Option(None, help=f"Prompt/latent refinement iterations per cycle ({_TC.guidance_iters:,})."),
-              guidance_init_iters: Optional[int] = typer.Option(None, help=f"Prompt/latent cross-entropy initialisation ({_TC.guidance_init_iters:,})."),
-              lr: Optional[float] = typer.Option(None, help=f"Adam learning rate of the network ({_TC.lr:g})."),
-              batch_size: Optional[int] = typer.Option(None, help=f"Batch size ({_TC.batch_size})."),
-              size: Optional[int] = typer.Option(None, help=f"Images are squash-resized to SIZE x SIZE before augmentation ({_TC.size})."),
-              crop: Optional[int] = typer.Option(None, help=f"Random crop after resizing ({_TC.crop or 'off'})."),
-              pixel_loss: Optional[float] = typer.Option(None, help=f"EXTENSION (not in the paper): weight of a pixel loss ({_TC.pixel_loss:g} = off)."),
-              lr_schedule: Optional[str] = typer.Option(None, help=f"Learning-rate schedule: {registry_help(LR_SCHEDULES)} ({_TC.lr_schedule})."),
-              grad_clip: Optional[float] = typer.Option(None, help=f"Clip the gradient's global norm at this ({_TC.grad_clip or 'off'}; the paper: off)."),
-              ema: Optional[float] = typer.Option(None, help=f"Export an exponential moving average of the weights with this decay ({_TC.ema or 'off'}; the paper: off)."),
-              identity_weight: Optional[float] = typer.Option(None, help=f"Weight of the identity term in guided training ({_TC.identity_weight:g}, the paper's)."),
-              padding: Optional[str] = typer.Option(None, help=f"The trained network's padding: {registry_help(PADDINGS)} ({_TC.padding})."),
-              seed: Optional[int] = typer.Option(None, help=f"Random seed ({_TC.seed})."),
-              device: str = typer.Option(FROM_API, help=DEVICE_HELP),
-              overwrite: bool = typer.Option(FROM_API, help="Start afresh, deleting an existing run in --out."),
-              progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
-              as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
+def train_cmd(
+    out: Path = typer.Option(..., "--out", "-o", help="Training run folder (rerun the same command to resume)."),
+    residual: Optional[Path] = typer.Option(
+        FROM_API,
+        help="Residual .npy (e.g. corrected.npy) guiding --guidance residual; "
+        "its sidecar gives thr and the guidance model.",
+    ),
+    backlit: str = typer.Option(
+        ...,
+        help="Images to enhance: MANIFEST.jsonl[:SELECTOR], RUN[:SELECTOR] or a folder "
+        "(default selector role=backlit).",
+    ),
+    welllit: Optional[str] = typer.Option(
+        FROM_API,
+        help="Well-lit set (latent/prompt modes; default selector role=welllit). "
+        "Unpaired: any well-lit set; paired: the GT of the same scenes.",
+    ),
+    guidance: GuidanceChoice = typer.Option(FROM_API, help=registry_help(GUIDANCE_MODES) + "."),
+    model: Optional[str] = typer.Option(
+        FROM_API, help="Guidance CLIP for latent/prompt (default ViT-B-32). " + MODEL_HELP
+    ),
+    pretrained: Optional[str] = typer.Option(FROM_API, help="Its weights (default openai). " + PRETRAINED_HELP),
+    identity: IdentityChoice = typer.Option(FROM_API, help=registry_help(IDENTITY_LOSSES) + "."),
+    identity_model: str = typer.Option(
+        FROM_API, help="open_clip image tower for the identity loss (ResNet: stem+4 stages; ViT: 5 blocks)."
+    ),
+    identity_pretrained: str = typer.Option(FROM_API, help="Its weights. " + PRETRAINED_HELP),
+    preset: PresetChoice = typer.Option(
+        FROM_API, help="Overrides of the defaults below. " + registry_help(list_presets()) + "."
+    ),
+    init: Optional[str] = typer.Option(
+        None,
+        help="reconstruct (the paper's identity-loss warm-up), identity "
+        "(output = input at step 0) or a checkpoint (embedlab's or a published .pth).",
+    ),
+    iters: Optional[int] = typer.Option(
+        None, help=f"Network iterations in total, reconstruction included ({_TC.iters:,})."
+    ),
+    recon_iters: Optional[int] = typer.Option(
+        None, help=f"Reconstruction warm-up iterations, init reconstruct ({_TC.recon_iters:,})."
+    ),
+    stage_iters: Optional[int] = typer.Option(None, help=f"Network iterations per stage ({_TC.stage_iters:,})."),
+    guidance_iters: Optional[int] = typer.Option(
+        None, help=f"Prompt/latent refinement iterations per cycle ({_TC.guidance_iters:,})."
+    ),
+    guidance_init_iters: Optional[int] = typer.Option(
+        None, help=f"Prompt/latent cross-entropy initialisation ({_TC.guidance_init_iters:,})."
+    ),
+    lr: Optional[float] = typer.Option(None, help=f"Adam learning rate of the network ({_TC.lr:g})."),
+    batch_size: Optional[int] = typer.Option(None, help=f"Batch size ({_TC.batch_size})."),
+    size: Optional[int] = typer.Option(
+        None, help=f"Images are squash-resized to SIZE x SIZE before augmentation ({_TC.size})."
+    ),
+    crop: Optional[int] = typer.Option(None, help=f"Random crop after resizing ({_TC.crop or 'off'})."),
+    pixel_loss: Optional[float] = typer.Option(
+        None, help=f"EXTENSION (not in the paper): weight of a pixel loss ({_TC.pixel_loss:g} = off)."
+    ),
+    lr_schedule: Optional[str] = typer.Option(
+        None, help=f"Learning-rate schedule: {registry_help(LR_SCHEDULES)} ({_TC.lr_schedule})."
+    ),
+    grad_clip: Optional[float] = typer.Option(
+        None, help=f"Clip the gradient's global norm at this ({_TC.grad_clip or 'off'}; the paper: off)."
+    ),
+    ema: Optional[float] = typer.Option(
+        None,
+        help=f"Export an exponential moving average of the weights with this decay ({_TC.ema or 'off'}; the paper: off).",
+    ),
+    identity_weight: Optional[float] = typer.Option(
+        None, help=f"Weight of the identity term in guided training ({_TC.identity_weight:g}, the paper's)."
+    ),
+    padding: Optional[str] = typer.Option(
+        None, help=f"The trained network's padding: {registry_help(PADDINGS)} ({_TC.padding})."
+    ),
+    seed: Optional[int] = typer.Option(None, help=f"Random seed ({_TC.seed})."),
+    device: str = typer.Option(FROM_API, help=DEVICE_HELP),
+    overwrite: bool = typer.Option(FROM_API, help="Start afresh, deleting an existing run in --out."),
+    progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+):
     """Train the enhancement network with RAVE, CLIP-LIT-Latent or CLIP-LIT guidance (defaults: the paper's; a
     preset overrides them, a flag overrides both)."""
     from embedlab.enhancement.train import train
 
-    result = train(out, preset=preset.value, overwrite=overwrite, progress=progress, guidance=guidance.value,
-                   residual=residual, backlit=backlit, welllit=welllit, model=model,
-                   pretrained=pretrained, identity=identity.value,
-                   identity_model=identity_model, identity_pretrained=identity_pretrained, init=init, iters=iters,
-                   recon_iters=recon_iters, stage_iters=stage_iters, guidance_iters=guidance_iters,
-                   guidance_init_iters=guidance_init_iters, lr=lr, batch_size=batch_size, size=size, crop=crop,
-                   pixel_loss=pixel_loss, lr_schedule=lr_schedule, grad_clip=grad_clip, ema=ema,
-                   identity_weight=identity_weight, padding=padding, seed=seed, device=device)
+    result = train(
+        out,
+        preset=preset.value,
+        overwrite=overwrite,
+        progress=progress,
+        guidance=guidance.value,
+        residual=residual,
+        backlit=backlit,
+        welllit=welllit,
+        model=model,
+        pretrained=pretrained,
+        identity=identity.value,
+        identity_model=identity_model,
+        identity_pretrained=identity_pretrained,
+        init=init,
+        iters=iters,
+        recon_iters=recon_iters,
+        stage_iters=stage_iters,
+        guidance_iters=guidance_iters,
+        guidance_init_iters=guidance_init_iters,
+        lr=lr,
+        batch_size=batch_size,
+        size=size,
+        crop=crop,
+        pixel_loss=pixel_loss,
+        lr_schedule=lr_schedule,
+        grad_clip=grad_clip,
+        ema=ema,
+        identity_weight=identity_weight,
+        padding=padding,
+        seed=seed,
+        device=device,
+    )
     if as_json:
         return _print_json(result)
-    typer.echo(f"trained {result['steps']} iterations in {result['seconds_this_call']} s; enhancer: {result['enhancer']}")
+    typer.echo(
+        f"trained {result['steps']} iterations in {result['seconds_this_call']} s; enhancer: {result['enhancer']}"
+    )
 
 
 @app.command("enhance")
 @handle_errors
-def enhance_cmd(checkpoint: Path = typer.Argument(..., help="enhancer.safetensors, ckpt_last.pt, or a published CLIP-LIT/RAVE .pth."),
-                inputs: List[str] = typer.Argument(..., help="Image files or folders."),
-                out: Path = typer.Option(..., "--out", "-o", help="Output folder (PNG, named by input stem)."),
-                device: str = typer.Option(FROM_API, help=DEVICE_HELP),
-                batch_size: int = typer.Option(FROM_API, help="Images of one size per forward pass."),
-                max_pixels: int = typer.Option(FROM_API, help="Above this many pixels per image (default 16,000,000 = 16 MP) "
-                                               "the illumination map is estimated on a downscaled copy and upsampled; "
-                                               "logged once per image."),
-                precision: PrecisionChoice = typer.Option(FROM_API, help="fp32 (default; matches the published code's outputs to 1e-5) or "
-                                                          "bf16 (autocast: faster on a GPU, outputs differ by up to ~1e-2)."),
-                progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
-                as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
+def enhance_cmd(
+    checkpoint: Path = typer.Argument(
+        ..., help="enhancer.safetensors, ckpt_last.pt, or a published CLIP-LIT/RAVE .pth."
+    ),
+    inputs: List[str] = typer.Argument(..., help="Image files or folders."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (PNG, named by input stem)."),
+    device: str = typer.Option(FROM_API, help=DEVICE_HELP),
+    batch_size: int = typer.Option(FROM_API, help="Images of one size per forward pass."),
+    max_pixels: int = typer.Option(
+        FROM_API,
+        help="Above this many pixels per image (default 16,000,000 = 16 MP) "
+        "the illumination map is estimated on a downscaled copy and upsampled; "
+        "logged once per image.",
+    ),
+    precision: PrecisionChoice = typer.Option(
+        FROM_API,
+        help="fp32 (default; matches the published code's outputs to 1e-5) or "
+        "bf16 (autocast: faster on a GPU, outputs differ by up to ~1e-2).",
+    ),
+    progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+):
     """Enhance images at full resolution with a trained or published network."""
     from embedlab.enhancement.infer import enhance
 
-    result = enhance(checkpoint, inputs, out, device=device, batch_size=batch_size, max_pixels=max_pixels,
-                     precision=precision.value, progress=progress)
+    result = enhance(
+        checkpoint,
+        inputs,
+        out,
+        device=device,
+        batch_size=batch_size,
+        max_pixels=max_pixels,
+        precision=precision.value,
+        progress=progress,
+    )
     if as_json:
         return _print_json(result)
-    typer.echo(f"enhanced {result['enhanced']} image(s) into {out}"
-               + (f"; {result['skipped']} skipped" if result["skipped"] else ""))
+    typer.echo(
+        f"enhanced {result['enhanced']} image(s) into {out}"
+        + (f"; {result['skipped']} skipped" if result["skipped"] else "")
+    )
 
 
 @app.command("evaluate")
 @handle_errors
-def evaluate_cmd(pred: Path = typer.Option(..., help="Folder of enhanced images."),
-                 gt: Optional[str] = typer.Option(FROM_API, help="Ground-truth folder (pairs by exact stem) or a manifest (.jsonl)."),
-                 out: Optional[Path] = typer.Option(FROM_API, "--out", "-o", help="Where per_image.csv and summary.json go (default PRED/metrics)."),
-                 gray: bool = typer.Option(FROM_API, help="Also the RAVE repo's grayscale PSNR/SSIM protocol."),
-                 lpips: bool = typer.Option(FROM_API, help="Also LPIPS (needs the lpips package and local AlexNet weights)."),
-                 inputs: Optional[str] = typer.Option(FROM_API, help="Folder of the inputs, for the residual projection of inputs."),
-                 residual: Optional[Path] = typer.Option(FROM_API, help="Report the mean projection of embeddings on this residual."),
-                 device: str = typer.Option(FROM_API, help=DEVICE_HELP),
-                 progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
-                 as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
+def evaluate_cmd(
+    pred: Path = typer.Option(..., help="Folder of enhanced images."),
+    gt: Optional[str] = typer.Option(
+        FROM_API, help="Ground-truth folder (pairs by exact stem) or a manifest (.jsonl)."
+    ),
+    out: Optional[Path] = typer.Option(
+        FROM_API, "--out", "-o", help="Where per_image.csv and summary.json go (default PRED/metrics)."
+    ),
+    gray: bool = typer.Option(FROM_API, help="Also the RAVE repo's grayscale PSNR/SSIM protocol."),
+    lpips: bool = typer.Option(FROM_API, help="Also LPIPS (needs the lpips package and local AlexNet weights)."),
+    inputs: Optional[str] = typer.Option(FROM_API, help="Folder of the inputs, for the residual projection of inputs."),
+    residual: Optional[Path] = typer.Option(
+        FROM_API, help="Report the mean projection of embeddings on this residual."
+    ),
+    device: str = typer.Option(FROM_API, help=DEVICE_HELP),
+    progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+):
     """PSNR/SSIM (and LPIPS) against ground truth, exposure statistics, and the residual projection."""
     from embedlab.enhancement.evaluate import evaluate
 
-    summary = evaluate(pred, gt, out, gray=gray, lpips=lpips, inputs=inputs, residual=residual, device=device,
-                       progress=progress)
+    summary = evaluate(
+        pred, gt, out, gray=gray, lpips=lpips, inputs=inputs, residual=residual, device=device, progress=progress
+    )
     if as_json:
         return _print_json(summary)
     shown = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

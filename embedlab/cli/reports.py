@@ -1,4 +1,5 @@
 """Commands of the reports stage: plot, embedding-map."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,22 +13,36 @@ from embedlab.cli.defaults import FROM_API, default
 
 @app.command("plot")
 @handle_errors
-def plot_cmd(run: Path = typer.Argument(..., help="Run folder."),
-             out: Optional[Path] = typer.Option(FROM_API, "--out", "-o", help="Output folder (default RUN/plots)."),
-             color_by: str = typer.Option(FROM_API, help="Metadata column that colours the points."),
-             residual: Optional[Path] = typer.Option(FROM_API, help="Draw this residual's direction."),
-             umap: bool = typer.Option("umap" in default("plot", "methods"), help="Also draw a UMAP (cosine) map."),
-             projector: bool = typer.Option(FROM_API, help="Export tensors.tsv/metadata.tsv for the TensorBoard projector."),
-             max_points: int = typer.Option(FROM_API, help="Larger runs are drawn from a seeded sample of this many images, "
-                                            "stratified by --color-by and group (the titles and sample.json say so)."),
-             seed: int = typer.Option(FROM_API, help="Seed for the sample and for UMAP."),
-             progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
-             as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
+def plot_cmd(
+    run: Path = typer.Argument(..., help="Run folder."),
+    out: Optional[Path] = typer.Option(FROM_API, "--out", "-o", help="Output folder (default RUN/plots)."),
+    color_by: str = typer.Option(FROM_API, help="Metadata column that colours the points."),
+    residual: Optional[Path] = typer.Option(FROM_API, help="Draw this residual's direction."),
+    umap: bool = typer.Option("umap" in default("plot", "methods"), help="Also draw a UMAP (cosine) map."),
+    projector: bool = typer.Option(FROM_API, help="Export tensors.tsv/metadata.tsv for the TensorBoard projector."),
+    max_points: int = typer.Option(
+        FROM_API,
+        help="Larger runs are drawn from a seeded sample of this many images, "
+        "stratified by --color-by and group (the titles and sample.json say so).",
+    ),
+    seed: int = typer.Option(FROM_API, help="Seed for the sample and for UMAP."),
+    progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+):
     """2-D maps (PCA, UMAP) of a run's image embeddings, coloured by set, with the residual drawn."""
     from embedlab.reports.plot import plot
 
-    result = plot(run, out, color_by=color_by, residual=residual, methods=("pca", "umap") if umap else ("pca",),
-                  projector=projector, max_points=max_points, seed=seed, progress=progress)
+    result = plot(
+        run,
+        out,
+        color_by=color_by,
+        residual=residual,
+        methods=("pca", "umap") if umap else ("pca",),
+        projector=projector,
+        max_points=max_points,
+        seed=seed,
+        progress=progress,
+    )
     if as_json:
         return _print_json(result)
     for k, v in result["files"].items():
@@ -36,18 +51,32 @@ def plot_cmd(run: Path = typer.Argument(..., help="Run folder."),
 
 @app.command("embedding-map")
 @handle_errors
-def embedding_map_cmd(run: Path = typer.Argument(..., help="Run folder."),
-                      out: Optional[Path] = typer.Option(FROM_API, "--out", "-o", help="The .html to write (default RUN/map.html)."),
-                      residual: Optional[Path] = typer.Option(FROM_API, help="Draw this residual (its sets are found in the run by their selectors)."),
-                      color_by: str = typer.Option(FROM_API, help="Metadata column coloured at first (any column can be picked on the page)."),
-                      max_points: int = typer.Option(FROM_API, help="Subsample bigger runs to this many images (seeded; the page states it)."),
-                      umap: bool = typer.Option("umap" in default("embedding-map", "methods"), help="Also compute a UMAP (cosine) view."),
-                      as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
+def embedding_map_cmd(
+    run: Path = typer.Argument(..., help="Run folder."),
+    out: Optional[Path] = typer.Option(FROM_API, "--out", "-o", help="The .html to write (default RUN/map.html)."),
+    residual: Optional[Path] = typer.Option(
+        FROM_API, help="Draw this residual (its sets are found in the run by their selectors)."
+    ),
+    color_by: str = typer.Option(
+        FROM_API, help="Metadata column coloured at first (any column can be picked on the page)."
+    ),
+    max_points: int = typer.Option(
+        FROM_API, help="Subsample bigger runs to this many images (seeded; the page states it)."
+    ),
+    umap: bool = typer.Option("umap" in default("embedding-map", "methods"), help="Also compute a UMAP (cosine) view."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+):
     """Interactive map of a run's image embeddings: one offline HTML page, PCA/UMAP, thumbnails on hover, search."""
     from embedlab.reports.embedding_map import embedding_map
 
-    result = embedding_map(run, out, residual=residual, color_by=color_by, max_points=max_points,
-                           methods=("pca", "umap") if umap else ("pca",))
+    result = embedding_map(
+        run,
+        out,
+        residual=residual,
+        color_by=color_by,
+        max_points=max_points,
+        methods=("pca", "umap") if umap else ("pca",),
+    )
     if as_json:
         return _print_json(result)
     typer.echo(str(result["files"]["html"]))

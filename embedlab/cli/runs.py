@@ -1,4 +1,5 @@
 """Commands of the runs stage: extract, search, index, runs merge."""
+
 from __future__ import annotations
 
 import enum
@@ -24,7 +25,7 @@ from embedlab.cli.defaults import FROM_API
 from embedlab.runs.index import KINDS as _INDEX_KINDS
 
 INDEX_KINDS = tuple(_INDEX_KINDS)
-SearchIndex = enum.Enum("SearchIndex", {k: k for k in ("run", *INDEX_KINDS)}, type=str)        # real choices
+SearchIndex = enum.Enum("SearchIndex", {k: k for k in ("run", *INDEX_KINDS)}, type=str)  # real choices
 IndexKindChoice = enum.Enum("IndexKindChoice", {k: k for k in ("auto", *INDEX_KINDS)}, type=str)
 DecodeChoice = choices("DecodeChoice", DECODERS)
 DtypeChoice = choices("DtypeChoice", VECTOR_DTYPES)
@@ -33,59 +34,108 @@ EngineChoice = choices("EngineChoice", ENGINES)
 
 @app.command("extract")
 @handle_errors
-def extract_cmd(manifest: Path = typer.Option(..., "--manifest", "-m", help="Data manifest (.jsonl)."),
-                model: str = typer.Option(..., help=MODEL_HELP),
-                pretrained: str = typer.Option(..., help=PRETRAINED_HELP),
-                out: Path = typer.Option(..., "--out", "-o", help="Run folder to create or resume."),
-                device: str = typer.Option(FROM_API, help=DEVICE_HELP),
-                batch_size: int = typer.Option(FROM_API, help="Images per forward pass."),
-                workers: Optional[int] = typer.Option(FROM_API, help="DataLoader worker processes (default: on a GPU up to 8; on the CPU all cores for small towers, 1 for large ones; 0 = in-process). With --engine ray: CPUs (decode threads) per actor."),
-                shard_size: int = typer.Option(FROM_API, help="Images per shard (the unit of resume)."),
-                decode: DecodeChoice = typer.Option(FROM_API, help="auto (torchvision on CUDA, pil elsewhere), pil (PIL decode + open_clip preprocess) or torchvision "
-                                           "(batched torchvision.io.decode_jpeg on the device, nvJPEG on CUDA; a different, recorded preprocessing)."),
-                dtype: DtypeChoice = typer.Option(FROM_API, help="Stored vector dtype."),
-                role: Optional[List[str]] = typer.Option(FROM_API, help="Only embed images with this set label (repeatable)."),
-                overwrite: bool = typer.Option(FROM_API, help="Replace a run folder made with another configuration."),
-                max_aspect: float = typer.Option(FROM_API, help="Refuse images whose long side exceeds this many times the short side (recorded as extreme-aspect; bounds the memory of the short-side resize)."),
-                engine: EngineChoice = typer.Option(FROM_API, help="local (this process and its decode workers) or ray (Ray actors: one per GPU, or per CPU share; pip install 'embedlab[ray]')."),
-                address: Optional[str] = typer.Option(FROM_API, help="--engine ray: address of a running Ray cluster (e.g. auto, or HEAD:6379); default: start a local instance. The run folder must be on storage every node mounts at the same path."),
-                gpus_per_worker: Optional[float] = typer.Option(FROM_API, help="--engine ray: GPUs per actor (default 1 when the cluster has GPUs)."),
-                break_lock: bool = typer.Option(FROM_API, help="Take over the run folder's lock from a process that is gone (e.g. killed on another machine)."),
-                progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
-                as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
+def extract_cmd(
+    manifest: Path = typer.Option(..., "--manifest", "-m", help="Data manifest (.jsonl)."),
+    model: str = typer.Option(..., help=MODEL_HELP),
+    pretrained: str = typer.Option(..., help=PRETRAINED_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder to create or resume."),
+    device: str = typer.Option(FROM_API, help=DEVICE_HELP),
+    batch_size: int = typer.Option(FROM_API, help="Images per forward pass."),
+    workers: Optional[int] = typer.Option(
+        FROM_API,
+        help="DataLoader worker processes (default: on a GPU up to 8; on the CPU all cores for small towers, 1 for large ones; 0 = in-process). With --engine ray: CPUs (decode threads) per actor.",
+    ),
+    shard_size: int = typer.Option(FROM_API, help="Images per shard (the unit of resume)."),
+    decode: DecodeChoice = typer.Option(
+        FROM_API,
+        help="auto (torchvision on CUDA, pil elsewhere), pil (PIL decode + open_clip preprocess) or torchvision "
+        "(batched torchvision.io.decode_jpeg on the device, nvJPEG on CUDA; a different, recorded preprocessing).",
+    ),
+    dtype: DtypeChoice = typer.Option(FROM_API, help="Stored vector dtype."),
+    role: Optional[List[str]] = typer.Option(FROM_API, help="Only embed images with this set label (repeatable)."),
+    overwrite: bool = typer.Option(FROM_API, help="Replace a run folder made with another configuration."),
+    max_aspect: float = typer.Option(
+        FROM_API,
+        help="Refuse images whose long side exceeds this many times the short side (recorded as extreme-aspect; bounds the memory of the short-side resize).",
+    ),
+    engine: EngineChoice = typer.Option(
+        FROM_API,
+        help="local (this process and its decode workers) or ray (Ray actors: one per GPU, or per CPU share; pip install 'embedlab[ray]').",
+    ),
+    address: Optional[str] = typer.Option(
+        FROM_API,
+        help="--engine ray: address of a running Ray cluster (e.g. auto, or HEAD:6379); default: start a local instance. The run folder must be on storage every node mounts at the same path.",
+    ),
+    gpus_per_worker: Optional[float] = typer.Option(
+        FROM_API, help="--engine ray: GPUs per actor (default 1 when the cluster has GPUs)."
+    ),
+    break_lock: bool = typer.Option(
+        FROM_API, help="Take over the run folder's lock from a process that is gone (e.g. killed on another machine)."
+    ),
+    progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+):
     """Embed a manifest's images into a resumable run folder (vectors, metadata, FAISS index)."""
     from embedlab.runs.extract.pipeline import extract
 
-    summary = extract(manifest, model, pretrained, out, device=device, batch_size=batch_size, workers=workers,
-                      shard_size=shard_size, decode=decode.value, vector_dtype=dtype.value, overwrite=overwrite, roles=role,
-                      max_aspect=max_aspect, engine=engine.value, address=address, gpus_per_worker=gpus_per_worker,
-                      break_lock=break_lock, progress=progress)
+    summary = extract(
+        manifest,
+        model,
+        pretrained,
+        out,
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+        shard_size=shard_size,
+        decode=decode.value,
+        vector_dtype=dtype.value,
+        overwrite=overwrite,
+        roles=role,
+        max_aspect=max_aspect,
+        engine=engine.value,
+        address=address,
+        gpus_per_worker=gpus_per_worker,
+        break_lock=break_lock,
+        progress=progress,
+    )
     if as_json:
         _print_json(summary)
     else:
-        typer.echo(f"run {out}: {summary['embedded']} embedded, {summary['skipped']} skipped"
-                   + (f" ({', '.join(f'{k}: {v}' for k, v in summary['skipped_by_reason'].items())}; see {out}/errors.csv)"
-                      if summary["skipped"] else "")
-                   + (f"; {summary['this_call']['images_per_second']} img/s" if summary.get("this_call") else ""))
+        typer.echo(
+            f"run {out}: {summary['embedded']} embedded, {summary['skipped']} skipped"
+            + (
+                f" ({', '.join(f'{k}: {v}' for k, v in summary['skipped_by_reason'].items())}; see {out}/errors.csv)"
+                if summary["skipped"]
+                else ""
+            )
+            + (f"; {summary['this_call']['images_per_second']} img/s" if summary.get("this_call") else "")
+        )
     failed = (summary.get("this_call") or {}).get("failed_shards")
     if failed:
-        typer.echo(f"{len(failed)} shard(s) failed and were left undone (rerun the command to retry them): "
-                   + "; ".join(f"shard {k}: {v}" for k, v in list(failed.items())[:3]), err=True)
+        typer.echo(
+            f"{len(failed)} shard(s) failed and were left undone (rerun the command to retry them): "
+            + "; ".join(f"shard {k}: {v}" for k, v in list(failed.items())[:3]),
+            err=True,
+        )
         raise typer.Exit(1)
 
 
 @app.command("search")
 @handle_errors
-def search_cmd(run: Path = typer.Argument(..., help="Run folder made by `embedlab extract`."),
-               text: Optional[str] = typer.Option(FROM_API, help="Text query."),
-               image: Optional[Path] = typer.Option(FROM_API, help="Image query (a file)."),
-               top: int = typer.Option(FROM_API, "--top", "-k", help="How many results (the top k)."),
-               index: SearchIndex = typer.Option(FROM_API,
-                                         help="run: the run's own index (built by extract or `embedlab index`; default). "
-                                              "A kind (" + ", ".join(INDEX_KINDS) + "): build that index in memory for this "
-                                              "query. An approximate index's recall against exact search is printed."),
-               device: str = typer.Option(FROM_API, help=DEVICE_HELP),
-               as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")):
+def search_cmd(
+    run: Path = typer.Argument(..., help="Run folder made by `embedlab extract`."),
+    text: Optional[str] = typer.Option(FROM_API, help="Text query."),
+    image: Optional[Path] = typer.Option(FROM_API, help="Image query (a file)."),
+    top: int = typer.Option(FROM_API, "--top", "-k", help="How many results (the top k)."),
+    index: SearchIndex = typer.Option(
+        FROM_API,
+        help="run: the run's own index (built by extract or `embedlab index`; default). "
+        "A kind (" + ", ".join(INDEX_KINDS) + "): build that index in memory for this "
+        "query. An approximate index's recall against exact search is printed.",
+    ),
+    device: str = typer.Option(FROM_API, help=DEVICE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+):
     """Top-k nearest images of a run to a text or image query, with scores."""
     from embedlab.runs.search import search
 
@@ -104,38 +154,68 @@ def search_cmd(run: Path = typer.Argument(..., help="Run folder made by `embedla
 
 @app.command("index")
 @handle_errors
-def index_cmd(run: Path = typer.Argument(..., help="Run folder made by `embedlab extract` (or `embedlab runs merge`)."),
-              kind: IndexKindChoice = typer.Option(FROM_API,
-                                       help="auto: by size (exact below 1M vectors when they fit the budget, HNSW when its "
-                                            "graph fits, else IVF with 4-bit fast-scan PQ codes re-ranked from the stored "
-                                            "vectors, or 8-bit PQ when only those fit). Or: " +
-                                            "; ".join(f"{k.name}: {k.help}" for k in _INDEX_KINDS.values()) + "."),
-              memory_budget: str = typer.Option(FROM_API, help="Memory the finished index may take (e.g. 4G, 512M); auto picks "
-                                                "by it, an explicit kind over it is refused."),
-              nlist: Optional[int] = typer.Option(FROM_API, help="Inverted lists for IVF kinds (default 2^round(log2(4 sqrt(N))))."),
-              train_size: Optional[int] = typer.Option(FROM_API, help="Vectors sampled to train IVF kinds (default 50 per list, "
-                                                       "at least 10,000)."),
-              queries: int = typer.Option(FROM_API, help="Held-out queries for tuning, and as many again for the recall@1/10/100 "
-                                          "measured against exact search."),
-              recall_target: float = typer.Option(FROM_API, help="recall@10 the search setting (nprobe / efSearch) is tuned to reach."),
-              seed: int = typer.Option(FROM_API, help="Seed for the training sample and the queries."),
-              progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
-              as_json: bool = typer.Option(False, "--json", help="Print the index record as JSON.")):
+def index_cmd(
+    run: Path = typer.Argument(..., help="Run folder made by `embedlab extract` (or `embedlab runs merge`)."),
+    kind: IndexKindChoice = typer.Option(
+        FROM_API,
+        help="auto: by size (exact below 1M vectors when they fit the budget, HNSW when its "
+        "graph fits, else IVF with 4-bit fast-scan PQ codes re-ranked from the stored "
+        "vectors, or 8-bit PQ when only those fit). Or: "
+        + "; ".join(f"{k.name}: {k.help}" for k in _INDEX_KINDS.values())
+        + ".",
+    ),
+    memory_budget: str = typer.Option(
+        FROM_API,
+        help="Memory the finished index may take (e.g. 4G, 512M); auto picks "
+        "by it, an explicit kind over it is refused.",
+    ),
+    nlist: Optional[int] = typer.Option(
+        FROM_API, help="Inverted lists for IVF kinds (default 2^round(log2(4 sqrt(N))))."
+    ),
+    train_size: Optional[int] = typer.Option(
+        FROM_API, help="Vectors sampled to train IVF kinds (default 50 per list, at least 10,000)."
+    ),
+    queries: int = typer.Option(
+        FROM_API,
+        help="Held-out queries for tuning, and as many again for the recall@1/10/100 measured against exact search.",
+    ),
+    recall_target: float = typer.Option(
+        FROM_API, help="recall@10 the search setting (nprobe / efSearch) is tuned to reach."
+    ),
+    seed: int = typer.Option(FROM_API, help="Seed for the training sample and the queries."),
+    progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the index record as JSON."),
+):
     """Build the run's FAISS index out of core (trained on a sample, filled shard by shard, written atomically; on the GPU
     with a GPU build of FAISS) and record its recall and latency in the run manifest."""
     from embedlab.runs.index import index_run
 
-    info = index_run(run, kind.value, memory_budget=memory_budget, nlist=nlist, train_size=train_size, queries=queries,
-                     recall_target=recall_target, seed=seed, progress=progress)
+    info = index_run(
+        run,
+        kind.value,
+        memory_budget=memory_budget,
+        nlist=nlist,
+        train_size=train_size,
+        queries=queries,
+        recall_target=recall_target,
+        seed=seed,
+        progress=progress,
+    )
     if as_json:
         _print_json(info)
         return
-    typer.echo(f"wrote {run / info['file']}: {info['kind']} ({info['factory']}; {info['why']}), {info['ntotal']:,} vectors, "
-               f"{info['size_bytes'] / 2**20:.1f} MiB, built in {info['build_seconds']:.1f} s")
+    typer.echo(
+        f"wrote {run / info['file']}: {info['kind']} ({info['factory']}; {info['why']}), {info['ntotal']:,} vectors, "
+        f"{info['size_bytes'] / 2**20:.1f} MiB, built in {info['build_seconds']:.1f} s"
+    )
     if not info["exact"]:
         rec = ", ".join(f"@{k} {v:.3f}" for k, v in info["recall"].items())
-        typer.echo(f"recall vs exact search ({info['recall_queries']} held-out queries): {rec}; search {info['search_params']}")
-    typer.echo(f"single-query latency: median {info['latency']['median_ms']:.3f} ms, p95 {info['latency']['p95_ms']:.3f} ms")
+        typer.echo(
+            f"recall vs exact search ({info['recall_queries']} held-out queries): {rec}; search {info['search_params']}"
+        )
+    typer.echo(
+        f"single-query latency: median {info['latency']['median_ms']:.3f} ms, p95 {info['latency']['p95_ms']:.3f} ms"
+    )
 
 
 runs_app = _Typer(prefix="runs ", no_args_is_help=True, help="Work with run folders as wholes (merge).")
@@ -144,13 +224,20 @@ app.add_typer(runs_app, name="runs")
 
 @runs_app.command("merge")
 @handle_errors
-def runs_merge_cmd(runs: List[Path] = typer.Argument(..., help="Two or more finished run folders of the same model and preprocessing."),
-                   out: Path = typer.Option(..., "--out", "-o", help="The merged run folder to write."),
-                   overwrite: bool = typer.Option(FROM_API, help="Replace --out if it exists."),
-                   index_budget: str = typer.Option(FROM_API, help="Build the exact index while its float32 vectors fit this "
-                                                    "memory; beyond, run `embedlab index` on the merged run."),
-                   progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
-                   as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
+def runs_merge_cmd(
+    runs: List[Path] = typer.Argument(
+        ..., help="Two or more finished run folders of the same model and preprocessing."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="The merged run folder to write."),
+    overwrite: bool = typer.Option(FROM_API, help="Replace --out if it exists."),
+    index_budget: str = typer.Option(
+        FROM_API,
+        help="Build the exact index while its float32 vectors fit this "
+        "memory; beyond, run `embedlab index` on the merged run.",
+    ),
+    progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+):
     """Merge runs extracted separately (several machines, days) into one run; refuses mixed models or preprocessing.
     Row ids are renumbered; the column merged_from names each image's source run."""
     from embedlab.runs.merge import merge_runs
@@ -158,5 +245,7 @@ def runs_merge_cmd(runs: List[Path] = typer.Argument(..., help="Two or more fini
     summary = merge_runs(runs, out, overwrite=overwrite, index_budget=index_budget, progress=progress)
     if as_json:
         return _print_json(summary)
-    typer.echo(f"merged {summary['merged']} runs into {out}: {summary['embedded']} images, {summary['skipped']} skipped"
-               + (f"; {summary['index'].get('note')}" if summary.get("index", {}).get("note") else ""))
+    typer.echo(
+        f"merged {summary['merged']} runs into {out}: {summary['embedded']} images, {summary['skipped']} skipped"
+        + (f"; {summary['index'].get('note')}" if summary.get("index", {}).get("note") else "")
+    )

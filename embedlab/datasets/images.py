@@ -4,6 +4,7 @@ Handles CMYK, 16-bit, palette (with transparency), RGBA, greyscale, EXIF orienta
 multi-page files (first frame), decompression bombs, truncated, zero-byte, non-image and unsupported files,
 broken symlinks and non-UTF-8 file names.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,10 +28,75 @@ DEFAULT_MAX_PIXELS = 178_956_970  # PIL's own default limit
 DEFAULT_MAX_ASPECT = 100.0
 
 # The IJG standard luminance quantisation table (quality 50), in zig-zag-free natural order.
-_IJG_LUMA = np.array([
-    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
-    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
-    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], dtype=float)
+_IJG_LUMA = np.array(
+    [
+        16,
+        11,
+        10,
+        16,
+        24,
+        40,
+        51,
+        61,
+        12,
+        12,
+        14,
+        19,
+        26,
+        58,
+        60,
+        55,
+        14,
+        13,
+        16,
+        24,
+        40,
+        57,
+        69,
+        56,
+        14,
+        17,
+        22,
+        29,
+        51,
+        87,
+        80,
+        62,
+        18,
+        22,
+        37,
+        56,
+        68,
+        109,
+        103,
+        77,
+        24,
+        35,
+        55,
+        64,
+        81,
+        104,
+        113,
+        92,
+        49,
+        64,
+        78,
+        87,
+        103,
+        121,
+        120,
+        101,
+        72,
+        92,
+        95,
+        98,
+        112,
+        100,
+        103,
+        99,
+    ],
+    dtype=float,
+)
 
 
 class ImageError(Exception):
@@ -44,8 +110,8 @@ class ImageError(Exception):
 
 @dataclass
 class DecodedImage:
-    image: Image.Image          # RGB, orientation applied
-    meta: dict                  # content_sha1, width, height, format, mode, jpeg_quality, frames, notes
+    image: Image.Image  # RGB, orientation applied
+    meta: dict  # content_sha1, width, height, format, mode, jpeg_quality, frames, notes
 
 
 def estimate_jpeg_quality(img: Image.Image) -> float | None:
@@ -86,7 +152,7 @@ def _to_rgb(img: Image.Image, notes: list[str]) -> Image.Image:
     return img.convert("RGB") if mode != "RGB" else img
 
 
-_FDS: dict = {}                   # (pid, tar path) -> [descriptor, readers using it now]
+_FDS: dict = {}  # (pid, tar path) -> [descriptor, readers using it now]
 _FDS_LOCK = threading.Lock()
 _MAX_FDS = 64
 
@@ -101,7 +167,7 @@ def _tar_fd(path: str):
         if entry is None:
             if len(_FDS) >= _MAX_FDS:
                 idle = [k for k, e in _FDS.items() if k[0] == key[0] and e[1] == 0]
-                for old in idle[:_MAX_FDS // 2]:
+                for old in idle[: _MAX_FDS // 2]:
                     os.close(_FDS.pop(old)[0])
             entry = _FDS[key] = [os.open(path, os.O_RDONLY), 0]
         entry[1] += 1
@@ -120,11 +186,15 @@ def read_bytes(source) -> bytes:
             with _tar_fd(tar) as fd:
                 data = os.pread(fd, size, offset)
         except FileNotFoundError:
-            raise ImageError("missing-file", f"webdataset shard {os.fsencode(tar).decode('utf-8', 'backslashreplace')}") from None
+            raise ImageError(
+                "missing-file", f"webdataset shard {os.fsencode(tar).decode('utf-8', 'backslashreplace')}"
+            ) from None
         except OSError as exc:
             raise ImageError("unreadable", str(exc)) from None
         if len(data) != size:
-            raise ImageError("truncated-or-corrupt", f"tar member has {len(data)} of {size} bytes (shard truncated or changed)")
+            raise ImageError(
+                "truncated-or-corrupt", f"tar member has {len(data)} of {size} bytes (shard truncated or changed)"
+            )
         return data
     path = source
     if os.path.islink(path) and not os.path.exists(path):
@@ -147,10 +217,13 @@ def check_aspect(width: int, height: int, max_aspect: float | None) -> None:
         return
     ratio = max(width, height) / min(width, height)
     if ratio > max_aspect:
-        raise ImageError("extreme-aspect", f"{width}x{height} px, aspect {ratio:.0f}:1 is above the limit {max_aspect:g}:1 "
-                         "(max_aspect; `--max-aspect` on the command line): resizing its short side to the model input "
-                         f"would need {resized_bytes(width, height, 224) / 2**30:.1f} GiB at 224 px; crop it or raise "
-                         "the limit")
+        raise ImageError(
+            "extreme-aspect",
+            f"{width}x{height} px, aspect {ratio:.0f}:1 is above the limit {max_aspect:g}:1 "
+            "(max_aspect; `--max-aspect` on the command line): resizing its short side to the model input "
+            f"would need {resized_bytes(width, height, 224) / 2**30:.1f} GiB at 224 px; crop it or raise "
+            "the limit",
+        )
 
 
 def resized_bytes(width: int, height: int, size: int, channels: int = 3, itemsize: int = 4) -> int:
@@ -159,21 +232,29 @@ def resized_bytes(width: int, height: int, size: int, channels: int = 3, itemsiz
     return int(size) * max(int(size), round(long * size / max(1, short))) * channels * itemsize
 
 
-_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
-               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"\x00\x00\x00\x0cjP  ", "JPEG2000"))
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG2000"),
+)
 
 
 def signature_format(data: bytes) -> str | None:
     """The image format a file's magic bytes announce (PNG, JPEG, GIF, TIFF, BMP, WEBP, JPEG2000), else None."""
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WEBP"
-    if data[:2] == b"BM" and data[6:10] == b"\x00\x00\x00\x00":     # BMP: magic, file size, zero reserved bytes
+    if data[:2] == b"BM" and data[6:10] == b"\x00\x00\x00\x00":  # BMP: magic, file size, zero reserved bytes
         return "BMP"
     return next((fmt for magic, fmt in _SIGNATURES if data.startswith(magic)), None)
 
 
-def decode_image(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS, data: bytes | None = None,
-                 max_aspect: float | None = None) -> DecodedImage:
+def decode_image(
+    path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS, data: bytes | None = None, max_aspect: float | None = None
+) -> DecodedImage:
     """Read, validate and convert one file. Raises ImageError with a reason when it cannot be embedded.
 
     `max_aspect` (None: no limit) refuses extreme strips from the header, before decoding (`check_aspect`)."""
@@ -194,9 +275,11 @@ def decode_image(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS, data: b
                 raise ImageError("decompression-bomb", str(exc)) from None
             except UnidentifiedImageError:
                 fmt = signature_format(data)
-                if fmt:   # the file says it is an image (magic bytes) but no decoder can read it: damaged
-                    raise ImageError("truncated-or-corrupt", f"starts with the {fmt} signature but cannot be decoded "
-                                     "(damaged header or bad checksum)") from None
+                if fmt:  # the file says it is an image (magic bytes) but no decoder can read it: damaged
+                    raise ImageError(
+                        "truncated-or-corrupt",
+                        f"starts with the {fmt} signature but cannot be decoded (damaged header or bad checksum)",
+                    ) from None
                 raise ImageError("not-an-image", "no decoder recognises the content") from None
             fmt = img.format or "unknown"
             if fmt not in SUPPORTED_FORMATS:
@@ -225,8 +308,17 @@ def decode_image(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS, data: b
         raise ImageError("decode-error", f"{type(exc).__name__}: {exc}") from None
     finally:
         Image.MAX_IMAGE_PIXELS = old_limit
-    meta = {"content_sha1": sha1, "width": rgb.width, "height": rgb.height, "format": fmt, "mode": src_mode,
-            "jpeg_quality": quality, "frames": frames, "bytes": len(data), "notes": "; ".join(notes)}
+    meta = {
+        "content_sha1": sha1,
+        "width": rgb.width,
+        "height": rgb.height,
+        "format": fmt,
+        "mode": src_mode,
+        "jpeg_quality": quality,
+        "frames": frames,
+        "bytes": len(data),
+        "notes": "; ".join(notes),
+    }
     return DecodedImage(rgb, meta)
 
 

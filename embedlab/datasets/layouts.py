@@ -1,4 +1,5 @@
 """layouts: split from manifests.py."""
+
 from __future__ import annotations
 
 import os
@@ -22,10 +23,10 @@ def _images_in(folder: Path) -> list[Path]:
     return list_images(folder)
 
 
-
 @dataclass(frozen=True)
 class Layout:
     """A dataset layout: a generator of manifest records from a root folder, and the folder structure it expects."""
+
     name: str
     generate: Callable[..., tuple[list[dict], dict]]
     help: str
@@ -36,11 +37,13 @@ _LAYOUTS: dict[str, Layout] = {}
 
 def register_layout(name: str, help: str):
     """Decorator: register a layout generator `fn(root: Path, **opts) -> (records, report)` under `name`."""
+
     def deco(fn):
         if name in _LAYOUTS:
             raise ValueError(f"Layout {name!r} is registered twice.")
         _LAYOUTS[name] = Layout(name, fn, help)
         return fn
+
     return deco
 
 
@@ -53,6 +56,7 @@ def get_layout(name: str) -> Layout:
     if name not in _LAYOUTS:
         raise ManifestError(f"Unknown layout {name!r}. Available: {', '.join(sorted(_LAYOUTS))}.")
     return _LAYOUTS[name]
+
 
 _DUP = re.compile(r"^(?P<stem>.*?)\((?P<k>\d+)\)$")
 
@@ -84,8 +88,10 @@ def generate(layout: str, root: str | os.PathLike, **opts: Any) -> tuple[list[di
         raise ManifestError(f"Dataset root {root} does not exist. Fix: pass the folder that holds the {layout} data.")
     records, report = spec.generate(root, **opts)
     if not records:
-        raise ManifestError(f"Layout {layout!r} found zero images under {root}. Fix: check ROOT and the layout name "
-                            f"(expected structure: {spec.help}).")
+        raise ManifestError(
+            f"Layout {layout!r} found zero images under {root}. Fix: check ROOT and the layout name "
+            f"(expected structure: {spec.help})."
+        )
     report.setdefault("count", len(records))
     return records, report
 
@@ -94,39 +100,69 @@ def _rel(p: Path, root: Path) -> str:
     return os.path.relpath(p, root)
 
 
-@register_layout('flat', 'ROOT/*.png|jpg (DIV2K, Backlit300, BAID_380); one role for all files')
+@register_layout("flat", "ROOT/*.png|jpg (DIV2K, Backlit300, BAID_380); one role for all files")
 def _gen_flat(root: Path, role: str = "welllit", split: str = "train", source: str | None = None, **_):
-    recs = [{"path": _rel(p, root), "role": role, "split": split, "group": p.stem, "source": source or root.name}
-            for p in _images_in(root)]
+    recs = [
+        {"path": _rel(p, root), "role": role, "split": split, "group": p.stem, "source": source or root.name}
+        for p in _images_in(root)
+    ]
     return recs, {}
 
 
-@register_layout('baid', 'ROOT/test/resize_input + ROOT/test/resize_gt (CLIP-LIT), ROOT/BAID_380/resize_input, or ROOT/train/backlit + ROOT/train/well-lit (RAVE)')
+@register_layout(
+    "baid",
+    "ROOT/test/resize_input + ROOT/test/resize_gt (CLIP-LIT), ROOT/BAID_380/resize_input, or ROOT/train/backlit + ROOT/train/well-lit (RAVE)",
+)
 def _gen_baid(root: Path, split: str | None = None, **_):
     """BAID in the CLIP-LIT (resize_input/resize_gt, BAID_380/resize_input) or RAVE (train/backlit, train/well-lit) layout."""
     recs: list[dict] = []
     dropped: list[str] = []
-    candidates = [("test", "test/resize_input", "test/resize_gt"), ("test", "test/input", "test/gt"),
-                  ("train", "train/backlit", "train/well-lit"), ("train", "train/input", "train/gt"),
-                  ("train", "BAID_380/resize_input", None), ("train", "resize_input", "resize_gt")]
+    candidates = [
+        ("test", "test/resize_input", "test/resize_gt"),
+        ("test", "test/input", "test/gt"),
+        ("train", "train/backlit", "train/well-lit"),
+        ("train", "train/input", "train/gt"),
+        ("train", "BAID_380/resize_input", None),
+        ("train", "resize_input", "resize_gt"),
+    ]
     for sp, inp, gt in candidates:
         if not (root / inp).is_dir():
             continue
         gts = _images_in(root / gt) if gt and (root / gt).is_dir() else []
         for src, gt_path, stem in _pairs_by_stem(_images_in(root / inp), gts, dropped):
             if gt and (root / gt).is_dir() and gt_path is None:
-                raise ManifestError(f"BAID: {src} has no ground truth with stem {stem!r} in {root / gt} (broken pair). "
-                                    "Fix: restore the GT file or remove the input.")
-            recs.append({"path": _rel(src, root), "role": "backlit", "split": split or sp, "group": stem,
-                         "pair_id": f"baid:{stem}", "gt": _rel(gt_path, root) if gt_path else None,
-                         "source": "BAID", "license": "research-only"})
+                raise ManifestError(
+                    f"BAID: {src} has no ground truth with stem {stem!r} in {root / gt} (broken pair). "
+                    "Fix: restore the GT file or remove the input."
+                )
+            recs.append(
+                {
+                    "path": _rel(src, root),
+                    "role": "backlit",
+                    "split": split or sp,
+                    "group": stem,
+                    "pair_id": f"baid:{stem}",
+                    "gt": _rel(gt_path, root) if gt_path else None,
+                    "source": "BAID",
+                    "license": "research-only",
+                }
+            )
             if gt_path is not None and sp == "train":
-                recs.append({"path": _rel(gt_path, root), "role": "welllit", "split": split or sp, "group": stem,
-                             "pair_id": f"baid:{stem}", "source": "BAID", "license": "research-only"})
+                recs.append(
+                    {
+                        "path": _rel(gt_path, root),
+                        "role": "welllit",
+                        "split": split or sp,
+                        "group": stem,
+                        "pair_id": f"baid:{stem}",
+                        "source": "BAID",
+                        "license": "research-only",
+                    }
+                )
     return recs, {"dropped_duplicates": dropped}
 
 
-@register_layout('lol', 'ROOT/our485/{low,high}/N.png and ROOT/eval15/{low,high}/N.png')
+@register_layout("lol", "ROOT/our485/{low,high}/N.png and ROOT/eval15/{low,high}/N.png")
 def _gen_lol(root: Path, **_):
     recs = []
     for sub, sp in (("our485", "train"), ("eval15", "test")):
@@ -137,13 +173,33 @@ def _gen_lol(root: Path, **_):
             if not high.exists():
                 raise ManifestError(f"LOL: {low} has no partner {high} (broken pair).")
             pid = f"lol:{sub}/{low.stem}"
-            recs.append({"path": _rel(low, root), "role": "lowlight", "split": sp, "group": pid, "pair_id": pid,
-                         "gt": _rel(high, root), "source": "LOL"})
-            recs.append({"path": _rel(high, root), "role": "welllit", "split": sp, "group": pid, "pair_id": pid, "source": "LOL"})
+            recs.append(
+                {
+                    "path": _rel(low, root),
+                    "role": "lowlight",
+                    "split": sp,
+                    "group": pid,
+                    "pair_id": pid,
+                    "gt": _rel(high, root),
+                    "source": "LOL",
+                }
+            )
+            recs.append(
+                {
+                    "path": _rel(high, root),
+                    "role": "welllit",
+                    "split": sp,
+                    "group": pid,
+                    "pair_id": pid,
+                    "source": "LOL",
+                }
+            )
     return recs, {}
 
 
-@register_layout('lolv2', 'ROOT/{Real_captured,Synthetic}/{Train,Test}/{Low,Normal}/ (lowNNNNN.png <-> normalNNNNN.png)')
+@register_layout(
+    "lolv2", "ROOT/{Real_captured,Synthetic}/{Train,Test}/{Low,Normal}/ (lowNNNNN.png <-> normalNNNNN.png)"
+)
 def _gen_lolv2(root: Path, **_):
     recs = []
     for subset in ("Real_captured", "Synthetic"):
@@ -157,14 +213,31 @@ def _gen_lolv2(root: Path, **_):
                 if not high.exists():
                     raise ManifestError(f"LOL-v2: {low} has no partner {high} (broken pair).")
                 pid = f"lolv2:{subset}/{sp}/{low.stem}"
-                recs.append({"path": _rel(low, root), "role": "lowlight", "split": sp.lower(), "group": pid, "pair_id": pid,
-                             "gt": _rel(high, root), "source": f"LOL-v2 {subset}"})
-                recs.append({"path": _rel(high, root), "role": "welllit", "split": sp.lower(), "group": pid, "pair_id": pid,
-                             "source": f"LOL-v2 {subset}"})
+                recs.append(
+                    {
+                        "path": _rel(low, root),
+                        "role": "lowlight",
+                        "split": sp.lower(),
+                        "group": pid,
+                        "pair_id": pid,
+                        "gt": _rel(high, root),
+                        "source": f"LOL-v2 {subset}",
+                    }
+                )
+                recs.append(
+                    {
+                        "path": _rel(high, root),
+                        "role": "welllit",
+                        "split": sp.lower(),
+                        "group": pid,
+                        "pair_id": pid,
+                        "source": f"LOL-v2 {subset}",
+                    }
+                )
     return recs, {}
 
 
-@register_layout('sice', 'ROOT/Dataset_PartN/<seq>/<k>.JPG with ROOT/Dataset_PartN/Label/<seq>.JPG')
+@register_layout("sice", "ROOT/Dataset_PartN/<seq>/<k>.JPG with ROOT/Dataset_PartN/Label/<seq>.JPG")
 def _gen_sice(root: Path, split: str = "train", **_):
     recs = []
     parts = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("Dataset_Part"))
@@ -178,12 +251,21 @@ def _gen_sice(root: Path, split: str = "train", **_):
                 raise ManifestError(f"SICE: sequence {seq} has no label in {part / 'Label'} (broken pair).")
             pid = f"sice:{part.name}/{seq.name}"
             for frame in _images_in(seq):
-                recs.append({"path": _rel(frame, root), "role": "exposure-bracket", "split": split, "group": pid,
-                             "pair_id": pid, "gt": _rel(gt, root), "source": "SICE"})
+                recs.append(
+                    {
+                        "path": _rel(frame, root),
+                        "role": "exposure-bracket",
+                        "split": split,
+                        "group": pid,
+                        "pair_id": pid,
+                        "gt": _rel(gt, root),
+                        "source": "SICE",
+                    }
+                )
     return recs, {}
 
 
-@register_layout('fivek480', 'ROOT/{train,test}.txt, ROOT/input/JPG/480p/<name>.jpg, ROOT/expertC/JPG/480p/<name>.jpg')
+@register_layout("fivek480", "ROOT/{train,test}.txt, ROOT/input/JPG/480p/<name>.jpg, ROOT/expertC/JPG/480p/<name>.jpg")
 def _gen_fivek480(root: Path, expert: str = "C", **_):
     recs = []
     for sp in ("train", "test"):
@@ -198,15 +280,27 @@ def _gen_fivek480(root: Path, expert: str = "C", **_):
             gt = root / f"expert{expert}" / "JPG" / "480p" / f"{stem}.jpg"
             if not gt.exists():
                 raise ManifestError(f"FiveK: {gt} (expert {expert} GT of {stem}) not found (broken pair).")
-            recs.append({"path": _rel(inp, root), "role": "input", "split": sp, "group": stem, "pair_id": f"fivek:{stem}",
-                         "gt": _rel(gt, root), "source": "MIT-Adobe FiveK 480p", "license": "research-only"})
+            recs.append(
+                {
+                    "path": _rel(inp, root),
+                    "role": "input",
+                    "split": sp,
+                    "group": stem,
+                    "pair_id": f"fivek:{stem}",
+                    "gt": _rel(gt, root),
+                    "source": "MIT-Adobe FiveK 480p",
+                    "license": "research-only",
+                }
+            )
     return recs, {}
 
 
 _AFIFI = re.compile(r"^(?P<name>.+)_(?P<ev>N1\.5|N1|0|P1|P1\.5)$")
 
 
-@register_layout('afifi', 'ROOT/{training,validation,testing}/INPUT_IMAGES/<name>_{N1.5,N1,0,P1,P1.5}.JPG with GT_IMAGES/<name>.jpg')
+@register_layout(
+    "afifi", "ROOT/{training,validation,testing}/INPUT_IMAGES/<name>_{N1.5,N1,0,P1,P1.5}.JPG with GT_IMAGES/<name>.jpg"
+)
 def _gen_afifi(root: Path, **_):
     recs = []
     for split_dir, sp in (("training", "train"), ("validation", "val"), ("testing", "test")):
@@ -225,9 +319,18 @@ def _gen_afifi(root: Path, **_):
                 raise ManifestError(f"Afifi: {p} has no GT {gt} (broken pair).")
             ev = m.group("ev")
             role = "underexposed" if ev.startswith("N") else "overexposed" if ev.startswith("P") else "exposure-0"
-            recs.append({"path": _rel(p, root), "role": role, "split": sp, "group": m.group("name"),
-                         "pair_id": f"afifi:{m.group('name')}", "gt": _rel(gt, root), "source": "Afifi exposure",
-                         "params": {"ev": ev}})
+            recs.append(
+                {
+                    "path": _rel(p, root),
+                    "role": role,
+                    "split": sp,
+                    "group": m.group("name"),
+                    "pair_id": f"afifi:{m.group('name')}",
+                    "gt": _rel(gt, root),
+                    "source": "Afifi exposure",
+                    "params": {"ev": ev},
+                }
+            )
     return recs, {}
 
 
@@ -235,7 +338,9 @@ DEMO_TEST_PHOTOS = ("coffee", "china.jpg")
 DEMO_BIAS_PHOTO = "chelsea"
 
 
-@register_layout('demo', '(no ROOT needed) the photos inside scikit-image and scikit-learn, plus Recipe-A backlit versions')
+@register_layout(
+    "demo", "(no ROOT needed) the photos inside scikit-image and scikit-learn, plus Recipe-A backlit versions"
+)
 def _gen_demo(root: Path, backlit_seeds: int = 4, bias_copies: int = 8, test_seeds: int = 2, **_):
     """The bundled demo: package photos, Recipe-A backlit versions, a planted content bias.
 
@@ -250,18 +355,43 @@ def _gen_demo(root: Path, backlit_seeds: int = 4, bias_copies: int = 8, test_see
         base = {"group": group, "source": photo.source, "license": photo.license}
         if name in DEMO_TEST_PHOTOS:
             for seed in range(100, 100 + test_seeds):
-                recs.append({"path": f"synth:A/{group}/s{seed}", "role": "backlit", "split": "test", "gt": photo.uri,
-                             "pair_id": f"{group}:s{seed}", "synth": {"recipe": "A", "source": photo.uri, "seed": seed}, **base})
+                recs.append(
+                    {
+                        "path": f"synth:A/{group}/s{seed}",
+                        "role": "backlit",
+                        "split": "test",
+                        "gt": photo.uri,
+                        "pair_id": f"{group}:s{seed}",
+                        "synth": {"recipe": "A", "source": photo.uri, "seed": seed},
+                        **base,
+                    }
+                )
             recs.append({"path": photo.uri, "role": "welllit", "split": "test", **base})
             continue
         recs.append({"path": photo.uri, "role": "welllit", "split": "train", **base})
         copies = bias_copies if group == DEMO_BIAS_PHOTO else 1
         for c in range(1, copies):
-            recs.append({"path": f"synth:crop/{group}/c{c}", "role": "welllit", "split": "train",
-                         "synth": {"recipe": "none", "source": photo.uri, "crop_seed": c}, **base})
+            recs.append(
+                {
+                    "path": f"synth:crop/{group}/c{c}",
+                    "role": "welllit",
+                    "split": "train",
+                    "synth": {"recipe": "none", "source": photo.uri, "crop_seed": c},
+                    **base,
+                }
+            )
         for seed in range(backlit_seeds):
-            recs.append({"path": f"synth:A/{group}/s{seed}", "role": "backlit", "split": "train", "gt": photo.uri,
-                         "pair_id": f"{group}:s{seed}", "synth": {"recipe": "A", "source": photo.uri, "seed": seed}, **base})
+            recs.append(
+                {
+                    "path": f"synth:A/{group}/s{seed}",
+                    "role": "backlit",
+                    "split": "train",
+                    "gt": photo.uri,
+                    "pair_id": f"{group}:s{seed}",
+                    "synth": {"recipe": "A", "source": photo.uri, "seed": seed},
+                    **base,
+                }
+            )
     return recs, {"bias_photo": DEMO_BIAS_PHOTO, "test_photos": list(DEMO_TEST_PHOTOS)}
 
 
@@ -276,7 +406,7 @@ def manifest(layout: str, root: str | os.PathLike, out: str | os.PathLike, **opt
     Returns the report: `files` ({"manifest": Path}), `count` and the layout's notes (e.g. dropped_duplicates)."""
     check_param("layout", layout, list_layouts(), "manifest")
     out = Path(out)
-    if layout == "webdataset":     # streams: millions of members never sit in memory as records
+    if layout == "webdataset":  # streams: millions of members never sit in memory as records
         out, report = webdataset_manifest(root, out, **opts)
     else:
         records, report = generate(layout, root, **opts)

@@ -11,6 +11,7 @@ Format (see data_manifests/README.md): an optional header line ``{"embedlab_mani
 ``{"recipe": "A", "source": "pkg:sklearn/china.jpg", "seed": 3}`` that is rendered deterministically into
 the cache on first use.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,9 +28,22 @@ from embedlab.datasets import photos
 from embedlab.errors import ManifestError
 
 FORMAT_VERSION = 1
-WDS_PREFIX = "wds:"         # a virtual entry: a member of a webdataset tar, "wds:TAR::MEMBER"
+WDS_PREFIX = "wds:"  # a virtual entry: a member of a webdataset tar, "wds:TAR::MEMBER"
 WDS_SEP = "::"
-RECORD_FIELDS = ("path", "role", "split", "group", "pair_id", "gt", "source", "license", "params", "synth", "tar", "meta")
+RECORD_FIELDS = (
+    "path",
+    "role",
+    "split",
+    "group",
+    "pair_id",
+    "gt",
+    "source",
+    "license",
+    "params",
+    "synth",
+    "tar",
+    "meta",
+)
 
 
 @dataclass
@@ -44,8 +58,8 @@ class ManifestEntry:
     license: str | None = None
     params: dict | None = None
     synth: dict | None = None
-    tar: dict | None = None      # webdataset member: {"file": tar path (like `path`), "member", "offset", "size"}
-    meta: dict | None = None     # per-image source metadata (img2dataset's url, caption, key, status, width, height)
+    tar: dict | None = None  # webdataset member: {"file": tar path (like `path`), "member", "offset", "size"}
+    meta: dict | None = None  # per-image source metadata (img2dataset's url, caption, key, status, width, height)
     line: int = 0
 
     def to_record(self) -> dict:
@@ -64,7 +78,7 @@ class Manifest:
     @property
     def root(self) -> Path:
         base = self.path.parent if self.path is not None else Path.cwd()
-        return (base / self.header.get("root", ".")).resolve()   # an absolute root replaces the base
+        return (base / self.header.get("root", ".")).resolve()  # an absolute root replaces the base
 
     @property
     def name(self) -> str:
@@ -100,8 +114,9 @@ class Manifest:
             wanted = " and ".join(f"{c}={v!r}" for c, v in sel.clauses)
             raise ManifestError(
                 f"No image in {self.path} has {wanted}. Roles present: {self.roles()}; splits: {splits}. Fix: pass one "
-                f"of those labels, or add records with those values (e.g. \"role\": \"{dict(sel.clauses).get('role', 'backlit')}\") "
-                "to the manifest.")
+                f'of those labels, or add records with those values (e.g. "role": "{dict(sel.clauses).get("role", "backlit")}") '
+                "to the manifest."
+            )
         return out
 
     def fingerprint(self) -> str:
@@ -116,7 +131,9 @@ def read_manifest(path: str | os.PathLike, check_files: bool = True) -> Manifest
     """Parse and validate a manifest. Raises ManifestError naming the line and the fix."""
     path = Path(path)
     if not path.exists():
-        raise ManifestError(f"Manifest {path} does not exist. Create one with `embedlab manifest LAYOUT ROOT --out {path}`.")
+        raise ManifestError(
+            f"Manifest {path} does not exist. Create one with `embedlab manifest LAYOUT ROOT --out {path}`."
+        )
     manifest = Manifest(path=path)
     seen: dict[str, int] = {}
     with open(path, encoding="utf-8") as fh:
@@ -147,39 +164,53 @@ def parse_line(path, lineno: int, raw: str, after_entries: bool = False):
     try:
         rec = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ManifestError(f"{path} line {lineno}: not valid JSON ({exc.msg}). Fix: one JSON object per line.") from None
+        raise ManifestError(
+            f"{path} line {lineno}: not valid JSON ({exc.msg}). Fix: one JSON object per line."
+        ) from None
     if not isinstance(rec, dict):
         raise ManifestError(f"{path} line {lineno}: expected a JSON object, got {type(rec).__name__}.")
     if "embedlab_manifest" in rec:
         if after_entries:
             raise ManifestError(f"{path} line {lineno}: the header must be the first record.")
         if rec["embedlab_manifest"] != FORMAT_VERSION:
-            raise ManifestError(f"{path} line {lineno}: unsupported manifest version {rec['embedlab_manifest']!r} (expected {FORMAT_VERSION}).")
+            raise ManifestError(
+                f"{path} line {lineno}: unsupported manifest version {rec['embedlab_manifest']!r} (expected {FORMAT_VERSION})."
+            )
         return rec
     unknown = set(rec) - set(RECORD_FIELDS)
     if unknown:
-        raise ManifestError(f"{path} line {lineno}: unknown field(s) {sorted(unknown)}. Allowed: {list(RECORD_FIELDS)}.")
+        raise ManifestError(
+            f"{path} line {lineno}: unknown field(s) {sorted(unknown)}. Allowed: {list(RECORD_FIELDS)}."
+        )
     for key in ("path", "role"):
         if not isinstance(rec.get(key), str) or not rec[key]:
-            raise ManifestError(f"{path} line {lineno}: missing \"{key}\" (a non-empty string). Every record needs path and role.")
+            raise ManifestError(
+                f'{path} line {lineno}: missing "{key}" (a non-empty string). Every record needs path and role.'
+            )
     entry = ManifestEntry(line=lineno, **{k: rec[k] for k in rec})
     entry.split = entry.split or "train"
     if entry.path.startswith("synth:") and not isinstance(entry.synth, dict):
-        raise ManifestError(f"{path} line {lineno}: virtual path {entry.path!r} needs a \"synth\" object "
-                            "like {\"recipe\": \"A\", \"source\": \"pkg:skimage/astronaut\", \"seed\": 0}.")
+        raise ManifestError(
+            f'{path} line {lineno}: virtual path {entry.path!r} needs a "synth" object '
+            'like {"recipe": "A", "source": "pkg:skimage/astronaut", "seed": 0}.'
+        )
     return entry
 
 
 def _duplicate(path, lineno: int, value: str, first: int) -> ManifestError:
-    return ManifestError(f"{path} line {lineno}: duplicate path {value!r} (first on line {first}). "
-                         "Fix: list each image once; use \"group\" to tie variants of one scene together.")
+    return ManifestError(
+        f"{path} line {lineno}: duplicate path {value!r} (first on line {first}). "
+        'Fix: list each image once; use "group" to tie variants of one scene together.'
+    )
 
 
 def validate_files(manifest: Manifest) -> None:
     """Check that the root exists and that every plain path and ground truth exists."""
     if not all(is_virtual(e.path) or os.path.isabs(e.path) for e in manifest.entries) and not manifest.root.is_dir():
-        raise ManifestError(f"{manifest.path}: root folder {manifest.root} does not exist. Fix: set \"root\" in the header "
-                            "line to the dataset folder (relative to the manifest's folder), or move the manifest.")
+        raise ManifestError(
+            f'{manifest.path}: root folder {manifest.root} does not exist. Fix: set "root" in the header '
+            "line to the dataset folder (relative to the manifest's folder), or move the manifest."
+        )
     missing = []
     for e in manifest.entries:
         for key in ("path", "gt"):
@@ -195,8 +226,9 @@ def validate_files(manifest: Manifest) -> None:
             missing.append(f"{manifest.path}: webdataset shard {display_path(manifest.resolve(tar))} not found")
     if missing:
         more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-        raise ManifestError("; ".join(missing[:5]) + more + ". Fix: correct the paths or the header's \"root\", "
-                            "or drop those records.")
+        raise ManifestError(
+            "; ".join(missing[:5]) + more + '. Fix: correct the paths or the header\'s "root", or drop those records.'
+        )
 
 
 def write_manifest(path: str | os.PathLike, records: Iterable[dict], header: dict | None = None) -> Path:
@@ -243,7 +275,7 @@ def seeded_crop(u8: np.ndarray, seed: int, min_frac: float = 0.75) -> np.ndarray
     fh, fw = rng.uniform(min_frac, 1.0), rng.uniform(min_frac, 1.0)
     ch, cw = max(8, int(h * fh)), max(8, int(w * fw))
     y0, x0 = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-    out = u8[y0:y0 + ch, x0:x0 + cw]
+    out = u8[y0 : y0 + ch, x0 : x0 + cw]
     if rng.random() < 0.5:
         out = out[:, ::-1]
     return np.ascontiguousarray(out)
@@ -270,7 +302,7 @@ class LazyEntries:
 
     def __init__(self, path: Path, offsets: np.ndarray, lines: np.ndarray, stat: tuple | None = None):
         self.path, self.offsets, self.lines = Path(path), offsets, lines
-        self.stat = stat            # (host, st_dev, st_ino, st_size, st_mtime_ns) at scan time: offsets are only valid then
+        self.stat = stat  # (host, st_dev, st_ino, st_size, st_mtime_ns) at scan time: offsets are only valid then
         self._fh = self._lock = self._pid = None
 
     def __len__(self) -> int:
@@ -283,8 +315,10 @@ class LazyEntries:
             fh = open(self.path, "rb")
             if self.stat is not None and not stamp_matches(self.stat, fh.fileno()):
                 fh.close()
-                raise ManifestError(f"Manifest {self.path} changed (or was replaced) after it was read; its line offsets "
-                                    "no longer hold. Fix: do not edit a manifest while an extract uses it; rerun.")
+                raise ManifestError(
+                    f"Manifest {self.path} changed (or was replaced) after it was read; its line offsets "
+                    "no longer hold. Fix: do not edit a manifest while an extract uses it; rerun."
+                )
             self._fh, self._lock, self._pid = fh, threading.Lock(), os.getpid()
         return self._fh, self._lock
 
@@ -302,8 +336,15 @@ class LazyEntries:
             yield self[i]
 
     def __getstate__(self):
-        return {"path": self.path, "offsets": self.offsets, "lines": self.lines, "stat": self.stat, "_fh": None,
-                "_lock": None, "_pid": None}
+        return {
+            "path": self.path,
+            "offsets": self.offsets,
+            "lines": self.lines,
+            "stat": self.stat,
+            "_fh": None,
+            "_lock": None,
+            "_pid": None,
+        }
 
 
 def file_stamp(fd: int) -> tuple:
@@ -325,24 +366,27 @@ def stamp_matches(stamp: tuple, fd: int) -> bool:
 class ManifestScan:
     """What one streaming pass over a manifest yields (see `scan_manifest`)."""
 
-    manifest: Manifest            # entries: a LazyEntries of the selected records
-    fingerprint: str              # Manifest.fingerprint() of the whole manifest
-    input_hash: str               # the same hash over the selected records only
+    manifest: Manifest  # entries: a LazyEntries of the selected records
+    fingerprint: str  # Manifest.fingerprint() of the whole manifest
+    input_hash: str  # the same hash over the selected records only
     roles: dict
-    with_meta: int                # selected records that carry source metadata (webdataset .json)
+    with_meta: int  # selected records that carry source metadata (webdataset .json)
 
 
-def scan_manifest(path: str | os.PathLike, roles: list[str] | None = None, check_files: bool = True,
-                  chunk: int = 4096) -> ManifestScan:
+def scan_manifest(
+    path: str | os.PathLike, roles: list[str] | None = None, check_files: bool = True, chunk: int = 4096
+) -> ManifestScan:
     """Validate a manifest like `read_manifest` in one streaming pass, keeping only the byte offsets of the records
     whose role is in `roles` (all when None), and the hashes a run's identity needs."""
     path = Path(path)
     if not path.exists():
-        raise ManifestError(f"Manifest {path} does not exist. Create one with `embedlab manifest LAYOUT ROOT --out {path}`.")
+        raise ManifestError(
+            f"Manifest {path} does not exist. Create one with `embedlab manifest LAYOUT ROOT --out {path}`."
+        )
     from array import array
 
     man = Manifest(path=path)
-    offsets, lines, keys = array("q"), array("i"), array("q")       # 20 bytes per line while scanning
+    offsets, lines, keys = array("q"), array("i"), array("q")  # 20 bytes per line while scanning
     whole, chosen, counts, pending, with_meta = hashlib.sha256(), hashlib.sha256(), {}, [], 0
     with open(path, "rb") as fh:
         stamp = file_stamp(fh.fileno())
@@ -356,7 +400,7 @@ def scan_manifest(path: str | os.PathLike, roles: list[str] | None = None, check
                 blob = json.dumps(item.to_record(), sort_keys=True).encode("utf-8", "surrogateescape")
                 whole.update(blob)
                 counts[item.role] = counts.get(item.role, 0) + 1
-                keys.append(hash(item.path))                          # 64-bit, per process
+                keys.append(hash(item.path))  # 64-bit, per process
                 if not roles or item.role in roles:
                     chosen.update(blob)
                     offsets.append(at)
@@ -373,8 +417,9 @@ def scan_manifest(path: str | os.PathLike, roles: list[str] | None = None, check
     if check_files and pending:
         validate_files(Manifest(path, man.header, pending))
     _check_duplicates(path, np.frombuffer(keys, dtype=np.int64))
-    man.entries = LazyEntries(path, np.frombuffer(offsets, dtype=np.int64).copy(), np.frombuffer(lines, dtype=np.int32).copy(),
-                              stamp)
+    man.entries = LazyEntries(
+        path, np.frombuffer(offsets, dtype=np.int64).copy(), np.frombuffer(lines, dtype=np.int32).copy(), stamp
+    )
     return ManifestScan(man, whole.hexdigest(), chosen.hexdigest(), counts, with_meta)
 
 

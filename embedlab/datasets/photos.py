@@ -4,6 +4,7 @@
 `pkg:sklearn/<file>` loads one of scikit-learn's sample images. Debian wallpaper photos are used when
 installed (never required): `deb:<absolute path>`.
 """
+
 from __future__ import annotations
 
 import glob
@@ -20,27 +21,46 @@ class PackagePhoto:
     uri: str
     license: str
     source: str
-    objects: tuple[str, ...]   # object tags for the demo caption grammar
-    scene: str                 # a short description for reports
+    objects: tuple[str, ...]  # object tags for the demo caption grammar
+    scene: str  # a short description for reports
 
 
 SKIMAGE_PHOTOS = {
-    "astronaut": PackagePhoto("pkg:skimage/astronaut", "public domain (NASA)", "scikit-image",
-                              ("astronaut", "person", "flag"), "portrait of an astronaut with a flag"),
-    "chelsea": PackagePhoto("pkg:skimage/chelsea", "CC0 (Stefan van der Walt)", "scikit-image",
-                            ("cat",), "a tabby cat"),
-    "coffee": PackagePhoto("pkg:skimage/coffee", "CC0 (Rachel Michetti)", "scikit-image",
-                           ("coffee", "cup"), "a cup of coffee on a saucer"),
-    "rocket": PackagePhoto("pkg:skimage/rocket", "public domain (SpaceX)", "scikit-image",
-                           ("rocket",), "a rocket launch at night"),
-    "motorcycle": PackagePhoto("pkg:skimage/motorcycle", "Middlebury stereo set (no license stated)", "scikit-image",
-                               ("motorcycle",), "a motorcycle in a workshop"),
+    "astronaut": PackagePhoto(
+        "pkg:skimage/astronaut",
+        "public domain (NASA)",
+        "scikit-image",
+        ("astronaut", "person", "flag"),
+        "portrait of an astronaut with a flag",
+    ),
+    "chelsea": PackagePhoto(
+        "pkg:skimage/chelsea", "CC0 (Stefan van der Walt)", "scikit-image", ("cat",), "a tabby cat"
+    ),
+    "coffee": PackagePhoto(
+        "pkg:skimage/coffee", "CC0 (Rachel Michetti)", "scikit-image", ("coffee", "cup"), "a cup of coffee on a saucer"
+    ),
+    "rocket": PackagePhoto(
+        "pkg:skimage/rocket", "public domain (SpaceX)", "scikit-image", ("rocket",), "a rocket launch at night"
+    ),
+    "motorcycle": PackagePhoto(
+        "pkg:skimage/motorcycle",
+        "Middlebury stereo set (no license stated)",
+        "scikit-image",
+        ("motorcycle",),
+        "a motorcycle in a workshop",
+    ),
 }
 SKLEARN_PHOTOS = {
-    "china.jpg": PackagePhoto("pkg:sklearn/china.jpg", "CC-BY 2.0", "scikit-learn", ("temple", "tree"),
-                              "a Chinese temple among trees under a bright sky"),
-    "flower.jpg": PackagePhoto("pkg:sklearn/flower.jpg", "CC-BY 2.0", "scikit-learn", ("flower",),
-                               "a flower against a dark background"),
+    "china.jpg": PackagePhoto(
+        "pkg:sklearn/china.jpg",
+        "CC-BY 2.0",
+        "scikit-learn",
+        ("temple", "tree"),
+        "a Chinese temple among trees under a bright sky",
+    ),
+    "flower.jpg": PackagePhoto(
+        "pkg:sklearn/flower.jpg", "CC-BY 2.0", "scikit-learn", ("flower",), "a flower against a dark background"
+    ),
 }
 DEBIAN_GLOBS = ("/usr/share/backgrounds/*.jpg", "/usr/share/backgrounds/mate/nature/*.jpg")
 

@@ -5,6 +5,7 @@ Syntax: a set label (``backlit``, meaning ``role=backlit``), ``COLUMN=VALUE`` (`
 joined by commas, all of which must hold (``role=backlit,split=train``). `split_spec` reads the
 ``PATH[:SELECTOR]`` form the training commands take.
 """
+
 from __future__ import annotations
 
 import os
@@ -57,7 +58,9 @@ class Selector:
         mask = np.ones(len(metadata), bool)
         for column, value in self.clauses:
             if column not in metadata.columns:
-                raise ConfigError(f"{where} has no metadata column {column!r}. Columns: {', '.join(map(str, metadata.columns))}.")
+                raise ConfigError(
+                    f"{where} has no metadata column {column!r}. Columns: {', '.join(map(str, metadata.columns))}."
+                )
             part = column_equals(metadata[column], value)
             if not part.any():
                 present = sorted(map(str, pd.Series(metadata[column]).dropna().unique()))[:20]
@@ -69,6 +72,7 @@ class Selector:
 
     def filter(self, entries: Iterable, where: str = "the manifest") -> list:
         """The entries (objects with attributes, or dicts) matching every clause; [] when none match."""
+
         def get(e, column):
             return e.get(column) if isinstance(e, dict) else getattr(e, column, None)
 

@@ -5,6 +5,7 @@ glare, shadow desaturation, Poisson-Gaussian noise and highlight clipping. For t
 it returns the same array as the reference sketch; the random draws happen in the sketch's order.
 Recipe B: a radial light source behind and above the scene. Recipe C: a global exposure shift (controls).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -87,7 +88,7 @@ def add_veiling_glare(x: np.ndarray, m: np.ndarray, rng: np.random.Generator) ->
     strength, the radius and the tint from `rng`, in that order."""
     h, w = m.shape
     m_blur = ndi.gaussian_filter(m, 0.05 * max(h, w))
-    m_blur[int(0.6 * h):] = 0
+    m_blur[int(0.6 * h) :] = 0
     ys, xs = np.unravel_index(m_blur.argmax(), m_blur.shape)
     yy, xx = np.mgrid[0:h, 0:w]
     d2 = ((yy - ys) ** 2 + (xx - xs) ** 2) / max(h, w) ** 2
@@ -95,10 +96,15 @@ def add_veiling_glare(x: np.ndarray, m: np.ndarray, rng: np.random.Generator) ->
     rho = rng.uniform(0.15, 0.35)
     tint = [1, rng.uniform(0.85, 1), rng.uniform(0.65, 0.95)]
     x = x + (glare * np.exp(-d2 / (2 * rho**2)))[..., None] * tint + 0.02 * glare
-    return x, {"glare": glare, "glare_radius": rho, "glare_tint": [float(t) for t in tint], "light_yx": [int(ys), int(xs)]}
+    return x, {
+        "glare": glare,
+        "glare_radius": rho,
+        "glare_tint": [float(t) for t in tint],
+        "light_yx": [int(ys), int(xs)],
+    }
 
 
-RECIPE_A_STEPS = ("desaturation", "glare", "noise")   # the steps after the dual exposure that `omit` may leave out
+RECIPE_A_STEPS = ("desaturation", "glare", "noise")  # the steps after the dual exposure that `omit` may leave out
 
 
 def recipe_a(u8: np.ndarray, seed: int = 0, omit: tuple[str, ...] = ()) -> Synthesis:
@@ -150,8 +156,16 @@ def recipe_b(u8: np.ndarray, seed: int = 0) -> Synthesis:
     x = srgb_to_linear(img) * (2.0 ** (ev_fg + (ev_bg - ev_fg) * f))[..., None]
     x = x + glow * (f**3)[..., None] * np.array([1, 0.93, 0.8])
     out = (linear_to_srgb(x) * 255 + 0.5).astype(np.uint8)
-    params = {"recipe": "B", "seed": int(seed), "light_y": ys / h, "light_x": xs / w, "spread": s,
-              "ev_fg": ev_fg, "ev_bg": ev_bg, "glow": glow}
+    params = {
+        "recipe": "B",
+        "seed": int(seed),
+        "light_y": ys / h,
+        "light_x": xs / w,
+        "spread": s,
+        "ev_fg": ev_fg,
+        "ev_bg": ev_bg,
+        "glow": glow,
+    }
     return Synthesis(out, f, _floats(params))
 
 
@@ -171,9 +185,11 @@ def afifi_suffix(ev: float) -> str:
     return ("N" if ev < 0 else "P") + mag
 
 
-RECIPES = {"A": "backlight: a darkened subject against a bright background, via a background mask",
-           "B": "radial light: a bright source falling off across the frame",
-           "C": "global exposure error (over- and under-exposed copies at fixed EVs)"}
+RECIPES = {
+    "A": "backlight: a darkened subject against a bright background, via a background mask",
+    "B": "radial light: a bright source falling off across the frame",
+    "C": "global exposure error (over- and under-exposed copies at fixed EVs)",
+}
 
 
 def render(u8: np.ndarray, recipe: str, seed: int = 0, ev: float | None = None) -> Synthesis:

@@ -1,5 +1,6 @@
 """`embedlab synth-backlit`: writes paired synthetic sets (Recipe A, B or C; the recipes themselves are in
 synth.py) with recorded seeds and a manifest."""
+
 from __future__ import annotations
 
 import os
@@ -11,9 +12,17 @@ from embedlab.datasets import photos, synth
 from embedlab.errors import ConfigError
 
 
-def synth_backlit(src: list[str] | str, out: str | os.PathLike, *, recipe: str = "A", seeds: int = 1,
-                  first_seed: int = 0, evs: tuple[float, ...] = (-1.5, -1.0, 1.0, 1.5), split: str = "train",
-                  progress: bool = True) -> dict:
+def synth_backlit(
+    src: list[str] | str,
+    out: str | os.PathLike,
+    *,
+    recipe: str = "A",
+    seeds: int = 1,
+    first_seed: int = 0,
+    evs: tuple[float, ...] = (-1.5, -1.0, 1.0, 1.5),
+    split: str = "train",
+    progress: bool = True,
+) -> dict:
     """Render synthetic versions of photos (files, folders, or 'pkg' for the package photos) into `out`, with
     `out/manifest.jsonl` pairing each rendered image (role backlit / underexposed / overexposed) with its original
     (role welllit) and `out/params.json` recording every seed and drawn parameter."""
@@ -31,13 +40,19 @@ def synth_backlit(src: list[str] | str, out: str | os.PathLike, *, recipe: str =
         elif Path(s).is_dir():
             sources += [(str(f.resolve()), f.stem) for f in list_images(s)]
         elif Path(s).exists() or s.startswith("pkg:"):
-            sources.append((str(Path(s).resolve()) if not s.startswith("pkg:") else s, Path(s).stem if not s.startswith("pkg:") else s.split("/")[-1].split(".")[0]))
+            sources.append(
+                (
+                    str(Path(s).resolve()) if not s.startswith("pkg:") else s,
+                    Path(s).stem if not s.startswith("pkg:") else s.split("/")[-1].split(".")[0],
+                )
+            )
         else:
             raise ConfigError(f"Source {s} not found (pass files, folders, or 'pkg' for the package photos).")
     if not sources:
         raise ConfigError("synth-backlit found no source images.")
-    recipe = check_param("recipe", recipe.upper() if isinstance(recipe, str) else recipe, tuple(synth.RECIPES),
-                         "synth_backlit")
+    recipe = check_param(
+        "recipe", recipe.upper() if isinstance(recipe, str) else recipe, tuple(synth.RECIPES), "synth_backlit"
+    )
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "originals").mkdir(parents=True, exist_ok=True)
@@ -46,19 +61,36 @@ def synth_backlit(src: list[str] | str, out: str | os.PathLike, *, recipe: str =
         base = photos.load_photo(uri) if uri.startswith("pkg:") else load_rgb(uri)
         orig = out / "originals" / f"{stem}.png"
         Image.fromarray(base).save(orig)
-        records.append({"path": f"originals/{stem}.png", "role": "welllit", "split": split, "group": stem, "source": uri})
-        variants = [("A" if recipe == "A" else "B", s, None) for s in range(first_seed, first_seed + seeds)] if recipe != "C" \
+        records.append(
+            {"path": f"originals/{stem}.png", "role": "welllit", "split": split, "group": stem, "source": uri}
+        )
+        variants = (
+            [("A" if recipe == "A" else "B", s, None) for s in range(first_seed, first_seed + seeds)]
+            if recipe != "C"
             else [("C", 0, ev) for ev in evs]
+        )
         for rec, seed, ev in variants:
             result = synth.render(base, rec, seed, ev)
             name = f"{stem}_{rec}{seed}.png" if rec != "C" else f"{stem}_{synth.afifi_suffix(ev)}.png"
             Image.fromarray(result.image).save(out / "images" / name)
             role = "backlit" if rec != "C" else ("underexposed" if ev < 0 else "overexposed")
-            records.append({"path": f"images/{name}", "role": role, "split": split, "group": stem,
-                            "pair_id": f"{stem}:{Path(name).stem}", "gt": f"originals/{stem}.png",
-                            "source": f"synthetic-{rec}", "params": result.params})
+            records.append(
+                {
+                    "path": f"images/{name}",
+                    "role": role,
+                    "split": split,
+                    "group": stem,
+                    "pair_id": f"{stem}:{Path(name).stem}",
+                    "gt": f"originals/{stem}.png",
+                    "source": f"synthetic-{rec}",
+                    "params": result.params,
+                }
+            )
             params.append({"file": name, "source": uri, **result.params})
     write_manifest(out / "manifest.jsonl", records, {"name": "synth-" + recipe, "root": "."})
     atomic_write_json(out / "params.json", params)
-    return {"out": str(out), "images": len(params),
-            "files": {"manifest": str(out / "manifest.jsonl"), "params": str(out / "params.json")}}
+    return {
+        "out": str(out),
+        "images": len(params),
+        "files": {"manifest": str(out / "manifest.jsonl"), "params": str(out / "params.json")},
+    }

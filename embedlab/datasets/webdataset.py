@@ -1,4 +1,5 @@
 """webdataset: split from manifests.py."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,10 @@ def webdataset_tars(spec: str | os.PathLike) -> tuple[Path, list[Path]]:
         tars = sorted(Path(p) for p in glob.glob(text) if p.endswith(".tar") and os.path.isfile(p))
         root = Path(os.path.commonpath([str(p.parent) for p in tars])) if tars else Path(os.path.dirname(text) or ".")
     if not tars:
-        raise ManifestError(f"No .tar shard found at {display_path(text)}. Fix: pass the folder that holds the "
-                            "webdataset shards (00000.tar, ...) or a glob such as 'shards/*.tar'.")
+        raise ManifestError(
+            f"No .tar shard found at {display_path(text)}. Fix: pass the folder that holds the "
+            "webdataset shards (00000.tar, ...) or a glob such as 'shards/*.tar'."
+        )
     return root, tars
 
 
@@ -60,7 +63,7 @@ def scan_tar(tar_path: Path, notes: list[str]):
                 if ext in ("json", "txt") and info.size <= _SIDECAR_MAX_BYTES:
                     side = tf.extractfile(info).read()
                 parts[ext] = (info.name, info.offset_data, info.size, side)
-                tf.members = []          # tarfile keeps every member it has seen; a stream must not
+                tf.members = []  # tarfile keeps every member it has seen; a stream must not
     except (tarfile.TarError, OSError, EOFError) as exc:
         notes.append(f"{display_path(str(tar_path))}: damaged after the samples read so far ({exc})")
     if parts:
@@ -95,30 +98,43 @@ def iter_webdataset_records(spec, role: str = "welllit", split: str = "train", s
                     notes.append(f"{display_path(rel)}: sample {display_path(key)!r} has no image member")
                     continue
                 member, offset, size, _ = parts[image_ext]
-                yield {"path": f"{WDS_PREFIX}{rel}{WDS_SEP}{member}", "role": role, "split": split, "group": key,
-                       "source": source or root.name, "meta": _wds_meta(parts),
-                       "tar": {"file": rel, "member": member, "offset": offset, "size": size}}
+                yield {
+                    "path": f"{WDS_PREFIX}{rel}{WDS_SEP}{member}",
+                    "role": role,
+                    "split": split,
+                    "group": key,
+                    "source": source or root.name,
+                    "meta": _wds_meta(parts),
+                    "tar": {"file": rel, "member": member, "offset": offset, "size": size},
+                }
+
     return root, records(), notes
 
 
-def webdataset_manifest(spec, out: Path, role: str = "welllit", split: str | None = None, source: str | None = None,
-                        **_) -> tuple[Path, dict]:
+def webdataset_manifest(
+    spec, out: Path, role: str = "welllit", split: str | None = None, source: str | None = None, **_
+) -> tuple[Path, dict]:
     """Write a manifest for webdataset tar shards, one line at a time (the records are never all in memory)."""
     root, records, notes = iter_webdataset_records(spec, role=role, split=split or "train", source=source)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    header = {"embedlab_manifest": FORMAT_VERSION, "name": out.stem, "layout": "webdataset",
-              "root": os.path.relpath(root.resolve(), out.resolve().parent)}
+    header = {
+        "embedlab_manifest": FORMAT_VERSION,
+        "name": out.stem,
+        "layout": "webdataset",
+        "root": os.path.relpath(root.resolve(), out.resolve().parent),
+    }
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     count = 0
-    with open(tmp, "w", encoding="ascii") as fh:            # json.dumps escapes every non-ASCII character
+    with open(tmp, "w", encoding="ascii") as fh:  # json.dumps escapes every non-ASCII character
         fh.write(json.dumps(header) + "\n")
         for rec in records:
             fh.write(json.dumps({k: v for k, v in rec.items() if v is not None}) + "\n")
             count += 1
     if not count:
         tmp.unlink()
-        raise ManifestError(f"No image member in the tar shards at {display_path(os.fspath(spec))}. "
-                            f"Fix: check the shards ({WDS_HELP}).")
+        raise ManifestError(
+            f"No image member in the tar shards at {display_path(os.fspath(spec))}. Fix: check the shards ({WDS_HELP})."
+        )
     os.replace(tmp, out)
     return out, {"count": count, "notes": notes}

@@ -10,6 +10,7 @@ a positive for it, so the many images that share a caption are not pushed apart.
 open_clip state dict (safetensors) for the registered config `embedlab-demo`, loadable with
 `--model embedlab-demo --pretrained PATH`; its vocabulary ships beside it as PATH.vocab.txt.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -54,7 +55,7 @@ class DemoRecipe:
     render_seeds: int = 12
     image_size: int = 64
     photos: tuple = field(default_factory=tuple)
-    variants: str = "spatial"     # "spatial" (v2: see render_condition) or "global" (the v1 lighting variants)
+    variants: str = "spatial"  # "spatial" (v2: see render_condition) or "global" (the v1 lighting variants)
     # v3: every training crop's colour saturation is scaled by a factor drawn from this range ((1, 1) turns it off:
     # v2). Without it the backlit -> well-lit residual rewards saturation (Recipe A desaturates the subject), which
     # the paper's enhancer cannot change (one gain per pixel keeps each pixel's chromaticity): see saturate().
@@ -100,7 +101,9 @@ def _load_base(uri: str, short_side: int) -> np.ndarray:
     arr = photos.load_photo(uri) if uri.startswith("pkg:") else np.asarray(Image.open(uri[4:]).convert("RGB"))
     img = Image.fromarray(arr)
     scale = short_side / min(img.size)
-    img = img.resize((max(short_side, round(img.width * scale)), max(short_side, round(img.height * scale))), Image.BICUBIC)
+    img = img.resize(
+        (max(short_side, round(img.width * scale)), max(short_side, round(img.height * scale))), Image.BICUBIC
+    )
     return np.asarray(img, dtype=np.uint8)
 
 
@@ -116,9 +119,14 @@ def render_spatial(base: np.ndarray, seed: int, ev_fg: tuple, ev_bg: tuple, glar
     return (synth.linear_to_srgb(x) * 255 + 0.5).astype(np.uint8)
 
 
-def render_condition(base: np.ndarray, cls: str, seed: int, variants: str = "spatial",
-                     welllit_background_ev: tuple = DemoRecipe.welllit_background_ev,
-                     welllit_glare: bool = DemoRecipe.welllit_glare) -> np.ndarray:
+def render_condition(
+    base: np.ndarray,
+    cls: str,
+    seed: int,
+    variants: str = "spatial",
+    welllit_background_ev: tuple = DemoRecipe.welllit_background_ev,
+    welllit_glare: bool = DemoRecipe.welllit_glare,
+) -> np.ndarray:
     """One lighting variant of a base photo.
 
     "global" (v1): well-lit = +-0.3 EV; backlit alternates Recipe A (even seeds) and B (odd seeds).
@@ -151,8 +159,15 @@ def render_pool(recipe: DemoRecipe, seeds: range) -> list[tuple[np.ndarray, str,
         base = _load_base(uri, recipe.base_short_side)
         for cls in CLASSES:
             for seed in seeds:
-                pool.append((render_condition(base, cls, seed, recipe.variants, recipe.welllit_background_ev,
-                                              recipe.welllit_glare), cls, uri))
+                pool.append(
+                    (
+                        render_condition(
+                            base, cls, seed, recipe.variants, recipe.welllit_background_ev, recipe.welllit_glare
+                        ),
+                        cls,
+                        uri,
+                    )
+                )
     return pool
 
 
@@ -163,7 +178,7 @@ def _random_crop(img: np.ndarray, size: int, rng: np.random.Generator):
     frac = rng.uniform(0.6, 1.0)
     ch, cw = max(8, int(min(h, w) * frac)), max(8, int(min(h, w) * frac))
     y0, x0 = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-    crop = Image.fromarray(img[y0:y0 + ch, x0:x0 + cw]).resize((size, size), Image.BICUBIC)
+    crop = Image.fromarray(img[y0 : y0 + ch, x0 : x0 + cw]).resize((size, size), Image.BICUBIC)
     arr = np.asarray(crop)
     return arr[:, ::-1] if rng.random() < 0.5 else arr
 
@@ -230,11 +245,20 @@ def train_demo_clip(recipe: DemoRecipe, out_dir: Path, device: str = "auto", pro
         bar.close()
     model.eval()
     ckpt = _save_checkpoint(model, out_dir)
-    meta = {"model": MODEL_NAME, "checkpoint": str(ckpt), "recipe": asdict(recipe), "recipe_key": recipe.key(),
-            "label": "embedlab demo model: trained offline on package photos; not a general-purpose CLIP",
-            "train_seconds": round(time.perf_counter() - t0, 1), "render_seconds": round(t_render, 1),
-            "device": str(dev), "final_loss": float(np.mean(losses[-20:])), "loss_curve": losses[::10],
-            "torch_version": torch.__version__, "threads": torch.get_num_threads()}
+    meta = {
+        "model": MODEL_NAME,
+        "checkpoint": str(ckpt),
+        "recipe": asdict(recipe),
+        "recipe_key": recipe.key(),
+        "label": "embedlab demo model: trained offline on package photos; not a general-purpose CLIP",
+        "train_seconds": round(time.perf_counter() - t0, 1),
+        "render_seconds": round(t_render, 1),
+        "device": str(dev),
+        "final_loss": float(np.mean(losses[-20:])),
+        "loss_curve": losses[::10],
+        "torch_version": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
     atomic_write_json(out_dir / "train.json", meta)
     return meta
 
@@ -243,12 +267,23 @@ def _optimizer(model, recipe: DemoRecipe):
     """AdamW (no weight decay on biases, norms, token and positional embeddings) and its warmup-cosine schedule."""
     import torch
 
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "token_embedding" not in n and "positional" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "token_embedding" not in n and "positional" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / recipe.warmup) *
-                                              0.5 * (1 + np.cos(np.pi * min(1.0, s / recipe.steps))))
+    decay = [
+        p for n, p in model.named_parameters() if p.ndim >= 2 and "token_embedding" not in n and "positional" not in n
+    ]
+    no_decay = [
+        p
+        for n, p in model.named_parameters()
+        if not (p.ndim >= 2 and "token_embedding" not in n and "positional" not in n)
+    ]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=recipe.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / recipe.warmup) * 0.5 * (1 + np.cos(np.pi * min(1.0, s / recipe.steps)))
+    )
     return opt, sched
 
 
@@ -269,8 +304,12 @@ def _sample_batch(pool, objects_of: dict, recipe: DemoRecipe, rng):
         c_cls, c_obj = (cls, obj) if kind < 0.6 else ((cls, None) if kind < 0.85 else (None, obj))
         captions.append(_caption(c_cls, c_obj, rng))
         cap_keys.append((c_cls, c_obj))
-    target = torch.tensor([[float((cc is None or cc == ic) and (co is None or co in iobjs)) for cc, co in cap_keys]
-                           for ic, iobjs in img_keys])
+    target = torch.tensor(
+        [
+            [float((cc is None or cc == ic) and (co is None or co in iobjs)) for cc, co in cap_keys]
+            for ic, iobjs in img_keys
+        ]
+    )
     return imgs, captions, target
 
 
@@ -285,7 +324,9 @@ def _contrastive_loss(model, tok, imgs, captions, target, mean, std, dev):
     logits = model.logit_scale.exp().clamp(max=100) * img_f @ txt_f.T
     t_img = (target / target.sum(1, keepdim=True)).to(dev)
     t_txt = (target.T / target.T.sum(1, keepdim=True)).to(dev)
-    return 0.5 * (-(t_img * F.log_softmax(logits, 1)).sum(1).mean() - (t_txt * F.log_softmax(logits.T, 1)).sum(1).mean())
+    return 0.5 * (
+        -(t_img * F.log_softmax(logits, 1)).sum(1).mean() - (t_txt * F.log_softmax(logits.T, 1)).sum(1).mean()
+    )
 
 
 def _save_checkpoint(model, out_dir: Path) -> Path:
@@ -301,8 +342,13 @@ def _save_checkpoint(model, out_dir: Path) -> Path:
     return ckpt
 
 
-def pretrain_demo(out: str | os.PathLike | None = None, device: str = "auto", overwrite: bool = False,
-                  progress: bool = True, **recipe_overrides) -> dict:
+def pretrain_demo(
+    out: str | os.PathLike | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+    progress: bool = True,
+    **recipe_overrides,
+) -> dict:
     """Train (or reuse from the cache) the demo CLIP. Returns {"files": {"checkpoint": Path}, "source": "cache",
     "package" or "trained", "recipe_key"}.
 
@@ -343,7 +389,7 @@ def packaged_key() -> str | None:
     return read_json(meta).get("recipe_key") if meta.exists() and (PACKAGED / PACKED_FILE).exists() else None
 
 
-IDLE_SECONDS_PER_STEP = 0.5    # measured: 300 steps of batch 128 in 140-151 s on 2 idle cores (recipe v3)
+IDLE_SECONDS_PER_STEP = 0.5  # measured: 300 steps of batch 128 in 140-151 s on 2 idle cores (recipe v3)
 
 
 def first_run_notice(steps: int | None = None) -> str:
@@ -355,8 +401,10 @@ def first_run_notice(steps: int | None = None) -> str:
     if packaged_key() == recipe.key():
         return "demo CLIP: using the copy shipped with embedlab (recipe %s); no training needed." % recipe.key()
     minutes = IDLE_SECONDS_PER_STEP * recipe.steps * recipe.batch_size / 128 / 60
-    return (f"demo CLIP: this first run TRAINS it ({recipe.steps} steps; about {minutes:.0f} min on 2 idle CPU cores, "
-            f"several times longer on a busy machine; cached afterwards).")
+    return (
+        f"demo CLIP: this first run TRAINS it ({recipe.steps} steps; about {minutes:.0f} min on 2 idle CPU cores, "
+        f"several times longer on a busy machine; cached afterwards)."
+    )
 
 
 def pack_model(ckpt: str | os.PathLike, dest: str | os.PathLike = PACKAGED) -> Path:
@@ -382,8 +430,12 @@ def pack_model(ckpt: str | os.PathLike, dest: str | os.PathLike = PACKAGED) -> P
     with atomic_path(dest / PACKED_FILE) as tmp:
         save_file(packed, str(tmp), metadata={"vocab_size": str(state[TOKEN_KEY].shape[0])})
     meta = {k: v for k, v in meta.items() if k != "checkpoint"}
-    atomic_write_json(dest / "train.json", dict(meta, packed_token_rows=int(len(changed)),
-                                                packed_from_sha256=hashlib.sha256(ckpt.read_bytes()).hexdigest()))
+    atomic_write_json(
+        dest / "train.json",
+        dict(
+            meta, packed_token_rows=int(len(changed)), packed_from_sha256=hashlib.sha256(ckpt.read_bytes()).hexdigest()
+        ),
+    )
     return dest / PACKED_FILE
 
 
@@ -405,7 +457,9 @@ def unpack_packaged(out_dir: Path, src: Path = PACKAGED) -> Path:
     with atomic_path(ckpt) as tmp:
         save_file(state, str(tmp))
     atomic_write_bytes(ckpt.with_suffix(".vocab.txt"), ("\n".join(vocabulary()) + "\n").encode())
-    atomic_write_json(out_dir / "train.json", dict(read_json(src / "train.json"), checkpoint=str(ckpt), source="packaged"))
+    atomic_write_json(
+        out_dir / "train.json", dict(read_json(src / "train.json"), checkpoint=str(ckpt), source="packaged")
+    )
     return ckpt
 
 
@@ -421,7 +475,7 @@ def zero_shot_lighting(lm, images: list[np.ndarray]) -> np.ndarray:
     P = np.stack(protos)
     feats = []
     for s in range(0, len(images), 256):
-        batch = [np.asarray(_center_resize(im, lm.image_size)) for im in images[s:s + 256]]
+        batch = [np.asarray(_center_resize(im, lm.image_size)) for im in images[s : s + 256]]
         feats.append(models.encode_image_batch(lm, _to_tensor(batch, lm.info["mean"], lm.info["std"])))
     return (np.concatenate(feats) @ P.T).argmax(1)
 

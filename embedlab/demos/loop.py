@@ -5,6 +5,7 @@ Pure functions first (statistics, baselines, bars), then the I/O (training in ch
 the curve figure). The held-out photos are the demo manifest's test split: never in the enhancer's training or the
 residual's sets (the demo CLIP's own training renders every package photo under its lighting variants).
 """
+
 from __future__ import annotations
 
 import logging
@@ -69,8 +70,11 @@ def quality_bars(inp: dict, enhanced: dict, thr: float) -> dict:
     """The issue's three bars on held-out means: PSNR >= input + 1 dB; darkest-40% luma above the input's;
     projection on the corrected residual at least halfway from the input's to thr."""
     share = (enhanced["projection"] - inp["projection"]) / (thr - inp["projection"])
-    bars = {"psnr_gain_db": enhanced["psnr"] - inp["psnr"], "dark40_gain": enhanced["dark40_luma"] - inp["dark40_luma"],
-            "projection_share_of_gap": float(share)}
+    bars = {
+        "psnr_gain_db": enhanced["psnr"] - inp["psnr"],
+        "dark40_gain": enhanced["dark40_luma"] - inp["dark40_luma"],
+        "projection_share_of_gap": float(share),
+    }
     bars["psnr_ok"] = bool(bars["psnr_gain_db"] >= BAR_PSNR_GAIN_DB)
     bars["dark40_ok"] = bool(bars["dark40_gain"] > 0)
     bars["projection_ok"] = bool(share >= BAR_PROJECTION_SHARE)
@@ -105,8 +109,11 @@ class HeldOut:
 
     def baselines(self) -> dict:
         """Input, CLAHE and gamma 0.5 scored like the enhancer."""
-        return {"input": self.scores(self.inputs), "CLAHE": self.scores([clahe(x) for x in self.inputs]),
-                "gamma 0.5": self.scores([gamma(x) for x in self.inputs])}
+        return {
+            "input": self.scores(self.inputs),
+            "CLAHE": self.scores([clahe(x) for x in self.inputs]),
+            "gamma 0.5": self.scores([gamma(x) for x in self.inputs]),
+        }
 
 
 def run_net(state: dict, images: list[np.ndarray], max_pixels: int | None, padding: str = "test") -> list[np.ndarray]:
@@ -128,8 +135,15 @@ def run_net(state: dict, images: list[np.ndarray], max_pixels: int | None, paddi
     return outs
 
 
-def train_with_curve(out: Path, held: HeldOut, every: int, max_pixels: int | None, progress: bool = False,
-                     on_point: Callable[[dict], None] | None = None, **train_options) -> dict:
+def train_with_curve(
+    out: Path,
+    held: HeldOut,
+    every: int,
+    max_pixels: int | None,
+    progress: bool = False,
+    on_point: Callable[[dict], None] | None = None,
+    **train_options,
+) -> dict:
     """Train (embedlab.enhancement.train's Trainer) in chunks of `every` network iterations and score the held-out
     photos after each chunk. Returns {"enhancer": path, "curve": [{iter, psnr, projection, ...}], "seconds": ...}."""
     import shutil
@@ -171,7 +185,7 @@ def plot_curves(curves: dict, start: dict, thr: float, baselines: dict, path: st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(2, 1, figsize=(4.4, 5.6), sharex=True)   # tall: it stands beside the before/after grid
+    fig, (a, b) = plt.subplots(2, 1, figsize=(4.4, 5.6), sharex=True)  # tall: it stands beside the before/after grid
     for i, (label, curve) in enumerate(curves.items()):
         it = [0] + [p["iter"] for p in curve]
         a.plot(it, [start["psnr"]] + [p["psnr"] for p in curve], "o-", ms=3, color=f"C{i}", label=label)
@@ -180,11 +194,15 @@ def plot_curves(curves: dict, start: dict, thr: float, baselines: dict, path: st
         a.axhline(v["psnr"], color="0.5", ls=":" if j else "--", lw=0.8, label=name)
     a.axhline(start["psnr"] + BAR_PSNR_GAIN_DB, color="C3", lw=0.6, label="input + 1 dB")
     b.axhline(thr, color="k", lw=0.8, ls="--", label="thr")
-    b.axhline(start["projection"] + BAR_PROJECTION_SHARE * (thr - start["projection"]), color="C3", lw=0.6,
-              label="halfway to thr")
+    b.axhline(
+        start["projection"] + BAR_PROJECTION_SHARE * (thr - start["projection"]),
+        color="C3",
+        lw=0.6,
+        label="halfway to thr",
+    )
     a.set(ylabel="held-out PSNR (dB)", title="PSNR vs the originals")
     b.set(xlabel="training iteration", ylabel="mean projection", title="projection on the corrected residual")
-    a.legend(fontsize=6, loc="lower right")     # the curves start low left and end high right
+    a.legend(fontsize=6, loc="lower right")  # the curves start low left and end high right
     b.legend(fontsize=6, loc="center left")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

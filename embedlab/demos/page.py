@@ -1,4 +1,5 @@
 """page: split from demo.py."""
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,19 @@ from embedlab.reports.html import render_page, set_nav
 log = logging.getLogger(__name__)
 
 
-HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "ms_ssim": True, "lpips": False, "niqe": False, "brisque": False,
-                    "delta_e": False, "ciede2000": False, "mae": False, "mse": False}
-TOP_FIGURES = ("before_after", "plot_training_curves")     # shown side by side at the top of the page
+HIGHER_IS_BETTER = {
+    "psnr": True,
+    "ssim": True,
+    "ms_ssim": True,
+    "lpips": False,
+    "niqe": False,
+    "brisque": False,
+    "delta_e": False,
+    "ciede2000": False,
+    "mae": False,
+    "mse": False,
+}
+TOP_FIGURES = ("before_after", "plot_training_curves")  # shown side by side at the top of the page
 PAGE_KEYS = {"files", "bias_concept", "model", "residual_top", "metrics", "correction", "timings_s", "total_s"}
 
 
@@ -26,7 +37,9 @@ def _scalar(v) -> bool:
 def metric_views(metrics: dict) -> tuple[list, list, list]:
     """demo.json's metrics as page parts, whatever keys they hold: a table of the variants (dicts of numbers
     sharing keys, e.g. input and enhanced), key/value lines for other flat dicts, the rest as JSON."""
-    variants = {k: v for k, v in (metrics or {}).items() if isinstance(v, dict) and v and all(_scalar(x) for x in v.values())}
+    variants = {
+        k: v for k, v in (metrics or {}).items() if isinstance(v, dict) and v and all(_scalar(x) for x in v.values())
+    }
     lists, tables = [], []
     keyed = {}
     for k, v in variants.items():
@@ -34,11 +47,16 @@ def metric_views(metrics: dict) -> tuple[list, list, list]:
     for keys, names in keyed.items():
         if len(names) > 1:
             cols = [c for c in variants[names[0]]]
-            tables.append({"title": "Metrics: " + ", ".join(names), "columns": cols, "rows": [(n, variants[n]) for n in names]})
+            tables.append(
+                {"title": "Metrics: " + ", ".join(names), "columns": cols, "rows": [(n, variants[n]) for n in names]}
+            )
         else:
             lists.append((names[0], list(variants[names[0]].items())))
-    extras = [(k, json.dumps(v, default=str)[:400]) for k, v in (metrics or {}).items()
-              if k not in variants and not (isinstance(v, dict) and not v)]
+    extras = [
+        (k, json.dumps(v, default=str)[:400])
+        for k, v in (metrics or {}).items()
+        if k not in variants and not (isinstance(v, dict) and not v)
+    ]
     return tables, lists, extras
 
 
@@ -57,17 +75,29 @@ def compare_cards(tables: list) -> tuple[list, str]:
             if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
                 continue
             better = HIGHER_IS_BETTER.get(metric.lower())
-            word = ("unchanged" if f"{a:.4g}" == f"{b:.4g}" else "changed (no better/worse direction)" if better is None
-                    else "improved" if (b > a) == better else "got worse")
+            word = (
+                "unchanged"
+                if f"{a:.4g}" == f"{b:.4g}"
+                else "changed (no better/worse direction)"
+                if better is None
+                else "improved"
+                if (b > a) == better
+                else "got worse"
+            )
             cls = {"improved": "up", "got worse": "down"}.get(word, "flat")
-            cards.append({"name": metric, "ref": a, "val": b, "ref_name": ref, "val_name": main, "word": word, "cls": cls})
+            cards.append(
+                {"name": metric, "ref": a, "val": b, "ref_name": ref, "val_name": main, "word": word, "cls": cls}
+            )
             buckets[word].append(f"{metric} ({_f(a)} → {_f(b)})")
             scored = {n: v.get(metric) for n, v in rows.items() if isinstance(v.get(metric), (int, float))}
             if better is not None and len(scored) > 2:
                 top = (max if better else min)(scored, key=scored.get)
                 best.append(f"{metric}: {top} ({_f(scored[top])})")
-    text = " ".join(f"{word.capitalize()} ({cards[0]['val_name']} vs {cards[0]['ref_name']}): {', '.join(items)}."
-                    for word, items in buckets.items() if items)
+    text = " ".join(
+        f"{word.capitalize()} ({cards[0]['val_name']} vs {cards[0]['ref_name']}): {', '.join(items)}."
+        for word, items in buckets.items()
+        if items
+    )
     return cards, text + (f" Best of all rows, {'; '.join(best)}." if best else "")
 
 
@@ -84,8 +114,6 @@ def file_groups(out: Path, cap: int = 40) -> list[dict]:
 
 def _report_lead(report_html: Path) -> list:
     import pandas as pd
-
-    
 
     path = Path(report_html).with_suffix(".json")
     if not path.exists():
@@ -116,7 +144,6 @@ def _label(im, text: str):
 
 def write_index(out: Path, result: dict) -> Path:
     """index.html from demo.json's content (rendered generically), and the report page's links back to it."""
-    
 
     out = Path(out)
     arts = result["files"]
@@ -128,34 +155,63 @@ def write_index(out: Path, result: dict) -> Path:
     cards, headline = compare_cards(tables)
     report_html = arts.get("report")
     map_href = rel(arts["map"]) if arts.get("map") else None
-    nav = [("demo index", "index.html")] + ([("concept report", rel(report_html))] if report_html else []) \
-        + ([("embedding map", map_href)] if map_href else []) + ([("demo.json", "demo.json")] if (out / "demo.json").exists() else [])
-    figures = [(k.removeprefix("plot_").replace("_", " "), rel(v)) for k, v in arts.items()
-               if str(v).endswith(".png") and k not in TOP_FIGURES]
-    report_files = [(f"report.{s}", rel(Path(report_html).with_suffix(f".{s}"))) for s in ("json", "csv", "md")
-                    if report_html and Path(report_html).with_suffix(f".{s}").exists()]
+    nav = (
+        [("demo index", "index.html")]
+        + ([("concept report", rel(report_html))] if report_html else [])
+        + ([("embedding map", map_href)] if map_href else [])
+        + ([("demo.json", "demo.json")] if (out / "demo.json").exists() else [])
+    )
+    figures = [
+        (k.removeprefix("plot_").replace("_", " "), rel(v))
+        for k, v in arts.items()
+        if str(v).endswith(".png") and k not in TOP_FIGURES
+    ]
+    report_files = [
+        (f"report.{s}", rel(Path(report_html).with_suffix(f".{s}")))
+        for s in ("json", "csv", "md")
+        if report_html and Path(report_html).with_suffix(f".{s}").exists()
+    ]
     extras += [(k, json.dumps(v, default=str)[:400]) for k, v in result.items() if k not in PAGE_KEYS]
     train_dir = Path(arts["training_log"]).parent if arts.get("training_log") else None
     samples = sorted((train_dir / "samples").glob("*.png")) if train_dir else []
-    training = {"log": rel(arts["training_log"]), "samples": [rel(p) for p in samples],
-                "folder": rel(train_dir) + "/"} if train_dir else None
+    training = (
+        {"log": rel(arts["training_log"]), "samples": [rel(p) for p in samples], "folder": rel(train_dir) + "/"}
+        if train_dir
+        else None
+    )
     page = render_page(
-        "index.html.j2", nav_links=nav, model=result.get("model", ""), headline=headline, cards=cards,
-        metric_tables=tables, metric_lists=lists, before_after=rel(arts["before_after"]) if arts.get("before_after") else None,
+        "index.html.j2",
+        nav_links=nav,
+        model=result.get("model", ""),
+        headline=headline,
+        cards=cards,
+        metric_tables=tables,
+        metric_lists=lists,
+        before_after=rel(arts["before_after"]) if arts.get("before_after") else None,
         curves=rel(arts["plot_training_curves"]) if arts.get("plot_training_curves") else None,
-        report_lead=_report_lead(report_html) if report_html else [], report_href=rel(report_html) if report_html else "",
-        report_files=report_files, bias=str(result.get("bias_concept")),
-        correction=[(k, _shown(v, out)) for k, v in (result.get("correction") or {}).items() if _scalar(v)], map_href=map_href,
-        figures=figures, extras=extras, files=file_groups(out), training=training,
-        timings=list((result.get("timings_s") or {}).items()), total=result.get("total_s"))
+        report_lead=_report_lead(report_html) if report_html else [],
+        report_href=rel(report_html) if report_html else "",
+        report_files=report_files,
+        bias=str(result.get("bias_concept")),
+        correction=[(k, _shown(v, out)) for k, v in (result.get("correction") or {}).items() if _scalar(v)],
+        map_href=map_href,
+        figures=figures,
+        extras=extras,
+        files=file_groups(out),
+        training=training,
+        timings=list((result.get("timings_s") or {}).items()),
+        total=result.get("total_s"),
+    )
     path = out / "index.html"
     atomic_write_bytes(path, page.encode())
     if map_href:
         set_nav(out / map_href, nav)
     if report_html and Path(report_html).exists():
         up = os.path.relpath(out, Path(report_html).parent)
-        set_nav(report_html, [(label, href if href.startswith(("http", "/")) else os.path.join(up, href))
-                                  for label, href in nav])
+        set_nav(
+            report_html,
+            [(label, href if href.startswith(("http", "/")) else os.path.join(up, href)) for label, href in nav],
+        )
     return path
 
 

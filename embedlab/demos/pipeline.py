@@ -7,6 +7,7 @@ train preset; held-out photos scored every few iterations, and a second training
 figure) -> enhance the held-out backlit images -> evaluate against their originals and the input, CLAHE and gamma
 baselines (embedlab.demo_loop), with the issue-15 quality bars in demo.json["loop"]["bars"].
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,14 +21,42 @@ from embedlab.demos.page import _label, write_index
 from embedlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
-LOOP_MAX_PIXELS = 64 * 96     # held-out illumination maps are estimated at the training scale (64 px images)
+LOOP_MAX_PIXELS = 64 * 96  # held-out illumination maps are estimated at the training scale (64 px images)
 
 # Words that name lighting or exposure. The demo model's caption grammar is the authority for its own words;
 # this list extends the rule to real CLIP vocabularies.
-GENERAL_LIGHTING_WORDS = {"light", "lit", "lighting", "bright", "brightness", "dark", "darkness", "shadow", "shadows",
-                          "sun", "sunny", "sunlight", "sunlit", "backlit", "backlight", "silhouette", "silhouetted",
-                          "exposure", "exposed", "overexposed", "underexposed", "dim", "glare", "glow", "night",
-                          "daylight", "contrast", "haze", "hazy", "flare"}
+GENERAL_LIGHTING_WORDS = {
+    "light",
+    "lit",
+    "lighting",
+    "bright",
+    "brightness",
+    "dark",
+    "darkness",
+    "shadow",
+    "shadows",
+    "sun",
+    "sunny",
+    "sunlight",
+    "sunlit",
+    "backlit",
+    "backlight",
+    "silhouette",
+    "silhouetted",
+    "exposure",
+    "exposed",
+    "overexposed",
+    "underexposed",
+    "dim",
+    "glare",
+    "glow",
+    "night",
+    "daylight",
+    "contrast",
+    "haze",
+    "hazy",
+    "flare",
+}
 
 
 def lighting_words() -> set[str]:
@@ -49,7 +78,7 @@ def pick_bias_concept(concepts: list[dict]) -> str | None:
     return None
 
 
-IDLE_SECONDS_PER_ITER = 0.22   # measured: the demo trained 2 x 200 iterations in 87.1 s on 2 idle cores (bench_demo)
+IDLE_SECONDS_PER_ITER = 0.22  # measured: the demo trained 2 x 200 iterations in 87.1 s on 2 idle cores (bench_demo)
 
 
 def training_notice(train_iters: int | None = None, raw_curve: bool = True, compare: bool = False) -> str:
@@ -59,16 +88,32 @@ def training_notice(train_iters: int | None = None, raw_curve: bool = True, comp
     iters = train_iters or PRESETS["demo"]["iters"]
     runs = 1 + raw_curve + compare
     minutes = IDLE_SECONDS_PER_ITER * iters * runs / 60
-    return (f"enhancer: the demo trains {runs} small enhancer(s) of {iters} iterations each (corrected residual"
-            + (", raw residual for the curve" if raw_curve else "") + (", CLIP-LIT-Latent" if compare else "")
-            + f"): about {minutes:.1f} min on 2 idle CPU cores" + (" (CLIP-LIT-Latent steps cost more)" if compare
-                                                                   else "") + ".")
+    return (
+        f"enhancer: the demo trains {runs} small enhancer(s) of {iters} iterations each (corrected residual"
+        + (", raw residual for the curve" if raw_curve else "")
+        + (", CLIP-LIT-Latent" if compare else "")
+        + f"): about {minutes:.1f} min on 2 idle CPU cores"
+        + (" (CLIP-LIT-Latent steps cost more)" if compare else "")
+        + "."
+    )
 
 
-def demo(out: str | os.PathLike = "demo_out", *, model: str | None = None, pretrained: str | None = None,
-         device: str = "auto", enhancer: str | None = None, train_iters: int | None = None, permutations: int = 1000,
-         identity: str = "guidance-tower", progress: bool = True, demo_steps: int | None = None,
-         compare: bool = False, raw_curve: bool = True, curve_every: int = 25) -> dict:
+def demo(
+    out: str | os.PathLike = "demo_out",
+    *,
+    model: str | None = None,
+    pretrained: str | None = None,
+    device: str = "auto",
+    enhancer: str | None = None,
+    train_iters: int | None = None,
+    permutations: int = 1000,
+    identity: str = "guidance-tower",
+    progress: bool = True,
+    demo_steps: int | None = None,
+    compare: bool = False,
+    raw_curve: bool = True,
+    curve_every: int = 25,
+) -> dict:
     """Run the demo chain into `out`; returns a dict of every artifact's path and the headline numbers.
 
     The enhancer trains with the `demo` preset (embedlab.enhancement.presets.PRESETS; `train_iters` overrides its
@@ -81,22 +126,32 @@ def demo(out: str | os.PathLike = "demo_out", *, model: str | None = None, pretr
         model, pretrained = _demo_clip(device, progress, demo_steps)
         lap("demo CLIP (trained or cached)")
     elif pretrained is None:
-        raise ConfigError("'model' needs 'pretrained' (a tag such as openai, hf-hub:ID, a checkpoint file, or "
-                          "none).").naming("model", "pretrained")
+        raise ConfigError(
+            "'model' needs 'pretrained' (a tag such as openai, hf-hub:ID, a checkpoint file, or none)."
+        ).naming("model", "pretrained")
     chain = _embed_and_explain(out, model, pretrained, device, progress, permutations, lap)
-    train_opts = dict(iters=train_iters, identity=identity, compare=compare, raw_curve=raw_curve, curve_every=curve_every)
+    train_opts = dict(
+        iters=train_iters, identity=identity, compare=compare, raw_curve=raw_curve, curve_every=curve_every
+    )
     loop, scores, arts = _closed_loop(out, chain, model, pretrained, device, progress, enhancer, train_opts, lap)
     arts = {**chain["files"], **arts}
     arts.update(_figures(out, chain["run_dir"], chain["res_path"], out / "test_inputs", chain["man"]))
     lap("plots")
     report, c = chain["report"], chain["correction"]
-    result = {"files": arts, "bias_concept": chain["bias"], "model": f"{model}/{pretrained}",
-              "residual_top": [x["concept"] for x in report["concepts"] if x["direction"] == "adds"][:5],
-              "metrics": scores, "loop": loop,
-              "correction": {k: v for k, v in c.info.get("correction", {}).items() if k != "directions"}
-              if chain["bias"] else None,
-              "extract": {k: chain["summary"][k] for k in ("embedded", "skipped")}, "timings_s": lap.timings,
-              "total_s": lap.total()}
+    result = {
+        "files": arts,
+        "bias_concept": chain["bias"],
+        "model": f"{model}/{pretrained}",
+        "residual_top": [x["concept"] for x in report["concepts"] if x["direction"] == "adds"][:5],
+        "metrics": scores,
+        "loop": loop,
+        "correction": {k: v for k, v in c.info.get("correction", {}).items() if k != "directions"}
+        if chain["bias"]
+        else None,
+        "extract": {k: chain["summary"][k] for k in ("embedded", "skipped")},
+        "timings_s": lap.timings,
+        "total_s": lap.total(),
+    }
     atomic_write_json(out / "demo.json", result)
     write_index(out, result)
     arts["index"] = str(out / "index.html")
@@ -117,8 +172,9 @@ class _Laps:
         return round(time.perf_counter() - self.t0, 1)
 
 
-def _embed_and_explain(out: Path, model: str, pretrained: str, device: str, progress: bool, permutations: int,
-                       lap: _Laps) -> dict:
+def _embed_and_explain(
+    out: Path, model: str, pretrained: str, device: str, progress: bool, permutations: int, lap: _Laps
+) -> dict:
     """manifest -> extract -> residual -> explain-residual -> correct (remove the bias concept): the chain's parts."""
     from embedlab.analysis.residual import residual
     from embedlab.datasets.layouts import manifest
@@ -131,25 +187,50 @@ def _embed_and_explain(out: Path, model: str, pretrained: str, device: str, prog
     summary = extract(man_path, model, pretrained, run_dir, device=device, workers=0, progress=progress, overwrite=True)
     lap("extract")
     res_path = out / "residual.npy"
-    res = residual(run_dir, "role=backlit,split=train", "role=welllit,split=train", res_path, bootstrap=200,
-                   progress=progress)
+    res = residual(
+        run_dir, "role=backlit,split=train", "role=welllit,split=train", res_path, bootstrap=200, progress=progress
+    )
     lap("residual")
-    report = explain_residual(res_path, out / "report", top=15, permutations=permutations, device=device,
-                              progress=progress)
+    report = explain_residual(
+        res_path, out / "report", top=15, permutations=permutations, device=device, progress=progress
+    )
     lap("explain-residual")
     bias = pick_bias_concept(report["concepts"])
     corrected = out / "corrected.npy"
     c = _remove_bias(bias, res, res_path, corrected, device)
     lap("correct")
-    files = {"manifest": str(man_path), "run": str(run_dir), "residual": str(res_path),
-             "report": report["files"]["html"], "corrected": str(corrected)}
-    return {"files": files, "man": read_manifest(man_path), "man_path": man_path, "run_dir": run_dir,
-            "res_path": res_path, "corrected": corrected, "report": report, "bias": bias, "correction": c,
-            "summary": summary}
+    files = {
+        "manifest": str(man_path),
+        "run": str(run_dir),
+        "residual": str(res_path),
+        "report": report["files"]["html"],
+        "corrected": str(corrected),
+    }
+    return {
+        "files": files,
+        "man": read_manifest(man_path),
+        "man_path": man_path,
+        "run_dir": run_dir,
+        "res_path": res_path,
+        "corrected": corrected,
+        "report": report,
+        "bias": bias,
+        "correction": c,
+        "summary": summary,
+    }
 
 
-def _closed_loop(out: Path, chain: dict, model: str, pretrained: str, device: str, progress: bool,
-                 enhancer: str | None, train_opts: dict, lap: _Laps) -> tuple[dict, dict, dict]:
+def _closed_loop(
+    out: Path,
+    chain: dict,
+    model: str,
+    pretrained: str,
+    device: str,
+    progress: bool,
+    enhancer: str | None,
+    train_opts: dict,
+    lap: _Laps,
+) -> tuple[dict, dict, dict]:
     """Train (or take) the enhancer, enhance the held-out photos and score them against the input, CLAHE and gamma:
     returns (demo.json's "loop", its "metrics", the artifacts' paths)."""
     from embedlab.datasets.images import load_rgb
@@ -173,20 +254,33 @@ def _closed_loop(out: Path, chain: dict, model: str, pretrained: str, device: st
     enhance(ckpt, [str(test_inputs)], out / "enhanced", device=device, progress=progress, max_pixels=LOOP_MAX_PIXELS)
     arts["enhanced"] = str(out / "enhanced")
     lap("enhance")
-    metrics = evaluate(out / "enhanced", str(chain["man_path"]), out / "metrics", residual=str(chain["corrected"]),
-                       inputs=str(test_inputs), device=device, progress=progress)
+    metrics = evaluate(
+        out / "enhanced",
+        str(chain["man_path"]),
+        out / "metrics",
+        residual=str(chain["corrected"]),
+        inputs=str(test_inputs),
+        device=device,
+        progress=progress,
+    )
     arts["metrics"] = metrics["files"]["summary"]
-    loop["enhanced_by"] = f"published enhancer {enhancer}" if enhancer else "RAVE guidance, corrected residual, demo preset"
-    scores = {"input": base["input"],
-              "enhanced": held.scores([load_rgb(str(out / "enhanced" / f"{n}.png")) for n in held.names]),
-              "CLAHE": base["CLAHE"], "gamma 0.5": base["gamma 0.5"]}
+    loop["enhanced_by"] = (
+        f"published enhancer {enhancer}" if enhancer else "RAVE guidance, corrected residual, demo preset"
+    )
+    scores = {
+        "input": base["input"],
+        "enhanced": held.scores([load_rgb(str(out / "enhanced" / f"{n}.png")) for n in held.names]),
+        "CLAHE": base["CLAHE"],
+        "gamma 0.5": base["gamma 0.5"],
+    }
     loop["bars"] = quality_bars(scores["input"], scores["enhanced"], held.thr)
     lap("evaluate")
     return loop, {**scores, "residual_projection": metrics.get("residual_projection")}, arts
 
 
-def _train_demo_enhancers(out: Path, chain: dict, held, base: dict, model: str, pretrained: str, device: str,
-                          progress: bool, opts: dict) -> tuple[str, dict]:
+def _train_demo_enhancers(
+    out: Path, chain: dict, held, base: dict, model: str, pretrained: str, device: str, progress: bool, opts: dict
+) -> tuple[str, dict]:
     """The demo's trainings (corrected residual; raw residual and CLIP-LIT-Latent for the curves), the curve figure;
     returns (the corrected-residual enhancer, demo.json "loop" entries with "files")."""
     from embedlab.demos.loop import plot_curves
@@ -197,13 +291,23 @@ def _train_demo_enhancers(out: Path, chain: dict, held, base: dict, model: str, 
     if opts["raw_curve"]:
         runs["RAVE, raw residual"] = dict(residual=str(chain["res_path"]))
     if opts["compare"]:
-        runs["CLIP-LIT-Latent"] = dict(guidance="latent", model=model, pretrained=pretrained,
-                                       welllit=f"{run_dir}:role=welllit,split=train")
-    ident = ({"identity_model": model, "identity_pretrained": pretrained} if opts["identity"] == "guidance-tower"
-             else {"identity": "pixel"})
+        runs["CLIP-LIT-Latent"] = dict(
+            guidance="latent", model=model, pretrained=pretrained, welllit=f"{run_dir}:role=welllit,split=train"
+        )
+    ident = (
+        {"identity_model": model, "identity_pretrained": pretrained}
+        if opts["identity"] == "guidance-tower"
+        else {"identity": "pixel"}
+    )
     iters = opts["iters"] or PRESETS["demo"]["iters"]
-    common = dict(preset="demo", backlit=f"{run_dir}:role=backlit,split=train", iters=iters, device=device,
-                  progress=progress, **ident)
+    common = dict(
+        preset="demo",
+        backlit=f"{run_dir}:role=backlit,split=train",
+        iters=iters,
+        device=device,
+        progress=progress,
+        **ident,
+    )
     ckpt, curves, train_s = _train_with_curves(out, held, runs, common, opts["curve_every"])
     plot = plot_curves(curves, base["input"], held.thr, base, out / "training_curves.png")
     files = {"enhancer": ckpt, "training_log": str(out / "train" / "log.csv"), "plot_training_curves": str(plot)}
@@ -236,11 +340,18 @@ def _figures(out: Path, run_dir: Path, res_path: Path, test_inputs: Path, man) -
     from embedlab.reports.embedding_map import embedding_map
     from embedlab.reports.plot import plot
 
-    arts = {f"plot_{k}": v for k, v in plot(run_dir, out / "plots", residual=str(res_path), progress=False)["files"].items()}
+    arts = {
+        f"plot_{k}": v for k, v in plot(run_dir, out / "plots", residual=str(res_path), progress=False)["files"].items()
+    }
     arts["before_after"] = str(before_after_grid(test_inputs, out / "enhanced", man, out / "before_after.png"))
-    arts["map"] = str(embedding_map(run_dir, out / "map.html", residual=str(res_path),
-                                    nav=[("demo index", "index.html"), ("concept report", "report/report.html")])
-                      ["files"]["html"])
+    arts["map"] = str(
+        embedding_map(
+            run_dir,
+            out / "map.html",
+            residual=str(res_path),
+            nav=[("demo index", "index.html"), ("concept report", "report/report.html")],
+        )["files"]["html"]
+    )
     return arts
 
 
@@ -287,8 +398,10 @@ def before_after_grid(inputs: Path, enhanced: Path, man, path: Path) -> Path:
         ims = [Image.open(f).convert("RGB"), Image.open(enh).convert("RGB")]
         if f.stem in gt_by_stem:
             ims.append(Image.open(gt_by_stem[f.stem]).convert("RGB"))
-        ims = [_label(im.resize((round(im.width * 256 / im.height), 256)), name)
-               for im, name in zip(ims, ("backlit input", "enhanced", "original"))]
+        ims = [
+            _label(im.resize((round(im.width * 256 / im.height), 256)), name)
+            for im, name in zip(ims, ("backlit input", "enhanced", "original"))
+        ]
         row = Image.new("RGB", (sum(i.width for i in ims) + 8 * (len(ims) - 1), 256), "white")
         x = 0
         for im in ims:

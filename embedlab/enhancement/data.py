@@ -1,5 +1,6 @@
 """Image lists for training and evaluation from a manifest or a run folder ("PATH[:SELECTOR]"), and the
 paper's augmentations with per-step seeded randomness (so a resumed run sees the same batches)."""
+
 from __future__ import annotations
 
 import math
@@ -21,7 +22,7 @@ def _is_run(p: Path) -> bool:
 
 def resolve_images(spec: str, default_selector: str) -> list[str]:
     """Real file paths for 'MANIFEST.jsonl[:SELECTOR]', 'RUN[:SELECTOR]' or a folder of images."""
-    
+
     from embedlab.datasets.selector import split_spec
     from embedlab.runs.store import Run
 
@@ -36,14 +37,14 @@ def resolve_images(spec: str, default_selector: str) -> list[str]:
         return files
     if p.suffix == ".jsonl":
         man = read_manifest(p)
-        entries = man.select(selector)      # raises, listing the labels present, when none match
+        entries = man.select(selector)  # raises, listing the labels present, when none match
         return [materialize(man, e.path, e) for e in entries]
     raise ConfigError(f"{spec!r} is neither a manifest (.jsonl), a run folder nor a folder of images.")
 
 
 def resolve_pairs(spec: str, default_selector: str) -> tuple[list[str], list[str]]:
     """(images, paired ground truths) for a manifest or run spec; every selected image must have a `gt`."""
-    
+
     from embedlab.datasets.selector import split_spec
     from embedlab.runs.store import Run
 
@@ -58,14 +59,21 @@ def resolve_pairs(spec: str, default_selector: str) -> tuple[list[str], list[str
         man = read_manifest(p)
         entries = selector.filter(man.entries)
     else:
-        raise InvalidParameterError(f"The 'pixel_loss' parameter of train needs paired data: pass a manifest or run whose "
-                                    f"records have \"gt\" ({spec}).", param="pixel_loss", owner="train")
+        raise InvalidParameterError(
+            f"The 'pixel_loss' parameter of train needs paired data: pass a manifest or run whose "
+            f'records have "gt" ({spec}).',
+            param="pixel_loss",
+            owner="train",
+        )
     missing = [e.path for e in entries if not e.gt]
     if missing or not entries:
-        raise InvalidParameterError(f"The 'pixel_loss' parameter of train needs a ground truth for every training "
-                                    f"image; {len(missing)} of {len(entries)} have none (e.g. {missing[:2]}). Fix: use "
-                                    "paired data (e.g. BAID with GT) or set 'pixel_loss' to 0.", param="pixel_loss",
-                                    owner="train")
+        raise InvalidParameterError(
+            f"The 'pixel_loss' parameter of train needs a ground truth for every training "
+            f"image; {len(missing)} of {len(entries)} have none (e.g. {missing[:2]}). Fix: use "
+            "paired data (e.g. BAID with GT) or set 'pixel_loss' to 0.",
+            param="pixel_loss",
+            owner="train",
+        )
     return [materialize(man, e.path, e) for e in entries], [materialize(man, e.gt) for e in entries]
 
 
@@ -82,8 +90,10 @@ def load_resized(paths: list[str], size: int) -> torch.Tensor:
             img = decode_image(p).image.resize((size, size), Image.LANCZOS)
         except ImageError as exc:
             # training needs every listed image: name the file instead of a traceback
-            raise InputFileError(f"{os.fsdecode(p)} cannot be used for training ({exc}). Fix: replace the file or "
-                                 "drop it from the manifest / folder.") from None
+            raise InputFileError(
+                f"{os.fsdecode(p)} cannot be used for training ({exc}). Fix: replace the file or "
+                "drop it from the manifest / folder."
+            ) from None
         out[i] = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
     return out
 
@@ -107,16 +117,23 @@ def augment(batch: torch.Tensor, rng: np.random.Generator, zoom=(0.7, 1.3)) -> t
             angle = rng.uniform(-90, 90)
         if zy != 1.0 or angle != 0.0:
             a = math.radians(angle)
-            theta = torch.tensor([[math.cos(a) / zx, -math.sin(a) / zx, 0.0],
-                                  [math.sin(a) / zy, math.cos(a) / zy, 0.0]], dtype=x.dtype)
+            theta = torch.tensor(
+                [[math.cos(a) / zx, -math.sin(a) / zx, 0.0], [math.sin(a) / zy, math.cos(a) / zy, 0.0]], dtype=x.dtype
+            )
             grid = F.affine_grid(theta[None], [1, *x.shape], align_corners=False)
             x = F.grid_sample(x[None], grid, mode="bilinear", padding_mode="reflection", align_corners=False)[0]
         out.append(x)
     return torch.stack(out)
 
 
-def sample_batch(images: torch.Tensor, batch_size: int, rng: np.random.Generator, augment_on: bool = True,
-                 crop: int | None = None, paired: torch.Tensor | None = None) -> torch.Tensor:
+def sample_batch(
+    images: torch.Tensor,
+    batch_size: int,
+    rng: np.random.Generator,
+    augment_on: bool = True,
+    crop: int | None = None,
+    paired: torch.Tensor | None = None,
+) -> torch.Tensor:
     """A random batch (float, [0, 1]); optionally a random crop of `crop` px. With `paired` (ground truths aligned
     with `images`) the pairs share one crop and augmentation and come back as 6 channels (image, then GT)."""
     idx = rng.integers(0, len(images), batch_size)
@@ -125,5 +142,5 @@ def sample_batch(images: torch.Tensor, batch_size: int, rng: np.random.Generator
         x = torch.cat([x, paired[idx].float() / 255.0], 1)
     if crop and crop < x.shape[-1]:
         y0, x0 = rng.integers(0, x.shape[-2] - crop + 1), rng.integers(0, x.shape[-1] - crop + 1)
-        x = x[..., y0:y0 + crop, x0:x0 + crop]
+        x = x[..., y0 : y0 + crop, x0 : x0 + crop]
     return augment(x, rng) if augment_on else x

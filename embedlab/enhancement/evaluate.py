@@ -1,6 +1,7 @@
 """`embedlab evaluate`: full-reference metrics against ground truth (RGB PSNR/SSIM; the RAVE repo's grayscale
 protocol as an option; LPIPS when its weights are available locally), no-reference exposure statistics, and the
 paper's own yardstick: the mean projection of input and enhanced embeddings on a residual."""
+
 from __future__ import annotations
 
 import logging
@@ -22,8 +23,10 @@ def psnr_ssim_rgb(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
     """Standard RGB PSNR/SSIM on [0,1] floats (scikit-image, data_range 1, channel_axis 2)."""
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-    return (float(peak_signal_noise_ratio(gt, pred, data_range=1.0)),
-            float(structural_similarity(gt, pred, data_range=1.0, channel_axis=2)))
+    return (
+        float(peak_signal_noise_ratio(gt, pred, data_range=1.0)),
+        float(structural_similarity(gt, pred, data_range=1.0, channel_axis=2)),
+    )
 
 
 def psnr_ssim_gray(pred_u8: np.ndarray, gt_u8: np.ndarray) -> tuple[float, float]:
@@ -35,16 +38,21 @@ def psnr_ssim_gray(pred_u8: np.ndarray, gt_u8: np.ndarray) -> tuple[float, float
 
     gp, gg = gray(pred_u8), gray(gt_u8)
     rng = float(gp.max() - gp.min()) or 1.0
-    return (float(peak_signal_noise_ratio(gg, gp, data_range=255)),
-            float(structural_similarity(gg, gp, data_range=rng)))
+    return (
+        float(peak_signal_noise_ratio(gg, gp, data_range=255)),
+        float(structural_similarity(gg, gp, data_range=rng)),
+    )
 
 
 def exposure_stats(u8: np.ndarray) -> dict:
     """Mean sRGB luma, share of clipped pixels (any channel >= 250) and of near-black pixels (luma < 0.1)."""
     x = u8.astype(np.float32) / 255.0
     luma = x @ LUMA.astype(np.float32)
-    return {"mean_luma": float(luma.mean()), "share_clipped": float((u8 >= 250).any(-1).mean()),
-            "share_near_black": float((luma < 0.1).mean())}
+    return {
+        "mean_luma": float(luma.mean()),
+        "share_clipped": float((u8 >= 250).any(-1).mean()),
+        "share_near_black": float((luma < 0.1).mean()),
+    }
 
 
 def _stem(name: str) -> str:
@@ -55,7 +63,7 @@ def _stem(name: str) -> str:
 
 def pair_files(pred_dir: Path, gt: str) -> list[tuple[Path, Path | None]]:
     """Pairs (pred, gt) by manifest (the stem of each record's image -> its gt) or by exact stem in a GT folder."""
-    
+
     from embedlab.enhancement.infer import list_inputs
 
     preds = list_inputs([str(pred_dir)])
@@ -71,26 +79,42 @@ def pair_files(pred_dir: Path, gt: str) -> list[tuple[Path, Path | None]]:
     if g.is_dir():
         gts = {_stem(f.name): f for f in list_inputs([str(g)])}
         return [(p, gts.get(_stem(p.name))) for p in preds]
-    raise InvalidParameterError(f"The 'gt' parameter of evaluate must be a folder of ground-truth images or a manifest "
-                                f"(.jsonl). Got {str(gt)!r} instead.", param="gt", owner="evaluate")
+    raise InvalidParameterError(
+        f"The 'gt' parameter of evaluate must be a folder of ground-truth images or a manifest "
+        f"(.jsonl). Got {str(gt)!r} instead.",
+        param="gt",
+        owner="evaluate",
+    )
 
 
 def _lpips_model():
     try:
         import lpips
     except ImportError:
-        raise MissingDependencyError("LPIPS needs the 'lpips' package (pip install lpips) and its AlexNet weights.") from None
+        raise MissingDependencyError(
+            "LPIPS needs the 'lpips' package (pip install lpips) and its AlexNet weights."
+        ) from None
     try:
         return lpips.LPIPS(net="alex", verbose=False)
     except Exception as exc:  # noqa: BLE001 - offline weight fetches fail in many ways
-        raise MissingDependencyError(f"LPIPS weights are not available locally ({type(exc).__name__}); "
-                                     "skipping LPIPS. Download them once on a connected machine.") from None
+        raise MissingDependencyError(
+            f"LPIPS weights are not available locally ({type(exc).__name__}); "
+            "skipping LPIPS. Download them once on a connected machine."
+        ) from None
 
 
-def evaluate(pred: str | os.PathLike, gt: str | os.PathLike | None = None, out: str | os.PathLike | None = None, *,
-             gray: bool = False, lpips: bool = False, inputs: str | os.PathLike | None = None,
-             residual: str | os.PathLike | None = None,
-             device: str = "auto", progress: bool = True) -> dict:
+def evaluate(
+    pred: str | os.PathLike,
+    gt: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    *,
+    gray: bool = False,
+    lpips: bool = False,
+    inputs: str | os.PathLike | None = None,
+    residual: str | os.PathLike | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict:
     """Per-image metrics (CSV) and a summary (JSON). With `gt`: PSNR/SSIM (RGB; grayscale too with `gray`), LPIPS
     if asked and available. Always: exposure statistics. With `residual`: mean projection on the residual of the
     enhanced images (and of `inputs`, if given) through the residual's model."""
@@ -111,7 +135,7 @@ def evaluate(pred: str | os.PathLike, gt: str | os.PathLike | None = None, out: 
     rows = []
     for p, g in progress_bar(progress, pairs, desc="evaluate", unit="img"):
         pu8 = np.asarray(decode_image(str(p)).image, dtype=np.uint8)
-        row = {"pred": str(p), "gt": cache_ref(g) if g else None, **exposure_stats(pu8)}   # no cache root shown
+        row = {"pred": str(p), "gt": cache_ref(g) if g else None, **exposure_stats(pu8)}  # no cache root shown
         if gt and g is None:
             row["note"] = "no ground truth paired"
         if g is not None:
@@ -133,15 +157,18 @@ def evaluate(pred: str | os.PathLike, gt: str | os.PathLike | None = None, out: 
         rows.append(row)
     table = pd.DataFrame(rows)
     if gt and table.get("psnr") is not None and table["psnr"].notna().sum() == 0:
-        raise ConfigError(f"No prediction in {pred_dir} pairs with a ground truth in {gt}. Fix: name outputs by the "
-                          "input's stem, or pass the manifest that lists the pairs.")
+        raise ConfigError(
+            f"No prediction in {pred_dir} pairs with a ground truth in {gt}. Fix: name outputs by the "
+            "input's stem, or pass the manifest that lists the pairs."
+        )
     summary = {"images": len(table), "paired": int(table["gt"].notna().sum()) if "gt" in table else 0, "notes": notes}
     for col in ("psnr", "ssim", "psnr_gray", "ssim_gray", "lpips", "mean_luma", "share_clipped", "share_near_black"):
         if col in table and table[col].notna().any():
             summary[col] = float(table[col].mean())
     if residual:
-        summary["residual_projection"] = residual_projection(residual, [r["pred"] for r in rows],
-                                                             inputs=inputs, device=device)
+        summary["residual_projection"] = residual_projection(
+            residual, [r["pred"] for r in rows], inputs=inputs, device=device
+        )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "per_image.csv", table.to_csv(index=False).encode())
     atomic_write_json(out / "summary.json", summary)
@@ -162,7 +189,9 @@ def residual_projection(residual: str, enhanced: list[str], inputs: str | None =
     lm = models.load_verified(mi, device, source=f"residual {residual}")
 
     def mean_proj(files):
-        feats = [models.encode_image_batch(lm, lm.preprocess(decode_image(str(f)).image).unsqueeze(0))[0] for f in files]
+        feats = [
+            models.encode_image_batch(lm, lm.preprocess(decode_image(str(f)).image).unsqueeze(0))[0] for f in files
+        ]
         return float(np.mean(np.stack(feats) @ res.vector)) if feats else None
 
     out = {"model": f"{mi['model']}/{mi['pretrained']}", "thr": res.thr, "enhanced": mean_proj(enhanced)}

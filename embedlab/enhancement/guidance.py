@@ -16,6 +16,7 @@ in stages between network stages; `state()` / `load_state(st)` say what goes int
 Importing this module is cheap (torch is imported inside the methods, as in models.py), so the CLI can list
 the registered modes without loading torch.
 """
+
 from __future__ import annotations
 
 import abc
@@ -40,8 +41,8 @@ class GuidanceMode:
 
     name: ClassVar[str] = ""
     help: ClassVar[str] = ""
-    weight: ClassVar[float] = 1.0          # weight of `loss(out)` in the network's loss
-    refines: ClassVar[bool] = False        # True: own optimiser, stepped by `refine` between network stages
+    weight: ClassVar[float] = 1.0  # weight of `loss(out)` in the network's loss
+    refines: ClassVar[bool] = False  # True: own optimiser, stepped by `refine` between network stages
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -76,8 +77,10 @@ def register_guidance(cls: type[GuidanceMode]) -> type[GuidanceMode]:
         raise ValueError(f"{cls.__name__} needs a non-empty 'name' to be registered as a guidance mode.")
     old = _REGISTRY.get(cls.name)
     if old is not None and old is not cls:
-        warnings.warn(f"Guidance mode {cls.name!r} registered again: {cls.__qualname__} replaces {old.__qualname__}.",
-                      stacklevel=2)
+        warnings.warn(
+            f"Guidance mode {cls.name!r} registered again: {cls.__qualname__} replaces {old.__qualname__}.",
+            stacklevel=2,
+        )
     _REGISTRY[cls.name] = cls
     return cls
 
@@ -111,9 +114,12 @@ class ResidualGuidance(GuidanceMode):
     @classmethod
     def check_config(cls, cfg) -> None:
         if not cfg.residual:
-            raise InvalidParameterError("The 'residual' parameter of train is required with guidance='residual': a "
-                                        "residual .npy such as corrected.npy (made by `residual` or `correct`).",
-                                        param="residual", owner="train")
+            raise InvalidParameterError(
+                "The 'residual' parameter of train is required with guidance='residual': a "
+                "residual .npy such as corrected.npy (made by `residual` or `correct`).",
+                param="residual",
+                owner="train",
+            )
 
     @property
     def weight(self) -> float:
@@ -132,13 +138,21 @@ class ResidualGuidance(GuidanceMode):
         res = load_residual(cfg.residual)
         mi = res.info["model"]
         if cfg.model and (cfg.model, cfg.pretrained) != (mi["model"], mi["pretrained"]):
-            raise IncompatibleRunError(f"The guidance model {cfg.model}/{cfg.pretrained} differs from the residual's model "
-                                       f"{mi['model']}/{mi['pretrained']}; train reads the model from the residual.")
-        self.lm = models.load_verified(dict(mi, embed_dim=len(res.vector)), trainer.dev, source=f"residual {cfg.residual}")
+            raise IncompatibleRunError(
+                f"The guidance model {cfg.model}/{cfg.pretrained} differs from the residual's model "
+                f"{mi['model']}/{mi['pretrained']}; train reads the model from the residual."
+            )
+        self.lm = models.load_verified(
+            dict(mi, embed_dim=len(res.vector)), trainer.dev, source=f"residual {cfg.residual}"
+        )
         self.v_res = torch.tensor(res.vector, dtype=torch.float32, device=trainer.dev)
         self.thr = res.thr
-        log.info("guidance encodes training outputs squash-resized to %d px (as the paper); the residual was "
-                 "computed with: %s", self.lm.image_size, mi["preprocess"][:160])
+        log.info(
+            "guidance encodes training outputs squash-resized to %d px (as the paper); the residual was "
+            "computed with: %s",
+            self.lm.image_size,
+            mi["preprocess"][:160],
+        )
         self.encoder = _frozen_encoder(self.lm, trainer.dev)
 
     def loss(self, out: torch.Tensor) -> torch.Tensor:
@@ -163,9 +177,12 @@ class LearnedGuidance(GuidanceMode, metaclass=abc.ABCMeta):
     @classmethod
     def check_config(cls, cfg) -> None:
         if not cfg.welllit:
-            raise InvalidParameterError(f"The 'welllit' parameter of train is required with guidance={cfg.guidance!r}: "
-                                        "the mode learns from both sets (MANIFEST_OR_RUN[:SELECTOR]).", param="welllit",
-                                        owner="train")
+            raise InvalidParameterError(
+                f"The 'welllit' parameter of train is required with guidance={cfg.guidance!r}: "
+                "the mode learns from both sets (MANIFEST_OR_RUN[:SELECTOR]).",
+                param="welllit",
+                owner="train",
+            )
 
     @abc.abstractmethod
     def initial_param(self, device) -> torch.Tensor:
@@ -214,7 +231,7 @@ class LearnedGuidance(GuidanceMode, metaclass=abc.ABCMeta):
         with torch.no_grad():
             for _ in range(self.cfg.bank_views):
                 for s in range(0, len(images), 64):
-                    x = images[s:s + 64].float() / 255.0
+                    x = images[s : s + 64].float() / 255.0
                     x = F.interpolate(x, size=(self.cfg.guidance_size,) * 2, mode="bilinear", align_corners=False)
                     x = augment_views(x, rng, self.cfg.augment).to(self.dev)
                     with self.autocast():
@@ -229,8 +246,10 @@ class LearnedGuidance(GuidanceMode, metaclass=abc.ABCMeta):
         feats = []
         with torch.no_grad():
             for s in range(0, len(backlit), 16):
-                x = backlit[s:s + 16].float().div(255.0)
-                x = F.interpolate(x, size=(self.cfg.guidance_size,) * 2, mode="bilinear", align_corners=False).to(self.dev)
+                x = backlit[s : s + 16].float().div(255.0)
+                x = F.interpolate(x, size=(self.cfg.guidance_size,) * 2, mode="bilinear", align_corners=False).to(
+                    self.dev
+                )
                 with self.autocast():
                     out, _ = net(x)
                     feats.append(self.encoder(out).float())
@@ -280,8 +299,12 @@ class LearnedGuidance(GuidanceMode, metaclass=abc.ABCMeta):
         return n, terms["loss"]
 
     def state(self) -> dict:
-        return {"banks": dict(self.banks), "earlier": list(self.earlier), "guidance": self.param.detach().clone(),
-                "guidance_opt": self.opt.state_dict()}
+        return {
+            "banks": dict(self.banks),
+            "earlier": list(self.earlier),
+            "guidance": self.param.detach().clone(),
+            "guidance_opt": self.opt.state_dict(),
+        }
 
     def load_state(self, st: dict) -> None:
         import torch
@@ -326,7 +349,7 @@ class PromptGuidance(LearnedGuidance):
 
         tokens = self.lm.tokenizer([" ".join(["X"] * self.cfg.prompt_length)] * 2).to(device)
         eot = int(tokens[0].argmax())
-        self.tokens = tokens[:, :eot + 1]      # positions after the end-of-text token cannot affect it (causal mask)
+        self.tokens = tokens[:, : eot + 1]  # positions after the end-of-text token cannot affect it (causal mask)
         with torch.no_grad():
             return self.lm.model.token_embedding(self.tokens).float().clone()
 

@@ -1,5 +1,6 @@
 """`embedlab enhance`: full-resolution inference with the enhancement network (embedlab's own checkpoints or
 the published CLIP-LIT / RAVE ones), test-time reflect padding, orientation preserved, PNG out."""
+
 from __future__ import annotations
 
 import contextlib
@@ -26,8 +27,6 @@ def load_enhancer(checkpoint: str | os.PathLike, device="cpu") -> EnhancementNet
     net = EnhancementNet("test")
     net.load_state_dict(load_enhancer_state(checkpoint))
     return net.to(device).eval()
-
-
 
 
 def illumination_size(h: int, w: int, max_pixels: int | None) -> tuple[int, int] | None:
@@ -61,8 +60,9 @@ def _no_tf32():
 
 
 @torch.inference_mode()
-def enhance_array(net: EnhancementNet, x: torch.Tensor, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                  precision: str = "fp32") -> torch.Tensor:
+def enhance_array(
+    net: EnhancementNet, x: torch.Tensor, max_pixels: int | None = DEFAULT_MAX_PIXELS, precision: str = "fp32"
+) -> torch.Tensor:
     """Enhance a (B, 3, H, W) [0,1] batch. Above `max_pixels` per image, the illumination map is computed on a
     downscaled copy and upsampled (bilinear): the map is smooth, so this costs little accuracy and bounds memory.
     `precision` fp32 (default) reproduces the published code; bf16 runs the network under autocast."""
@@ -94,9 +94,17 @@ def list_inputs(inputs: list[str]) -> list[Path]:
     return files
 
 
-def enhance(checkpoint: str | os.PathLike, inputs: list[str] | str, out: str | os.PathLike, *, device: str = "auto",
-            batch_size: int = 4, max_pixels: int | None = DEFAULT_MAX_PIXELS, progress: bool = True,
-            precision: str = "fp32") -> dict:
+def enhance(
+    checkpoint: str | os.PathLike,
+    inputs: list[str] | str,
+    out: str | os.PathLike,
+    *,
+    device: str = "auto",
+    batch_size: int = 4,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    progress: bool = True,
+    precision: str = "fp32",
+) -> dict:
     """Enhance files or folders into `out` as PNGs (name = input stem), batching same-size images. Returns {"files":
     {input: output PNG}, "images": a record per input (output or None, size or error), "enhanced", "skipped"}."""
     from PIL import Image
@@ -105,7 +113,7 @@ def enhance(checkpoint: str | os.PathLike, inputs: list[str] | str, out: str | o
 
     from .. import models
 
-    precision_context(torch.device("cpu"), precision)       # validates the option before any work
+    precision_context(torch.device("cpu"), precision)  # validates the option before any work
     check_output_dir(out)
     dev = models.resolve_device(device)
     net = load_enhancer(checkpoint, dev)
@@ -126,9 +134,16 @@ def enhance(checkpoint: str | os.PathLike, inputs: list[str] | str, out: str | o
         small = illumination_size(x.shape[-2], x.shape[-1], max_pixels)
         for (src, _), img in zip(items, y):
             if small is not None:
-                log.info("%s: %dx%d px is above max_pixels %d: its illumination map is estimated on a downscaled "
-                         "%dx%d copy and upsampled", display_path(str(src)), x.shape[-1], x.shape[-2], max_pixels,
-                         small[1], small[0])
+                log.info(
+                    "%s: %dx%d px is above max_pixels %d: its illumination map is estimated on a downscaled "
+                    "%dx%d copy and upsampled",
+                    display_path(str(src)),
+                    x.shape[-1],
+                    x.shape[-2],
+                    max_pixels,
+                    small[1],
+                    small[0],
+                )
             arr = (img.permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
             dst = out / f"{src.stem}.png"
             Image.fromarray(arr).save(dst)

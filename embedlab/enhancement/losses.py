@@ -1,4 +1,5 @@
 """The losses of CLIP-LIT and RAVE (method.md 1.5, 2.3), as small pure functions on tensors."""
+
 from __future__ import annotations
 
 import torch
@@ -8,10 +9,10 @@ from embedlab.colour import srgb_to_linear
 
 PAPER_ID_WEIGHTS_RECON = (1.0, 1.0, 1.0, 1.0, 1.0)
 PAPER_ID_WEIGHTS_GUIDED = (1.0, 1.0, 1.0, 1.0, 0.5)
-W_CLIP = 16 * 20            # 320, CLIP-Enhance
-W_RESIDUAL = 6 * 16 * 20    # 1920, RAVE
+W_CLIP = 16 * 20  # 320, CLIP-Enhance
+W_RESIDUAL = 6 * 16 * 20  # 1920, RAVE
 W_ID = 25.0
-W_ID_GUIDED = 0.9 * 25.0    # 22.5
+W_ID_GUIDED = 0.9 * 25.0  # 22.5
 W_RANK = 200.0
 
 
@@ -47,7 +48,9 @@ def layer_weights(weights, n_maps: int) -> tuple[float, ...]:
     return (w[:-1] + (1.0,) * n_maps)[: n_maps - 1] + (w[-1],)
 
 
-def identity_loss(maps_out: list[torch.Tensor], maps_in: list[torch.Tensor], weights=PAPER_ID_WEIGHTS_GUIDED) -> torch.Tensor:
+def identity_loss(
+    maps_out: list[torch.Tensor], maps_in: list[torch.Tensor], weights=PAPER_ID_WEIGHTS_GUIDED
+) -> torch.Tensor:
     """sum_b sum_l w_l MSE(map_l(out_b), map_l(in_b)): per-image MSE per layer, summed over the batch (as the reference)."""
     if len(maps_out) != len(weights):
         raise ValueError(f"{len(maps_out)} feature maps but {len(weights)} weights")
@@ -68,6 +71,7 @@ def ranking_loss(score_backlit: torch.Tensor, score_welllit: torch.Tensor, earli
     `earlier` holds the network's outputs from earlier rounds ordered oldest -> newest; we require
     backlit >= oldest >= ... >= newest >= well-lit (method.md 1.5 notes the reference may order R1/R2 the
     other way). Margins as the reference: 1.0 with no earlier results; 0.9/0.9/0.2 with one; 0.9/0.9/0.1/0.1 with two."""
+
     def hinge(a, b, m):
         return F.relu(m - (a - b)).mean()
 
@@ -77,5 +81,9 @@ def ranking_loss(score_backlit: torch.Tensor, score_welllit: torch.Tensor, earli
         (r1,) = earlier
         return hinge(score_backlit, score_welllit, 0.9) + hinge(score_backlit, r1, 0.9) + hinge(r1, score_welllit, 0.2)
     old, new = earlier[-2], earlier[-1]
-    return (hinge(score_backlit, score_welllit, 0.9) + hinge(score_backlit, old, 0.9) + hinge(old, new, 0.1)
-            + hinge(new, score_welllit, 0.1))
+    return (
+        hinge(score_backlit, score_welllit, 0.9)
+        + hinge(score_backlit, old, 0.9)
+        + hinge(old, new, 0.1)
+        + hinge(new, score_welllit, 0.1)
+    )

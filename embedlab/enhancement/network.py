@@ -5,6 +5,7 @@ in cond1/condx/condy/cond_add1 (`padding="train"`); the published test-time clas
 (`padding="test"`). Residual-block convs are always reflect-padded; the pyramid-pooling fuse conv always uses
 zero padding. Parameter names match the published checkpoints (after stripping their `module.` prefix).
 """
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,12 @@ class PyramidPooling(nn.Module):
     def __init__(self, channels: int = 32, reduced: int = 8, bins=(1, 2, 3, 6)):
         super().__init__()
         self.features = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(b), nn.Conv2d(channels, reduced, 1, bias=False), nn.PReLU()) for b in bins)
-        self.fuse = nn.Sequential(nn.Conv2d(channels + reduced * len(bins), channels, 3, padding=1, bias=False), nn.PReLU())
+            nn.Sequential(nn.AdaptiveAvgPool2d(b), nn.Conv2d(channels, reduced, 1, bias=False), nn.PReLU())
+            for b in bins
+        )
+        self.fuse = nn.Sequential(
+            nn.Conv2d(channels + reduced * len(bins), channels, 3, padding=1, bias=False), nn.PReLU()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
@@ -125,6 +130,8 @@ def load_enhancer_state(path: str | os.PathLike) -> dict:
     expected = set(EnhancementNet().state_dict())
     if set(state) != expected:
         missing, extra = expected - set(state), set(state) - expected
-        raise IncompatibleRunError(f"{p} is not an enhancement-network checkpoint (missing {sorted(missing)[:3]}, "
-                                   f"unexpected {sorted(extra)[:3]}).")
+        raise IncompatibleRunError(
+            f"{p} is not an enhancement-network checkpoint (missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(extra)[:3]})."
+        )
     return state

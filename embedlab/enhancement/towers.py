@@ -1,5 +1,6 @@
 """Frozen CLIP towers used during training: the guidance image encoder (squash-resize, as the paper) and the
 identity-loss feature extractor (ResNet stem + 4 stages, or ViT intermediate blocks)."""
+
 from __future__ import annotations
 
 import logging

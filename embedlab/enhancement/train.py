@@ -7,6 +7,7 @@ enhancer.json (final weights for `embedlab enhance`). Rerunning the same command
 batches are drawn from an RNG seeded by (seed, step), so a resumed CPU run is bitwise equal to an
 uninterrupted one.
 """
+
 from __future__ import annotations
 
 import csv
@@ -29,7 +30,7 @@ from embedlab.enhancement.presets import TrainConfig, make_config
 from embedlab.errors import IncompatibleRunError
 
 log = logging.getLogger(__name__)
-NETWORK_PADDING = {"zeros": "train", "reflect": "test"}    # TrainConfig.padding -> EnhancementNet's padding class
+NETWORK_PADDING = {"zeros": "train", "reflect": "test"}  # TrainConfig.padding -> EnhancementNet's padding class
 
 
 class Trainer:
@@ -49,12 +50,12 @@ class Trainer:
         if self.cuda:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.ema = ({k: v.detach().clone() for k, v in self.net.state_dict().items()} if cfg.ema is not None else None)
+        self.ema = {k: v.detach().clone() for k, v in self.net.state_dict().items()} if cfg.ema is not None else None
         self.guidance = get_guidance(cfg.guidance)(cfg)
         self.guidance.prepare(self)
         self._load_identity_model()
         self.gt = None
-        if cfg.pixel_loss > 0:   # the extension: pairs from the manifest's "gt" (not in the paper)
+        if cfg.pixel_loss > 0:  # the extension: pairs from the manifest's "gt" (not in the paper)
             self.backlit_paths, gt_paths = resolve_pairs(cfg.backlit, "role=backlit")
             self.gt = load_resized(gt_paths, cfg.size)
             log.info("pixel loss (an extension, not in the paper): weight %g, %d pairs", cfg.pixel_loss, len(gt_paths))
@@ -146,14 +147,22 @@ class Trainer:
 
     # ----------------------------------------------------------------- checkpoints
     def state(self) -> dict:
-        st = {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "step": torch.tensor(self.step),
-              "schedule": {k: torch.tensor(-1 if v is None else v) for k, v in self.schedule_state.items() if k != "phase"},
-              "phase": torch.tensor(PHASES.index(self.schedule_state["phase"]))}
+        st = {
+            "net": self.net.state_dict(),
+            "opt": self.opt.state_dict(),
+            "step": torch.tensor(self.step),
+            "schedule": {
+                k: torch.tensor(-1 if v is None else v) for k, v in self.schedule_state.items() if k != "phase"
+            },
+            "phase": torch.tensor(PHASES.index(self.schedule_state["phase"])),
+        }
         if self.ema is not None:
             st["ema"] = self.ema
         own = self.guidance.state()
         if set(own) & set(st):
-            raise ValueError(f"guidance mode {self.cfg.guidance!r} saves keys the trainer uses: {sorted(set(own) & set(st))}")
+            raise ValueError(
+                f"guidance mode {self.cfg.guidance!r} saves keys the trainer uses: {sorted(set(own) & set(st))}"
+            )
         return {**st, **own}
 
     def save(self) -> None:
@@ -178,9 +187,17 @@ class Trainer:
         state = {k: v.detach().cpu().contiguous() for k, v in self.weights().items()}
         with atomic_path(path) as tmp:
             save_file(state, str(tmp))
-        atomic_write_json(self.out / "enhancer.json", {"format": "embedlab-enhancer", "network": "CLIP-LIT/RAVE enhancement net",
-                                                       "parameters": 278790, "steps": self.step, "guidance": self.cfg.guidance,
-                                                       "trained_padding": self.cfg.padding})
+        atomic_write_json(
+            self.out / "enhancer.json",
+            {
+                "format": "embedlab-enhancer",
+                "network": "CLIP-LIT/RAVE enhancement net",
+                "parameters": 278790,
+                "steps": self.step,
+                "guidance": self.cfg.guidance,
+                "trained_padding": self.cfg.padding,
+            },
+        )
         return path
 
     # ----------------------------------------------------------------- the loop
@@ -213,9 +230,14 @@ class Trainer:
             logs.close()
         self.save()
         final = self.export() if self.step >= cfg.iters else None
-        return {"out": str(self.out), "steps": self.step, "finished": self.step >= cfg.iters,
-                "enhancer": str(final) if final else None, "seconds_this_call": round(time.perf_counter() - t0, 2),
-                "last": getattr(self, "last_terms", {})}
+        return {
+            "out": str(self.out),
+            "steps": self.step,
+            "finished": self.step >= cfg.iters,
+            "enhancer": str(final) if final else None,
+            "seconds_this_call": round(time.perf_counter() - t0, 2),
+            "last": getattr(self, "last_terms", {}),
+        }
 
     def _resume_or_start(self) -> None:
         """Resume from ckpt_last.pt when the folder holds a run with the same settings (refuse other settings);
@@ -225,11 +247,13 @@ class Trainer:
         resolved = asdict(self.cfg)
         if (self.out / "ckpt_last.pt").exists():
             old = read_json(cfg_path) if cfg_path.exists() else {}
-            known = asdict(TrainConfig())        # a key an older version did not write had its default value
+            known = asdict(TrainConfig())  # a key an older version did not write had its default value
             diff = {k for k in resolved if k not in ("device", "out") and old.get(k, known[k]) != resolved[k]}
             if diff:
-                raise IncompatibleRunError(f"{self.out} holds a training run with other settings ({sorted(diff)}); "
-                                           "use another 'out', or set 'overwrite'.").naming("out", "overwrite")
+                raise IncompatibleRunError(
+                    f"{self.out} holds a training run with other settings ({sorted(diff)}); "
+                    "use another 'out', or set 'overwrite'."
+                ).naming("out", "overwrite")
             self.load(self.out / "ckpt_last.pt")
             log.info("resuming %s at step %d", self.out, self.step)
         atomic_write_json(cfg_path, resolved)
@@ -280,7 +304,7 @@ class Trainer:
         from PIL import Image
 
         net = self.net
-        if self.ema is not None:                 # samples show the weights that will be exported
+        if self.ema is not None:  # samples show the weights that will be exported
             net = EnhancementNet(NETWORK_PADDING[self.cfg.padding]).to(self.dev)
             net.load_state_dict(self.ema)
         with torch.no_grad():
@@ -345,8 +369,17 @@ class _TrainLog:
             now = time.perf_counter()
             rate = self.cfg.display_iter / max(now - self.last_t, 1e-9)
             self.last_t = now
-            self.writer.writerow([step, phase, terms["loss"], terms.get("guidance", ""), terms.get("identity", ""),
-                                  round(now - self.t0, 3), round(rate, 3)])
+            self.writer.writerow(
+                [
+                    step,
+                    phase,
+                    terms["loss"],
+                    terms.get("guidance", ""),
+                    terms.get("identity", ""),
+                    round(now - self.t0, 3),
+                    round(rate, 3),
+                ]
+            )
             self.file.flush()
             if self.tb is not None:
                 for k, v in terms.items():
@@ -368,8 +401,14 @@ def _tensorboard(out: Path):
     return SummaryWriter(str(out / "tensorboard"))
 
 
-def train(out: str | os.PathLike, preset: str = "paper", overwrite: bool = False, progress: bool = True,
-          stop_after: int | None = None, **options) -> dict:
+def train(
+    out: str | os.PathLike,
+    preset: str = "paper",
+    overwrite: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+    **options,
+) -> dict:
     """Train an enhancement network into run folder `out` (resumes when it holds a compatible run).
 
     Returns the run's summary (steps, finished, seconds_this_call, last loss terms) with `files`: config, log,
@@ -381,6 +420,10 @@ def train(out: str | os.PathLike, preset: str = "paper", overwrite: bool = False
         shutil.rmtree(out)
     result = Trainer(cfg).run(progress=progress, stop_after=stop_after)
     out = Path(out)
-    files = {"config": out / "config.json", "log": out / "log.csv", "checkpoint": out / "ckpt_last.pt",
-             "enhancer": Path(result["enhancer"]) if result["enhancer"] else None}
+    files = {
+        "config": out / "config.json",
+        "log": out / "log.csv",
+        "checkpoint": out / "ckpt_last.pt",
+        "enhancer": Path(result["enhancer"]) if result["enhancer"] else None,
+    }
     return {**result, "files": {k: str(p) for k, p in files.items() if p is not None and p.exists()}}

@@ -2,6 +2,7 @@
 
 Pages come from Jinja2 templates (embedlab/reports/templates, autoescaped); user strings reach figures as plain text
 (never matplotlib mathtext), Markdown escaped, and links URL-encoded. Shared by the demo index and the map."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,8 +13,24 @@ import pandas as pd
 from embedlab._io import atomic_write_bytes, atomic_write_json
 from embedlab.reports.html import fmt, md_escape, plain_text_figures, render_page, shown_path
 
-COLUMNS = ["rank", "direction", "concept", "score_centred", "z", "raw_cosine", "cosine_at_pick", "cum_explained",
-           "mean_sim_from", "mean_sim_to", "diff", "auroc", "welch_p", "q_bh", "p_fwer", "p_fwer_deflated"]
+COLUMNS = [
+    "rank",
+    "direction",
+    "concept",
+    "score_centred",
+    "z",
+    "raw_cosine",
+    "cosine_at_pick",
+    "cum_explained",
+    "mean_sim_from",
+    "mean_sim_to",
+    "diff",
+    "auroc",
+    "welch_p",
+    "q_bh",
+    "p_fwer",
+    "p_fwer_deflated",
+]
 SHORT_COLUMNS = ["rank", "concept", "score_centred", "auroc", "p_fwer", "q_bh"]
 COLUMN_HELP = {
     "rank": "order of the greedy (deflated) pick on this side",
@@ -51,11 +68,19 @@ def bar_chart(adds: pd.DataFrame, removes: pd.DataFrame, k: int = 15):
         ax.barh(y, vals, color=colors)
         ax.set_yticks(y, labels, fontsize=8)
         ax.axvline(0, color="k", lw=0.6)
-        fig.subplots_adjust(left=0.3, top=1 - 0.6 / (0.28 * len(labels) + 1.5), bottom=0.55 / (0.28 * len(labels) + 1.5))
+        fig.subplots_adjust(
+            left=0.3, top=1 - 0.6 / (0.28 * len(labels) + 1.5), bottom=0.55 / (0.28 * len(labels) + 1.5)
+        )
         ax.set_xlabel("cosine with the residual at the concept's deflation step (centred vocabulary)", fontsize=8)
         ax.set_title("Top concepts of the residual from the 'from' set to the 'to' set", fontsize=10)
-        ax.legend(handles=[Patch(color="#2b8a3e", label="added (toward the to set)"),
-                           Patch(color="#c92a2a", label="removed (toward the from set)")], fontsize=7, loc="lower right")
+        ax.legend(
+            handles=[
+                Patch(color="#2b8a3e", label="added (toward the to set)"),
+                Patch(color="#c92a2a", label="removed (toward the from set)"),
+            ],
+            fontsize=7,
+            loc="lower right",
+        )
     return fig
 
 
@@ -79,17 +104,33 @@ def similarity_histograms(items: list[tuple], name_from: str, name_to: str):
             concept, s_from, s_to = item[:3]
             side = item[3] if len(item) > 3 else None
             bins = np.linspace(min(s_from.min(), s_to.min()), max(s_from.max(), s_to.max()) + 1e-9, 25)
-            ax.hist(s_from, bins=bins, density=True, histtype="stepfilled", alpha=0.55, color="#495057",
-                    label=f"from set: {name_from} (n={len(s_from)})")
-            ax.hist(s_to, bins=bins, density=True, histtype="stepfilled", alpha=0.55, color="#f08c00",
-                    label=f"to set: {name_to} (n={len(s_to)})")
+            ax.hist(
+                s_from,
+                bins=bins,
+                density=True,
+                histtype="stepfilled",
+                alpha=0.55,
+                color="#495057",
+                label=f"from set: {name_from} (n={len(s_from)})",
+            )
+            ax.hist(
+                s_to,
+                bins=bins,
+                density=True,
+                histtype="stepfilled",
+                alpha=0.55,
+                color="#f08c00",
+                label=f"to set: {name_to} (n={len(s_to)})",
+            )
             prefix = {"adds": "added: ", "removes": "removed: "}.get(side, "")
-            ax.set_title(f"{prefix}{concept}", fontsize=9, color={"adds": "#2b8a3e", "removes": "#c92a2a"}.get(side, "k"))
-            ax.set_yticks([])       # densities: the sets' sizes differ, the shapes are what compares
+            ax.set_title(
+                f"{prefix}{concept}", fontsize=9, color={"adds": "#2b8a3e", "removes": "#c92a2a"}.get(side, "k")
+            )
+            ax.set_yticks([])  # densities: the sets' sizes differ, the shapes are what compares
             ax.xaxis.set_major_locator(MaxNLocator(4))
             ax.tick_params(labelsize=7)
             handles = handles or ax.get_legend_handles_labels()
-        for ax in list(axes.flat)[len(items):]:
+        for ax in list(axes.flat)[len(items) :]:
             ax.axis("off")
         if handles:
             fig.legend(*handles, loc="upper center", ncol=2, fontsize=8, frameon=False)
@@ -98,6 +139,7 @@ def similarity_histograms(items: list[tuple], name_from: str, name_to: str):
 
 
 # ---- what the page says -----------------------------------------------------------------------------------
+
 
 def _perm(report: dict) -> dict:
     return report["info"].get("permutation") or {}
@@ -119,18 +161,23 @@ def test_description(report: dict) -> str:
     if unit:
         n_from, n_to = unit.get("n_from"), unit.get("n_to")
         what = unit.get("unit", "images")
-        head = (f"Permutation test on {what}: {n_from} + {n_to} {what} (effective n = {fmt(unit.get('effective_n', '?'))} {what}), "
-                f"{perm.get('scheme') or unit.get('shuffle', '')}; family: {perm.get('family_note') or unit.get('family', 'the vocabulary')}")
+        head = (
+            f"Permutation test on {what}: {n_from} + {n_to} {what} (effective n = {fmt(unit.get('effective_n', '?'))} {what}), "
+            f"{perm.get('scheme') or unit.get('shuffle', '')}; family: {perm.get('family_note') or unit.get('family', 'the vocabulary')}"
+        )
     else:
         head = f"Permutation test: {perm.get('scheme', 'labels shuffled')} ({perm.get('n_units', '?')} units); family: max statistic over the vocabulary"
     used = ""
     if info.get("images") is not None:
-        used = (f" It read {info['images']:,} images" + (f" in {info['groups']:,} groups" if info.get("groups") else "")
-                + (" from the runs' shards, block by block" if info.get("read_from") == "runs" else "") + ".")
+        used = (
+            f" It read {info['images']:,} images"
+            + (f" in {info['groups']:,} groups" if info.get("groups") else "")
+            + (" from the runs' shards, block by block" if info.get("read_from") == "runs" else "")
+            + "."
+        )
         if unit and unit.get("auroc_max_error") is not None:
             used += f" AUROC {unit['auroc']} (at most {unit['auroc_max_error']:.4f} off)."
-    return (f"{head}; K = {perm['K']} shuffles, smallest attainable p = {fmt(perm.get('smallest_attainable_p'))}."
-            + used)
+    return f"{head}; K = {perm['K']} shuffles, smallest attainable p = {fmt(perm.get('smallest_attainable_p'))}." + used
 
 
 def why_not_significant(report: dict, table: pd.DataFrame) -> str:
@@ -140,17 +187,23 @@ def why_not_significant(report: dict, table: pd.DataFrame) -> str:
         return info.get("significance_note") or "no permutation test was run (K = 0)"
     shuffle = str((info.get("test_unit") or {}).get("shuffle") or perm.get("scheme", ""))
     if "within" in shuffle:
-        return ("labels are shuffled within groups (the groups span both sets), and shuffles within groups cannot "
-                "test content that differs between groups, such as which scenes or objects each set holds; "
-                "read AUROC and q_bh beside it")
+        return (
+            "labels are shuffled within groups (the groups span both sets), and shuffles within groups cannot "
+            "test content that differs between groups, such as which scenes or objects each set holds; "
+            "read AUROC and q_bh beside it"
+        )
     smallest = perm.get("smallest_attainable_p")
     if smallest is not None and smallest >= SIG_LEVEL:
-        return (f"with {perm.get('n_units', 'these')} exchangeable units only ~10^{perm.get('log10_distinct_shuffles', 0):.1f} "
-                f"distinct shuffles exist, so no p below {fmt(smallest)} can be reached")
+        return (
+            f"with {perm.get('n_units', 'these')} exchangeable units only ~10^{perm.get('log10_distinct_shuffles', 0):.1f} "
+            f"distinct shuffles exist, so no p below {fmt(smallest)} can be reached"
+        )
     p = pd.to_numeric(table.get("p_fwer", pd.Series(dtype=float)), errors="coerce")
     best = fmt(float(p.min())) if p.notna().any() else "n/a"
-    return (f"no concept's score beats the largest score of shuffled sets often enough (smallest p_fwer {best}, "
-            f"family-wise over {info.get('vocabulary_size', 'all')} concepts)")
+    return (
+        f"no concept's score beats the largest score of shuffled sets often enough (smallest p_fwer {best}, "
+        f"family-wise over {info.get('vocabulary_size', 'all')} concepts)"
+    )
 
 
 def _sentence(template: str, *args, md: bool = False):
@@ -167,50 +220,78 @@ def _sentence(template: str, *args, md: bool = False):
 def lead_sentences(report: dict, table: pd.DataFrame, md: bool = False) -> list:
     """Three sentences a newcomer can act on: what the residual is, its top concepts, what is significant."""
     res, info = report["residual"], report["info"]
-    how = ("the normalised mean of the <b>to</b> set's normalised image embeddings minus that of the <b>from</b> set"
-           if res.get("method", "rave") == "rave" else "the mean of the <b>to</b> set's image embeddings minus the mean of the <b>from</b> set's")
-    s1 = _sentence("The residual is " + how + ", normalised to unit length: from = <code>{}</code> ({} images), "
-                   "to = <code>{}</code> ({} images).", res["from"], info.get("n_from", "?"), res["to"],
-                   info.get("n_to", "?"), md=md)
+    how = (
+        "the normalised mean of the <b>to</b> set's normalised image embeddings minus that of the <b>from</b> set"
+        if res.get("method", "rave") == "rave"
+        else "the mean of the <b>to</b> set's image embeddings minus the mean of the <b>from</b> set's"
+    )
+    s1 = _sentence(
+        "The residual is " + how + ", normalised to unit length: from = <code>{}</code> ({} images), "
+        "to = <code>{}</code> ({} images).",
+        res["from"],
+        info.get("n_from", "?"),
+        res["to"],
+        info.get("n_to", "?"),
+        md=md,
+    )
     top = {side: [str(c) for c in table[table["direction"] == side]["concept"].head(3)] for side in ("adds", "removes")}
-    s2 = _sentence("It points toward <b>{}</b> (added) and away from <b>{}</b> (removed).",
-                   ", ".join(top["adds"]) or "nothing", ", ".join(top["removes"]) or "nothing", md=md)
+    s2 = _sentence(
+        "It points toward <b>{}</b> (added) and away from <b>{}</b> (removed).",
+        ", ".join(top["adds"]) or "nothing",
+        ", ".join(top["removes"]) or "nothing",
+        md=md,
+    )
     sig = significant(table)
     if len(sig):
-        names = ", ".join(f"{c} ({'added' if d == 'adds' else 'removed'}, p_fwer {fmt(p)})"
-                          for c, d, p in zip(sig["concept"], sig["direction"], sig["p_fwer"]))
+        names = ", ".join(
+            f"{c} ({'added' if d == 'adds' else 'removed'}, p_fwer {fmt(p)})"
+            for c, d, p in zip(sig["concept"], sig["direction"], sig["p_fwer"])
+        )
         s3 = _sentence("Significant by this report's own test (p_fwer &lt; 0.05): <b>{}</b>.", names, md=md)
     else:
-        s3 = _sentence("No concept is significant by this report's own test (p_fwer &lt; 0.05): {}.",
-                       why_not_significant(report, table), md=md)
+        s3 = _sentence(
+            "No concept is significant by this report's own test (p_fwer &lt; 0.05): {}.",
+            why_not_significant(report, table),
+            md=md,
+        )
     return [s1, s2, s3]
 
 
 def _summary_lines(report: dict, base=None) -> list[str]:
     info, res = report["info"], report["residual"]
-    lines = [f"Residual: {shown_path(res['path'], base)} ({res['method']}, from {res['from']} to {res['to']}; model {res['model']})",
-             f"Vocabulary: {info['vocabulary']} - {info['vocabulary_source']}; templates {info['templates']}"]
+    lines = [
+        f"Residual: {shown_path(res['path'], base)} ({res['method']}, from {res['from']} to {res['to']}; model {res['model']})",
+        f"Vocabulary: {info['vocabulary']} - {info['vocabulary_source']}; templates {info['templates']}",
+    ]
     if info.get("vocabulary_note"):
         lines.append(info["vocabulary_note"])
     lines.append(test_description(report))
-    lines.append("Scores: cosine with the centred vocabulary (the text mean removed); z against the vocabulary; "
-                 "raw_cosine as RAVE ranks. p_fwer: family-wise adjusted (max statistic); p_fwer_deflated: the "
-                 "same test at each deflation step (the first steps; blank beyond); welch_p: per-concept Welch "
-                 "t-test (nominal); q_bh: Benjamini-Hochberg over the whole vocabulary.")
+    lines.append(
+        "Scores: cosine with the centred vocabulary (the text mean removed); z against the vocabulary; "
+        "raw_cosine as RAVE ranks. p_fwer: family-wise adjusted (max statistic); p_fwer_deflated: the "
+        "same test at each deflation step (the first steps; blank beyond); welch_p: per-concept Welch "
+        "t-test (nominal); q_bh: Benjamini-Hochberg over the whole vocabulary."
+    )
     lines.append(sign_rule(report))
     return lines
 
 
-SIGN_RULE = ("Sign rule: each list is a greedy deflation ranking read from the top while its picks point its way: "
-             "added needs a positive centred score (score_centred, the cosine of the residual with the centred "
-             "concept embedding: toward the to set) and a positive cosine at its deflation step, removed needs both "
-             "negative; a concept appears on one side at most.")
+SIGN_RULE = (
+    "Sign rule: each list is a greedy deflation ranking read from the top while its picks point its way: "
+    "added needs a positive centred score (score_centred, the cosine of the residual with the centred "
+    "concept embedding: toward the to set) and a positive cosine at its deflation step, removed needs both "
+    "negative; a concept appears on one side at most."
+)
 
 
 def sign_rule(report: dict) -> str:
     share = report["info"].get("min_explained")
-    stop = (f" A side's list stops at its first pick with the wrong sign of either, or that explains less than "
-            f"{fmt(100 * share)}% of |r|^2 (min_explained; default 0.1%)." if isinstance(share, (int, float)) else "")
+    stop = (
+        f" A side's list stops at its first pick with the wrong sign of either, or that explains less than "
+        f"{fmt(100 * share)}% of |r|^2 (min_explained; default 0.1%)."
+        if isinstance(share, (int, float))
+        else ""
+    )
     return SIGN_RULE + stop
 
 
@@ -227,40 +308,82 @@ def _rows(t: pd.DataFrame) -> list[dict]:
 def render_markdown(report: dict, table: pd.DataFrame, base=None) -> str:
     lead = " ".join(lead_sentences(report, table, md=True))
     lines = ["# Concept report", "", lead, ""] + [f"- {md_escape(ln)}" for ln in _summary_lines(report, base)] + [""]
-    for side, title in (("adds", "Concepts the residual adds (toward the to set)"),
-                        ("removes", "Concepts the residual removes (toward the from set)")):
+    for side, title in (
+        ("adds", "Concepts the residual adds (toward the to set)"),
+        ("removes", "Concepts the residual removes (toward the from set)"),
+    ):
         t = table[table["direction"] == side]
         lines += [f"## {title}", "", "| " + " | ".join(t.columns) + " |", "|" + "---|" * len(t.columns)]
         for _, row in t.iterrows():
-            lines.append("| " + " | ".join(md_escape(v) if isinstance(v, str) else fmt(v) for v in row.to_list()) + " |")
+            lines.append(
+                "| " + " | ".join(md_escape(v) if isinstance(v, str) else fmt(v) for v in row.to_list()) + " |"
+            )
         lines.append("")
     return "\n".join(lines)
 
 
 def render_html(report: dict, table: pd.DataFrame, figures: dict, nav_links: list | None = None, base=None) -> str:
     info, res = report["info"], report["residual"]
-    columns = [{"name": c, "help": COLUMN_HELP.get(c, ""),
-                "cls": ("c" if c == "concept" else "n") + ("" if c in SHORT_COLUMNS else " x")}
-               for c in table.columns if c != "direction"]
+    columns = [
+        {
+            "name": c,
+            "help": COLUMN_HELP.get(c, ""),
+            "cls": ("c" if c == "concept" else "n") + ("" if c in SHORT_COLUMNS else " x"),
+        }
+        for c in table.columns
+        if c != "direction"
+    ]
     order = {c: i for i, c in enumerate(SHORT_COLUMNS)}
-    columns.sort(key=lambda c: order.get(c["name"], len(order)))      # the short view first, the rest one click away
+    columns.sort(key=lambda c: order.get(c["name"], len(order)))  # the short view first, the rest one click away
     sides = []
-    for side, title, toward in (("adds", "Concepts the residual adds", "to"), ("removes", "Concepts the residual removes", "from")):
+    for side, title, toward in (
+        ("adds", "Concepts the residual adds", "to"),
+        ("removes", "Concepts the residual removes", "from"),
+    ):
         t = table[table["direction"] == side]
         rows = _rows(t)
-        sides.append({"key": side, "title": f"{title} (toward the {toward} set)", "rows": rows, "rule": sign_rule(report),
-                      "any_deflated": any(r["dagger"] for r in rows)})
-    sets = [{"name": "from", "selector": res["from"], "n": info.get("n_from", "?"), "role": "start of the residual"},
-            {"name": "to", "selector": res["to"], "n": info.get("n_to", "?"), "role": "end of the residual (it points here)"}]
-    return render_page("report.html.j2", nav_links=nav_links or [], lead=lead_sentences(report, table), sets=sets,
-                       residual_path=shown_path(res.get("path", ""), base), model=res.get("model", ""),
-                       vocabulary=f"{info.get('vocabulary')} ({info.get('vocabulary_size', '?')} concepts)",
-                       figures=figures or {}, sides=sides, columns=columns, test_line=test_description(report),
-                       exemplars=report.get("exemplars") or [], details=_summary_lines(report, base))
+        sides.append(
+            {
+                "key": side,
+                "title": f"{title} (toward the {toward} set)",
+                "rows": rows,
+                "rule": sign_rule(report),
+                "any_deflated": any(r["dagger"] for r in rows),
+            }
+        )
+    sets = [
+        {"name": "from", "selector": res["from"], "n": info.get("n_from", "?"), "role": "start of the residual"},
+        {
+            "name": "to",
+            "selector": res["to"],
+            "n": info.get("n_to", "?"),
+            "role": "end of the residual (it points here)",
+        },
+    ]
+    return render_page(
+        "report.html.j2",
+        nav_links=nav_links or [],
+        lead=lead_sentences(report, table),
+        sets=sets,
+        residual_path=shown_path(res.get("path", ""), base),
+        model=res.get("model", ""),
+        vocabulary=f"{info.get('vocabulary')} ({info.get('vocabulary_size', '?')} concepts)",
+        figures=figures or {},
+        sides=sides,
+        columns=columns,
+        test_line=test_description(report),
+        exemplars=report.get("exemplars") or [],
+        details=_summary_lines(report, base),
+    )
 
 
-def write_report(out_dir: str | Path, report: dict, figures: dict | None = None,
-                 html_exemplars: list | None = None, nav_links: list | None = None) -> dict:
+def write_report(
+    out_dir: str | Path,
+    report: dict,
+    figures: dict | None = None,
+    html_exemplars: list | None = None,
+    nav_links: list | None = None,
+) -> dict:
     """Write report.json, report.csv, report.md and report.html; returns their paths.
 
     `html_exemplars` are the report's exemplars with inline thumbnails (kept out of the JSON)."""
@@ -272,5 +395,7 @@ def write_report(out_dir: str | Path, report: dict, figures: dict | None = None,
     atomic_write_bytes(out / "report.csv", table[cols].to_csv(index=False).encode())
     atomic_write_bytes(out / "report.md", render_markdown(report, table[cols], out).encode())
     html_report = dict(report, exemplars=html_exemplars if html_exemplars is not None else report.get("exemplars", []))
-    atomic_write_bytes(out / "report.html", render_html(html_report, table[cols], figures or {}, nav_links, out).encode())
+    atomic_write_bytes(
+        out / "report.html", render_html(html_report, table[cols], figures or {}, nav_links, out).encode()
+    )
     return {k: str(out / f"report.{k}") for k in ("json", "csv", "md", "html")}

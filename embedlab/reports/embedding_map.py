@@ -5,6 +5,7 @@ the residual drawn, and a search box for file names. Coordinates, metadata and J
 page as JSON; the page's JavaScript and CSS are inlined (embedlab/templates/map.js, page.css): no CDN, no fetch.
 Big runs are subsampled (seeded) and the page states the sample size. `write_sprite` makes the TensorBoard
 projector's sprite of thumbnails."""
+
 from __future__ import annotations
 
 import logging
@@ -69,15 +70,24 @@ def map_views(X: np.ndarray, methods, seed: int, res_vec, masks) -> list[dict]:
         arrow = None
         if res_vec is not None and masks is not None:
             m_from, m_to = masks
-            start, end = (pca_arrow(X, Y, pca, res_vec, m_from, m_to) if pca is not None
-                          else (Y[m_from].mean(0), Y[m_to].mean(0)))   # UMAP is not linear: centroid to centroid
+            start, end = (
+                pca_arrow(X, Y, pca, res_vec, m_from, m_to) if pca is not None else (Y[m_from].mean(0), Y[m_to].mean(0))
+            )  # UMAP is not linear: centroid to centroid
             arrow = [[float(v) for v in start], [float(v) for v in end]]
         views.append({"name": method.upper(), "xy": np.round(Y, 5).tolist(), "axes": axes, "arrow": arrow})
     return views
 
 
-def map_data(run, *, residual: str | None = None, color_by: str = "role", max_points: int = 2000,
-             thumb_px: int = 96, seed: int = 0, methods=("pca", "umap")) -> dict:
+def map_data(
+    run,
+    *,
+    residual: str | None = None,
+    color_by: str = "role",
+    max_points: int = 2000,
+    thumb_px: int = 96,
+    seed: int = 0,
+    methods=("pca", "umap"),
+) -> dict:
     """Everything the map page shows, as plain data (JSON-ready)."""
     from embedlab.reports.html import thumb_data_uri
     from embedlab.runs.store import Run
@@ -88,7 +98,7 @@ def map_data(run, *, residual: str | None = None, color_by: str = "role", max_po
     if n_total < 3:
         raise ConfigError(f"Run {run} has {n_total} embedded images; a map needs at least 3.")
     idx = subsample(n_total, max_points, seed)
-    X = np.asarray(r.take(idx), np.float64)           # only the sample is read into memory
+    X = np.asarray(r.take(idx), np.float64)  # only the sample is read into memory
     meta = r.metadata.iloc[idx].reset_index(drop=True)
     res_vec, masks, res_info = None, None, None
     if residual:
@@ -105,36 +115,73 @@ def map_data(run, *, residual: str | None = None, color_by: str = "role", max_po
     files = meta["file"].astype(str).tolist() if "file" in meta.columns else [None] * len(meta)
     thumbs = [thumb_data_uri(f, thumb_px) if f else None for f in files]
     label_col = "path" if "path" in meta.columns else next(iter(columns))
-    sample = (f"all {n_total} images" if len(idx) == n_total
-              else f"a random sample of {len(idx)} of {n_total} images (seed {seed})")
-    return {"run": str(r.path), "n_total": int(n_total), "n_shown": int(len(idx)), "sample": sample,
-            "columns": columns, "color_by": color_by, "label": label_col, "thumbs": thumbs,
-            "names": [os.path.basename(f) if f else "" for f in files],
-            "views": map_views(X, methods, seed, res_vec, masks),
-            "residual": None if res_info is None else {"path": str(residual), "from": res_info["from"]["selector"],
-                                                       "to": res_info["to"]["selector"], "drawn": masks is not None}}
+    sample = (
+        f"all {n_total} images"
+        if len(idx) == n_total
+        else f"a random sample of {len(idx)} of {n_total} images (seed {seed})"
+    )
+    return {
+        "run": str(r.path),
+        "n_total": int(n_total),
+        "n_shown": int(len(idx)),
+        "sample": sample,
+        "columns": columns,
+        "color_by": color_by,
+        "label": label_col,
+        "thumbs": thumbs,
+        "names": [os.path.basename(f) if f else "" for f in files],
+        "views": map_views(X, methods, seed, res_vec, masks),
+        "residual": None
+        if res_info is None
+        else {
+            "path": str(residual),
+            "from": res_info["from"]["selector"],
+            "to": res_info["to"]["selector"],
+            "drawn": masks is not None,
+        },
+    }
 
 
-def embedding_map(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
-                  residual: str | os.PathLike | None = None, color_by: str = "role", max_points: int = 2000,
-                  thumb_px: int = 96, seed: int = 0, methods=("pca", "umap"), nav: list | None = None) -> dict:
+def embedding_map(
+    run: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    residual: str | os.PathLike | None = None,
+    color_by: str = "role",
+    max_points: int = 2000,
+    thumb_px: int = 96,
+    seed: int = 0,
+    methods=("pca", "umap"),
+    nav: list | None = None,
+) -> dict:
     """Write the interactive map of a run (default RUN/map.html); returns {"files": {"html": path}, "points": shown,
     "of": images in the run}."""
     from embedlab.reports.html import asset, json_for_script, render_page
 
     out = Path(out) if out else Path(run) / "map.html"
     if out.exists() and out.is_dir():
-        raise InvalidParameterError(f"The 'out' parameter of embedding_map is a folder ({out}); give the .html file "
-                                    "to write.", param="out", owner="embedding_map")
-    data = map_data(run, residual=residual, color_by=color_by, max_points=max_points, thumb_px=thumb_px,
-                    seed=seed, methods=methods)
+        raise InvalidParameterError(
+            f"The 'out' parameter of embedding_map is a folder ({out}); give the .html file to write.",
+            param="out",
+            owner="embedding_map",
+        )
+    data = map_data(
+        run, residual=residual, color_by=color_by, max_points=max_points, thumb_px=thumb_px, seed=seed, methods=methods
+    )
     run_path = Path(data["run"])
     title = f"Embedding map of {run_path.parent.name}/{run_path.name}"
     data["run"] = _shown(data["run"], out.parent)
-    if data["residual"]:                          # paths as the reader's folder sees them, not the user's home
+    if data["residual"]:  # paths as the reader's folder sees them, not the user's home
         data["residual"]["path"] = _shown(data["residual"]["path"], out.parent)
-    page = render_page("map.html.j2", nav_links=nav or [], title=title, data=json_for_script(data),
-                       script=asset("map.js"), sample=data["sample"], residual=data["residual"])
+    page = render_page(
+        "map.html.j2",
+        nav_links=nav or [],
+        title=title,
+        data=json_for_script(data),
+        script=asset("map.js"),
+        sample=data["sample"],
+        residual=data["residual"],
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, page.encode())
     return {"files": {"html": out}, "points": data["n_shown"], "of": data["n_total"]}

@@ -1,4 +1,5 @@
 """explain: split from explain.py."""
+
 from __future__ import annotations
 
 import logging
@@ -33,14 +34,32 @@ def _exemplars(run, mask: np.ndarray, nearest: list[tuple]) -> list[list[dict]]:
     picked = [set_rows[np.asarray(pos, np.int64)] for _, pos in nearest]
     rows = np.unique(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
     meta = dict(zip(rows.tolist(), run.metadata_rows(rows, ["row_id", "path", "file"]).itertuples(index=False)))
-    return [[{"row_id": int(meta[r].row_id), "path": str(meta[r].path), "file": str(meta[r].file), "score": float(sc)}
-             for sc, r in zip(scores, rows_j.tolist())] for (scores, _), rows_j in zip(nearest, picked)]
+    return [
+        [
+            {"row_id": int(meta[r].row_id), "path": str(meta[r].path), "file": str(meta[r].file), "score": float(sc)}
+            for sc, r in zip(scores, rows_j.tolist())
+        ]
+        for (scores, _), rows_j in zip(nearest, picked)
+    ]
 
 
-def explain_residual(residual: str | os.PathLike, out: str | os.PathLike = "report", *, vocab: str | None = None,
-                     templates: str | None = None, top: int = 30, candidates: int = 500, permutations: int = 1000,
-                     seed: int = 0, exemplars: int = 3, device: str = "auto", progress: bool = True,
-                     deflated_steps: int = 10, family: str = "page", min_explained: float = MIN_EXPLAINED) -> dict:
+def explain_residual(
+    residual: str | os.PathLike,
+    out: str | os.PathLike = "report",
+    *,
+    vocab: str | None = None,
+    templates: str | None = None,
+    top: int = 30,
+    candidates: int = 500,
+    permutations: int = 1000,
+    seed: int = 0,
+    exemplars: int = 3,
+    device: str = "auto",
+    progress: bool = True,
+    deflated_steps: int = 10,
+    family: str = "page",
+    min_explained: float = MIN_EXPLAINED,
+) -> dict:
     """Rank concepts for a residual file and write report.{json,csv,md,html} into `out`. Returns the report dict."""
     from embedlab import models
     from embedlab.analysis import vocab as vb
@@ -49,7 +68,7 @@ def explain_residual(residual: str | os.PathLike, out: str | os.PathLike = "repo
     check_param("top", top, Interval(int, 1, 500), "explain_residual")
     check_param("permutations", permutations, Interval(int, 0), "explain_residual")
     check_param("candidates", candidates, Interval(int, 1), "explain_residual")
-    check_output_dir(out)          # an --out that is an existing file: one line now, not a traceback at the end
+    check_output_dir(out)  # an --out that is an existing file: one line now, not a traceback at the end
     res = load_residual(residual)
     mi = res.info["model"]
     # the network is built (and its weights checked against the residual's) only if some text is not cached
@@ -62,28 +81,61 @@ def explain_residual(residual: str | os.PathLike, out: str | os.PathLike = "repo
     sets = groups = runs = note = None
     try:
         (run_a, mask_a), (run_b, mask_b) = _set_vectors(res.info["from"]), _set_vectors(res.info["to"])
-        sets = ImageSets.from_runs(run_a, mask_a, run_b, mask_b, progress=progress)    # read in blocks, never held
-        groups = set_group_ids(run_a.read_metadata(["group"])["group"][mask_a],
-                               run_b.read_metadata(["group"])["group"][mask_b])
+        sets = ImageSets.from_runs(run_a, mask_a, run_b, mask_b, progress=progress)  # read in blocks, never held
+        groups = set_group_ids(
+            run_a.read_metadata(["group"])["group"][mask_a], run_b.read_metadata(["group"])["group"][mask_b]
+        )
         runs = (run_a, mask_a, run_b, mask_b)
     except (ConfigError, FileNotFoundError, KeyError) as exc:
         note = f"Significance skipped: the source runs could not be read ({exc})."
         log.warning(note)
-    result = explain_vectors(res.vector, E, V.concepts, sets, None, groups, top=top, candidates=candidates,
-                             permutations=permutations, seed=seed, method=res.info.get("method", "rave"),
-                             deflated_steps=deflated_steps, family=family, min_explained=min_explained,
-                             exemplars=exemplars)
-    info = dict(result["info"], vocabulary=V.name, vocabulary_source=V.source, templates=tpls,
-                text_embedding_seconds=round(t_embed, 3), text_cache=cache_info["cache"], significance_note=note)
+    result = explain_vectors(
+        res.vector,
+        E,
+        V.concepts,
+        sets,
+        None,
+        groups,
+        top=top,
+        candidates=candidates,
+        permutations=permutations,
+        seed=seed,
+        method=res.info.get("method", "rave"),
+        deflated_steps=deflated_steps,
+        family=family,
+        min_explained=min_explained,
+        exemplars=exemplars,
+    )
+    info = dict(
+        result["info"],
+        vocabulary=V.name,
+        vocabulary_source=V.source,
+        templates=tpls,
+        text_embedding_seconds=round(t_embed, 3),
+        text_cache=cache_info["cache"],
+        significance_note=note,
+    )
     if V.name == "model":
-        info["vocabulary_note"] = ("Default vocabulary for this model: the words and phrases it was trained on "
-                                   "(other words would score as noise).")
+        info["vocabulary_note"] = (
+            "Default vocabulary for this model: the words and phrases it was trained on "
+            "(other words would score as noise)."
+        )
     table = pd.concat([result["adds"], result["removes"]], ignore_index=True)
-    report = {"embedlab_report": 1, "info": info,
-              "residual": {"path": str(res.path), "method": res.info.get("method"), "from": res.info["from"]["selector"],
-                           "to": res.info["to"]["selector"], "model": f"{mi['model']}/{mi['pretrained']}",
-                           "thr": res.thr, "edits": res.info.get("edits", [])},
-              "concepts": table.replace({np.nan: None}).to_dict(orient="records"), "exemplars": []}
+    report = {
+        "embedlab_report": 1,
+        "info": info,
+        "residual": {
+            "path": str(res.path),
+            "method": res.info.get("method"),
+            "from": res.info["from"]["selector"],
+            "to": res.info["to"]["selector"],
+            "model": f"{mi['model']}/{mi['pretrained']}",
+            "thr": res.thr,
+            "edits": res.info.get("edits", []),
+        },
+        "concepts": table.replace({np.nan: None}).to_dict(orient="records"),
+        "exemplars": [],
+    }
     figures = {"bar": png_data_uri(bar_chart(result["adds"], result["removes"]))}
     if runs is not None and "figure" in result:
         figures["histograms"] = _exemplars_and_histograms(report, result, runs, exemplars, res)
@@ -94,7 +146,6 @@ def explain_residual(residual: str | os.PathLike, out: str | os.PathLike = "repo
 
 def _exemplars_and_histograms(report: dict, result: dict, runs, exemplars: int, res) -> str:
     """Append the figure concepts' exemplar images to report["exemplars"]; return the similarity histograms."""
-    
 
     run_a, mask_a, run_b, mask_b = runs
     both = pd.concat([result["adds"], result["removes"]])
@@ -109,18 +160,20 @@ def _exemplars_and_histograms(report: dict, result: dict, runs, exemplars: int, 
         hists.append((names[j], result["figure"]["from"][:, i], result["figure"]["to"][:, i], side))
         if exemplars > 0:
             report["exemplars"].append({"concept": names[j], "direction": side, "from": ex_from[i], "to": ex_to[i]})
-    return png_data_uri(similarity_histograms(
-        hists, res.info["from"]["selector"], res.info["to"]["selector"]))
+    return png_data_uri(similarity_histograms(hists, res.info["from"]["selector"], res.info["to"]["selector"]))
 
 
 def _html_exemplars(report: dict) -> list:
     """The exemplars with thumbnails for the HTML page; both lists' files become cache references."""
-    
 
     thumbs = {it["file"]: None for ex in report["exemplars"] for s in ("from", "to") for it in ex[s]}
-    thumbs = {f: thumb_data_uri(f) for f in thumbs}     # an image is often exemplar of several concepts
-    html_exemplars = [{**ex, **{s: [dict(it, thumb=thumbs[it["file"]]) for it in ex[s]] for s in ("from", "to")}}
-                      for ex in report["exemplars"]]
-    for it in (it for exs in (report["exemplars"], html_exemplars) for ex in exs for s in ("from", "to") for it in ex[s]):
-        it["file"] = cache_ref(it["file"])      # files materialised in the cache: no user's home in the report
+    thumbs = {f: thumb_data_uri(f) for f in thumbs}  # an image is often exemplar of several concepts
+    html_exemplars = [
+        {**ex, **{s: [dict(it, thumb=thumbs[it["file"]]) for it in ex[s]] for s in ("from", "to")}}
+        for ex in report["exemplars"]
+    ]
+    for it in (
+        it for exs in (report["exemplars"], html_exemplars) for ex in exs for s in ("from", "to") for it in ex[s]
+    ):
+        it["file"] = cache_ref(it["file"])  # files materialised in the cache: no user's home in the report
     return html_exemplars

@@ -1,4 +1,5 @@
 """html: split from report.py."""
+
 from __future__ import annotations
 
 import base64
@@ -16,10 +17,11 @@ import numpy as np
 
 from embedlab._io import atomic_write_bytes
 
-MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>#!|~])")    # with [ ] escaped, ( ) cannot form a link
+MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>#!|~])")  # with [ ] escaped, ( ) cannot form a link
 
 
 # ---- small pure helpers -------------------------------------------------------------------------------------
+
 
 def md_escape(s) -> str:
     """A user string as literal Markdown text: special characters backslash-escaped, newlines flattened."""
@@ -46,12 +48,17 @@ def fmt(v) -> str:
 
 # ---- Jinja2 -----------------------------------------------------------------------------------------------
 
+
 @lru_cache(maxsize=1)
 def jinja_env():
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.PackageLoader("embedlab.reports", "templates"), autoescape=True,
-                             trim_blocks=False, lstrip_blocks=False)
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("embedlab.reports", "templates"),
+        autoescape=True,
+        trim_blocks=False,
+        lstrip_blocks=False,
+    )
     env.filters["url"] = lambda p: p if str(p).startswith(("data:", "#", "http://", "https://")) else url_for(p)
     env.filters["fmt"] = fmt
     return env
@@ -83,12 +90,13 @@ def set_nav(html_path: str | Path, links: list[tuple[str, str]]) -> None:
     block = jinja_env().from_string('{% from "_nav.html.j2" import nav %}{{ nav(links) }}').render(links=links)
     inner = block.split("<!--nav:start-->", 1)[1].split("<!--nav:end-->", 1)[0]
     if "<!--nav:start-->" not in text or "<!--nav:end-->" not in text:
-        return                               # not a page from these templates (an older report): leave it as it is
+        return  # not a page from these templates (an older report): leave it as it is
     start, end = text.index("<!--nav:start-->") + len("<!--nav:start-->"), text.index("<!--nav:end-->")
     atomic_write_bytes(path, (text[:start] + inner + text[end:]).encode())
 
 
 # ---- figures ---------------------------------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def plain_text_figures():

@@ -1,6 +1,7 @@
 """2-D maps of a run's image embeddings (PCA and UMAP, cosine), coloured by set, with the residual drawn;
 and an export to the TensorBoard embedding-projector format. Image points only: text and image embeddings
 are never put in one map (the modality gap would split them into two islands)."""
+
 from __future__ import annotations
 
 import logging
@@ -23,8 +24,8 @@ def _sampled(r: Run, color_by: str, residual: str | None, max_points: int, seed:
     """(vectors, metadata, sample record, title note) of the rows a map draws: every row, or a stratified sample
     (`stratified_sample`) read block by block from the memory-mapped shards."""
     check_param("max_points", max_points, Interval(int, 3), "plot")
-    wanted = ["row_id", "path", "file", "role", "split", "group", color_by]     # file: the projector's sprite
-    if residual:        # the columns its sets are selected by, to draw the arrow between them
+    wanted = ["row_id", "path", "file", "role", "split", "group", color_by]  # file: the projector's sprite
+    if residual:  # the columns its sets are selected by, to draw the arrow between them
         from embedlab.analysis.residual_file import load_residual
         from embedlab.datasets.selector import Selector
 
@@ -38,23 +39,40 @@ def _sampled(r: Run, color_by: str, residual: str | None, max_points: int, seed:
     groups = full["group"].to_numpy() if "group" in full.columns and full["group"].notna().all() else None
     rows = stratified_sample(full[color_by].astype(str).to_numpy(), groups, max_points, seed)
     meta = full.iloc[rows].reset_index(drop=True)
-    X = np.empty((len(rows), r.dim), np.float32)       # Run.take, block by block under a progress bar
+    X = np.empty((len(rows), r.dim), np.float32)  # Run.take, block by block under a progress bar
     at = 0
     with progress_bar(progress, total=len(rows), desc=f"plot {r.path.name}: read", unit="img") as bar:
         for pos, block in r.iter_vectors(rows):
-            X[at:at + len(pos)] = block
+            X[at : at + len(pos)] = block
             at += len(pos)
             bar.update(len(pos))
-    sample = {"points": int(len(rows)), "of": int(len(full)), "seed": seed, "stratified_by": [color_by, "group"],
-              "max_points": max_points}
-    size_note = (f"all {len(rows):,} images" if len(rows) == len(full) else
-                 f"{len(rows):,} of {len(full):,} images, stratified sample by {color_by} and group, seed {seed}")
+    sample = {
+        "points": int(len(rows)),
+        "of": int(len(full)),
+        "seed": seed,
+        "stratified_by": [color_by, "group"],
+        "max_points": max_points,
+    }
+    size_note = (
+        f"all {len(rows):,} images"
+        if len(rows) == len(full)
+        else f"{len(rows):,} of {len(full):,} images, stratified sample by {color_by} and group, seed {seed}"
+    )
     return X, meta, sample, size_note
 
 
-def plot(run: str | os.PathLike, out: str | os.PathLike | None = None, *, color_by: str = "role",
-         residual: str | os.PathLike | None = None, methods: tuple[str, ...] = ("pca", "umap"), projector: bool = True,
-         seed: int = 0, max_points: int = 10_000, progress: bool = True) -> dict:
+def plot(
+    run: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    color_by: str = "role",
+    residual: str | os.PathLike | None = None,
+    methods: tuple[str, ...] = ("pca", "umap"),
+    projector: bool = True,
+    seed: int = 0,
+    max_points: int = 10_000,
+    progress: bool = True,
+) -> dict:
     """Write embedding maps (PNG) and, optionally, a TensorBoard projector export into `out` (default RUN/plots).
     Returns {"files": {"pca", "umap", "projector", "sample": path}, "points": drawn, "of": images in the run}.
 
@@ -90,8 +108,9 @@ def plot(run: str | os.PathLike, out: str | os.PathLike | None = None, *, color_
         else:
             raise ConfigError(f"Unknown map method {method!r}; choose pca or umap.")
         path = out / f"map_{method}.png"
-        _draw_map(X, Y, pca, labels, meta, method, color_by, size_note, path,
-                  residual=residual, res=res, res_vec=res_vec)
+        _draw_map(
+            X, Y, pca, labels, meta, method, color_by, size_note, path, residual=residual, res=res, res_vec=res_vec
+        )
         files[method] = str(path)
     if projector:
         files["projector"] = str(export_projector(X, meta, out / "projector"))
@@ -102,8 +121,21 @@ def plot(run: str | os.PathLike, out: str | os.PathLike | None = None, *, color_
     return {"files": files, "points": sample["points"], "of": sample["of"]}
 
 
-def _draw_map(X, Y, pca, labels, meta, method: str, color_by: str, size_note: str, path: Path, *,
-              residual=None, res=None, res_vec=None) -> None:
+def _draw_map(
+    X,
+    Y,
+    pca,
+    labels,
+    meta,
+    method: str,
+    color_by: str,
+    size_note: str,
+    path: Path,
+    *,
+    residual=None,
+    res=None,
+    res_vec=None,
+) -> None:
     """Draw one 2-D map (points by label, optional residual arrow) and save it as PNG at `path`."""
     import matplotlib
     import matplotlib.pyplot as plt
@@ -114,8 +146,11 @@ def _draw_map(X, Y, pca, labels, meta, method: str, color_by: str, size_note: st
         ax.scatter(Y[m, 0], Y[m, 1], s=14, alpha=0.75, label=f"{lab} ({m.sum()})")
     if residual is not None:
         _draw_residual_arrow(ax, X, Y, pca, meta, res, res_vec)
-    ax.set_title(f"{method.upper()} of image embeddings ({'cosine' if method == 'umap' else 'linear'}), by {color_by}\n"
-                 f"{size_note}", fontsize=10)
+    ax.set_title(
+        f"{method.upper()} of image embeddings ({'cosine' if method == 'umap' else 'linear'}), by {color_by}\n"
+        f"{size_note}",
+        fontsize=10,
+    )
     if pca is not None:
         share = pca.explained_variance_ratio_
         ax.set_xlabel(f"PC1 ({100 * share[0]:.1f}% of variance)")
@@ -124,7 +159,7 @@ def _draw_map(X, Y, pca, labels, meta, method: str, color_by: str, size_note: st
         ax.set_xlabel("UMAP 1 (cosine neighbourhoods; no units)")
         ax.set_ylabel("UMAP 2")
     ax.legend(fontsize=8, loc="best")
-    for t in fig.findobj(matplotlib.text.Text):      # user strings (metadata values) as plain text, never mathtext
+    for t in fig.findobj(matplotlib.text.Text):  # user strings (metadata values) as plain text, never mathtext
         t.set_parse_math(False)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -143,7 +178,7 @@ def _draw_residual_arrow(ax, X, Y, pca, meta, res, res_vec) -> None:
         else:  # UMAP has no linear map: draw the arrow between the two sets' centroids
             end = Y[side_to].mean(0)
         ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="->", lw=2.2, color="k"))
-        ax.plot([], [], color="k", lw=2.2, label="residual (from set -> to set)")   # in the legend, off the points
+        ax.plot([], [], color="k", lw=2.2, label="residual (from set -> to set)")  # in the legend, off the points
 
 
 def _selector_mask(meta, selector: str):
@@ -164,11 +199,12 @@ def export_projector(X: np.ndarray, meta, folder: Path) -> Path:
     clean = meta[cols].astype(str).apply(lambda s: s.str.replace("\t", " ").str.replace("\n", " "))
     clean.to_csv(folder / "metadata.tsv", sep="\t", index=False)
     sprite = ""
-    if "file" in meta.columns and len(meta) <= (8192 // 32) ** 2:    # TensorBoard's sprite limit: 8192 px a side
+    if "file" in meta.columns and len(meta) <= (8192 // 32) ** 2:  # TensorBoard's sprite limit: 8192 px a side
         from embedlab.reports.projection import write_sprite
 
         path, size = write_sprite(meta["file"].astype(str).tolist(), folder, 32)
         sprite = f'  sprite {{\n    image_path: "{path.name}"\n    single_image_dim: {size}\n    single_image_dim: {size}\n  }}\n'
     (folder / "projector_config.pbtxt").write_text(
-        'embeddings {\n  tensor_path: "tensors.tsv"\n  metadata_path: "metadata.tsv"\n' + sprite + '}\n')
+        'embeddings {\n  tensor_path: "tensors.tsv"\n  metadata_path: "metadata.tsv"\n' + sprite + "}\n"
+    )
     return folder

@@ -1,4 +1,5 @@
 """projection: split from plot.py."""
+
 from __future__ import annotations
 
 import logging
@@ -9,7 +10,6 @@ import numpy as np
 import pandas as pd
 
 log = logging.getLogger(__name__)
-
 
 
 def pca_2d(X: np.ndarray) -> tuple[np.ndarray, object]:
@@ -26,8 +26,9 @@ def umap_2d(X: np.ndarray, seed: int = 0) -> np.ndarray:
     return umap.UMAP(n_neighbors=n_neighbors, min_dist=0.1, metric="cosine", random_state=seed).fit_transform(X)
 
 
-def stratified_sample(labels: np.ndarray, groups: np.ndarray | None, n_max: int, seed: int = 0,
-                      min_per_set: int = 50) -> np.ndarray:
+def stratified_sample(
+    labels: np.ndarray, groups: np.ndarray | None, n_max: int, seed: int = 0, min_per_set: int = 50
+) -> np.ndarray:
     """Sorted positions of a seeded sample of at most about `n_max` rows, stratified by set label and by group.
 
     Each set gets a quota proportional to its size (at least `min_per_set`, or all its rows); within a set the
@@ -39,15 +40,15 @@ def stratified_sample(labels: np.ndarray, groups: np.ndarray | None, n_max: int,
     rng = np.random.default_rng(seed)
     key = rng.random(n)
     codes = np.zeros(n, np.int64) if groups is None else pd.factorize(pd.Series(groups))[0]
-    order = np.argsort(key, kind="stable")                     # a random order...
+    order = np.argsort(key, kind="stable")  # a random order...
     turn = np.empty(n, np.int64)
-    turn[order] = pd.Series(codes[order]).groupby(codes[order]).cumcount().to_numpy()   # ...its turn within its group
+    turn[order] = pd.Series(codes[order]).groupby(codes[order]).cumcount().to_numpy()  # ...its turn within its group
     lab_codes, lab_names = pd.factorize(pd.Series(labels))
     picked = []
     for li in range(len(lab_names)):
         rows = np.flatnonzero(lab_codes == li)
         quota = min(len(rows), max(min_per_set, int(round(n_max * len(rows) / n))))
-        take = np.lexsort((key[rows], turn[rows]))[:quota]      # by turn, then at random
+        take = np.lexsort((key[rows], turn[rows]))[:quota]  # by turn, then at random
         picked.append(rows[take])
     return np.sort(np.concatenate(picked))
 

@@ -5,6 +5,7 @@ against exact search on held-out queries and their single-query latency, in the 
 
 Kinds live in one table, `KINDS` (name -> builder and help); the CLI builds its choices from it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,13 +31,13 @@ DEFAULT_BUDGET = "4G"
 @dataclass(frozen=True)
 class IndexKind:
     name: str
-    factory: Callable[[int, int, int, int | None], str]   # (n, d, budget bytes, nlist) -> FAISS factory string
-    memory: Callable[[int, int, int], int]                 # (n, d, nlist) -> bytes the filled index holds
+    factory: Callable[[int, int, int, int | None], str]  # (n, d, budget bytes, nlist) -> FAISS factory string
+    memory: Callable[[int, int, int], int]  # (n, d, nlist) -> bytes the filled index holds
     help: str
     exact: bool = False
 
 
-CPU_MAX_LISTS = 4096     # k-means of more lists takes hours on a few CPU cores
+CPU_MAX_LISTS = 4096  # k-means of more lists takes hours on a few CPU cores
 
 
 def ivf_lists(n: int, gpu: bool = False) -> int:
@@ -75,24 +76,50 @@ def pq_bytes(n: int, d: int, budget: int) -> int:
     return 0
 
 
-KINDS: dict[str, IndexKind] = {k.name: k for k in (
-    IndexKind("flat", lambda n, d, b, k: "Flat", lambda n, d, k: n * (4 * d + 8),
-              "exact inner product (IndexFlatIP): every vector in memory as float32", exact=True),
-    IndexKind("hnsw", lambda n, d, b, k: f"HNSW{max(8, hnsw_links(n, d, b) or 32)}",
-              lambda n, d, k: n * (4 * d + 8 + 8 * 8), "graph (HNSW, M links per vector, M as large as the budget "
-              "allows up to 32): fast, approximate, float32 vectors in memory"),
-    IndexKind("ivf", lambda n, d, b, k: ivf_key(k or ivf_lists(n), "Flat"), lambda n, d, k: n * (4 * d + 8) + 4 * d * (k or 1),
-              "inverted lists (IVF, k-means cells, float32 vectors): approximate, searched cell by cell"),
-    IndexKind("ivfsq8", lambda n, d, b, k: ivf_key(k or ivf_lists(n), "SQ8"), lambda n, d, k: n * (d + 8) + 4 * d * (k or 1),
-              "inverted lists with 8-bit scalar-quantised vectors: 4x smaller than ivf, near its recall"),
-    IndexKind("ivfpq", lambda n, d, b, k: ivf_key(k or ivf_lists(n), f"PQ{pq_bytes(n, d, b) or 8}x8"),
-              lambda n, d, k: n * 40 + 4 * d * (k or 1),
-              "inverted lists with product-quantised codes (the largest code that fits the budget): smallest"),
-    IndexKind("ivfpqfs", lambda n, d, b, k: ivf_key(k or ivf_lists(n), f"PQ{pq_fastscan_m(d)}x4fs"),
-              lambda n, d, k: n * (pq_fastscan_m(d) // 2 + 8) + 4 * d * (k or 1),
-              "inverted lists with 4-bit PQ codes scanned with SIMD (fast scan): the fastest per query; like every "
-              "quantised kind, its candidates are re-scored exactly from the stored vectors"),
-)}
+KINDS: dict[str, IndexKind] = {
+    k.name: k
+    for k in (
+        IndexKind(
+            "flat",
+            lambda n, d, b, k: "Flat",
+            lambda n, d, k: n * (4 * d + 8),
+            "exact inner product (IndexFlatIP): every vector in memory as float32",
+            exact=True,
+        ),
+        IndexKind(
+            "hnsw",
+            lambda n, d, b, k: f"HNSW{max(8, hnsw_links(n, d, b) or 32)}",
+            lambda n, d, k: n * (4 * d + 8 + 8 * 8),
+            "graph (HNSW, M links per vector, M as large as the budget "
+            "allows up to 32): fast, approximate, float32 vectors in memory",
+        ),
+        IndexKind(
+            "ivf",
+            lambda n, d, b, k: ivf_key(k or ivf_lists(n), "Flat"),
+            lambda n, d, k: n * (4 * d + 8) + 4 * d * (k or 1),
+            "inverted lists (IVF, k-means cells, float32 vectors): approximate, searched cell by cell",
+        ),
+        IndexKind(
+            "ivfsq8",
+            lambda n, d, b, k: ivf_key(k or ivf_lists(n), "SQ8"),
+            lambda n, d, k: n * (d + 8) + 4 * d * (k or 1),
+            "inverted lists with 8-bit scalar-quantised vectors: 4x smaller than ivf, near its recall",
+        ),
+        IndexKind(
+            "ivfpq",
+            lambda n, d, b, k: ivf_key(k or ivf_lists(n), f"PQ{pq_bytes(n, d, b) or 8}x8"),
+            lambda n, d, k: n * 40 + 4 * d * (k or 1),
+            "inverted lists with product-quantised codes (the largest code that fits the budget): smallest",
+        ),
+        IndexKind(
+            "ivfpqfs",
+            lambda n, d, b, k: ivf_key(k or ivf_lists(n), f"PQ{pq_fastscan_m(d)}x4fs"),
+            lambda n, d, k: n * (pq_fastscan_m(d) // 2 + 8) + 4 * d * (k or 1),
+            "inverted lists with 4-bit PQ codes scanned with SIMD (fast scan): the fastest per query; like every "
+            "quantised kind, its candidates are re-scored exactly from the stored vectors",
+        ),
+    )
+}
 KIND_CHOICES = ("auto", *KINDS)
 
 
@@ -108,12 +135,15 @@ def auto_kind(n: int, d: int, budget: int) -> tuple[str, str]:
         return "hnsw", f"an HNSW{hnsw_links(n, d, budget)} graph over {n:,} vectors fits the budget"
     k = ivf_lists(n)
     if KINDS["ivfpqfs"].memory(n, d, k) <= budget:
-        return "ivfpqfs", (f"{n:,} x {d} vectors: HNSW does not fit; IVF{k} with 4-bit fast-scan PQ codes does, "
-                           "re-ranked exactly from the stored vectors")
+        return "ivfpqfs", (
+            f"{n:,} x {d} vectors: HNSW does not fit; IVF{k} with 4-bit fast-scan PQ codes does, "
+            "re-ranked exactly from the stored vectors"
+        )
     if pq_bytes(n, d, budget):
         return "ivfpq", f"{n:,} x {d} vectors: only product-quantised codes ({pq_bytes(n, d, budget)} B each) fit"
-    raise ConfigError(f"No index of {n:,} x {d} vectors fits a memory budget of {budget / 2**30:.2f} GiB; "
-                      "raise memory_budget.")
+    raise ConfigError(
+        f"No index of {n:,} x {d} vectors fits a memory budget of {budget / 2**30:.2f} GiB; raise memory_budget."
+    )
 
 
 def use_gpu() -> bool:
@@ -122,8 +152,8 @@ def use_gpu() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
-GPU_KINDS = ("ivf", "ivfsq8", "ivfpq")     # FAISS has no GPU version of fast-scan PQ (ivfpqfs)
-GPU_MAX_K = 2048                          # the most neighbours a FAISS GPU search returns
+GPU_KINDS = ("ivf", "ivfsq8", "ivfpq")  # FAISS has no GPU version of fast-scan PQ (ivfpqfs)
+GPU_MAX_K = 2048  # the most neighbours a FAISS GPU search returns
 # quantised kinds: the top k x factor candidates of the codes are re-scored from the stored vectors; 4-bit codes
 # order candidates coarsely, so they need a deeper pool (4M x 512 synthetic vectors: recall@10 stalled at 0.947 with
 # 10 x k candidates at any nprobe)
@@ -170,9 +200,11 @@ class RerankedIndex:
             ok = self._sorted_ids[at] == found if len(self._sorted_ids) else np.zeros(len(found), bool)
             pos = self._order[at] if len(self._sorted_ids) else found
         if not ok.all():
-            raise IncompatibleRunError(f"The index of run {self._path} returned ids the run does not hold "
-                                       f"(e.g. {int(found[~ok][0])}): it is stale. Rebuild it with "
-                                       f"`embedlab index {self._path}`.")
+            raise IncompatibleRunError(
+                f"The index of run {self._path} returned ids the run does not hold "
+                f"(e.g. {int(found[~ok][0])}): it is stale. Rebuild it with "
+                f"`embedlab index {self._path}`."
+            )
         return pos
 
     def search(self, queries: np.ndarray, k: int):
@@ -187,7 +219,7 @@ class RerankedIndex:
             pos = self._positions(found)
             exact = self._rows(pos) @ Q[q]
             top = np.argsort(-exact, kind="stable")[:k]
-            scores[q, :len(top)], ids[q, :len(top)] = exact[top], found[top]
+            scores[q, : len(top)], ids[q, : len(top)] = exact[top], found[top]
         return scores, ids
 
 
@@ -206,7 +238,7 @@ def maybe_to_gpu(index):
     if use_gpu():
         try:
             return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-        except RuntimeError as exc:       # a type FAISS has no GPU version of (fast-scan PQ, an HNSW quantiser)
+        except RuntimeError as exc:  # a type FAISS has no GPU version of (fast-scan PQ, an HNSW quantiser)
             log.info("index stays on the CPU: %s", str(exc).splitlines()[0][:200])
     return index
 
@@ -231,7 +263,7 @@ def load_index(run):
     index = read_index(run.path / INDEX_FILE)
     rec = run.manifest.get("index") or {}
     set_search_params(index, rec.get("search_params"))
-    if rec.get("rerank"):       # quantised codes: candidates re-scored from the stored vectors
+    if rec.get("rerank"):  # quantised codes: candidates re-scored from the stored vectors
         index = RerankedIndex(index, run, run.read_metadata(["row_id"])["row_id"].to_numpy(), rec["rerank"]["factor"])
     return index
 
@@ -248,8 +280,10 @@ def read_index(path: str | os.PathLike):
     import faiss
 
     if not Path(path).exists():
-        raise ConfigError(f"No FAISS index at {path}. Build one with `embedlab index {Path(path).parent}` "
-                          "(or rerun the same `embedlab extract` command if the run is unfinished).")
+        raise ConfigError(
+            f"No FAISS index at {path}. Build one with `embedlab index {Path(path).parent}` "
+            "(or rerun the same `embedlab extract` command if the run is unfinished)."
+        )
     return faiss.read_index(str(path))
 
 
@@ -296,7 +330,9 @@ def parse_bytes(size: "str | int") -> int:
     try:
         return int(float(text[:-1] if mult > 1 else text) * mult)
     except ValueError:
-        raise ConfigError(f"A memory size must look like 4G, 512M or a number of bytes. Got {size!r} instead.") from None
+        raise ConfigError(
+            f"A memory size must look like 4G, 512M or a number of bytes. Got {size!r} instead."
+        ) from None
 
 
 def _without_self(ids: np.ndarray, scores: np.ndarray, own: np.ndarray, k: int):
@@ -307,8 +343,9 @@ def _without_self(ids: np.ndarray, scores: np.ndarray, own: np.ndarray, k: int):
     return np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)
 
 
-def held_out_recall(index, run, queries: np.ndarray, own: np.ndarray, ks=RECALL_KS, ids: np.ndarray | None = None,
-                    exact=None) -> dict:
+def held_out_recall(
+    index, run, queries: np.ndarray, own: np.ndarray, ks=RECALL_KS, ids: np.ndarray | None = None, exact=None
+) -> dict:
     """recall@k for each k of `ks`: the mean fraction of the exact top-k (streamed exact search, the query's own
     vector excluded) that the index returns when asked for k. One search per k: a re-ranked index looks at
     k x factor candidates, so its top 10 of a search for 100 can be better than a search for 10 returns."""
@@ -337,8 +374,13 @@ def query_latency_ms(index, queries: np.ndarray, n: int = 200, k: int = 10) -> d
             times.append((time.perf_counter() - t0) * 1000)
     finally:
         faiss.omp_set_num_threads(before)
-    return {"median_ms": round(float(np.median(times)), 4), "p95_ms": round(float(np.percentile(times, 95)), 4),
-            "queries": len(times), "k": k, "threads": 1}
+    return {
+        "median_ms": round(float(np.median(times)), 4),
+        "p95_ms": round(float(np.percentile(times, 95)), 4),
+        "queries": len(times),
+        "k": k,
+        "threads": 1,
+    }
 
 
 def _search_grid(index, kind: str) -> list[str]:
@@ -347,8 +389,11 @@ def _search_grid(index, kind: str) -> list[str]:
     if kind.startswith("ivf"):
         ivf = _ivf(index)
         hnsw_q = "HNSW" in type(ivf.quantizer).__name__ or hasattr(faiss_downcast(ivf.quantizer), "hnsw")
-        return [f"nprobe={p}" + (f",quantizer_efSearch={max(64, 2 * p)}" if hnsw_q else "")
-                for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if p <= ivf.nlist]
+        return [
+            f"nprobe={p}" + (f",quantizer_efSearch={max(64, 2 * p)}" if hnsw_q else "")
+            for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+            if p <= ivf.nlist
+        ]
     return []
 
 
@@ -373,7 +418,9 @@ def set_search_params(index, params: str | None) -> None:
         faiss.ParameterSpace().set_index_parameters(base, params)
 
 
-def tune(index, run, kind: str, queries: np.ndarray, own: np.ndarray, ids: np.ndarray, target: float) -> tuple[str | None, dict]:
+def tune(
+    index, run, kind: str, queries: np.ndarray, own: np.ndarray, ids: np.ndarray, target: float
+) -> tuple[str | None, dict]:
     """The cheapest search setting (nprobe / efSearch) whose recall@10 on these tuning queries reaches `target`
     (else the most thorough one tried), and the recall of each setting tried."""
     grid = _search_grid(index, kind)
@@ -396,8 +443,18 @@ def _new_index(kind: str, n: int, d: int, budget: int, nlist: int | None):
     return (base if kind.startswith("ivf") else faiss.IndexIDMap2(base)), key
 
 
-def _fill(run, kind: str, n: int, d: int, budget: int, nlist: int | None, ids: np.ndarray, train_pos: np.ndarray,
-          block: int, progress: bool = False):
+def _fill(
+    run,
+    kind: str,
+    n: int,
+    d: int,
+    budget: int,
+    nlist: int | None,
+    ids: np.ndarray,
+    train_pos: np.ndarray,
+    block: int,
+    progress: bool = False,
+):
     """Train on the sampled rows, then add shard by shard (block by block) from the memory-mapped vectors; on the
     GPU when a GPU build of FAISS is installed (IVF kinds), copied back to the CPU for writing."""
     import faiss
@@ -406,7 +463,7 @@ def _fill(run, kind: str, n: int, d: int, budget: int, nlist: int | None, ids: n
     gpu = use_gpu() and kind in GPU_KINDS
     work = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index) if gpu else index
     if kind.startswith("ivf"):
-        faiss.extract_index_ivf(work).cp.niter = 10          # k-means iterations (FAISS's default is 25)
+        faiss.extract_index_ivf(work).cp.niter = 10  # k-means iterations (FAISS's default is 25)
     if not work.is_trained:
         work.train(run.take(train_pos))
     from embedlab._io import progress_bar
@@ -424,16 +481,31 @@ def _tune_and_measure(idx, r, kind: str, ids, tune_pos, eval_pos, recall_target:
     params, tried = tune(idx, r, kind, r.take(tune_pos), ids[tune_pos], ids, recall_target)
     set_search_params(idx, params)
     eq = r.take(eval_pos)
-    return dict(search_params=params, recall=held_out_recall(idx, r, eq, ids[eval_pos], RECALL_KS, ids),
-                tuning={"recall_at_10": tried, "queries": len(tune_pos), "target": recall_target},
-                recall_queries=len(eval_pos), latency=query_latency_ms(idx, eq),
-                recall_note="held-out queries (not in the training sample nor the tuning queries) against exact "
-                            "search over every vector; each query's own vector excluded")
+    return dict(
+        search_params=params,
+        recall=held_out_recall(idx, r, eq, ids[eval_pos], RECALL_KS, ids),
+        tuning={"recall_at_10": tried, "queries": len(tune_pos), "target": recall_target},
+        recall_queries=len(eval_pos),
+        latency=query_latency_ms(idx, eq),
+        recall_note="held-out queries (not in the training sample nor the tuning queries) against exact "
+        "search over every vector; each query's own vector excluded",
+    )
 
 
-def index_run(run, kind: str = "auto", *, memory_budget: "str | int" = DEFAULT_BUDGET, nlist: int | None = None,
-          train_size: int | None = None, queries: int = 500, recall_target: float = 0.95, seed: int = 0,
-          block: int = 65536, write: bool = True, progress: bool = True) -> dict:
+def index_run(
+    run,
+    kind: str = "auto",
+    *,
+    memory_budget: "str | int" = DEFAULT_BUDGET,
+    nlist: int | None = None,
+    train_size: int | None = None,
+    queries: int = 500,
+    recall_target: float = 0.95,
+    seed: int = 0,
+    block: int = 65536,
+    write: bool = True,
+    progress: bool = True,
+) -> dict:
     """Build the run's FAISS index out of core and write it atomically to RUN/index.faiss.
 
     `kind`: auto (by size, see `auto_kind`) or a name of `KINDS`. Approximate kinds are trained on a seeded sample
@@ -456,28 +528,46 @@ def index_run(run, kind: str = "auto", *, memory_budget: "str | int" = DEFAULT_B
     k_lists = (nlist or ivf_lists(n, use_gpu())) if kind.startswith("ivf") else None
     need = KINDS[kind].memory(n, d, k_lists or 0)
     if need > budget:
-        raise ConfigError(f"A {kind} index of {n:,} x {d} vectors needs about {need / 2**30:.2f} GiB, over the memory "
-                          f"budget of {budget / 2**30:.2f} GiB. Use kind='auto' or raise memory_budget.")
+        raise ConfigError(
+            f"A {kind} index of {n:,} x {d} vectors needs about {need / 2**30:.2f} GiB, over the memory "
+            f"budget of {budget / 2**30:.2f} GiB. Use kind='auto' or raise memory_budget."
+        )
     ids = r.read_metadata(["row_id"])["row_id"].to_numpy().astype(np.int64)
     rng = np.random.default_rng(seed)
     perm = rng.permutation(n)
     n_q = min(queries, n // 4) if not KINDS[kind].exact else 0
-    n_train = 0 if KINDS[kind].exact or kind == "hnsw" else min(n - 2 * n_q, train_size or max(50 * (k_lists or 1), 10_000))
+    n_train = (
+        0 if KINDS[kind].exact or kind == "hnsw" else min(n - 2 * n_q, train_size or max(50 * (k_lists or 1), 10_000))
+    )
     train_pos = np.sort(perm[:n_train])
-    tune_pos, eval_pos = np.sort(perm[n_train:n_train + n_q]), np.sort(perm[n_train + n_q:n_train + 2 * n_q])
+    tune_pos, eval_pos = np.sort(perm[n_train : n_train + n_q]), np.sort(perm[n_train + n_q : n_train + 2 * n_q])
     t0 = time.perf_counter()
     idx, key, gpu = _fill(r, kind, n, d, budget, k_lists, ids, train_pos, block, progress)
-    info = {"kind": kind, "factory": key, "why": why, "exact": KINDS[kind].exact, "ntotal": int(idx.ntotal), "dim": d,
-            "memory_budget_bytes": budget, "estimated_bytes": int(need), "build_seconds": round(time.perf_counter() - t0, 3),
-            "gpu": gpu, "train_size": int(n_train), "seed": seed}
+    info = {
+        "kind": kind,
+        "factory": key,
+        "why": why,
+        "exact": KINDS[kind].exact,
+        "ntotal": int(idx.ntotal),
+        "dim": d,
+        "memory_budget_bytes": budget,
+        "estimated_bytes": int(need),
+        "build_seconds": round(time.perf_counter() - t0, 3),
+        "gpu": gpu,
+        "train_size": int(n_train),
+        "seed": seed,
+    }
     if kind in RERANKED:
         idx = RerankedIndex(idx, r, ids, RERANK_FACTORS[kind])
-        info["rerank"] = {"factor": RERANK_FACTORS[kind], "from": "the run's stored vectors (memory-mapped shards)",
-                          "note": f"the top k x {RERANK_FACTORS[kind]} candidates of the codes are re-scored exactly"}
+        info["rerank"] = {
+            "factor": RERANK_FACTORS[kind],
+            "from": "the run's stored vectors (memory-mapped shards)",
+            "note": f"the top k x {RERANK_FACTORS[kind]} candidates of the codes are re-scored exactly",
+        }
     if not KINDS[kind].exact and n_q:
         info.update(_tune_and_measure(idx, r, kind, ids, tune_pos, eval_pos, recall_target))
     else:
-        info["latency"] = query_latency_ms(idx, r.take(np.sort(perm[:min(n, 20)])))     # exact: a scan, few suffice
+        info["latency"] = query_latency_ms(idx, r.take(np.sort(perm[: min(n, 20)])))  # exact: a scan, few suffice
     if not write:
         return dict(info, index_object=idx)
     path = r.path / INDEX_FILE
@@ -506,9 +596,11 @@ def finalize_index(run_dir: str | os.PathLike, memory_budget: "str | int" = DEFA
         log.warning(msg)
         return {"kind": None, "exact": False, "ntotal": 0, "note": msg}
     if need > budget:
-        msg = (f"no index built: an exact index of {len(r):,} vectors needs {need / 2**30:.2f} GiB, over the "
-               f"{budget / 2**30:.2f} GiB budget. Build an approximate one with `embedlab index {r.path} --kind auto`.")
+        msg = (
+            f"no index built: an exact index of {len(r):,} vectors needs {need / 2**30:.2f} GiB, over the "
+            f"{budget / 2**30:.2f} GiB budget. Build an approximate one with `embedlab index {r.path} --kind auto`."
+        )
         log.warning(msg)
         (r.path / INDEX_FILE).unlink(missing_ok=True)
         return {"kind": None, "exact": False, "ntotal": 0, "note": msg}
-    return index_run(r.path, "flat", memory_budget=budget, progress=False)     # inside extract's own bar
+    return index_run(r.path, "flat", memory_budget=budget, progress=False)  # inside extract's own bar

@@ -6,6 +6,7 @@ is on this host and no longer runs (killed, crashed) is stale and taken over wit
 another host cannot be checked from here, so it is refused unless the caller passes `break_lock`
 (`--break-lock`) after making sure that the other process is gone.
 """
+
 from __future__ import annotations
 
 import getpass
@@ -78,8 +79,10 @@ def holder_alive(holder: dict) -> bool | None:
 
 
 def describe(holder: dict) -> str:
-    return (f"{holder.get('what', 'a process')} (pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, "
-            f"user {holder.get('user', '?')}) since {holder.get('since', '?')}")
+    return (
+        f"{holder.get('what', 'a process')} (pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, "
+        f"user {holder.get('user', '?')}) since {holder.get('since', '?')}"
+    )
 
 
 class _TakeoverMutex:
@@ -102,7 +105,7 @@ class _TakeoverMutex:
 
     def __exit__(self, *exc):
         if self.fd is not None:
-            os.close(self.fd)                                # closing releases the flock
+            os.close(self.fd)  # closing releases the flock
 
 
 class RunLock:
@@ -119,9 +122,16 @@ class RunLock:
             user = getpass.getuser()
         except (KeyError, OSError):
             user = str(os.getuid()) if hasattr(os, "getuid") else "?"
-        return {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": process_start(os.getpid()),
-                **machine_ids(), "user": user, "what": self.what, "token": self.token,
-                "since": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+        return {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "pid_start": process_start(os.getpid()),
+            **machine_ids(),
+            "user": user,
+            "what": self.what,
+            "token": self.token,
+            "since": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        }
 
     def read_holder(self) -> dict | None:
         try:
@@ -150,13 +160,17 @@ class RunLock:
                 return
             holder = self.read_holder()
             if holder is None:
-                continue                                   # released meanwhile: try again
+                continue  # released meanwhile: try again
             alive = holder_alive(holder)
             if alive is False or self.break_lock:
                 why = "its process is gone" if alive is False else "break_lock was given"
                 if self._take_over(holder):
-                    log.warning("Taking over the lock of %s held by %s: %s.", display_path(str(self.path.parent)),
-                                describe(holder), why)
+                    log.warning(
+                        "Taking over the lock of %s held by %s: %s.",
+                        display_path(str(self.path.parent)),
+                        describe(holder),
+                        why,
+                    )
                 continue
             raise RunLockedError(
                 f"Run folder {display_path(str(self.path.parent))} is locked by {describe(holder)}. Wait for it to "
@@ -170,7 +184,7 @@ class RunLock:
         to one file, then checked to be the holder that was judged stale; a fresher lock moved by mistake is put back."""
         with _TakeoverMutex(self.path.with_name(f"{LOCK_NAME}.takeover")):
             if self.read_holder() != holder:
-                return False                                 # released or taken over meanwhile: look again
+                return False  # released or taken over meanwhile: look again
             aside = self.path.with_name(f"{LOCK_NAME}.stale.{self.token}")
             try:
                 os.rename(self.path, aside)
@@ -182,7 +196,7 @@ class RunLock:
                 moved = {"what": "an unreadable lock file"}
             if moved != holder:
                 try:
-                    os.link(aside, self.path)                # not the stale one: give it back
+                    os.link(aside, self.path)  # not the stale one: give it back
                 except FileExistsError:
                     pass
                 aside.unlink(missing_ok=True)

@@ -1,4 +1,5 @@
 """merge: split from runs.py."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,21 +29,30 @@ def merge_runs(runs: list, out, *, overwrite: bool = False, index_budget: str = 
     from embedlab.errors import InvalidParameterError
 
     if len(runs) < 2:
-        raise InvalidParameterError(f"The 'runs' parameter of merge_runs must hold at least two runs. Got {len(runs)} "
-                                    "instead.", param="runs", owner="merge_runs")
+        raise InvalidParameterError(
+            f"The 'runs' parameter of merge_runs must hold at least two runs. Got {len(runs)} instead.",
+            param="runs",
+            owner="merge_runs",
+        )
     srcs = [Run(p) for p in runs]
     for r in srcs:
         if r.manifest.get("status") != "complete":
-            raise IncompatibleRunError(f"Run {r.path} is not complete (status {r.manifest.get('status')!r}); finish it "
-                                       "(rerun its `embedlab extract` command) before merging.")
+            raise IncompatibleRunError(
+                f"Run {r.path} is not complete (status {r.manifest.get('status')!r}); finish it "
+                "(rerun its `embedlab extract` command) before merging."
+            )
     first = srcs[0]
     for r in srcs[1:]:
         diff = [k for k in MERGE_KEYS if r.manifest.get(k) != first.manifest.get(k)]
         if diff:
-            detail = "; ".join(f"{k}: {str(first.manifest.get(k))[:60]!r} vs {str(r.manifest.get(k))[:60]!r}" for k in diff)
-            raise IncompatibleRunError(f"Runs {first.path} and {r.path} differ in {', '.join(diff)} ({detail}); their "
-                                       "vectors are not comparable, so they cannot be merged. Re-extract one with the "
-                                       "other's model and preprocessing.")
+            detail = "; ".join(
+                f"{k}: {str(first.manifest.get(k))[:60]!r} vs {str(r.manifest.get(k))[:60]!r}" for k in diff
+            )
+            raise IncompatibleRunError(
+                f"Runs {first.path} and {r.path} differ in {', '.join(diff)} ({detail}); their "
+                "vectors are not comparable, so they cannot be merged. Re-extract one with the "
+                "other's model and preprocessing."
+            )
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -51,24 +61,50 @@ def merge_runs(runs: list, out, *, overwrite: bool = False, index_budget: str = 
     out.mkdir(parents=True, exist_ok=True)
     shard, offset, sources = 0, 0, []
     for k, r in enumerate(srcs):
-        sources.append({"run": str(r.path.resolve()), "input_hash": r.manifest.get("input_hash"), "row_offset": offset,
-                        "inputs": int(r.manifest.get("inputs", 0)), "compute_dtype": r.manifest.get("compute_dtype")})
-        for s, emb_p, meta_p, _, _ in progress_bar(progress, r.shards(), desc=f"merge run {k + 1}/{len(srcs)}", unit="shard"):
+        sources.append(
+            {
+                "run": str(r.path.resolve()),
+                "input_hash": r.manifest.get("input_hash"),
+                "row_offset": offset,
+                "inputs": int(r.manifest.get("inputs", 0)),
+                "compute_dtype": r.manifest.get("compute_dtype"),
+            }
+        )
+        for s, emb_p, meta_p, _, _ in progress_bar(
+            progress, r.shards(), desc=f"merge run {k + 1}/{len(srcs)}", unit="shard"
+        ):
             meta = pd.read_parquet(meta_p).assign(merged_from=k)
             meta["row_id"] += offset
             err_p = r.path / "shards" / f"err_{shard_name(s)}.parquet"
-            errs = pd.read_parquet(err_p) if err_p.exists() else pd.DataFrame(columns=["row_id", "path", "reason", "detail"])
+            errs = (
+                pd.read_parquet(err_p)
+                if err_p.exists()
+                else pd.DataFrame(columns=["row_id", "path", "reason", "detail"])
+            )
             errs["row_id"] = errs["row_id"].astype("int64") + offset
             done = read_json(r.path / "shards" / f"{shard_name(s)}.done.json")
-            write_shard(out, shard, np.load(emb_p, allow_pickle=False), meta, errs, int(done["inputs"]),
-                        int(done["first_row"]) + offset)
+            write_shard(
+                out,
+                shard,
+                np.load(emb_p, allow_pickle=False),
+                meta,
+                errs,
+                int(done["inputs"]),
+                int(done["first_row"]) + offset,
+            )
             shard += 1
         offset += int(r.manifest.get("inputs", 0))
     header = {k: v for k, v in first.manifest.items() if k not in ("counts", "index", "status")}
-    header.update(inputs=offset, shards=shard, merged_from=sources, status="running",
-                  input_hash=hashlib.sha256("".join(str(s["input_hash"]) for s in sources).encode()).hexdigest(),
-                  compute_dtype=sorted({str(s["compute_dtype"]) for s in sources}) if len({s["compute_dtype"] for s in sources}) > 1
-                  else first.manifest.get("compute_dtype"))
+    header.update(
+        inputs=offset,
+        shards=shard,
+        merged_from=sources,
+        status="running",
+        input_hash=hashlib.sha256("".join(str(s["input_hash"]) for s in sources).encode()).hexdigest(),
+        compute_dtype=sorted({str(s["compute_dtype"]) for s in sources})
+        if len({s["compute_dtype"] for s in sources}) > 1
+        else first.manifest.get("compute_dtype"),
+    )
     atomic_write_json(out / "manifest.json", header)
     from embedlab.runs.finalize import finalize
 

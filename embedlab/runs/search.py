@@ -1,4 +1,5 @@
 """`embedlab search`: nearest images of a run to a text prompt or an image."""
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,14 @@ def embed_query_image(lm, path: str) -> np.ndarray:
     return models.encode_image_batch(lm, pixels)
 
 
-def search(run: str | os.PathLike, text: str | None = None, image: str | os.PathLike | None = None, k: int = 10,
-           index: str = "run", device: str = "auto") -> dict:
+def search(
+    run: str | os.PathLike,
+    text: str | None = None,
+    image: str | os.PathLike | None = None,
+    k: int = 10,
+    index: str = "run",
+    device: str = "auto",
+) -> dict:
     """Top-k images of `run` for a text or an image query. Returns a dict: `table` (a DataFrame: rank, score,
     row_id, path, role, split), `files` (none: search writes nothing), and which index answered (`index`,
     `exact`, `k`, `ntotal`) with, for an approximate one, its recall against exact search.
@@ -36,9 +43,14 @@ def search(run: str | os.PathLike, text: str | None = None, image: str | os.Path
     from . import models
 
     if (text is None) == (image is None):
-        raise InvalidParameterError(f"The 'text' parameter of search must be a str when 'image' is None, and None "
-                                    f"when it is not: exactly one of the two queries. Got {text!r} and {image!r} "
-                                    "instead.", param="text", owner="search", also=("image",))
+        raise InvalidParameterError(
+            f"The 'text' parameter of search must be a str when 'image' is None, and None "
+            f"when it is not: exactly one of the two queries. Got {text!r} and {image!r} "
+            "instead.",
+            param="text",
+            owner="search",
+            also=("image",),
+        )
     check_param("k", k, Interval(int, 1), "search")
     check_param("index", index, ("run", *KINDS), "search")
     r = Run(run)
@@ -50,13 +62,17 @@ def search(run: str | os.PathLike, text: str | None = None, image: str | os.Path
         rec = build(r.path, index, write=False, queries=min(200, max(1, len(r) // 4)), progress=False)
         idx = rec.pop("index_object")
     if lm.device.type == "cuda":
-        idx = maybe_to_gpu(idx)   # only with a GPU build of FAISS; else unchanged
+        idx = maybe_to_gpu(idx)  # only with a GPU build of FAISS; else unchanged
     scores, ids = faiss_search(idx, query, k)
-    info = {"index": f"{rec.get('kind')} ({rec.get('factory')})" + (" exact" if rec.get("exact") else " approximate"),
-            "exact": bool(rec.get("exact")), "k": k, "ntotal": int(idx.ntotal)}
+    info = {
+        "index": f"{rec.get('kind')} ({rec.get('factory')})" + (" exact" if rec.get("exact") else " approximate"),
+        "exact": bool(rec.get("exact")),
+        "k": k,
+        "ntotal": int(idx.ntotal),
+    }
     if not rec.get("exact"):
         recall = dict(rec.get("recall") or {})
-        if str(k) not in recall and len(r) <= 1_000_000:     # measure this k (a streamed exact pass per query set)
+        if str(k) not in recall and len(r) <= 1_000_000:  # measure this k (a streamed exact pass per query set)
             sample = np.sort(np.random.default_rng(1).choice(len(r), min(200, len(r)), replace=False))
             ids_all = r.read_metadata(["row_id"])["row_id"].to_numpy()
             recall.update(held_out_recall(idx, r, r.take(sample), ids_all[sample], (k,), ids_all))
@@ -70,6 +86,14 @@ def search(run: str | os.PathLike, text: str | None = None, image: str | os.Path
         if i < 0:
             continue
         m = meta.loc[int(i)]
-        rows.append({"rank": rank, "score": float(s), "row_id": int(i), "path": str(m["path"]), "role": str(m["role"]),
-                     "split": str(m["split"])})
+        rows.append(
+            {
+                "rank": rank,
+                "score": float(s),
+                "row_id": int(i),
+                "path": str(m["path"]),
+                "role": str(m["role"]),
+                "split": str(m["split"]),
+            }
+        )
     return {"table": pd.DataFrame(rows), "files": {}, **info}

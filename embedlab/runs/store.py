@@ -11,6 +11,7 @@
 Row ids are positions in the manifest's input list, so they are stable across resumes; the FAISS index's
 ids are those row ids.
 """
+
 from __future__ import annotations
 
 import io
@@ -23,8 +24,17 @@ import pandas as pd
 from embedlab._io import atomic_write_bytes, atomic_write_json, read_json
 from embedlab.errors import ConfigError, IncompatibleRunError
 
-IDENTITY_KEYS = ("model", "pretrained", "weights_sha256", "preprocess", "decode", "vector_dtype", "compute_dtype",
-                 "input_hash", "shard_size")
+IDENTITY_KEYS = (
+    "model",
+    "pretrained",
+    "weights_sha256",
+    "preprocess",
+    "decode",
+    "vector_dtype",
+    "compute_dtype",
+    "input_hash",
+    "shard_size",
+)
 
 
 def shard_name(i: int) -> str:
@@ -40,8 +50,10 @@ class Run:
     def __post_init__(self):
         self.path = Path(self.path)
         if not (self.path / "manifest.json").exists():
-            raise ConfigError(f"{self.path} is not an embedlab run folder (no manifest.json). "
-                              "Create one with `embedlab extract --manifest M --model X --pretrained Y --out RUN`.")
+            raise ConfigError(
+                f"{self.path} is not an embedlab run folder (no manifest.json). "
+                "Create one with `embedlab extract --manifest M --model X --pretrained Y --out RUN`."
+            )
         self.manifest = read_json(self.path / "manifest.json")
         self._meta: pd.DataFrame | None = None
         self._vectors: np.ndarray | None = None
@@ -104,16 +116,22 @@ class Run:
             # categoricals without decoding and re-encoding every string (4M rows, 7 columns, to pandas included:
             # 0.25-0.37 s instead of 0.73-0.92 s)
             schema = pq.read_schema(path)
-            text = [c for c in columns if c in schema.names and (pa.types.is_string(schema.field(c).type)
-                                                                 or pa.types.is_large_string(schema.field(c).type))]
+            text = [
+                c
+                for c in columns
+                if c in schema.names
+                and (pa.types.is_string(schema.field(c).type) or pa.types.is_large_string(schema.field(c).type))
+            ]
             return pq.read_table(path, columns=list(columns), read_dictionary=text)
 
-        with ThreadPoolExecutor(2) as pool:        # parquet decoding releases the GIL: two shards at a time
+        with ThreadPoolExecutor(2) as pool:  # parquet decoding releases the GIL: two shards at a time
             tables = list(pool.map(read, files))
         table = pa.concat_tables(tables, promote_options="default")
         # a text column stored without a dictionary in every shard is encoded here (one pass in C++)
-        cols = [pc.dictionary_encode(c) if pa.types.is_string(c.type) or pa.types.is_large_string(c.type) else c
-                for c in table.columns]
+        cols = [
+            pc.dictionary_encode(c) if pa.types.is_string(c.type) or pa.types.is_large_string(c.type) else c
+            for c in table.columns
+        ]
         # one thread: pandas' threaded conversion is 2.5x slower here (4M rows, 7 columns: 0.25 s vs 0.10 s)
         return pa.table(cols, names=table.column_names).to_pandas(use_threads=False)
 
@@ -142,7 +160,7 @@ class Run:
             lo, hi = np.searchsorted(ordered, [first, first + n])
             if hi > lo:
                 wanted.append((meta_p, ordered[lo:hi] - first))
-        with ThreadPoolExecutor(2) as pool:        # parquet decoding releases the GIL: two shards at a time
+        with ThreadPoolExecutor(2) as pool:  # parquet decoding releases the GIL: two shards at a time
             parts = list(pool.map(lambda w: pq.read_table(w[0], columns=list(columns)).take(pa.array(w[1])), wanted))
         if sum(len(t) for t in parts) != len(rows):
             raise ConfigError(f"Row positions out of range for run {self.path} ({len(self)} images).")
@@ -177,7 +195,7 @@ class Run:
             lo, hi = np.searchsorted(rows, [first, first + n])
             mine = rows[lo:hi]
             for a in range(0, len(mine), block):
-                pos = mine[a:a + block]
+                pos = mine[a : a + block]
                 yield pos, np.asarray(mm[pos - first], dtype=dtype)
 
     def take(self, rows: np.ndarray | None = None, dtype=np.float32) -> np.ndarray:
@@ -186,7 +204,7 @@ class Run:
         out = np.empty((n, self.dim), dtype)
         at = 0
         for pos, X in self.iter_vectors(rows):
-            out[at:at + len(pos)] = X
+            out[at : at + len(pos)] = X
             at += len(pos)
         return out
 
@@ -200,7 +218,11 @@ class Run:
 
     def errors(self) -> pd.DataFrame:
         parts = [pd.read_parquet(p) for p in sorted((self.path / "shards").glob("err_*.parquet"))]
-        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["row_id", "path", "reason", "detail"])
+        return (
+            pd.concat(parts, ignore_index=True)
+            if parts
+            else pd.DataFrame(columns=["row_id", "path", "reason", "detail"])
+        )
 
     def select(self, selector) -> np.ndarray:
         """Boolean mask of the rows a selector (see `embedlab.selector.Selector`) picks, e.g. 'backlit' or
@@ -209,7 +231,7 @@ class Run:
 
         sel = Selector.parse(selector)
         cols = self.available_columns(sel.columns)
-        full = self._meta is not None or len(cols) < len(sel.columns)    # (a missing column: the error lists all)
+        full = self._meta is not None or len(cols) < len(sel.columns)  # (a missing column: the error lists all)
         meta = self.metadata if full else self.read_metadata(cols)
         return sel.mask(meta, where=f"run {self.path}")
 
@@ -222,8 +244,15 @@ class Run:
         return [c for c in dict.fromkeys(wanted) if c in names]
 
 
-def write_shard(run_dir: Path, shard: int, vectors: np.ndarray, meta: pd.DataFrame, errors: pd.DataFrame,
-                n_inputs: int, first_row: int) -> None:
+def write_shard(
+    run_dir: Path,
+    shard: int,
+    vectors: np.ndarray,
+    meta: pd.DataFrame,
+    errors: pd.DataFrame,
+    n_inputs: int,
+    first_row: int,
+) -> None:
     """Write one shard's files, then its done-marker last (atomically): a crash leaves no half-done shard."""
     from embedlab._io import atomic_save_npy, sha256_file
 
@@ -234,18 +263,28 @@ def write_shard(run_dir: Path, shard: int, vectors: np.ndarray, meta: pd.DataFra
         buf = io.BytesIO()
         frame.to_parquet(buf, index=False)
         atomic_write_bytes(sdir / f"{prefix}_{name}.parquet", buf.getvalue())
-    atomic_write_json(sdir / f"{name}.done.json", {
-        "shard": shard, "first_row": first_row, "inputs": n_inputs, "rows": int(len(meta)), "errors": int(len(errors)),
-        "emb_sha256": sha256_file(sdir / f"emb_{name}.npy")})
+    atomic_write_json(
+        sdir / f"{name}.done.json",
+        {
+            "shard": shard,
+            "first_row": first_row,
+            "inputs": n_inputs,
+            "rows": int(len(meta)),
+            "errors": int(len(errors)),
+            "emb_sha256": sha256_file(sdir / f"emb_{name}.npy"),
+        },
+    )
 
 
 def check_identity(existing: dict, wanted: dict, run_dir: Path) -> None:
     diff = {k: (existing.get(k), wanted.get(k)) for k in IDENTITY_KEYS if existing.get(k) != wanted.get(k)}
     if diff:
         lines = "; ".join(f"{k}: run has {str(a)[:80]!r}, this command {str(b)[:80]!r}" for k, (a, b) in diff.items())
-        raise IncompatibleRunError(f"Run folder {run_dir} was made with a different configuration ({lines}). "
-                                   "Resuming would mix incomparable vectors. Use another 'out', or 'overwrite' to "
-                                   "replace it.").naming("out", "overwrite")
+        raise IncompatibleRunError(
+            f"Run folder {run_dir} was made with a different configuration ({lines}). "
+            "Resuming would mix incomparable vectors. Use another 'out', or 'overwrite' to "
+            "replace it."
+        ).naming("out", "overwrite")
 
 
 def clear_run(run_dir: Path) -> None:

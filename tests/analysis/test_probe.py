@@ -37,8 +37,8 @@ def test_edits_are_identities_at_neutral_strength_and_move_the_right_way():
     assert probe.edit_veil(x, 0.1).min() > x.min() and probe.edit_blur(x, 0.02).std() < x.std()
     dark_half = np.concatenate([x[:, :25] * 0.2, x[:, 25:]], 1)
     lifted = probe.edit_shadows(dark_half, 2.0)
-    assert lifted[:, :20].mean() > 2 * dark_half[:, :20].mean()              # the dark side brightens a lot
-    assert abs(lifted[:, 30:].mean() - dark_half[:, 30:].mean()) < 0.05       # the bright side barely moves
+    assert lifted[:, :20].mean() > 2 * dark_half[:, :20].mean()  # the dark side brightens a lot
+    assert abs(lifted[:, 30:].mean() - dark_half[:, 30:].mean()) < 0.05  # the bright side barely moves
     for e in probe.EDITS:
         y = e.fn(x, e.strengths[0])
         assert y.shape == x.shape and np.isfinite(y).all() and y.min() >= 0 and y.max() <= 1, e.name
@@ -76,7 +76,11 @@ def test_planted_blur_residual_ranks_blur_first(tmp_path, tiny_model):
     enc = probe.make_encoder(lm)
     photos = _photos({"astronaut", "chelsea", "rocket", "motorcycle", "flower.jpg", "coffee", "china.jpg"})
     r, thr, _, _ = rave_residual(enc(photos), enc([probe.edit_blur(x, 0.02) for x in photos]))
-    save_residual(tmp_path / "blur.npy", r, {"thr": thr, "model": {k: lm.info[k] for k in ("model", "pretrained", "weights_sha256")}})
+    save_residual(
+        tmp_path / "blur.npy",
+        r,
+        {"thr": thr, "model": {k: lm.info[k] for k in ("model", "pretrained", "weights_sha256")}},
+    )
     folder = tmp_path / "images"
     folder.mkdir()
     for i, x in enumerate(photos):
@@ -100,10 +104,12 @@ def test_image_specs_take_a_manifest_with_a_selector(tmp_path):
 
     for name in ("a.png", "b.png", "c.png"):
         Image.fromarray(np.full((8, 8, 3), 100, np.uint8)).save(tmp_path / name)
-    lines = [{"embedlab_manifest": 1, "name": "t", "layout": "flat", "root": "."},
-             {"path": "a.png", "role": "backlit", "split": "train"},
-             {"path": "b.png", "role": "welllit", "split": "train"},
-             {"path": "c.png", "role": "backlit", "split": "test"}]
+    lines = [
+        {"embedlab_manifest": 1, "name": "t", "layout": "flat", "root": "."},
+        {"path": "a.png", "role": "backlit", "split": "train"},
+        {"path": "b.png", "role": "welllit", "split": "train"},
+        {"path": "c.png", "role": "backlit", "split": "test"},
+    ]
     man = tmp_path / "m.jsonl"
     man.write_text("\n".join(json.dumps(l) for l in lines) + "\n")
     names = lambda files: sorted(Path(f).name for f in files)

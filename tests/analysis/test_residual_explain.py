@@ -23,7 +23,7 @@ def test_rave_formula_and_thr():
     na, nb = l2n(a), l2n(b)
     exp_from, exp_to = l2n(na.mean(0)), l2n(nb.mean(0))
     assert np.allclose(r, l2n(exp_to - exp_from)) and np.isclose(thr, exp_to @ r)
-    assert np.isclose(thr, np.sqrt((1 - exp_from @ exp_to) / 2))        # method.md 2.2
+    assert np.isclose(thr, np.sqrt((1 - exp_from @ exp_to) / 2))  # method.md 2.2
     stab = bootstrap_stability(a, b, n_boot=50)
     assert 0.5 < stab["mean_cosine"] <= 1 and stab["ci95"][0] <= stab["mean_cosine"] <= stab["ci95"][1]
 
@@ -60,8 +60,13 @@ def test_a_cached_call_builds_no_tokenizer(tiny_model):
     second = models.TextModelHandle("embedlab-tiny", "none", "sha-not-checked-here", 64)
     v2 = vocab.resolve_vocab("tokens", second)
     assert second._tokenizer is None
-    assert v2.concepts == v1.concepts == list(dict.fromkeys(t for t in vocab.tokenizer_tokens(tiny_model.tokenizer) if t))
-    assert (second.info["tokenizer"], second.info["context_length"]) == (first.info["tokenizer"], first.info["context_length"])
+    assert (
+        v2.concepts == v1.concepts == list(dict.fromkeys(t for t in vocab.tokenizer_tokens(tiny_model.tokenizer) if t))
+    )
+    assert (second.info["tokenizer"], second.info["context_length"]) == (
+        first.info["tokenizer"],
+        first.info["context_length"],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +77,7 @@ def planted_vocab():
 
     lm = models.load_model("embedlab-demo", "none", "cpu")
     words = vocab.words_from_tokens(vocab.tokenizer_tokens(lm.tokenizer))[:3000]
-    extra = ["sunlit", "sunlight", "sunlighting", "puppy", "puppies", "puppy dog"]   # synonyms, near-duplicates
+    extra = ["sunlit", "sunlight", "sunlighting", "puppy", "puppies", "puppy dog"]  # synonyms, near-duplicates
     concepts = [w for w in words if w not in extra] + extra
     E, _ = vocab.embed_concepts(lm, concepts, ["{}"])
     C, _ = centre(E)
@@ -84,7 +89,7 @@ def _planted_sets(concepts, C, seed, n=400, light_w=0.2, bias_w=0.15):
     d = C.shape[1]
     light, bias = C[concepts.index("sunlit")], C[concepts.index("puppy")]
     centre = l2n(rng.normal(size=d))
-    noise = 0.5 / np.sqrt(d)            # within-set spread: pairwise cosines around 0.8, as for CLIP image sets
+    noise = 0.5 / np.sqrt(d)  # within-set spread: pairwise cosines around 0.8, as for CLIP image sets
     A = l2n(centre + noise * rng.normal(size=(n, d)))
     B = l2n(centre + noise * rng.normal(size=(n, d)) + light_w * light + bias_w * bias)
     return A, B, light, bias
@@ -121,7 +126,7 @@ def test_a_weaker_bias_is_still_found_by_the_deflated_test(planted_vocab):
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_negative_control_two_halves_of_one_set(planted_vocab, seed):
     concepts, E, C = planted_vocab
-    A, _, _, _ = _planted_sets(concepts, C, seed, n=400)   # two halves of 200
+    A, _, _, _ = _planted_sets(concepts, C, seed, n=400)  # two halves of 200
     rng = np.random.default_rng(100 + seed)
     idx = rng.permutation(len(A))
     h1, h2 = A[idx[:200]], A[idx[200:]]
@@ -145,12 +150,12 @@ def test_family_wise_error_rate_is_calibrated(planted_vocab):
         h1, h2 = A[idx[:100]], A[idx[100:]]
         out = explain_vectors(rave_residual(h1, h2)[0], E, concepts, h1, h2, top=3, permutations=200, seed=t)
         false_pos += bool((out["adds"]["p_fwer"] < 0.05).any() or (out["removes"]["p_fwer"] < 0.05).any())
-    assert false_pos / n_splits <= 0.15          # binomial(60, 0.05): P(>= 10) < 0.2%
+    assert false_pos / n_splits <= 0.15  # binomial(60, 0.05): P(>= 10) < 0.2%
 
 
 def test_permutation_respects_groups():
     is_to = np.array([0, 0, 1, 1, 0, 1], bool)
-    groups = np.array(["a", "a", "a", "b", "b", "b"])          # groups span both sets: shuffle within groups
+    groups = np.array(["a", "a", "a", "b", "b", "b"])  # groups span both sets: shuffle within groups
     labels, info = permutation.permutation_labels(is_to, groups, 50, 0)
     assert "within groups" in info["scheme"]
     for row in labels:
@@ -171,7 +176,7 @@ def test_projection_helpers():
     r2, stats = project_out(r, D)
     assert np.allclose(D @ r2, 0, atol=1e-10) and np.isclose(np.linalg.norm(r2), 1)
     r3, _ = project_out(r2, D)
-    assert np.allclose(r3, r2)                                        # idempotent
+    assert np.allclose(r3, r2)  # idempotent
     E = rng.normal(size=(100, 10))
     u, detail = rave_shift_direction(r, E, k=15)
     assert len(detail["top_indices"]) == 15 and np.isclose(np.linalg.norm(u), 1)
@@ -184,24 +189,54 @@ def test_projection_helpers():
 def test_nonsemantic_comparison_warns_on_resolution():
     import pandas as pd
 
-    a = pd.DataFrame({"width": [256] * 20, "height": [256] * 20, "jpeg_quality": [75.0] * 20, "mean_luma": np.linspace(.2, .4, 20),
-                      "format": ["JPEG"] * 20})
-    b = pd.DataFrame({"width": [2040] * 20, "height": [1356] * 20, "jpeg_quality": [None] * 20, "mean_luma": np.linspace(.25, .45, 20),
-                      "format": ["PNG"] * 20})
+    a = pd.DataFrame(
+        {
+            "width": [256] * 20,
+            "height": [256] * 20,
+            "jpeg_quality": [75.0] * 20,
+            "mean_luma": np.linspace(0.2, 0.4, 20),
+            "format": ["JPEG"] * 20,
+        }
+    )
+    b = pd.DataFrame(
+        {
+            "width": [2040] * 20,
+            "height": [1356] * 20,
+            "jpeg_quality": [None] * 20,
+            "mean_luma": np.linspace(0.25, 0.45, 20),
+            "format": ["PNG"] * 20,
+        }
+    )
     out = compare_nonsemantic(a, b)
     text = " ".join(out["warnings"])
     assert "width separates" in text and "formats differ" in text
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "embedlab", *args], capture_output=True, text=True, cwd=REPO,
-                          env=dict(os.environ), timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "embedlab", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ),
+        timeout=600,
+    )
 
 
 def test_end_to_end_cli_flow(tmp_path, tiny_run):
     res = tmp_path / "residual.npy"
-    r = _cli("residual", str(tiny_run), "--from", "role=backlit,split=train", "--to", "role=welllit,split=train",
-             "--out", str(res), "--bootstrap", "50")
+    r = _cli(
+        "residual",
+        str(tiny_run),
+        "--from",
+        "role=backlit,split=train",
+        "--to",
+        "role=welllit,split=train",
+        "--out",
+        str(res),
+        "--bootstrap",
+        "50",
+    )
     assert r.returncode == 0, r.stderr
     vec = np.load(res, allow_pickle=False)
     assert vec.dtype == np.float32 and vec.shape == (64,)
@@ -210,8 +245,20 @@ def test_end_to_end_cli_flow(tmp_path, tiny_run):
     vocab_file = tmp_path / "vocab.txt"
     vocab_file.write_text("cat\nflower\n<b>bold</b>\nrocket\nbacklit\nwell-lit\nperson\nmotorcycle\n")
     rep = tmp_path / "report"
-    r = _cli("explain-residual", str(res), "--vocab", str(vocab_file), "--top", "5", "--permutations", "200",
-             "--out", str(rep), "--device", "cpu")
+    r = _cli(
+        "explain-residual",
+        str(res),
+        "--vocab",
+        str(vocab_file),
+        "--top",
+        "5",
+        "--permutations",
+        "200",
+        "--out",
+        str(rep),
+        "--device",
+        "cpu",
+    )
     assert r.returncode == 0, r.stderr
     for f in ("report.json", "report.csv", "report.md", "report.html"):
         assert (rep / f).stat().st_size > 0
@@ -220,22 +267,45 @@ def test_end_to_end_cli_flow(tmp_path, tiny_run):
     report = json.loads((rep / "report.json").read_text())
     assert report["info"]["permutation"]["K"] == 200 and report["exemplars"]
     corrected = tmp_path / "corrected.npy"
-    r = _cli("correct", str(res), "--remove", "cat", "--remove-pair", "a photo of a flower|a photo", "--vocab",
-             str(vocab_file), "--out", str(corrected), "--device", "cpu")
+    r = _cli(
+        "correct",
+        str(res),
+        "--remove",
+        "cat",
+        "--remove-pair",
+        "a photo of a flower|a photo",
+        "--vocab",
+        str(vocab_file),
+        "--out",
+        str(corrected),
+        "--device",
+        "cpu",
+    )
     assert r.returncode == 0, r.stderr
-    assert "  cat: projection" in r.stdout and "  a photo of a flower: projection" in r.stdout     # labelled by edit
+    assert "  cat: projection" in r.stdout and "  a photo of a flower: projection" in r.stdout  # labelled by edit
     c = load_residual(corrected)
     assert len(c.info["edits"]) == 2 and c.info["correction"]["cos_before_after"] < 1
     for d in c.info["correction"]["directions"]:
         assert abs(d["projection_after"]) < 1e-6
-    r = _cli("correct", str(res), "--preset", "rave-shift", "--top", "15", "--out", str(tmp_path / "shift.npy"), "--device", "cpu")
+    r = _cli(
+        "correct",
+        str(res),
+        "--preset",
+        "rave-shift",
+        "--top",
+        "15",
+        "--out",
+        str(tmp_path / "shift.npy"),
+        "--device",
+        "cpu",
+    )
     assert r.returncode == 0, r.stderr
     shifted = load_residual(tmp_path / "shift.npy")
     assert len(shifted.info["edits"][0]["removed_info_from"]) == 15
     r = _cli("correct", str(res), "--remove-labelled", f"{tiny_run}:group=chelsea", "--out", str(tmp_path / "inlp.npy"))
     # a random tiny model may give nothing learnable; then the command must say so, not fail obscurely
     assert r.returncode == 0 or "No linear direction predicts" in r.stderr, r.stderr
-    if r.returncode == 0:       # every learned direction is labelled by the one edit it came from
+    if r.returncode == 0:  # every learned direction is labelled by the one edit it came from
         lines = [ln for ln in r.stdout.splitlines() if ": projection" in ln]
         n = len(load_residual(tmp_path / "inlp.npy").info["correction"]["directions"])
         assert len(lines) == n and all("group=chelsea" in ln for ln in lines), r.stdout
@@ -281,7 +351,7 @@ def sequential_max_reference(S0, sign, A, B, picked) -> np.ndarray:
     out = np.empty((len(S), len(picked)))
     for i in range(len(picked)):
         out[:, i] = (S * inv[i] + pen[i]).max(1) / np.sqrt(np.maximum(rn2, 1e-12))
-        S -= B[:, i:i + 1] * A[i][None, :]
+        S -= B[:, i : i + 1] * A[i][None, :]
         rn2 -= B[:, i].astype(np.float64) ** 2
     return out
 
@@ -314,8 +384,10 @@ def test_blocked_permutation_null_matches_a_direct_computation(block):
     labels, _ = permutation.permutation_labels(np.arange(n) >= 12, None, 50, seed=0)
     r = l2n(rng.normal(size=d))
     picks = deflation_rankings(r, C, 6)
-    deflations = {side: (sign, [p["index"] for p in pk], np.array([p["direction"] for p in pk]))
-                  for side, sign, pk in (("adds", 1.0, picks[0]), ("removes", -1.0, picks[1]))}
+    deflations = {
+        side: (sign, [p["index"] for p in pk], np.array([p["direction"] for p in pk]))
+        for side, sign, pk in (("adds", 1.0, picks[0]), ("removes", -1.0, picks[1]))
+    }
     got = permutation.permutation_null(X, labels, C, "rave", deflations, block=block, rows=16, threads=3)
     R = permutation.shuffled_residuals(X, labels, "rave")
     S0 = R @ C.T

@@ -1,5 +1,6 @@
 """Analysis at scale (issue 11) and the one selector (issue 13 item 1): streaming equals in-memory, memory stays
 bounded, index recall is honest, merges refuse mixed runs."""
+
 import importlib.util
 import json
 import re
@@ -36,12 +37,13 @@ def _bench():
 
 def make_run(path, n, d=32, groups=60, shard_size=700, dtype="float32", V=50, seed=0, no_groups=False):
     bench = _bench()
-    if no_groups:      # the same writer, with the group column emptied
+    if no_groups:  # the same writer, with the group column emptied
         orig = bench.synthetic_shard
 
         def shard(*a, **k):
             X, meta = orig(*a, **k)
             return X, meta.assign(group=None)
+
         bench.synthetic_shard = shard
     bench.write_synthetic_run(path, n, d, groups, shard_size=shard_size, dtype=dtype, V=V, seed=seed)
     return Run(path)
@@ -54,6 +56,7 @@ def small_run(tmp_path_factory):
 
 # ---- Selector -------------------------------------------------------------------------------------------------
 
+
 def test_selector_parses_once_and_selects_metadata_and_entries():
     meta = pd.DataFrame({"role": ["a", "b", "a", "b"], "split": ["x", "x", "y", "y"]})
     sel = Selector.parse("a,split=y")
@@ -61,12 +64,13 @@ def test_selector_parses_once_and_selects_metadata_and_entries():
     assert sel.mask(meta).tolist() == [False, False, True, False]
     assert Selector.parse(sel) is sel
     cat = meta.astype("category")
-    assert sel.mask(cat).tolist() == sel.mask(meta).tolist()          # categorical columns, same answer
+    assert sel.mask(cat).tolist() == sel.mask(meta).tolist()  # categorical columns, same answer
     entries = [{"role": "a", "split": "y"}, {"role": "b", "split": "y"}]
     assert sel.filter(entries) == entries[:1]
 
     class E:
         role, split = "a", "y"
+
     assert len(sel.filter([E(), E()])) == 2
     with pytest.raises(ConfigError, match="no metadata column 'colour'"):
         Selector.parse("colour=red").mask(meta)
@@ -76,17 +80,26 @@ def test_selector_parses_once_and_selects_metadata_and_entries():
         Selector.parse("b,split=x,role=a").mask(meta)
     with pytest.raises(ConfigError, match="Empty selector"):
         Selector.parse(" , ")
-    assert split_spec("runs/r1:role=b,split=x", "backlit") == (split_spec("runs/r1", "role=b,split=x")[0],
-                                                                Selector.parse("role=b,split=x"))
+    assert split_spec("runs/r1:role=b,split=x", "backlit") == (
+        split_spec("runs/r1", "role=b,split=x")[0],
+        Selector.parse("role=b,split=x"),
+    )
     assert split_spec("runs/r1", "backlit")[1].clauses == (("role", "backlit"),)
 
 
 def test_manifest_and_run_select_use_the_selector(tmp_path, small_run):
-    
 
     p = tmp_path / "m.jsonl"
-    p.write_text("\n".join(json.dumps(r) for r in [{"path": "pkg:skimage/astronaut", "role": "backlit", "split": "test"},
-                                                   {"path": "pkg:skimage/coffee", "role": "welllit"}]) + "\n")
+    p.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"path": "pkg:skimage/astronaut", "role": "backlit", "split": "test"},
+                {"path": "pkg:skimage/coffee", "role": "welllit"},
+            ]
+        )
+        + "\n"
+    )
     man = read_manifest(p)
     assert [e.role for e in man.select("backlit,split=test")] == ["backlit"]
     assert [e.role for e in man.select(role="welllit")] == ["welllit"]
@@ -97,6 +110,7 @@ def test_manifest_and_run_select_use_the_selector(tmp_path, small_run):
 
 
 # ---- streaming reader and residual ----------------------------------------------------------------------------
+
 
 def test_no_group_sums_and_no_budget_warning_without_a_bootstrap(tmp_path, small_run, caplog):
     small = residual(small_run.path, "backlit", "welllit", tmp_path / "r0.npy", bootstrap=0, memory_budget=20_000)
@@ -109,14 +123,17 @@ def test_no_group_sums_and_no_budget_warning_without_a_bootstrap(tmp_path, small
 def test_group_bootstrap_budget_counts_both_threads_sums_and_the_draws(tmp_path, small_run):
     """The group bootstrap is chosen exactly while its sums (one copy per pass thread) and its draws fit half the
     memory budget; past it, images are resampled."""
-    
 
     meta = small_run.read_metadata(["role", "group"])
     n_groups = [meta["group"][meta["role"] == r].nunique() for r in ("backlit", "welllit")]
     need = group_bootstrap_bytes(n_groups, small_run.dim, 20, np.float32)
     assert need == sum(n_groups) * (small_run.dim * ACCUMULATE_THREADS * 4 + 20 * 8)
-    units = [residual(small_run.path, "backlit", "welllit", tmp_path / f"b{b}.npy", bootstrap=20,
-                      memory_budget=b).info["bootstrap"]["unit"] for b in (2 * need, 2 * need - 2)]
+    units = [
+        residual(small_run.path, "backlit", "welllit", tmp_path / f"b{b}.npy", bootstrap=20, memory_budget=b).info[
+            "bootstrap"
+        ]["unit"]
+        for b in (2 * need, 2 * need - 2)
+    ]
     assert units == ["group", "image"]
 
 
@@ -131,13 +148,14 @@ def test_weighted_group_sums_chunk_by_chunk():
 def test_one_group_sum_type_for_both_runs(tmp_path, monkeypatch):
     """Two runs whose largest groups fall on either side of the float32 limit store their group sums alike, and the
     sidecar names that type."""
-    
 
     a = make_run(tmp_path / "a", 1500, d=16, groups=20)
     b = make_run(tmp_path / "b", 1500, d=16, groups=200)
-    largest = [r.metadata["group"][r.metadata["role"] == role].value_counts().max()
-               for r, role in ((a, "backlit"), (b, "welllit"))]
-    assert largest[0] > largest[1]          # alone, run a's sums would be float64 and run b's float32
+    largest = [
+        r.metadata["group"][r.metadata["role"] == role].value_counts().max()
+        for r, role in ((a, "backlit"), (b, "welllit"))
+    ]
+    assert largest[0] > largest[1]  # alone, run a's sums would be float64 and run b's float32
     monkeypatch.setattr(sums, "F32_GROUP_LIMIT", int(largest[1]))
     seen = []
     orig = stream_sums
@@ -171,7 +189,6 @@ def test_metadata_rows_in_the_order_asked(small_run):
 def test_stream_sums_equal_numpy_sums(small_run, monkeypatch, f32_limit):
     """Set totals (float64) and group sums equal numpy's on the normalised vectors, whatever the block size: group
     sums stored in float32 while no group is larger than the limit (to float32 rounding), float64 past it."""
-    
 
     monkeypatch.setattr(sums, "F32_GROUP_LIMIT", f32_limit)
     meta = small_run.read_metadata(["role", "group"])
@@ -184,7 +201,7 @@ def test_stream_sums_equal_numpy_sums(small_run, monkeypatch, f32_limit):
             want = np.zeros((c.max() + 1, X.shape[1]))
             np.add.at(want, c, X[m])
             assert got["group_sums"].dtype == (np.float32 if f32_limit > 3 else np.float64)
-            tol = 1e-6 if f32_limit > 3 else 1e-14        # relative to the largest sum
+            tol = 1e-6 if f32_limit > 3 else 1e-14  # relative to the largest sum
             assert np.abs(got["group_sums"] - want).max() <= tol * np.abs(want).max()
             assert np.allclose(got["sum"], X[m].sum(0), rtol=0, atol=1e-12)
             assert got["group_sizes"].tolist() == np.bincount(c).tolist()
@@ -203,6 +220,7 @@ def test_read_metadata_columns_equal_the_full_metadata(tmp_path):
         elif first == 700:
             meta.loc[meta.index[::3], "group"] = None
         return X, meta
+
     bench.synthetic_shard = shard
     bench.write_synthetic_run(tmp_path / "run", 2000, 8, 30, shard_size=700, V=20)
     run = Run(tmp_path / "run")
@@ -211,8 +229,10 @@ def test_read_metadata_columns_equal_the_full_metadata(tmp_path):
     assert all(isinstance(got[c].dtype, pd.CategoricalDtype) for c in ("role", "group", "format"))
     assert got["group"].isna().sum() == full["group"].isna().sum() > 700
     for c in cols:
-        assert got[c].astype(object).where(got[c].notna(), None).tolist() == \
-            full[c].astype(object).where(full[c].notna(), None).tolist()
+        assert (
+            got[c].astype(object).where(got[c].notna(), None).tolist()
+            == full[c].astype(object).where(full[c].notna(), None).tolist()
+        )
 
 
 def test_iter_vectors_streams_what_vectors_holds(small_run):
@@ -229,7 +249,9 @@ def test_iter_vectors_streams_what_vectors_holds(small_run):
 
 @pytest.mark.parametrize("method", ["rave", "mean-diff"])
 def test_streaming_residual_and_group_bootstrap_equal_in_memory(tmp_path, small_run, method):
-    res = residual(small_run.path, "backlit", "welllit", tmp_path / "r.npy", method=method, bootstrap=40, seed=3, block=257)
+    res = residual(
+        small_run.path, "backlit", "welllit", tmp_path / "r.npy", method=method, bootstrap=40, seed=3, block=257
+    )
     X, meta = small_run.vectors, small_run.metadata
     a, b = (meta["role"] == "backlit").to_numpy(), (meta["role"] == "welllit").to_numpy()
     r, thr, _, _ = compute_residual(X[a], X[b], method)
@@ -251,10 +273,12 @@ def test_image_bootstrap_exact_and_poisson_schemes(tmp_path):
     assert exact["unit"] == "image" and "multinomial" in exact["scheme"]
     assert abs(exact["mean_cosine"] - ref["mean_cosine"]) < 1e-9
     # a budget too small for the resample counts: Poisson weights while streaming, the same for any block size
-    p1 = residual(run.path, "backlit", "welllit", tmp_path / "p1.npy", bootstrap=60, seed=1, memory_budget=10_000,
-                  block=101).info["bootstrap"]
-    p2 = residual(run.path, "backlit", "welllit", tmp_path / "p2.npy", bootstrap=60, seed=1, memory_budget=10_000,
-                  block=4096).info["bootstrap"]
+    p1 = residual(
+        run.path, "backlit", "welllit", tmp_path / "p1.npy", bootstrap=60, seed=1, memory_budget=10_000, block=101
+    ).info["bootstrap"]
+    p2 = residual(
+        run.path, "backlit", "welllit", tmp_path / "p2.npy", bootstrap=60, seed=1, memory_budget=10_000, block=4096
+    ).info["bootstrap"]
     assert "Poisson" in p1["scheme"] and p1["mean_cosine"] == pytest.approx(p2["mean_cosine"], abs=1e-9)
     # equal in distribution: the stability figure agrees with the resampling bootstrap's to its own noise
     assert abs(p1["mean_cosine"] - ref["mean_cosine"]) < 0.02
@@ -266,32 +290,39 @@ def test_streaming_residual_memory_stays_bounded(tmp_path):
     2,000 concepts), each in a subprocess, peak under 300 MB above their imports; reading the vectors into memory
     (the control) exceeds 400 MB."""
     run = make_run(tmp_path / "big", 200_000, d=512, groups=2000, shard_size=32768, dtype="float16", V=10)
-    pre = ("import re, embedlab.analysis.residual, embedlab.runs.store, numpy, pandas, numba, pyarrow.parquet, sklearn.metrics\n"
-           "def st(k): return int(re.search(k + r':\\s+(\\d+)', open('/proc/self/status').read()).group(1)) / 1024\n"
-           "base = st('VmRSS')\n")
+    pre = (
+        "import re, embedlab.analysis.residual, embedlab.runs.store, numpy, pandas, numba, pyarrow.parquet, sklearn.metrics\n"
+        "def st(k): return int(re.search(k + r':\\s+(\\d+)', open('/proc/self/status').read()).group(1)) / 1024\n"
+        "base = st('VmRSS')\n"
+    )
     post = "\nprint('MB', st('VmHWM') - base)"
-    explain = (f"from embedlab.analysis.image_sets import ImageSets, set_group_ids\n"
-               f"from embedlab.analysis.explain import explain_vectors\nimport numpy as np\n"
-               f"run = embedlab.runs.store.Run({str(run.path)!r})\nm = run.read_metadata(['role', 'group'])\n"
-               f"a, b = (m.role == 'backlit').to_numpy(), (m.role == 'welllit').to_numpy()\n"
-               f"E = np.random.default_rng(0).standard_normal((2000, 512)).astype(np.float32)\n"
-               f"explain_vectors(E[0], E, [str(i) for i in range(2000)], ImageSets.from_runs(run, a, run, b), None, "
-               f"set_group_ids(m.group[a], m.group[b]), permutations=100, exemplars=3)")
-    codes = {"streaming": f"embedlab.analysis.residual.residual({str(run.path)!r}, 'backlit', 'welllit', {str(tmp_path / 'r.npy')!r})",
-             "explain": explain, "materialised": f"embedlab.runs.store.Run({str(run.path)!r}).vectors"}
+    explain = (
+        f"from embedlab.analysis.image_sets import ImageSets, set_group_ids\n"
+        f"from embedlab.analysis.explain import explain_vectors\nimport numpy as np\n"
+        f"run = embedlab.runs.store.Run({str(run.path)!r})\nm = run.read_metadata(['role', 'group'])\n"
+        f"a, b = (m.role == 'backlit').to_numpy(), (m.role == 'welllit').to_numpy()\n"
+        f"E = np.random.default_rng(0).standard_normal((2000, 512)).astype(np.float32)\n"
+        f"explain_vectors(E[0], E, [str(i) for i in range(2000)], ImageSets.from_runs(run, a, run, b), None, "
+        f"set_group_ids(m.group[a], m.group[b]), permutations=100, exemplars=3)"
+    )
+    codes = {
+        "streaming": f"embedlab.analysis.residual.residual({str(run.path)!r}, 'backlit', 'welllit', {str(tmp_path / 'r.npy')!r})",
+        "explain": explain,
+        "materialised": f"embedlab.runs.store.Run({str(run.path)!r}).vectors",
+    }
     peak = {}
     for name, code in codes.items():
         p = subprocess.run([sys.executable, "-c", pre + code + post], capture_output=True, text=True, cwd=REPO)
         assert p.returncode == 0, p.stderr[-2000:]
         peak[name] = float(re.findall(r"MB ([\d.]+)", p.stdout)[-1])
-    assert peak["materialised"] > 400, peak          # the bound below would catch a reader that loads the run
+    assert peak["materialised"] > 400, peak  # the bound below would catch a reader that loads the run
     assert peak["streaming"] < 300, peak
     assert peak["explain"] < 300, peak
 
 
 def _explain_both_ways(run, monkeypatch=None, **kw):
     """explain_vectors on the run's two sets read block by block from the shards, and on the same vectors in memory."""
-    
+
     from embedlab.analysis.image_sets import ImageSets, set_group_ids
 
     bench = _bench()
@@ -352,7 +383,7 @@ def test_a_stale_reranked_index_is_refused(tmp_path):
     index_run(run.path, "ivfsq8", queries=50)
     idx = load_index(Run(run.path))
     ids = run.metadata["row_id"].to_numpy()
-    stale = RerankedIndex(idx.index, run, ids[:100] + 10**6)       # metadata that no longer holds these ids
+    stale = RerankedIndex(idx.index, run, ids[:100] + 10**6)  # metadata that no longer holds these ids
     with pytest.raises(IncompatibleRunError, match="stale"):
         stale.search(run.vectors[:1], 5)
     assert np.array_equal(idx.search(run.vectors[:1], 5)[1][0][:1], ids[:1])
@@ -376,6 +407,7 @@ def test_histogram_auroc_is_close_and_states_its_error(tmp_path, monkeypatch):
 
 # ---- plot sample ----------------------------------------------------------------------------------------------
 
+
 def test_plot_sample_is_stratified_seeded_and_streamed(tmp_path, small_run):
     from embedlab.reports.plot import plot
     from embedlab.reports.projection import stratified_sample
@@ -387,7 +419,7 @@ def test_plot_sample_is_stratified_seeded_and_streamed(tmp_path, small_run):
     share = meta["role"].iloc[rows].value_counts(normalize=True)
     assert abs(share["welllit"] - (meta["role"] == "welllit").mean()) < 0.01
     per_group = meta["group"].iloc[rows].value_counts()
-    assert per_group.max() - per_group.min() <= 2 and len(per_group) == meta["group"].nunique()   # spread over groups
+    assert per_group.max() - per_group.min() <= 2 and len(per_group) == meta["group"].nunique()  # spread over groups
     assert np.array_equal(small_run.take(rows), small_run.vectors[rows])
     files = plot(small_run.path, tmp_path / "plots", methods=("pca",), projector=True, max_points=600, seed=2)["files"]
     sample = json.loads(open(files["sample"]).read())
@@ -398,16 +430,17 @@ def test_plot_sample_is_stratified_seeded_and_streamed(tmp_path, small_run):
 
 # ---- indices --------------------------------------------------------------------------------------------------
 
+
 def test_auto_follows_the_size_rule():
     from embedlab.runs.index import auto_kind
 
     G = 1 << 30
     assert auto_kind(500_000, 512, 4 * G)[0] == "flat"
     assert auto_kind(2_000_000, 64, 4 * G)[0] == "hnsw"
-    assert auto_kind(4_000_000, 512, 4 * G)[0] == "ivfpqfs"          # re-ranked from the stored vectors
+    assert auto_kind(4_000_000, 512, 4 * G)[0] == "ivfpqfs"  # re-ranked from the stored vectors
     assert auto_kind(4_000_000, 512, 16 * G)[0] == "hnsw"
     assert auto_kind(100_000_000, 768, 16 * G)[0] == "ivfpqfs"
-    assert auto_kind(100_000_000, 768, 4 * G)[0] == "ivfpq"          # only 8-bit codes of 32 bytes fit
+    assert auto_kind(100_000_000, 768, 4 * G)[0] == "ivfpq"  # only 8-bit codes of 32 bytes fit
     with pytest.raises(ConfigError, match="No index"):
         auto_kind(10**9, 768, 1 << 20)
 
@@ -450,16 +483,19 @@ def test_finalize_keeps_exact_index_within_budget_else_points_to_index(tmp_path,
 
 # ---- merge ----------------------------------------------------------------------------------------------------
 
+
 def test_merge_renumbers_and_refuses_mixed_runs(tmp_path):
     a = make_run(tmp_path / "a", 1200, d=16, shard_size=500)
     b = make_run(tmp_path / "b", 900, d=16, shard_size=500)
     summary = merge_runs([a.path, b.path], tmp_path / "m")
     m = Run(tmp_path / "m")
     assert summary["embedded"] == 2100 and m.manifest["status"] == "complete"
-    assert {"manifest", "metadata", "errors"} <= set(summary["files"]) and all(Path(p).exists() for p in summary["files"].values())
+    assert {"manifest", "metadata", "errors"} <= set(summary["files"]) and all(
+        Path(p).exists() for p in summary["files"].values()
+    )
     assert np.array_equal(m.vectors, np.r_[a.vectors, b.vectors]) and m.metadata["row_id"].is_unique
     assert m.metadata["merged_from"].tolist() == [0] * 1200 + [1] * 900
-    other = make_run(tmp_path / "c", 300, d=16, seed=1)       # other weights
+    other = make_run(tmp_path / "c", 300, d=16, seed=1)  # other weights
     with pytest.raises(IncompatibleRunError, match="weights_sha256"):
         merge_runs([a.path, other.path], tmp_path / "m2")
     man = json.loads((b.path / "manifest.json").read_text())
@@ -472,21 +508,36 @@ def test_merge_renumbers_and_refuses_mixed_runs(tmp_path):
 
 
 def test_index_and_merge_cli_help_lists_every_kind():
-    p = subprocess.run([sys.executable, "-m", "embedlab", "index", "--help"], capture_output=True, text=True, cwd=REPO,
-                       env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+    p = subprocess.run(
+        [sys.executable, "-m", "embedlab", "index", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+    )
     from embedlab.runs.index import KINDS
 
     assert p.returncode == 0 and all(k in p.stdout for k in KINDS) and "--memory-budget" in p.stdout
-    bad = subprocess.run([sys.executable, "-m", "embedlab", "index", "x", "--kind", "annoy"], capture_output=True,
-                         text=True, cwd=REPO)
+    bad = subprocess.run(
+        [sys.executable, "-m", "embedlab", "index", "x", "--kind", "annoy"], capture_output=True, text=True, cwd=REPO
+    )
     assert bad.returncode == 2
 
 
 def test_residual_across_two_runs_streams_each(tmp_path):
     a = make_run(tmp_path / "a", 1500, d=16, no_groups=True)
     b = make_run(tmp_path / "b", 1300, d=16, no_groups=True)
-    res = residual(a.path, "backlit", "welllit", tmp_path / "r.npy", to_run=str(b.path), bootstrap=30, seed=4,
-                   memory_budget=10_000, block=97)
+    res = residual(
+        a.path,
+        "backlit",
+        "welllit",
+        tmp_path / "r.npy",
+        to_run=str(b.path),
+        bootstrap=30,
+        seed=4,
+        memory_budget=10_000,
+        block=97,
+    )
     ma, mb = a.select("backlit"), b.select("welllit")
     r = compute_residual(a.vectors[ma], b.vectors[mb])[0]
     assert np.abs(res.vector - r).max() < 1e-6 and res.info["to"]["count"] == int(mb.sum())

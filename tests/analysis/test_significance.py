@@ -4,6 +4,7 @@ null that streams over blocks of images or group sums with the in-memory result 
 The calibration tests run many random null splits of one synthetic population (the generator of
 analyses/stats/calibration.py, which runs the same scenarios at 1,000 splits each) and count the splits where the
 page shows a "significant" concept."""
+
 import sys
 
 import numpy as np
@@ -65,8 +66,9 @@ def test_planted_concept_is_significant_with_and_without_groups(groups_of):
     E = cal.vocabulary(np.random.default_rng(1), 200, 24)
     C, _ = centre(E)
     a, b, g = _two_sets(0, groups_of=groups_of, shift=0.25, direction=C[17])
-    out = explain_vectors(compute_residual(a, b)[0], E, [f"c{i}" for i in range(200)], a, b, g, top=5,
-                                  permutations=199, deflated_steps=3)
+    out = explain_vectors(
+        compute_residual(a, b)[0], E, [f"c{i}" for i in range(200)], a, b, g, top=5, permutations=199, deflated_steps=3
+    )
     top = out["adds"].iloc[0]
     assert top["vocab_index"] == 17
     assert top["p_fwer"] < 0.05 and top["p_fwer_deflated"] < 0.05 and top["q_bh"] < 0.05 and top["auroc"] > 0.7
@@ -79,8 +81,7 @@ def test_a_concept_is_listed_on_one_side_only_with_its_sign():
     """--top above half a small vocabulary: each list stops where its picks stop pointing its way."""
     E = cal.vocabulary(np.random.default_rng(4), 12, 24)
     a, b, _ = _two_sets(5, n=40)
-    out = explain_vectors(compute_residual(a, b)[0], E, [f"c{i}" for i in range(12)], a, b, top=10,
-                                  permutations=50)
+    out = explain_vectors(compute_residual(a, b)[0], E, [f"c{i}" for i in range(12)], a, b, top=10, permutations=50)
     adds, removes = out["adds"], out["removes"]
     assert not set(adds["concept"]) & set(removes["concept"])
     assert (adds["score_centred"] > 0).all() and (removes["score_centred"] < 0).all()
@@ -95,8 +96,9 @@ def test_a_concept_is_listed_on_one_side_only_with_its_sign():
 def test_one_sided_family_tests_only_its_list():
     E = cal.vocabulary(np.random.default_rng(1), 100, 24)
     a, b, _ = _two_sets(2, n=40)
-    out = explain_vectors(compute_residual(a, b)[0], E, [f"c{i}" for i in range(100)], a, b, top=3,
-                                  permutations=99, family="adds")
+    out = explain_vectors(
+        compute_residual(a, b)[0], E, [f"c{i}" for i in range(100)], a, b, top=3, permutations=99, family="adds"
+    )
     assert out["adds"]["p_fwer"].notna().all() and out["removes"]["p_fwer"].isna().all()
     assert "one-sided" in out["info"]["permutation"]["family_note"]
 
@@ -109,8 +111,11 @@ def test_streamed_null_equals_the_in_memory_null(scheme):
     n, d, V = 203, 16, 150
     X = rng.normal(size=(n, d)).astype(np.float32)
     is_to = np.arange(n) >= 81
-    groups = {"images": None, "groups": np.where(is_to, 1000 + np.arange(n) // 3, np.arange(n) // 3),
-              "within": rng.integers(0, 20, n)}[scheme]
+    groups = {
+        "images": None,
+        "groups": np.where(is_to, 1000 + np.arange(n) // 3, np.arange(n) // 3),
+        "within": rng.integers(0, 20, n),
+    }[scheme]
     sh = permutation.draw_shuffles(is_to, groups, 64, seed=7)
     C = l2n(rng.normal(size=(V, d))).astype(np.float32)
     whole = permutation.permutation_null(X, sh, C, chunk=32)
@@ -123,7 +128,7 @@ def test_streamed_null_equals_the_in_memory_null(scheme):
     R = l2n(l2n(labels @ l2n(X)) - l2n((~labels) @ l2n(X)))
     assert np.allclose(whole["max"], (R @ C.T).max(1), atol=1e-5)
     if scheme == "groups":
-        assert sh.labels.shape == (64, len(set(groups))) and sh.codes is not None      # group labels, no per-image ones
+        assert sh.labels.shape == (64, len(set(groups))) and sh.codes is not None  # group labels, no per-image ones
 
 
 def test_test_units_count_groups_and_their_effective_size():
@@ -132,7 +137,7 @@ def test_test_units_count_groups_and_their_effective_size():
     g_nested = np.r_[[0] * 7 + [1, 2, 3], [4, 4, 5, 5, 6, 6, 7, 7, 7]]
     u = unit_stats.test_units(a, b, g_nested)
     assert (u["unit"], u["n_from"], u["n_to"], u["shuffle"]) == ("groups", 4, 4, "between")
-    assert u["effective_n"] == pytest.approx(100 / 52 + 81 / 21)           # Kish: (sum n)^2 / sum n^2 per set
+    assert u["effective_n"] == pytest.approx(100 / 52 + 81 / 21)  # Kish: (sum n)^2 / sum n^2 per set
     assert np.allclose(u["from"][0], l2n(a)[:7].mean(0))
     g_span = np.r_[[0, 0, 1, 1, 2, 2, 3, 3, 4, 4], [0, 1, 2, 3, 9, 9, 9, 9, 9]]
     u = unit_stats.test_units(a, b, g_span)
@@ -148,7 +153,7 @@ def _traced_peak_of_null(n: int, d: int, grouped: bool) -> int:
     sh = permutation.draw_shuffles(is_to, groups, 64, seed=0)
     C = l2n(np.random.default_rng(1).normal(size=(500, d))).astype(np.float32)
 
-    def blocks():                               # generated on the fly: the vectors are never held
+    def blocks():  # generated on the fly: the vectors are never held
         for i, start in enumerate(range(0, n, 10_000)):
             yield np.random.default_rng(i).standard_normal((min(10_000, n - start), d), dtype=np.float32)
 
@@ -173,7 +178,7 @@ def _spanning_pairs(seed: int, n_pairs: int, n_side: int = 6, d: int = 16):
     there are 2 ** n_pairs distinct labellings (the observed one among them)."""
     rng = np.random.default_rng(seed)
     X = l2n(rng.normal(size=(2 * (n_side + n_pairs), d)) + 2.0 * l2n(np.ones(d)))
-    a, b = X[:n_side + n_pairs], X[n_side + n_pairs:]
+    a, b = X[: n_side + n_pairs], X[n_side + n_pairs :]
     pairs = [f"pair {i}" for i in range(n_pairs)]
     return a, b, np.array(["from"] * n_side + pairs + ["to"] * n_side + pairs)
 
@@ -190,9 +195,20 @@ def test_p_fwer_counts_the_shuffles_that_reproduce_the_observed_labelling(n_pair
         a, b, g = _spanning_pairs(seed, n_pairs)
         is_to = np.r_[np.zeros(len(a), bool), np.ones(len(b), bool)]
         copies = int((permutation.draw_shuffles(is_to, g, K, seed).image_labels() == is_to).all(1).sum())
-        out = explain_vectors(compute_residual(a, b)[0], E, [f"c{i}" for i in range(100)], a, b, g, top=3,
-                                      permutations=K, seed=seed, deflated_steps=2, min_explained=0.0)
-        assert out["info"]["permutation"]["distinct_shuffles"] == pytest.approx(2 ** n_pairs)
+        out = explain_vectors(
+            compute_residual(a, b)[0],
+            E,
+            [f"c{i}" for i in range(100)],
+            a,
+            b,
+            g,
+            top=3,
+            permutations=K,
+            seed=seed,
+            deflated_steps=2,
+            min_explained=0.0,
+        )
+        assert out["info"]["permutation"]["distinct_shuffles"] == pytest.approx(2**n_pairs)
         ps = [p for side in ("adds", "removes") for col in ("p_fwer", "p_fwer_deflated") for p in out[side][col]]
         low += [(seed, copies, p) for p in ps if p < (1 + copies) / (K + 1) - 1e-12]
         rejected += min(ps) < 0.05
@@ -208,8 +224,18 @@ def test_deflated_step_one_keeps_both_sides_when_a_list_is_empty():
     checked = 0
     for seed in range(6):
         a, b, _ = _two_sets(seed, n=60)
-        out = explain_vectors(compute_residual(a, b)[0], E, [f"c{i}" for i in range(200)], a, b, top=3,
-                                      permutations=99, seed=seed, deflated_steps=2, min_explained=0.3)
+        out = explain_vectors(
+            compute_residual(a, b)[0],
+            E,
+            [f"c{i}" for i in range(200)],
+            a,
+            b,
+            top=3,
+            permutations=99,
+            seed=seed,
+            deflated_steps=2,
+            min_explained=0.3,
+        )
         for side, other in (("adds", "removes"), ("removes", "adds")):
             if len(out[side]) and not len(out[other]):
                 checked += 1
@@ -227,8 +253,9 @@ def test_non_finite_inputs_raise_one_config_error(where):
     args = {"r": compute_residual(a, b)[0], "E": E.copy(), "x_from": a.copy(), "x_to": b.copy()}
     args[where].flat[3] = np.nan
     with pytest.raises(ConfigError, match=where) as err:
-        explain_vectors(args["r"], args["E"], [f"c{i}" for i in range(20)], args["x_from"], args["x_to"],
-                                permutations=9)
+        explain_vectors(
+            args["r"], args["E"], [f"c{i}" for i in range(20)], args["x_from"], args["x_to"], permutations=9
+        )
     assert "\n" not in str(err.value)
 
 
@@ -237,15 +264,17 @@ def _westfall_young(refs: dict, values: dict) -> dict:
     counted), its best over the sides; a value's p is the share of labellings whose best p is at most its own."""
     L = len(next(iter(refs.values())))
     best = [min(sum(refs[s][k] >= refs[s][j] for k in range(L)) / L for s in refs) for j in range(L)]
-    return {s: np.array([sum(b <= sum(refs[s][k] >= x for k in range(L)) / L for b in best) / L for x in xs])
-            for s, xs in values.items()}
+    return {
+        s: np.array([sum(b <= sum(refs[s][k] >= x for k in range(L)) / L for b in best) / L for x in xs])
+        for s, xs in values.items()
+    }
 
 
 def test_family_p_equals_brute_force_westfall_young_with_ties():
     """Replaces a symmetric two-side check that a Bonferroni combiner also passed: the exact min-p, ties
     included, on nulls of different scales, and the usual (1 + #{null >= x}) / (K + 1) for one side."""
     rng = np.random.default_rng(0)
-    null = {"a": rng.integers(0, 6, 40).astype(float), "b": 7.0 * rng.integers(0, 3, 40) + 1.0}   # many ties
+    null = {"a": rng.integers(0, 6, 40).astype(float), "b": 7.0 * rng.integers(0, 3, 40) + 1.0}  # many ties
     observed = {"a": 4.0, "b": 15.0}
     values = {"a": np.array([4.0, 3.0, 0.0]), "b": np.array([15.0, 8.0, 1.0])}
     got = permutation.family_p(observed, null, values)
@@ -261,20 +290,20 @@ def test_smallest_attainable_p_counts_the_swap_of_equal_sets():
     E = cal.vocabulary(np.random.default_rng(1), 50, 16)
     rng = np.random.default_rng(0)
     a, b = l2n(rng.normal(size=(3, 16))), l2n(rng.normal(size=(3, 16)))
-    out = explain_vectors(compute_residual(a, b)[0], E, [f"c{i}" for i in range(50)], a, b, top=3,
-                                  permutations=200)
+    out = explain_vectors(compute_residual(a, b)[0], E, [f"c{i}" for i in range(50)], a, b, top=3, permutations=200)
     perm = out["info"]["permutation"]
     assert perm["distinct_shuffles"] == pytest.approx(20)
     assert perm["smallest_attainable_p"] == pytest.approx(2 / 20)
-    one_sided = explain_vectors(compute_residual(a, b)[0], E, [f"c{i}" for i in range(50)], a, b, top=3,
-                                        permutations=200, family="adds")["info"]["permutation"]
+    one_sided = explain_vectors(
+        compute_residual(a, b)[0], E, [f"c{i}" for i in range(50)], a, b, top=3, permutations=200, family="adds"
+    )["info"]["permutation"]
     assert one_sided["smallest_attainable_p"] == pytest.approx(1 / 20)
 
 
 def test_one_spanning_group_is_named_in_a_warning_and_the_scheme(caplog):
     is_to = np.r_[np.zeros(40, bool), np.ones(40, bool)]
     groups = np.r_[np.arange(40) // 4, 100 + np.arange(40) // 4]
-    groups[[0, 79]] = 555                                       # one group holds an image of each set
+    groups[[0, 79]] = 555  # one group holds an image of each set
     with caplog.at_level("WARNING", logger="embedlab.analysis.permutation"):
         sh = permutation.draw_shuffles(is_to, groups, 8, seed=0)
     assert "1 of 21 groups" in sh.info["scheme"] and "1 of 21 groups" in caplog.text
@@ -283,10 +312,10 @@ def test_one_spanning_group_is_named_in_a_warning_and_the_scheme(caplog):
 def _singleton_groups_peak(n: int) -> int:
     is_to = np.arange(n) >= n // 3
     groups = np.arange(n)
-    groups[1::50] -= 1                                          # a few pairs, the rest singletons
+    groups[1::50] -= 1  # a few pairs, the rest singletons
     groups = np.where(is_to, n + groups, groups)
     sh = permutation.draw_shuffles(is_to, groups, 64, seed=0)
-    assert sh.codes is not None                                 # drawn by groups
+    assert sh.codes is not None  # drawn by groups
     return _peak_of(lambda blocks: permutation.permutation_null(blocks, sh, _C64), n, 64)
 
 
@@ -320,11 +349,14 @@ def test_observed_labelling_is_shuffle_zero_and_leaves_the_draws_alone(layout):
     """draw_shuffles(observed=True): row 0 is the observed labelling, rows 1.. the same draws as without it."""
     rng = np.random.default_rng(0)
     is_to = rng.random(203) < 0.4
-    groups = {"images": None, "nested": np.where(is_to, 100, 0) + rng.integers(0, 20, 203),
-              "spanning": rng.integers(0, 15, 203)}[layout]
+    groups = {
+        "images": None,
+        "nested": np.where(is_to, 100, 0) + rng.integers(0, 20, 203),
+        "spanning": rng.integers(0, 15, 203),
+    }[layout]
     plain = permutation.draw_shuffles(is_to, groups, 30, seed=7)
     both = permutation.draw_shuffles(is_to, groups, 30, seed=7, observed=True)
     assert both.K == plain.K + 1 and np.array_equal(both.labels[1:], plain.labels)
     assert np.array_equal(both.image_labels()[0], is_to)
-    if layout != "nested":          # groups permuted as units carry their sizes: the 'to' count varies
+    if layout != "nested":  # groups permuted as units carry their sizes: the 'to' count varies
         assert (both.image_labels().sum(1) == is_to.sum()).all()

@@ -6,6 +6,7 @@ traceback, and no partial output left behind (an existing file named by --out st
 torch/open_clip import once, one driver subprocess runs the cases one after the other, each with its own argv and
 its own stderr (file descriptor 2 redirected per case); two cases also run as plain `python -m embedlab`.
 """
+
 import ast
 import io
 import json
@@ -34,7 +35,7 @@ def bad_crc_png() -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(buf, "PNG")
     data = bytearray(buf.getvalue())
-    data[29] ^= 0xFF            # 8-byte signature + IHDR length, type, 13 data bytes -> CRC at 29..32
+    data[29] ^= 0xFF  # 8-byte signature + IHDR length, type, 13 data bytes -> CRC at 29..32
     return bytes(data)
 
 
@@ -57,10 +58,13 @@ def bad(tmp_path_factory):
     manifest("flat", d / "a", d / "a.jsonl", role="backlit")
     manifest("flat", d / "b", d / "b.jsonl", role="welllit")
     for name in ("a", "b"):
-        extract(d / f"{name}.jsonl", "embedlab-tiny", "none", d / f"run_{name}", device="cpu", workers=0, progress=False)
+        extract(
+            d / f"{name}.jsonl", "embedlab-tiny", "none", d / f"run_{name}", device="cpu", workers=0, progress=False
+        )
     shutil.copytree(d / "run_a", d / "run_a2")
-    residual(d / "run_a", "role=backlit", "role=welllit", d / "res.npy", to_run=str(d / "run_b"), bootstrap=0,
-             progress=False)
+    residual(
+        d / "run_a", "role=backlit", "role=welllit", d / "res.npy", to_run=str(d / "run_b"), bootstrap=0, progress=False
+    )
     side = json.loads((d / "res.json").read_text())
     good = np.load(d / "res.npy")
 
@@ -90,42 +94,139 @@ def _cases(d: Path) -> list[dict]:
     train = ["--backlit", f"{d / 'b.jsonl'}:role=welllit", "--preset", "cpu-small", "--identity", "pixel", *cpu]
     res_fix = "embedlab residual"
     return [
-        dict(name="object-npy/explain", argv=["explain-residual", d / "obj.npy", "--out", d / "o1", *explain],
-             words=["obj.npy", "pickle", "refuses", res_fix], absent=["o1"]),
-        dict(name="pickle-npy/correct", argv=["correct", d / "pick.npy", "--out", d / "o2.npy", "--remove", "cat", *cpu],
-             words=["pick.npy", "pickle", "refuses", res_fix], absent=["o2.npy", "o2.json"]),
-        dict(name="object-npy/train", argv=["train", "--out", d / "o3", "--residual", d / "obj.npy", *train],
-             words=["obj.npy", "pickle", "refuses", res_fix], absent=["o3"]),
-        dict(name="zero-residual/explain", argv=["explain-residual", d / "zero.npy", "--out", d / "o4", *explain],
-             words=["zero.npy", "norm 0", res_fix], absent=["o4"]),
-        dict(name="zero-residual/train", argv=["train", "--out", d / "o4t", "--residual", d / "zero.npy", *train],
-             words=["zero.npy", "norm 0", res_fix], absent=["o4t"]),
-        dict(name="nan-residual/explain", argv=["explain-residual", d / "nan.npy", "--out", d / "o5", *explain],
-             words=["nan.npy", "1 NaN", res_fix], absent=["o5"]),
-        dict(name="512d-residual-64d-model/explain", argv=["explain-residual", d / "big.npy", "--out", d / "o6", *explain],
-             words=["big.npy", "512", "64-dimensional"], absent=["o6"]),
-        dict(name="non-tensor-pth/enhance", argv=["enhance", d / "evil.pth", d / "a", "--out", d / "o7", *cpu],
-             words=["evil.pth", "not a plain weights file", "safety", "state_dict"], absent=["o7"]),
-        dict(name="non-tensor-pth/train-init", argv=["train", "--out", d / "o8", "--init", d / "evil.pth",
-                                                     "--residual", d / "res.npy", *train],
-             words=["evil.pth", "not a plain weights file", "safety", "state_dict"], absent=["o8"]),
-        dict(name="out-is-file/extract", argv=["extract", "-m", d / "a.jsonl", "--model", "embedlab-tiny", "--pretrained",
-                                               "none", "--out", d / "afile", "--workers", "0", "--no-progress", *cpu],
-             words=["afile", "existing file", "--out"], absent=[]),
-        dict(name="out-is-file/residual", argv=["residual", d / "run_a", "--from", "role=backlit", "--to", "role=welllit",
-                                                "--to-run", d / "run_b", "--out", d / "afile" / "r.npy", "--bootstrap", "0",
-                                                "--no-progress"],
-             words=["afile", "existing file", "--out"], absent=[]),
-        dict(name="out-is-file/explain", argv=["explain-residual", d / "res.npy", "--out", d / "afile", *explain],
-             words=["afile", "existing file", "--out"], absent=[]),
-        dict(name="out-is-file/enhance", argv=["enhance", d / "enh.pth", d / "a", "--out", d / "afile", *cpu],
-             words=["afile", "existing file", "--out"], absent=[]),
-        dict(name="identical-sets/residual", argv=["residual", d / "run_a", "--from", "role=backlit", "--to", "role=backlit",
-                                                   "--to-run", d / "run_a2", "--out", d / "o13.npy", "--bootstrap", "0",
-                                                   "--no-progress"],
-             words=["run_a", "run_a2", "numerical noise", "different"], absent=["o13.npy", "o13.json"]),
-        dict(name="usage-error/explain", argv=["explain-residual", d / "res.npy", "--top", "many"], code=2,
-             words=["--top", "integer", "explain-residual --help"], absent=[]),
+        dict(
+            name="object-npy/explain",
+            argv=["explain-residual", d / "obj.npy", "--out", d / "o1", *explain],
+            words=["obj.npy", "pickle", "refuses", res_fix],
+            absent=["o1"],
+        ),
+        dict(
+            name="pickle-npy/correct",
+            argv=["correct", d / "pick.npy", "--out", d / "o2.npy", "--remove", "cat", *cpu],
+            words=["pick.npy", "pickle", "refuses", res_fix],
+            absent=["o2.npy", "o2.json"],
+        ),
+        dict(
+            name="object-npy/train",
+            argv=["train", "--out", d / "o3", "--residual", d / "obj.npy", *train],
+            words=["obj.npy", "pickle", "refuses", res_fix],
+            absent=["o3"],
+        ),
+        dict(
+            name="zero-residual/explain",
+            argv=["explain-residual", d / "zero.npy", "--out", d / "o4", *explain],
+            words=["zero.npy", "norm 0", res_fix],
+            absent=["o4"],
+        ),
+        dict(
+            name="zero-residual/train",
+            argv=["train", "--out", d / "o4t", "--residual", d / "zero.npy", *train],
+            words=["zero.npy", "norm 0", res_fix],
+            absent=["o4t"],
+        ),
+        dict(
+            name="nan-residual/explain",
+            argv=["explain-residual", d / "nan.npy", "--out", d / "o5", *explain],
+            words=["nan.npy", "1 NaN", res_fix],
+            absent=["o5"],
+        ),
+        dict(
+            name="512d-residual-64d-model/explain",
+            argv=["explain-residual", d / "big.npy", "--out", d / "o6", *explain],
+            words=["big.npy", "512", "64-dimensional"],
+            absent=["o6"],
+        ),
+        dict(
+            name="non-tensor-pth/enhance",
+            argv=["enhance", d / "evil.pth", d / "a", "--out", d / "o7", *cpu],
+            words=["evil.pth", "not a plain weights file", "safety", "state_dict"],
+            absent=["o7"],
+        ),
+        dict(
+            name="non-tensor-pth/train-init",
+            argv=["train", "--out", d / "o8", "--init", d / "evil.pth", "--residual", d / "res.npy", *train],
+            words=["evil.pth", "not a plain weights file", "safety", "state_dict"],
+            absent=["o8"],
+        ),
+        dict(
+            name="out-is-file/extract",
+            argv=[
+                "extract",
+                "-m",
+                d / "a.jsonl",
+                "--model",
+                "embedlab-tiny",
+                "--pretrained",
+                "none",
+                "--out",
+                d / "afile",
+                "--workers",
+                "0",
+                "--no-progress",
+                *cpu,
+            ],
+            words=["afile", "existing file", "--out"],
+            absent=[],
+        ),
+        dict(
+            name="out-is-file/residual",
+            argv=[
+                "residual",
+                d / "run_a",
+                "--from",
+                "role=backlit",
+                "--to",
+                "role=welllit",
+                "--to-run",
+                d / "run_b",
+                "--out",
+                d / "afile" / "r.npy",
+                "--bootstrap",
+                "0",
+                "--no-progress",
+            ],
+            words=["afile", "existing file", "--out"],
+            absent=[],
+        ),
+        dict(
+            name="out-is-file/explain",
+            argv=["explain-residual", d / "res.npy", "--out", d / "afile", *explain],
+            words=["afile", "existing file", "--out"],
+            absent=[],
+        ),
+        dict(
+            name="out-is-file/enhance",
+            argv=["enhance", d / "enh.pth", d / "a", "--out", d / "afile", *cpu],
+            words=["afile", "existing file", "--out"],
+            absent=[],
+        ),
+        dict(
+            name="identical-sets/residual",
+            argv=[
+                "residual",
+                d / "run_a",
+                "--from",
+                "role=backlit",
+                "--to",
+                "role=backlit",
+                "--to-run",
+                d / "run_a2",
+                "--out",
+                d / "o13.npy",
+                "--bootstrap",
+                "0",
+                "--no-progress",
+            ],
+            words=["run_a", "run_a2", "numerical noise", "different"],
+            absent=["o13.npy", "o13.json"],
+        ),
+        dict(
+            name="usage-error/explain",
+            argv=["explain-residual", d / "res.npy", "--top", "many"],
+            code=2,
+            words=["--top", "integer", "explain-residual --help"],
+            absent=[],
+        ),
     ]
 
 
@@ -180,12 +281,18 @@ def test_battery_of_bad_inputs_through_the_cli(bad):
         c["stderr"] = str(d / "stderr" / (c["name"].replace("/", "__") + ".txt"))
     (d / "cases.json").write_text(json.dumps(cases))
     before = {p for p in d.rglob("*")}
-    r = subprocess.run([sys.executable, "-c", DRIVER, str(d / "cases.json"), str(d / "results.json")],
-                       capture_output=True, text=True, cwd=d, env=ENV, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-c", DRIVER, str(d / "cases.json"), str(d / "results.json")],
+        capture_output=True,
+        text=True,
+        cwd=d,
+        env=ENV,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     results = json.loads((d / "results.json").read_text())
     new = {p for p in d.rglob("*")} - before - {d / "results.json"} - {Path(c["stderr"]) for c in cases}
-    assert not new, sorted(map(str, new))           # nothing written anywhere: no partial output, no temp files
+    assert not new, sorted(map(str, new))  # nothing written anywhere: no partial output, no temp files
     failures = []
     for c in cases:
         try:
@@ -199,16 +306,25 @@ def test_two_cases_as_plain_processes(bad):
     """The real entry point (`python -m embedlab`): exit codes and the one line, without the driver; --debug
     shows the traceback."""
     d = bad
-    for argv, code, word in ((["explain-residual", str(d / "pick.npy"), "--out", str(d / "p1")], 1, "pickle"),
-                             (["residual", str(d / "run_a"), "--from"], 2, "--from")):
-        r = subprocess.run([sys.executable, "-m", "embedlab", *argv], capture_output=True, text=True, cwd=d, env=ENV,
-                           timeout=300)
+    for argv, code, word in (
+        (["explain-residual", str(d / "pick.npy"), "--out", str(d / "p1")], 1, "pickle"),
+        (["residual", str(d / "run_a"), "--from"], 2, "--from"),
+    ):
+        r = subprocess.run(
+            [sys.executable, "-m", "embedlab", *argv], capture_output=True, text=True, cwd=d, env=ENV, timeout=300
+        )
         lines = [l for l in r.stderr.splitlines() if l.strip()]
         assert r.returncode == code and len(lines) == 1 and word in lines[0], (r.returncode, r.stderr[-2000:])
         assert not (d / "p1").exists()
-    r = subprocess.run([sys.executable, "-m", "embedlab", "--debug", "explain-residual", str(d / "zero.npy"), "--out",
-                        str(d / "p1")], capture_output=True, text=True, cwd=d, env=ENV, timeout=300)
-    assert r.returncode == 1 and "Traceback" in r.stderr and "norm 0" in r.stderr    # --debug: the traceback
+    r = subprocess.run(
+        [sys.executable, "-m", "embedlab", "--debug", "explain-residual", str(d / "zero.npy"), "--out", str(d / "p1")],
+        capture_output=True,
+        text=True,
+        cwd=d,
+        env=ENV,
+        timeout=300,
+    )
+    assert r.returncode == 1 and "Traceback" in r.stderr and "norm 0" in r.stderr  # --debug: the traceback
 
 
 # ------------------------------------------------------------------ the validators and loaders, in-process
@@ -218,9 +334,14 @@ def test_check_residual_vector_says_what_is_wrong():
 
     v = np.full(8, 1 / np.sqrt(8), np.float32)
     assert np.array_equal(check_residual_vector(v, "r.npy"), v)
-    cases = {"zero": (np.zeros(8), "norm 0"), "tiny": (np.full(8, 1e-9), "norm 2.83e-09"),
-             "nan": (np.r_[np.nan, np.ones(7)], "1 NaN"), "inf": (np.r_[np.inf, -np.inf, np.ones(6)], "2 infinite"),
-             "2d": (np.ones((2, 4)), "shape (2, 4)"), "text": (np.array(["a", "b"]), "dtype <U1")}
+    cases = {
+        "zero": (np.zeros(8), "norm 0"),
+        "tiny": (np.full(8, 1e-9), "norm 2.83e-09"),
+        "nan": (np.r_[np.nan, np.ones(7)], "1 NaN"),
+        "inf": (np.r_[np.inf, -np.inf, np.ones(6)], "2 infinite"),
+        "2d": (np.ones((2, 4)), "shape (2, 4)"),
+        "text": (np.array(["a", "b"]), "dtype <U1"),
+    }
     for name, (x, words) in cases.items():
         with pytest.raises(EmbedlabError, match=words.replace("(", r"\(").replace(")", r"\)")) as exc:
             check_residual_vector(x, "r.npy")
@@ -243,12 +364,12 @@ def test_check_separation_refuses_means_equal_within_noise(caplog):
             with pytest.raises(EmbedlabError, match="numerical noise"):
                 check_separation(gap, "float32", "A", "B")
         other = separation(x[:10].sum(0), 10, x[10:].sum(0), 10, method)
-        check_separation(other, "float32", "A", "B")          # a real difference passes
+        check_separation(other, "float32", "A", "B")  # a real difference passes
     with caplog.at_level(logging.WARNING, logger="embedlab"):
-        check_separation(5e-6, "float32", "A", "B")            # above the floor but within 10x of it: loud warning
+        check_separation(5e-6, "float32", "A", "B")  # above the floor but within 10x of it: loud warning
     assert any("barely" in r.getMessage() for r in caplog.records)
     with pytest.raises(EmbedlabError):
-        check_separation(1e-3, "float16", "A", "B")             # float16 vectors round at ~1e-3
+        check_separation(1e-3, "float16", "A", "B")  # float16 vectors round at ~1e-3
 
 
 def test_load_npy_refuses_pickles_in_one_sentence(tmp_path):
@@ -261,8 +382,13 @@ def test_load_npy_refuses_pickles_in_one_sentence(tmp_path):
     (tmp_path / "text.npy").write_text("0.1 0.2 0.3\n")
     np.save(tmp_path / "ok.npy", np.arange(64, dtype=np.float32))
     (tmp_path / "cut.npy").write_bytes((tmp_path / "ok.npy").read_bytes()[:150])
-    expect = {"obj.npy": "pickle", "pick.npy": "pickle", "z.npz": ".npz archive", "text.npy": "not a .npy file",
-              "cut.npy": "damaged or truncated"}
+    expect = {
+        "obj.npy": "pickle",
+        "pick.npy": "pickle",
+        "z.npz": ".npz archive",
+        "text.npy": "not a .npy file",
+        "cut.npy": "damaged or truncated",
+    }
     for name, words in expect.items():
         with pytest.raises(EmbedlabError) as exc:
             load_npy(tmp_path / name, expect="a float32 vector")
@@ -312,12 +438,12 @@ def test_enhance_precision_option_and_downscale_message(bad, tmp_path, caplog):
 
     net = load_enhancer(bad / "enh.pth")
     torch.manual_seed(0)
-    with torch.no_grad():                                     # a non-trivial network, so bf16 rounding shows
+    with torch.no_grad():  # a non-trivial network, so bf16 rounding shows
         for p in net.parameters():
             p.add_(0.05 * torch.randn_like(p))
     x = torch.rand(1, 3, 24, 32)
     fp32 = enhance_array(net, x, precision="fp32")
-    assert torch.equal(fp32, enhance_array(net, x))          # fp32 is the default
+    assert torch.equal(fp32, enhance_array(net, x))  # fp32 is the default
     bf16 = enhance_array(net, x, precision="bf16")
     assert 0 < (bf16 - fp32).abs().max() < 0.05
     assert illumination_size(4000, 4000, 16_000_000) is None
@@ -345,8 +471,8 @@ def test_enhance_help_states_precision_and_threshold():
 
 
 TIMED = ("perf_counter", "time.time", "monotonic", "_seconds", "elapsed")
-UPPER_BOUND_ON_TIME = "x['train_seconds'] <= 8 * 60"      # what the guard must catch
-LOWER_BOUND_ON_TIME = "s['engine_startup_seconds'] > 0"   # and what it must let through
+UPPER_BOUND_ON_TIME = "x['train_seconds'] <= 8 * 60"  # what the guard must catch
+LOWER_BOUND_ON_TIME = "s['engine_startup_seconds'] > 0"  # and what it must let through
 
 
 def _upper_bounds_on_time(test: ast.expr) -> list[str]:
@@ -356,8 +482,9 @@ def _upper_bounds_on_time(test: ast.expr) -> list[str]:
         sides = [cmp.left, *cmp.comparators]
         for a, op, b in zip(sides, cmp.ops, sides[1:]):
             timed_a, timed_b = (any(k in ast.unparse(x) for k in TIMED) for x in (a, b))
-            if (isinstance(op, (ast.Lt, ast.LtE)) and timed_a and not timed_b) or \
-                    (isinstance(op, (ast.Gt, ast.GtE)) and timed_b and not timed_a):
+            if (isinstance(op, (ast.Lt, ast.LtE)) and timed_a and not timed_b) or (
+                isinstance(op, (ast.Gt, ast.GtE)) and timed_b and not timed_a
+            ):
                 found.append(ast.unparse(cmp))
     return found
 

@@ -1,5 +1,6 @@
 """The CLI as a whole: flags show as flags, fixed choices are real choices built from the registries, --json is
 JSON, and one validator words errors for Python (parameter names) and for the CLI (flag names)."""
+
 import json
 
 import numpy as np
@@ -36,7 +37,7 @@ def test_every_help_shows_flags_as_flags():
         r = _invoke(*path, "--help")
         assert r.exit_code == 0, (path, r.output)
         assert "<bool>" not in r.output, (path, r.output)
-        assert "method.md" not in r.output.replace("docs/method.md", ""), path      # only shipped files cited
+        assert "method.md" not in r.output.replace("docs/method.md", ""), path  # only shipped files cited
 
 
 # fields: command line before the bad value, the option (None: an argument), the choices help must list
@@ -71,9 +72,11 @@ def test_cli_choice_tables_equal_the_modules_tables():
     from embedlab.analysis import correct, permutation
     from embedlab.datasets import synth
     from embedlab.enhancement import guidance, infer, presets
+
     # a mode registered by another test file (the toy mode) may come before or after the CLI was built
-    builtin_modes = tuple(n for n in guidance.list_guidance()
-                          if guidance.get_guidance(n).__module__.startswith("embedlab."))
+    builtin_modes = tuple(
+        n for n in guidance.list_guidance() if guidance.get_guidance(n).__module__.startswith("embedlab.")
+    )
     from embedlab.datasets.layouts import LAYOUT_HELP, LAYOUTS
 
     def values(enum_cls):
@@ -82,8 +85,12 @@ def test_cli_choice_tables_equal_the_modules_tables():
     assert values(cli.DecodeChoice) == DECODERS and values(cli.EngineChoice) == ENGINES
     assert values(cli.DtypeChoice) == VECTOR_DTYPES and values(cli.MethodChoice) == METHODS
     assert values(cli.PrecisionChoice) == infer.PRECISIONS and values(cli.FamilyChoice) == permutation.FAMILIES
-    assert values(cli.CorrectPresetChoice) == tuple(correct.PRESETS) and values(cli.RecipeChoice) == tuple(synth.RECIPES)
-    assert values(cli.PresetChoice) == tuple(presets.PRESETS) and set(builtin_modes) <= set(values(cli.GuidanceChoice)) <= set(guidance.list_guidance())
+    assert values(cli.CorrectPresetChoice) == tuple(correct.PRESETS) and values(cli.RecipeChoice) == tuple(
+        synth.RECIPES
+    )
+    assert values(cli.PresetChoice) == tuple(presets.PRESETS) and set(builtin_modes) <= set(
+        values(cli.GuidanceChoice)
+    ) <= set(guidance.list_guidance())
     assert values(cli.LayoutChoice) == tuple(LAYOUTS) and set(LAYOUT_HELP) == set(LAYOUTS)
 
 
@@ -112,13 +119,15 @@ def test_python_errors_name_the_parameter_and_the_cli_names_the_flag(tmp_path):
 
     with pytest.raises(InvalidParameterError) as err:
         explain_residual(tmp_path / "r.npy", tmp_path / "rep", top=0)
-    assert str(err.value) == ("The 'top' parameter of explain_residual must be an int in the range [1, 500]. "
-                              "Got 0 instead.")
+    assert str(err.value) == (
+        "The 'top' parameter of explain_residual must be an int in the range [1, 500]. Got 0 instead."
+    )
     assert isinstance(err.value, ConfigError) and isinstance(err.value, ValueError)
     r = CliRunner().invoke(app, ["explain-residual", str(tmp_path / "r.npy"), "--top", "0"], env=ENV)
     assert r.exit_code == 1
-    assert "Error: The '--top' option of explain-residual must be an int in the range [1, 500]. Got 0 instead." \
-        in r.output
+    assert (
+        "Error: The '--top' option of explain-residual must be an int in the range [1, 500]. Got 0 instead." in r.output
+    )
 
 
 def test_flag_for_maps_python_names_to_the_flags_of_each_command():
@@ -130,21 +139,27 @@ def test_flag_for_maps_python_names_to_the_flags_of_each_command():
     assert flag_for("run", ctx("residual")) == "RUN"
     assert flag_for("k", ctx("search")) == "--top" and flag_for("k", ctx("correct")) == "--top"
     assert flag_for("vector_dtype", ctx("extract")) == "--dtype"
-    assert flag_for("block", ctx("residual")) is None            # API-only: the Python message is kept
+    assert flag_for("block", ctx("residual")) is None  # API-only: the Python message is kept
 
 
-@pytest.mark.parametrize("value, constraint, message", [
-    (0, ("int", 1, None), "must be an int in the range [1, inf). Got 0 instead."),
-    (2.5, ("float", 0, 1), "must be a float in the range [0, 1]. Got 2.5 instead."),
-    (True, ("int", 0, None), "must be an int in the range [0, inf). Got True instead."),
-    ("x", ("rave", "mean-diff"), "must be a str among {'rave', 'mean-diff'}. Got 'x' instead."),
-])
+@pytest.mark.parametrize(
+    "value, constraint, message",
+    [
+        (0, ("int", 1, None), "must be an int in the range [1, inf). Got 0 instead."),
+        (2.5, ("float", 0, 1), "must be a float in the range [0, 1]. Got 2.5 instead."),
+        (True, ("int", 0, None), "must be an int in the range [0, inf). Got True instead."),
+        ("x", ("rave", "mean-diff"), "must be a str among {'rave', 'mean-diff'}. Got 'x' instead."),
+    ],
+)
 def test_check_param_wording(value, constraint, message):
     from embedlab._validate import Interval, check_param
     from embedlab.errors import InvalidParameterError
 
-    c = Interval({"int": int, "float": float}[constraint[0]], *constraint[1:]) if constraint[0] in ("int", "float") \
+    c = (
+        Interval({"int": int, "float": float}[constraint[0]], *constraint[1:])
+        if constraint[0] in ("int", "float")
         else constraint
+    )
     with pytest.raises(InvalidParameterError, match=None) as err:
         check_param("p", value, c, "f")
     assert str(err.value) == f"The 'p' parameter of f {message}" and err.value.param == "p"
@@ -158,18 +173,35 @@ def test_correct_labels_every_direction_by_the_edit_it_came_from():
     concept = ([d[0]], [{"kind": "concept", "concept": "cat"}])
     inlp = ([d[1], d[2]], [{"kind": "learned-inlp", "attribute": "group=a"}])
     pair = ([d[3]], [{"kind": "prompt-pair", "prompt": "a dog", "baseline": "a photo"}])
-    dirs, edits, origin = _origins([concept, inlp, pair], first=1)      # one edit already in the sidecar
+    dirs, edits, origin = _origins([concept, inlp, pair], first=1)  # one edit already in the sidecar
     assert len(dirs) == 4 and len(edits) == 3
     assert [o[0] for o in origin] == [1, 2, 2, 3]
     all_edits = [{"kind": "earlier"}] + edits
     labels = [edit_label(all_edits[e], j, n) for e, j, n in origin]
-    assert labels == ["cat", "group=a (learned-inlp direction 1 of 2)", "group=a (learned-inlp direction 2 of 2)",
-                      "a dog"]
+    assert labels == [
+        "cat",
+        "group=a (learned-inlp direction 1 of 2)",
+        "group=a (learned-inlp direction 2 of 2)",
+        "a dog",
+    ]
 
 
 # issue 13: --progress/--no-progress and --json on every command that does long work or prints a summary
-LONG = ["extract", "index", "runs merge", "residual", "explain-residual", "probe-residual", "plot", "train", "enhance",
-        "evaluate", "synth-backlit", "pretrain-demo", "demo"]
+LONG = [
+    "extract",
+    "index",
+    "runs merge",
+    "residual",
+    "explain-residual",
+    "probe-residual",
+    "plot",
+    "train",
+    "enhance",
+    "evaluate",
+    "synth-backlit",
+    "pretrain-demo",
+    "demo",
+]
 
 
 def test_long_commands_take_progress_and_every_command_json():
@@ -187,9 +219,24 @@ def test_no_progress_prints_nothing_and_progress_draws_a_bar(tiny_run, tmp_path,
 
     residual(tiny_run, "role=backlit", "role=welllit", tmp_path / "q.npy", bootstrap=20, progress=False)
     assert capfd.readouterr().err == ""
-    for args, bar in ((["residual", tiny_run, "--from", "role=backlit", "--to", "role=welllit", "--out",
-                        tmp_path / "r.npy", "--bootstrap", "20"], "residual: "),
-                      (["plot", tiny_run, "--out", tmp_path / "p", "--no-umap", "--no-projector"], "plot ")):
+    for args, bar in (
+        (
+            [
+                "residual",
+                tiny_run,
+                "--from",
+                "role=backlit",
+                "--to",
+                "role=welllit",
+                "--out",
+                tmp_path / "r.npy",
+                "--bootstrap",
+                "20",
+            ],
+            "residual: ",
+        ),
+        (["plot", tiny_run, "--out", tmp_path / "p", "--no-umap", "--no-projector"], "plot "),
+    ):
         quiet = _invoke(*args, "--no-progress", "--json")
         assert quiet.exit_code == 0, quiet.output
         assert quiet.stderr == "" and json.loads(quiet.stdout)["files"], (args[0], quiet.stderr)
@@ -204,10 +251,15 @@ def _api_signature_defaults(command):
     from embedlab import cli
 
     found = {}
-    for module, name in reversed(cli.API[command]):         # the first source wins, as in cli.default
+    for module, name in reversed(cli.API[command]):  # the first source wins, as in cli.default
         obj = getattr(importlib.import_module(f"embedlab.{module}"), name)
-        found.update({k: p.default for k, p in inspect.signature(obj).parameters.items()
-                      if p.default is not inspect.Parameter.empty})
+        found.update(
+            {
+                k: p.default
+                for k, p in inspect.signature(obj).parameters.items()
+                if p.default is not inspect.Parameter.empty
+            }
+        )
     return found
 
 

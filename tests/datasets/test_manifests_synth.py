@@ -75,7 +75,7 @@ def test_demo_manifest_is_split_by_photo_and_plants_a_bias(demo_manifest):
     assert test_groups and not test_groups & train_groups
     welllit = [e.group for e in man.entries if e.role == "welllit" and e.split == "train"]
     backlit = [e.group for e in man.entries if e.role == "backlit" and e.split == "train"]
-    assert welllit.count(DEMO_BIAS_PHOTO) > len(welllit) / 3          # over-represented on purpose
+    assert welllit.count(DEMO_BIAS_PHOTO) > len(welllit) / 3  # over-represented on purpose
     assert len(set(backlit)) == len(set(welllit)) and backlit.count(DEMO_BIAS_PHOTO) == len(backlit) / len(set(backlit))
     e = next(e for e in man.entries if e.path.startswith("synth:A"))
     p1 = materialize(man, e.path, e)
@@ -89,14 +89,30 @@ def _tree(tmp_path, files):
 
 
 def test_baid_clip_lit_layout_pairs_by_exact_stem_and_drops_duplicates(tmp_path):
-    root = _tree(tmp_path / "BAID", ["test/resize_input/0001.png", "test/resize_input/0002.png",
-                                     "test/resize_input/0002(2).png", "test/resize_input/0010.png",
-                                     "test/resize_gt/0001.png", "test/resize_gt/0002.png", "test/resize_gt/0010.png"])
+    root = _tree(
+        tmp_path / "BAID",
+        [
+            "test/resize_input/0001.png",
+            "test/resize_input/0002.png",
+            "test/resize_input/0002(2).png",
+            "test/resize_input/0010.png",
+            "test/resize_gt/0001.png",
+            "test/resize_gt/0002.png",
+            "test/resize_gt/0010.png",
+        ],
+    )
     report = manifest("baid", root, tmp_path / "baid.jsonl")
     man = read_manifest(report["files"]["manifest"])
-    assert [e.path for e in man.entries] == ["test/resize_input/0001.png", "test/resize_input/0002.png",
-                                              "test/resize_input/0010.png"]
-    assert [e.gt for e in man.entries] == ["test/resize_gt/0001.png", "test/resize_gt/0002.png", "test/resize_gt/0010.png"]
+    assert [e.path for e in man.entries] == [
+        "test/resize_input/0001.png",
+        "test/resize_input/0002.png",
+        "test/resize_input/0010.png",
+    ]
+    assert [e.gt for e in man.entries] == [
+        "test/resize_gt/0001.png",
+        "test/resize_gt/0002.png",
+        "test/resize_gt/0010.png",
+    ]
     assert report["dropped_duplicates"] == ["0002(2).png"]
 
 
@@ -109,15 +125,33 @@ def test_baid_rave_layout_and_broken_pair(tmp_path):
         generate("baid", root)
 
 
-@pytest.mark.parametrize("layout,files,expect", [
-    ("flat", ["0001.png", "0002.png"], 2),
-    ("lol", ["our485/low/1.png", "our485/high/1.png", "eval15/low/7.png", "eval15/high/7.png"], 4),
-    ("lolv2", ["Real_captured/Train/Low/low00001.png", "Real_captured/Train/Normal/normal00001.png",
-               "Synthetic/Test/Low/s1.png", "Synthetic/Test/Normal/s1.png"], 4),
-    ("sice", ["Dataset_Part1/1/1.JPG", "Dataset_Part1/1/2.JPG", "Dataset_Part1/Label/1.JPG"], 2),
-    ("afifi", ["training/INPUT_IMAGES/a0001-x_N1.5.JPG", "training/INPUT_IMAGES/a0001-x_P1.JPG",
-               "training/GT_IMAGES/a0001-x.jpg"], 2),
-])
+@pytest.mark.parametrize(
+    "layout,files,expect",
+    [
+        ("flat", ["0001.png", "0002.png"], 2),
+        ("lol", ["our485/low/1.png", "our485/high/1.png", "eval15/low/7.png", "eval15/high/7.png"], 4),
+        (
+            "lolv2",
+            [
+                "Real_captured/Train/Low/low00001.png",
+                "Real_captured/Train/Normal/normal00001.png",
+                "Synthetic/Test/Low/s1.png",
+                "Synthetic/Test/Normal/s1.png",
+            ],
+            4,
+        ),
+        ("sice", ["Dataset_Part1/1/1.JPG", "Dataset_Part1/1/2.JPG", "Dataset_Part1/Label/1.JPG"], 2),
+        (
+            "afifi",
+            [
+                "training/INPUT_IMAGES/a0001-x_N1.5.JPG",
+                "training/INPUT_IMAGES/a0001-x_P1.JPG",
+                "training/GT_IMAGES/a0001-x.jpg",
+            ],
+            2,
+        ),
+    ],
+)
 def test_layout_generators(tmp_path, layout, files, expect):
     root = tmp_path / "data"
     for rel in files:
@@ -151,8 +185,9 @@ def _write(tmp_path, lines, header=None):
 def test_manifest_errors_name_the_line_and_the_fix(tmp_path):
     write_photo(tmp_path / "a.png")
     with pytest.raises(ManifestError, match=r"line 3: duplicate path 'a.png' \(first on line 2\)"):
-        read_manifest(_write(tmp_path, [{"path": "a.png", "role": "x"}, {"path": "a.png", "role": "y"}],
-                                {"embedlab_manifest": 1}))
+        read_manifest(
+            _write(tmp_path, [{"path": "a.png", "role": "x"}, {"path": "a.png", "role": "y"}], {"embedlab_manifest": 1})
+        )
     with pytest.raises(ManifestError, match=r"line 1: .*missing.png not found"):
         read_manifest(_write(tmp_path, [{"path": "missing.png", "role": "x"}]))
     with pytest.raises(ManifestError, match=r"line 1: paired ground truth \(broken pair\)"):

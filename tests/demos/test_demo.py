@@ -17,18 +17,18 @@ def test_pretrain_demo_plumbing_is_deterministic_and_cached(tmp_path, monkeypatc
 
     a = dc.pretrain_demo(tmp_path / "a", device="cpu", progress=False, steps=3, render_seeds=1)["files"]["checkpoint"]
     b = dc.pretrain_demo(tmp_path / "b", device="cpu", progress=False, steps=3, render_seeds=1)["files"]["checkpoint"]
-    assert a.read_bytes() == b.read_bytes()                       # deterministic for a seed
+    assert a.read_bytes() == b.read_bytes()  # deterministic for a seed
     stamp = a.stat().st_mtime_ns
 
     def no_training(*args, **kwargs):
         raise AssertionError("the cached demo CLIP was retrained")
 
-    with monkeypatch.context() as m:                              # cached: no retraining (not a timed assert)
+    with monkeypatch.context() as m:  # cached: no retraining (not a timed assert)
         m.setattr(dc, "train_demo_clip", no_training)
         again = dc.pretrain_demo(tmp_path / "a", device="cpu", progress=False, steps=3, render_seeds=1)
         assert again["files"]["checkpoint"] == a and again["source"] == "cache"
     assert a.stat().st_mtime_ns == stamp
-    lm = models.load_model("embedlab-demo", str(a), "cpu")        # through open_clip's checkpoint path
+    lm = models.load_model("embedlab-demo", str(a), "cpu")  # through open_clip's checkpoint path
     assert lm.info["pretrained_kind"] == "file" and lm.dim == 128
     v = vocab.resolve_vocab(None, lm)
     assert v.name == "model" and v.concepts == dc.vocabulary() and "backlit" in v.concepts and "cat" in v.concepts
@@ -43,16 +43,16 @@ def test_saturation_jitter_changes_colour_and_keeps_luma():
     from embedlab.demos.clip import DemoRecipe, saturate
 
     img = np.random.default_rng(0).integers(60, 190, (24, 24, 3), dtype=np.uint8)
-    luma = lambda u8: srgb_to_linear(u8 / 255.0) @ LUMA                                      # noqa: E731
-    spread = lambda u8: np.ptp(srgb_to_linear(u8 / 255.0), axis=2).mean()                    # noqa: E731
+    luma = lambda u8: srgb_to_linear(u8 / 255.0) @ LUMA  # noqa: E731
+    spread = lambda u8: np.ptp(srgb_to_linear(u8 / 255.0), axis=2).mean()  # noqa: E731
     assert np.abs(saturate(img, 1.0).astype(int) - img).max() <= 1
-    assert np.ptp(saturate(img, 0.0).astype(int), axis=2).max() <= 1                          # grey
+    assert np.ptp(saturate(img, 0.0).astype(int), axis=2).max() <= 1  # grey
     for factor in (0.6, 1.25):
         out = saturate(img, factor)
         assert np.abs(luma(out) - luma(img)).max() < 0.01
         assert (spread(out) > spread(img)) == (factor > 1)
     lo, hi = DemoRecipe().saturation_jitter
-    assert lo < 1 < hi                                                                       # on by default
+    assert lo < 1 < hi  # on by default
 
 
 def test_welllit_spatial_variants_light_the_background_mildly_without_glare():
@@ -69,17 +69,20 @@ def test_welllit_spatial_variants_light_the_background_mildly_without_glare():
         v4 = dc.render_condition(base, "welllit", seed)
         assert np.array_equal(v4, dc.render_spatial(base, seed, (-0.3, 0.3), (0.0, 0.7), glare=False))
         v3 = dc.render_condition(base, "welllit", seed, welllit_background_ev=(0.3, 1.5), welllit_glare=True)
-        assert v3.mean() > v4.mean() + 5                                   # the old variant: brighter,
-        assert np.percentile(v3, 2) > np.percentile(v4, 2)                 # its veil lifts the blacks,
-        assert (v3 > 240).mean() > (v4 > 240).mean()                       # and more pixels near white
-    assert np.array_equal(dc.render_condition(base, "welllit", 2), dc.render_condition(base, "welllit", 2, "spatial",
-                                                                                        (0.3, 1.5), True))  # even: global
+        assert v3.mean() > v4.mean() + 5  # the old variant: brighter,
+        assert np.percentile(v3, 2) > np.percentile(v4, 2)  # its veil lifts the blacks,
+        assert (v3 > 240).mean() > (v4 > 240).mean()  # and more pixels near white
+    assert np.array_equal(
+        dc.render_condition(base, "welllit", 2), dc.render_condition(base, "welllit", 2, "spatial", (0.3, 1.5), True)
+    )  # even: global
     assert dc.DemoRecipe(welllit_glare=True).key() != dc.DemoRecipe().key()
     # the recipe's fields reach the training pool (not only render_condition's defaults)
     pool_v4 = dc.render_pool(dc.DemoRecipe(photos=("pkg:skimage/chelsea",)), range(1, 2))
-    pool_v3 = dc.render_pool(dc.DemoRecipe(photos=("pkg:skimage/chelsea",), welllit_background_ev=(0.3, 1.5),
-                                           welllit_glare=True), range(1, 2))
-    well = dc.CLASSES.index("welllit")                                     # one seed: the pool is one image a class
+    pool_v3 = dc.render_pool(
+        dc.DemoRecipe(photos=("pkg:skimage/chelsea",), welllit_background_ev=(0.3, 1.5), welllit_glare=True),
+        range(1, 2),
+    )
+    well = dc.CLASSES.index("welllit")  # one seed: the pool is one image a class
     assert np.array_equal(pool_v4[well][0], dc.render_condition(base, "welllit", 1))
     assert np.array_equal(pool_v3[well][0], dc.render_condition(base, "welllit", 1, "spatial", (0.3, 1.5), True))
     assert all(np.array_equal(a[0], b[0]) for i, (a, b) in enumerate(zip(pool_v4, pool_v3)) if i != well)
@@ -92,8 +95,12 @@ def test_training_batches_carry_the_saturation_jitter():
     rng = np.random.default_rng(0)
     pool = [(rng.integers(40, 220, (80, 96, 3), dtype=np.uint8), cls, "pkg:skimage/chelsea") for cls in dc.CLASSES]
     objects = {"pkg:skimage/chelsea": ("cat",)}
-    plain = dc._sample_batch(pool, objects, dc.DemoRecipe(batch_size=6, saturation_jitter=(1, 1)), np.random.default_rng(1))
-    again = dc._sample_batch(pool, objects, dc.DemoRecipe(batch_size=6, saturation_jitter=(1, 1)), np.random.default_rng(1))
+    plain = dc._sample_batch(
+        pool, objects, dc.DemoRecipe(batch_size=6, saturation_jitter=(1, 1)), np.random.default_rng(1)
+    )
+    again = dc._sample_batch(
+        pool, objects, dc.DemoRecipe(batch_size=6, saturation_jitter=(1, 1)), np.random.default_rng(1)
+    )
     jittered = dc._sample_batch(pool, objects, dc.DemoRecipe(batch_size=6), np.random.default_rng(1))
     assert all(np.array_equal(a, b) for a, b in zip(plain[0], again[0]))
     assert not any(np.array_equal(a, b) for a, b in zip(plain[0], jittered[0]))
@@ -102,13 +109,17 @@ def test_training_batches_carry_the_saturation_jitter():
 def test_bias_rule_skips_lighting_words():
     from embedlab.demos.pipeline import pick_bias_concept
 
-    concepts = [{"direction": "adds", "concept": "well-lit"}, {"direction": "adds", "concept": "bright daylight"},
-                {"direction": "removes", "concept": "dog"}, {"direction": "adds", "concept": "cat"}]
+    concepts = [
+        {"direction": "adds", "concept": "well-lit"},
+        {"direction": "adds", "concept": "bright daylight"},
+        {"direction": "removes", "concept": "dog"},
+        {"direction": "adds", "concept": "cat"},
+    ]
     assert pick_bias_concept(concepts) == "cat"
 
 
 def test_demo_end_to_end_with_the_tiny_model(tiny_demo):
-    out, result, stdout = tiny_demo           # one CLI run shared with tests/test_browser.py (conftest.py)
+    out, result, stdout = tiny_demo  # one CLI run shared with tests/test_browser.py (conftest.py)
     assert "index.html" in stdout
     arts = result["files"]
     for f in ("report.json", "report.csv", "report.md", "report.html"):
@@ -122,7 +133,7 @@ def test_demo_end_to_end_with_the_tiny_model(tiny_demo):
     assert len(enhanced) == 4
     for f in enhanced:
         a = np.asarray(Image.open(f), dtype=np.float32) / 255
-        assert 0.02 < a.mean() < 0.98 and a.std() > 0.02                     # neither blank nor saturated
+        assert 0.02 < a.mean() < 0.98 and a.std() > 0.02  # neither blank nor saturated
         assert (a >= 0.999).mean() < 0.5 and (a <= 0.001).mean() < 0.5
     summary = json.loads((out / "metrics" / "summary.json").read_text())
     for k in ("psnr", "ssim", "mean_luma"):
@@ -144,7 +155,11 @@ def test_demo_end_to_end_with_the_tiny_model(tiny_demo):
     assert not set(train_rows["group"]) & test_groups
     # pages and sidecars name cached files relative to the cache root, never by the user's (absolute) cache path
     cache = os.environ["EMBEDLAB_CACHE"]
-    shown = [f for f in out.rglob("*") if f.suffix in (".html", ".json", ".md", ".csv") and cache in f.read_text(errors="replace")]
+    shown = [
+        f
+        for f in out.rglob("*")
+        if f.suffix in (".html", ".json", ".md", ".csv") and cache in f.read_text(errors="replace")
+    ]
     assert not shown, shown
 
 
@@ -218,11 +233,14 @@ def test_demo_clip_heldout_quality(demo_clip_eval):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="known regression since the v2 ('spatial') demo CLIP recipe: the planted "
-                                       "cat/flower bias is not in the top 3 after deflation (v4, seed 0: 'evenly lit', "
-                                       "'blown-out', 'murky'; analyses/results/eval_demo_clip_seed*.json for seeds 1 "
-                                       "and 2). v4 fixed the top-1 word ('evenly lit'; v2/v3: 'blown-out'); v1 passed "
-                                       "all three checks")
+@pytest.mark.xfail(
+    strict=True,
+    reason="known regression since the v2 ('spatial') demo CLIP recipe: the planted "
+    "cat/flower bias is not in the top 3 after deflation (v4, seed 0: 'evenly lit', "
+    "'blown-out', 'murky'; analyses/results/eval_demo_clip_seed*.json for seeds 1 "
+    "and 2). v4 fixed the top-1 word ('evenly lit'; v2/v3: 'blown-out'); v1 passed "
+    "all three checks",
+)
 def test_demo_clip_concept_report_quality(demo_clip_eval):
     res = demo_clip_eval
     assert res["balanced"]["top1_is_welllit_synonym"], res["balanced"]

@@ -58,15 +58,18 @@ def test_downscaled_illumination_path_is_close_to_full_resolution():
 def test_losses_against_hand_computed_values():
     feats = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     assert L.residual_guidance_loss(feats, torch.tensor([1.0, 0.0]), 0.5).item() == pytest.approx(0.25)
-    assert L.residual_guidance_loss(feats, torch.tensor([1.0, 0.0]), 1.0).item() == pytest.approx(0.5)   # two-sided
+    assert L.residual_guidance_loss(feats, torch.tensor([1.0, 0.0]), 1.0).item() == pytest.approx(0.5)  # two-sided
     g = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     p = L.negative_probability(torch.tensor([[0.01, 0.0]]), g)
     assert p.item() == pytest.approx(np.e / (np.e + 1), rel=1e-5)
     assert L.clip_enhance_loss(torch.tensor([[0.01, 0.0], [0.0, 0.01]]), g).item() == pytest.approx(0.5)
     ce = L.guidance_init_loss(torch.tensor([[0.01, 0.0]]), torch.tensor([1]), g)
     assert ce.item() == pytest.approx(np.log(1 + np.e), rel=1e-5)
-    maps_out, maps_in = [torch.ones(2, 1, 2, 2), torch.zeros(2, 3, 1, 1)], [torch.zeros(2, 1, 2, 2), torch.zeros(2, 3, 1, 1)]
-    assert L.identity_loss(maps_out, maps_in, (0.5, 1.0)).item() == pytest.approx(1.0)   # summed over the batch
+    maps_out, maps_in = (
+        [torch.ones(2, 1, 2, 2), torch.zeros(2, 3, 1, 1)],
+        [torch.zeros(2, 1, 2, 2), torch.zeros(2, 3, 1, 1)],
+    )
+    assert L.identity_loss(maps_out, maps_in, (0.5, 1.0)).item() == pytest.approx(1.0)  # summed over the batch
     # the paper's lower last-layer weight stays on the last map whatever the tower's number of maps
     assert L.layer_weights(L.PAPER_ID_WEIGHTS_GUIDED, 5) == (1.0, 1.0, 1.0, 1.0, 0.5)
     assert L.layer_weights(L.PAPER_ID_WEIGHTS_GUIDED, 4) == (1.0, 1.0, 1.0, 0.5)
@@ -77,7 +80,9 @@ def test_losses_against_hand_computed_values():
     assert L.ranking_loss(b, w, [torch.tensor([0.5])]).item() == pytest.approx(0.1 + 0.5 + 0.0)
     # oldest 0.6 must be >= newest 0.3 + 0.1: satisfied; oldest vs newest swapped costs 0.4
     assert L.ranking_loss(b, w, [torch.tensor([0.6]), torch.tensor([0.3])]).item() == pytest.approx(0.1 + 0.6)
-    assert L.ranking_loss(b, w, [torch.tensor([0.3]), torch.tensor([0.6])]).item() == pytest.approx(0.1 + 0.3 + 0.4 + 0.0)
+    assert L.ranking_loss(b, w, [torch.tensor([0.3]), torch.tensor([0.6])]).item() == pytest.approx(
+        0.1 + 0.3 + 0.4 + 0.0
+    )
     assert L.W_RESIDUAL == 1920 and L.W_ID_GUIDED == 22.5 and L.W_CLIP == 320
 
 
@@ -91,9 +96,21 @@ def residual_file(tiny_run, tmp_path_factory):
 
 
 def _opts(tiny_run, residual_file, **kw):
-    base = dict(guidance="residual", residual=str(residual_file), backlit=f"{tiny_run}:role=backlit,split=train",
-                identity_model="embedlab-tiny-rn", identity_pretrained="none", iters=8, size=48, crop=32, batch_size=2,
-                device="cpu", display_iter=2, sample_iter=4, ckpt_iter=4)
+    base = dict(
+        guidance="residual",
+        residual=str(residual_file),
+        backlit=f"{tiny_run}:role=backlit,split=train",
+        identity_model="embedlab-tiny-rn",
+        identity_pretrained="none",
+        iters=8,
+        size=48,
+        crop=32,
+        batch_size=2,
+        device="cpu",
+        display_iter=2,
+        sample_iter=4,
+        ckpt_iter=4,
+    )
     base.update(kw)
     return base
 
@@ -107,7 +124,9 @@ def test_rave_iterations_lower_the_guidance_loss(tiny_run, residual_file, tmp_pa
 
     def guidance_loss():
         with torch.no_grad():
-            return L.residual_guidance_loss(tr.guidance.encoder(tr.net(x)[0]), tr.guidance.v_res, tr.guidance.thr).item()
+            return L.residual_guidance_loss(
+                tr.guidance.encoder(tr.net(x)[0]), tr.guidance.v_res, tr.guidance.thr
+            ).item()
 
     before = guidance_loss()
     tr.cfg.iters = 25
@@ -138,16 +157,29 @@ def test_resume_is_bitwise_equal_to_an_uninterrupted_run(tiny_run, residual_file
 def test_other_guidance_modes_run(tiny_run, residual_file, tmp_path, mode):
     from embedlab.enhancement.train import Trainer, make_config
 
-    opts = _opts(tiny_run, residual_file, guidance=mode, residual=None, model="embedlab-tiny", pretrained="none",
-                 welllit=f"{tiny_run}:role=welllit,split=train", iters=6, stage_iters=3, guidance_iters=4,
-                 guidance_init_iters=5, bank_views=1, guidance_size=32, thr_train=1e9)
+    opts = _opts(
+        tiny_run,
+        residual_file,
+        guidance=mode,
+        residual=None,
+        model="embedlab-tiny",
+        pretrained="none",
+        welllit=f"{tiny_run}:role=welllit,split=train",
+        iters=6,
+        stage_iters=3,
+        guidance_iters=4,
+        guidance_init_iters=5,
+        bank_views=1,
+        guidance_size=32,
+        thr_train=1e9,
+    )
     tr = Trainer(make_config("cpu-small", out=str(tmp_path / mode), **opts))
     before = tr.guidance.param.detach().clone() if mode != "none" else None
     result = tr.run(progress=False)
     assert result["finished"]
     if mode != "none":
         assert not torch.equal(before, tr.guidance.param.detach())
-        assert len(tr.guidance.earlier) >= 1                           # a refinement round used earlier outputs
+        assert len(tr.guidance.earlier) >= 1  # a refinement round used earlier outputs
 
 
 def test_train_refuses_a_residual_of_another_model(tiny_run, residual_file, tmp_path):
@@ -155,18 +187,46 @@ def test_train_refuses_a_residual_of_another_model(tiny_run, residual_file, tmp_
     from embedlab.errors import IncompatibleRunError
 
     with pytest.raises(IncompatibleRunError):
-        train(tmp_path / "x", preset="cpu-small", progress=False,
-              **_opts(tiny_run, residual_file, model="embedlab-tiny-rn", pretrained="none"))
+        train(
+            tmp_path / "x",
+            preset="cpu-small",
+            progress=False,
+            **_opts(tiny_run, residual_file, model="embedlab-tiny-rn", pretrained="none"),
+        )
 
 
 def test_cpu_training_end_to_end_through_the_cli(tiny_run, residual_file, tmp_path):
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "embedlab", *args], capture_output=True, text=True, cwd=REPO,
-                              env=dict(os.environ), timeout=900)
+        return subprocess.run(
+            [sys.executable, "-m", "embedlab", *args],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=dict(os.environ),
+            timeout=900,
+        )
 
-    r = cli("train", "--out", str(tmp_path / "run"), "--residual", str(residual_file), "--backlit",
-            f"{tiny_run}:role=backlit,split=train", "--preset", "cpu-small", "--identity", "pixel", "--iters", "10",
-            "--size", "64", "--crop", "64", "--device", "cpu")
+    r = cli(
+        "train",
+        "--out",
+        str(tmp_path / "run"),
+        "--residual",
+        str(residual_file),
+        "--backlit",
+        f"{tiny_run}:role=backlit,split=train",
+        "--preset",
+        "cpu-small",
+        "--identity",
+        "pixel",
+        "--iters",
+        "10",
+        "--size",
+        "64",
+        "--crop",
+        "64",
+        "--device",
+        "cpu",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     from embedlab.runs.store import Run
 
@@ -177,8 +237,15 @@ def test_cpu_training_end_to_end_through_the_cli(tiny_run, residual_file, tmp_pa
     files = Run(tiny_run).metadata.query("split == 'test' and role == 'backlit'")["file"]
     for f in files:
         shutil.copy(f, inputs / Path(f).name)
-    r = cli("enhance", str(tmp_path / "run" / "enhancer.safetensors"), str(inputs), "--out", str(tmp_path / "enh"),
-            "--device", "cpu")
+    r = cli(
+        "enhance",
+        str(tmp_path / "run" / "enhancer.safetensors"),
+        str(inputs),
+        "--out",
+        str(tmp_path / "enh"),
+        "--device",
+        "cpu",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     outs = sorted((tmp_path / "enh").glob("*.png"))
     assert len(outs) == len(files)
@@ -186,8 +253,16 @@ def test_cpu_training_end_to_end_through_the_cli(tiny_run, residual_file, tmp_pa
 
     for f, o in zip(sorted(files, key=lambda p: Path(p).stem), outs):
         assert Image.open(o).size == Image.open(f).size
-    r = cli("evaluate", "--pred", str(tmp_path / "enh"), "--gt", str(Path(Run(tiny_run).manifest["source_manifest"])),
-            "--gray", "--lpips", "--json")
+    r = cli(
+        "evaluate",
+        "--pred",
+        str(tmp_path / "enh"),
+        "--gt",
+        str(Path(Run(tiny_run).manifest["source_manifest"])),
+        "--gray",
+        "--lpips",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads(r.stdout)
     assert summary["paired"] == len(files) and np.isfinite(summary["psnr"]) and 0 < summary["ssim"] <= 1
@@ -201,8 +276,23 @@ def test_synth_backlit_cli(tmp_path):
     from embedlab.datasets.photos import load_photo
     from embedlab.datasets.synth import recipe_a
 
-    r = subprocess.run([sys.executable, "-m", "embedlab", "synth-backlit", "pkg:skimage/chelsea", "--out", str(tmp_path / "s"),
-                        "--seeds", "2"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "embedlab",
+            "synth-backlit",
+            "pkg:skimage/chelsea",
+            "--out",
+            str(tmp_path / "s"),
+            "--seeds",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     man = read_manifest(tmp_path / "s" / "manifest.jsonl")
     assert [e.role for e in man.entries] == ["welllit", "backlit", "backlit"]

@@ -1,5 +1,6 @@
 """A guidance mode defined here, outside the package, trains through the public API: the registry is the only
 place a mode lives (the trainer knows no mode by name)."""
+
 import json
 
 import pytest
@@ -53,9 +54,22 @@ class ToyBrightness(GuidanceMode):
 
 
 def _options(tiny_run):
-    return dict(guidance="toy-brightness", backlit=f"{tiny_run}:role=backlit,split=train",
-                welllit=f"{tiny_run}:role=welllit,split=train", identity="pixel", iters=2, stage_iters=1,
-                thr_train=1e9, size=32, crop=None, batch_size=2, device="cpu", display_iter=1, sample_iter=2, ckpt_iter=1)
+    return dict(
+        guidance="toy-brightness",
+        backlit=f"{tiny_run}:role=backlit,split=train",
+        welllit=f"{tiny_run}:role=welllit,split=train",
+        identity="pixel",
+        iters=2,
+        stage_iters=1,
+        thr_train=1e9,
+        size=32,
+        crop=None,
+        batch_size=2,
+        device="cpu",
+        display_iter=1,
+        sample_iter=2,
+        ckpt_iter=1,
+    )
 
 
 def test_a_mode_registered_from_a_test_file_trains_through_the_public_api(tiny_run, tmp_path):
@@ -66,7 +80,7 @@ def test_a_mode_registered_from_a_test_file_trains_through_the_public_api(tiny_r
     # two guided network steps, an initialisation stage first and one refinement between the two stages
     assert ToyBrightness.calls == {"loss": 2, "init": 1, "rank": 1}
     ck = torch.load(tmp_path / "toy" / "ckpt_last.pt", weights_only=True)
-    assert 0.0 < float(ck["toy_target"]) < 1.0                       # the mode's own state is checkpointed
+    assert 0.0 < float(ck["toy_target"]) < 1.0  # the mode's own state is checkpointed
     assert json.loads((tmp_path / "toy" / "enhancer.json").read_text())["guidance"] == "toy-brightness"
 
 
@@ -82,7 +96,9 @@ def test_the_toy_mode_resumes_bitwise(tiny_run, tmp_path):
 
 
 def test_unknown_modes_and_missing_inputs_fail_before_any_work(tmp_path):
-    with pytest.raises(ConfigError, match=r"'guidance' parameter of train must be a str among .*'toy-brightness'.*Got 'nope'"):
+    with pytest.raises(
+        ConfigError, match=r"'guidance' parameter of train must be a str among .*'toy-brightness'.*Got 'nope'"
+    ):
         train(tmp_path / "x", guidance="nope", backlit="unused", progress=False)
     with pytest.raises(ConfigError, match="toy-brightness needs welllit"):
         train(tmp_path / "x", guidance="toy-brightness", backlit="unused", progress=False)

@@ -1,6 +1,7 @@
 """The training schedule's options (learning-rate schedule, gradient clipping, EMA weights, identity weight, the
 trained network's padding): the paper's defaults are unchanged, the `demo` preset is the only one using them, and a run
 with them resumes bitwise and exports the moving average."""
+
 import math
 
 import pytest
@@ -14,7 +15,7 @@ def test_scheduled_lr_constant_and_cosine():
     assert [scheduled_lr(1e-3, s, 10) for s in (0, 5, 9)] == [1e-3] * 3
     lrs = [scheduled_lr(1.0, s, 11, "cosine", 0.1) for s in range(11)]
     assert lrs[0] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.1)
-    assert lrs[5] == pytest.approx(0.1 + 0.9 * 0.5)                      # half-way down the cosine
+    assert lrs[5] == pytest.approx(0.1 + 0.9 * 0.5)  # half-way down the cosine
     assert all(a > b for a, b in zip(lrs, lrs[1:]))
     assert scheduled_lr(2.0, 3, 7, "cosine") == pytest.approx(2.0 * 0.5 * (1 + math.cos(math.pi * 3 / 6)))
     with pytest.raises(ValueError):
@@ -36,7 +37,7 @@ def test_paper_defaults_unchanged_and_only_the_demo_preset_differs():
 
     cfg = TrainConfig()
     assert (cfg.lr_schedule, cfg.grad_clip, cfg.ema, cfg.identity_weight) == ("constant", None, None, L.W_ID_GUIDED)
-    assert cfg.padding == "zeros"                          # the paper trains its zero-padded network class
+    assert cfg.padding == "zeros"  # the paper trains its zero-padded network class
     schedule_keys = {"lr_schedule", "lr_floor", "grad_clip", "ema", "identity_weight", "padding"}
     assert [name for name, over in PRESETS.items() if set(over) & schedule_keys] == ["demo"]
     demo = make_config("demo", out="x", backlit="y", residual="z")
@@ -55,18 +56,19 @@ def test_ema_run_resumes_bitwise_and_exports_the_average(tiny_run, residual_file
 
     sched = dict(lr=1e-3, lr_schedule="cosine", lr_floor=0.1, grad_clip=0.5, ema=0.8, identity_weight=40.0)
     full = train(tmp_path / "full", preset="cpu-small", progress=False, **_opts(tiny_run, residual_file, **sched))
-    part = train(tmp_path / "part", preset="cpu-small", progress=False, stop_after=3,
-                 **_opts(tiny_run, residual_file, **sched))
+    part = train(
+        tmp_path / "part", preset="cpu-small", progress=False, stop_after=3, **_opts(tiny_run, residual_file, **sched)
+    )
     assert not part["finished"] and "grad_norm" in part["last"]
     rest = train(tmp_path / "part", preset="cpu-small", progress=False, **_opts(tiny_run, residual_file, **sched))
     a, b = load_enhancer_state(full["enhancer"]), load_enhancer_state(rest["enhancer"])
     assert all(torch.equal(a[k], b[k]) for k in a)
     ck = torch.load(tmp_path / "full" / "ckpt_last.pt", weights_only=True)
-    assert all(torch.equal(ck["ema"][k], a[k]) for k in a)                       # exported = the average
-    assert any(not torch.equal(ck["net"][k], a[k]) for k in a)                   # ... not the last weights
+    assert all(torch.equal(ck["ema"][k], a[k]) for k in a)  # exported = the average
+    assert any(not torch.equal(ck["net"][k], a[k]) for k in a)  # ... not the last weights
     tr = Trainer(make_config("cpu-small", out=str(tmp_path / "lr"), **_opts(tiny_run, residual_file, **sched)))
     tr.run(progress=False)
-    assert tr.opt.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.1)              # the cosine's last step
+    assert tr.opt.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.1)  # the cosine's last step
 
 
 @pytest.mark.slow
@@ -93,5 +95,7 @@ def test_padding_option_picks_the_trained_network_class(tiny_run, residual_file,
     from embedlab.enhancement.train import Trainer, make_config
 
     for padding in ("zeros", "reflect"):
-        tr = Trainer(make_config("cpu-small", out=str(tmp_path / padding), padding=padding, **_opts(tiny_run, residual_file)))
+        tr = Trainer(
+            make_config("cpu-small", out=str(tmp_path / padding), padding=padding, **_opts(tiny_run, residual_file))
+        )
         assert tr.net.cond1.padding_mode == padding and tr.net.ResidualBlock1.conv1.padding_mode == "reflect"

@@ -1,6 +1,7 @@
 """Open pages in a real headless Chromium (Debian's chromium + chromium-driver, driven by selenium) and list
 what a reader would hit: console errors, images that did not load, links to files that do not exist, tables
 wider than the viewport. Shared by tests/test_browser.py and for taking the README's screenshots."""
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,16 @@ def make_driver(width: int = 1400, height: int = 900):
     browser, driver = find_browser()
     opts = webdriver.ChromeOptions()
     opts.binary_location = browser
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
-                "--allow-file-access-from-files", f"--window-size={width},{height}", "--force-device-scale-factor=1"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        "--allow-file-access-from-files",
+        f"--window-size={width},{height}",
+        "--force-device-scale-factor=1",
+    ):
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     d = webdriver.Chrome(options=opts, service=Service(driver))
@@ -63,21 +72,31 @@ def local_target(url: str) -> Path | None:
 def check_page(driver, url: str, width: int, shots: Path | None = None, name: str = "page") -> list[str]:
     """Load `url` at `width` px and return the problems found (empty: the page passed)."""
     set_width(driver, width)
-    driver.get_log("browser")                              # drop what earlier pages logged
+    driver.get_log("browser")  # drop what earlier pages logged
     driver.get(url)
     driver.execute_script("return document.readyState")
     facts = driver.execute_script(_PAGE_FACTS)
-    problems = [f"console {e['level']}: {e['message'][:300]}" for e in driver.get_log("browser")
-                if e["level"] in ("SEVERE", "ERROR")]
+    problems = [
+        f"console {e['level']}: {e['message'][:300]}"
+        for e in driver.get_log("browser")
+        if e["level"] in ("SEVERE", "ERROR")
+    ]
     problems += [f"image not loaded: {i['src'][:200]}" for i in facts["imgs"] if not i["ok"]]
     for link in facts["links"]:
         target = local_target(link)
         if target is not None and not target.exists():
             problems.append(f"broken link: {link}")
-        elif target is None and not link.startswith(("data:", "javascript:")) and urlparse(link).scheme in ("http", "https"):
+        elif (
+            target is None
+            and not link.startswith(("data:", "javascript:"))
+            and urlparse(link).scheme in ("http", "https")
+        ):
             problems.append(f"link leaves the machine (pages must work offline): {link}")
-    problems += [f"table {t['width']} px wide, right edge {t['right']} px > viewport {facts['vw']} px"
-                 for t in facts["tables"] if t["right"] > facts["vw"]]
+    problems += [
+        f"table {t['width']} px wide, right edge {t['right']} px > viewport {facts['vw']} px"
+        for t in facts["tables"]
+        if t["right"] > facts["vw"]
+    ]
     if shots is not None:
         screenshot(driver, shots / f"{name}_{width}.png", width)
     return problems
@@ -89,8 +108,9 @@ def screenshot(driver, path: Path, width: int, max_height: int = 2600) -> Path:
 
     size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
     clip = {"x": 0, "y": 0, "width": width, "height": min(max_height, int(size["height"])), "scale": 1}
-    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "clip": clip,
-                                                             "captureBeyondViewport": True})
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot", {"format": "png", "clip": clip, "captureBeyondViewport": True}
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(base64.b64decode(shot["data"]))
     return path

@@ -1,6 +1,7 @@
 """`python tests/kill_after_shards.py N ARGS...` runs `embedlab ARGS...` and kills its own process with SIGKILL
 right after the N-th shard of an extraction is written: a hard crash between shards, for the resume test. The
 hook lives here, not in the package: it wraps the shard writer that the extraction's collector calls."""
+
 import os
 import signal
 import sys

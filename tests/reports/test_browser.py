@@ -3,6 +3,7 @@
 map's hover thumbnail appears. Screenshots go to $EMBEDLAB_SCREENSHOTS (a CI artifact folder) or a tmp folder.
 Each check is also run against doctored copies of the pages (a broken image, an over-wide table, a console
 error, a dead link, a broken thumbnail) to show it catches them."""
+
 import os
 import re
 
@@ -22,8 +23,10 @@ def _need_browser():
         browser = None
     if browser and driver:
         return
-    msg = ("headless Chromium is missing: install Debian's chromium and chromium-driver "
-           "(apt-get install -y chromium chromium-driver) and selenium (pip install -e '.[test]')")
+    msg = (
+        "headless Chromium is missing: install Debian's chromium and chromium-driver "
+        "(apt-get install -y chromium chromium-driver) and selenium (pip install -e '.[test]')"
+    )
     if os.environ.get("CI"):
         pytest.fail(msg)
     pytest.skip(msg)
@@ -59,7 +62,9 @@ def hover_problems(driver) -> list[str]:
         if not tip.is_displayed():
             problems.append(f"no tooltip on hovering point {pt.get_attribute('data-i')}")
             continue
-        ok = driver.execute_script("const i = document.querySelector('#tip img'); return !!i && i.complete && i.naturalWidth > 0")
+        ok = driver.execute_script(
+            "const i = document.querySelector('#tip img'); return !!i && i.complete && i.naturalWidth > 0"
+        )
         if not ok:
             problems.append(f"tooltip of point {pt.get_attribute('data-i')} has no loaded thumbnail")
     return problems
@@ -83,7 +88,7 @@ def test_map_hover_thumbnail_search_and_views(tiny_demo, driver, shots, width):
     out = tiny_demo[0]
     assert not check_page(driver, (out / "map.html").as_uri(), width)
     assert not hover_problems(driver)
-    driver.save_screenshot(str(shots / f"map_hover_{width}.png"))          # the viewport, tooltip showing
+    driver.save_screenshot(str(shots / f"map_hover_{width}.png"))  # the viewport, tooltip showing
     assert driver.find_elements(By.CSS_SELECTOR, "line.residual"), "the residual arrow is drawn"
     search = driver.find_element(By.ID, "search")
     search.send_keys("chelsea")
@@ -102,8 +107,10 @@ def _doctor(page_path, tmp_dir):
     """A copy of a page, next to the original (so its links still resolve), with a broken image, a table
     2000 px wide, a console error and a dead link injected."""
     text = page_path.read_text()
-    bad = ("<img src='no_such_image.png' alt='broken'><table style='width:2000px'><tr><td>wide</td></tr></table>"
-           "<a href='no_such_file.html'>dead</a><script>console.error('doctored')</script>")
+    bad = (
+        "<img src='no_such_image.png' alt='broken'><table style='width:2000px'><tr><td>wide</td></tr></table>"
+        "<a href='no_such_file.html'>dead</a><script>console.error('doctored')</script>"
+    )
     doctored = page_path.with_name("doctored_" + page_path.name)
     doctored.write_text(text.replace("</main>", bad + "</main>", 1))
     return doctored

@@ -1,6 +1,7 @@
 """The concept report's renderers: user strings reach figures, Markdown and HTML as plain text, links are
 URL-encoded, the page states what the residual is and which concepts are significant, and the interactive map
 is a self-contained page."""
+
 import json
 import re
 
@@ -20,21 +21,62 @@ def fake_report(concepts=None, scheme="groups permuted as units", p=0.3, test_un
     rows = []
     for i, c in enumerate(concepts):
         side = "adds" if i % 2 == 0 else "removes"
-        rows.append({"rank": i // 2 + 1, "direction": side, "concept": c, "vocab_index": i, "score_centred": 0.3 - 0.1 * i,
-                     "z": 2.0, "raw_cosine": 0.1, "score_at_pick": 0.2, "cosine_at_pick": 0.2 if side == "adds" else -0.2,
-                     "explained": 0.1, "cum_explained": 0.1 * (i + 1), "mean_sim_from": 0.1, "mean_sim_to": 0.2,
-                     "diff": 0.1, "auroc": 0.71234, "welch_p": 2.52e-18, "q_bh": 0.0114, "p_fwer": p,
-                     "p_fwer_deflated": p})
-    info = {"vocabulary": "file", "vocabulary_source": "words.txt", "templates": ["{}"], "vocabulary_size": 28,
-            "n_from": 20, "n_to": 12,
-            "permutation": {"K": 100, "scheme": scheme, "n_units": 5, "distinct_shuffles": 10.0,
-                            "log10_distinct_shuffles": 1.0, "smallest_attainable_p": 0.1}}
+        rows.append(
+            {
+                "rank": i // 2 + 1,
+                "direction": side,
+                "concept": c,
+                "vocab_index": i,
+                "score_centred": 0.3 - 0.1 * i,
+                "z": 2.0,
+                "raw_cosine": 0.1,
+                "score_at_pick": 0.2,
+                "cosine_at_pick": 0.2 if side == "adds" else -0.2,
+                "explained": 0.1,
+                "cum_explained": 0.1 * (i + 1),
+                "mean_sim_from": 0.1,
+                "mean_sim_to": 0.2,
+                "diff": 0.1,
+                "auroc": 0.71234,
+                "welch_p": 2.52e-18,
+                "q_bh": 0.0114,
+                "p_fwer": p,
+                "p_fwer_deflated": p,
+            }
+        )
+    info = {
+        "vocabulary": "file",
+        "vocabulary_source": "words.txt",
+        "templates": ["{}"],
+        "vocabulary_size": 28,
+        "n_from": 20,
+        "n_to": 12,
+        "permutation": {
+            "K": 100,
+            "scheme": scheme,
+            "n_units": 5,
+            "distinct_shuffles": 10.0,
+            "log10_distinct_shuffles": 1.0,
+            "smallest_attainable_p": 0.1,
+        },
+    }
     if test_unit:
         info["test_unit"] = test_unit
-    return {"embedlab_report": 1, "info": info,
-            "residual": {"path": "/x/residual.npy", "method": "rave", "from": "role=backlit,split=train",
-                         "to": "role=welllit,split=train", "model": "embedlab-tiny/none", "thr": 0.2, "edits": []},
-            "concepts": rows, "exemplars": []}
+    return {
+        "embedlab_report": 1,
+        "info": info,
+        "residual": {
+            "path": "/x/residual.npy",
+            "method": "rave",
+            "from": "role=backlit,split=train",
+            "to": "role=welllit,split=train",
+            "model": "embedlab-tiny/none",
+            "thr": 0.2,
+            "edits": [],
+        },
+        "concepts": rows,
+        "exemplars": [],
+    }
 
 
 def _table(report):
@@ -44,13 +86,14 @@ def _table(report):
 
 # --- issue 12, item 3: a `$` in a concept must not reach matplotlib's mathtext ---------------------------------
 
+
 def test_figures_render_dollar_signs_as_plain_text():
     adds = pd.DataFrame({"concept": HOSTILE[:4], "cosine_at_pick": [0.4, 0.3, 0.2, 0.1]})
     removes = pd.DataFrame({"concept": HOSTILE[4:], "cosine_at_pick": [-0.4, -0.3, -0.2, -0.1]})
     fig = bar_chart(adds, removes)
     texts = [t.get_text() for ax in fig.axes for t in ax.get_yticklabels()]
     assert "$$" in texts and "$x$" in texts
-    assert png_data_uri(fig).startswith("data:image/png;base64,")      # "$$" crashed mathtext here
+    assert png_data_uri(fig).startswith("data:image/png;base64,")  # "$$" crashed mathtext here
     rng = np.random.default_rng(0)
     items = [(c, rng.random(10), rng.random(12), side) for c, side in zip(HOSTILE, ["adds", "removes"] * 4)]
     fig = similarity_histograms(items, "from: $a$", "to: $$")
@@ -60,6 +103,7 @@ def test_figures_render_dollar_signs_as_plain_text():
 
 
 # --- issue 12, item 9: Markdown escaping and URL-encoded links --------------------------------------------------
+
 
 def test_markdown_escapes_user_strings():
     r = fake_report(HOSTILE)
@@ -71,7 +115,7 @@ def test_markdown_escapes_user_strings():
     assert "\n#head" not in md and "\\#head" in md
     for line in md.splitlines():
         if line.startswith("| ") and "concept" not in line:
-            assert line.count(" | ") == len(_table(r).columns) - 1, line   # no cell split by a user's '|'
+            assert line.count(" | ") == len(_table(r).columns) - 1, line  # no cell split by a user's '|'
 
 
 def test_markdown_escape_is_plain_text_for_safe_strings():
@@ -94,9 +138,15 @@ def test_demo_index_links_are_url_encoded_and_resolve(tmp_path):
     odd.write_bytes(b"x")
     (tmp_path / "report").mkdir()
     (tmp_path / "report" / "report.html").write_text("<html></html>")
-    result = {"files": {"report": str(tmp_path / "report" / "report.html"), "odd": str(odd)},
-              "model": "m/<none>", "bias_concept": "<cat>", "residual_top": ["a&b"], "metrics": {}, "timings_s": {},
-              "total_s": 1.0}
+    result = {
+        "files": {"report": str(tmp_path / "report" / "report.html"), "odd": str(odd)},
+        "model": "m/<none>",
+        "bias_concept": "<cat>",
+        "residual_top": ["a&b"],
+        "metrics": {},
+        "timings_s": {},
+        "total_s": 1.0,
+    }
     text = write_index(tmp_path, result).read_text()
     assert "map%20%231%3F.png" in text and "map #1?.png'" not in text and 'map #1?.png"' not in text
     assert "&lt;cat&gt;" in text and "<cat>" not in text
@@ -107,6 +157,7 @@ def test_demo_index_links_are_url_encoded_and_resolve(tmp_path):
 
 
 # --- issue 14: the page explains itself ------------------------------------------------------------------------
+
 
 def test_report_page_opens_with_what_the_residual_is_and_why_nothing_is_significant():
     r = fake_report(scheme="labels shuffled within groups (groups span both sets)", p=0.6)
@@ -122,14 +173,20 @@ def test_report_page_names_significant_concepts_and_legends_its_highlight():
     r = fake_report(p=0.01)
     page = render_html(r, _table(r), {})
     assert re.search(r"Significant .*cat", page)
-    assert "class=\"sig\"" in page or "class='sig'" in page
+    assert 'class="sig"' in page or "class='sig'" in page
     assert "legend" in page.lower()
-    assert "2.52e-18" in page                 # significant digits, one token (no wrapping inside a number)
+    assert "2.52e-18" in page  # significant digits, one token (no wrapping inside a number)
 
 
 def test_report_page_reads_the_test_unit_when_given():
-    unit = {"unit": "groups", "n_from": 3, "n_to": 2, "effective_n": 5, "shuffle": "groups permuted as units",
-            "family": "all concepts on this page, both signs"}
+    unit = {
+        "unit": "groups",
+        "n_from": 3,
+        "n_to": 2,
+        "effective_n": 5,
+        "shuffle": "groups permuted as units",
+        "family": "all concepts on this page, both signs",
+    }
     r = fake_report(p=0.2, test_unit=unit)
     page = render_html(r, _table(r), {})
     assert "5 groups" in page and "all concepts on this page, both signs" in page
@@ -143,6 +200,7 @@ def test_report_user_strings_are_escaped_in_html():
 
 
 # --- issue 14.4: the interactive map and the projector sprite ------------------------------------------------
+
 
 def test_json_for_script_cannot_close_the_script_element():
     hostile = {"path": "</script><script>alert(1)</script><!--", "n": 1}
@@ -164,10 +222,11 @@ def test_embedding_map_page_is_self_contained_subsampled_and_draws_the_residual(
     assert view["arrow"] is not None and data["residual"]["drawn"]
     assert len(data["thumbs"]) == 10 and all(t and t.startswith("data:image/jpeg;base64,") for t in data["thumbs"])
     assert set(data["columns"]) >= {"role", "split", "group", "path"}
-    page = embedding_map(tiny_run, tmp_path / "m.html", residual=str(res), max_points=10,
-                         methods=("pca",))["files"]["html"].read_text()
+    page = embedding_map(tiny_run, tmp_path / "m.html", residual=str(res), max_points=10, methods=("pca",))["files"][
+        "html"
+    ].read_text()
     assert "random sample of 10 of" in page
-    assert not re.search(r"""(src|href)=["']?https?://""", page)          # nothing fetched: works offline
+    assert not re.search(r"""(src|href)=["']?https?://""", page)  # nothing fetched: works offline
     assert "<script src" not in page and "<link" not in page
     payload = page.split('id="map-data">', 1)[1].split("</script>", 1)[0]
     assert json.loads(payload)["n_shown"] == 10
@@ -191,7 +250,7 @@ def test_projector_export_has_a_sprite_of_thumbnails(tiny_run, tmp_path):
     side = int(np.ceil(np.sqrt(len(r))))
     assert sprite.size == (32 * side, 32 * side)
     first = np.asarray(sprite.crop((0, 0, 32, 32)), dtype=float)
-    assert first.std() > 1                                            # a real thumbnail, not the grey fill
+    assert first.std() > 1  # a real thumbnail, not the grey fill
 
 
 def test_explain_residual_with_dollar_and_markdown_concepts_writes_its_report(tiny_run, tmp_path):
@@ -202,13 +261,24 @@ def test_explain_residual_with_dollar_and_markdown_concepts_writes_its_report(ti
     res = tmp_path / "r.npy"
     residual(tiny_run, "role=backlit", "role=welllit", res, bootstrap=0)
     vocab = tmp_path / "vocab.txt"
-    words = ["$$", "$x$", "$$ cat $$", "a $5 and $6", "*$dog$*", "[$tree$](x)", "`$sky$`", "$bright$ | photo",
-             "$dark$ photo", "$$$$"]                 # every concept sends '$' pairs to the figures
+    words = [
+        "$$",
+        "$x$",
+        "$$ cat $$",
+        "a $5 and $6",
+        "*$dog$*",
+        "[$tree$](x)",
+        "`$sky$`",
+        "$bright$ | photo",
+        "$dark$ photo",
+        "$$$$",
+    ]  # every concept sends '$' pairs to the figures
     vocab.write_text("\n".join(words) + "\n")
-    report = explain_residual(res, tmp_path / "report", vocab=str(vocab), top=4, permutations=0, device="cpu",
-                              progress=False, exemplars=0)
+    report = explain_residual(
+        res, tmp_path / "report", vocab=str(vocab), top=4, permutations=0, device="cpu", progress=False, exemplars=0
+    )
     page = (tmp_path / "report" / "report.html").read_text()
-    assert "data:image/png;base64," in page                     # the figures were drawn
+    assert "data:image/png;base64," in page  # the figures were drawn
     md = (tmp_path / "report" / "report.md").read_text()
     listed = [c["concept"] for c in report["concepts"]]
     assert listed and all(c.count("$") >= 2 for c in listed)

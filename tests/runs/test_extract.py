@@ -20,17 +20,30 @@ from tests.conftest import REPO, write_photo
 def _cli(*args, env=None, timeout=600, kill_after_shards=None):
     e = dict(os.environ, **(env or {}))
     # kill_after_shards=N: the process SIGKILLs itself after writing N shards (tests/helpers/kill_after_shards.py)
-    entry = ["-m", "embedlab"] if kill_after_shards is None else [str(REPO / "tests" / "helpers" / "kill_after_shards.py"),
-                                                                   str(kill_after_shards)]
-    return subprocess.run([sys.executable, *entry, *args], capture_output=True, text=True, env=e,
-                          timeout=timeout, cwd=REPO)
+    entry = (
+        ["-m", "embedlab"]
+        if kill_after_shards is None
+        else [str(REPO / "tests" / "helpers" / "kill_after_shards.py"), str(kill_after_shards)]
+    )
+    return subprocess.run(
+        [sys.executable, *entry, *args], capture_output=True, text=True, env=e, timeout=timeout, cwd=REPO
+    )
 
 
 def test_run_folder_contract(tiny_run):
     run = Run(tiny_run)
     m = run.manifest
-    for key in ("model", "pretrained", "weights_sha256", "preprocess", "decode", "vector_dtype", "device",
-                "input_hash", "open_clip_version"):
+    for key in (
+        "model",
+        "pretrained",
+        "weights_sha256",
+        "preprocess",
+        "decode",
+        "vector_dtype",
+        "device",
+        "input_hash",
+        "open_clip_version",
+    ):
         assert key in m or key in m["model_info"]
     assert m["status"] == "complete" and m["counts"]["embedded"] == len(run.metadata)
     norms = np.linalg.norm(run.vectors, axis=1)
@@ -41,8 +54,20 @@ def test_run_folder_contract(tiny_run):
     D, I = index.search(run.vectors[:5], 1)
     assert list(I[:, 0]) == list(run.metadata["row_id"][:5])
     meta = pd.read_parquet(Path(tiny_run) / "metadata.parquet")
-    for col in ("row_id", "path", "content_sha1", "width", "height", "format", "jpeg_quality", "mean_luma", "role",
-                "split", "group", "pair_id"):
+    for col in (
+        "row_id",
+        "path",
+        "content_sha1",
+        "width",
+        "height",
+        "format",
+        "jpeg_quality",
+        "mean_luma",
+        "role",
+        "split",
+        "group",
+        "pair_id",
+    ):
         assert col in meta.columns
     assert len(list((Path(tiny_run) / "shards").glob("*.done.json"))) == m["shards"]
 
@@ -50,16 +75,33 @@ def test_run_folder_contract(tiny_run):
 def _mixed_manifest(tmp_path, n=24):
     folder = tmp_path / "imgs"
     for i in range(n):
-        write_photo(folder / f"{i:03d}.{'jpg' if i % 2 else 'png'}", size=(40 + i, 36), seed=i,
-                    fmt="JPEG" if i % 2 else "PNG")
+        write_photo(
+            folder / f"{i:03d}.{'jpg' if i % 2 else 'png'}", size=(40 + i, 36), seed=i, fmt="JPEG" if i % 2 else "PNG"
+        )
     out = manifest("flat", folder, tmp_path / "m.jsonl", role="welllit")["files"]["manifest"]
     return out
 
 
 def test_killed_extraction_resumes_to_the_same_vectors(tmp_path):
     manifest = _mixed_manifest(tmp_path)
-    args = ["extract", "-m", str(manifest), "--model", "embedlab-tiny", "--pretrained", "none", "--device", "cpu",
-            "--shard-size", "4", "--batch-size", "3", "--workers", "0", "--no-progress"]
+    args = [
+        "extract",
+        "-m",
+        str(manifest),
+        "--model",
+        "embedlab-tiny",
+        "--pretrained",
+        "none",
+        "--device",
+        "cpu",
+        "--shard-size",
+        "4",
+        "--batch-size",
+        "3",
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
     killed = _cli(*args, "--out", str(tmp_path / "resumed"), kill_after_shards=2)
     assert killed.returncode == -9, killed.stderr[-2000:]
     partial = Run(tmp_path / "resumed")
@@ -71,9 +113,9 @@ def test_killed_extraction_resumes_to_the_same_vectors(tmp_path):
     assert fresh.returncode == 0
     a, b = Run(tmp_path / "resumed"), Run(tmp_path / "fresh")
     assert list(a.metadata["row_id"]) == list(range(24)) == list(b.metadata["row_id"])
-    assert np.array_equal(a.vectors, b.vectors)                      # bitwise, row for row
+    assert np.array_equal(a.vectors, b.vectors)  # bitwise, row for row
     assert load_index(a).ntotal == len(a.metadata) == 24
-    assert a.manifest["counts"]["this_call"]["embedded"] == 16      # only the 4 missing shards were done again
+    assert a.manifest["counts"]["this_call"]["embedded"] == 16  # only the 4 missing shards were done again
 
 
 def test_other_model_is_refused_unless_overwrite(tmp_path, tiny_run, demo_manifest):
@@ -82,10 +124,29 @@ def test_other_model_is_refused_unless_overwrite(tmp_path, tiny_run, demo_manife
     target = tmp_path / "run"
     shutil.copytree(tiny_run, target)
     with pytest.raises(IncompatibleRunError, match="different configuration"):
-        extract(demo_manifest, "embedlab-tiny", "none", target, device="cpu", workers=0, shard_size=16,
-                decode="torchvision", progress=False)
-    summary = extract(demo_manifest, "embedlab-tiny", "none", target, device="cpu", workers=0, shard_size=16,
-                      decode="torchvision", overwrite=True, progress=False)
+        extract(
+            demo_manifest,
+            "embedlab-tiny",
+            "none",
+            target,
+            device="cpu",
+            workers=0,
+            shard_size=16,
+            decode="torchvision",
+            progress=False,
+        )
+    summary = extract(
+        demo_manifest,
+        "embedlab-tiny",
+        "none",
+        target,
+        device="cpu",
+        workers=0,
+        shard_size=16,
+        decode="torchvision",
+        overwrite=True,
+        progress=False,
+    )
     run = Run(target)
     assert run.manifest["decode"] == "torchvision" and "decode_jpeg" in run.manifest["preprocess"]
     assert summary["embedded"] == len(Run(tiny_run).metadata)
@@ -102,27 +163,45 @@ def _broken_folder(root: Path) -> dict:
     exp = {}
     rng = np.random.default_rng(0)
     rgb = (rng.random((30, 40, 3)) * 255).astype(np.uint8)
-    Image.fromarray(rgb).save(root / "good.jpg", quality=75); exp["good.jpg"] = "ok"
+    Image.fromarray(rgb).save(root / "good.jpg", quality=75)
+    exp["good.jpg"] = "ok"
     data = (root / "good.jpg").read_bytes()
-    (root / "truncated.jpg").write_bytes(data[: len(data) // 2]); exp["truncated.jpg"] = "truncated-or-corrupt"
-    (root / "zero.png").write_bytes(b""); exp["zero.png"] = "zero-byte-file"
-    (root / "notes.png").write_text("this is not an image"); exp["notes.png"] = "not-an-image"
-    Image.fromarray(rgb).save(root / "icon.ico"); exp["icon.ico"] = "unsupported-format"
-    Image.fromarray(rgb).convert("CMYK").save(root / "cmyk.jpg"); exp["cmyk.jpg"] = "ok"
-    Image.fromarray((rng.random((20, 20)) * 65535).astype(np.uint16)).save(root / "sixteen.png"); exp["sixteen.png"] = "ok"
-    pal = Image.fromarray(rgb).convert("P"); pal.info["transparency"] = 0; pal.save(root / "palette.png", transparency=0)
+    (root / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    exp["truncated.jpg"] = "truncated-or-corrupt"
+    (root / "zero.png").write_bytes(b"")
+    exp["zero.png"] = "zero-byte-file"
+    (root / "notes.png").write_text("this is not an image")
+    exp["notes.png"] = "not-an-image"
+    Image.fromarray(rgb).save(root / "icon.ico")
+    exp["icon.ico"] = "unsupported-format"
+    Image.fromarray(rgb).convert("CMYK").save(root / "cmyk.jpg")
+    exp["cmyk.jpg"] = "ok"
+    Image.fromarray((rng.random((20, 20)) * 65535).astype(np.uint16)).save(root / "sixteen.png")
+    exp["sixteen.png"] = "ok"
+    pal = Image.fromarray(rgb).convert("P")
+    pal.info["transparency"] = 0
+    pal.save(root / "palette.png", transparency=0)
     exp["palette.png"] = "ok"
-    Image.fromarray(np.dstack([rgb, np.full((30, 40), 128, np.uint8)])).save(root / "rgba.png"); exp["rgba.png"] = "ok"
-    Image.fromarray(rgb[..., 0]).save(root / "grey.png"); exp["grey.png"] = "ok"
-    exif = Image.Exif(); exif[0x0112] = 6
-    Image.fromarray(rgb).save(root / "rotated.jpg", exif=exif); exp["rotated.jpg"] = "ok"
+    Image.fromarray(np.dstack([rgb, np.full((30, 40), 128, np.uint8)])).save(root / "rgba.png")
+    exp["rgba.png"] = "ok"
+    Image.fromarray(rgb[..., 0]).save(root / "grey.png")
+    exp["grey.png"] = "ok"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rgb).save(root / "rotated.jpg", exif=exif)
+    exp["rotated.jpg"] = "ok"
     frames = [Image.fromarray(np.full((16, 16, 3), v, np.uint8)) for v in (10, 200)]
-    frames[0].save(root / "anim.gif", save_all=True, append_images=frames[1:], duration=50); exp["anim.gif"] = "ok"
-    frames[0].save(root / "pages.tiff", save_all=True, append_images=frames[1:]); exp["pages.tiff"] = "ok"
-    Image.new("L", (3000, 3000)).save(root / "bomb.png"); exp["bomb.png"] = "decompression-bomb"
-    os.symlink(root / "gone.png", root / "dangling.png"); exp["dangling.png"] = "broken-symlink"
+    frames[0].save(root / "anim.gif", save_all=True, append_images=frames[1:], duration=50)
+    exp["anim.gif"] = "ok"
+    frames[0].save(root / "pages.tiff", save_all=True, append_images=frames[1:])
+    exp["pages.tiff"] = "ok"
+    Image.new("L", (3000, 3000)).save(root / "bomb.png")
+    exp["bomb.png"] = "decompression-bomb"
+    os.symlink(root / "gone.png", root / "dangling.png")
+    exp["dangling.png"] = "broken-symlink"
     name = os.fsdecode(b"caf\xe9.png")
-    Image.fromarray(rgb).save(os.path.join(str(root), name), format="PNG"); exp[name] = "ok"
+    Image.fromarray(rgb).save(os.path.join(str(root), name), format="PNG")
+    exp[name] = "ok"
     return exp
 
 
@@ -132,8 +211,16 @@ def test_every_kind_of_broken_image_is_embedded_or_listed(tmp_path):
     # flat layout lists image extensions only; include all files explicitly
     records = [{"path": name, "role": "welllit"} for name in sorted(expected)]
     man_path = write_manifest(tmp_path / "broken.jsonl", records, {"root": "broken"})
-    summary = extract(man_path, "embedlab-tiny", "none", tmp_path / "run", device="cpu", workers=0,
-                      max_pixels=4_000_000, progress=False)
+    summary = extract(
+        man_path,
+        "embedlab-tiny",
+        "none",
+        tmp_path / "run",
+        device="cpu",
+        workers=0,
+        max_pixels=4_000_000,
+        progress=False,
+    )
     run = Run(tmp_path / "run")
     errors = run.errors()
     got = {os.fsdecode(os.fsencode(p)) for p in run.metadata["path"]}
@@ -147,7 +234,7 @@ def test_every_kind_of_broken_image_is_embedded_or_listed(tmp_path):
     assert summary["skipped"] == sum(v != "ok" for v in expected.values())
     assert summary["embedded"] == sum(v == "ok" for v in expected.values())
     meta = run.metadata.set_index("path")
-    assert (meta.loc["rotated.jpg", "width"], meta.loc["rotated.jpg", "height"]) == (30, 40)   # EXIF rotation applied
+    assert (meta.loc["rotated.jpg", "width"], meta.loc["rotated.jpg", "height"]) == (30, 40)  # EXIF rotation applied
     assert "first of 2 frames" in meta.loc["anim.gif", "notes"]
     assert 60 <= meta.loc["good.jpg", "jpeg_quality"] <= 90
     assert (tmp_path / "run" / "errors.csv").read_text().count("\n") == summary["skipped"] + 1
@@ -178,22 +265,53 @@ def test_checkpoint_file_path_and_device_errors(tmp_path, tiny_model):
     if not torch.cuda.is_available():
         with pytest.raises(DeviceError, match="no CUDA GPU"):
             models.resolve_device("cuda")
-        r = _cli("extract", "-m", "data_manifests/demo.jsonl", "--model", "embedlab-tiny", "--pretrained", "none",
-                 "--out", str(tmp_path / "r"), "--device", "cuda")
+        r = _cli(
+            "extract",
+            "-m",
+            "data_manifests/demo.jsonl",
+            "--model",
+            "embedlab-tiny",
+            "--pretrained",
+            "none",
+            "--out",
+            str(tmp_path / "r"),
+            "--device",
+            "cuda",
+        )
         assert r.returncode == 1 and "no CUDA GPU" in r.stderr
 
 
 def test_unfetchable_weights_fail_fast_with_help(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
-    env["HF_ENDPOINT"] = "http://127.0.0.1:9"   # a closed local port
+    env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # a closed local port
     env["EMBEDLAB_CACHE"] = str(tmp_path / "cache")
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import embedlab.models, open_clip, faiss"], env=env, cwd=REPO)
     import_time = time.perf_counter() - start
     # a guard against the hang, not a timing: an unguarded hub lookup waits ~46 s beyond the imports
-    r = subprocess.run([sys.executable, "-m", "embedlab", "extract", "-m", "data_manifests/demo.jsonl", "--model", "ViT-B-32", "--pretrained",
-                        "openai", "--out", str(tmp_path / "r"), "--device", "cpu"], env=env, capture_output=True,
-                       text=True, cwd=REPO, timeout=import_time + 30)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "embedlab",
+            "extract",
+            "-m",
+            "data_manifests/demo.jsonl",
+            "--model",
+            "ViT-B-32",
+            "--pretrained",
+            "openai",
+            "--out",
+            str(tmp_path / "r"),
+            "--device",
+            "cpu",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=import_time + 30,
+    )
     assert r.returncode == 1
     assert "unreachable" in r.stderr and "'--pretrained' (/path/to" in r.stderr
 

@@ -1,5 +1,6 @@
 """Extraction at scale: the streaming pipeline's pieces, webdataset input, the run lock, bounded memory for
 extreme-aspect images, non-UTF-8 names end to end, and the Ray engine on a local 2-CPU Ray instance."""
+
 import io
 import json
 import os
@@ -34,14 +35,24 @@ TINY = dict(device="cpu", progress=False)
 
 def _cli(*args, timeout=300, code=None):
     entry = ["-c", code] if code else ["-m", "embedlab"]
-    return subprocess.run([sys.executable, *entry, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          cwd=REPO, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    return subprocess.run(
+        [sys.executable, *entry, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
 
 
 def _photos(folder: Path, n: int, size=(64, 48)) -> Path:
     for i in range(n):
-        write_photo(folder / f"{i:03d}.{'jpg' if i % 3 else 'png'}", size=(size[0] + i % 5, size[1]), seed=i,
-                    fmt="JPEG" if i % 3 else "PNG")
+        write_photo(
+            folder / f"{i:03d}.{'jpg' if i % 3 else 'png'}",
+            size=(size[0] + i % 5, size[1]),
+            seed=i,
+            fmt="JPEG" if i % 3 else "PNG",
+        )
     out = manifest("flat", folder, folder.parent / f"{folder.name}.jsonl", role="welllit")["files"]["manifest"]
     return out
 
@@ -61,19 +72,23 @@ def test_batched_device_preprocess_equals_the_per_image_path():
     import torch.nn.functional as F
 
     g = torch.Generator().manual_seed(0)
-    images = [torch.randint(0, 256, s, generator=g, dtype=torch.uint8) for s in
-              [(3, 40, 60), (3, 40, 60), (1, 50, 30), (3, 40, 60), (3, 33, 90)]]
+    images = [
+        torch.randint(0, 256, s, generator=g, dtype=torch.uint8)
+        for s in [(3, 40, 60), (3, 40, 60), (1, 50, 30), (3, 40, 60), (3, 33, 90)]
+    ]
     mean, std = (0.48, 0.45, 0.40), (0.26, 0.26, 0.27)
     got, luma = device_preprocess(images, 32, mean, std, "cpu", budget=3 * 40 * 60 * 4 * 2)  # forces sub-chunks
-    for k, img in enumerate(images):                  # reference: one image at a time (the previous code)
+    for k, img in enumerate(images):  # reference: one image at a time (the previous code)
         x = img.expand(3, -1, -1).float().unsqueeze(0) / 255.0
         h, w = x.shape[-2:]
         nh, nw = max(32, round(h * 32 / min(h, w))), max(32, round(w * 32 / min(h, w)))
         x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
         lum = float((x[0] * torch.tensor([0.2126, 0.7152, 0.0722]).view(3, 1, 1)).sum(0).mean())
         top, left = (nh - 32) // 2, (nw - 32) // 2
-        ref = (x[..., top:top + 32, left:left + 32] - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-        assert torch.allclose(got[k:k + 1], ref, atol=1e-5), k
+        ref = (x[..., top : top + 32, left : left + 32] - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(
+            1, 3, 1, 1
+        )
+        assert torch.allclose(got[k : k + 1], ref, atol=1e-5), k
         assert abs(float(luma[k]) - lum) < 1e-5
 
 
@@ -87,14 +102,14 @@ def test_non_utf8_file_names_survive_flat_manifest_extract_and_every_output(tmp_
     Image.fromarray(rgb).save(os.path.join(str(folder), os.fsdecode(b"caf\xe9.jpg")), format="JPEG")
     Image.fromarray(rgb[::-1]).save(folder / "plain.png")
     with open(os.path.join(str(folder), os.fsdecode(b"na\xefve.png")), "wb") as fh:
-        fh.write(b"not an image")                          # a broken file with a non-UTF-8 name: errors.csv
-    manifest("flat", folder, tmp_path / "m.jsonl")       # what `embedlab manifest flat` calls
-    extract(tmp_path / "m.jsonl", "embedlab-tiny", "none", tmp_path / "run", workers=0, **TINY)   # crashed before
+        fh.write(b"not an image")  # a broken file with a non-UTF-8 name: errors.csv
+    manifest("flat", folder, tmp_path / "m.jsonl")  # what `embedlab manifest flat` calls
+    extract(tmp_path / "m.jsonl", "embedlab-tiny", "none", tmp_path / "run", workers=0, **TINY)  # crashed before
     meta = pd.read_parquet(tmp_path / "run" / "metadata.parquet")
     for col in meta.columns:
         for v in meta[col]:
             if isinstance(v, str):
-                v.encode("utf-8")                           # strict: raises on any lone surrogate
+                v.encode("utf-8")  # strict: raises on any lone surrogate
     assert set(meta["group"]) == {"caf\\xe9", "plain"} and "caf\\xe9.jpg" in set(meta["path"])
     errors = (tmp_path / "run" / "errors.csv").read_bytes().decode("utf-8")
     assert "na\\xefve.png" in errors and "not-an-image" in errors
@@ -104,7 +119,7 @@ def test_non_utf8_file_names_survive_flat_manifest_extract_and_every_output(tmp_
 
     table = search(tmp_path / "run", text="a photo", k=2, device="cpu")["table"]
     assert "caf\\xe9.jpg" in set(table["path"])
-    json.dumps(table.to_dict(orient="records"), ensure_ascii=False).encode("utf-8")      # JSON output: strict UTF-8
+    json.dumps(table.to_dict(orient="records"), ensure_ascii=False).encode("utf-8")  # JSON output: strict UTF-8
 
 
 # ---------------------------------------------------------------- webdataset
@@ -117,15 +132,32 @@ def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
 def _write_shards(folder: Path, images: list[tuple[str, bytes]], per_tar: int = 4) -> None:
     folder.mkdir(parents=True)
     for t in range(0, len(images), per_tar):
-        with tarfile.open(folder / f"{t // per_tar:05d}.tar", "w", format=tarfile.GNU_FORMAT, encoding="utf-8",
-                          errors="surrogateescape") as tf:
-            for key, data in images[t:t + per_tar]:
+        with tarfile.open(
+            folder / f"{t // per_tar:05d}.tar",
+            "w",
+            format=tarfile.GNU_FORMAT,
+            encoding="utf-8",
+            errors="surrogateescape",
+        ) as tf:
+            for key, data in images[t : t + per_tar]:
                 _add(tf, f"{key}.jpg", data)
-                _add(tf, f"{key}.json", json.dumps({"url": f"http://x/{len(data)}", "caption": f"caption {key!r}",
-                                                     "key": key, "status": "success", "width": 64, "height": 48,
-                                                     "exif": "{}"}).encode())
+                _add(
+                    tf,
+                    f"{key}.json",
+                    json.dumps(
+                        {
+                            "url": f"http://x/{len(data)}",
+                            "caption": f"caption {key!r}",
+                            "key": key,
+                            "status": "success",
+                            "width": 64,
+                            "height": 48,
+                            "exif": "{}",
+                        }
+                    ).encode(),
+                )
                 _add(tf, f"{key}.txt", b"a txt caption")
-            _add(tf, "orphan.json", b"{}")                  # a sample without an image
+            _add(tf, "orphan.json", b"{}")  # a sample without an image
 
 
 def test_webdataset_round_trip_equals_files_with_broken_and_non_utf8_members(tmp_path):
@@ -133,21 +165,39 @@ def test_webdataset_round_trip_equals_files_with_broken_and_non_utf8_members(tmp
     _photos(files, 9)
     names = sorted(p.name for p in files.iterdir())
     images = [(Path(n).stem, (files / n).read_bytes()) for n in names]
-    images[3] = (os.fsdecode(b"caf\xe9"), images[3][1])      # a member name that is not UTF-8
+    images[3] = (os.fsdecode(b"caf\xe9"), images[3][1])  # a member name that is not UTF-8
     images.append(("broken", b"this member is not an image"))
     _write_shards(tmp_path / "shards", images)
-    r = _cli("manifest", "webdataset", tmp_path / "shards" / "*.tar", "--out", tmp_path / "wds.jsonl", "--role", "welllit")
+    r = _cli(
+        "manifest", "webdataset", tmp_path / "shards" / "*.tar", "--out", tmp_path / "wds.jsonl", "--role", "welllit"
+    )
     assert r.returncode == 0, r.stderr
     assert "wrote" in r.stdout and "10 images" in r.stdout and "no image member" in r.stdout
     m = read_manifest(tmp_path / "wds.jsonl")
     assert m.entries[3].tar["member"] == os.fsdecode(b"caf\xe9.jpg") and m.entries[3].meta["status"] == "success"
-    wds = extract(tmp_path / "wds.jsonl", "embedlab-tiny", "none", tmp_path / "run_wds", shard_size=4, batch_size=3,
-                  workers=0, **TINY)
-    ref = extract(files.parent / "files.jsonl", "embedlab-tiny", "none", tmp_path / "run_files", shard_size=4,
-                  batch_size=3, workers=0, **TINY)
+    wds = extract(
+        tmp_path / "wds.jsonl",
+        "embedlab-tiny",
+        "none",
+        tmp_path / "run_wds",
+        shard_size=4,
+        batch_size=3,
+        workers=0,
+        **TINY,
+    )
+    ref = extract(
+        files.parent / "files.jsonl",
+        "embedlab-tiny",
+        "none",
+        tmp_path / "run_files",
+        shard_size=4,
+        batch_size=3,
+        workers=0,
+        **TINY,
+    )
     assert wds["embedded"] == ref["embedded"] == 9 and wds["skipped"] == 1
     a, b = Run(tmp_path / "run_wds"), Run(tmp_path / "run_files")
-    assert np.array_equal(a.vectors, b.vectors)                 # read from the tars, no unpacking: same pixels
+    assert np.array_equal(a.vectors, b.vectors)  # read from the tars, no unpacking: same pixels
     assert list(a.metadata["content_sha1"]) == list(b.metadata["content_sha1"])
     meta = pd.read_parquet(tmp_path / "run_wds" / "metadata.parquet")
     assert {"url", "caption", "key", "status", "source_width"} <= set(meta.columns)
@@ -165,7 +215,7 @@ def test_webdataset_manifest_streams_and_reports_a_truncated_tar(tmp_path):
     tar = tmp_path / "shards" / "00000.tar"
     with tarfile.open(tar) as tf:
         third = [m for m in tf.getmembers() if m.name.endswith(".jpg")][2]
-    tar.write_bytes(tar.read_bytes()[:third.offset_data + third.size // 2])     # cut inside the third image
+    tar.write_bytes(tar.read_bytes()[: third.offset_data + third.size // 2])  # cut inside the third image
     report = manifest("webdataset", tmp_path / "shards", tmp_path / "w.jsonl")
     out = report["files"]["manifest"]
     assert report["count"] == 3 and any("damaged" in n for n in report["notes"])
@@ -199,7 +249,7 @@ def test_extreme_aspect_images_are_refused_from_the_header_within_a_memory_bound
     strips.mkdir()
     Image.new("RGB", (200_000, 1), (200, 10, 10)).save(strips / "wide.png")
     Image.new("RGB", (2, 65_000), (20, 100, 10)).save(strips / "tall.jpg", quality=80)
-    write_photo(strips / "ok.jpg", size=(300, 4))             # 75:1, within the default limit of 100:1
+    write_photo(strips / "ok.jpg", size=(300, 4))  # 75:1, within the default limit of 100:1
     strip_man = manifest("flat", strips, tmp_path / "strips.jsonl")["files"]["manifest"]
     r = _cli(normal, strip_man, tmp_path, code=_MEMORY_SCRIPT)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -227,16 +277,32 @@ class caplog_warnings:
         self.logger.removeHandler(self.handler)
 
 
-_HOLDER = ("import sys, time\nfrom embedlab.runs.lock import RunLock\n"
-           "RunLock(sys.argv[1], what='extract --engine local').acquire()\nprint('held', flush=True)\ntime.sleep(300)\n")
+_HOLDER = (
+    "import sys, time\nfrom embedlab.runs.lock import RunLock\n"
+    "RunLock(sys.argv[1], what='extract --engine local').acquire()\nprint('held', flush=True)\ntime.sleep(300)\n"
+)
 
 
 @pytest.mark.slow
 def test_a_locked_run_folder_refuses_a_second_extract_in_one_line(tmp_path):
     man = _photos(tmp_path / "imgs", 3)
     run = tmp_path / "run"
-    args = ["extract", "-m", man, "--model", "embedlab-tiny", "--pretrained", "none", "--device", "cpu", "--out", run,
-            "--no-progress", "--workers", "0"]
+    args = [
+        "extract",
+        "-m",
+        man,
+        "--model",
+        "embedlab-tiny",
+        "--pretrained",
+        "none",
+        "--device",
+        "cpu",
+        "--out",
+        run,
+        "--no-progress",
+        "--workers",
+        "0",
+    ]
     holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(run)], stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -246,11 +312,11 @@ def test_a_locked_run_folder_refuses_a_second_extract_in_one_line(tmp_path):
         assert len(lines) == 1, r.stderr
         assert f"locked by extract --engine local (pid {holder.pid} on host" in lines[0]
         assert "since 20" in lines[0] and "--break-lock" in lines[0]
-        assert not (run / "manifest.json").exists() and not (run / "shards").exists()   # nothing written
+        assert not (run / "manifest.json").exists() and not (run / "shards").exists()  # nothing written
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    with caplog_warnings() as records:                         # the holder is gone: a stale lock on this host
+    with caplog_warnings() as records:  # the holder is gone: a stale lock on this host
         summary = extract(man, "embedlab-tiny", "none", run, workers=0, **TINY)
     assert summary["embedded"] == 3 and not (run / ".lock").exists()
     assert any("Taking over the lock" in r.getMessage() and "its process is gone" in r.getMessage() for r in records)
@@ -260,10 +326,23 @@ def test_a_lock_from_another_host_needs_break_lock(tmp_path):
     man = _photos(tmp_path / "imgs", 3)
     run = tmp_path / "run"
     run.mkdir()
-    (run / ".lock").write_text(json.dumps({"host": "node-7.cluster", "pid": 4242, "user": "ana", "since":
-                                           "2026-01-01 00:00:00 UTC", "what": "extract --engine ray", "token": "x"}))
-    with pytest.raises(Exception, match=r"locked by extract --engine ray \(pid 4242 on host node-7.cluster, user ana\) "
-                                        r"since 2026-01-01 00:00:00 UTC.*'break_lock'"):
+    (run / ".lock").write_text(
+        json.dumps(
+            {
+                "host": "node-7.cluster",
+                "pid": 4242,
+                "user": "ana",
+                "since": "2026-01-01 00:00:00 UTC",
+                "what": "extract --engine ray",
+                "token": "x",
+            }
+        )
+    )
+    with pytest.raises(
+        Exception,
+        match=r"locked by extract --engine ray \(pid 4242 on host node-7.cluster, user ana\) "
+        r"since 2026-01-01 00:00:00 UTC.*'break_lock'",
+    ):
         extract(man, "embedlab-tiny", "none", run, workers=0, **TINY)
     summary = extract(man, "embedlab-tiny", "none", run, workers=0, break_lock=True, **TINY)
     assert summary["embedded"] == 3 and not (run / ".lock").exists()
@@ -301,7 +380,7 @@ def test_ray_engine_writes_the_same_run_as_the_local_engine(tmp_path, ray_addres
     _same_as_local(run, local)
     assert summary["this_call"]["engine"] == "ray" and summary["this_call"]["workers"] == 2
     assert summary["this_call"]["engine_startup_seconds"] > 0
-    assert run.identity == {**local.identity}                  # same model, preprocessing, inputs: resumable by either
+    assert run.identity == {**local.identity}  # same model, preprocessing, inputs: resumable by either
     assert not (tmp_path / "run" / ".engine").exists() and not (tmp_path / "run" / ".lock").exists()
 
 
@@ -325,24 +404,45 @@ def test_ray_actor_killed_mid_run_every_image_once(tmp_path, ray_address, ray_in
     thread.start()
     summary = extract(man, "embedlab-tiny", "none", out, shard_size=2, batch_size=2, engine="ray", **TINY)
     thread.join(5)
-    assert killed and killed["done"] < 20, killed               # the actor died with shards still to do
+    assert killed and killed["done"] < 20, killed  # the actor died with shards still to do
     run = Run(out)
-    _same_as_local(run, local)                                   # every image once, same vectors
+    _same_as_local(run, local)  # every image once, same vectors
     assert summary["embedded"] == 40 and not summary["this_call"]["failed_shards"]
 
 
-_KILL_DRIVER = ("import os, signal, sys\nimport embedlab.runs.extract.ray as er\nseen = []\n"
-                "def hook(job, shard, result):\n    seen.append(shard)\n"
-                "    if len(seen) >= 3:\n        os.kill(os.getpid(), signal.SIGKILL)\n"
-                "er.shard_finished = hook\nsys.argv = ['embedlab', *sys.argv[1:]]\nfrom embedlab.cli import main\nmain()\n")
+_KILL_DRIVER = (
+    "import os, signal, sys\nimport embedlab.runs.extract.ray as er\nseen = []\n"
+    "def hook(job, shard, result):\n    seen.append(shard)\n"
+    "    if len(seen) >= 3:\n        os.kill(os.getpid(), signal.SIGKILL)\n"
+    "er.shard_finished = hook\nsys.argv = ['embedlab', *sys.argv[1:]]\nfrom embedlab.cli import main\nmain()\n"
+)
 
 
 @pytest.mark.slow
 def test_ray_killed_driver_resumes_on_rerun(tmp_path, ray_address, ray_inputs):
     man, local = ray_inputs
-    args = ["extract", "-m", man, "--model", "embedlab-tiny", "--pretrained", "none", "--out", tmp_path / "run",
-            "--shard-size", "2", "--batch-size", "2", "--engine", "ray", "--address", ray_address, "--device", "cpu",
-            "--no-progress"]
+    args = [
+        "extract",
+        "-m",
+        man,
+        "--model",
+        "embedlab-tiny",
+        "--pretrained",
+        "none",
+        "--out",
+        tmp_path / "run",
+        "--shard-size",
+        "2",
+        "--batch-size",
+        "2",
+        "--engine",
+        "ray",
+        "--address",
+        ray_address,
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     r = _cli(*args, code=_KILL_DRIVER)
     assert r.returncode == -9, r.stderr[-3000:]
     partial = Run(tmp_path / "run")
@@ -350,7 +450,9 @@ def test_ray_killed_driver_resumes_on_rerun(tmp_path, ray_address, ray_inputs):
     summary = extract(man, "embedlab-tiny", "none", tmp_path / "run", shard_size=2, batch_size=2, engine="ray", **TINY)
     run = Run(tmp_path / "run")
     _same_as_local(run, local)
-    assert summary["this_call"]["embedded"] < 40                # only the missing shards were embedded again     # only the missing shards were embedded again
+    assert (
+        summary["this_call"]["embedded"] < 40
+    )  # only the missing shards were embedded again     # only the missing shards were embedded again
 
 
 # ---------------------------------------------------------------- manifests that stream
@@ -366,24 +468,46 @@ def test_manifest_scan_matches_read_manifest_and_streams_in_bounded_memory(tmp_p
 
     assert scan.input_hash == hash_records(e.to_record() for e in full.entries)
     assert len(scan_manifest(man, roles=["nope"]).manifest.entries) == 0
-    big = tmp_path / "big.jsonl"                                 # 40,000 webdataset-style records
+    big = tmp_path / "big.jsonl"  # 40,000 webdataset-style records
     with open(big, "w") as fh:
         fh.write(json.dumps({"embedlab_manifest": 1, "root": "."}) + "\n")
         for i in range(40_000):
-            fh.write(json.dumps({"path": f"wds:{i // 1000:05d}.tar::{i:09d}.jpg", "role": "welllit", "group": f"{i:09d}",
-                                 "tar": {"file": f"{i // 1000:05d}.tar", "member": f"{i:09d}.jpg", "offset": 512 * i,
-                                         "size": 4096}, "meta": {"url": f"http://example.com/{i}.jpg",
-                                                                 "caption": "a photo " * 8, "status": "success"}}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "path": f"wds:{i // 1000:05d}.tar::{i:09d}.jpg",
+                        "role": "welllit",
+                        "group": f"{i:09d}",
+                        "tar": {
+                            "file": f"{i // 1000:05d}.tar",
+                            "member": f"{i:09d}.jpg",
+                            "offset": 512 * i,
+                            "size": 4096,
+                        },
+                        "meta": {"url": f"http://example.com/{i}.jpg", "caption": "a photo " * 8, "status": "success"},
+                    }
+                )
+                + "\n"
+            )
     tracemalloc.start()
     scan = scan_manifest(big, check_files=False)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert len(scan.manifest.entries) == 40_000 and scan.with_meta == 40_000
     assert scan.manifest.entries[34_321].tar["offset"] == 512 * 34_321
-    assert peak < 40_000 * 64, peak            # < 64 bytes per line at peak (parsed objects: > 1 kB per line)
-    (tmp_path / "dup.jsonl").write_text(big.read_text().splitlines()[0] + "\n" + "\n".join(
-        [json.dumps({"path": "a.jpg", "role": "x"}), json.dumps({"path": "b.jpg", "role": "x"}),
-         json.dumps({"path": "a.jpg", "role": "x"})]) + "\n")
+    assert peak < 40_000 * 64, peak  # < 64 bytes per line at peak (parsed objects: > 1 kB per line)
+    (tmp_path / "dup.jsonl").write_text(
+        big.read_text().splitlines()[0]
+        + "\n"
+        + "\n".join(
+            [
+                json.dumps({"path": "a.jpg", "role": "x"}),
+                json.dumps({"path": "b.jpg", "role": "x"}),
+                json.dumps({"path": "a.jpg", "role": "x"}),
+            ]
+        )
+        + "\n"
+    )
     with pytest.raises(ManifestError, match="line 4: duplicate path 'a.jpg' \\(first on line 2\\)"):
         scan_manifest(tmp_path / "dup.jsonl", check_files=False)
 
@@ -396,14 +520,16 @@ def _damaged_jpeg(seed=0) -> bytes:
     buf = io.BytesIO()
     Image.fromarray((np.random.default_rng(seed).random((48, 64, 3)) * 255).astype(np.uint8)).save(buf, "JPEG")
     data = buf.getvalue()
-    return data[:data.index(b"\xff\xda") + 20]
+    return data[: data.index(b"\xff\xda") + 20]
 
 
 def test_a_corrupt_jpeg_in_a_batch_decode_is_recorded_and_the_rest_embedded(tmp_path):
     folder = tmp_path / "imgs"
     man = _photos(folder, 6)
-    (folder / "002.jpg").write_bytes(_damaged_jpeg())          # in the middle of the batch-decoded JPEGs
-    summary = extract(man, "embedlab-tiny", "none", tmp_path / "run", workers=0, decode="torchvision", batch_size=8, **TINY)
+    (folder / "002.jpg").write_bytes(_damaged_jpeg())  # in the middle of the batch-decoded JPEGs
+    summary = extract(
+        man, "embedlab-tiny", "none", tmp_path / "run", workers=0, decode="torchvision", batch_size=8, **TINY
+    )
     assert summary["embedded"] == 5 and summary["skipped"] == 1 and summary["shards_done"] == summary["shards"]
     err = Run(tmp_path / "run").errors()
     assert list(err["path"]) == ["002.jpg"] and err["reason"][0] == "truncated-or-corrupt", err
@@ -430,7 +556,7 @@ def test_batch_decode_failure_falls_back_per_image_then_to_pil(monkeypatch):
     real = torchvision.io.decode_jpeg
     refused = good[1]["jpeg"]
 
-    def flaky(data, **kw):                     # the decoder refuses image 1 (PIL can read it) and the damaged one
+    def flaky(data, **kw):  # the decoder refuses image 1 (PIL can read it) and the damaged one
         if isinstance(data, list):
             return [flaky(d, **kw) for d in data]
         if data is refused:
@@ -465,8 +591,9 @@ def test_cuda_batch_with_an_nvjpeg_jpeg_and_a_pil_png_of_one_size(tmp_path):
     write_photo(folder / "a.jpg", size=(64, 48), seed=1, fmt="JPEG")
     write_photo(folder / "b.png", size=(64, 48), seed=2, fmt="PNG")
     man = manifest("flat", folder, tmp_path / "m.jsonl", role="welllit")["files"]["manifest"]
-    summary = extract(man, "embedlab-tiny", "none", tmp_path / "run", device="cuda", decode="auto", workers=0,
-                      progress=False)
+    summary = extract(
+        man, "embedlab-tiny", "none", tmp_path / "run", device="cuda", decode="auto", workers=0, progress=False
+    )
     assert summary["embedded"] == 2 and summary["skipped"] == 0
     meta = Run(tmp_path / "run").metadata.set_index("path")
     assert meta.loc["a.jpg", "decoder"] == "nvjpeg" and meta.loc["b.png", "decoder"] == "pil"
@@ -474,15 +601,18 @@ def test_cuda_batch_with_an_nvjpeg_jpeg_and_a_pil_png_of_one_size(tmp_path):
     lm = models.load_model("embedlab-tiny", "none", "cuda")
     from embedlab.runs.extract.dataset import _ImageDataset
     from embedlab.runs.extract.rows import Rows
-    ds = _ImageDataset(Rows(*(lambda s: (s.manifest, s.manifest.entries))(scan_manifest(man))), None,
-                       "torchvision", None, None)
+
+    ds = _ImageDataset(
+        Rows(*(lambda s: (s.manifest, s.manifest.entries))(scan_manifest(man))), None, "torchvision", None, None
+    )
     good = [ds[0], ds[1]]
     from torchvision.io import decode_jpeg
+
     images = [decode_jpeg(g["jpeg"], device="cuda") if "jpeg" in g else g["rgb"].pin_memory() for g in good]
     args = (lm.image_size, lm.info["mean"], lm.info["std"], torch.device("cuda"))
-    device_preprocess(images, *args)                      # warm-up (allocations, cached constants)
+    device_preprocess(images, *args)  # warm-up (allocations, cached constants)
     torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")               # any host sync in the batched preprocessing raises
+    torch.cuda.set_sync_debug_mode("error")  # any host sync in the batched preprocessing raises
     try:
         pixels, luma = device_preprocess(images, *args)
     finally:
@@ -501,11 +631,10 @@ def test_decode_auto_resumes_a_run_with_the_decode_path_it_recorded(tmp_path):
     assert again["embedded"] == first["embedded"] == 4
     # the CUDA case of the issue: a run started with pil, resumed with auto on a GPU, stays pil
     assert resolve_decode("auto", "cuda", "pil") == "pil" and resolve_decode("auto", "cuda", None) == "torchvision"
-    assert resolve_decode("torchvision", "cpu", "pil") == "torchvision"    # an explicit choice is checked as before
+    assert resolve_decode("torchvision", "cpu", "pil") == "torchvision"  # an explicit choice is checked as before
 
 
 def test_a_failing_shard_write_stops_the_run_promptly_and_it_resumes(tmp_path, monkeypatch):
-    
 
     man = _photos(tmp_path / "imgs", 20)
     run = tmp_path / "run"
@@ -521,7 +650,7 @@ def test_a_failing_shard_write_stops_the_run_promptly_and_it_resumes(tmp_path, m
     monkeypatch.setattr(BatchEncoder, "push", lambda self, batch: (pushed.append(1), real_push(self, batch))[1])
     with pytest.raises(OSError, match="No space left on device"):
         extract(man, "embedlab-tiny", "none", run, workers=0, shard_size=2, batch_size=2, **TINY)
-    assert len(pushed) <= 5, len(pushed)               # of 10 batches: stopped within the 2 pending writes
+    assert len(pushed) <= 5, len(pushed)  # of 10 batches: stopped within the 2 pending writes
     assert not (run / ".lock").exists() and 1 not in Run(run).done_shards()
     monkeypatch.setattr(local_engine, "write_results", real_write)
     resumed = extract(man, "embedlab-tiny", "none", run, workers=0, shard_size=2, batch_size=2, **TINY)
@@ -540,7 +669,7 @@ def _race_for_the_lock(run: str, barrier, results) -> None:
         results.put("won")
     except RunLockedError:
         results.put("refused")
-    barrier.wait()                                     # hold the lock until both have tried
+    barrier.wait()  # hold the lock until both have tried
 
 
 def test_two_processes_racing_for_a_stale_lock_exactly_one_wins(tmp_path):
@@ -552,12 +681,22 @@ def test_two_processes_racing_for_a_stale_lock_exactly_one_wins(tmp_path):
     ctx = mp.get_context("fork")
     dead = ctx.Process(target=int)
     dead.start()
-    dead.join()                                        # a pid that no longer runs: its lock is stale
+    dead.join()  # a pid that no longer runs: its lock is stale
     for attempt in range(20):
         run = tmp_path / f"run{attempt}"
         run.mkdir()
-        (run / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "pid_start": "1",
-                                               **machine_ids(), "what": "a dead extract", "token": f"dead{attempt}"}))
+        (run / ".lock").write_text(
+            json.dumps(
+                {
+                    "host": socket.gethostname(),
+                    "pid": dead.pid,
+                    "pid_start": "1",
+                    **machine_ids(),
+                    "what": "a dead extract",
+                    "token": f"dead{attempt}",
+                }
+            )
+        )
         barrier, results = ctx.Barrier(2), ctx.Queue()
         procs = [ctx.Process(target=_race_for_the_lock, args=(str(run), barrier, results)) for _ in range(2)]
         for p in procs:
@@ -574,7 +713,7 @@ def test_a_lock_from_another_container_with_the_same_host_name_is_not_judged_dea
     from embedlab.runs.lock import holder_alive, machine_ids
 
     here = machine_ids()
-    holder = {"host": socket.gethostname(), "pid": 2 ** 22 + 7, **here}      # a pid that does not run here
+    holder = {"host": socket.gethostname(), "pid": 2**22 + 7, **here}  # a pid that does not run here
     assert holder_alive(holder) is False
     if here["boot_id"]:
         assert holder_alive(dict(holder, boot_id="another-boot")) is None
@@ -585,7 +724,7 @@ def test_a_lock_from_another_container_with_the_same_host_name_is_not_judged_dea
 def test_pax_tars_with_long_member_names_round_trip(tmp_path):
     files = tmp_path / "files"
     _photos(files, 3)
-    long_dir = "d" * 80 + "/" + "e" * 80                    # > 100 characters: a pax path record, as img2dataset writes
+    long_dir = "d" * 80 + "/" + "e" * 80  # > 100 characters: a pax path record, as img2dataset writes
     (tmp_path / "shards").mkdir()
     with tarfile.open(tmp_path / "shards" / "00000.tar", "w", format=tarfile.PAX_FORMAT) as tf:
         for p in sorted(files.iterdir()):
@@ -606,7 +745,7 @@ def test_a_manifest_changed_after_its_scan_is_refused_in_one_line(tmp_path):
     scan = scan_manifest(man)
     assert scan.manifest.entries[0].path == "000.png"
     later = scan_manifest(man)
-    with open(man, "a", encoding="utf-8") as fh:             # the offsets of `later` no longer hold
+    with open(man, "a", encoding="utf-8") as fh:  # the offsets of `later` no longer hold
         fh.write("\n")
     with pytest.raises(ManifestError, match=r"changed \(or was replaced\) after it was read") as exc:
         later.manifest.entries[1]
@@ -621,11 +760,11 @@ def test_tar_descriptor_cache_never_closes_a_descriptor_in_use(tmp_path, monkeyp
     for i in range(8):
         tars.append(str(tmp_path / f"{i}.tar"))
         Path(tars[-1]).write_bytes(b"x" * 10)
-    with images._tar_fd(tars[0]) as held:                   # a reader mid-pread while others open more tars
+    with images._tar_fd(tars[0]) as held:  # a reader mid-pread while others open more tars
         for t in tars[1:]:
             with images._tar_fd(t) as fd:
                 assert os.pread(fd, 3, 0) == b"xxx"
-        assert os.pread(held, 3, 0) == b"xxx"                # not closed (nor reused for another tar)
+        assert os.pread(held, 3, 0) == b"xxx"  # not closed (nor reused for another tar)
         assert os.fstat(held).st_ino == os.stat(tars[0]).st_ino
     assert len([k for k in images._FDS if k[0] == os.getpid()]) <= 5
 
@@ -639,22 +778,27 @@ def test_ray_failures_are_retried_bounded_and_an_unavailable_actor_is_kept():
     ex = ray.exceptions
 
     def err(cls):
-        return cls.__new__(cls)                 # the classification looks at the type only
+        return cls.__new__(cls)  # the classification looks at the type only
 
     actor, other = object(), object()
-    for cls, verdict, kept in [(ex.ActorUnavailableError, "retried", True), (ex.RayActorError, "dropped", False),
-                               (ex.OutOfMemoryError, "retried", True), (ex.NodeDiedError, "retried", True),
-                               (ex.ObjectLostError, "retried", True), (ex.WorkerCrashedError, "retried", True)]:
+    for cls, verdict, kept in [
+        (ex.ActorUnavailableError, "retried", True),
+        (ex.RayActorError, "dropped", False),
+        (ex.OutOfMemoryError, "retried", True),
+        (ex.NodeDiedError, "retried", True),
+        (ex.ObjectLostError, "retried", True),
+        (ex.WorkerCrashedError, "retried", True),
+    ]:
         alive, queue, resubmits, counts = [actor, other], deque([9]), {}, {"failed_shards": {}}
         assert on_failure(ray, err(cls), actor, 3, alive, queue, resubmits, counts) == verdict, cls
         assert (actor in alive) is kept and list(queue) == [3, 9] and not counts["failed_shards"], cls
         for _ in range(MAX_RESUBMITS - 1):
             on_failure(ray, err(cls), actor, 3, alive, queue, resubmits, counts)
-        assert on_failure(ray, err(cls), actor, 3, alive, queue, resubmits, counts) == "failed"   # bounded
+        assert on_failure(ray, err(cls), actor, 3, alive, queue, resubmits, counts) == "failed"  # bounded
         assert cls.__name__ in counts["failed_shards"]["3"] and list(queue).count(3) == MAX_RESUBMITS
     counts = {"failed_shards": {}}
     task_error = ex.RayTaskError("embed_shard", "Traceback ...\nValueError: bad record", ValueError("bad record"))
-    assert on_failure(ray, task_error, actor, 5, [actor], deque(), {}, counts) == "failed"   # a data error: no retry
+    assert on_failure(ray, task_error, actor, 5, [actor], deque(), {}, counts) == "failed"  # a data error: no retry
     assert "bad record" in counts["failed_shards"]["5"]
 
 
@@ -668,10 +812,20 @@ def test_a_ray_actor_that_cannot_see_the_dataset_fails_its_check(tmp_path):
     from embedlab import models
 
     lm = models.load_model("embedlab-tiny", "none", "cpu")
-    spec = {"max_pixels": None, "model": "embedlab-tiny", "pretrained": "none", "device": "cpu", "root": str(tmp_path),
-            "threads": 1, "run_dir": str(run), "token": "t", "weights_sha256": lm.info["weights_sha256"],
-            "compute_dtype": models.compute_dtype(lm.device), "probe_paths": [str(tmp_path)]}
-    actor = ShardActor(spec)                               # the class itself, without Ray: the check is plain Python
+    spec = {
+        "max_pixels": None,
+        "model": "embedlab-tiny",
+        "pretrained": "none",
+        "device": "cpu",
+        "root": str(tmp_path),
+        "threads": 1,
+        "run_dir": str(run),
+        "token": "t",
+        "weights_sha256": lm.info["weights_sha256"],
+        "compute_dtype": models.compute_dtype(lm.device),
+        "probe_paths": [str(tmp_path)],
+    }
+    actor = ShardActor(spec)  # the class itself, without Ray: the check is plain Python
     assert actor.check()["error"] is None
     actor.spec = dict(spec, probe_paths=[str(tmp_path), str(tmp_path / "not-mounted-here" / "0001.tar")])
     msg = actor.check()["error"]

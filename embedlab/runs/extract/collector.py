@@ -1,4 +1,5 @@
 """collector: split from extract.py."""
+
 from __future__ import annotations
 
 import logging
@@ -10,7 +11,7 @@ from embedlab.runs.extract.rows import Rows, error_frame, meta_frame
 from embedlab.runs.store import write_shard
 
 log = logging.getLogger(__name__)
-MAX_PENDING_WRITES = 2            # shards handed to the writer thread and not yet written
+MAX_PENDING_WRITES = 2  # shards handed to the writer thread and not yet written
 
 
 class ShardCollector:

@@ -1,4 +1,5 @@
 """dataset: split from extract.py."""
+
 from __future__ import annotations
 
 import hashlib
@@ -39,7 +40,7 @@ class _ImageDataset:
         except ImageError as exc:
             return {"row_id": row_id, "meta": None, "error": (exc.reason, exc.detail)}
         except ManifestError:
-            raise                                  # the manifest itself changed: stop, not one error per image
+            raise  # the manifest itself changed: stop, not one error per image
         except Exception as exc:  # noqa: BLE001 - a per-file failure must not stop the run
             return {"row_id": row_id, "meta": None, "error": ("preprocess-error", f"{type(exc).__name__}: {exc}")}
 
@@ -56,17 +57,39 @@ class _ImageDataset:
                 head = Image.open(io.BytesIO(data))
             except Exception:  # noqa: BLE001
                 head = None
-        if head is not None and head.format == "JPEG" and head.mode in ("RGB", "L") and head.getexif().get(0x0112, 1) == 1 \
-                and (self.max_pixels is None or head.width * head.height <= self.max_pixels):
+        if (
+            head is not None
+            and head.format == "JPEG"
+            and head.mode in ("RGB", "L")
+            and head.getexif().get(0x0112, 1) == 1
+            and (self.max_pixels is None or head.width * head.height <= self.max_pixels)
+        ):
             check_aspect(head.width, head.height, self.max_aspect)
-            meta = {"content_sha1": hashlib.sha1(data).hexdigest(), "width": head.width, "height": head.height,
-                    "format": "JPEG", "mode": head.mode, "jpeg_quality": estimate_jpeg_quality(head), "frames": 1,
-                    "bytes": len(data), "notes": "decoded by torchvision.io.decode_jpeg"}
-            return {"row_id": row_id, "jpeg": torch.frombuffer(bytearray(data), dtype=torch.uint8), "meta": meta, "error": None}
+            meta = {
+                "content_sha1": hashlib.sha1(data).hexdigest(),
+                "width": head.width,
+                "height": head.height,
+                "format": "JPEG",
+                "mode": head.mode,
+                "jpeg_quality": estimate_jpeg_quality(head),
+                "frames": 1,
+                "bytes": len(data),
+                "notes": "decoded by torchvision.io.decode_jpeg",
+            }
+            return {
+                "row_id": row_id,
+                "jpeg": torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                "meta": meta,
+                "error": None,
+            }
         dec = decode_image("", self.max_pixels, data=data, max_aspect=self.max_aspect)
         arr = torch.from_numpy(np.asarray(dec.image, dtype=np.uint8).copy()).permute(2, 0, 1)
-        return {"row_id": row_id, "rgb": arr, "meta": dict(dec.meta, notes=(dec.meta["notes"] + "; PIL fallback").strip("; "),
-                                                           decoder="pil"), "error": None}
+        return {
+            "row_id": row_id,
+            "rgb": arr,
+            "meta": dict(dec.meta, notes=(dec.meta["notes"] + "; PIL fallback").strip("; "), decoder="pil"),
+            "error": None,
+        }
 
 
 def _collate(batch: list[dict]) -> dict:
@@ -77,8 +100,12 @@ def _collate(batch: list[dict]) -> dict:
     stacked = None
     if good and "pixels" in good[0]:
         stacked = torch.stack([b.pop("pixels") for b in good])
-    return {"good": good, "pixels": stacked, "errors": [(b["row_id"], b["error"]) for b in batch if b["error"] is not None],
-            "n": len(batch)}
+    return {
+        "good": good,
+        "pixels": stacked,
+        "errors": [(b["row_id"], b["error"]) for b in batch if b["error"] is not None],
+        "n": len(batch),
+    }
 
 
 class ShardBatches:

@@ -1,4 +1,5 @@
 """device: split from extract.py."""
+
 from __future__ import annotations
 
 import logging
@@ -14,10 +15,11 @@ from embedlab.colour import LUMA
 from embedlab.datasets.images import ImageError, decode_image
 
 log = logging.getLogger(__name__)
-DEVICE_BATCH_BYTES = 1 << 30      # bound on the decoded + float intermediates of one batch on the device
+DEVICE_BATCH_BYTES = 1 << 30  # bound on the decoded + float intermediates of one batch on the device
 
 
 _CONSTANTS: dict = {}
+
 
 def pixel_chunks(pixels: list[int], budget: int) -> list[list[int]]:
     """Split positions 0..n-1 into consecutive chunks whose pixel sums stay within `budget` (one item at least)."""
@@ -49,7 +51,7 @@ def _preprocess_group(x, size: int):
     x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False).clamp_(0, 1)
     luma = torch.einsum("nchw,c->n", x, device_constant(LUMA, x.device)) / (nh * nw)
     top, left = (nh - size) // 2, (nw - size) // 2
-    return x[..., top:top + size, left:left + size], luma
+    return x[..., top : top + size, left : left + size], luma
 
 
 def device_preprocess(images: list, size: int, mean, std, device, budget: int = DEVICE_BATCH_BYTES):
@@ -63,11 +65,11 @@ def device_preprocess(images: list, size: int, mean, std, device, budget: int = 
     luma = torch.empty((n,), device=device)
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, img in enumerate(images):
-        groups[tuple(img.shape)].append(i)     # images of one shape may sit on the host and on the device
+        groups[tuple(img.shape)].append(i)  # images of one shape may sit on the host and on the device
     for shape, idx in groups.items():
         per = max(1, budget // (4 * 3 * shape[1] * shape[2] + resized_floats(shape, size)))
         for a in range(0, len(idx), per):
-            part = idx[a:a + per]
+            part = idx[a : a + per]
             x = torch.stack([images[i].to(out.device, non_blocking=True) for i in part])
             crop, lum = _preprocess_group(x, size)
             at = index_tensor(part, out.device)
@@ -135,7 +137,7 @@ def decode_on_device(good: list[dict], lm, budget: int = DEVICE_BATCH_BYTES):
         p, lum = device_preprocess(images, size, mean, std, dev, budget)
         at = index_tensor(chunk, dev)
         pixels[at], luma[at] = p, lum
-    if failed:                                  # rare: drop the images no decoder could read (one host copy)
+    if failed:  # rare: drop the images no decoder could read (one host copy)
         keep = [i for i in range(len(good)) if i not in failed]
         at = index_tensor(keep, dev)
         pixels, luma = pixels[at], luma[at]

@@ -1,4 +1,5 @@
 """encoder: split from extract.py."""
+
 from __future__ import annotations
 
 import logging

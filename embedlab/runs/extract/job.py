@@ -5,6 +5,7 @@ order; batches never straddle shards, so a shard's vectors do not depend on whic
 (kill -9 and resume stay bitwise exact). Shards are written, done-marker last, by a writer thread while the
 next batches are decoded and encoded. `engine="ray"` runs the same shards on Ray actors (`extract_ray`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,8 +24,6 @@ from embedlab.runs.extract.rows import WDS_COLUMNS
 from embedlab.runs.store import check_identity, clear_run
 
 log = logging.getLogger(__name__)
-
-
 
 
 def default_workers(lm) -> int:
@@ -56,7 +55,7 @@ class Job:
     progress: bool
     extra_columns: tuple = ()
     stats: dict = field(default_factory=dict)
-    inputs: int = -1                 # the run's input count where `entries` holds only some rows (a Ray task)
+    inputs: int = -1  # the run's input count where `entries` holds only some rows (a Ray task)
 
     @property
     def n_inputs(self) -> int:
@@ -71,11 +70,29 @@ def _check_options(vector_dtype, batch_size, shard_size, engine, max_aspect) -> 
     check_param("batch_size", batch_size, Interval(int, 1), "extract")
     check_param("shard_size", shard_size, Interval(int, 1), "extract")
     check_param("engine", engine, ENGINES, "extract")
-    check_param("max_aspect", max_aspect, Interval(float, 1), "extract", allow_none=True)   # long side / short side
+    check_param("max_aspect", max_aspect, Interval(float, 1), "extract", allow_none=True)  # long side / short side
 
 
-def _prepare(manifest, model, pretrained, out, *, device, decode, batch_size, workers, shard_size, vector_dtype,
-             roles, max_pixels, max_aspect, progress, loaded_model, plan, overwrite=False) -> Job:
+def _prepare(
+    manifest,
+    model,
+    pretrained,
+    out,
+    *,
+    device,
+    decode,
+    batch_size,
+    workers,
+    shard_size,
+    vector_dtype,
+    roles,
+    max_pixels,
+    max_aspect,
+    progress,
+    loaded_model,
+    plan,
+    overwrite=False,
+) -> Job:
     """Read the manifest, load the model and build the run's identity and header (nothing written yet).
 
     With a Ray plan the device is the actors' (the driver loads the model on its CPU for the identity only)."""
@@ -85,32 +102,65 @@ def _prepare(manifest, model, pretrained, out, *, device, decode, batch_size, wo
     run_dir = Path(out)
     decode = resolve_decode(decode, dev.type, None if overwrite else recorded_decode(run_dir))
     if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"'out' {display_path(str(run_dir))} is an existing file, not a run folder. "
-                          "Fix: pass a folder path (it is created).").naming("out")
-    scan = scan_manifest(manifest, roles=roles)      # one streaming pass; entries stay offsets into the file
+        raise ConfigError(
+            f"'out' {display_path(str(run_dir))} is an existing file, not a run folder. "
+            "Fix: pass a folder path (it is created)."
+        ).naming("out")
+    scan = scan_manifest(manifest, roles=roles)  # one streaming pass; entries stay offsets into the file
     man, entries = scan.manifest, scan.manifest.entries
     if not len(entries):
         read_manifest(manifest, check_files=False).select(role=roles[0])  # raises with the roles present
     lm = loaded_model or models.load_model(model, pretrained, "cpu" if plan is not None else dev)
     identity = {
-        "model": model, "pretrained": pretrained or "none", "weights_sha256": lm.info["weights_sha256"],
-        "preprocess": lm.info["preprocess"] if decode == "pil" else
-        f"torchvision.io.decode_jpeg on {dev.type}; resize shortest side to {lm.image_size} (bicubic, antialias), "
+        "model": model,
+        "pretrained": pretrained or "none",
+        "weights_sha256": lm.info["weights_sha256"],
+        "preprocess": lm.info["preprocess"]
+        if decode == "pil"
+        else f"torchvision.io.decode_jpeg on {dev.type}; resize shortest side to {lm.image_size} (bicubic, antialias), "
         f"centre-crop {lm.image_size}, normalize mean={lm.info['mean']} std={lm.info['std']}; non-JPEG via PIL",
-        "decode": decode, "vector_dtype": vector_dtype, "compute_dtype": plan.compute_dtype if plan is not None else models.compute_dtype(dev),
-        "input_hash": scan.input_hash, "shard_size": int(shard_size),
+        "decode": decode,
+        "vector_dtype": vector_dtype,
+        "compute_dtype": plan.compute_dtype if plan is not None else models.compute_dtype(dev),
+        "input_hash": scan.input_hash,
+        "shard_size": int(shard_size),
     }
-    header = dict(identity, **{
-        "embedlab_run": 1, "kind": "image-embeddings", "embed_dim": lm.dim, "image_size": lm.image_size,
-        "model_info": lm.info, "device": str(dev), "source_manifest": str(Path(manifest).resolve()),
-        "source_manifest_name": man.name, "source_manifest_fingerprint": scan.fingerprint,
-        "normalisation": "L2 per vector", "status": "running", "inputs": len(entries),
-        "shards": (len(entries) + shard_size - 1) // shard_size,
-    })
+    header = dict(
+        identity,
+        **{
+            "embedlab_run": 1,
+            "kind": "image-embeddings",
+            "embed_dim": lm.dim,
+            "image_size": lm.image_size,
+            "model_info": lm.info,
+            "device": str(dev),
+            "source_manifest": str(Path(manifest).resolve()),
+            "source_manifest_name": man.name,
+            "source_manifest_fingerprint": scan.fingerprint,
+            "normalisation": "L2 per vector",
+            "status": "running",
+            "inputs": len(entries),
+            "shards": (len(entries) + shard_size - 1) // shard_size,
+        },
+    )
     extra = WDS_COLUMNS if scan.with_meta else ()
-    return Job(run_dir, man, entries, header, lm, decode, int(batch_size), int(shard_size), vector_dtype, max_pixels,
-               max_aspect, workers, progress, extra,
-               {"started": time.time()})
+    return Job(
+        run_dir,
+        man,
+        entries,
+        header,
+        lm,
+        decode,
+        int(batch_size),
+        int(shard_size),
+        vector_dtype,
+        max_pixels,
+        max_aspect,
+        workers,
+        progress,
+        extra,
+        {"started": time.time()},
+    )
 
 
 def _open_run(job: Job, overwrite: bool) -> None:

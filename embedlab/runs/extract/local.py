@@ -1,4 +1,5 @@
 """local: split from extract.py."""
+
 from __future__ import annotations
 
 import logging
@@ -22,9 +23,15 @@ def _run_local(job: Job, todo: list[int]) -> dict:
     n_workers = default_workers(lm) if job.workers is None else int(job.workers)
     batches = ShardBatches(todo, job.shard_size, job.n_inputs, job.batch_size)
     dataset = _ImageDataset(Rows(job.man, job.entries), lm.preprocess, job.decode, job.max_pixels, job.max_aspect)
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=n_workers, collate_fn=_collate,
-                        pin_memory=lm.device.type == "cuda", prefetch_factor=4 if n_workers > 0 else None,
-                        persistent_workers=False)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=n_workers,
+        collate_fn=_collate,
+        pin_memory=lm.device.type == "cuda",
+        prefetch_factor=4 if n_workers > 0 else None,
+        persistent_workers=False,
+    )
     bar = _progress_bar(job, sum(batches.shard_rows(s) for s in todo))
     counts = {"embedded": 0, "skipped": 0}
     with ThreadPoolExecutor(1, thread_name_prefix="shard-writer") as writer:
@@ -33,9 +40,9 @@ def _run_local(job: Job, todo: list[int]) -> dict:
         def complete(shard: int, results: dict) -> None:
             for f in [f for f in pending if f.done()]:
                 pending.remove(f)
-                f.result()                      # a failed write stops the run now (its shard stays not done)
+                f.result()  # a failed write stops the run now (its shard stays not done)
             while len(pending) >= MAX_PENDING_WRITES:
-                pending.pop(0).result()         # bounded: at most MAX_PENDING_WRITES shards wait in memory
+                pending.pop(0).result()  # bounded: at most MAX_PENDING_WRITES shards wait in memory
             pending.append(writer.submit(write_results, job, shard, results))
             counts["embedded"] += len(results["metas"])
             counts["skipped"] += len(results["errs"])
@@ -48,7 +55,7 @@ def _run_local(job: Job, todo: list[int]) -> dict:
                 bar.update(batch["n"])
         collector.add(encoder.flush())
         for f in pending:
-            f.result()                          # re-raises a writer failure
+            f.result()  # re-raises a writer failure
     if bar is not None:
         bar.close()
     return dict(counts, engine="local", workers=n_workers)

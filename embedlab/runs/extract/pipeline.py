@@ -1,4 +1,5 @@
 """pipeline: split from extract.py."""
+
 from __future__ import annotations
 
 import logging
@@ -16,13 +17,29 @@ from embedlab.runs.store import Run
 log = logging.getLogger(__name__)
 
 
-def extract(manifest: str | os.PathLike, model: str, pretrained: str | None, out: str | os.PathLike, *,
-            device: str = "auto", batch_size: int = 64, workers: int | None = None, shard_size: int = 1024,
-            decode: str = "auto", vector_dtype: str = "float32", overwrite: bool = False,
-            roles: list[str] | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-            max_aspect: float | None = DEFAULT_MAX_ASPECT, engine: str = "local", address: str | None = None,
-            gpus_per_worker: float | None = None, break_lock: bool = False, progress: bool = True,
-            loaded_model: Any = None) -> dict:
+def extract(
+    manifest: str | os.PathLike,
+    model: str,
+    pretrained: str | None,
+    out: str | os.PathLike,
+    *,
+    device: str = "auto",
+    batch_size: int = 64,
+    workers: int | None = None,
+    shard_size: int = 1024,
+    decode: str = "auto",
+    vector_dtype: str = "float32",
+    overwrite: bool = False,
+    roles: list[str] | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_aspect: float | None = DEFAULT_MAX_ASPECT,
+    engine: str = "local",
+    address: str | None = None,
+    gpus_per_worker: float | None = None,
+    break_lock: bool = False,
+    progress: bool = True,
+    loaded_model: Any = None,
+) -> dict:
     """Embed every image of a manifest into a run folder; rerunning the same call resumes where it stopped.
 
     decode: auto (nvJPEG on CUDA, PIL elsewhere), pil or torchvision. engine: local (one process and its decode
@@ -41,10 +58,25 @@ def extract(manifest: str | os.PathLike, model: str, pretrained: str | None, out
             from embedlab.runs.extract import ray as extract_ray
 
             plan = extract_ray.plan(address, device, gpus_per_worker, workers)
-        job = _prepare(manifest, model, pretrained, out, device=device if plan is None else torch.device(plan.device),
-                       decode=decode, batch_size=batch_size, workers=workers, shard_size=shard_size,
-                       vector_dtype=vector_dtype, roles=roles, max_pixels=max_pixels, max_aspect=max_aspect,
-                       progress=progress, loaded_model=loaded_model, plan=plan, overwrite=overwrite)
+        job = _prepare(
+            manifest,
+            model,
+            pretrained,
+            out,
+            device=device if plan is None else torch.device(plan.device),
+            decode=decode,
+            batch_size=batch_size,
+            workers=workers,
+            shard_size=shard_size,
+            vector_dtype=vector_dtype,
+            roles=roles,
+            max_pixels=max_pixels,
+            max_aspect=max_aspect,
+            progress=progress,
+            loaded_model=loaded_model,
+            plan=plan,
+            overwrite=overwrite,
+        )
         job.run_dir.mkdir(parents=True, exist_ok=True)
         with RunLock(job.run_dir, break_lock=break_lock, what=f"extract --engine {engine}"):
             _open_run(job, overwrite)
@@ -53,7 +85,9 @@ def extract(manifest: str | os.PathLike, model: str, pretrained: str | None, out
             t0 = time.perf_counter()
             counts = extract_ray.run(job, todo, plan, model, pretrained) if plan is not None else _run_local(job, todo)
             elapsed = time.perf_counter() - t0 - counts.pop("startup_seconds", 0.0)
-            return finalize(job.run_dir, job.header, this_call=dict(counts, seconds=elapsed, started=job.stats["started"]))
+            return finalize(
+                job.run_dir, job.header, this_call=dict(counts, seconds=elapsed, started=job.stats["started"])
+            )
     finally:
         if plan is not None and plan.started_here:
             extract_ray.shutdown()

@@ -12,6 +12,7 @@ unreachable for a while, which stays in the pool). Every actor checks at start t
 the dataset (manifest root, first input). A shard whose task raises (a data or code error) is recorded in the run's summary as
 failed and not retried. A killed driver leaves done-markers: rerunning the command resumes.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,13 +32,13 @@ from embedlab.errors import ConfigError, DeviceError, MissingDependencyError
 log = logging.getLogger(__name__)
 ACTOR_RESTARTS = 2
 MAX_RESUBMITS = 2
-TASKS_PER_ACTOR = 2          # one running, one queued: the actor never waits for the driver between shards
+TASKS_PER_ACTOR = 2  # one running, one queued: the actor never waits for the driver between shards
 ENGINE_DIR = ".engine"
 
 
 @dataclass
 class Plan:
-    device: str              # "cuda" or "cpu", for every actor
+    device: str  # "cuda" or "cpu", for every actor
     actors: int
     cpus_per_actor: float
     gpus_per_actor: float
@@ -50,8 +51,9 @@ def _ray():
     try:
         import ray
     except ImportError:
-        raise MissingDependencyError("'engine' 'ray' needs Ray: pip install 'embedlab[ray]' (or pip install "
-                                     "'ray>=2.9').").naming("engine") from None
+        raise MissingDependencyError(
+            "'engine' 'ray' needs Ray: pip install 'embedlab[ray]' (or pip install 'ray>=2.9')."
+        ).naming("engine") from None
     return ray
 
 
@@ -65,9 +67,11 @@ def plan(address: str | None, device: str, gpus_per_worker: float | None, worker
             try:
                 ray.init(address=address, log_to_driver=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise ConfigError(f"'engine' 'ray': could not connect to the Ray cluster at 'address' {address!r} "
-                                  f"({str(exc).strip().splitlines()[0][:200]}). Fix: start it (`ray start --head`) "
-                                  "or leave 'address' out to start a local instance.").naming("engine", "address") from None
+                raise ConfigError(
+                    f"'engine' 'ray': could not connect to the Ray cluster at 'address' {address!r} "
+                    f"({str(exc).strip().splitlines()[0][:200]}). Fix: start it (`ray start --head`) "
+                    "or leave 'address' out to start a local instance."
+                ).naming("engine", "address") from None
         else:
             mem = min(1_000_000_000, int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.3))
             ray.init(num_cpus=usable_cores(), object_store_memory=mem, include_dashboard=False, log_to_driver=False)
@@ -77,10 +81,13 @@ def plan(address: str | None, device: str, gpus_per_worker: float | None, worker
     spec = (device or "auto").lower()
     use_gpu = gpus > 0 if spec == "auto" else spec.startswith("cuda")
     if use_gpu and gpus == 0:
-        raise DeviceError(f"'device' {device!r} with 'engine' 'ray', but the Ray cluster has no GPU. Use 'device' "
-                          "'cpu'.").naming("device", "engine")
+        raise DeviceError(
+            f"'device' {device!r} with 'engine' 'ray', but the Ray cluster has no GPU. Use 'device' 'cpu'."
+        ).naming("device", "engine")
     if gpus_per_worker is not None and float(gpus_per_worker) <= 0 and use_gpu:
-        raise ConfigError(f"'gpus_per_worker' must be > 0 on GPUs. Got {gpus_per_worker} instead.").naming("gpus_per_worker")
+        raise ConfigError(f"'gpus_per_worker' must be > 0 on GPUs. Got {gpus_per_worker} instead.").naming(
+            "gpus_per_worker"
+        )
     if use_gpu:
         gpw = float(gpus_per_worker or 1)
         n = max(1, int(gpus // gpw))
@@ -103,7 +110,7 @@ class ShardActor:
         from . import models
 
         self.spec = spec
-        Image.MAX_IMAGE_PIXELS = spec["max_pixels"]      # set once: decode threads then never race on it
+        Image.MAX_IMAGE_PIXELS = spec["max_pixels"]  # set once: decode threads then never race on it
         self.lm = models.load_model(spec["model"], spec["pretrained"], spec["device"])
         self.man = Manifest(path=None, header={"root": spec["root"]})
         self.threads = max(1, int(spec["threads"]))
@@ -122,22 +129,30 @@ class ShardActor:
             token = None
         unseen = [p for p in self.spec.get("probe_paths", []) if not os.path.exists(p)]
         if token != self.spec["token"]:
-            me["error"] = (f"the run folder {run_dir} is not visible from Ray node {me['host']} (or is another folder "
-                           "there). Fix: put --out on storage every node mounts at the same path (NFS, Lustre, ...).")
+            me["error"] = (
+                f"the run folder {run_dir} is not visible from Ray node {me['host']} (or is another folder "
+                "there). Fix: put --out on storage every node mounts at the same path (NFS, Lustre, ...)."
+            )
         elif unseen:
-            me["error"] = (f"Ray node {me['host']} cannot see the dataset: {unseen[0]} does not exist there (every image "
-                           "would be recorded as missing). Fix: mount the images at the same path on every node.")
+            me["error"] = (
+                f"Ray node {me['host']} cannot see the dataset: {unseen[0]} does not exist there (every image "
+                "would be recorded as missing). Fix: mount the images at the same path on every node."
+            )
         elif self.lm.info["weights_sha256"] != self.spec["weights_sha256"]:
             me["error"] = f"node {me['host']} loaded different weights for {self.spec['model']} than the driver."
         elif models.compute_dtype(self.lm.device) != self.spec["compute_dtype"]:
-            me["error"] = (f"node {me['host']} computes in {models.compute_dtype(self.lm.device)}, the run records "
-                           f"{self.spec['compute_dtype']}: use one GPU type per run.")
+            me["error"] = (
+                f"node {me['host']} computes in {models.compute_dtype(self.lm.device)}, the run records "
+                f"{self.spec['compute_dtype']}: use one GPU type per run."
+            )
         else:
-            atomic_write_json(run_dir / ENGINE_DIR / f"worker-{me['host']}-{me['pid']}.json", dict(me, started=time.time()))
+            atomic_write_json(
+                run_dir / ENGINE_DIR / f"worker-{me['host']}-{me['pid']}.json", dict(me, started=time.time())
+            )
         return me
 
     def embed_shard(self, shard: int, records: list) -> dict:
-        
+
         from embedlab.runs.extract.collector import ShardCollector, write_results
         from embedlab.runs.extract.dataset import ShardBatches, _ImageDataset
         from embedlab.runs.extract.encoder import BatchEncoder
@@ -146,11 +161,26 @@ class ShardActor:
 
         s = self.spec
         entries = {row_id: ManifestEntry(**rec) for row_id, rec in records}
-        job = Job(run_dir=Path(s["run_dir"]), man=self.man, entries=entries, header={}, lm=self.lm, decode=s["decode"],
-                  batch_size=s["batch_size"], shard_size=s["shard_size"], vector_dtype=s["vector_dtype"],
-                  max_pixels=s["max_pixels"], max_aspect=s["max_aspect"], workers=None, progress=False,
-                  extra_columns=tuple(s["extra_columns"]), inputs=s["inputs"])
-        dataset = _ImageDataset(Rows(self.man, entries), self.lm.preprocess, s["decode"], s["max_pixels"], s["max_aspect"])
+        job = Job(
+            run_dir=Path(s["run_dir"]),
+            man=self.man,
+            entries=entries,
+            header={},
+            lm=self.lm,
+            decode=s["decode"],
+            batch_size=s["batch_size"],
+            shard_size=s["shard_size"],
+            vector_dtype=s["vector_dtype"],
+            max_pixels=s["max_pixels"],
+            max_aspect=s["max_aspect"],
+            workers=None,
+            progress=False,
+            extra_columns=tuple(s["extra_columns"]),
+            inputs=s["inputs"],
+        )
+        dataset = _ImageDataset(
+            Rows(self.man, entries), self.lm.preprocess, s["decode"], s["max_pixels"], s["max_aspect"]
+        )
         done = {}
         collector = ShardCollector(job, [shard], lambda sh, results: done.update(write_results(job, sh, results)))
         encoder = BatchEncoder(self.lm, s["decode"])
@@ -179,17 +209,30 @@ class ShardActor:
 
 
 def _spec(job, plan_: Plan, model: str, pretrained: str | None, token: str) -> dict:
-    return {"model": model, "pretrained": pretrained, "device": plan_.device, "run_dir": str(job.run_dir.resolve()),
-            "root": str(job.man.root), "decode": job.decode, "batch_size": job.batch_size, "shard_size": job.shard_size,
-            "vector_dtype": job.vector_dtype, "max_pixels": job.max_pixels, "max_aspect": job.max_aspect,
-            "extra_columns": list(job.extra_columns), "weights_sha256": job.lm.info["weights_sha256"],
-            "compute_dtype": job.header["compute_dtype"], "threads": plan_.cpus_per_actor, "token": token,
-            "inputs": job.n_inputs, "probe_paths": probe_paths(job)}
+    return {
+        "model": model,
+        "pretrained": pretrained,
+        "device": plan_.device,
+        "run_dir": str(job.run_dir.resolve()),
+        "root": str(job.man.root),
+        "decode": job.decode,
+        "batch_size": job.batch_size,
+        "shard_size": job.shard_size,
+        "vector_dtype": job.vector_dtype,
+        "max_pixels": job.max_pixels,
+        "max_aspect": job.max_aspect,
+        "extra_columns": list(job.extra_columns),
+        "weights_sha256": job.lm.info["weights_sha256"],
+        "compute_dtype": job.header["compute_dtype"],
+        "threads": plan_.cpus_per_actor,
+        "token": token,
+        "inputs": job.n_inputs,
+        "probe_paths": probe_paths(job),
+    }
 
 
 def probe_paths(job) -> list[str]:
     """The manifest root and the first input's file (or tar), where the driver sees them: every actor must too."""
-    
 
     paths = [str(job.man.root)]
     if len(job.entries):
@@ -206,8 +249,12 @@ def start_actors(job, plan_: Plan, model: str, pretrained: str | None) -> list:
     ray = _ray()
     token = uuid.uuid4().hex
     atomic_write_json(job.run_dir / ENGINE_DIR / "probe.json", {"token": token})
-    cls = ray.remote(ShardActor).options(num_cpus=plan_.cpus_per_actor, num_gpus=plan_.gpus_per_actor,
-                                         max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
+    cls = ray.remote(ShardActor).options(
+        num_cpus=plan_.cpus_per_actor,
+        num_gpus=plan_.gpus_per_actor,
+        max_restarts=ACTOR_RESTARTS,
+        max_task_retries=ACTOR_RESTARTS,
+    )
     actors = [cls.remote(_spec(job, plan_, model, pretrained, token)) for _ in range(plan_.actors)]
     for info in ray.get([a.check.remote() for a in actors]):
         if info["error"]:
@@ -224,14 +271,23 @@ def run(job, todo: list[int], plan_: Plan, model: str, pretrained: str | None) -
     ray = _ray()
     t0 = time.perf_counter()
     actors = start_actors(job, plan_, model, pretrained) if todo else []
-    actor_start = time.perf_counter() - t0           # inside the caller's timing window: excluded from img/s
-    counts = {"embedded": 0, "skipped": 0, "engine": "ray", "workers": len(actors), "startup_seconds": actor_start,
-              "engine_startup_seconds": round(plan_.startup_seconds + actor_start, 3), "failed_shards": {}}
+    actor_start = time.perf_counter() - t0  # inside the caller's timing window: excluded from img/s
+    counts = {
+        "embedded": 0,
+        "skipped": 0,
+        "engine": "ray",
+        "workers": len(actors),
+        "startup_seconds": actor_start,
+        "engine_startup_seconds": round(plan_.startup_seconds + actor_start, 3),
+        "failed_shards": {},
+    }
     bar = None
     if job.progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(todo), unit="shard", desc=f"extract {job.run_dir.name} (ray x{len(actors)})", dynamic_ncols=True)
+        bar = tqdm(
+            total=len(todo), unit="shard", desc=f"extract {job.run_dir.name} (ray x{len(actors)})", dynamic_ncols=True
+        )
     try:
         _schedule(ray, job, actors, todo, counts, bar)
     finally:
@@ -241,8 +297,11 @@ def run(job, todo: list[int], plan_: Plan, model: str, pretrained: str | None) -
             bar.close()
     shutil.rmtree(job.run_dir / ENGINE_DIR, ignore_errors=True)
     if counts["failed_shards"]:
-        log.error("%d shard(s) failed and were not retried: %s", len(counts["failed_shards"]),
-                  "; ".join(f"{k}: {v}" for k, v in list(counts["failed_shards"].items())[:3]))
+        log.error(
+            "%d shard(s) failed and were not retried: %s",
+            len(counts["failed_shards"]),
+            "; ".join(f"{k}: {v}" for k, v in list(counts["failed_shards"].items())[:3]),
+        )
     return counts
 
 

@@ -1,4 +1,5 @@
 """rows: split from extract.py."""
+
 from __future__ import annotations
 
 import logging
@@ -10,9 +11,28 @@ from embedlab.datasets.manifest import Manifest, materialize
 from embedlab.datasets.webdataset import WDS_SEP
 
 log = logging.getLogger(__name__)
-META_COLUMNS = ("row_id", "path", "file", "content_sha1", "width", "height", "format", "mode", "jpeg_quality",
-                "mean_luma", "frames", "notes", "decoder", "role", "split", "group", "pair_id", "gt", "source",
-                "manifest_line")
+META_COLUMNS = (
+    "row_id",
+    "path",
+    "file",
+    "content_sha1",
+    "width",
+    "height",
+    "format",
+    "mode",
+    "jpeg_quality",
+    "mean_luma",
+    "frames",
+    "notes",
+    "decoder",
+    "role",
+    "split",
+    "group",
+    "pair_id",
+    "gt",
+    "source",
+    "manifest_line",
+)
 WDS_COLUMNS = ("url", "caption", "key", "status", "source_width", "source_height")
 
 
@@ -34,7 +54,7 @@ class Rows:
     """Row id -> manifest entry and readable source (a file path or a tar member), resolved lazily."""
 
     def __init__(self, man: Manifest, entries):
-        self.man, self.entries = man, entries          # entries: a list indexed by row id, or a dict
+        self.man, self.entries = man, entries  # entries: a list indexed by row id, or a dict
 
     def source(self, row_id: int):
         e = self.entries[row_id]
@@ -54,8 +74,10 @@ def _safe_record(rec: dict) -> dict:
 
 def error_frame(errs: list, rows: Rows) -> pd.DataFrame:
     # "path" as in metadata.parquet: the manifest's (relative) path, not the resolved absolute file
-    recs = [_safe_record({"row_id": r, "path": rows.entries[r].path, "reason": reason, "detail": detail})
-            for r, (reason, detail) in errs]
+    recs = [
+        _safe_record({"row_id": r, "path": rows.entries[r].path, "reason": reason, "detail": detail})
+        for r, (reason, detail) in errs
+    ]
     return pd.DataFrame(recs, columns=["row_id", "path", "reason", "detail"])
 
 
@@ -64,17 +86,39 @@ def meta_frame(metas: list, rows: Rows, extra_columns: tuple = ()) -> pd.DataFra
     out = []
     for row_id, meta in metas:
         e = rows.entries[row_id]
-        rec = {"row_id": row_id, "path": e.path, "file": rows.shown(rows.source(row_id)), **meta,
-               "role": e.role, "split": e.split, "group": e.group or e.path, "pair_id": e.pair_id, "gt": e.gt,
-               "source": e.source, "manifest_line": e.line}
+        rec = {
+            "row_id": row_id,
+            "path": e.path,
+            "file": rows.shown(rows.source(row_id)),
+            **meta,
+            "role": e.role,
+            "split": e.split,
+            "group": e.group or e.path,
+            "pair_id": e.pair_id,
+            "gt": e.gt,
+            "source": e.source,
+            "manifest_line": e.line,
+        }
         if extra_columns:
             src = e.meta or {}
-            rec.update({k: src.get(k) for k in ("url", "caption", "key", "status")},
-                       source_width=src.get("width"), source_height=src.get("height"))
+            rec.update(
+                {k: src.get(k) for k in ("url", "caption", "key", "status")},
+                source_width=src.get("width"),
+                source_height=src.get("height"),
+            )
         out.append(_safe_record(rec))
     df = pd.DataFrame(out, columns=list(META_COLUMNS) + ["bytes"] + list(extra_columns))
-    df = df.astype({"row_id": "int64", "width": "int64", "height": "int64", "frames": "int64", "manifest_line": "int64",
-                    "jpeg_quality": "float64", "mean_luma": "float64"})
+    df = df.astype(
+        {
+            "row_id": "int64",
+            "width": "int64",
+            "height": "int64",
+            "frames": "int64",
+            "manifest_line": "int64",
+            "jpeg_quality": "float64",
+            "mean_luma": "float64",
+        }
+    )
     if extra_columns:
         df = df.astype({"source_width": "float64", "source_height": "float64"})
     return df
