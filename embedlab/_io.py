@@ -214,3 +214,19 @@ def cache_ref(path: str | os.PathLike) -> str:
         return "cache:" + p.resolve().relative_to(root.resolve()).as_posix()
     except ValueError:
         return str(path)
+
+
+def parse_bytes(size: "str | int") -> int:
+    """'4G', '512M', '1.5G' or a number of bytes -> bytes."""
+    from embedlab.errors import ConfigError
+
+    if isinstance(size, (int, np.integer)):
+        return int(size)
+    text = str(size).strip().upper().removesuffix("B").removesuffix("I")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(text[-1:], 1)
+    try:
+        return int(float(text[:-1] if mult > 1 else text) * mult)
+    except ValueError:
+        raise ConfigError(
+            f"A memory size must look like 4G, 512M or a number of bytes. Got {size!r} instead."
+        ) from None

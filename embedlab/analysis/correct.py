@@ -213,7 +213,7 @@ def correct(
 
     Returns the corrected Residual (`.files`: the .npy and its sidecar); its info["correction"]["directions"] has,
     per removed direction, `edit` (its index in info["edits"]), `label` and the projections before and after."""
-    from . import models
+    from embedlab import models
 
     res = load_residual(residual)
     mi = res.info["model"]

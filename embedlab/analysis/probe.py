@@ -276,7 +276,7 @@ def make_encoder(lm, batch_size: int = 32) -> Callable[[list[np.ndarray]], np.nd
     """An `encode` for probe_projections with the model's standard preprocess (as the residual's embeddings)."""
     import torch
 
-    from . import models
+    from embedlab import models
 
     def encode(images: list[np.ndarray]) -> np.ndarray:
         feats = []
@@ -303,9 +303,8 @@ def probe_residual(
 ) -> dict:
     """Apply the edit family to the images, measure the change of their projection on `residual`, and write
     probe.json, probe.csv, probe.md and probe.png into `out` (default: beside the residual)."""
+    from embedlab import models
     from embedlab.analysis.residual_file import load_residual
-
-    from . import models
 
     res = load_residual(residual)
     mi = res.info["model"]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from embedlab._io import parse_bytes
 from embedlab._validate import Interval, check_param
 from embedlab.analysis.bootstrap import (
     bootstrap_summary,
@@ -34,7 +35,6 @@ from embedlab.analysis.sums import (
 )
 from embedlab.choices import METHODS
 from embedlab.errors import ConfigError, IncompatibleRunError
-from embedlab.runs.index import parse_bytes
 from embedlab.runs.store import Run
 
 log = logging.getLogger(__name__)

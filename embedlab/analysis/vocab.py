@@ -180,7 +180,7 @@ def embed_concepts(
     """Unit text embeddings (n, d) float32 of each concept (template ensemble averaged, then renormalised).
 
     Cached per (weights sha256, tokenizer, concept list, templates): the second call reads one .npy."""
-    from . import models
+    from embedlab import models
 
     if "tokenizer" not in lm.info:
         tokenizer_record(lm)  # the tokenizer's identity, in lm.info, is part of the key

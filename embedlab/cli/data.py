@@ -25,7 +25,7 @@ def models_cmd(
     """List the open_clip architectures and pretrained tags embedlab can load."""
     import open_clip
 
-    from . import models
+    from embedlab import models
 
     models.register_configs()
     found = {

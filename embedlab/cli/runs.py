@@ -22,7 +22,7 @@ from embedlab.cli.app import (
     handle_errors,
 )
 from embedlab.cli.defaults import FROM_API
-from embedlab.runs.index import KINDS as _INDEX_KINDS
+from embedlab.runs.index_kinds import KINDS as _INDEX_KINDS
 
 INDEX_KINDS = tuple(_INDEX_KINDS)
 SearchIndex = enum.Enum("SearchIndex", {k: k for k in ("run", *INDEX_KINDS)}, type=str)  # real choices

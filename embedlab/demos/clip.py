@@ -209,7 +209,7 @@ def train_demo_clip(recipe: DemoRecipe, out_dir: Path, device: str = "auto", pro
     """Train the demo CLIP for `recipe` into out_dir (checkpoint, vocabulary, metadata). Deterministic on CPU."""
     import torch
 
-    from . import models
+    from embedlab import models
 
     dev = models.resolve_device(device)
     torch.manual_seed(recipe.seed)
@@ -411,7 +411,7 @@ def pack_model(ckpt: str | os.PathLike, dest: str | os.PathLike = PACKAGED) -> P
     """Write the shippable pack of a trained demo CLIP (see PACKAGED) and its train.json into `dest`."""
     from safetensors.torch import load_file, save_file
 
-    from . import models
+    from embedlab import models
 
     ckpt = Path(ckpt)
     meta = read_json(ckpt.parent / "train.json")
@@ -465,7 +465,7 @@ def unpack_packaged(out_dir: Path, src: Path = PACKAGED) -> Path:
 
 def zero_shot_lighting(lm, images: list[np.ndarray]) -> np.ndarray:
     """Predicted class index (into CLASSES) per image, from prompt ensembles of the lighting synonyms."""
-    from . import models
+    from embedlab import models
 
     protos = []
     for cls in CLASSES:

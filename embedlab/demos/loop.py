@@ -87,11 +87,10 @@ class HeldOut:
     """The held-out backlit inputs and their originals (uint8), with an encoder for projections on `residual`."""
 
     def __init__(self, inputs: list[str], gts: list[str], residual: str, device: str = "auto"):
+        from embedlab import models
         from embedlab.analysis.probe import make_encoder
         from embedlab.analysis.residual_file import load_residual
         from embedlab.datasets.images import load_rgb
-
-        from . import models
 
         self.names = [Path(p).stem for p in inputs]
         self.inputs = [load_rgb(p) for p in inputs]

@@ -178,11 +178,10 @@ def evaluate(
 
 def residual_projection(residual: str, enhanced: list[str], inputs: str | None = None, device: str = "auto") -> dict:
     """The paper's yardstick: mean <embedding, r> of enhanced images (and inputs) with the residual's model."""
+    from embedlab import models
     from embedlab.analysis.residual_file import load_residual
     from embedlab.datasets.images import decode_image
     from embedlab.enhancement.infer import list_inputs
-
-    from .. import models
 
     res = load_residual(residual)
     mi = res.info["model"]

@@ -130,9 +130,8 @@ class ResidualGuidance(GuidanceMode):
     def prepare(self, trainer) -> None:
         import torch
 
+        from embedlab import models
         from embedlab.analysis.residual_file import load_residual
-
-        from .. import models
 
         cfg = self.cfg
         res = load_residual(cfg.residual)
@@ -195,7 +194,7 @@ class LearnedGuidance(GuidanceMode, metaclass=abc.ABCMeta):
     def prepare(self, trainer) -> None:
         import torch
 
-        from .. import models
+        from embedlab import models
 
         cfg = self.cfg
         self.dev = trainer.dev
@@ -216,7 +215,7 @@ class LearnedGuidance(GuidanceMode, metaclass=abc.ABCMeta):
         return L.clip_enhance_loss(self.encoder(out), gv)
 
     def autocast(self):
-        from .. import models
+        from embedlab import models
 
         return models.autocast_context(self.dev)
 
@@ -354,7 +353,7 @@ class PromptGuidance(LearnedGuidance):
             return self.lm.model.token_embedding(self.tokens).float().clone()
 
     def vectors(self) -> torch.Tensor:
-        from .. import models
+        from embedlab import models
 
         return models.text_tower(self.lm.model, self.param, self.tokens)
 

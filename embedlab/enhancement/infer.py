@@ -41,7 +41,7 @@ def illumination_size(h: int, w: int, max_pixels: int | None) -> tuple[int, int]
 def precision_context(dev: torch.device, precision: str):
     """fp32: no autocast and, on CUDA, no TF32 in convolutions or matmuls (the published code's arithmetic); bf16:
     autocast on the device (fp16 on GPUs without bf16)."""
-    from .. import models
+    from embedlab import models
 
     check_param("precision", precision, PRECISIONS, "enhance")
     if precision == "bf16":
@@ -109,9 +109,8 @@ def enhance(
     {input: output PNG}, "images": a record per input (output or None, size or error), "enhanced", "skipped"}."""
     from PIL import Image
 
+    from embedlab import models
     from embedlab.datasets.images import ImageError, decode_image
-
-    from .. import models
 
     precision_context(torch.device("cpu"), precision)  # validates the option before any work
     check_output_dir(out)

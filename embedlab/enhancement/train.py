@@ -37,7 +37,7 @@ class Trainer:
     """Holds the network, the frozen towers, the guidance state and the schedule; `run()` trains to cfg.iters."""
 
     def __init__(self, cfg: TrainConfig):
-        from .. import models
+        from embedlab import models
 
         cfg.validate()
         self.cfg = cfg
@@ -76,7 +76,7 @@ class Trainer:
             self.net.load_state_dict(load_enhancer_state(init))
 
     def _load_identity_model(self) -> None:
-        from .. import models
+        from embedlab import models
 
         self.identity = None
         if self.cfg.identity == "pixel":
@@ -91,7 +91,7 @@ class Trainer:
 
     # ----------------------------------------------------------------- pieces
     def autocast(self):
-        from .. import models
+        from embedlab import models
 
         return models.autocast_context(self.dev)
 

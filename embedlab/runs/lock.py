@@ -3,8 +3,12 @@
 The lock is RUN/.lock, a small JSON file (host, pid, process start time, user, command, since) created
 atomically with link(2), which fails when the file exists, on local disks and on NFS alike. A lock whose holder
 is on this host and no longer runs (killed, crashed) is stale and taken over with a warning; a lock held from
-another host cannot be checked from here, so it is refused unless the caller passes `break_lock`
-(`--break-lock`) after making sure that the other process is gone.
+another host (or container) cannot be checked from here, so it is refused unless the caller passes `break_lock`
+(`--break-lock`) after making sure that the other process is gone. `break_lock` never takes the lock of a holder
+that is provably alive here (same boot id and pid namespace, its pid running with the recorded start time).
+
+A writer checks, before it publishes each shard, that the lock is still its own (`check_lock`): after a takeover
+the old writer stops in one line and writes nothing more, so a run folder never holds two configurations.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import getpass
 import json
 import logging
 import os
+import shlex
 import socket
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -78,10 +84,58 @@ def holder_alive(holder: dict) -> bool | None:
     return not (holder.get("pid_start") and start and start != holder["pid_start"])
 
 
+def provably_alive(holder: dict) -> bool:
+    """The holder runs here beyond doubt: same host name, boot id and pid namespace (all recorded), and its pid is
+    running with the recorded start time. Only then is `break_lock` refused (it is for holders elsewhere)."""
+    here = machine_ids()
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return False
+    if any(here[k] is None or holder.get(k) != here[k] for k in here):
+        return False
+    return bool(holder.get("pid_start")) and holder_alive(holder) is True and process_start(holder["pid"]) is not None
+
+
 def describe(holder: dict) -> str:
+    command = f", command {holder['command']!r}" if holder.get("command") else ""
     return (
         f"{holder.get('what', 'a process')} (pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, "
-        f"user {holder.get('user', '?')}) since {holder.get('since', '?')}"
+        f"user {holder.get('user', '?')}{command}) since {holder.get('since', '?')}"
+    )
+
+
+def _command_line() -> str:
+    argv = [os.path.basename(sys.argv[0]) if i == 0 else a for i, a in enumerate(sys.argv)] or ["?"]
+    text = shlex.join(str(a) for a in argv)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+class LockLostError(RunLockedError):
+    """The lock this process held was taken over (or removed): it must stop writing into the run folder."""
+
+
+def read_lock(run_dir: str | os.PathLike) -> dict | None:
+    """The holder recorded in RUN/.lock; None when there is none, a stub when it cannot be read."""
+    try:
+        return json.loads((Path(run_dir) / LOCK_NAME).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {"what": "an unreadable lock file"}
+
+
+def check_lock(run_dir: str | os.PathLike, token: str | None) -> None:
+    """Raise LockLostError unless RUN/.lock is still the one with `token` (a writer calls it before publishing each
+    shard; token None: no lock to check)."""
+    if token is None:
+        return
+    holder = read_lock(run_dir)
+    if (holder or {}).get("token") == token:
+        return
+    who = f"taken over by {describe(holder)}" if holder else "removed"
+    raise LockLostError(
+        f"The lock of run folder {display_path(str(run_dir))} was {who} while this extract was writing it; "
+        "this extract stops here and writes nothing more (a run folder never mixes two configurations). "
+        "Check that run; rerun this command once it is finished to resume."
     )
 
 
@@ -129,28 +183,28 @@ class RunLock:
             **machine_ids(),
             "user": user,
             "what": self.what,
+            "command": _command_line(),
             "token": self.token,
             "since": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         }
 
     def read_holder(self) -> dict | None:
-        try:
-            return json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            return {"what": "an unreadable lock file"}
+        return read_lock(self.path.parent)
+
+    def verify(self) -> None:
+        """Raise LockLostError unless the lock is still this one (see `check_lock`)."""
+        check_lock(self.path.parent, self.token)
 
     def _try_link(self) -> bool:
         tmp = self.path.with_name(f"{LOCK_NAME}.{self.token}")
-        tmp.write_text(json.dumps(self._record()), encoding="utf-8")
         try:
+            tmp.write_text(json.dumps(self._record()), encoding="utf-8")
             os.link(tmp, self.path)
             return True
         except FileExistsError:
             return False
         finally:
-            tmp.unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)  # also when the disk is full: no empty .lock.<hex> is left behind
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -162,7 +216,15 @@ class RunLock:
             if holder is None:
                 continue  # released meanwhile: try again
             alive = holder_alive(holder)
-            if alive is False or self.break_lock:
+            here = provably_alive(holder)
+            where = display_path(str(self.path.parent))
+            if self.break_lock and here:
+                raise RunLockedError(
+                    f"Run folder {where} is locked by {describe(holder)}, which is alive on this host (same boot and "
+                    f"pid namespace): 'break_lock' refused. Wait for it to finish or stop it (kill {holder['pid']}); "
+                    "'break_lock' is only for a holder on another host or in another container."
+                ).naming("break_lock")
+            if alive is False or (self.break_lock and not here):
                 why = "its process is gone" if alive is False else "break_lock was given"
                 if self._take_over(holder):
                     log.warning(
@@ -172,16 +234,21 @@ class RunLock:
                         why,
                     )
                 continue
-            raise RunLockedError(
-                f"Run folder {display_path(str(self.path.parent))} is locked by {describe(holder)}. Wait for it to "
-                "finish; if that process is gone (e.g. killed on another machine), rerun with 'break_lock'."
-            ).naming("break_lock")
+            if here:
+                then = f"Wait for it to finish, or stop it (kill {holder['pid']}) and rerun."
+            else:
+                then = (
+                    "Wait for it to finish; if that process is gone (it runs on another host or in another container, "
+                    "which cannot be checked from here), rerun with 'break_lock'."
+                )
+            raise RunLockedError(f"Run folder {where} is locked by {describe(holder)}. {then}").naming("break_lock")
         raise RunLockedError(f"Could not lock {display_path(str(self.path.parent))}: another process keeps taking it.")
 
     def _take_over(self, holder: dict) -> bool:
         """Remove the stale lock `holder` and nothing else: takeovers are serialised by an flock on RUN/.lock.takeover
         (where the file system has locks), and the lock is moved aside with rename(2), which only one process can do
-        to one file, then checked to be the holder that was judged stale; a fresher lock moved by mistake is put back."""
+        to one file, then checked to be the holder that was judged stale; a fresher lock moved by mistake is put
+        back."""
         with _TakeoverMutex(self.path.with_name(f"{LOCK_NAME}.takeover")):
             if self.read_holder() != holder:
                 return False  # released or taken over meanwhile: look again

@@ -17,7 +17,7 @@ def embed_query_image(lm, path: str) -> np.ndarray:
     from embedlab.datasets.images import decode_image
 
     pixels = lm.preprocess(decode_image(path).image).unsqueeze(0)
-    from . import models
+    from embedlab import models
 
     return models.encode_image_batch(lm, pixels)
 
@@ -36,11 +36,11 @@ def search(
 
     `index`: "run" (the run's own index, built by extract or `embedlab index`, with the recall recorded then) or
     a kind of `embedlab.index.KINDS`, built in memory for this query and measured on held-out queries."""
-    from embedlab.runs.index import KINDS, held_out_recall, maybe_to_gpu
+    from embedlab import models
+    from embedlab.runs.index import held_out_recall
     from embedlab.runs.index import index_run as build
-    from embedlab.runs.index import search as faiss_search
-
-    from . import models
+    from embedlab.runs.index_kinds import KINDS, maybe_to_gpu
+    from embedlab.runs.index_kinds import search as faiss_search
 
     if (text is None) == (image is None):
         raise InvalidParameterError(

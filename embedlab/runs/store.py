@@ -252,17 +252,24 @@ def write_shard(
     errors: pd.DataFrame,
     n_inputs: int,
     first_row: int,
+    guard=None,
 ) -> None:
-    """Write one shard's files, then its done-marker last (atomically): a crash leaves no half-done shard."""
+    """Write one shard's files, then its done-marker last (atomically): a crash leaves no half-done shard.
+    `guard()` (the run lock's check) is called before the first file and again before the done-marker: a writer
+    whose lock was taken over raises there and publishes nothing more."""
     from embedlab._io import atomic_save_npy, sha256_file
 
     sdir = run_dir / "shards"
     name = shard_name(shard)
+    if guard is not None:
+        guard()
     atomic_save_npy(sdir / f"emb_{name}.npy", vectors)
     for frame, prefix in ((meta, "meta"), (errors, "err")):
         buf = io.BytesIO()
         frame.to_parquet(buf, index=False)
         atomic_write_bytes(sdir / f"{prefix}_{name}.parquet", buf.getvalue())
+    if guard is not None:
+        guard()
     atomic_write_json(
         sdir / f"{name}.done.json",
         {

@@ -377,7 +377,8 @@ def test_group_ids_of_two_sets_whatever_their_labels():
 
 def test_a_stale_reranked_index_is_refused(tmp_path):
     from embedlab.errors import IncompatibleRunError
-    from embedlab.runs.index import RerankedIndex, index_run
+    from embedlab.runs.index import index_run
+    from embedlab.runs.index_kinds import RerankedIndex
 
     run = make_run(tmp_path / "st", 3000, d=16, groups=50, shard_size=1000)
     index_run(run.path, "ivfsq8", queries=50)
@@ -432,7 +433,7 @@ def test_plot_sample_is_stratified_seeded_and_streamed(tmp_path, small_run):
 
 
 def test_auto_follows_the_size_rule():
-    from embedlab.runs.index import auto_kind
+    from embedlab.runs.index_kinds import auto_kind
 
     G = 1 << 30
     assert auto_kind(500_000, 512, 4 * G)[0] == "flat"
@@ -451,7 +452,8 @@ def test_approximate_index_recall_is_recorded_and_honest(tmp_path, kind):
     that of what `load_index` returns, recomputed here with numpy."""
     import faiss
 
-    from embedlab.runs.index import RerankedIndex, faiss_index, index_run
+    from embedlab.runs.index import index_run
+    from embedlab.runs.index_kinds import RerankedIndex, faiss_index
 
     run = make_run(tmp_path / "ivf", 20_000, d=32, groups=400, shard_size=4096, dtype="float16")
     info = index_run(run.path, kind, queries=150, recall_target=0.9)
@@ -515,7 +517,7 @@ def test_index_and_merge_cli_help_lists_every_kind():
         cwd=REPO,
         env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
     )
-    from embedlab.runs.index import KINDS
+    from embedlab.runs.index_kinds import KINDS
 
     assert p.returncode == 0 and all(k in p.stdout for k in KINDS) and "--memory-budget" in p.stdout
     bad = subprocess.run(

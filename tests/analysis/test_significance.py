@@ -5,20 +5,15 @@ The calibration tests run many random null splits of one synthetic population (t
 analyses/stats/calibration.py, which runs the same scenarios at 1,000 splits each) and count the splits where the
 page shows a "significant" concept."""
 
-import sys
 
 import numpy as np
 import pytest
 from scipy.stats import binom
 
+import analyses.stats.calibration as cal
 from embedlab.analysis import permutation, unit_stats
-from embedlab.analysis.formula import compute_residual, l2n
-from tests.conftest import REPO
-
-sys.path.insert(0, str(REPO / "analyses"))
-import calibration as cal  # noqa: E402
-
 from embedlab.analysis.explain import MIN_EXPLAINED, centre, deflation_rankings, explain_vectors
+from embedlab.analysis.formula import compute_residual, l2n
 
 
 def _null_rate(scenario: str, splits: int, **kw) -> dict:

@@ -8,9 +8,8 @@ import pytest
 from typer.main import get_command
 from typer.testing import CliRunner
 
-from embedlab.analysis.formula import METHODS
-from embedlab.cli import app, flag_for
-from embedlab.runs.extract.job import DECODERS, ENGINES, VECTOR_DTYPES
+from embedlab.cli import app
+from embedlab.cli.app import flag_for
 from tests.conftest import REPO
 
 ENV = {"COLUMNS": "200", "HF_HUB_OFFLINE": "1"}
@@ -66,32 +65,33 @@ def test_fixed_choices_are_listed_and_others_rejected_with_exit_2(argv, option, 
         assert choice in text, (argv[0], choice)
 
 
-def test_cli_choice_tables_equal_the_modules_tables():
-    """Choices kept in cli.py (their modules import pandas or torch, too slow for --help) must not drift."""
-    from embedlab import cli
-    from embedlab.analysis import correct, permutation
+def test_cli_choices_come_from_the_tables_the_library_validates_against():
+    """The CLI's fixed choices are the tuples of embedlab.choices (one home); the registries that carry help texts
+    (correct presets, synth recipes, layouts, guidance modes, train presets) list the same names."""
+    from embedlab import choices
+    from embedlab.analysis import correct
+    from embedlab.cli import analysis as cli_analysis
+    from embedlab.cli import data as cli_data
+    from embedlab.cli import enhancement as cli_enhancement
+    from embedlab.cli import runs as cli_runs
     from embedlab.datasets import synth
-    from embedlab.enhancement import guidance, infer, presets
-
-    # a mode registered by another test file (the toy mode) may come before or after the CLI was built
-    builtin_modes = tuple(
-        n for n in guidance.list_guidance() if guidance.get_guidance(n).__module__.startswith("embedlab.")
-    )
-    from embedlab.datasets.layouts import LAYOUT_HELP, LAYOUTS
+    from embedlab.datasets.layouts import list_layouts
+    from embedlab.enhancement import guidance, presets
 
     def values(enum_cls):
         return tuple(e.value for e in enum_cls)
 
-    assert values(cli.DecodeChoice) == DECODERS and values(cli.EngineChoice) == ENGINES
-    assert values(cli.DtypeChoice) == VECTOR_DTYPES and values(cli.MethodChoice) == METHODS
-    assert values(cli.PrecisionChoice) == infer.PRECISIONS and values(cli.FamilyChoice) == permutation.FAMILIES
-    assert values(cli.CorrectPresetChoice) == tuple(correct.PRESETS) and values(cli.RecipeChoice) == tuple(
-        synth.RECIPES
-    )
-    assert values(cli.PresetChoice) == tuple(presets.PRESETS) and set(builtin_modes) <= set(
-        values(cli.GuidanceChoice)
-    ) <= set(guidance.list_guidance())
-    assert values(cli.LayoutChoice) == tuple(LAYOUTS) and set(LAYOUT_HELP) == set(LAYOUTS)
+    assert values(cli_runs.DecodeChoice) == choices.DECODERS and values(cli_runs.EngineChoice) == choices.ENGINES
+    assert values(cli_runs.DtypeChoice) == choices.VECTOR_DTYPES
+    assert values(cli_analysis.MethodChoice) == choices.METHODS and values(cli_analysis.FamilyChoice) == choices.FAMILIES
+    assert values(cli_enhancement.PrecisionChoice) == choices.PRECISIONS
+    assert values(cli_analysis.CorrectPresetChoice) == choices.CORRECT_PRESETS == tuple(correct.PRESETS)
+    assert values(cli_data.RecipeChoice) == choices.RECIPES == tuple(synth.RECIPES)
+    assert values(cli_data.LayoutChoice) == list_layouts()
+    # a mode registered by another test file (the toy mode) may come before or after the CLI was built
+    builtin = tuple(n for n in guidance.list_guidance() if guidance.get_guidance(n).__module__.startswith("embedlab."))
+    assert set(builtin) <= set(values(cli_enhancement.GuidanceChoice)) <= set(guidance.list_guidance())
+    assert values(cli_enhancement.PresetChoice) == tuple(presets.PRESETS)
 
 
 def test_train_help_states_the_dataclass_defaults():
@@ -248,10 +248,10 @@ def _api_signature_defaults(command):
     import importlib
     import inspect
 
-    from embedlab import cli
+    from embedlab.cli import defaults as cli_defaults
 
     found = {}
-    for module, name in reversed(cli.API[command]):  # the first source wins, as in cli.default
+    for module, name in reversed(cli_defaults.API[command]):  # the first source wins, as in cli_defaults.default
         obj = getattr(importlib.import_module(f"embedlab.{module}"), name)
         found.update(
             {
@@ -265,22 +265,22 @@ def _api_signature_defaults(command):
 
 def test_option_defaults_come_from_the_api_never_retyped():
     """Every option that sets a Python parameter with a default takes that default from the API (declared
-    FROM_API, filled by cli.from_api), equal to what inspect.signature says; OWN_DEFAULTS lists the deliberate
+    FROM_API, filled by cli_defaults.from_api), equal to what inspect.signature says; OWN_DEFAULTS lists the deliberate
     exceptions."""
-    from embedlab import cli
+    from embedlab.cli import defaults as cli_defaults
 
     commands = {" ".join(path): cmd for path, cmd in _commands()}
-    assert set(cli.API) == set(commands) - {"models"}
+    assert set(cli_defaults.API) == set(commands) - {"models"}
     problems = []
-    for name, api in cli.API.items():
+    for name, api in cli_defaults.API.items():
         defaults = _api_signature_defaults(name)
         for p in commands[name].params:
-            py = next((n for n in cli.python_names(p.name) if n in defaults), None)
-            if py is None or p.required or (name, p.name) in cli.OWN_DEFAULTS:
+            py = next((n for n in cli_defaults.python_names(p.name) if n in defaults), None)
+            if py is None or p.required or (name, p.name) in cli_defaults.OWN_DEFAULTS:
                 continue
             want, got = defaults[py], p.default
             got = getattr(got, "value", got)
-            if p.name not in cli.FILLED.get(name, ()):
+            if p.name not in cli_defaults.FILLED.get(name, ()):
                 problems.append(f"{name} --{p.name}: default typed in cli.py, not taken from {api}")
             elif not (got == want or str(got) == str(want)):
                 problems.append(f"{name} --{p.name}: cli {got!r} != api {want!r}")
@@ -303,16 +303,15 @@ def test_api_errors_name_parameters_and_the_cli_names_flags(tmp_path):
 
 
 def test_no_api_message_names_a_cli_flag():
-    """Messages raised by the Python API quote parameters ('device'); only cli.py writes flags. Command lines the
-    user is told to run (`embedlab ... --out`) and the files the lead is rewriting (listed) are left aside."""
+    """Messages raised by the Python API quote parameters ('device'); only the cli package writes flags. Command lines
+    the user is told to run (`embedlab ... --out`) are left aside."""
     import ast
     import re
 
     pkg = REPO / "embedlab"
-    pending = set()
     bad = []
     for path in pkg.rglob("*.py"):
-        if path.name == "cli.py" or path.name in pending:
+        if path.parent.name == "cli":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Raise):

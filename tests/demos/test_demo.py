@@ -1,13 +1,12 @@
 import json
 import os
-import sys
 from pathlib import Path
 from urllib.parse import unquote
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, page_links
+from tests.conftest import page_links
 
 
 def test_pretrain_demo_plumbing_is_deterministic_and_cached(tmp_path, monkeypatch):
@@ -193,8 +192,7 @@ def test_shipped_demo_clip_is_the_default_recipe_and_unpacks(tmp_path):
 def demo_loop_result(tmp_path_factory):
     """One default demo run (the shipped demo CLIP, the `demo` train preset, fixed seed, the demo's fixed training
     thread count as in the measured run in analyses/results/eval_demo_loop.json) scored by analyses/demo/eval_loop.py."""
-    sys.path.insert(0, str(REPO / "analyses"))
-    from eval_demo_loop import run_eval
+    from analyses.demo.eval_loop import run_eval
 
     return run_eval("cpu", str(tmp_path_factory.mktemp("loop")), raw_curve=False)
 
@@ -216,8 +214,7 @@ def test_demo_loop_enhances_the_held_out_photos(demo_loop_result):
 
 @pytest.fixture(scope="module")
 def demo_clip_eval():
-    sys.path.insert(0, str(REPO / "analyses"))
-    from eval_demo_clip import run_eval
+    from analyses.demo.eval_clip import run_eval
 
     return run_eval("cpu")
 

@@ -841,5 +841,5 @@ def test_a_run_whose_every_image_is_skipped_completes_without_an_index(tmp_path)
     man = manifest("flat", folder, tmp_path / "bad.jsonl", role="welllit")["files"]["manifest"]
     summary = extract(man, "embedlab-tiny", "none", tmp_path / "run", workers=0, **TINY)
     assert summary["embedded"] == 0 and summary["skipped"] == 3
-    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    assert manifest["status"] == "complete" and "no vectors" in manifest["counts"]["index"]["note"]
+    recorded = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert recorded["status"] == "complete" and "no vectors" in recorded["counts"]["index"]["note"]

@@ -8,6 +8,7 @@ import numpy as np
 
 from embedlab.runs.extract.job import Job
 from embedlab.runs.extract.rows import Rows, error_frame, meta_frame
+from embedlab.runs.lock import check_lock
 from embedlab.runs.store import write_shard
 
 log = logging.getLogger(__name__)
@@ -44,11 +45,13 @@ class ShardCollector:
 
 
 def write_results(job: Job, shard: int, results: dict) -> dict:
-    """Write one shard (vectors, metadata, errors, done-marker last)."""
+    """Write one shard (vectors, metadata, errors, done-marker last), only while the run lock is still the job's."""
     lo, hi = job.shard_bounds(shard)
     rows = Rows(job.man, job.entries)
     meta_df = meta_frame(results["metas"], rows, job.extra_columns)
     err_df = error_frame(results["errs"], rows)
     vecs = np.asarray(results["vecs"], dtype=np.float32).reshape(-1, job.lm.dim).astype(job.vector_dtype)
-    write_shard(job.run_dir, shard, vecs, meta_df, err_df, hi - lo, lo)
+    write_shard(
+        job.run_dir, shard, vecs, meta_df, err_df, hi - lo, lo, guard=lambda: check_lock(job.run_dir, job.lock_token)
+    )
     return {"embedded": len(meta_df), "skipped": len(err_df)}

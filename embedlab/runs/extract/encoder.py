@@ -35,7 +35,7 @@ class BatchEncoder:
         import torch
         import torch.nn.functional as F
 
-        from . import models
+        from embedlab import models
 
         lm, good = self.lm, batch["good"]
         out = {"good": good, "errs": batch["errors"], "vecs": None, "luma": None, "event": None}

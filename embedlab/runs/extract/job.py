@@ -56,6 +56,7 @@ class Job:
     extra_columns: tuple = ()
     stats: dict = field(default_factory=dict)
     inputs: int = -1  # the run's input count where `entries` holds only some rows (a Ray task)
+    lock_token: str | None = None  # the run lock this job writes under: checked before each shard is published
 
     @property
     def n_inputs(self) -> int:
@@ -96,7 +97,7 @@ def _prepare(
     """Read the manifest, load the model and build the run's identity and header (nothing written yet).
 
     With a Ray plan the device is the actors' (the driver loads the model on its CPU for the identity only)."""
-    from . import models
+    from embedlab import models
 
     dev = device if plan is not None else models.resolve_device(device)
     run_dir = Path(out)

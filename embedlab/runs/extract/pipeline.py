@@ -78,13 +78,15 @@ def extract(
             overwrite=overwrite,
         )
         job.run_dir.mkdir(parents=True, exist_ok=True)
-        with RunLock(job.run_dir, break_lock=break_lock, what=f"extract --engine {engine}"):
+        with RunLock(job.run_dir, break_lock=break_lock, what=f"extract --engine {engine}") as lock:
+            job.lock_token = lock.token
             _open_run(job, overwrite)
             done = set(Run(job.run_dir).done_shards())
             todo = [s for s in range(job.header["shards"]) if s not in done]
             t0 = time.perf_counter()
             counts = extract_ray.run(job, todo, plan, model, pretrained) if plan is not None else _run_local(job, todo)
             elapsed = time.perf_counter() - t0 - counts.pop("startup_seconds", 0.0)
+            lock.verify()  # taken over meanwhile: finalising would mix another configuration's shards
             return finalize(
                 job.run_dir, job.header, this_call=dict(counts, seconds=elapsed, started=job.stats["started"])
             )

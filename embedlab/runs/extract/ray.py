@@ -9,8 +9,8 @@ Failures: an actor that dies (process killed, node lost) is restarted by Ray and
 (`max_restarts` / `max_task_retries`, bounded); past that the driver re-queues the shard on another actor, at
 most `MAX_RESUBMITS` times (likewise after a node death, out-of-memory kill, lost object or an actor that is only
 unreachable for a while, which stays in the pool). Every actor checks at start that it sees the run folder and
-the dataset (manifest root, first input). A shard whose task raises (a data or code error) is recorded in the run's summary as
-failed and not retried. A killed driver leaves done-markers: rerunning the command resumes.
+the dataset (manifest root, first input). A shard whose task raises (a data or code error) is recorded in the
+run's summary as failed and not retried. A killed driver leaves done-markers: rerunning the command resumes.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pathlib import Path
 from embedlab._io import atomic_write_json, usable_cores
 from embedlab.datasets.manifest import Manifest, ManifestEntry, is_virtual
 from embedlab.errors import ConfigError, DeviceError, MissingDependencyError
+from embedlab.runs.lock import check_lock
 
 log = logging.getLogger(__name__)
 ACTOR_RESTARTS = 2
@@ -107,7 +108,7 @@ class ShardActor:
 
         from PIL import Image
 
-        from . import models
+        from embedlab import models
 
         self.spec = spec
         Image.MAX_IMAGE_PIXELS = spec["max_pixels"]  # set once: decode threads then never race on it
@@ -118,7 +119,7 @@ class ShardActor:
 
     def check(self) -> dict:
         """Who and where this actor is, and whether it sees the driver's run folder and model."""
-        from . import models
+        from embedlab import models
 
         run_dir = Path(self.spec["run_dir"])
         me = {"host": socket.gethostname(), "pid": os.getpid(), "device": str(self.lm.device), "error": None}
@@ -177,6 +178,7 @@ class ShardActor:
             progress=False,
             extra_columns=tuple(s["extra_columns"]),
             inputs=s["inputs"],
+            lock_token=s.get("lock_token"),
         )
         dataset = _ImageDataset(
             Rows(self.man, entries), self.lm.preprocess, s["decode"], s["max_pixels"], s["max_aspect"]
@@ -228,6 +230,7 @@ def _spec(job, plan_: Plan, model: str, pretrained: str | None, token: str) -> d
         "token": token,
         "inputs": job.n_inputs,
         "probe_paths": probe_paths(job),
+        "lock_token": job.lock_token,
     }
 
 
@@ -330,6 +333,7 @@ def _schedule(ray, job, actors: list, todo: list[int], counts: dict, bar) -> Non
         ready, _ = ray.wait(list(inflight), num_returns=1)
         actor, shard = inflight.pop(ready[0])
         load[id(actor)] -= 1
+        check_lock(job.run_dir, job.lock_token)  # taken over: stop scheduling (the actors are killed by `run`)
         try:
             res = ray.get(ready[0])
         except ray.exceptions.RayError as exc:
