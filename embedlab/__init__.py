@@ -28,6 +28,7 @@ _API = {
     "extract": "embedlab.runs.extract.pipeline",
     "Run": "embedlab.runs.store",
     "merge_runs": "embedlab.runs.merge",
+    "import_run": "embedlab.runs.importer",
     "index_run": "embedlab.runs.index",
     "search": "embedlab.runs.search",
     # analysis
@@ -51,6 +52,7 @@ _API = {
     # demos
     "pretrain_demo": "embedlab.demos.clip",
     "demo": "embedlab.demos.pipeline",
+    "compare": "embedlab.demos.compare",
 }
 
 __all__ = sorted(_API) + ["__version__"]

@@ -42,6 +42,23 @@ class InputFileError(EmbedlabError, ValueError):
     """An input file cannot be used: it holds pickled objects (refused for safety), is damaged, or is another kind."""
 
 
+class DiskFullError(EmbedlabError, OSError):
+    """The disk (or quota) that holds an output is full: the message names the folder, what was being written and
+    how much it needed when known (`embedlab._io.disk_full_error`)."""
+
+    def __init__(self, message: str, path: str | None = None):
+        import errno
+
+        super().__init__(errno.ENOSPC, message)
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.strerror
+
+    def __reduce__(self):  # pickled as (message, path): Ray sends it from an actor to the driver
+        return (type(self), (self.strerror, self.path))
+
+
 class InvalidParameterError(ConfigError, TypeError):
     """A function parameter has a value outside its constraint (`embedlab._validate.check_param`).
 

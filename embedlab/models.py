@@ -244,13 +244,15 @@ def _load_error(model: str, pretrained: str | None, tried: str, exc: Exception) 
         f"Could not load weights for {model} / {pretrained} ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}). "
         f"{'HF_HUB_OFFLINE=1 is set, so nothing can be downloaded. ' if offline else ''}"
         f"If this machine is offline, download the checkpoint on a connected machine (e.g. `open_clip` caches it "
-        f"under ~/.cache/huggingface) and pass the file: 'model' {model if not model.startswith('hf-hub:') else 'ARCH'}, "
+        f"under ~/.cache/huggingface) and pass the file: "
+        f"'model' {model if not model.startswith('hf-hub:') else 'ARCH'}, "
         f"'pretrained' /path/to/open_clip_model.safetensors. Tried: {tried}."
     ).naming("model", "pretrained")
 
 
 def load_model(model: str, pretrained: str | None = None, device: str | Any = "cpu", seed: int = 0) -> LoadedModel:
-    """Create an open_clip model and its eval preprocessing; raise ModelLoadError with a fix when weights can't be had."""
+    """Create an open_clip model and its eval preprocessing; raise ModelLoadError with a fix when weights can't be
+    had."""
     register_configs()
     import open_clip
     import torch
@@ -309,7 +311,9 @@ def load_model(model: str, pretrained: str | None = None, device: str | Any = "c
     return LoadedModel(clip_model, preprocess, tokenizer, dev, info)
 
 
-def load_verified(identity: dict, device: str | Any = "auto", source: str | None = None) -> LoadedModel:
+def load_verified(
+    identity: dict, device: str | Any = "auto", source: str | None = None, dim_error: Any = None
+) -> LoadedModel:
     """The model that made some vectors, refused when its weights or dimension differ from those recorded.
 
     Parameters
@@ -320,6 +324,9 @@ def load_verified(identity: dict, device: str | Any = "auto", source: str | None
     device : str or torch.device
     source : str, optional
         What recorded the identity (e.g. "run runs/a"), for the error message.
+    dim_error : callable, optional
+        dim_error(lm) -> the exception to raise when the widths differ (a residual's own message, which names its
+        file and sidecar: `embedlab.analysis.residual_file.Residual.load_model`).
 
     Raises
     ------
@@ -331,10 +338,14 @@ def load_verified(identity: dict, device: str | Any = "auto", source: str | None
     lm = load_model(identity["model"], identity["pretrained"], device)
     want_dim = identity.get("embed_dim")
     if want_dim is not None and lm.dim != int(want_dim):
+        if dim_error is not None:
+            raise dim_error(lm)
         raise IncompatibleRunError(
             f"{identity['model']}/{identity['pretrained']} makes {lm.dim}-dimensional embeddings, but the vectors"
             f"{' of ' + source if source else ''} have {int(want_dim)} dimensions: they were made with another model."
         )
+    if str(identity["weights_sha256"]).startswith("unverified:"):  # vectors imported (runs/importer.py): the model
+        return lm  # was named, its weights never seen: nothing to verify against
     if lm.info["weights_sha256"] != identity["weights_sha256"]:
         made = f" that made {source}" if source else " the vectors were made with"
         raise IncompatibleRunError(

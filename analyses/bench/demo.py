@@ -23,10 +23,10 @@ REPO = Path(__file__).resolve().parents[1]
 PARTS = {
     "demo CLIP": ("demo CLIP",),
     "extraction": ("extract",),
-    "explain": ("residual", "explain-residual", "correct"),
+    "explain": ("residual", "concept report", "explain-residual", "correct"),
     "training": ("train",),
     "enhance + evaluate": ("enhance", "evaluate"),
-    "pages": ("plots",),
+    "pages": ("figures", "plots"),
 }
 
 
@@ -59,6 +59,7 @@ def run_demo(cache: Path, out: Path, env_extra: dict | None = None) -> dict:
         "parts_s": parts(demo["timings_s"]),
         "timings_s": demo["timings_s"],
         "first_line": r.stdout.splitlines()[0],
+        "stdout_lines": len(r.stdout.splitlines()),
         "load_avg_before": [round(x, 2) for x in load_before],
         "load_avg_after": [round(x, 2) for x in os.getloadavg()],
     }

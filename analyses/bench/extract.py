@@ -366,7 +366,8 @@ def naive_suite(args, tmp: Path, files: list[Path], w: int, h: int) -> list[dict
             }
         )
         print(
-            f"{name:16s} naive {naive:8.1f} img/s   embedlab {ours:8.1f} img/s   ratio {ours / naive:5.2f}x  ({run_decode})"
+            f"{name:16s} naive {naive:8.1f} img/s   embedlab {ours:8.1f} img/s   "
+            f"ratio {ours / naive:5.2f}x  ({run_decode})"
         )
         del lm
     return results

@@ -204,7 +204,8 @@ result = explain_vectors(res.vector, E, concepts, sets, None, set_group_ids(meta
                          permutations=%d, seed=0, exemplars=3)
 out = {'adds_top5': list(result['adds']['concept'][:5]),
        'p_fwer_top2': [float(x) for x in result['adds'].get('p_fwer', [np.nan, np.nan])[:2]],
-       'permutation': {k: v for k, v in result['info'].get('permutation', {}).items() if isinstance(v, (int, float, str))},
+       'permutation': {k: v for k, v in result['info'].get('permutation', {}).items()
+                       if isinstance(v, (int, float, str))},
        'test_unit': result['info'].get('test_unit'),
        'images': result['info'].get('images'), 'groups': result['info'].get('groups'),
        'n_from': result['info'].get('n_from'), 'n_to': result['info'].get('n_to')}
@@ -213,8 +214,9 @@ out = {'adds_top5': list(result['adds']['concept'][:5]),
 INDEX = """
 from embedlab.runs.index import index_run
 info = index_run(%r, 'auto', memory_budget=%r, progress=False)
-out = {k: info[k] for k in ('kind', 'factory', 'why', 'ntotal', 'build_seconds', 'size_bytes', 'search_params',
-                            'tuning', 'recall', 'recall_queries', 'latency', 'rerank', 'train_size', 'gpu') if k in info}
+keys = ('kind', 'factory', 'why', 'ntotal', 'build_seconds', 'size_bytes', 'search_params', 'tuning', 'recall',
+        'recall_queries', 'latency', 'rerank', 'train_size', 'gpu')
+out = {k: info[k] for k in keys if k in info}
 """
 
 

@@ -146,7 +146,8 @@ def main() -> None:
         guidance_costs[mode] = {"init_step_s": timed(lambda: gm.guidance_step(g_rng, False), args.iters * 3, dev)}
         gm.earlier = [gm.banks["backlit"], gm.banks["backlit"]]
         guidance_costs[mode]["rank_step_s"] = timed(lambda: gm.guidance_step(g_rng, True), args.iters * 3, dev)
-    # default schedules (method.md 1.6, 2.4, 2.5): RAVE = 1,000 reconstruction + 4,200 guided (best round ends at 5,200);
+    # default schedules (docs/method.md section 4): RAVE = 1,000 reconstruction + 4,200 guided
+    # (best round ends at 5,200);
     # CLIP-LIT(-Latent) = 8,000 CE iterations + 1,000 reconstruction + 11 cycles of (2,100 network + 1,000 guidance)
     cycles = 11
     extrap = {"rave": 1000 * t_recon + 4200 * t_ours}

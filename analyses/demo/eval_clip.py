@@ -1,4 +1,4 @@
-"""Held-out evaluation of the offline demo CLIP (issue: demo model). Prints a summary and writes JSON.
+"""Held-out evaluation of the offline demo CLIP. Prints a summary and writes JSON.
 
     python -m analyses.demo.eval_clip [--out analyses/results] [--device cpu] [--seed N]
 
@@ -136,7 +136,8 @@ def main() -> None:
         f"{p['cos_with_balanced_before']:.3f} -> {p['cos_with_balanced_after']:.3f}"
     )
     print(
-        f"training {res['train_seconds']} s on {res['train_device']} ({res['train_threads']} threads); passed={res['passed']}"
+        f"training {res['train_seconds']} s on {res['train_device']} ({res['train_threads']} threads); "
+        f"passed={res['passed']}"
     )
     write_json(
         "eval_demo_clip.json" if args.seed is None else f"eval_demo_clip_seed{args.seed}.json",

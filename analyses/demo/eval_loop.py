@@ -1,4 +1,4 @@
-"""The demo's closed loop on its held-out photos (issue 15). Prints a summary and writes JSON.
+"""The demo's closed loop on its held-out photos. Prints a summary and writes JSON.
 
     python -m analyses.demo.eval_loop [--out analyses/results] [--work DIR] [--iters N] [--compare] [--clip-seed N]
 
@@ -56,6 +56,8 @@ def run_eval(
         "held_out_images": loop["held_out_images"],
         "model": r["model"],
         "bias_concept": r["bias_concept"],
+        "finding": r.get("finding"),
+        "planted": loop.get("planted"),
         "enhanced_by": loop["enhanced_by"],
         "timings_s": r["timings_s"],
         "total_s": r["total_s"],
@@ -100,9 +102,12 @@ def main() -> None:
             f"{name:10s} PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.3f}  luma {m['mean_luma']:.3f}  "
             f"dark40 {m['dark40_luma']:.3f}  projection {m['projection']:+.3f}"
         )
+    f, pl = res.get("finding") or {}, (res.get("planted") or {}).get("stops") or {}
+    print(f"removed {res['bias_concept']!r} (p_fwer {f.get('p_fwer')}); corner falloff vs originals (stops): {pl}")
     b = res["bars"]
     print(
-        f"thr {res['thr']:+.3f}; PSNR gain {b['psnr_gain_db']:+.2f} dB ({b['psnr_ok']}), dark40 gain {b['dark40_gain']:+.3f} "
+        f"thr {res['thr']:+.3f}; PSNR gain {b['psnr_gain_db']:+.2f} dB ({b['psnr_ok']}), "
+        f"dark40 gain {b['dark40_gain']:+.3f} "
         f"({b['dark40_ok']}), projection share of the gap {b['projection_share_of_gap']:.3f} ({b['projection_ok']})"
     )
     write_json(

@@ -1,4 +1,4 @@
-"""What a one-gain-per-pixel enhancer could do for the demo's held-out projection (issue 15, the projection bar).
+"""What a one-gain-per-pixel enhancer could do for the demo's held-out projection (the projection bar).
 
     python -m analyses.demo.oracle_gain --demo demo_out [--out analyses/results]
 

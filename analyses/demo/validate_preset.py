@@ -1,4 +1,4 @@
-"""The `demo` preset's choices on a validation set, next to the held-out photos (issue 15).
+"""The `demo` preset's choices on a validation set, next to the held-out photos.
 
     python -m analyses.demo.validate_preset --demo demo_out [--variants reflect:60,reflect:75,...] [--out DIR]
 
@@ -171,7 +171,8 @@ def main() -> None:
         print(
             f"{name}: "
             + "; ".join(
-                f"{k} PSNR {row[k]['bars']['psnr_gain_db']:+.2f} dB, share {row[k]['bars']['projection_share_of_gap']:.3f}"
+                f"{k} PSNR {row[k]['bars']['psnr_gain_db']:+.2f} dB, "
+                f"share {row[k]['bars']['projection_share_of_gap']:.3f}"
                 f"{' (all bars met)' if row[k]['bars']['all_ok'] else ''}"
                 for k in ("validation", "held-out", "held-out, zero-padded scoring")
             ),

@@ -1,4 +1,4 @@
-"""Corrective edits of a residual: orthogonal projection out of chosen directions (method.md 2.8, anchors 3).
+"""Corrective edits of a residual: orthogonal projection out of chosen directions (docs/method.md section 3).
 
 Directions: text concepts (on the centred vocabulary), prompt differences ("a photo of a person" minus
 "a photo"), directions learned from user-labelled images (INLP), and the paper's own `rave-shift` preset.
@@ -15,7 +15,7 @@ import numpy as np
 
 from embedlab._validate import Interval, check_param
 from embedlab.analysis.formula import l2n
-from embedlab.analysis.residual_file import Residual, load_residual, save_residual
+from embedlab.analysis.residual_file import Residual, as_residual, save_residual
 from embedlab.errors import ConfigError, IncompatibleRunError, InvalidParameterError
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,8 @@ def project_out(r: np.ndarray, directions: np.ndarray) -> tuple[np.ndarray, dict
 
 
 def rave_shift_direction(r: np.ndarray, E_raw: np.ndarray, k: int = 15) -> tuple[np.ndarray, dict]:
-    """method.md 2.8: score raw token embeddings by cosine with r; a = norm(mean_top-k s*E), b = norm(mean_bottom-k s*E),
+    """The released RAVE code's shift: score raw token embeddings by cosine with r;
+    a = norm(mean_top-k s*E), b = norm(mean_bottom-k s*E),
     u = norm(a + b). (The reference hard-codes k = 15 and crashes on an undefined name; here k is an option.)"""
     check_param("k", k, Interval(int, 1, len(E_raw) // 2), "correct")
     r = l2n(np.asarray(r, np.float64))
@@ -147,7 +148,7 @@ def _labelled_edits(remove_labelled: tuple[str, str], model_identity: dict, dim:
 
 
 def _rave_shift_edits(lm, r: np.ndarray, k: int) -> tuple[list, list]:
-    """method.md 2.8's direction from the raw token embeddings (cached)."""
+    """The rave-shift direction from the raw token embeddings (cached)."""
     from embedlab.analysis import vocab as vb
 
     V = vb.resolve_vocab("tokens", lm)
@@ -193,8 +194,8 @@ def _origins(parts: list, first: int) -> tuple[list, list, list]:
 
 
 def correct(
-    residual: str | os.PathLike,
-    out: str | os.PathLike,
+    residual: "str | os.PathLike | Residual",
+    out: str | os.PathLike | None = None,
     *,
     remove: list[str] | None = None,
     remove_pair: list[tuple[str, str]] | None = None,
@@ -211,11 +212,12 @@ def correct(
     remove_labelled: (RUN, COLUMN=VALUE) learns directions (INLP) separating images with that attribute;
     preset 'rave-shift' (`PRESETS`) reproduces the released code's shift with `k` tokens per side.
 
+    `residual`: its .npy or a `Residual` (a notebook's); `out` None: the result stays in memory (not written).
     Returns the corrected Residual (`.files`: the .npy and its sidecar); its info["correction"]["directions"] has,
     per removed direction, `edit` (its index in info["edits"]), `label` and the projections before and after."""
     from embedlab import models
 
-    res = load_residual(residual)
+    res = as_residual(residual)  # a Residual (a notebook's) or its file
     mi = res.info["model"]
     if not (remove or remove_pair or remove_labelled or preset):
         raise InvalidParameterError(
@@ -266,8 +268,10 @@ def correct(
         directions=per_dir,
         thr_before=res.thr,
         thr_after=float(v_to @ r_new),
-        source_residual=str(Path(residual).resolve()),
+        source_residual=str(res.path.resolve()) if res.path is not None else None,
     )
     info["thr"] = float(v_to @ r_new)
+    if out is None:  # a notebook's: kept in memory
+        return Residual(r_new.astype(np.float32), dict(info, dim=int(len(r_new))), None)
     save_residual(out, r_new, info)
     return Residual(r_new.astype(np.float32), info, Path(out))

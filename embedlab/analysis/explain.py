@@ -6,9 +6,14 @@ per-concept statistics on the test units live in `unit_stats`, the permutation n
 report.{json,csv,md,html}; the image sets are read block by block (`ImageSets`), never held. The deflation's
 products with the whole vocabulary are a numba kernel, checked against the definition in the tests.
 
-Significance is one family per page: p_fwer and p_fwer_deflated control the chance of any false positive on
-the page (both lists) at once, and the per-concept statistics (AUROC, Welch p, BH q) count the same units as
-the shuffles (images, or groups when the images come in groups).
+The ranking describes the residual's direction; significance asks another question, whether the two sets differ
+along a concept. Its statistic is each concept's t, the difference of the sets' mean similarity to the centred
+concept over its standard error on the test units (`unit_stats.Contrast`), and its null the largest |t| over the
+whole vocabulary under shuffled labels (Westfall-Young max-T): p_fwer single-step, p_fwer_deflated step-down along
+each list's deflation order. One family per page: both lists at once (or one side, `family`). The per-concept
+statistics (AUROC, Welch p, BH q) count the same units as the shuffles (images, or groups when the images come in
+groups). (Before issue 28 the statistic was the centred score of the normalised residual: a shuffled residual is
+noise rescaled to unit length, so that statistic could not tell a strong effect from none.)
 """
 
 from __future__ import annotations
@@ -23,8 +28,17 @@ import pandas as pd
 
 from embedlab.analysis.formula import l2n
 from embedlab.analysis.image_sets import ImageSets
-from embedlab.analysis.permutation import SIDES, draw_shuffles, family_p, permutation_null
-from embedlab.analysis.unit_stats import collect, unit_statistics
+from embedlab.analysis.permutation import (
+    SIDES,
+    draw_shuffles,
+    family_max,
+    group_layout,
+    max_t_null,
+    max_t_p,
+    shuffled_contrasts,
+    step_down_p,
+)
+from embedlab.analysis.unit_stats import Contrast, collect, contrast, unit_statistics
 from embedlab.choices import FAMILIES
 from embedlab.errors import ConfigError, IncompatibleRunError
 
@@ -177,84 +191,65 @@ def _ranking_table(side: str, picks: list[dict], concepts: list[str], s_centred,
     return pd.DataFrame(rows, columns=RANKING_COLUMNS)
 
 
-def deflated_family_p(observed: dict, null_seq: dict, first_step: dict | None = None) -> dict:
-    """p_fwer_deflated: at each deflation step one family over the sides that reach it (`family_p`), then a
-    running maximum along each side (a step counts only once the steps before it do). `first_step` ({side:
-    (observed, (K,) null)} of each side's first-step statistic, its maximum over the vocabulary) keeps every side
-    of the family in the first step's family, also a side whose list is empty."""
-    out = {s: np.empty(len(v)) for s, v in observed.items()}
-    for i in range(max((len(v) for v in observed.values()), default=0)):
-        sides = [s for s, v in observed.items() if len(v) > i]
-        obs, nul = {s: observed[s][i] for s in sides}, {s: null_seq[s][:, i] for s in sides}
-        for s, (o, nl) in (first_step or {}).items() if i == 0 else ():
-            obs.setdefault(s, o)
-            nul.setdefault(s, nl)
-        p = family_p(obs, nul, {s: observed[s][i : i + 1] for s in sides})
-        for s in sides:
-            out[s][i] = p[s][0]
-    return {s: np.maximum.accumulate(v) for s, v in out.items()}
-
-
 def permutation_test(
     sets: ImageSets,
     groups,
     C: np.ndarray,
-    s_centred: np.ndarray,
+    design: Contrast,
+    sd: np.ndarray,
     lists: dict,
     *,
     permutations: int,
     seed: int,
-    method: str,
     deflated_steps: int,
     family: str,
 ) -> tuple[dict, dict]:
     """The page's family-wise permutation test: ({info}, {side: (p_fwer, p_fwer_deflated) of its listed picks}).
 
-    The statistic is each side's maximum over the whole vocabulary (sign x centred score), standardised by its
-    own null and combined over the family's sides (`family_p`): under the null, p_fwer < alpha for any concept
-    of the page happens in at most alpha of splits. The deflated test does the same at each step. The observed
-    labelling goes through the null's own computation as shuffle 0 (its residual recomputed from the two sets,
-    scored like every shuffle), so a shuffle that reproduces it ties with it to the bit."""
+    Per concept the statistic is t, the difference of the two sets' mean similarity to the centred concept over
+    its standard error on the test units (`unit_stats.Contrast`); under each shuffle of the labels (the scheme
+    of `draw_shuffles`) t is recomputed for EVERY concept of the vocabulary, and the family's statistic is the
+    largest |t| (page: both lists, both signs) or the largest t of one sign (family "adds" / "removes").
+    p_fwer is the single-step Westfall-Young max-T p: under the null, p_fwer < alpha for any concept of the
+    family happens in at most alpha of splits. p_fwer_deflated is the step-down max-T p along each side's
+    deflation order (`step_down_p`): the i-th pick is compared with the maximum over the vocabulary without the
+    side's earlier picks. The observed labelling goes through the null's own computation as shuffle 0, so a
+    shuffle that reproduces it ties with it."""
     t0 = time.perf_counter()
     sides = tuple(SIDES) if family == "page" else (family,)
-    is_to = sets.is_to
-    sh = draw_shuffles(is_to, groups, permutations, seed, observed=True)  # row 0: the observed labelling
-    steps = {s: lists[s][:deflated_steps] for s in sides}
-    deflations = {
-        s: (
-            SIDES[s],
-            [pk["index"] for pk in steps[s]],
-            np.array([pk["direction"] for pk in steps[s]], np.float32).reshape(-1, C.shape[1]),
-        )
-        for s in sides
-    }
-    null = permutation_null(sets, sh, C, method, deflations, keep_first=True)  # one pass, block by block
-    side_stat = {"adds": null["max"], "removes": -null["min"]}  # row 0: observed
-    raw = family_p(
-        {s: side_stat[s][0] for s in sides},
-        {s: side_stat[s][1:] for s in sides},
-        {s: SIDES[s] * null["first"][[pk["index"] for pk in lists[s]]] for s in sides},
-    )
-    seq = deflated_family_p(
-        {s: null["seq_" + s][0] for s in sides},
-        {s: null["seq_" + s][1:] for s in sides},
-        {s: (side_stat[s][0], side_stat[s][1:]) for s in sides},
-    )
-    pvals = {s: (raw[s], np.r_[seq[s], np.full(len(lists[s]) - len(seq[s]), np.nan)]) for s in sides}
+    sh = draw_shuffles(sets.is_to, groups, permutations, seed, observed=True)  # row 0: the observed labelling
+    codes = group_layout(sets.is_to, groups)[0] if design.weights is not None else None
+    diffs = shuffled_contrasts(sets, sh, design, codes)  # (K + 1, d), one pass over the images at most
+    steps = {s: [pk["index"] for pk in lists[s][:deflated_steps]] for s in sides}
+    keep = list(dict.fromkeys(j for s in sides for j in steps[s]))
+    null = max_t_null(diffs, sd, C, keep)
+    pvals = {}
+    for s in sides:
+        listed = [pk["index"] for pk in lists[s]]
+        seq = step_down_p(null, family, steps[s])
+        pvals[s] = (max_t_p(null, family, listed), np.r_[seq, np.full(len(listed) - len(seq), np.nan)])
     info = dict(
         sh.info,
         K=permutations,
         deflated_steps=deflated_steps,
         family=family,
         family_note=FAMILY_NOTES[family],
+        statistic=design.describe(),
+        max_statistic=MAX_NOTES[family],
         seconds=round(time.perf_counter() - t0, 3),
     )
     info["smallest_attainable_p"] = smallest_attainable_p(
         permutations, info["distinct_shuffles"], family == "page" and info["swap_is_a_shuffle"]
     )
-    info["null_max_score_95"] = float(np.quantile(null["max"][1:], 0.95))
-    info["null_min_score_05"] = float(np.quantile(null["min"][1:], 0.05))
+    info["null_max_t_95"] = float(design.student_t(np.quantile(family_max(null, family)[1:], 0.95)))
     return info, pvals
+
+
+MAX_NOTES = {
+    "page": "the largest |t| over the whole vocabulary (both signs) under each shuffle",
+    "adds": "the largest t over the whole vocabulary under each shuffle",
+    "removes": "the largest -t over the whole vocabulary under each shuffle",
+}
 
 
 def smallest_attainable_p(K: int, distinct: float, swap_symmetric: bool) -> float:
@@ -273,7 +268,7 @@ FAMILY_NOTES = {
     "removes": "one-sided question, what the residual removes: only the 'removes' list is tested (the 'adds' "
     "list carries no p-values)",
 }
-STAT_COLUMNS = ("mean_sim_from", "mean_sim_to", "diff", "auroc", "welch_p", "q_bh")
+STAT_COLUMNS = ("mean_sim_from", "mean_sim_to", "diff", "t", "auroc", "welch_p", "q_bh")
 
 
 def _candidate_indices(s_centred: np.ndarray, tables: dict, candidates: int) -> np.ndarray:
@@ -302,22 +297,30 @@ def _significance(
     exemplars: int = 0,
 ) -> tuple[dict, pd.DataFrame, dict]:
     """Per-concept statistics on the test units and the permutation test, written into the tables in place:
-    two passes over the sets (the units' statistics, then the shuffled sums)."""
+    one pass over the sets for the units' statistics, and one more for the shuffled sums when the units are
+    images or groups that span the sets (nested groups are shuffled from their means). `method` (the residual's)
+    does not enter the test: its statistic is on the units' unit-length image vectors, like the other columns."""
     cand_idx = _candidate_indices(s_centred, tables, candidates)
     seen = collect(sets, groups, C[cand_idx], figure_rows, queries, exemplars)
     units = seen["units"]
     stats, how = unit_statistics(units, C, cand_idx)
-    perm_info, pvals = {"K": permutations, "family": family}, {}
+    design = contrast(units)
+    sd = design.sd(C)
+    observed = np.asarray(C[cand_idx], np.float64) @ design.diff
+    stats["t"] = design.student_t(
+        np.divide(observed, sd[cand_idx], out=np.zeros(len(cand_idx)), where=sd[cand_idx] > 0)
+    )
+    perm_info, pvals = {"K": permutations, "family": family, "statistic": design.describe()}, {}
     if permutations > 0:
         perm_info, pvals = permutation_test(
             sets,
             groups,
             C,
-            s_centred,
+            design,
+            sd,
             lists,
             permutations=permutations,
             seed=seed,
-            method=method,
             deflated_steps=deflated_steps,
             family=family,
         )
@@ -383,10 +386,10 @@ def explain_vectors(
 
     Each side's list is a greedy deflation, cut where its picks stop pointing its way (`side_lists`). With the
     two sets' image vectors, add per-concept statistics on the test units (`test_units`: images, or groups) for
-    the top `candidates` and a permutation test of the whole page (`permutation_test`; `family` "adds" or
-    "removes" asks a one-sided question instead). `groups` (for the concatenation [x_from; x_to]) restricts the
-    shuffles to exchangeable units. The sequential (deflated) test covers the first `deflated_steps` picks of
-    each side (its cost is shuffles x vocabulary x steps).
+    the top `candidates` (t among them) and a max-T permutation test of the whole page (`permutation_test`;
+    `family` "adds" or "removes" asks a one-sided question instead). `groups` (for the concatenation
+    [x_from; x_to]) restricts the shuffles to exchangeable units. The step-down p (p_fwer_deflated) covers the
+    first `deflated_steps` picks of each side. `method` is the residual's; the test does not depend on it.
 
     `x_from` may be an `ImageSets` (then `x_to` is None): the sets are then read block by block, twice, and
     never held (a run of millions of images). With the sets, the result also holds "figure" (concept indices and

@@ -1,5 +1,8 @@
-"""The permutation null of a concept ranking: label shuffles, shuffled residuals, the vocabulary scored under each
-shuffle (max statistics and the sequential, deflated null), and page-wide family-wise p-values.
+"""The permutation null of explain's significance: label shuffles, and under each shuffle every concept's
+studentised difference between the sets (`shuffled_contrasts`, `max_t_null`) with its Westfall-Young max-T
+p-values, single-step (`max_t_p`) and step-down (`step_down_p`). The older direction-only null (shuffled residuals
+rescaled to unit length, the vocabulary scored against them, `permutation_null`, and its combiner `family_p`)
+stays for comparison (analyses/stats/calibration.py) and its tests.
 
 Shuffles are drawn per exchangeable unit (images; groups nested in one set, permuted as units; or images within
 groups that span both sets). The shuffled residuals are built in one pass over the image vectors, read in blocks
@@ -224,7 +227,8 @@ def null_scores(
     The vocabulary is cut into blocks of `block` concepts, handed to `threads` workers; a worker scores a
     block against `rows` shuffles at a time (single-threaded BLAS) and reduces it while it is in cache,
     so memory holds `threads` x rows x block scores, never shuffles x vocabulary. `keep_first` also returns
-    "first": the (V,) scores of the first shuffle (the observed labelling when `draw_shuffles(observed=True)` put it there)."""
+    "first": the (V,) scores of the first shuffle (the observed labelling when `draw_shuffles(observed=True)` put
+    it there)."""
     from concurrent.futures import ThreadPoolExecutor
 
     R = np.ascontiguousarray(R, np.float32)
@@ -359,6 +363,114 @@ def family_p(observed: dict, null: dict, values: dict) -> dict:
         c = tail_counts(refs[s], x)
         out[s] = np.searchsorted(best, c, side="right") / len(best)
     return out
+
+
+# ---- the studentised max-T test (Westfall-Young) ----------------------------------------------------------------
+
+
+def shuffled_contrasts(
+    data, shuffles: Shuffles, design, codes: np.ndarray | None = None, chunk: int = 4096
+) -> np.ndarray:
+    """(K, d) float64: the test's difference vector (`unit_stats.Contrast.diff`) recomputed under each shuffle.
+
+    Groups nested in the sets: from the centred group means and the (K, G) group labels, no pass over the images.
+    Images, or groups that span the sets (`codes`: each image's group): one pass over the image vectors `data`
+    (an array or an iterable of row blocks), their unit vectors centred on `design.ref` (so that float32 sums of
+    millions of rows do not cancel) and, within groups, weighted by their group's `weights`. The sums use
+    `shuffled_sums`: the same to the bit however the blocks are cut, memory K x d plus one chunk."""
+    if design.group_means is not None:
+        M = design.group_means
+        inv = 1.0 / design.n_to + 1.0 / design.n_from
+        total = M.sum(0) / design.n_from
+        return np.concatenate(
+            [shuffles.labels[k : k + 256].astype(np.float64) @ M * inv - total for k in range(0, shuffles.K, 256)]
+            + [np.zeros((0, M.shape[1]))]
+        )
+    ref = np.asarray(design.ref, np.float64)
+    w = None if design.weights is None else np.asarray(design.weights, np.float64)
+
+    def blocks():  # l2n returns a new array: centred and weighted in place, no further copy of a chunk
+        for start, rows in aligned_chunks(data, chunk):
+            x = l2n(rows)
+            x -= ref
+            if w is not None:
+                x *= w[codes[start : start + len(x)], None]
+            yield x
+
+    sum_to, total = shuffled_sums(blocks(), shuffles, method="mean", chunk=chunk)
+    if w is None:
+        return sum_to / design.n_to - (total - sum_to) / design.n_from
+    return (sum_to - design.offset) / design.n_units
+
+
+def max_t_null(diffs: np.ndarray, sd: np.ndarray, C: np.ndarray, keep=(), block: int = 2048) -> dict:
+    """Score every concept under every shuffle: t[k, c] = C[c] . diffs[k] / sd[c] (zero where sd vanishes: such
+    a concept never moves). Reduced block by block over the vocabulary (memory: shuffles x `block`), never
+    shuffles x vocabulary. Returns per shuffle "max" and "min" over the concepts NOT in `keep`, "kept" (K,
+    len(keep)) the statistics of the `keep` concepts (so that a step-down can drop any of them), and "first" (V,)
+    every concept's statistic under the first shuffle (the observed labelling with `draw_shuffles(observed=True)`)."""
+    D = np.ascontiguousarray(diffs, np.float64)
+    K, V = len(D), len(C)
+    sd = np.asarray(sd, np.float64)
+    inv = np.divide(1.0, sd, out=np.zeros(V), where=sd > 1e-12 * max(float(sd.max(initial=0.0)), 1e-300))
+    keep = np.asarray(keep, np.int64)
+    held = np.zeros(V, bool)
+    held[keep] = True
+    mx, mn, first = np.full(K, -np.inf), np.full(K, np.inf), np.empty(V)
+    for v0 in range(0, V, block):
+        Z = (D @ np.asarray(C[v0 : v0 + block], np.float64).T) * inv[v0 : v0 + block]
+        first[v0 : v0 + Z.shape[1]] = Z[0] if K else 0.0
+        h = held[v0 : v0 + block]
+        if h.any():
+            Z = Z[:, ~h]
+        if Z.shape[1]:
+            np.maximum(mx, Z.max(1), out=mx)
+            np.minimum(mn, Z.min(1), out=mn)
+    kept = (D @ np.asarray(C[keep], np.float64).T) * inv[keep] if len(keep) else np.zeros((K, 0))
+    return {"max": mx, "min": mn, "kept": kept, "keep": keep, "first": first}
+
+
+FAMILY_SIGN = {"page": None, "adds": 1.0, "removes": -1.0}
+
+
+def family_max(null: dict, family: str, drop=()) -> np.ndarray:
+    """(K,) per shuffle the family's statistic: the largest |t| over the whole vocabulary ("page", both signs), or
+    the largest t ("adds") or -t ("removes"), leaving out the concepts in `drop` (a step-down's earlier picks)."""
+    cols = ~np.isin(null["keep"], np.asarray(list(drop), np.int64))
+    mx, mn = null["max"], null["min"]
+    if cols.any():
+        mx = np.maximum(mx, null["kept"][:, cols].max(1))
+        mn = np.minimum(mn, null["kept"][:, cols].min(1))
+    sign = FAMILY_SIGN[family]
+    return np.maximum(mx, -mn) if sign is None else (mx if sign > 0 else -mn)
+
+
+def family_value(t: np.ndarray, family: str) -> np.ndarray:
+    sign = FAMILY_SIGN[family]
+    return np.abs(t) if sign is None else sign * np.asarray(t, np.float64)
+
+
+def max_t_p(null: dict, family: str, index) -> np.ndarray:
+    """Single-step max-T adjusted p of the concepts `index`: the share of the K + 1 labellings (observed included,
+    row 0) whose family statistic is at least the concept's own (ties within rounding count, `tail_counts`)."""
+    M = family_max(null, family)
+    return tail_counts(M, family_value(null["first"][np.asarray(index, np.int64)], family)) / len(M)
+
+
+def step_down_p(null: dict, family: str, order) -> np.ndarray:
+    """Step-down max-T adjusted p along `order` (concept indices, here a side's deflation order): the i-th is
+    compared with the maximum over the vocabulary without the concepts before it, and the p-values are made
+    non-decreasing along the order. Valid in any order: the first true null that is claimed has only real
+    effects before it, so its maximum is taken over a set that holds every true null."""
+    order = [int(j) for j in order]
+    raw = np.array(
+        [
+            tail_counts(family_max(null, family, order[:i]), family_value(null["first"][[j]], family))[0]
+            for i, j in enumerate(order)
+        ],
+        np.float64,
+    )
+    return np.maximum.accumulate(raw / len(null["max"])) if len(order) else raw
 
 
 _KERNELS = None

@@ -24,7 +24,7 @@ from embedlab._io import atomic_write_bytes, atomic_write_json, list_images, pro
 from embedlab.colour import LUMA, linear_to_srgb, scale_chroma, srgb_to_linear
 from embedlab.datasets.manifest import materialize, read_manifest
 from embedlab.datasets.synth import smoothstep
-from embedlab.errors import ConfigError, IncompatibleRunError
+from embedlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +238,7 @@ def format_table(ranking: list[dict], base_mean: float, thr: float) -> str:
 # ----------------------------------------------------------------------------------------------- I/O
 def _image_files(images: Sequence[str], selector: str) -> list[str]:
 
+    from embedlab.datasets.inputs import TABLE_SUFFIXES, as_manifest, input_form
     from embedlab.datasets.selector import split_spec
 
     files: list[str] = []
@@ -246,12 +247,19 @@ def _image_files(images: Sequence[str], selector: str) -> list[str]:
         if p.suffix == ".jsonl":
             man = read_manifest(p)
             files += [materialize(man, e.path, e) for e in chosen.filter(man.entries)]
+        elif p.suffix.lower() in TABLE_SUFFIXES or (p.is_dir() and input_form(p) == "hf-dataset"):
+            man = read_manifest(as_manifest(p).manifest)  # a table of paths, a Hugging Face dataset (inputs.py)
+            entries = man.entries if str(p) == str(spec) else chosen.filter(man.entries)  # a selector only if given
+            files += [materialize(man, e.path, e) for e in entries]
         elif p.is_dir():
             files += [str(f) for f in list_images(p)]
         elif p.exists():
             files.append(str(p))
         else:
-            raise ConfigError(f"{spec} is neither an image, a folder of images nor a manifest (.jsonl).")
+            raise ConfigError(
+                f"{spec} is neither an image, a folder of images, a manifest (.jsonl), a table of image paths "
+                "(CSV/TSV/parquet) nor a Hugging Face dataset saved to disk."
+            )
     if not files:
         raise ConfigError(f"No images found in {list(images)} (selector {selector!r}).")
     return files
@@ -303,25 +311,27 @@ def probe_residual(
 ) -> dict:
     """Apply the edit family to the images, measure the change of their projection on `residual`, and write
     probe.json, probe.csv, probe.md and probe.png into `out` (default: beside the residual)."""
-    from embedlab import models
-    from embedlab.analysis.residual_file import load_residual
+    from embedlab.analysis.residual_file import as_residual
+    from embedlab.analysis.results import Result
 
-    res = load_residual(residual)
+    res = as_residual(residual)  # a Residual (a notebook's) or its file
     mi = res.info["model"]
-    lm = models.load_model(mi["model"], mi["pretrained"], device)
-    if mi.get("weights_sha256") and lm.info.get("weights_sha256") != mi["weights_sha256"]:
-        raise IncompatibleRunError(f"{residual} was made with other weights than {mi['model']}/{mi['pretrained']}.")
+    lm = res.load_model(device)  # its weights and width checked against the sidecar
     files = _image_files(images, selector)
     if max_images and len(files) > max_images:
         files = sorted(np.random.default_rng(seed).choice(files, max_images, replace=False).tolist())
     chosen = select_edits(edits)
     base, edited = probe_projections(make_encoder(lm), _load_images(files, max_side), res.vector, chosen, progress)
     rows, ranking = summarise(base, edited, res.thr, chosen)
-    out = Path(out) if out else Path(residual).with_suffix("").parent / f"{Path(residual).stem}_probe"
+    if not out and res.path is None:
+        raise ConfigError(
+            "The residual was computed in memory, so there is no folder beside it for the probe. Fix: pass 'out'."
+        ).naming("out")
+    out = Path(out) if out else res.path.with_suffix("").parent / f"{res.path.stem}_probe"
     out.mkdir(parents=True, exist_ok=True)
     table = format_table(ranking, float(base.mean()), res.thr)
     result = {
-        "residual": str(residual),
+        "residual": str(res.path) if res.path is not None else None,
         "model": f"{mi['model']}/{mi['pretrained']}",
         "thr": res.thr,
         "images": files,
@@ -339,7 +349,7 @@ def probe_residual(
     result["files"] = {k: str(out / f"probe.{k}") for k in ("json", "csv", "md", "png")}
     result["table"] = table
     atomic_write_json(out / "probe.json", result)
-    return result
+    return Result(result, "rows")  # a dict; .to_pandas(): one row per edit and strength
 
 
 def plot_probe(rows: list[dict], edits: Sequence[Edit], base_mean: float, thr: float, path: Path) -> Path:

@@ -1,4 +1,4 @@
-"""Residual vectors between two image sets (RAVE, method.md 2.2) with provenance and stability.
+"""Residual vectors between two image sets (RAVE, docs/method.md section 1) with provenance and stability.
 
 Math lives in small pure functions (`rave_residual`, `mean_difference`, `bootstrap_stability`,
 `compare_nonsemantic`); `residual()` does the I/O: it reads run folders and writes `residual.npy` (float32,
@@ -23,7 +23,7 @@ from embedlab.analysis.bootstrap import (
 )
 from embedlab.analysis.checks import check_separation, compare_nonsemantic
 from embedlab.analysis.formula import residual_from_sums, separation
-from embedlab.analysis.residual_file import Residual, save_residual
+from embedlab.analysis.residual_file import Residual, check_residual_target, save_residual
 from embedlab.analysis.sums import (
     NONSEMANTIC_SAMPLE,
     SetRows,
@@ -151,8 +151,8 @@ def _stream_sets(
 
 def _open_runs(run, to_run) -> tuple[Run, Run]:
     """The run of each set (one object when both sets come from one run), refusing runs of different models."""
-    r_from = Run(run)
-    r_to = Run(to_run) if to_run else r_from
+    r_from = run if isinstance(run, Run) else Run(run)
+    r_to = (to_run if isinstance(to_run, Run) else Run(to_run)) if to_run is not None else r_from
     if r_to is not r_from and r_from.model_identity != r_to.model_identity:
         diff = {
             k: (r_from.model_identity[k], r_to.model_identity[k])
@@ -169,28 +169,41 @@ def _open_runs(run, to_run) -> tuple[Run, Run]:
 
 
 def residual(
-    run: str | os.PathLike,
-    from_: str,
-    to: str,
-    out: str | os.PathLike,
+    run: "str | os.PathLike | Run",
+    from_: "str | os.PathLike | Run | None" = None,
+    to: str | None = None,
+    out: str | os.PathLike | None = None,
     *,
-    to_run: str | os.PathLike | None = None,
+    to_run: "str | os.PathLike | Run | None" = None,
     method: str = "rave",
     bootstrap: int = 200,
     seed: int = 0,
     memory_budget: "str | int" = "1G",
     block: int = 65536,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Residual:
     """Compute the residual from set `from_` to set `to` of a run (or of `to_run`) and write it with its sidecar.
 
     Streams the memory-mapped shards once, `block` vectors at a time, keeping float64 sums per set (and per group
     for the group bootstrap, float32 while groups are small: `group_sums_dtype`); `memory_budget` bounds what it
-    holds beyond one block (per-thread group sums and the group draws, `group_bootstrap_bytes`; bootstrap weights)."""
+    holds beyond one block (per-thread group sums and the group draws, `group_bootstrap_bytes`; bootstrap weights).
+    An existing `out` that is not a residual embedlab wrote is refused unless `overwrite`.
+
+    In a notebook: `residual(run_a, run_b)` (runs or their folders) is the residual from every image of run_a to
+    every image of run_b (a run of one set; else name them with `from_` and `to`), computed in memory when `out`
+    is None (the Residual's `path` is then None; `explain_residual`, `correct` and `probe_residual` take it as
+    it is)."""
     check_param("method", method, METHODS, "residual")
     check_param("bootstrap", bootstrap, Interval(int, 0), "residual")
     budget = parse_bytes(memory_budget)
+    if out is not None:
+        check_residual_target(out, overwrite)  # before any run is read: an existing file not ours needs 'overwrite'
+    if to_run is None and _is_run(from_):  # residual(run_a, run_b): the second run, not a selector
+        from_, to_run = None, from_
     r_from, r_to = _open_runs(run, to_run)
+    from_ = _only_set(r_from, "from_") if from_ is None else from_
+    to = _only_set(r_to, "to") if to is None else to
     from concurrent.futures import ThreadPoolExecutor
 
     # one side thread: numba's start-up overlaps the metadata read; the sample's parquet reads and the bootstrap
@@ -273,5 +286,24 @@ def residual(
         "nonsemantic": nonsem,
         "edits": [],
     }
+    if out is None:
+        return Residual(r.astype(np.float32), dict(info, dim=int(len(r))), None)
     save_residual(out, r, info)
     return Residual(r.astype(np.float32), info, Path(out))
+
+
+def _is_run(value) -> bool:
+    return isinstance(value, Run) or (
+        isinstance(value, (str, os.PathLike)) and (Path(value) / "manifest.json").is_file()
+    )
+
+
+def _only_set(run: Run, param: str) -> str:
+    """The selector of a run's only set (role); a run of several sets needs `param` to name one."""
+    roles = sorted(map(str, run.read_metadata(["role"])["role"].dropna().unique()))
+    if len(roles) != 1:
+        raise ConfigError(
+            f"Run {run.path} holds several sets (roles {', '.join(roles[:10])}); the residual needs one each side. "
+            f"Fix: name it with {param!r}, e.g. {param}='role={roles[0] if roles else 'backlit'}'."
+        ).naming(param)
+    return f"role={roles[0]}"

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from embedlab._io import atomic_save_npy, atomic_write_json, load_npy, read_json
-from embedlab.errors import ConfigError, IncompatibleRunError
+from embedlab.errors import ConfigError, EmbedlabError, IncompatibleRunError
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,46 @@ class Residual:
         """The files it was written to (`residual` and `correct` return it): {"npy": ..., "json": sidecar}."""
         return {} if self.path is None else {"npy": Path(self.path), "json": sidecar_path(self.path)}
 
+    def dimension_mismatch(self, model_dim: int, model: str | None = None, has_model_option: bool = False):
+        """IncompatibleRunError for a model of width `model_dim` (`model`: its name, None = the sidecar's own)."""
+        return _dimension_mismatch(self, model_dim, model, has_model_option)
+
+    def load_model(self, device="auto"):
+        """The model its sidecar names, verified (weights sha256, and width: `dimension_mismatch`)."""
+        from embedlab import models
+
+        mi = self.info.get("model") or {}
+        return models.load_verified(
+            dict(mi, embed_dim=len(self.vector)),
+            device,
+            source=f"residual {self.path}",
+            dim_error=lambda lm: self.dimension_mismatch(lm.dim),
+        )
+
+    def to_pandas(self):
+        """One row: the two sets, their sizes, the method, thr, cos(v_from, v_to), the bootstrap's mean cosine, the
+        dimension and the file (None when computed in memory)."""
+        import pandas as pd
+
+        info = self.info
+        boot = info.get("bootstrap") or {}
+        return pd.DataFrame(
+            [
+                {
+                    "from": info.get("from", {}).get("selector"),
+                    "to": info.get("to", {}).get("selector"),
+                    "n_from": info.get("from", {}).get("count"),
+                    "n_to": info.get("to", {}).get("count"),
+                    "method": info.get("method"),
+                    "thr": self.thr,
+                    "cos_v_from_v_to": info.get("cos_v_from_v_to"),
+                    "bootstrap_mean_cosine": boot.get("mean_cosine"),
+                    "dim": int(len(self.vector)),
+                    "path": None if self.path is None else str(self.path),
+                }
+            ]
+        )
+
     def summary(self) -> dict:
         """JSON-ready: files, dim, thr and the sidecar's provenance (the vectors v_from/v_to left out)."""
         info = {k: v for k, v in self.info.items() if k not in ("v_from", "v_to")}
@@ -45,6 +85,11 @@ class Residual:
             "thr": self.thr,
             **info,
         }
+
+
+def as_residual(residual: "Residual | str | os.PathLike") -> Residual:
+    """A Residual as given (a notebook's, computed in memory), or read from its .npy and sidecar."""
+    return residual if isinstance(residual, Residual) else load_residual(residual)
 
 
 def sidecar_path(npy: str | os.PathLike) -> Path:
@@ -59,23 +104,51 @@ def load_residual(path: str | os.PathLike) -> Residual:
         raise ConfigError(
             f"Residual file {p} not found. Make one with `embedlab residual RUN --from A --to B --out {p}`."
         )
+    if p.is_dir():  # a folder where the residual file goes: name the file to pass, or the command that makes one
+        inside = sorted(q.name for q in p.glob("*.npy") if sidecar_path(q).is_file())
+        make = f"make one with `embedlab residual RUN --from A --to B --out {p}/r.npy`"
+        hint = f"pass {p / inside[0]}" if inside else make
+        raise ConfigError(f"{p} is a folder; a residual is a .npy file with its .json sidecar. Fix: {hint}.")
     vec = check_residual_vector(load_npy(p, expect=RESIDUAL_CONTENT + f" (fix: {_RECREATE.format(p=p)})"), p)
     side = sidecar_path(p)
     if not side.exists():
         raise ConfigError(
             f"{p} has no sidecar {side}; it holds thr and the model identity. Recreate it with `embedlab residual`."
         )
-    info = read_json(side)
-    if int(info.get("dim", len(vec))) != len(vec):
-        raise IncompatibleRunError(f"{p}: vector has dimension {len(vec)} but its sidecar says {info.get('dim')}.")
+    info = read_json(side, "a residual's sidecar (JSON, UTF-8 text)")
+    res = Residual(vec, info, p)
     model = info.get("model") or {}
-    if model.get("embed_dim") is not None and int(model["embed_dim"]) != len(vec):
-        raise IncompatibleRunError(
-            f"{p} holds a {len(vec)}-dimensional vector, but its model {model.get('model')}/"
-            f"{model.get('pretrained')} makes {int(model['embed_dim'])}-dimensional embeddings. "
-            f"Fix: {_RECREATE.format(p=p)} from a run of that model."
+    for recorded in (model.get("embed_dim"), info.get("dim")):
+        if recorded is not None and int(recorded) != len(vec):
+            raise res.dimension_mismatch(int(recorded))
+    return res
+
+
+def _dimension_mismatch(res: "Residual", model_dim: int, model: str | None = None, has_model_option: bool = False):
+    """The one message for a residual whose width is not a model's: the residual file, both widths, the model its
+    sidecar says it was made with, and the fix (that model, or a residual recreated with `model`)."""
+    p, dim = res.path, len(res.vector)
+    made = res.info.get("model") or {}
+    made_with = f"{made.get('model', '?')}/{made.get('pretrained', '?')}"
+    side = sidecar_path(p) if p is not None else "its sidecar"
+    if model is None or model == made_with:  # the sidecar's own model: the .npy and .json do not belong together
+        return IncompatibleRunError(
+            f"Residual {p} is {dim}-dimensional, but {side} says it was made with {made_with}, which makes "
+            f"{model_dim}-dimensional embeddings: the .npy and its sidecar do not belong together. Fix: put back "
+            f"the .npy/.json pair as `embedlab residual` wrote them, or {_RECREATE.format(p=p)} from a run of "
+            f"{made_with}."
         )
-    return Residual(vec, info, p)
+    use = (
+        f"pass 'model' {made.get('model')} 'pretrained' {made.get('pretrained')} (or leave them out)"
+        if has_model_option
+        else f"use {made_with}"
+    )
+    err = IncompatibleRunError(
+        f"Residual {p} is {dim}-dimensional (made with {made_with}, per {side}), but {model} makes "
+        f"{model_dim}-dimensional embeddings. Fix: {use}, or recreate the residual with {model}: extract a run "
+        f"with it, then `embedlab residual RUN --from A --to B --out NEW.npy`."
+    )
+    return err.naming("model", "pretrained") if has_model_option else err
 
 
 RESIDUAL_CONTENT = "a float32 vector of shape (d,), as `embedlab residual` writes"
@@ -105,6 +178,28 @@ def check_residual_vector(vec: np.ndarray, source) -> np.ndarray:
             f"two sets' means were equal. Fix: {fix} using two different sets."
         )
     return vec.astype(np.float32)
+
+
+def check_residual_target(path: str | os.PathLike, overwrite: bool = False) -> None:
+    """Refuse, before any work, an output path that is a folder, does not end in .npy, or is an existing file that
+    embedlab did not write as a residual (no sidecar saying so), unless `overwrite`."""
+    p = Path(path)
+    if p.suffix != ".npy":
+        raise ConfigError(f"The residual output must end in .npy. Got {p}.").naming("out")
+    if p.is_dir():
+        raise ConfigError(f"'out' {p} is a folder; a residual is written to a .npy file. Fix: pass DIR/residual.npy.")
+    if not p.exists() or overwrite:
+        return
+    side = sidecar_path(p)
+    try:
+        ours = side.is_file() and "embedlab_residual" in read_json(side)
+    except (ValueError, OSError, EmbedlabError):
+        ours = False
+    if not ours:
+        raise ConfigError(
+            f"'out' {p} exists and is not a residual embedlab wrote (no sidecar {side.name} saying so). Fix: pass "
+            "another 'out', or 'overwrite' to replace it."
+        ).naming("out", "overwrite")
 
 
 def save_residual(path: str | os.PathLike, vector: np.ndarray, info: dict) -> Path:

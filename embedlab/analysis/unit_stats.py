@@ -8,11 +8,18 @@ mean and scatter matrix (d x d) when images are, plus each candidate concept's s
 every image to a few concepts, each set's nearest images to a few queries). Memory never holds images x
 dimension, so a run of millions of images is explained in the memory of a few thousand.
 
+The same pass keeps what the family-wise test's statistic needs (`contrast`): each concept's difference of mean
+similarity between the sets over its standard error under the shuffles, c' S c, with S a d x d matrix of the
+pooled units (the sets' scatter matrices; the group means; or, for groups spanning the sets, a scatter weighted
+per group), so the test scores the whole vocabulary without holding any image score.
+
 The pass re-cuts the blocks into fixed chunks (`aligned_chunks`): every sum is the same however the caller cut
 its blocks, so a run read shard by shard gives the same statistics as the same vectors handed over in memory.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -119,8 +126,10 @@ def collect(
     is_to = sets.is_to
     codes, sizes, counts_to, nested = group_layout(is_to, groups)
     by_image = groups is None or len(sizes) == len(is_to)
+    spanning = not by_image and not nested
+    root_kappa = np.sqrt(spanning_weights(sizes, counts_to)[1]) if spanning else None
     d = None
-    moments = gsums = cand = None
+    moments = gsums = cand = ref = kscatter = None
     figure = Scores(np.zeros((0, 1)) if figure_rows is None else figure_rows, histogram=False)
     nearest = TopK(np.zeros((0, 1)) if queries is None else queries, k)
     for start, rows in aligned_chunks(sets, CHUNK):
@@ -129,12 +138,18 @@ def collect(
             d = x.shape[1]
             moments = Moments(d) if by_image else None
             gsums = None if by_image else np.zeros((2, len(sizes), d))
+            ref = x.mean(0)  # a reference point for the within-group scatter (the first chunk's mean)
+            kscatter = np.zeros((d, d)) if spanning else None
             cand = (
                 Scores(candidates, histogram=by_image and sets.n * len(candidates) > EXACT_SCORE_LIMIT)
                 if by_image
                 else None
             )
         cut = min(max(sets.n_from - start, 0), len(x))  # rows before `cut` are 'from' rows
+        for lo in range(0, len(x), 512) if spanning else ():  # small temporaries: centred, scaled in place
+            xc = np.subtract(x[lo : lo + 512], ref)
+            xc *= root_kappa[codes[start + lo : start + lo + len(xc)], None]
+            kscatter += xc.T @ xc
         for s, part, first in ((0, x[:cut], start), (1, x[cut:], start + cut - sets.n_from)):
             if not len(part):
                 continue
@@ -155,6 +170,10 @@ def collect(
         if by_image
         else group_units(gsums[0], gsums[1], sizes - counts_to, counts_to, sizes, nested)
     )
+    units.update(ref=ref, group_sums=gsums, sizes=sizes, counts_to=counts_to, kappa_scatter=kscatter)
+    units["contrast"] = contrast(units)
+    for key in ("group_sums", "kappa_scatter"):  # what the contrast needed; not held beyond the pass
+        del units[key]
     return {
         "units": units,
         "figure": figure.arrays(),
@@ -348,3 +367,112 @@ def unit_statistics(units: dict, C: np.ndarray, cand_idx: np.ndarray) -> tuple[p
         },
         index=cand_idx,
     ), how
+
+
+# ---- the studentised difference of the family-wise test ------------------------------------------------------
+
+
+def spanning_weights(sizes: np.ndarray, counts_to: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per group: w = n / (n_to n_from), the weight of its 'to' sum in its difference of means (D = w T - S / n_from
+    for T the sum of its 'to' images, S of all), and kappa = n / (n_to n_from (n - 1)), the variance of that
+    difference along c under shuffles within the group per unit of the group's scatter along c. Zero for groups
+    held by one set (their labels never move)."""
+    n, a = np.asarray(sizes, np.float64), np.asarray(counts_to, np.float64)
+    b = n - a
+    span = (a > 0) & (b > 0)
+    w = np.where(span, n / np.maximum(a * b, 1), 0.0)
+    return w, np.where(span, w / np.maximum(n - 1, 1), 0.0)
+
+
+@dataclass
+class Contrast:
+    """Per concept c the test's statistic is t_c = c . diff / sqrt(c' cov c): `diff` (d,) the difference of the
+    two sets' mean unit vectors on the test units (images; group means; or, groups spanning both sets, the mean
+    over those groups of each group's 'to' mean minus its 'from' mean), `cov` (d, d) the covariance of `diff`
+    over the shuffles of the labels (a function of the pooled units, the same under every shuffle).
+
+    `kind` "two-sample": t_c is then the difference over its permutation standard error, a monotone function of
+    Student's pooled-variance t on the same units (`student_t`), the same for every concept, so a maximum over
+    concepts picks the same concept and shuffle either way. "stratified": the mean within-group difference over
+    its standard error under shuffles within groups."""
+
+    kind: str
+    diff: np.ndarray
+    cov: np.ndarray
+    n_units: int
+    ref: np.ndarray  # rows are centred on it before shuffled sums are taken (no cancellation in float32 sums)
+    n_to: int = 0
+    n_from: int = 0
+    group_means: np.ndarray | None = None  # nested groups: (G, d) centred on `ref`
+    weights: np.ndarray | None = None  # stratified: per group w (`spanning_weights`)
+    offset: np.ndarray | None = None  # stratified: sum over groups of (S - n ref) / n_from, centred sums
+
+    def sd(self, C: np.ndarray, chunk: int = 1024) -> np.ndarray:
+        """(V,) the permutation standard error of c . diff for every row c of C."""
+        out = np.empty(len(C))
+        for s in range(0, len(C), chunk):
+            c = np.asarray(C[s : s + chunk], np.float64)
+            out[s : s + chunk] = np.sqrt(np.maximum(((c @ self.cov) * c).sum(1), 0.0))
+        return out
+
+    def student_t(self, z: np.ndarray) -> np.ndarray:
+        """The reported t: Student's pooled-variance t for two samples, t = z sqrt((N - 2) / (N - 1 - z^2)) with
+        N units (z^2 <= N - 1 always), and z itself for the stratified contrast."""
+        z = np.asarray(z, np.float64)
+        if self.kind != "two-sample" or self.n_units <= 2:
+            return z
+        N = self.n_units
+        return z * np.sqrt((N - 2) / np.maximum(N - 1 - z * z, 1e-12))
+
+    def describe(self) -> str:
+        if self.kind == "two-sample":
+            return (
+                "per concept, the difference of the sets' mean similarity to the centred concept on the test units, "
+                "over its standard error (Student's t, pooled variance)"
+            )
+        return (
+            "per concept, the mean over the groups that span both sets of each group's difference of mean "
+            "similarity (to minus from) to the centred concept, over its standard error under shuffles within groups"
+        )
+
+
+def contrast(units: dict) -> Contrast:
+    """The `Contrast` of the test units (`collect`'s dict, which holds it as "contrast"): images (their moments),
+    groups nested in the sets (their mean unit vectors), or groups that span the sets (their sums and the
+    kappa-weighted scatter, which `collect` drops once the contrast is made)."""
+    if "contrast" in units:
+        return units["contrast"]
+    if units["unit"] == "images":
+        m = units["moments"]
+        a, b = float(m.n[1]), float(m.n[0])
+        N = a + b
+        delta = m.mean[1] - m.mean[0]
+        scatter = m.m2[0] + m.m2[1] + np.outer(delta, delta) * (a * b / N)
+        ref = (m.mean[0] * b + m.mean[1] * a) / N
+        return Contrast("two-sample", delta, scatter * (N / (a * b * max(N - 1, 1))), int(N), ref, int(a), int(b))
+    gs, sizes, n_to = units["group_sums"], units["sizes"], units["counts_to"]
+    if units["paired"] is None:
+        means = (gs[0] + gs[1]) / sizes[:, None]
+        is_to = n_to > 0
+        ref = means.mean(0)
+        M = means - ref
+        G, a = len(M), int(is_to.sum())
+        b = G - a
+        diff = M[is_to].mean(0) - M[~is_to].mean(0)
+        cov = (M.T @ M) * (G / (a * b * max(G - 1, 1)))
+        return Contrast("two-sample", diff, cov, G, ref, a, b, group_means=M)
+    w, kappa = spanning_weights(sizes, n_to)
+    span = np.flatnonzero(w > 0)
+    ref = units["ref"]
+    G = len(span)
+    S = gs[0][span] + gs[1][span]  # the spanning groups' sums, centred on ref in place
+    S -= sizes[span, None] * ref
+    S /= (sizes[span] - n_to[span])[:, None]  # S / n_from
+    T = gs[1][span]
+    T -= n_to[span, None] * ref
+    T *= w[span, None]
+    offset = S.sum(0)
+    diff = (T.sum(0) - offset) / G  # mean over the groups of w T - S / n_from
+    S *= ((sizes[span] - n_to[span]) * np.sqrt(kappa[span] / sizes[span]))[:, None]  # S sqrt(kappa / n)
+    cov = (units["kappa_scatter"] - S.T @ S) / G**2
+    return Contrast("stratified", diff, cov, G, ref, G, G, weights=w, offset=offset)

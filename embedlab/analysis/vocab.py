@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embedlab._io import atomic_save_npy, atomic_write_json, cache_dir, load_npy, read_json
+from embedlab._io import atomic_save_npy, atomic_write_json, cache_dir, load_npy, read_json, read_text
 from embedlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -111,13 +111,16 @@ def words_from_tokens(tokens: list[str]) -> list[str]:
     return out
 
 
+VOCAB_WHAT = "a vocabulary file (text, one concept per line)"
+
+
 def read_vocab_file(path: str | os.PathLike) -> list[str]:
     p = Path(path)
     if not p.exists():
         raise ConfigError(
             f"Vocabulary file {p} not found. Pass tokens, words, model, or a text file with one concept per line."
         )
-    lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
+    lines = [ln.strip() for ln in read_text(p, VOCAB_WHAT, "vocab").splitlines()]
     concepts = list(dict.fromkeys(ln for ln in lines if ln and not ln.startswith("#")))
     if not concepts:
         raise ConfigError(f"Vocabulary file {p} has no concepts (one per line; # starts a comment).")
@@ -154,6 +157,11 @@ def resolve_vocab(spec: str | None, lm) -> Vocabulary:
             return Vocabulary("tokens", uniq, f"all {len(tokens)} tokenizer tokens ({len(uniq)} distinct strings)")
         words = words_from_tokens(tokens)
         return Vocabulary("words", words, f"{len(words)} whole alphabetic words from the tokenizer")
+    if Path(spec).is_dir():  # a folder where the vocabulary file goes
+        raise ConfigError(
+            f"The 'vocab' {spec} is a folder; a vocabulary is a text file with one concept per line (or tokens, "
+            "words, model). Fix: pass such a file, e.g. one written with `printf 'sky\\nface\\n' > concepts.txt`."
+        ).naming("vocab")
     return Vocabulary(Path(spec).stem, read_vocab_file(spec), f"file {spec}")
 
 

@@ -9,14 +9,14 @@ import typer
 
 from embedlab.choices import CORRECT_PRESETS, FAMILIES, METHODS
 from embedlab.cli.app import (
-    DEVICE_HELP,
-    JSON_HELP,
-    PROGRESS_HELP,
     TEMPLATES_HELP,
     _print_json,
     app,
     choices,
+    device_option,
     handle_errors,
+    json_option,
+    progress_option,
 )
 from embedlab.cli.defaults import FROM_API
 
@@ -46,8 +46,9 @@ def residual_cmd(
         help="Memory for what the streaming pass keeps beyond one block of "
         "vectors (per-group sums, bootstrap weights), e.g. 512M, 2G.",
     ),
-    progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    progress: bool = progress_option(),
+    overwrite: bool = typer.Option(FROM_API, help="Replace --out when it is a file embedlab did not write."),
+    as_json: bool = json_option(),
 ):
     """Compute the residual vector between two image sets (the paper's formula) with its sidecar.
 
@@ -65,6 +66,7 @@ def residual_cmd(
         seed=seed,
         memory_budget=memory_budget,
         progress=progress,
+        overwrite=overwrite,
     )
     if as_json:
         return _print_json(res.summary())
@@ -91,7 +93,8 @@ def explain_residual_cmd(
     vocab: Optional[str] = typer.Option(
         FROM_API,
         help="tokens (all tokenizer tokens, as RAVE), words, model "
-        "(the model's own, default when it ships one), or a file with one concept per line. Default: model, else words.",
+        "(the model's own, default when it ships one), or a file with one concept per line. Default: model, else "
+        "words.",
     ),
     templates: Optional[str] = typer.Option(FROM_API, help=TEMPLATES_HELP),
     top: int = typer.Option(FROM_API, "--top", "-k", help="Concepts per side after deflation (the top k; 1-500)."),
@@ -104,15 +107,16 @@ def explain_residual_cmd(
     ),
     family: FamilyChoice = typer.Option(
         FROM_API,
-        help="What p_fwer controls: page (both lists, one family) or a one-sided question about one list (adds or removes; the other list gets no p-values).",
+        help="What p_fwer controls: page (both lists, one family) or a one-sided question about one list (adds or "
+        "removes; the other list gets no p-values).",
     ),
     min_explained: float = typer.Option(
         FROM_API, help="A list ends at a pick that explains less than this share of |r|^2."
     ),
     exemplars: int = typer.Option(FROM_API, help="Exemplar images per top concept and set."),
-    device: str = typer.Option(FROM_API, help=DEVICE_HELP),
-    progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    device: str = device_option(),
+    progress: bool = progress_option(),
+    as_json: bool = json_option(),
 ):
     """Rank the concepts a residual carries, with significance, into report.{json,csv,md,html}."""
     from embedlab.reports.explain import explain_residual
@@ -171,8 +175,8 @@ def correct_cmd(
         FROM_API, help="Vocabulary whose mean centres --remove concepts (as in explain-residual)."
     ),
     templates: Optional[str] = typer.Option(FROM_API, help="Templates for --remove concepts. " + TEMPLATES_HELP),
-    device: str = typer.Option(FROM_API, help=DEVICE_HELP),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    device: str = device_option(),
+    as_json: bool = json_option(),
 ):
     """Remove bias directions from a residual by orthogonal projection; writes every edit to the sidecar."""
     from embedlab.analysis.correct import correct
@@ -210,7 +214,8 @@ def correct_cmd(
         return _print_json(res.summary())
     c = res.info["correction"]
     typer.echo(
-        f"wrote {out}: cos(r, r') = {c['cos_before_after']:.4f}, {100 * c['fraction_of_norm_removed']:.1f}% of |r| removed, "
+        f"wrote {out}: cos(r, r') = {c['cos_before_after']:.4f}, {100 * c['fraction_of_norm_removed']:.1f}% of |r| "
+        f"removed, "
         f"thr {c['thr_before']:.4f} -> {c['thr_after']:.4f}"
     )
     for d in c["directions"]:
@@ -228,9 +233,9 @@ def probe_residual_cmd(
     selector: str = typer.Option(FROM_API, help="Selector for manifests (COLUMN=VALUE[,...])."),
     edit: Optional[List[str]] = typer.Option(FROM_API, help="Only these edits (repeatable; default all)."),
     max_images: int = typer.Option(FROM_API, help="At most this many images (a seeded sample)."),
-    device: str = typer.Option(FROM_API, help=DEVICE_HELP),
-    progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    device: str = device_option(),
+    progress: bool = progress_option(),
+    as_json: bool = json_option(),
 ):
     """Which image edits (exposure, gamma, contrast, saturation, shadows, highlights, glare, blur, JPEG, downscale)
     move the images' projection on a residual towards its target thr: a table with 95% CIs and a plot."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 import functools
 import logging
+import os
 import sys
 
 import typer
@@ -15,7 +16,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from embedlab import __version__
 from embedlab.analysis.vocab import TEMPLATES
-from embedlab.cli.defaults import API, CLI_NAMES, from_api
+from embedlab.cli.defaults import API, CLI_NAMES, FROM_API, from_api, python_names
 from embedlab.errors import EmbedlabError
 
 
@@ -73,7 +74,10 @@ app = _Typer(
 _STATE = {"debug": False}
 
 MODEL_HELP = "open_clip architecture (e.g. ViT-B-32), hf-hub:ORG/REPO, or embedlab-demo / embedlab-tiny."
-PRETRAINED_HELP = "Weights: an open_clip pretrained tag (e.g. openai), hf-hub:ORG/REPO, a local checkpoint file, or none (random init)."
+PRETRAINED_HELP = (
+    "Weights: an open_clip pretrained tag (e.g. openai), hf-hub:ORG/REPO, a local checkpoint file, "
+    "or none (random init)."
+)
 JSON_HELP = "Print a machine-readable summary (JSON) on stdout instead of text."
 PROGRESS_HELP = "Show a progress bar (on stderr)."
 TEMPLATES_HELP = (
@@ -86,24 +90,61 @@ TEMPLATES_HELP = (
 DEVICE_HELP = "auto (GPU when present, says which), cpu, cuda, cuda:N. 'cuda' without a GPU is an error."
 
 
+def json_option(help: str = JSON_HELP):
+    """The --json flag every command that prints a summary has."""
+    return typer.Option(False, "--json", help=help)
+
+
+def progress_option():
+    return typer.Option(FROM_API, help=PROGRESS_HELP)
+
+
+def device_option():
+    return typer.Option(FROM_API, help=DEVICE_HELP)
+
+
+def call_api(target: str, options: dict, **fixed):
+    """Call the API function `target` ("package.module:function" under embedlab, imported now, so that --help stays
+    fast) with a command's options (its `locals()`): choices become their values, flags their Python parameters
+    (CLI_NAMES), and --json stays with the CLI. `fixed` are arguments the command computed itself."""
+    import importlib
+    import inspect
+
+    module, name = target.split(":")
+    fn = getattr(importlib.import_module(f"embedlab.{module}"), name)
+    params = inspect.signature(fn).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs = dict(fixed)
+    for option, value in options.items():
+        if option == "as_json" or option in fixed:
+            continue
+        py = next((n for n in python_names(option) if n in params), option if takes_any else None)
+        if py is None:
+            raise TypeError(f"{target} has no parameter for the option {option!r}")
+        kwargs[py] = value.value if isinstance(value, enum.Enum) else value
+    return fn(**kwargs)
+
+
+def _fail(line: str):
+    typer.echo(f"Error: {line}", err=True)
+    raise typer.Exit(1)
+
+
 def handle_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except EmbedlabError as exc:
-            if _STATE["debug"]:
-                raise
-            typer.echo(f"Error: {cli_message(exc)}", err=True)
-            raise typer.Exit(1)
         except KeyboardInterrupt:
             typer.echo("Interrupted. Finished work is kept; rerun the same command to resume.", err=True)
             raise typer.Exit(130)
-        except OSError as exc:  # the file system said no (permissions, disk full, a file where a folder goes)
-            if _STATE["debug"]:
+        except (EmbedlabError, OSError, UnicodeDecodeError, RuntimeError) as exc:
+            from embedlab._io import is_disk_full
+
+            unexpected = isinstance(exc, RuntimeError) and not isinstance(exc, EmbedlabError) and not is_disk_full(exc)
+            if _STATE["debug"] or unexpected:  # FAISS reports a full disk as a RuntimeError; any other is a bug
                 raise
-            typer.echo(f"Error: {_os_error_line(exc)}", err=True)
-            raise typer.Exit(1)
+            _fail(_error_line(exc))
 
     return wrapper
 
@@ -150,9 +191,29 @@ def cli_message(exc: Exception) -> str:
     return msg
 
 
-def _os_error_line(exc: OSError) -> str:
-    from embedlab._io import display_path
+def _error_line(exc: Exception) -> str:
+    """One line for an expected error: embedlab's own, the file system's, a text file that is not UTF-8."""
+    if isinstance(exc, EmbedlabError):
+        return cli_message(exc)
+    if isinstance(exc, UnicodeDecodeError):  # a text file read without embedlab._io.read_text: still one line
+        return (
+            f"a file that should be UTF-8 text is not (byte 0x{exc.object[exc.start]:02x} at byte offset "
+            f"{exc.start}). Convert it to UTF-8 and rerun (--debug shows which file, in the traceback)."
+        )
+    return _os_error_line(exc)
 
+
+def _os_error_line(exc: OSError) -> str:
+    from embedlab._io import disk_full_error, display_path, is_disk_full
+
+    filename = getattr(exc, "filename", None)
+    if is_disk_full(exc):
+        if filename is not None:
+            return str(disk_full_error(os.fsdecode(filename)))
+        return (
+            "A disk that embedlab was writing to is full. Free space there and rerun the same command: finished "
+            "work is kept and it resumes from there (--debug shows the traceback)."
+        )
     names = [display_path(str(f)) for f in (exc.filename, exc.filename2) if f is not None]
     return (
         f"{exc.strerror or type(exc).__name__}: {' -> '.join(names) or str(exc)}. Fix the path or its permissions "

@@ -8,7 +8,15 @@ from typing import List, Optional
 import typer
 
 from embedlab.choices import RECIPES
-from embedlab.cli.app import JSON_HELP, PROGRESS_HELP, _print_json, app, choices, handle_errors, registry_help
+from embedlab.cli.app import (
+    _print_json,
+    app,
+    choices,
+    handle_errors,
+    json_option,
+    progress_option,
+    registry_help,
+)
 from embedlab.cli.defaults import FROM_API
 from embedlab.datasets.layouts import get_layout, list_layouts
 
@@ -20,7 +28,7 @@ LayoutChoice = choices("LayoutChoice", list_layouts())  # the layout registry gi
 @handle_errors
 def models_cmd(
     pattern: str = typer.Argument("", help="Only names containing this text."),
-    as_json: bool = typer.Option(False, "--json", help="Print {architecture: [pretrained tags]} as JSON."),
+    as_json: bool = json_option("Print {architecture: [pretrained tags]} as JSON."),
 ):
     """List the open_clip architectures and pretrained tags embedlab can load."""
     import open_clip
@@ -52,7 +60,7 @@ def manifest_cmd(
     role: str = typer.Option(FROM_API, help="Set label for every image (flat layout only)."),
     split: Optional[str] = typer.Option(None, help="Split for every image (flat: default train; baid: override)."),
     source: Optional[str] = typer.Option(FROM_API, help="Source name recorded per image (flat layout)."),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    as_json: bool = json_option(),
 ):
     """Write a data manifest for a dataset folder layout (or the bundled demo)."""
     from embedlab.datasets.layouts import manifest
@@ -87,8 +95,8 @@ def synth_backlit_cmd(
     seeds: int = typer.Option(FROM_API, help="Variants per photo (recipes A and B)."),
     first_seed: int = typer.Option(FROM_API, help="First seed."),
     split: str = typer.Option(FROM_API, help="Split recorded in the manifest."),
-    progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    progress: bool = progress_option(),
+    as_json: bool = json_option(),
 ):
     """Render paired synthetic backlit (or exposure-error) versions of photos, with a manifest."""
     from embedlab.datasets.synth_sets import synth_backlit

@@ -75,6 +75,7 @@ API = {
     "search": [("runs.search", "search")],
     "index": [("runs.index", "index_run")],
     "runs merge": [("runs.merge", "merge_runs")],
+    "runs import": [("runs.importer", "import_run")],
     "residual": [("analysis.residual", "residual")],
     "explain-residual": [("reports.explain", "explain_residual")],
     "correct": [("analysis.correct", "correct")],
@@ -87,6 +88,7 @@ API = {
     "synth-backlit": [("datasets.synth_sets", "synth_backlit")],
     "pretrain-demo": [("demos.clip", "pretrain_demo"), ("demos.clip", "DemoRecipe")],
     "demo": [("demos.pipeline", "demo")],
+    "compare": [("demos.compare", "compare")],
 }
 
 

@@ -1,4 +1,4 @@
-"""Commands of the demo stage: pretrain-demo, demo."""
+"""Commands of the demo stage: pretrain-demo, demo, compare."""
 
 from __future__ import annotations
 
@@ -7,7 +7,16 @@ from typing import Optional
 
 import typer
 
-from embedlab.cli.app import DEVICE_HELP, JSON_HELP, PRETRAINED_HELP, PROGRESS_HELP, _print_json, app, handle_errors
+from embedlab.cli.app import (
+    MODEL_HELP,
+    PRETRAINED_HELP,
+    _print_json,
+    app,
+    device_option,
+    handle_errors,
+    json_option,
+    progress_option,
+)
 from embedlab.cli.defaults import FROM_API
 
 
@@ -17,11 +26,11 @@ def pretrain_demo_cmd(
     out: Optional[Path] = typer.Option(
         FROM_API, "--out", "-o", help="Folder for the checkpoint (default: the user cache, keyed by the recipe)."
     ),
-    device: str = typer.Option(FROM_API, help=DEVICE_HELP),
+    device: str = device_option(),
     iters: Optional[int] = typer.Option(None, help="Training iterations (default: the full schedule)."),
     seed: int = typer.Option(FROM_API, help="Seed (the model is deterministic on the CPU for a seed)."),
     overwrite: bool = typer.Option(FROM_API, help="Retrain even when a cached (or shipped) model exists."),
-    progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
+    progress: bool = progress_option(),
     pack: Optional[Path] = typer.Option(
         None,
         "--pack",
@@ -29,9 +38,10 @@ def pretrain_demo_cmd(
         "the grammar uses + all other tensors) into this folder, "
         "e.g. embedlab/data/demo_clip.",
     ),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    as_json: bool = json_option(),
 ):
-    """Train (or find cached) the small offline demo CLIP (a DEMO model: lighting words and package-photo objects only)."""
+    """Train (or find cached) the small offline demo CLIP (a DEMO model: lighting words and package-photo objects
+    only)."""
     from embedlab.demos.clip import pack_model, pretrain_demo
 
     extra = {"steps": iters} if iters else {}
@@ -56,7 +66,7 @@ def demo_cmd(
         "Or any open_clip model, e.g. ViT-B-32 with --pretrained openai.",
     ),
     pretrained: Optional[str] = typer.Option(FROM_API, help=PRETRAINED_HELP),
-    device: str = typer.Option(FROM_API, help=DEVICE_HELP),
+    device: str = device_option(),
     enhancer: Optional[Path] = typer.Option(
         FROM_API, help="Use this enhancer (e.g. a published RAVE .pth) instead of training one."
     ),
@@ -66,15 +76,21 @@ def demo_cmd(
     permutations: int = typer.Option(FROM_API, help="Shuffles for the concept report's permutation test."),
     compare: bool = typer.Option(FROM_API, help="Also train CLIP-LIT-Latent on the same budget for the curve figure."),
     raw_curve: bool = typer.Option(FROM_API, help="Also train on the raw (uncorrected) residual for the curve figure."),
-    progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    progress: bool = progress_option(),
+    as_json: bool = json_option(),
 ):
     """Run the whole chain on the bundled demo data and write one index.html."""
-    from embedlab.demos.clip import first_run_notice
-    from embedlab.demos.pipeline import demo, training_notice
+    import logging
 
+    from embedlab.demos.clip import first_run_notice
+    from embedlab.demos.pipeline import demo, quiet_third_party, training_notice
+
+    if logging.getLogger("embedlab").getEffectiveLevel() == logging.INFO:  # the default: INFO lines only with -v
+        logging.getLogger("embedlab").setLevel(logging.WARNING)
+    quiet_third_party()
+    echo = (lambda line: typer.echo(line, err=True)) if as_json else typer.echo
     if model is None:
-        typer.echo(first_run_notice() + " " + training_notice(iters, raw_curve, compare), err=as_json)
+        echo(first_run_notice() + " " + training_notice(iters, raw_curve, compare))
     result = demo(
         out,
         model=model,
@@ -86,13 +102,61 @@ def demo_cmd(
         compare=compare,
         raw_curve=raw_curve,
         progress=progress,
+        echo=echo,
     )
     if as_json:
         return _print_json(result)
-    for name, path in result["files"].items():
-        typer.echo(f"{name:14s} {path}")
-    typer.echo(
-        f"bias concept removed: {result['bias_concept']}; PSNR input {result['metrics']['input'].get('psnr'):.2f} dB -> "
-        f"enhanced {result['metrics']['enhanced'].get('psnr'):.2f} dB; total {result['total_s']} s"
+    typer.echo(f"done in {result['total_s']:.0f} s; open {out / 'index.html'}")
+
+
+@app.command("compare")
+@handle_errors
+def compare_cmd(
+    a: str = typer.Argument(
+        ...,
+        help="Set A: a run folder, or images (a folder, a manifest, a CSV/parquet table of paths, a Hugging Face "
+        "dataset on disk, webdataset tars); PATH:SELECTOR picks a subset (e.g. runs/x:role=backlit).",
+    ),
+    b: str = typer.Argument(..., help="Set B, the same forms."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the runs, residual, report, map and index.html."),
+    model: Optional[str] = typer.Option(FROM_API, help=MODEL_HELP + " Default: the model of A or B when a run."),
+    pretrained: Optional[str] = typer.Option(FROM_API, help=PRETRAINED_HELP),
+    device: str = device_option(),
+    batch_size: int = typer.Option(FROM_API, help="Images per forward pass."),
+    workers: Optional[int] = typer.Option(FROM_API, help="Decode worker processes (as for extract)."),
+    path_column: Optional[str] = typer.Option(FROM_API, help="Table inputs: the column of image paths."),
+    image_column: Optional[str] = typer.Option(FROM_API, help="Hugging Face inputs: the image column."),
+    bootstrap: int = typer.Option(FROM_API, help="Bootstrap resamples for the residual's stability (0 = skip)."),
+    vocab: Optional[str] = typer.Option(
+        FROM_API, help="Concepts: tokens, words, model, or a file (as explain-residual)."
+    ),
+    permutations: int = typer.Option(FROM_API, help="Label shuffles for the significance test (0 = skip)."),
+    overwrite: bool = typer.Option(FROM_API, help="Replace runs in OUT/runs made from other inputs or models."),
+    progress: bool = progress_option(),
+    as_json: bool = json_option(),
+):
+    """How do A and B differ? Embeds what is not embedded yet (resumable), computes the residual from A to B,
+    explains it, draws the map, and writes OUT/index.html whose first paragraph answers the question."""
+    from embedlab.demos.compare import compare
+
+    result = compare(
+        a,
+        b,
+        out,
+        model=model,
+        pretrained=pretrained,
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+        path_column=path_column,
+        image_column=image_column,
+        bootstrap=bootstrap,
+        vocab=vocab,
+        permutations=permutations,
+        overwrite=overwrite,
+        progress=progress,
     )
-    typer.echo(f"open {out / 'index.html'}")
+    if as_json:
+        return _print_json(result)
+    typer.echo(result["answer"])
+    typer.echo(f"wrote {result['files']['index']}")

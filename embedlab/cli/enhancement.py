@@ -9,15 +9,16 @@ import typer
 
 from embedlab.choices import PRECISIONS
 from embedlab.cli.app import (
-    DEVICE_HELP,
-    JSON_HELP,
     MODEL_HELP,
     PRETRAINED_HELP,
-    PROGRESS_HELP,
     _print_json,
     app,
+    call_api,
     choices,
+    device_option,
     handle_errors,
+    json_option,
+    progress_option,
     registry_help,
 )
 from embedlab.cli.defaults import FROM_API
@@ -101,7 +102,8 @@ def train_cmd(
     ),
     ema: Optional[float] = typer.Option(
         None,
-        help=f"Export an exponential moving average of the weights with this decay ({_TC.ema or 'off'}; the paper: off).",
+        help=f"Export an exponential moving average of the weights with this decay ({_TC.ema or 'off'}; the paper: "
+        f"off).",
     ),
     identity_weight: Optional[float] = typer.Option(
         None, help=f"Weight of the identity term in guided training ({_TC.identity_weight:g}, the paper's)."
@@ -110,48 +112,14 @@ def train_cmd(
         None, help=f"The trained network's padding: {registry_help(PADDINGS)} ({_TC.padding})."
     ),
     seed: Optional[int] = typer.Option(None, help=f"Random seed ({_TC.seed})."),
-    device: str = typer.Option(FROM_API, help=DEVICE_HELP),
+    device: str = device_option(),
     overwrite: bool = typer.Option(FROM_API, help="Start afresh, deleting an existing run in --out."),
-    progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    progress: bool = progress_option(),
+    as_json: bool = json_option(),
 ):
     """Train the enhancement network with RAVE, CLIP-LIT-Latent or CLIP-LIT guidance (defaults: the paper's; a
     preset overrides them, a flag overrides both)."""
-    from embedlab.enhancement.train import train
-
-    result = train(
-        out,
-        preset=preset.value,
-        overwrite=overwrite,
-        progress=progress,
-        guidance=guidance.value,
-        residual=residual,
-        backlit=backlit,
-        welllit=welllit,
-        model=model,
-        pretrained=pretrained,
-        identity=identity.value,
-        identity_model=identity_model,
-        identity_pretrained=identity_pretrained,
-        init=init,
-        iters=iters,
-        recon_iters=recon_iters,
-        stage_iters=stage_iters,
-        guidance_iters=guidance_iters,
-        guidance_init_iters=guidance_init_iters,
-        lr=lr,
-        batch_size=batch_size,
-        size=size,
-        crop=crop,
-        pixel_loss=pixel_loss,
-        lr_schedule=lr_schedule,
-        grad_clip=grad_clip,
-        ema=ema,
-        identity_weight=identity_weight,
-        padding=padding,
-        seed=seed,
-        device=device,
-    )
+    result = call_api("enhancement.train:train", locals())
     if as_json:
         return _print_json(result)
     typer.echo(
@@ -167,7 +135,7 @@ def enhance_cmd(
     ),
     inputs: List[str] = typer.Argument(..., help="Image files or folders."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (PNG, named by input stem)."),
-    device: str = typer.Option(FROM_API, help=DEVICE_HELP),
+    device: str = device_option(),
     batch_size: int = typer.Option(FROM_API, help="Images of one size per forward pass."),
     max_pixels: int = typer.Option(
         FROM_API,
@@ -180,22 +148,11 @@ def enhance_cmd(
         help="fp32 (default; matches the published code's outputs to 1e-5) or "
         "bf16 (autocast: faster on a GPU, outputs differ by up to ~1e-2).",
     ),
-    progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    progress: bool = progress_option(),
+    as_json: bool = json_option(),
 ):
     """Enhance images at full resolution with a trained or published network."""
-    from embedlab.enhancement.infer import enhance
-
-    result = enhance(
-        checkpoint,
-        inputs,
-        out,
-        device=device,
-        batch_size=batch_size,
-        max_pixels=max_pixels,
-        precision=precision.value,
-        progress=progress,
-    )
+    result = call_api("enhancement.infer:enhance", locals())
     if as_json:
         return _print_json(result)
     typer.echo(
@@ -220,16 +177,12 @@ def evaluate_cmd(
     residual: Optional[Path] = typer.Option(
         FROM_API, help="Report the mean projection of embeddings on this residual."
     ),
-    device: str = typer.Option(FROM_API, help=DEVICE_HELP),
-    progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    device: str = device_option(),
+    progress: bool = progress_option(),
+    as_json: bool = json_option(),
 ):
     """PSNR/SSIM (and LPIPS) against ground truth, exposure statistics, and the residual projection."""
-    from embedlab.enhancement.evaluate import evaluate
-
-    summary = evaluate(
-        pred, gt, out, gray=gray, lpips=lpips, inputs=inputs, residual=residual, device=device, progress=progress
-    )
+    summary = call_api("enhancement.evaluate:evaluate", locals())
     if as_json:
         return _print_json(summary)
     shown = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -7,7 +7,13 @@ from typing import Optional
 
 import typer
 
-from embedlab.cli.app import JSON_HELP, PROGRESS_HELP, _print_json, app, handle_errors
+from embedlab.cli.app import (
+    _print_json,
+    app,
+    handle_errors,
+    json_option,
+    progress_option,
+)
 from embedlab.cli.defaults import FROM_API, default
 
 
@@ -26,8 +32,8 @@ def plot_cmd(
         "stratified by --color-by and group (the titles and sample.json say so).",
     ),
     seed: int = typer.Option(FROM_API, help="Seed for the sample and for UMAP."),
-    progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    progress: bool = progress_option(),
+    as_json: bool = json_option(),
 ):
     """2-D maps (PCA, UMAP) of a run's image embeddings, coloured by set, with the residual drawn."""
     from embedlab.reports.plot import plot
@@ -64,7 +70,7 @@ def embedding_map_cmd(
         FROM_API, help="Subsample bigger runs to this many images (seeded; the page states it)."
     ),
     umap: bool = typer.Option("umap" in default("embedding-map", "methods"), help="Also compute a UMAP (cosine) view."),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    as_json: bool = json_option(),
 ):
     """Interactive map of a run's image embeddings: one offline HTML page, PCA/UMAP, thumbnails on hover, search."""
     from embedlab.reports.embedding_map import embedding_map

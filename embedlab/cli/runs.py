@@ -10,16 +10,17 @@ import typer
 
 from embedlab.choices import DECODERS, ENGINES, VECTOR_DTYPES
 from embedlab.cli.app import (
-    DEVICE_HELP,
-    JSON_HELP,
     MODEL_HELP,
     PRETRAINED_HELP,
-    PROGRESS_HELP,
     _print_json,
     _Typer,
     app,
+    call_api,
     choices,
+    device_option,
     handle_errors,
+    json_option,
+    progress_option,
 )
 from embedlab.cli.defaults import FROM_API
 from embedlab.runs.index_kinds import KINDS as _INDEX_KINDS
@@ -35,15 +36,31 @@ EngineChoice = choices("EngineChoice", ENGINES)
 @app.command("extract")
 @handle_errors
 def extract_cmd(
-    manifest: Path = typer.Option(..., "--manifest", "-m", help="Data manifest (.jsonl)."),
+    manifest: Path = typer.Option(
+        ...,
+        "--manifest",
+        "-m",
+        "--input",
+        "-i",
+        help="The images: a data manifest (.jsonl), a folder of images (recursive; role: the folder's name), a "
+        "CSV/TSV/parquet table of image paths (other columns become metadata), a Hugging Face dataset saved to disk "
+        "or its parquet files, or webdataset tars.",
+    ),
+    path_column: Optional[str] = typer.Option(
+        FROM_API, help="A table input: the column of image paths (default: path)."
+    ),
+    image_column: Optional[str] = typer.Option(
+        FROM_API, help="A Hugging Face dataset input: the image column (default: its Image feature)."
+    ),
     model: str = typer.Option(..., help=MODEL_HELP),
     pretrained: str = typer.Option(..., help=PRETRAINED_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder to create or resume."),
-    device: str = typer.Option(FROM_API, help=DEVICE_HELP),
+    device: str = device_option(),
     batch_size: int = typer.Option(FROM_API, help="Images per forward pass."),
     workers: Optional[int] = typer.Option(
         FROM_API,
-        help="DataLoader worker processes (default: on a GPU up to 8; on the CPU all cores for small towers, 1 for large ones; 0 = in-process). With --engine ray: CPUs (decode threads) per actor.",
+        help="DataLoader worker processes (default: on a GPU up to 8; on the CPU all cores for small towers, 1 for "
+        "large ones; 0 = in-process). With --engine ray: CPUs (decode threads) per actor.",
     ),
     shard_size: int = typer.Option(FROM_API, help="Images per shard (the unit of resume)."),
     decode: DecodeChoice = typer.Option(
@@ -56,15 +73,18 @@ def extract_cmd(
     overwrite: bool = typer.Option(FROM_API, help="Replace a run folder made with another configuration."),
     max_aspect: float = typer.Option(
         FROM_API,
-        help="Refuse images whose long side exceeds this many times the short side (recorded as extreme-aspect; bounds the memory of the short-side resize).",
+        help="Refuse images whose long side exceeds this many times the short side (recorded as extreme-aspect; bounds "
+        "the memory of the short-side resize).",
     ),
     engine: EngineChoice = typer.Option(
         FROM_API,
-        help="local (this process and its decode workers) or ray (Ray actors: one per GPU, or per CPU share; pip install 'embedlab[ray]').",
+        help="local (this process and its decode workers) or ray (Ray actors: one per GPU, or per CPU share; pip "
+        "install 'embedlab[ray]').",
     ),
     address: Optional[str] = typer.Option(
         FROM_API,
-        help="--engine ray: address of a running Ray cluster (e.g. auto, or HEAD:6379); default: start a local instance. The run folder must be on storage every node mounts at the same path.",
+        help="--engine ray: address of a running Ray cluster (e.g. auto, or HEAD:6379); default: start a local "
+        "instance. The run folder must be on storage every node mounts at the same path.",
     ),
     gpus_per_worker: Optional[float] = typer.Option(
         FROM_API, help="--engine ray: GPUs per actor (default 1 when the cluster has GPUs)."
@@ -72,32 +92,12 @@ def extract_cmd(
     break_lock: bool = typer.Option(
         FROM_API, help="Take over the run folder's lock from a process that is gone (e.g. killed on another machine)."
     ),
-    progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    progress: bool = progress_option(),
+    as_json: bool = json_option(),
 ):
-    """Embed a manifest's images into a resumable run folder (vectors, metadata, FAISS index)."""
-    from embedlab.runs.extract.pipeline import extract
-
-    summary = extract(
-        manifest,
-        model,
-        pretrained,
-        out,
-        device=device,
-        batch_size=batch_size,
-        workers=workers,
-        shard_size=shard_size,
-        decode=decode.value,
-        vector_dtype=dtype.value,
-        overwrite=overwrite,
-        roles=role,
-        max_aspect=max_aspect,
-        engine=engine.value,
-        address=address,
-        gpus_per_worker=gpus_per_worker,
-        break_lock=break_lock,
-        progress=progress,
-    )
+    """Embed images (a manifest, a folder, a table of paths, a Hugging Face dataset, webdataset tars) into a resumable
+    run folder (vectors, metadata, FAISS index)."""
+    summary = call_api("runs.extract.pipeline:extract", locals())
     if as_json:
         _print_json(summary)
     else:
@@ -133,8 +133,8 @@ def search_cmd(
         "A kind (" + ", ".join(INDEX_KINDS) + "): build that index in memory for this "
         "query. An approximate index's recall against exact search is printed.",
     ),
-    device: str = typer.Option(FROM_API, help=DEVICE_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    device: str = device_option(),
+    as_json: bool = json_option("Print JSON instead of a table."),
 ):
     """Top-k nearest images of a run to a text or image query, with scores."""
     from embedlab.runs.search import search
@@ -183,24 +183,12 @@ def index_cmd(
         FROM_API, help="recall@10 the search setting (nprobe / efSearch) is tuned to reach."
     ),
     seed: int = typer.Option(FROM_API, help="Seed for the training sample and the queries."),
-    progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print the index record as JSON."),
+    progress: bool = progress_option(),
+    as_json: bool = json_option("Print the index record as JSON."),
 ):
-    """Build the run's FAISS index out of core (trained on a sample, filled shard by shard, written atomically; on the GPU
-    with a GPU build of FAISS) and record its recall and latency in the run manifest."""
-    from embedlab.runs.index import index_run
-
-    info = index_run(
-        run,
-        kind.value,
-        memory_budget=memory_budget,
-        nlist=nlist,
-        train_size=train_size,
-        queries=queries,
-        recall_target=recall_target,
-        seed=seed,
-        progress=progress,
-    )
+    """Build the run's FAISS index out of core (trained on a sample, filled shard by shard, written atomically; on
+    the GPU with a GPU build of FAISS) and record its recall and latency in the run manifest."""
+    info = call_api("runs.index:index_run", locals())
     if as_json:
         _print_json(info)
         return
@@ -218,7 +206,11 @@ def index_cmd(
     )
 
 
-runs_app = _Typer(prefix="runs ", no_args_is_help=True, help="Work with run folders as wholes (merge).")
+runs_app = _Typer(
+    prefix="runs ",
+    no_args_is_help=True,
+    help="Work with run folders as wholes (merge; import embeddings made elsewhere).",
+)
 app.add_typer(runs_app, name="runs")
 
 
@@ -235,14 +227,12 @@ def runs_merge_cmd(
         help="Build the exact index while its float32 vectors fit this "
         "memory; beyond, run `embedlab index` on the merged run.",
     ),
-    progress: bool = typer.Option(FROM_API, help=PROGRESS_HELP),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    progress: bool = progress_option(),
+    as_json: bool = json_option(),
 ):
     """Merge runs extracted separately (several machines, days) into one run; refuses mixed models or preprocessing.
     Row ids are renumbered; the column merged_from names each image's source run."""
-    from embedlab.runs.merge import merge_runs
-
-    summary = merge_runs(runs, out, overwrite=overwrite, index_budget=index_budget, progress=progress)
+    summary = call_api("runs.merge:merge_runs", locals())
     if as_json:
         return _print_json(summary)
     typer.echo(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from embedlab._io import list_images
+from embedlab._io import list_images, read_text
 from embedlab._validate import check_param
 from embedlab.datasets import photos
 from embedlab.datasets.manifest import write_manifest
@@ -111,10 +111,12 @@ def _gen_flat(root: Path, role: str = "welllit", split: str = "train", source: s
 
 @register_layout(
     "baid",
-    "ROOT/test/resize_input + ROOT/test/resize_gt (CLIP-LIT), ROOT/BAID_380/resize_input, or ROOT/train/backlit + ROOT/train/well-lit (RAVE)",
+    "ROOT/test/resize_input + ROOT/test/resize_gt (CLIP-LIT), ROOT/BAID_380/resize_input, "
+    "or ROOT/train/backlit + ROOT/train/well-lit (RAVE)",
 )
 def _gen_baid(root: Path, split: str | None = None, **_):
-    """BAID in the CLIP-LIT (resize_input/resize_gt, BAID_380/resize_input) or RAVE (train/backlit, train/well-lit) layout."""
+    """BAID in the CLIP-LIT (resize_input/resize_gt, BAID_380/resize_input) or RAVE (train/backlit,
+    train/well-lit) layout."""
     recs: list[dict] = []
     dropped: list[str] = []
     candidates = [
@@ -274,7 +276,7 @@ def _gen_fivek480(root: Path, expert: str = "C", **_):
             listing = root / f"{sp}_input.txt"
         if not listing.exists():
             continue
-        for name in listing.read_text().split():
+        for name in read_text(listing, "a FiveK split listing (one image name per line)").split():
             stem = Path(name).stem
             inp = root / "input" / "JPG" / "480p" / f"{stem}.jpg"
             gt = root / f"expert{expert}" / "JPG" / "480p" / f"{stem}.jpg"
@@ -335,21 +337,34 @@ def _gen_afifi(root: Path, **_):
 
 
 DEMO_TEST_PHOTOS = ("coffee", "china.jpg")
-DEMO_BIAS_PHOTO = "chelsea"
+DEMO_BIAS_CONCEPT = "vignetted"  # the planted bias: the well-lit training set is vignetted (a word the demo CLIP knows)
+DEMO_VIGNETTE_EV = 2.0  # stops lost at the corners of every well-lit training image
 
 
 @register_layout(
-    "demo", "(no ROOT needed) the photos inside scikit-image and scikit-learn, plus Recipe-A backlit versions"
+    "demo",
+    "(no ROOT needed) the photos inside scikit-image and scikit-learn (colour and grayscale), Recipe-A backlit "
+    "versions and a vignetted well-lit set",
 )
-def _gen_demo(root: Path, backlit_seeds: int = 4, bias_copies: int = 8, test_seeds: int = 2, **_):
-    """The bundled demo: package photos, Recipe-A backlit versions, a planted content bias.
+def _gen_demo(
+    root: Path,
+    backlit_seeds: int = 4,
+    welllit_crops: int = 3,
+    test_seeds: int = 2,
+    vignette_ev: float = DEMO_VIGNETTE_EV,
+    **_,
+):
+    """The bundled demo: package photos (photos.demo_photos(), one group each), Recipe-A backlit versions, a planted
+    lens bias.
 
-    Split by source photo: the test photos' backlit versions are held out for enhancement and evaluation
-    and appear in no training or residual set. The well-lit training set over-represents the cat photo
-    (several seeded crops of it), so the backlit -> well-lit residual carries a 'cat' direction on purpose.
+    Split by source photo: the test photos' backlit versions are held out for enhancement and evaluation and appear
+    in no training or residual set; their originals (the ground truth) are not vignetted. Every training photo gives
+    `backlit_seeds` Recipe-A backlit images and `welllit_crops` well-lit ones (the photo and seeded crops of it), and
+    every well-lit training image carries a lens vignette of `vignette_ev` stops at the corners: the backlit ->
+    well-lit residual carries 'vignetted' on purpose, in every group, so a within-group test can find it.
     """
     recs = []
-    for photo in photos.package_photos():
+    for photo in photos.demo_photos():
         name = photo.uri.split("/", 1)[1]
         group = name.split(".")[0]
         base = {"group": group, "source": photo.source, "license": photo.license}
@@ -368,15 +383,16 @@ def _gen_demo(root: Path, backlit_seeds: int = 4, bias_copies: int = 8, test_see
                 )
             recs.append({"path": photo.uri, "role": "welllit", "split": "test", **base})
             continue
-        recs.append({"path": photo.uri, "role": "welllit", "split": "train", **base})
-        copies = bias_copies if group == DEMO_BIAS_PHOTO else 1
-        for c in range(1, copies):
+        for c in range(welllit_crops):
+            synth_spec = {"recipe": "V", "source": photo.uri, "ev": float(vignette_ev)}
+            if c:
+                synth_spec["crop_seed"] = c
             recs.append(
                 {
-                    "path": f"synth:crop/{group}/c{c}",
+                    "path": f"synth:V/{group}/c{c}",
                     "role": "welllit",
                     "split": "train",
-                    "synth": {"recipe": "none", "source": photo.uri, "crop_seed": c},
+                    "synth": synth_spec,
                     **base,
                 }
             )
@@ -392,7 +408,12 @@ def _gen_demo(root: Path, backlit_seeds: int = 4, bias_copies: int = 8, test_see
                     **base,
                 }
             )
-    return recs, {"bias_photo": DEMO_BIAS_PHOTO, "test_photos": list(DEMO_TEST_PHOTOS)}
+    train_groups = sorted({r["group"] for r in recs if r["split"] == "train"})
+    return recs, {
+        "bias": {"concept": DEMO_BIAS_CONCEPT, "vignette_ev": float(vignette_ev), "on": "role=welllit,split=train"},
+        "train_groups": len(train_groups),
+        "test_photos": list(DEMO_TEST_PHOTOS),
+    }
 
 
 @register_layout("webdataset", WDS_HELP)

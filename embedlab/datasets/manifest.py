@@ -23,13 +23,38 @@ from typing import Iterable
 
 import numpy as np
 
-from embedlab._io import atomic_write_bytes, cache_dir, display_path, hash_records
+from embedlab._io import atomic_write_bytes, cache_dir, decode_utf8, display_path, hash_records, iter_text_lines
 from embedlab.datasets import photos
 from embedlab.errors import ManifestError
 
 FORMAT_VERSION = 1
+MANIFEST_WHAT = "a data manifest (.jsonl: one JSON record per line)"
 WDS_PREFIX = "wds:"  # a virtual entry: a member of a webdataset tar, "wds:TAR::MEMBER"
 WDS_SEP = "::"
+# the columns every run's metadata has (written by the extraction's rows), and those of webdataset members
+META_COLUMNS = (
+    "row_id",
+    "path",
+    "file",
+    "content_sha1",
+    "width",
+    "height",
+    "format",
+    "mode",
+    "jpeg_quality",
+    "mean_luma",
+    "frames",
+    "notes",
+    "decoder",
+    "role",
+    "split",
+    "group",
+    "pair_id",
+    "gt",
+    "source",
+    "manifest_line",
+)
+WDS_COLUMNS = ("url", "caption", "key", "status", "source_width", "source_height")
 RECORD_FIELDS = (
     "path",
     "role",
@@ -114,8 +139,8 @@ class Manifest:
             wanted = " and ".join(f"{c}={v!r}" for c, v in sel.clauses)
             raise ManifestError(
                 f"No image in {self.path} has {wanted}. Roles present: {self.roles()}; splits: {splits}. Fix: pass one "
-                f'of those labels, or add records with those values (e.g. "role": "{dict(sel.clauses).get("role", "backlit")}") '
-                "to the manifest."
+                "of those labels, or add records with those values "
+                f'(e.g. "role": "{dict(sel.clauses).get("role", "backlit")}") to the manifest.'
             )
         return out
 
@@ -136,19 +161,18 @@ def read_manifest(path: str | os.PathLike, check_files: bool = True) -> Manifest
         )
     manifest = Manifest(path=path)
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            item = parse_line(path, lineno, raw, after_entries=bool(manifest.entries))
-            if item is None:
-                continue
-            if isinstance(item, dict):
-                manifest.header = item
-                continue
-            entry = item
-            if entry.path in seen:
-                raise _duplicate(path, lineno, entry.path, seen[entry.path])
-            seen[entry.path] = lineno
-            manifest.entries.append(entry)
+    for lineno, _, raw in iter_text_lines(path, MANIFEST_WHAT, "manifest", ManifestError):
+        item = parse_line(path, lineno, raw, after_entries=bool(manifest.entries))
+        if item is None:
+            continue
+        if isinstance(item, dict):
+            manifest.header = item
+            continue
+        entry = item
+        if entry.path in seen:
+            raise _duplicate(path, lineno, entry.path, seen[entry.path])
+        seen[entry.path] = lineno
+        manifest.entries.append(entry)
     if not manifest.entries:
         raise ManifestError(f"{path} lists zero images. Fix: add records, or regenerate it with `embedlab manifest`.")
     if check_files:
@@ -174,7 +198,8 @@ def parse_line(path, lineno: int, raw: str, after_entries: bool = False):
             raise ManifestError(f"{path} line {lineno}: the header must be the first record.")
         if rec["embedlab_manifest"] != FORMAT_VERSION:
             raise ManifestError(
-                f"{path} line {lineno}: unsupported manifest version {rec['embedlab_manifest']!r} (expected {FORMAT_VERSION})."
+                f"{path} line {lineno}: unsupported manifest version {rec['embedlab_manifest']!r} "
+                f"(expected {FORMAT_VERSION})."
             )
         return rec
     unknown = set(rec) - set(RECORD_FIELDS)
@@ -329,7 +354,11 @@ class LazyEntries:
         with lock:
             fh.seek(int(self.offsets[i]))
             raw = fh.readline()
-        return parse_line(self.path, int(self.lines[i]), raw.decode("utf-8"))
+        line = int(self.lines[i])
+        text = decode_utf8(
+            raw, self.path, MANIFEST_WHAT, "manifest", line=line, offset=int(self.offsets[i]), error=ManifestError
+        )
+        return parse_line(self.path, line, text)
 
     def __iter__(self):
         for i in range(len(self)):
@@ -390,28 +419,25 @@ def scan_manifest(
     whole, chosen, counts, pending, with_meta = hashlib.sha256(), hashlib.sha256(), {}, [], 0
     with open(path, "rb") as fh:
         stamp = file_stamp(fh.fileno())
-        at, lineno = 0, 0
-        for raw in fh:
-            lineno += 1
-            item = parse_line(path, lineno, raw.decode("utf-8"), after_entries=bool(counts))
-            if isinstance(item, dict):
-                man.header = item
-            elif item is not None:
-                blob = json.dumps(item.to_record(), sort_keys=True).encode("utf-8", "surrogateescape")
-                whole.update(blob)
-                counts[item.role] = counts.get(item.role, 0) + 1
-                keys.append(hash(item.path))  # 64-bit, per process
-                if not roles or item.role in roles:
-                    chosen.update(blob)
-                    offsets.append(at)
-                    lines.append(lineno)
-                    with_meta += item.meta is not None
-                    if check_files:
-                        pending.append(item)
-                if check_files and len(pending) >= chunk:
-                    validate_files(Manifest(path, man.header, pending))
-                    pending = []
-            at += len(raw)
+    for lineno, at, raw in iter_text_lines(path, MANIFEST_WHAT, "manifest", ManifestError):
+        item = parse_line(path, lineno, raw, after_entries=bool(counts))
+        if isinstance(item, dict):
+            man.header = item
+        elif item is not None:
+            blob = json.dumps(item.to_record(), sort_keys=True).encode("utf-8", "surrogateescape")
+            whole.update(blob)
+            counts[item.role] = counts.get(item.role, 0) + 1
+            keys.append(hash(item.path))  # 64-bit, per process
+            if not roles or item.role in roles:
+                chosen.update(blob)
+                offsets.append(at)
+                lines.append(lineno)
+                with_meta += item.meta is not None
+                if check_files:
+                    pending.append(item)
+            if check_files and len(pending) >= chunk:
+                validate_files(Manifest(path, man.header, pending))
+                pending = []
     if not counts:
         raise ManifestError(f"{path} lists zero images. Fix: add records, or regenerate it with `embedlab manifest`.")
     if check_files and pending:
@@ -431,13 +457,12 @@ def _check_duplicates(path: Path, keys: np.ndarray) -> None:
         return
     suspects = set(order[same].tolist()) | set(order[same + 1].tolist())
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as fh:
-        k = -1
-        for lineno, raw in enumerate(fh, 1):
-            item = parse_line(path, lineno, raw)
-            if isinstance(item, ManifestEntry):
-                k += 1
-                if k in suspects:
-                    if item.path in seen:
-                        raise _duplicate(path, lineno, item.path, seen[item.path])
-                    seen[item.path] = lineno
+    k = -1
+    for lineno, _, raw in iter_text_lines(path, MANIFEST_WHAT, "manifest", ManifestError):
+        item = parse_line(path, lineno, raw)
+        if isinstance(item, ManifestEntry):
+            k += 1
+            if k in suspects:
+                if item.path in seen:
+                    raise _duplicate(path, lineno, item.path, seen[item.path])
+                seen[item.path] = lineno

@@ -1,4 +1,5 @@
-"""Photos that ship inside installable packages (data.md section 1), addressed by `pkg:` URIs.
+"""Photos that ship inside installable packages (the sample photos bundled with scikit-image and scikit-learn),
+addressed by `pkg:` URIs.
 
 `pkg:skimage/<name>` loads `skimage.data.<name>()` (stereo_motorcycle gives its left view),
 `pkg:sklearn/<file>` loads one of scikit-learn's sample images. Debian wallpaper photos are used when
@@ -62,12 +63,32 @@ SKLEARN_PHOTOS = {
         "pkg:sklearn/flower.jpg", "CC-BY 2.0", "scikit-learn", ("flower",), "a flower against a dark background"
     ),
 }
+# Grayscale photos of scikit-image (loaded as three equal channels): more independent scenes for the demo (each photo
+# is one group of its group-aware test), none in package_photos() (whose users expect the seven colour photos).
+GRAY_PHOTOS = {
+    name: PackagePhoto(f"pkg:skimage/{name}", lic, "scikit-image", objects, scene)
+    for name, lic, objects, scene in (
+        ("camera", "CC0 (Lav Varshney)", ("man", "camera"), "a man with a camera on a tripod"),
+        ("moon", "no license stated (scikit-image)", ("moon",), "the surface of the moon"),
+        ("coins", "no known copyright restrictions (Brooklyn Museum)", ("coins",), "old coins on a table"),
+        ("grass", "CC0 (DeviantArt linolafett)", ("grass",), "a patch of grass"),
+        ("gravel", "CC0 (CC0Textures)", ("gravel",), "gravel on the ground"),
+        ("brick", "CC0 (CC0Textures)", ("brick", "wall"), "a brick wall"),
+        ("clock", "public domain (Stefan van der Walt)", ("clock",), "a wall clock, motion-blurred"),
+        ("text", "public domain (Wikipedia)", ("text",), "printed text photographed at an angle"),
+    )
+}
 DEBIAN_GLOBS = ("/usr/share/backgrounds/*.jpg", "/usr/share/backgrounds/mate/nature/*.jpg")
 
 
 def package_photos() -> list[PackagePhoto]:
     """The seven colour photos shipped inside scikit-image and scikit-learn (always available)."""
     return list(SKIMAGE_PHOTOS.values()) + list(SKLEARN_PHOTOS.values())
+
+
+def demo_photos() -> list[PackagePhoto]:
+    """The package photos and the grayscale ones (GRAY_PHOTOS): the demo's scenes, one group each."""
+    return package_photos() + list(GRAY_PHOTOS.values())
 
 
 def debian_photos() -> list[str]:
@@ -83,7 +104,7 @@ def load_photo(uri: str) -> np.ndarray:
     if not uri.startswith("pkg:"):
         raise ManifestError(f"{uri!r} is not a package photo URI (expected pkg:skimage/<name> or pkg:sklearn/<file>)")
     lib, _, name = uri[4:].partition("/")
-    if lib == "skimage" and name in SKIMAGE_PHOTOS:
+    if lib == "skimage" and (name in SKIMAGE_PHOTOS or name in GRAY_PHOTOS):
         import skimage.data
 
         if name == "motorcycle":
@@ -95,7 +116,7 @@ def load_photo(uri: str) -> np.ndarray:
 
         arr = load_sample_image(name)
     else:
-        choices = [p.uri for p in package_photos()]
+        choices = [p.uri for p in demo_photos()]
         raise ManifestError(f"Unknown package photo {uri!r}. Available: {', '.join(choices)}")
     arr = np.asarray(arr)
     if arr.ndim == 2:

@@ -1,6 +1,6 @@
 """Synthetic lighting recipes (pure NumPy on float arrays).
 
-Recipe A (data.md 2.2, normative): dual exposure in linear light through a soft background mask, veiling
+Recipe A (docs/method.md section 5): dual exposure in linear light through a soft background mask, veiling
 glare, shadow desaturation, Poisson-Gaussian noise and highlight clipping. For the same uint8 photo and seed
 it returns the same array as the reference sketch; the random draws happen in the sketch's order.
 Recipe B: a radial light source behind and above the scene. Recipe C: a global exposure shift (controls).
@@ -201,8 +201,38 @@ def render(u8: np.ndarray, recipe: str, seed: int = 0, ev: float | None = None) 
         return recipe_b(u8, seed)
     if recipe == "C":
         return recipe_c(u8, -1.5 if ev is None else ev)
+    if recipe == "V":  # the demo's lens vignette (`ev` stops at the corners; not a lighting recipe of RECIPES)
+        ev = 2.0 if ev is None else float(ev)
+        return Synthesis(vignette(u8, ev), None, {"recipe": "V", "ev": ev})
     raise ValueError(f"Unknown recipe {recipe!r}. Choose A (backlight, mask), B (radial light) or C (global exposure).")
 
 
 def _floats(params: dict) -> dict:
     return {k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in params.items()}
+
+
+def vignette_gain(h: int, w: int, ev: float) -> np.ndarray:
+    """(h, w) linear-light gain of a lens vignette: 2 ** (-ev * rho ** 2), rho the distance from the centre with the
+    corners at 1 (so the corners lose `ev` stops and the centre none)."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    rho2 = (((yy + 0.5) / h - 0.5) ** 2 + ((xx + 0.5) / w - 0.5) ** 2) / 0.5
+    return 2.0 ** (-float(ev) * rho2)
+
+
+def vignette(u8: np.ndarray, ev: float) -> np.ndarray:
+    """A uint8 sRGB image with a lens vignette of `ev` stops at the corners applied in linear light (one gain per
+    pixel: the paper's enhancer could make or undo it)."""
+    u8 = _check_u8(u8)
+    x = srgb_to_linear(u8 / 255.0) * vignette_gain(*u8.shape[:2], ev)[..., None]
+    return (linear_to_srgb(x) * 255 + 0.5).astype(np.uint8)
+
+
+def corner_centre_ratio(u8: np.ndarray, frac: float = 0.2) -> float:
+    """Mean linear-light luma of the four corner patches (each `frac` of the height and width) over that of the
+    central patch of the same size: 1 for a flat field, 2 ** -ev-ish for a vignette of `ev` stops."""
+    y = srgb_to_linear(np.asarray(u8, np.float64) / 255.0) @ LUMA
+    h, w = y.shape
+    ph, pw = max(1, int(h * frac)), max(1, int(w * frac))
+    corners = np.concatenate([c.ravel() for c in (y[:ph, :pw], y[:ph, -pw:], y[-ph:, :pw], y[-ph:, -pw:])])
+    cy, cx = (h - ph) // 2, (w - pw) // 2
+    return float(corners.mean() / max(y[cy : cy + ph, cx : cx + pw].mean(), 1e-6))

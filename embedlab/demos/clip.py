@@ -39,6 +39,10 @@ SYNONYMS = {
 TEMPLATES = ("a {L} photo of a {O}.", "a photo of a {O}, {L}.", "{L} {O}", "a {O} that is {L}.")
 LIGHT_ONLY = ("a {L} photo.", "{L}", "a photo that is {L}.")
 OBJECT_ONLY = ("a photo of a {O}.", "{O}")
+# A lens style the model also learns (recipe v5): a share of the training crops get a vignette (dark corners, one gain
+# per pixel) and some of their captions say "vignetted"; the demo's well-lit set is vignetted (its planted bias).
+STYLE_WORDS = ("vignetted",)
+STYLE_ONLY = ("a vignetted photo.", "vignetted", "a photo with a vignette, vignetted.")
 
 
 @dataclass(frozen=True)
@@ -55,39 +59,44 @@ class DemoRecipe:
     render_seeds: int = 12
     image_size: int = 64
     photos: tuple = field(default_factory=tuple)
-    variants: str = "spatial"  # "spatial" (v2: see render_condition) or "global" (the v1 lighting variants)
-    # v3: every training crop's colour saturation is scaled by a factor drawn from this range ((1, 1) turns it off:
-    # v2). Without it the backlit -> well-lit residual rewards saturation (Recipe A desaturates the subject), which
-    # the paper's enhancer cannot change (one gain per pixel keeps each pixel's chromaticity): see saturate().
+    variants: str = "spatial"  # "spatial" (see render_condition) or "global" (exposure-only lighting variants)
+    # every training crop's colour saturation is scaled by a factor drawn from this range ((1, 1) turns it off), so
+    # that the backlit -> well-lit residual does not reward saturation (Recipe A desaturates the subject), which the
+    # paper's enhancer cannot change (one gain per pixel keeps each pixel's chromaticity): see saturate()
     saturation_jitter: tuple = (0.6, 1.25)
-    # v4: the spatial well-lit variants (half the well-lit ones) light the background 0 to +0.7 EV above the subject,
-    # without veiling glare (v2/v3: +0.3 to +1.5 EV with glare). A glaring, blown-out background under a well-lit
-    # label taught the model that brightening a whole backlit frame makes it well-lit: the residual's top-1 word was
-    # 'blown-out', and the guidance rewarded even brightening over brightening the subject.
+    # the spatial well-lit variants (half the well-lit ones) light the background up to +0.7 EV above the subject,
+    # without veiling glare, so that "well-lit" never means "a brightened backlit frame" (earlier recipes' results:
+    # analyses/results/archive/)
     welllit_background_ev: tuple = (0.0, 0.7)
     welllit_glare: bool = False
-    version: int = 4
+    # recipe v5: this share of the training crops gets a lens vignette of this many stops at the corners, and this
+    # share of their captions say "vignetted" (a caption that says it matches vignetted crops only); at (0.3, 0.5)
+    # the demo's residual read the planted vignette as 'dim' and 'faded' before 'vignetted'
+    vignette_p: float = 0.5
+    vignette_ev: tuple = (1.0, 2.5)
+    vignette_said: float = 0.8
+    version: int = 5
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def default_recipe(**overrides) -> DemoRecipe:
-    uris = tuple(p.uri for p in photos.package_photos()) + tuple(f"deb:{p}" for p in photos.debian_photos())
+    uris = tuple(p.uri for p in photos.demo_photos()) + tuple(f"deb:{p}" for p in photos.debian_photos())
     return DemoRecipe(photos=uris, **overrides)
 
 
 def photo_objects(uri: str) -> tuple[str, ...]:
-    for p in photos.package_photos():
+    for p in photos.demo_photos():
         if p.uri == uri:
             return p.objects
     return ("scene",)
 
 
 def vocabulary() -> list[str]:
-    """The words and phrases of the caption grammar (lighting synonyms, then object tags)."""
-    words = [s for c in CLASSES for s in SYNONYMS[c]]
-    objs = sorted({o for p in photos.package_photos() for o in p.objects} | {"scene"})
+    """The words and phrases of the caption grammar (lighting synonyms, the style word, then object tags)."""
+    words = [s for c in CLASSES for s in SYNONYMS[c]] + list(STYLE_WORDS)
+    objs = sorted({o for p in photos.demo_photos() for o in p.objects} | {"scene"})
     return words + objs
 
 
@@ -129,12 +138,11 @@ def render_condition(
 ) -> np.ndarray:
     """One lighting variant of a base photo.
 
-    "global" (v1): well-lit = +-0.3 EV; backlit alternates Recipe A (even seeds) and B (odd seeds).
-    "spatial" (v2) decouples "backlit" from "bright pixels" so the backlit -> well-lit direction rewards a brighter
+    "global": well-lit = +-0.3 EV; backlit alternates Recipe A (even seeds) and B (odd seeds).
+    "spatial" decouples "backlit" from "bright pixels" so the backlit -> well-lit direction rewards a brighter
     subject rather than a darker frame: half the well-lit variants keep the subject exposed (ev_fg +-0.3) under a
-    brighter background (ev_bg `welllit_background_ev`; v4: 0..+0.7 EV without glare; v2/v3: +0.3..+1.5 EV with
-    glare), and a third of the backlit ones darken only the subject (ev_fg -4..-2, ev_bg +-0.3, no glare); the
-    others are Recipe A and B as in v1."""
+    brighter background (ev_bg `welllit_background_ev`, with glare only if `welllit_glare`), and a third of the
+    backlit ones darken only the subject (ev_fg -4..-2, ev_bg +-0.3, no glare); the others are as in "global"."""
     rng = np.random.default_rng(10_000_000 + seed)
     spatial = variants == "spatial"
     if cls == "welllit":
@@ -298,16 +306,29 @@ def _sample_batch(pool, objects_of: dict, recipe: DemoRecipe, rng):
         obj = objects_of[uri][rng.integers(len(objects_of[uri]))]
         crop = _random_crop(arr, recipe.image_size, rng)
         lo, hi = recipe.saturation_jitter
-        imgs.append(saturate(crop, rng.uniform(lo, hi)) if (lo, hi) != (1, 1) else crop)
-        img_keys.append((cls, set(objects_of[uri])))
+        crop = saturate(crop, rng.uniform(lo, hi)) if (lo, hi) != (1, 1) else crop
+        vig = bool(recipe.vignette_p > 0 and rng.random() < recipe.vignette_p)
+        imgs.append(synth.vignette(crop, rng.uniform(*recipe.vignette_ev)) if vig else crop)
+        img_keys.append((cls, set(objects_of[uri]), vig))
         kind = rng.random()
         c_cls, c_obj = (cls, obj) if kind < 0.6 else ((cls, None) if kind < 0.85 else (None, obj))
-        captions.append(_caption(c_cls, c_obj, rng))
-        cap_keys.append((c_cls, c_obj))
+        caption, c_vig = _caption(c_cls, c_obj, rng), None
+        if vig and rng.random() < recipe.vignette_said:  # it says "vignetted": alone, or after the caption
+            c_vig = True
+            if rng.random() < 0.3:
+                c_cls = c_obj = None
+                caption = STYLE_ONLY[rng.integers(len(STYLE_ONLY))]
+            else:
+                caption = caption.rstrip(".") + ", vignetted."
+        captions.append(caption)
+        cap_keys.append((c_cls, c_obj, c_vig))
     target = torch.tensor(
         [
-            [float((cc is None or cc == ic) and (co is None or co in iobjs)) for cc, co in cap_keys]
-            for ic, iobjs in img_keys
+            [
+                float((cc is None or cc == ic) and (co is None or co in iobjs) and (cv is None or iv))
+                for cc, co, cv in cap_keys
+            ]
+            for ic, iobjs, iv in img_keys
         ]
     )
     return imgs, captions, target
@@ -389,7 +410,7 @@ def packaged_key() -> str | None:
     return read_json(meta).get("recipe_key") if meta.exists() and (PACKAGED / PACKED_FILE).exists() else None
 
 
-IDLE_SECONDS_PER_STEP = 0.5  # measured: 300 steps of batch 128 in 140-151 s on 2 idle cores (recipe v3)
+IDLE_SECONDS_PER_STEP = 0.5  # a step of batch 128 on 2 idle cores, for the notice (analyses/results/bench_demo.json)
 
 
 def first_run_notice(steps: int | None = None) -> str:

@@ -7,7 +7,7 @@ import logging
 import os
 from pathlib import Path
 
-from embedlab._io import atomic_write_bytes
+from embedlab._io import atomic_write_bytes, read_json
 from embedlab.reports.concept_report import lead_sentences
 from embedlab.reports.html import render_page, set_nav
 
@@ -26,8 +26,27 @@ HIGHER_IS_BETTER = {
     "mae": False,
     "mse": False,
 }
+METRIC_NAMES = {  # demo.json's metric keys as the page shows them
+    "psnr": "PSNR (dB)",
+    "ssim": "SSIM",
+    "mean_luma": "mean luma",
+    "dark40_luma": "darkest-40% luma",
+    "projection": "projection toward well-lit",
+}
 TOP_FIGURES = ("before_after", "plot_training_curves")  # shown side by side at the top of the page
-PAGE_KEYS = {"files", "bias_concept", "model", "residual_top", "metrics", "correction", "timings_s", "total_s"}
+PAGE_KEYS = {
+    "files",
+    "bias_concept",
+    "model",
+    "model_label",
+    "finding",
+    "world",
+    "residual_top",
+    "metrics",
+    "correction",
+    "timings_s",
+    "total_s",
+}
 
 
 def _scalar(v) -> bool:
@@ -88,11 +107,11 @@ def compare_cards(tables: list) -> tuple[list, str]:
             cards.append(
                 {"name": metric, "ref": a, "val": b, "ref_name": ref, "val_name": main, "word": word, "cls": cls}
             )
-            buckets[word].append(f"{metric} ({_f(a)} → {_f(b)})")
+            buckets[word].append(f"{METRIC_NAMES.get(metric, metric)} ({_f(a)} → {_f(b)})")
             scored = {n: v.get(metric) for n, v in rows.items() if isinstance(v.get(metric), (int, float))}
             if better is not None and len(scored) > 2:
                 top = (max if better else min)(scored, key=scored.get)
-                best.append(f"{metric}: {top} ({_f(scored[top])})")
+                best.append(f"{METRIC_NAMES.get(metric, metric)}: {top} ({_f(scored[top])})")
     text = " ".join(
         f"{word.capitalize()} ({cards[0]['val_name']} vs {cards[0]['ref_name']}): {', '.join(items)}."
         for word, items in buckets.items()
@@ -118,7 +137,7 @@ def _report_lead(report_html: Path) -> list:
     path = Path(report_html).with_suffix(".json")
     if not path.exists():
         return []
-    r = json.loads(path.read_text())
+    r = read_json(path, "a report's JSON (UTF-8 text)")
     table = pd.DataFrame(r["concepts"]) if r.get("concepts") else pd.DataFrame(columns=["direction", "concept"])
     return lead_sentences(r, table)
 
@@ -140,6 +159,56 @@ def _label(im, text: str):
     draw.rectangle((box[0] - 5, box[1] - 4, box[2] + 5, box[3] + 4), fill=(0, 0, 0))
     draw.text((8, 6), text, fill=(255, 255, 255), font=font)
     return im
+
+
+PLANTED_NAMES = {"input": "backlit input", "raw": "enhancer, raw residual", "corrected": "enhancer, corrected residual"}
+
+
+def finding_paragraph(result: dict):
+    """The page's first paragraph: which bias the residual carried, how significant, what `correct` removed and what
+    that changed in the enhancers' outputs (every number from demo.json)."""
+    from markupsafe import Markup, escape
+
+    f, planted = result.get("finding") or {}, (result.get("loop") or {}).get("planted") or {}
+    world = result.get("world") or {}
+    parts = []
+    planted_word = world.get("concept")
+    if world.get("vignette_ev") is not None:
+        parts.append(
+            f"The demo's well-lit training photos were all taken through a lens vignette ({world['vignette_ev']:g} "
+            f"stops darker at the corners); the backlit ones were not. So the residual (backlit &rarr; well-lit, "
+            f"{escape(world.get('train_groups', '?'))} photos) has reason to carry <b>{escape(planted_word)}</b> "
+            "besides the lighting."
+        )
+    if f.get("concept"):
+        test = (
+            f"family-wise max-T permutation test with the {escape(f.get('groups'))} photos as units, labels shuffled "
+            f"within each photo's images, K = {escape(f.get('permutations'))}"
+            if f.get("shuffle") == "within"
+            else f"family-wise max-T permutation test on {escape(f.get('unit'))}, K = {escape(f.get('permutations'))}"
+        )
+        other = (
+            f" (not the planted <b>{escape(planted_word)}</b>)" if planted_word and f["concept"] != planted_word else ""
+        )
+        parts.append(
+            f"The concept report finds <b>{escape(f['concept'])}</b>{other} among the concepts it adds at "
+            f"<b>p_fwer = {f['p_fwer']:.3g}</b> ({test}), and <code>correct</code> removed it from the residual."
+        )
+    else:
+        parts.append(
+            "The concept report finds no added concept at p_fwer &lt; 0.05 other than lighting words, so "
+            "<code>correct</code> removed nothing."
+        )
+    st = planted.get("stops") or {}
+    if "raw" in st and "corrected" in st:
+        parts.append(
+            f"On the held-out photos, the enhancer trained on the raw residual leaves the corners "
+            f"<b>{st['raw']:+.2f} stops</b> from the originals' falloff, the one trained on the corrected residual "
+            f"<b>{st['corrected']:+.2f} stops</b> (the backlit inputs: {st['input']:+.2f})."
+        )
+    elif "corrected" in st:
+        parts.append(f"The enhancer's held-out outputs: corners {st['corrected']:+.2f} stops from the originals'.")
+    return Markup(" ".join(parts))
 
 
 def write_index(out: Path, result: dict) -> Path:
@@ -183,6 +252,12 @@ def write_index(out: Path, result: dict) -> Path:
         "index.html.j2",
         nav_links=nav,
         model=result.get("model", ""),
+        model_label=result.get("model_label") or result.get("model", ""),
+        finding_html=finding_paragraph(result),
+        planted=(result.get("loop") or {}).get("planted"),
+        planted_names=PLANTED_NAMES,
+        metric_names=METRIC_NAMES,
+        n_held=len((result.get("loop") or {}).get("held_out_images") or []),
         headline=headline,
         cards=cards,
         metric_tables=tables,

@@ -15,9 +15,11 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 from embedlab._io import atomic_write_json, cache_ref
-from embedlab.demos.page import _label, write_index
+from embedlab.demos.figures import figures
+from embedlab.demos.page import write_index
 from embedlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -66,11 +68,19 @@ def lighting_words() -> set[str]:
     return words | {w for phrase in words for w in phrase.replace("-", " ").split()}
 
 
-def pick_bias_concept(concepts: list[dict]) -> str | None:
-    """The rule: the top-ranked concept the residual adds that is not a lighting word of the caption grammar."""
+BIAS_ALPHA = 0.05  # a concept is removed only if the report's family-wise test finds it at this level
+
+
+def pick_bias_concept(concepts: list[dict], alpha: float = BIAS_ALPHA) -> str | None:
+    """The report's finding: the top-ranked concept the residual adds that its family-wise permutation test finds
+    (p_fwer < alpha) and that is not a lighting word (lighting is what the residual is for). None when the report
+    finds no such concept: then nothing is removed."""
     light = lighting_words()
     for c in concepts:
         if c["direction"] != "adds":
+            continue
+        p = c.get("p_fwer")
+        if p is None or not p < alpha:
             continue
         words = set(str(c["concept"]).lower().replace("-", " ").split())
         if str(c["concept"]).lower() not in light and not words & light:
@@ -78,7 +88,18 @@ def pick_bias_concept(concepts: list[dict]) -> str | None:
     return None
 
 
-IDLE_SECONDS_PER_ITER = 0.22  # measured: the demo trained 2 x 200 iterations in 87.1 s on 2 idle cores (bench_demo)
+def quiet_third_party() -> None:
+    """Filter, at their source modules, the third-party warnings a demo user cannot act on (the demo fixes every
+    option they are about)."""
+    import warnings
+
+    # UMAP: "n_jobs value 1 overridden to 1 by setting random_state" (the plot fixes random_state on purpose)
+    warnings.filterwarnings("ignore", message=r"n_jobs value .* overridden", category=UserWarning, module=r"umap\.")
+    # UMAP/sklearn on a few hundred points: "... is deprecated ... force_all_finite" style renames inside umap
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"sklearn\.")
+
+
+IDLE_SECONDS_PER_ITER = 0.22  # an enhancer iteration on 2 idle cores, for the notice (analyses/results/bench_demo.json)
 
 
 def training_notice(train_iters: int | None = None, raw_curve: bool = True, compare: bool = False) -> str:
@@ -113,18 +134,22 @@ def demo(
     compare: bool = False,
     raw_curve: bool = True,
     curve_every: int = 25,
+    echo: Callable[[str], None] | None = None,
 ) -> dict:
     """Run the demo chain into `out`; returns a dict of every artifact's path and the headline numbers.
 
     The enhancer trains with the `demo` preset (embedlab.enhancement.presets.PRESETS; `train_iters` overrides its
     iterations) on the corrected residual, scored on the held-out photos every `curve_every` iterations; `raw_curve`
-    also trains one on the raw residual for the curve figure, `compare` one with CLIP-LIT-Latent on the same budget."""
+    also trains one on the raw residual for the curve figure, `compare` one with CLIP-LIT-Latent on the same budget.
+    `echo` (e.g. print) gets one line per stage; `progress` then draws a bar only for the stages that take long
+    (the demo CLIP's training, the enhancers' training)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    lap = _Laps()
+    lap = _Laps(echo)
+    model_label = None
     if model is None:
-        model, pretrained = _demo_clip(device, progress, demo_steps)
-        lap("demo CLIP (trained or cached)")
+        model, pretrained, model_label, short = _demo_clip(device, progress, demo_steps)
+        lap("demo CLIP", short)
     elif pretrained is None:
         raise ConfigError(
             "'model' needs 'pretrained' (a tag such as openai, hf-hub:ID, a checkpoint file, or none)."
@@ -135,13 +160,16 @@ def demo(
     )
     loop, scores, arts = _closed_loop(out, chain, model, pretrained, device, progress, enhancer, train_opts, lap)
     arts = {**chain["files"], **arts}
-    arts.update(_figures(out, chain["run_dir"], chain["res_path"], out / "test_inputs", chain["man"]))
-    lap("plots")
+    arts.update(figures(out, chain["run_dir"], chain["res_path"], out / "test_inputs", chain["man"]))
+    lap("figures")
     report, c = chain["report"], chain["correction"]
     result = {
         "files": arts,
         "bias_concept": chain["bias"],
+        "finding": chain["finding"],
+        "world": chain["world"],
         "model": f"{model}/{pretrained}",
+        "model_label": model_label or f"{model} (weights {pretrained})",
         "residual_top": [x["concept"] for x in report["concepts"] if x["direction"] == "adds"][:5],
         "metrics": scores,
         "loop": loop,
@@ -159,14 +187,17 @@ def demo(
 
 
 class _Laps:
-    """Named wall-time laps of the demo's steps (each call records the time since the previous one)."""
+    """Named wall-time laps of the demo's steps (each call records the time since the previous one) and, with `echo`,
+    one console line per stage."""
 
-    def __init__(self):
-        self.t0, self.timings = time.perf_counter(), {}
+    def __init__(self, echo: Callable[[str], None] | None = None):
+        self.t0, self.timings, self.echo = time.perf_counter(), {}, echo
 
-    def __call__(self, name: str) -> None:
+    def __call__(self, name: str, detail: str = "") -> None:
         self.timings[name] = round(time.perf_counter() - self.t0 - sum(self.timings.values()), 2)
         log.info("demo: %s done (%.1f s)", name, self.timings[name])
+        if self.echo is not None:
+            self.echo(f"{name:<17s}{detail + ' ' if detail else ''}({self.timings[name]:.0f} s)")
 
     def total(self) -> float:
         return round(time.perf_counter() - self.t0, 1)
@@ -182,23 +213,26 @@ def _embed_and_explain(
     from embedlab.reports.explain import explain_residual
     from embedlab.runs.extract.pipeline import extract
 
-    man_path = manifest("demo", ".", out / "manifest.jsonl")["files"]["manifest"]
+    made = manifest("demo", ".", out / "manifest.jsonl")
+    man_path = made["files"]["manifest"]
     run_dir = out / "run"
-    summary = extract(man_path, model, pretrained, run_dir, device=device, workers=0, progress=progress, overwrite=True)
-    lap("extract")
+    # the stages below take seconds each: one line each, no bars (progress=False)
+    summary = extract(man_path, model, pretrained, run_dir, device=device, workers=0, progress=False, overwrite=True)
+    lap("extract", f"{summary['embedded']} images embedded")
     res_path = out / "residual.npy"
     res = residual(
-        run_dir, "role=backlit,split=train", "role=welllit,split=train", res_path, bootstrap=200, progress=progress
+        run_dir, "role=backlit,split=train", "role=welllit,split=train", res_path, bootstrap=200, progress=False
     )
-    lap("residual")
+    lap("residual", "backlit -> well-lit, training photos")
     report = explain_residual(
-        res_path, out / "report", top=15, permutations=permutations, device=device, progress=progress
+        res_path, out / "report", top=15, permutations=permutations, device=device, progress=False
     )
-    lap("explain-residual")
     bias = pick_bias_concept(report["concepts"])
+    finding = bias_finding(report, bias)
+    lap("concept report", finding["line"])
     corrected = out / "corrected.npy"
     c = _remove_bias(bias, res, res_path, corrected, device)
-    lap("correct")
+    lap("correct", f"removed {bias!r}" if bias else "nothing removed (no significant non-lighting concept)")
     files = {
         "manifest": str(man_path),
         "run": str(run_dir),
@@ -215,9 +249,39 @@ def _embed_and_explain(
         "corrected": corrected,
         "report": report,
         "bias": bias,
+        "finding": finding,
+        "world": {**(made.get("bias") or {}), "train_groups": made.get("train_groups")},
         "correction": c,
         "summary": summary,
     }
+
+
+def bias_finding(report: dict, bias: str | None) -> dict:
+    """What the concept report found about the removed concept: its row's statistics and the test's units, and a
+    one-line summary."""
+    info = report["info"]
+    unit = info.get("test_unit") or {}
+    row = next((c for c in report["concepts"] if c["concept"] == bias and c["direction"] == "adds"), None)
+    n_sig = info.get("significant_fwer_05")
+    out = {
+        "concept": bias,
+        "p_fwer": row.get("p_fwer") if row else None,
+        "t": row.get("t") if row else None,
+        "rank": row.get("rank") if row else None,
+        "groups": info.get("groups"),
+        "unit": unit.get("unit"),
+        "shuffle": unit.get("shuffle"),
+        "permutations": (info.get("permutation") or {}).get("K"),
+        "significant": n_sig,
+    }
+    if bias and row:
+        out["line"] = (
+            f"{bias!r} added, p_fwer {row['p_fwer']:.3g} ({unit.get('unit')}: {info.get('groups')}, shuffled "
+            f"{unit.get('shuffle')}); {n_sig} concept(s) at p_fwer < {BIAS_ALPHA}"
+        )
+    else:
+        out["line"] = f"{n_sig} concept(s) at p_fwer < {BIAS_ALPHA}, none of them a non-lighting concept"
+    return out
 
 
 def _closed_loop(
@@ -244,16 +308,23 @@ def _closed_loop(
     base = held.baselines()
     loop = {"held_out_images": held.names, "thr": held.thr, "max_pixels": LOOP_MAX_PIXELS}
     arts = {}
+    raw = None
     if enhancer:
         ckpt = arts["enhancer"] = str(enhancer)
     else:
         ckpt, trained = _train_demo_enhancers(out, chain, held, base, model, pretrained, device, progress, train_opts)
         arts.update(trained.pop("files"))
+        raw = trained.pop("raw_enhancer", None)
         loop.update(trained)
-    lap("train")
-    enhance(ckpt, [str(test_inputs)], out / "enhanced", device=device, progress=progress, max_pixels=LOOP_MAX_PIXELS)
+    lap("train", f"{1 + bool(raw)} enhancer(s) (corrected{' and raw' if raw else ''} residual)" if not enhancer else "")
+    enhance(ckpt, [str(test_inputs)], out / "enhanced", device=device, progress=False, max_pixels=LOOP_MAX_PIXELS)
     arts["enhanced"] = str(out / "enhanced")
-    lap("enhance")
+    if raw:  # the enhancer trained on the raw residual, on the same held-out photos: does it show the bias?
+        enhance(
+            raw, [str(test_inputs)], out / "enhanced_raw", device=device, progress=False, max_pixels=LOOP_MAX_PIXELS
+        )
+        arts["enhanced_raw"], arts["enhancer_raw"] = str(out / "enhanced_raw"), raw
+    lap("enhance", f"{len(held.names)} held-out photos")
     metrics = evaluate(
         out / "enhanced",
         str(chain["man_path"]),
@@ -261,7 +332,7 @@ def _closed_loop(
         residual=str(chain["corrected"]),
         inputs=str(test_inputs),
         device=device,
-        progress=progress,
+        progress=False,
     )
     arts["metrics"] = metrics["files"]["summary"]
     loop["enhanced_by"] = (
@@ -274,8 +345,39 @@ def _closed_loop(
         "gamma 0.5": base["gamma 0.5"],
     }
     loop["bars"] = quality_bars(scores["input"], scores["enhanced"], held.thr)
-    lap("evaluate")
+    loop["planted"] = _planted_pattern(out, held, raw)
+    if raw:
+        scores["enhanced, raw residual"] = held.scores(
+            [load_rgb(str(out / "enhanced_raw" / f"{n}.png")) for n in held.names]
+        )
+    st = loop["planted"]["stops"]
+    lap(
+        "evaluate",
+        f"PSNR {scores['input']['psnr']:.2f} -> {scores['enhanced']['psnr']:.2f} dB; corner falloff vs originals: "
+        f"corrected {st['corrected']:+.2f} stops" + (f", raw {st['raw']:+.2f}" if "raw" in st else ""),
+    )
     return loop, {**scores, "residual_projection": metrics.get("residual_projection")}, arts
+
+
+def _planted_pattern(out: Path, held, raw: str | None) -> dict:
+    """The planted vignette in the held-out outputs, in stops of corner-to-centre luma against the originals, for the
+    inputs, the corrected residual's enhancer and (when trained) the raw residual's."""
+    from embedlab.datasets.images import load_rgb
+    from embedlab.demos.loop import vignetting_stops
+
+    outs = {"input": held.inputs}
+    if raw:
+        outs["raw"] = [load_rgb(str(out / "enhanced_raw" / f"{n}.png")) for n in held.names]
+    outs["corrected"] = [load_rgb(str(out / "enhanced" / f"{n}.png")) for n in held.names]
+    stops = {k: vignetting_stops(v, held.gts) for k, v in outs.items()}
+    res = {
+        "measure": "log2 of the corner-to-centre luma ratio (four corner patches of 20% x 20% vs the central one, "
+        "linear light) over the original's, mean over the held-out photos; 0 = the original's falloff",
+        "stops": stops,
+    }
+    if raw:
+        res["raw_minus_corrected"] = stops["raw"] - stops["corrected"]
+    return res
 
 
 def _train_demo_enhancers(
@@ -305,22 +407,37 @@ def _train_demo_enhancers(
         backlit=f"{run_dir}:role=backlit,split=train",
         iters=iters,
         device=device,
-        progress=progress,
         **ident,
     )
-    ckpt, curves, train_s = _train_with_curves(out, held, runs, common, opts["curve_every"])
+    enhancers, curves, train_s = _train_with_curves(out, held, runs, common, opts["curve_every"], progress)
+    ckpt = enhancers["RAVE, corrected residual"]
     plot = plot_curves(curves, base["input"], held.thr, base, out / "training_curves.png")
     files = {"enhancer": ckpt, "training_log": str(out / "train" / "log.csv"), "plot_training_curves": str(plot)}
-    return ckpt, {"files": files, "curves": curves, "train_seconds": train_s, "preset": "demo", "iters": iters}
+    return ckpt, {
+        "files": files,
+        "raw_enhancer": enhancers.get("RAVE, raw residual"),
+        "curves": curves,
+        "train_seconds": train_s,
+        "preset": "demo",
+        "iters": iters,
+    }
 
 
-def _demo_clip(device: str, progress: bool, steps: int | None) -> tuple[str, str]:
+def _demo_clip(device: str, progress: bool, steps: int | None) -> tuple[str, str, str, str]:
     """The demo CLIP (trained, cached or unpacked from the shipped copy): (model name, checkpoint named relative to
-    the cache root, "cache:...", so that pages and sidecars do not show the user's home)."""
-    from embedlab.demos.clip import MODEL_NAME, pretrain_demo
+    the cache root, "cache:...", so that pages and sidecars do not show the user's home; its name and recipe for
+    the page; a short form of that for the console)."""
+    from embedlab.demos.clip import MODEL_NAME, default_recipe, pretrain_demo
 
-    ckpt = pretrain_demo(device=device, progress=progress, **({"steps": steps} if steps else {}))["files"]["checkpoint"]
-    return MODEL_NAME, cache_ref(ckpt)
+    r = pretrain_demo(device=device, progress=progress, **({"steps": steps} if steps else {}))
+    rec = default_recipe(**({"steps": steps} if steps else {}))
+    source = {"package": "the copy shipped with embedlab", "cache": "cached", "trained": "trained now"}[r["source"]]
+    label = (
+        f"{MODEL_NAME}, the demo CLIP embedlab trains itself (recipe v{rec.version} {r['recipe_key']}: seed "
+        f"{rec.seed}, {rec.steps} steps on {len(rec.photos)} package photos under four lighting conditions, "
+        f"{rec.image_size} px; {source})"
+    )
+    return MODEL_NAME, cache_ref(r["files"]["checkpoint"]), label, f"{MODEL_NAME} recipe v{rec.version} ({source})"
 
 
 def _remove_bias(bias: str | None, res, res_path: Path, corrected: Path, device: str):
@@ -329,30 +446,12 @@ def _remove_bias(bias: str | None, res, res_path: Path, corrected: Path, device:
 
     if bias is not None:
         return corr.correct(res_path, corrected, remove=[bias], device=device)
-    log.warning("demo: every added concept is a lighting word; nothing to remove")
+    log.warning(
+        "demo: the report finds no added concept (p_fwer < %s) that is not a lighting word; nothing removed", BIAS_ALPHA
+    )
     shutil.copy(res_path, corrected)
     shutil.copy(res_path.with_suffix(".json"), corrected.with_suffix(".json"))
     return res
-
-
-def _figures(out: Path, run_dir: Path, res_path: Path, test_inputs: Path, man) -> dict[str, str]:
-    """The embedding plots, the before/after grid and the interactive map; returns their paths by artifact name."""
-    from embedlab.reports.embedding_map import embedding_map
-    from embedlab.reports.plot import plot
-
-    arts = {
-        f"plot_{k}": v for k, v in plot(run_dir, out / "plots", residual=str(res_path), progress=False)["files"].items()
-    }
-    arts["before_after"] = str(before_after_grid(test_inputs, out / "enhanced", man, out / "before_after.png"))
-    arts["map"] = str(
-        embedding_map(
-            run_dir,
-            out / "map.html",
-            residual=str(res_path),
-            nav=[("demo index", "index.html"), ("concept report", "report/report.html")],
-        )["files"]["html"]
-    )
-    return arts
 
 
 def _copy_held_out_inputs(man, folder: Path) -> list[tuple[str, str]]:
@@ -369,51 +468,29 @@ def _copy_held_out_inputs(man, folder: Path) -> list[tuple[str, str]]:
     return pairs
 
 
-def _train_with_curves(out: Path, held, runs: dict, common: dict, curve_every: int) -> tuple[str, dict, dict]:
+def _train_with_curves(
+    out: Path, held, runs: dict, common: dict, curve_every: int, progress: bool = False
+) -> tuple[dict, dict, dict]:
     """Train one enhancer per entry of `runs` (label -> train options), the first into out/train, scoring the
-    held-out photos every `curve_every` iterations; returns (first enhancer, curves, training seconds)."""
+    held-out photos every `curve_every` iterations (shown, never used to choose anything); returns (enhancer by
+    label, curves, training seconds). `progress`: one bar over all the trainings (cleared when done)."""
+    from embedlab._io import progress_bar
     from embedlab.demos.loop import train_with_curve
 
-    curves, train_s, first = {}, {}, None
-    for i, (label, opts) in enumerate(runs.items()):
-        folder = out / ("train" if i == 0 else f"train_{i}")
-        r = train_with_curve(folder, held, curve_every, LOOP_MAX_PIXELS, **common, **opts)
-        curves[label], train_s[label] = r["curve"], r["train_seconds"]
-        first = first or r["enhancer"]
-    return first, curves, train_s
+    curves, train_s, enhancers = {}, {}, {}
+    bar = progress_bar(progress, total=common["iters"] * len(runs), desc="train", unit="it")
+    bar.leave = False
+    try:
+        for i, (label, opts) in enumerate(runs.items()):
+            folder = out / ("train" if i == 0 else f"train_{i}")
+            done = [bar.n]
+            bar.set_description(f"train ({label})")
 
+            def tick(point, done=done):
+                bar.update(done[0] + point["iter"] - bar.n)
 
-def before_after_grid(inputs: Path, enhanced: Path, man, path: Path) -> Path:
-    """Rows of (backlit input | enhanced | original) for the held-out images, at 256 px high."""
-    from PIL import Image
-
-    from embedlab.datasets.manifest import materialize
-
-    gt_by_stem = {Path(materialize(man, e.path, e)).stem: materialize(man, e.gt) for e in man.entries if e.gt}
-    rows = []
-    for f in sorted(Path(inputs).iterdir()):
-        enh = Path(enhanced) / f"{f.stem}.png"
-        if not enh.exists():
-            continue
-        ims = [Image.open(f).convert("RGB"), Image.open(enh).convert("RGB")]
-        if f.stem in gt_by_stem:
-            ims.append(Image.open(gt_by_stem[f.stem]).convert("RGB"))
-        ims = [
-            _label(im.resize((round(im.width * 256 / im.height), 256)), name)
-            for im, name in zip(ims, ("backlit input", "enhanced", "original"))
-        ]
-        row = Image.new("RGB", (sum(i.width for i in ims) + 8 * (len(ims) - 1), 256), "white")
-        x = 0
-        for im in ims:
-            row.paste(im, (x, 0))
-            x += im.width + 8
-        rows.append(row)
-    if not rows:
-        raise ConfigError("No enhanced image to put in the before/after grid.")
-    grid = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows) + 8 * (len(rows) - 1)), "white")
-    y = 0
-    for r in rows:
-        grid.paste(r, (0, y))
-        y += r.height + 8
-    grid.save(path)
-    return path
+            r = train_with_curve(folder, held, curve_every, LOOP_MAX_PIXELS, on_point=tick, **common, **opts)
+            curves[label], train_s[label], enhancers[label] = r["curve"], r["train_seconds"], r["enhancer"]
+    finally:
+        bar.close()
+    return enhancers, curves, train_s

@@ -99,7 +99,8 @@ def load_resized(paths: list[str], size: int) -> torch.Tensor:
 
 
 def augment(batch: torch.Tensor, rng: np.random.Generator, zoom=(0.7, 1.3)) -> torch.Tensor:
-    """method.md 1.7: hflip, vflip, transpose (p 0.5 each), per-axis zoom (p 0.3) and rotation (p 0.3, +-90 deg),
+    """The papers' augmentation: hflip, vflip, transpose (p 0.5 each), per-axis zoom (p 0.3) and rotation
+    (p 0.3, +-90 deg),
     with reflect borders. `batch` is float (B, 3, H, W) in [0, 1]."""
     out = []
     for x in batch:

@@ -185,7 +185,7 @@ def residual_projection(residual: str, enhanced: list[str], inputs: str | None =
 
     res = load_residual(residual)
     mi = res.info["model"]
-    lm = models.load_verified(mi, device, source=f"residual {residual}")
+    lm = res.load_model(device)
 
     def mean_proj(files):
         feats = [

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from embedlab._validate import check_param
-from embedlab.errors import IncompatibleRunError, InvalidParameterError
+from embedlab.errors import EmbedlabError, IncompatibleRunError, InvalidParameterError
 
 if TYPE_CHECKING:
     import torch
@@ -137,13 +137,19 @@ class ResidualGuidance(GuidanceMode):
         res = load_residual(cfg.residual)
         mi = res.info["model"]
         if cfg.model and (cfg.model, cfg.pretrained) != (mi["model"], mi["pretrained"]):
+            try:  # its width, for the message (a model that cannot be loaded here is named without it)
+                other_dim = models.load_model(cfg.model, cfg.pretrained, "cpu").dim
+            except EmbedlabError:
+                other_dim = None
+            if other_dim is not None and other_dim != len(res.vector):
+                raise res.dimension_mismatch(other_dim, f"{cfg.model}/{cfg.pretrained}", has_model_option=True)
             raise IncompatibleRunError(
-                f"The guidance model {cfg.model}/{cfg.pretrained} differs from the residual's model "
-                f"{mi['model']}/{mi['pretrained']}; train reads the model from the residual."
-            )
-        self.lm = models.load_verified(
-            dict(mi, embed_dim=len(res.vector)), trainer.dev, source=f"residual {cfg.residual}"
-        )
+                f"The guidance model {cfg.model}/{cfg.pretrained} differs from the model residual {cfg.residual} "
+                f"was made with ({mi['model']}/{mi['pretrained']}, per its sidecar); train reads the model from the "
+                f"residual. Fix: pass 'model' {mi['model']} 'pretrained' {mi['pretrained']} (or leave them out), or "
+                f"recreate the residual with {cfg.model}/{cfg.pretrained}."
+            ).naming("model", "pretrained")
+        self.lm = res.load_model(trainer.dev)
         self.v_res = torch.tensor(res.vector, dtype=torch.float32, device=trainer.dev)
         self.thr = res.thr
         log.info(

@@ -1,4 +1,4 @@
-"""The losses of CLIP-LIT and RAVE (method.md 1.5, 2.3), as small pure functions on tensors."""
+"""The losses of CLIP-LIT and RAVE (docs/method.md section 4), as small pure functions on tensors."""
 
 from __future__ import annotations
 
@@ -51,7 +51,8 @@ def layer_weights(weights, n_maps: int) -> tuple[float, ...]:
 def identity_loss(
     maps_out: list[torch.Tensor], maps_in: list[torch.Tensor], weights=PAPER_ID_WEIGHTS_GUIDED
 ) -> torch.Tensor:
-    """sum_b sum_l w_l MSE(map_l(out_b), map_l(in_b)): per-image MSE per layer, summed over the batch (as the reference)."""
+    """sum_b sum_l w_l MSE(map_l(out_b), map_l(in_b)): per-image MSE per layer, summed over the batch (as the
+    reference)."""
     if len(maps_out) != len(weights):
         raise ValueError(f"{len(maps_out)} feature maps but {len(weights)} weights")
     total = maps_out[0].new_zeros(())
@@ -69,8 +70,9 @@ def ranking_loss(score_backlit: torch.Tensor, score_welllit: torch.Tensor, earli
     """Margin-ranking refinement (x200 applied by the caller). Scores are p_neg ("how backlit").
 
     `earlier` holds the network's outputs from earlier rounds ordered oldest -> newest; we require
-    backlit >= oldest >= ... >= newest >= well-lit (method.md 1.5 notes the reference may order R1/R2 the
-    other way). Margins as the reference: 1.0 with no earlier results; 0.9/0.9/0.2 with one; 0.9/0.9/0.1/0.1 with two."""
+    backlit >= oldest >= ... >= newest >= well-lit (the reference code may order R1/R2 the
+    other way). Margins as the reference: 1.0 with no earlier results; 0.9/0.9/0.2 with one; 0.9/0.9/0.1/0.1 with
+    two."""
 
     def hinge(a, b, m):
         return F.relu(m - (a - b)).mean()

@@ -1,4 +1,4 @@
-"""The enhancement network of CLIP-LIT / RAVE (method.md 1.2): 278,790 parameters, no downsampling.
+"""The enhancement network of CLIP-LIT / RAVE (docs/method.md section 4): 278,790 parameters, no downsampling.
 
 It predicts a one-channel illumination map L >= 0 and returns clamp(I / L, 0, 1). Training uses zero padding
 in cond1/condx/condy/cond_add1 (`padding="train"`); the published test-time class uses reflect padding there

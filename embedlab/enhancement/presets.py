@@ -25,7 +25,7 @@ IDENTITY_LOSSES = {
 
 @dataclass
 class TrainConfig:
-    """Defaults are the paper's (method.md 1.6, 2.4); `preset='cpu-small'` shrinks them for CPU runs."""
+    """Defaults are the paper's (docs/method.md section 4); `preset='cpu-small'` shrinks them for CPU runs."""
 
     out: str = "train_run"
     guidance: str = "residual"
@@ -117,22 +117,14 @@ PRESETS = {
     },
     # `embedlab demo`'s schedule on the demo CLIP (64 px input): identity init, whole images squash-resized to
     # 64 px, the guidance tower's own input size, batch 4, and the identity term through the guidance tower's
-    # features (no RN101 offline). How it differs from the paper, and why (held-out and validation figures:
-    # analyses/results/eval_demo_loop*.json and validate_demo_preset.json):
-    # - lr 3e-4 (15x; 2e-5 barely moves the network in a few hundred steps) with a cosine decay to 0 over the 200
-    #   iterations, the global gradient norm clipped at 1, and the exported weights an EMA (decay 0.95) of the
-    #   network's: at a constant 3e-4 the held-out PSNR swung between 11 and 17 dB from one 25-step point to the next
-    #   and a residual differing by 2.5e-4 at most (cosine 0.999999) moved the final result from 16.7 to 8.0 dB.
-    #   The result is still sensitive to the residual's last bits: a corrected residual differing by 3.7e-4 moved it
-    #   from +1.30 dB / 51% of the projection gap to +0.76 dB / 59%.
-    # - identity weight 75 (the paper: 22.5): at 22.5 the network over-brightens (held-out PSNR +0.6 dB, below the
-    #   bar of +1). On a validation set (the training photos under Recipe-A seeds never rendered for training), not
-    #   the held-out photos, weights 60 / 75 / 90 reach 60% / 56% / 55% of the projection gap at +0.86 / +1.43 /
-    #   +1.43 dB: 75 and 90 meet both bars there, 60 misses the PSNR bar; 75 stays.
-    # - the network trains with the test-time class's reflect padding (the paper trains a zero-padded class and tests
-    #   the reflect-padded one). At 64 px the borders are a large part of the picture, and what a zero-padded training
-    #   learns there does not carry over: trained zero-padded, the enhancer reaches 54% of the held-out gap when scored
-    #   with its own zero padding but 43% as `embedlab enhance` runs it (reflect); trained reflect-padded, 51%.
+    # features (no RN101 offline). It differs from the paper where a few hundred steps on 64 px images need it (the
+    # figures behind each choice: analyses/results/validate_demo_preset.json and eval_demo_loop.json):
+    # - lr 3e-4 with a cosine decay to 0, gradient norm clipped at 1 and EMA weights (decay 0.95): the paper's 2e-5
+    #   barely moves the network in 200 steps, and a constant 3e-4 makes the outcome swing from step to step;
+    # - identity weight 75 (the paper: 22.5), chosen on a validation set (training photos under unseen Recipe-A
+    #   seeds), because at 22.5 the network over-brightens;
+    # - reflect padding in training, the padding `embedlab enhance` runs with: at 64 px the borders are a large part
+    #   of the picture, and what a zero-padded training learns there does not carry over.
     "demo": {
         "init": "identity",
         "iters": 200,

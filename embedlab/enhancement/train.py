@@ -292,7 +292,8 @@ class Trainer:
         return st["phase"]
 
     def _run_guidance_stage(self, phase: str, bar) -> None:
-        """A stage of the guidance mode's own optimiser (initialisation, or ranking refinement) between network stages."""
+        """A stage of the guidance mode's own optimiser (initialisation, or ranking refinement) between network
+        stages."""
         st = self.schedule_state
         ranking = phase == "guidance-rank"
         n, loss = self.guidance.refine(self, ranking, st.get("round", 0))

@@ -25,13 +25,18 @@ COLUMNS = [
     "mean_sim_from",
     "mean_sim_to",
     "diff",
+    "t",
     "auroc",
     "welch_p",
     "q_bh",
     "p_fwer",
     "p_fwer_deflated",
 ]
-SHORT_COLUMNS = ["rank", "concept", "score_centred", "auroc", "p_fwer", "q_bh"]
+SHORT_COLUMNS = ["rank", "concept", "cosine_at_pick", "diff", "auroc", "p_fwer", "q_bh"]
+# the columns computed on the test units (images, or groups of images); the rest come from the residual, itself
+# built from the sets' image means: each header names which (`column_label`)
+UNIT_COLUMNS = ("mean_sim_from", "mean_sim_to", "diff", "t", "auroc", "welch_p", "q_bh", "p_fwer", "p_fwer_deflated")
+RESIDUAL_COLUMNS = ("score_centred", "z", "raw_cosine", "cosine_at_pick", "cum_explained")
 COLUMN_HELP = {
     "rank": "order of the greedy (deflated) pick on this side",
     "direction": "adds: toward the to set; removes: toward the from set",
@@ -39,16 +44,20 @@ COLUMN_HELP = {
     "score_centred": "cosine of the residual with the concept's text embedding, vocabulary mean removed",
     "z": "score_centred standardised against the whole vocabulary",
     "raw_cosine": "cosine without centring (what RAVE ranks)",
-    "cosine_at_pick": "cosine with the residual at the concept's deflation step (its sign decides the side)",
+    "cosine_at_pick": "cosine with the residual at the concept's deflation step: what the list ranks by (each step "
+    "picks the largest) and the bar chart plots; its sign decides the side",
     "cum_explained": "share of |r|^2 explained by the picks so far",
     "mean_sim_from": "mean per-image similarity to the concept in the from set",
     "mean_sim_to": "mean per-image similarity to the concept in the to set",
     "diff": "mean_sim_to - mean_sim_from",
+    "t": "diff over its standard error on the test units (the statistic p_fwer tests); positive: more similar in to",
     "auroc": "chance that a to-set image is more similar to the concept than a from-set image",
     "welch_p": "per-concept Welch t-test, nominal (not corrected)",
     "q_bh": "Benjamini-Hochberg q over the whole vocabulary",
-    "p_fwer": "family-wise adjusted permutation p (max statistic); green when < 0.05",
-    "p_fwer_deflated": "the same test at each deflation step (first steps only)",
+    "p_fwer": "family-wise adjusted permutation p: how often shuffled sets give any concept of the vocabulary a "
+    "|t| this large (max-T); green when < 0.05",
+    "p_fwer_deflated": "step-down max-T p along the list's order (first steps only): each pick against the "
+    "vocabulary without the picks above it",
 }
 SIG_LEVEL = 0.05
 SET_NAMES = ("from", "to")
@@ -71,7 +80,11 @@ def bar_chart(adds: pd.DataFrame, removes: pd.DataFrame, k: int = 15):
         fig.subplots_adjust(
             left=0.3, top=1 - 0.6 / (0.28 * len(labels) + 1.5), bottom=0.55 / (0.28 * len(labels) + 1.5)
         )
-        ax.set_xlabel("cosine with the residual at the concept's deflation step (centred vocabulary)", fontsize=8)
+        ax.set_xlabel(
+            "cosine_at_pick: cosine with the residual at the concept's deflation step (centred vocabulary; "
+            "the lists' order)",
+            fontsize=8,
+        )
         ax.set_title("Top concepts of the residual from the 'from' set to the 'to' set", fontsize=10)
         ax.legend(
             handles=[
@@ -161,12 +174,17 @@ def test_description(report: dict) -> str:
     if unit:
         n_from, n_to = unit.get("n_from"), unit.get("n_to")
         what = unit.get("unit", "images")
+        eff = fmt(unit.get("effective_n", "?"))
+        fam = perm.get("family_note") or unit.get("family", "the vocabulary")
         head = (
-            f"Permutation test on {what}: {n_from} + {n_to} {what} (effective n = {fmt(unit.get('effective_n', '?'))} {what}), "
-            f"{perm.get('scheme') or unit.get('shuffle', '')}; family: {perm.get('family_note') or unit.get('family', 'the vocabulary')}"
+            f"Permutation test on {what}: {n_from} + {n_to} {what} (effective n = {eff} {what}), "
+            f"{perm.get('scheme') or unit.get('shuffle', '')}; family: {fam}"
         )
     else:
-        head = f"Permutation test: {perm.get('scheme', 'labels shuffled')} ({perm.get('n_units', '?')} units); family: max statistic over the vocabulary"
+        head = (
+            f"Permutation test: {perm.get('scheme', 'labels shuffled')} ({perm.get('n_units', '?')} units); "
+            "family: max statistic over the vocabulary"
+        )
     used = ""
     if info.get("images") is not None:
         used = (
@@ -177,7 +195,19 @@ def test_description(report: dict) -> str:
         )
         if unit and unit.get("auroc_max_error") is not None:
             used += f" AUROC {unit['auroc']} (at most {unit['auroc_max_error']:.4f} off)."
-    return f"{head}; K = {perm['K']} shuffles, smallest attainable p = {fmt(perm.get('smallest_attainable_p'))}." + used
+    tested = ""
+    if perm.get("statistic"):
+        tested = (
+            f" Tested: {perm['statistic']}; p_fwer compares each listed concept's t with "
+            f"{perm.get('max_statistic', 'the largest |t| over the whole vocabulary under each shuffle')} "
+            "(Westfall-Young max-T), so it asks whether the sets differ along the concept, whatever the residual's "
+            "direction."
+        )
+    return (
+        f"{head}; K = {perm['K']} shuffles, smallest attainable p = {fmt(perm.get('smallest_attainable_p'))}."
+        + tested
+        + used
+    )
 
 
 def why_not_significant(report: dict, table: pd.DataFrame) -> str:
@@ -195,14 +225,16 @@ def why_not_significant(report: dict, table: pd.DataFrame) -> str:
     smallest = perm.get("smallest_attainable_p")
     if smallest is not None and smallest >= SIG_LEVEL:
         return (
-            f"with {perm.get('n_units', 'these')} exchangeable units only ~10^{perm.get('log10_distinct_shuffles', 0):.1f} "
-            f"distinct shuffles exist, so no p below {fmt(smallest)} can be reached"
+            f"with {perm.get('n_units', 'these')} exchangeable units only "
+            f"~10^{perm.get('log10_distinct_shuffles', 0):.1f} distinct shuffles exist, "
+            f"so no p below {fmt(smallest)} can be reached"
         )
     p = pd.to_numeric(table.get("p_fwer", pd.Series(dtype=float)), errors="coerce")
     best = fmt(float(p.min())) if p.notna().any() else "n/a"
     return (
-        f"no concept's score beats the largest score of shuffled sets often enough (smallest p_fwer {best}, "
-        f"family-wise over {info.get('vocabulary_size', 'all')} concepts)"
+        f"no listed concept's t (its difference between the sets over its standard error) beats the largest |t| "
+        f"that shuffled sets give any concept often enough (smallest p_fwer {best}, family-wise over "
+        f"{info.get('vocabulary_size', 'all')} concepts)"
     )
 
 
@@ -260,7 +292,8 @@ def lead_sentences(report: dict, table: pd.DataFrame, md: bool = False) -> list:
 def _summary_lines(report: dict, base=None) -> list[str]:
     info, res = report["info"], report["residual"]
     lines = [
-        f"Residual: {shown_path(res['path'], base)} ({res['method']}, from {res['from']} to {res['to']}; model {res['model']})",
+        f"Residual: {shown_path(res['path'], base)} ({res['method']}, from {res['from']} to {res['to']}; "
+        f"model {res['model']})",
         f"Vocabulary: {info['vocabulary']} - {info['vocabulary_source']}; templates {info['templates']}",
     ]
     if info.get("vocabulary_note"):
@@ -268,9 +301,11 @@ def _summary_lines(report: dict, base=None) -> list[str]:
     lines.append(test_description(report))
     lines.append(
         "Scores: cosine with the centred vocabulary (the text mean removed); z against the vocabulary; "
-        "raw_cosine as RAVE ranks. p_fwer: family-wise adjusted (max statistic); p_fwer_deflated: the "
-        "same test at each deflation step (the first steps; blank beyond); welch_p: per-concept Welch "
-        "t-test (nominal); q_bh: Benjamini-Hochberg over the whole vocabulary."
+        "raw_cosine as RAVE ranks. t: the concept's difference of mean similarity between the sets over its "
+        "standard error on the test units. p_fwer: family-wise adjusted, max-T over the whole vocabulary under "
+        "shuffled labels; p_fwer_deflated: step-down max-T along the list's order (the first steps; blank "
+        "beyond); welch_p: per-concept Welch t-test (nominal); q_bh: Benjamini-Hochberg over the whole "
+        "vocabulary."
     )
     lines.append(sign_rule(report))
     return lines
@@ -295,13 +330,39 @@ def sign_rule(report: dict) -> str:
     return SIGN_RULE + stop
 
 
+def unit_word(report: dict) -> str:
+    """'per group' or 'per image': what one test unit is (the rows the unit columns average and compare)."""
+    unit = (report["info"].get("test_unit") or {}).get("unit", "images")
+    return "per group" if unit == "groups" else "per image"
+
+
+def column_label(report: dict, c: str) -> str:
+    """A column header that names its unit: the test units' (per group / per image) or the residual's (from the
+    sets' image means)."""
+    if c in UNIT_COLUMNS:
+        return f"{c} ({unit_word(report)})"
+    if c in RESIDUAL_COLUMNS:
+        return f"{c} (residual of image means)"
+    return c
+
+
+def sign_disagrees(row) -> bool:
+    """The row's list side (from the residual, i.e. the image means) and the sign of its difference on the test
+    units (diff) disagree: e.g. a concept the residual adds that the groups hold less of in the to set."""
+    d = row.get("diff")
+    if d is None or pd.isna(d) or float(d) == 0:
+        return False
+    return (float(d) > 0) != (row.get("direction") == "adds")
+
+
 def _rows(t: pd.DataFrame) -> list[dict]:
     rows = []
     for _, row in t.iterrows():
         p, p_defl = row.get("p_fwer"), row.get("p_fwer_deflated")
         sig = pd.notna(p) and float(p) < SIG_LEVEL
         dagger = not sig and pd.notna(p_defl) and float(p_defl) < SIG_LEVEL
-        rows.append({"cells": {c: fmt(v) for c, v in row.items()}, "sig": sig, "dagger": dagger})
+        cells = {c: fmt(v) for c, v in row.items()}
+        rows.append({"cells": cells, "sig": sig, "dagger": dagger, "flip": sign_disagrees(row)})
     return rows
 
 
@@ -313,11 +374,13 @@ def render_markdown(report: dict, table: pd.DataFrame, base=None) -> str:
         ("removes", "Concepts the residual removes (toward the from set)"),
     ):
         t = table[table["direction"] == side]
-        lines += [f"## {title}", "", "| " + " | ".join(t.columns) + " |", "|" + "---|" * len(t.columns)]
+        heads = [column_label(report, c) for c in t.columns]
+        lines += [f"## {title}", "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(t.columns)]
         for _, row in t.iterrows():
-            lines.append(
-                "| " + " | ".join(md_escape(v) if isinstance(v, str) else fmt(v) for v in row.to_list()) + " |"
-            )
+            cells = [md_escape(v) if isinstance(v, str) else fmt(v) for v in row.to_list()]
+            if sign_disagrees(row):
+                cells[list(t.columns).index("concept")] += " (sign of diff disagrees with the list)"
+            lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -327,6 +390,7 @@ def render_html(report: dict, table: pd.DataFrame, figures: dict, nav_links: lis
     columns = [
         {
             "name": c,
+            "label": column_label(report, c),
             "help": COLUMN_HELP.get(c, ""),
             "cls": ("c" if c == "concept" else "n") + ("" if c in SHORT_COLUMNS else " x"),
         }
@@ -349,6 +413,7 @@ def render_html(report: dict, table: pd.DataFrame, figures: dict, nav_links: lis
                 "rows": rows,
                 "rule": sign_rule(report),
                 "any_deflated": any(r["dagger"] for r in rows),
+                "any_flip": any(r["flip"] for r in rows),
             }
         )
     sets = [
@@ -372,6 +437,7 @@ def render_html(report: dict, table: pd.DataFrame, figures: dict, nav_links: lis
         sides=sides,
         columns=columns,
         test_line=test_description(report),
+        unit_word=unit_word(report),
         exemplars=report.get("exemplars") or [],
         details=_summary_lines(report, base),
     )

@@ -13,6 +13,7 @@ from embedlab._io import cache_ref, check_output_dir
 from embedlab._validate import Interval, check_param
 from embedlab.analysis.explain import FIGURE_CONCEPTS, MIN_EXPLAINED, explain_vectors
 from embedlab.analysis.image_sets import ImageSets, set_group_ids
+from embedlab.analysis.results import Result
 from embedlab.errors import ConfigError
 from embedlab.reports.concept_report import bar_chart, similarity_histograms, write_report
 from embedlab.reports.html import png_data_uri, thumb_data_uri
@@ -44,7 +45,7 @@ def _exemplars(run, mask: np.ndarray, nearest: list[tuple]) -> list[list[dict]]:
 
 
 def explain_residual(
-    residual: str | os.PathLike,
+    residual,
     out: str | os.PathLike = "report",
     *,
     vocab: str | None = None,
@@ -60,16 +61,17 @@ def explain_residual(
     family: str = "page",
     min_explained: float = MIN_EXPLAINED,
 ) -> dict:
-    """Rank concepts for a residual file and write report.{json,csv,md,html} into `out`. Returns the report dict."""
+    """Rank concepts for a residual (its .npy, or a `Residual`, e.g. one computed in memory) and write
+    report.{json,csv,md,html} into `out`. Returns the report: a dict whose `.to_pandas()` is the concept table."""
     from embedlab import models
     from embedlab.analysis import vocab as vb
-    from embedlab.analysis.residual_file import load_residual
+    from embedlab.analysis.residual_file import as_residual
 
     check_param("top", top, Interval(int, 1, 500), "explain_residual")
     check_param("permutations", permutations, Interval(int, 0), "explain_residual")
     check_param("candidates", candidates, Interval(int, 1), "explain_residual")
     check_output_dir(out)  # an --out that is an existing file: one line now, not a traceback at the end
-    res = load_residual(residual)
+    res = as_residual(residual)  # a Residual (a notebook's, maybe in memory) or its file
     mi = res.info["model"]
     # the network is built (and its weights checked against the residual's) only if some text is not cached
     lm = models.TextModelHandle(mi["model"], mi["pretrained"], mi["weights_sha256"], len(res.vector), device)
@@ -125,7 +127,7 @@ def explain_residual(
         "embedlab_report": 1,
         "info": info,
         "residual": {
-            "path": str(res.path),
+            "path": str(res.path) if res.path is not None else None,
             "method": res.info.get("method"),
             "from": res.info["from"]["selector"],
             "to": res.info["to"]["selector"],
@@ -141,7 +143,7 @@ def explain_residual(
         figures["histograms"] = _exemplars_and_histograms(report, result, runs, exemplars, res)
     html_exemplars = _html_exemplars(report)
     report["files"] = write_report(out, report, figures, html_exemplars)
-    return report
+    return Result(report, "concepts")  # a dict; .to_pandas(): the ranked concepts
 
 
 def _exemplars_and_histograms(report: dict, result: dict, runs, exemplars: int, res) -> str:

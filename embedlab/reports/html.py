@@ -100,7 +100,7 @@ def set_nav(html_path: str | Path, links: list[tuple[str, str]]) -> None:
 
 @contextlib.contextmanager
 def plain_text_figures():
-    """Matplotlib with mathtext off: a '$' in a concept or selector is drawn as a dollar sign (issue 12.3)."""
+    """Matplotlib with mathtext off: a '$' in a concept or selector is drawn as a dollar sign."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -203,7 +203,10 @@ def export_projector(X: np.ndarray, meta, folder: Path) -> Path:
         from embedlab.reports.projection import write_sprite
 
         path, size = write_sprite(meta["file"].astype(str).tolist(), folder, 32)
-        sprite = f'  sprite {{\n    image_path: "{path.name}"\n    single_image_dim: {size}\n    single_image_dim: {size}\n  }}\n'
+        sprite = (
+            f'  sprite {{\n    image_path: "{path.name}"\n'
+            f"    single_image_dim: {size}\n    single_image_dim: {size}\n  }}\n"
+        )
     (folder / "projector_config.pbtxt").write_text(
         'embeddings {\n  tensor_path: "tensors.tsv"\n  metadata_path: "metadata.tsv"\n' + sprite + "}\n"
     )

@@ -114,11 +114,11 @@ KIND_CHOICES = ("auto", *KINDS)
 
 
 def auto_kind(n: int, d: int, budget: int) -> tuple[str, str]:
-    """(kind, why) by the field's size rule (autofaiss, anchors section 2): exact below about a million vectors
+    """(kind, why) by the field's size rule (autofaiss's rule): exact below about a million vectors
     when they fit; HNSW when its graph fits the budget; beyond, IVF. There, because quantised candidates are
     re-scored from the stored vectors (`RerankedIndex`), the codes only have to find the neighbourhood, so the
-    fastest ones (4-bit fast-scan PQ) lose no recall against float32 lists: on 400,000 x 512 synthetic vectors,
-    recall@10 0.935 at nprobe 64 either way, 0.96 ms per query against 6.9 ms for 8-bit codes."""
+    fastest ones (4-bit fast-scan PQ) serve as well as float32 lists (recall and latency per kind:
+    analyses/results/bench_scale.json)."""
     if n < 1_000_000 and KINDS["flat"].memory(n, d, 0) <= budget:
         return "flat", f"{n:,} vectors (< 1M) fit the budget as float32: exact search"
     if hnsw_links(n, d, budget):
@@ -249,11 +249,15 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, kind: str = "flat"):
 
 
 def write_index(index, path: str | os.PathLike) -> None:
-    """Write atomically: a temporary file in the same folder, then a rename."""
+    """Write atomically: a temporary file in the same folder, then a rename. The bytes go through a Python file
+    (faiss.PyCallbackIOWriter), flushed and fsynced, so a full disk raises (DiskFullError, one line) instead of
+    FAISS's traceback, or its printed 'close error' that leaves a truncated index behind."""
     import faiss
 
-    with atomic_path(path) as tmp:
-        faiss.write_index(index, str(tmp))
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        faiss.write_index(index, faiss.PyCallbackIOWriter(fh.write))
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def read_index(path: str | os.PathLike):

@@ -24,7 +24,7 @@ import time
 import uuid
 from pathlib import Path
 
-from embedlab._io import display_path
+from embedlab._io import disk_full_error, display_path, is_disk_full
 from embedlab.errors import EmbedlabError
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def provably_alive(holder: dict) -> bool:
 
 
 def describe(holder: dict) -> str:
-    command = f", command {holder['command']!r}" if holder.get("command") else ""
+    command = f", command `{holder['command']}`" if holder.get("command") else ""
     return (
         f"{holder.get('what', 'a process')} (pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, "
         f"user {holder.get('user', '?')}{command}) since {holder.get('since', '?')}"
@@ -104,8 +104,13 @@ def describe(holder: dict) -> str:
 
 
 def _command_line() -> str:
-    argv = [os.path.basename(sys.argv[0]) if i == 0 else a for i, a in enumerate(sys.argv)] or ["?"]
-    text = shlex.join(str(a) for a in argv)
+    argv = list(sys.argv) or ["?"]
+    argv[0] = os.path.basename(argv[0])
+    if argv[0] == "__main__.py":  # python -m embedlab
+        argv[0] = os.path.basename(os.path.dirname(sys.argv[0])) or "python -m"
+    elif argv[0] == "-c":
+        argv[0] = "python -c"
+    text = " ".join([argv[0], shlex.join(str(a) for a in argv[1:])]).strip()
     return text if len(text) <= 200 else text[:197] + "..."
 
 
@@ -197,12 +202,18 @@ class RunLock:
 
     def _try_link(self) -> bool:
         tmp = self.path.with_name(f"{LOCK_NAME}.{self.token}")
+        record = json.dumps(self._record())
         try:
-            tmp.write_text(json.dumps(self._record()), encoding="utf-8")
+            tmp.write_text(record, encoding="utf-8")
             os.link(tmp, self.path)
             return True
         except FileExistsError:
             return False
+        except OSError as exc:
+            if is_disk_full(exc):
+                tmp.unlink(missing_ok=True)
+                raise disk_full_error(self.path, len(record)) from None
+            raise
         finally:
             tmp.unlink(missing_ok=True)  # also when the disk is full: no empty .lock.<hex> is left behind
 

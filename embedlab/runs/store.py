@@ -50,10 +50,7 @@ class Run:
     def __post_init__(self):
         self.path = Path(self.path)
         if not (self.path / "manifest.json").exists():
-            raise ConfigError(
-                f"{self.path} is not an embedlab run folder (no manifest.json). "
-                "Create one with `embedlab extract --manifest M --model X --pretrained Y --out RUN`."
-            )
+            raise ConfigError(not_a_run(self.path))
         self.manifest = read_json(self.path / "manifest.json")
         self._meta: pd.DataFrame | None = None
         self._vectors: np.ndarray | None = None
@@ -113,8 +110,7 @@ class Run:
 
         def read(path):
             # text columns come out of parquet's own dictionary pages (no string is materialised), so pandas gets
-            # categoricals without decoding and re-encoding every string (4M rows, 7 columns, to pandas included:
-            # 0.25-0.37 s instead of 0.73-0.92 s)
+            # categoricals without decoding and re-encoding every string
             schema = pq.read_schema(path)
             text = [
                 c
@@ -132,7 +128,7 @@ class Run:
             pc.dictionary_encode(c) if pa.types.is_string(c.type) or pa.types.is_large_string(c.type) else c
             for c in table.columns
         ]
-        # one thread: pandas' threaded conversion is 2.5x slower here (4M rows, 7 columns: 0.25 s vs 0.10 s)
+        # one thread: pandas' threaded conversion of categorical columns is slower, not faster
         return pa.table(cols, names=table.column_names).to_pandas(use_threads=False)
 
     @property
@@ -242,6 +238,36 @@ class Run:
         sh = self.shards()
         names = set(pq.read_schema(sh[0][2]).names) if sh else set()
         return [c for c in dict.fromkeys(wanted) if c in names]
+
+
+def not_a_run(path: Path) -> str:
+    """One line for a path given where a run folder is expected, naming what it is and the command that makes a run
+    of it."""
+    make = f"Make a run of it with `embedlab extract -m {path} --model X --pretrained Y --out RUN`"
+    if not path.exists():
+        return (
+            f"Run folder {path} does not exist. Create one with "
+            f"`embedlab extract -m IMAGES --model X --pretrained Y --out {path}`."
+        )
+    if path.is_file() and path.suffix.lower() in (".npy", ".parquet"):
+        paths = " --paths TABLE" if path.suffix.lower() == ".npy" else ""
+        return (
+            f"{path} is a file, not a run folder. If it holds vectors, make a run of them with "
+            f"`embedlab runs import {path}{paths} --model NAME --out RUN`."
+        )
+    if path.is_file() and path.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"):
+        return (
+            f"{path} is an image, not a run folder. Make a run of the folder that holds it with "
+            f"`embedlab extract -m {path.parent} --model X --pretrained Y --out RUN`."
+        )
+    if path.is_file():
+        return f"{path} is a file, not a run folder. {make} (or `embedlab compare`, which takes images and runs alike)."
+    if (path / "img_emb").is_dir() or (path / "embeddings").is_dir():
+        return (
+            f"{path} holds embeddings made elsewhere, not a run folder. Fix: "
+            f"`embedlab runs import {path} --model NAME --out RUN`, then use RUN."
+        )
+    return f"{path} is not an embedlab run folder (no manifest.json). {make}."
 
 
 def write_shard(

@@ -1,12 +1,9 @@
-"""Analysis at scale (issue 11) and the one selector (issue 13 item 1): streaming equals in-memory, memory stays
-bounded, index recall is honest, merges refuse mixed runs."""
+"""Analysis at scale and the one selector: streaming equals in-memory, memory stays bounded."""
 
-import importlib.util
 import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,32 +18,10 @@ from embedlab.analysis.residual import residual
 from embedlab.analysis.sums import ACCUMULATE_THREADS, group_bootstrap_bytes, stream_sums
 from embedlab.datasets.manifest import read_manifest
 from embedlab.datasets.selector import Selector, split_spec
-from embedlab.errors import ConfigError, IncompatibleRunError, ManifestError
-from embedlab.runs.index import load_index
-from embedlab.runs.merge import merge_runs
+from embedlab.errors import ConfigError, ManifestError
 from embedlab.runs.store import Run
 from tests.conftest import REPO
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_scale", REPO / "analyses" / "bench_scale.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def make_run(path, n, d=32, groups=60, shard_size=700, dtype="float32", V=50, seed=0, no_groups=False):
-    bench = _bench()
-    if no_groups:  # the same writer, with the group column emptied
-        orig = bench.synthetic_shard
-
-        def shard(*a, **k):
-            X, meta = orig(*a, **k)
-            return X, meta.assign(group=None)
-
-        bench.synthetic_shard = shard
-    bench.write_synthetic_run(path, n, d, groups, shard_size=shard_size, dtype=dtype, V=V, seed=seed)
-    return Run(path)
+from tests.helpers.synthetic_runs import make_run
 
 
 @pytest.fixture(scope="module")
@@ -207,10 +182,11 @@ def test_stream_sums_equal_numpy_sums(small_run, monkeypatch, f32_limit):
             assert got["group_sizes"].tolist() == np.bincount(c).tolist()
 
 
-def test_read_metadata_columns_equal_the_full_metadata(tmp_path):
+def test_read_metadata_columns_equal_the_full_metadata(tmp_path, monkeypatch):
     """Text columns come back as categoricals read from parquet's dictionaries, equal value for value to the full
     metadata, also when one shard's group column is empty (stored with the null type) and another's is partly empty."""
-    bench = _bench()
+    import analyses.bench.scale as bench
+
     orig = bench.synthetic_shard
 
     def shard(first, n, *a, **k):
@@ -221,7 +197,7 @@ def test_read_metadata_columns_equal_the_full_metadata(tmp_path):
             meta.loc[meta.index[::3], "group"] = None
         return X, meta
 
-    bench.synthetic_shard = shard
+    monkeypatch.setattr(bench, "synthetic_shard", shard)
     bench.write_synthetic_run(tmp_path / "run", 2000, 8, 30, shard_size=700, V=20)
     run = Run(tmp_path / "run")
     cols = ["role", "group", "format", "mean_luma"]
@@ -271,7 +247,8 @@ def test_image_bootstrap_exact_and_poisson_schemes(tmp_path):
     ref = bootstrap_stability(X[a], X[b], None, None, 60, 1)
     exact = residual(run.path, "backlit", "welllit", tmp_path / "e.npy", bootstrap=60, seed=1).info["bootstrap"]
     assert exact["unit"] == "image" and "multinomial" in exact["scheme"]
-    assert abs(exact["mean_cosine"] - ref["mean_cosine"]) < 1e-9
+    # the same draws, summed in another order (streamed blocks vs one matrix product): equal to float64 rounding
+    assert abs(exact["mean_cosine"] - ref["mean_cosine"]) < 1e-8
     # a budget too small for the resample counts: Poisson weights while streaming, the same for any block size
     p1 = residual(
         run.path, "backlit", "welllit", tmp_path / "p1.npy", bootstrap=60, seed=1, memory_budget=10_000, block=101
@@ -291,7 +268,8 @@ def test_streaming_residual_memory_stays_bounded(tmp_path):
     (the control) exceeds 400 MB."""
     run = make_run(tmp_path / "big", 200_000, d=512, groups=2000, shard_size=32768, dtype="float16", V=10)
     pre = (
-        "import re, embedlab.analysis.residual, embedlab.runs.store, numpy, pandas, numba, pyarrow.parquet, sklearn.metrics\n"
+        "import re, embedlab.analysis.residual, embedlab.runs.store\n"
+        "import numpy, pandas, numba, pyarrow.parquet, sklearn.metrics\n"
         "def st(k): return int(re.search(k + r':\\s+(\\d+)', open('/proc/self/status').read()).group(1)) / 1024\n"
         "base = st('VmRSS')\n"
     )
@@ -306,7 +284,8 @@ def test_streaming_residual_memory_stays_bounded(tmp_path):
         f"set_group_ids(m.group[a], m.group[b]), permutations=100, exemplars=3)"
     )
     codes = {
-        "streaming": f"embedlab.analysis.residual.residual({str(run.path)!r}, 'backlit', 'welllit', {str(tmp_path / 'r.npy')!r})",
+        "streaming": f"embedlab.analysis.residual.residual({str(run.path)!r}, 'backlit', 'welllit', "
+        f"{str(tmp_path / 'r.npy')!r})",
         "explain": explain,
         "materialised": f"embedlab.runs.store.Run({str(run.path)!r}).vectors",
     }
@@ -323,10 +302,10 @@ def test_streaming_residual_memory_stays_bounded(tmp_path):
 def _explain_both_ways(run, monkeypatch=None, **kw):
     """explain_vectors on the run's two sets read block by block from the shards, and on the same vectors in memory."""
 
+    from analyses.bench.scale import vocabulary
     from embedlab.analysis.image_sets import ImageSets, set_group_ids
 
-    bench = _bench()
-    E, concepts = bench.vocabulary(50, run.dim)
+    E, concepts = vocabulary(50, run.dim)
     meta = run.metadata
     a, b = (meta["role"] == "backlit").to_numpy(), (meta["role"] == "welllit").to_numpy()
     groups = set_group_ids(meta["group"][a], meta["group"][b])
@@ -354,7 +333,9 @@ def test_streaming_explain_equals_in_memory(tmp_path, small_run, grouped):
             assert np.array_equal(sp, hp) and np.array_equal(sv, hv)
     # the exemplars are each set's true nearest images to the concept's text embedding
     X = run.vectors[(run.metadata["role"] == "backlit").to_numpy()]
-    E, _ = _bench().vocabulary(50, run.dim)
+    from analyses.bench.scale import vocabulary
+
+    E, _ = vocabulary(50, run.dim)
     j = streamed["figure"]["index"][0]
     assert set(streamed["nearest"]["from"][0][1]) == set(np.argsort(-(X @ E[j]))[:2])
 
@@ -373,21 +354,6 @@ def test_group_ids_of_two_sets_whatever_their_labels():
     short = ImageSets(3, 3, lambda: (np.ones((4, 8)),))
     with pytest.raises(ValueError, match="hold 4 rows but the sets have 6"):
         collect(short, None, np.ones((1, 8)))
-
-
-def test_a_stale_reranked_index_is_refused(tmp_path):
-    from embedlab.errors import IncompatibleRunError
-    from embedlab.runs.index import index_run
-    from embedlab.runs.index_kinds import RerankedIndex
-
-    run = make_run(tmp_path / "st", 3000, d=16, groups=50, shard_size=1000)
-    index_run(run.path, "ivfsq8", queries=50)
-    idx = load_index(Run(run.path))
-    ids = run.metadata["row_id"].to_numpy()
-    stale = RerankedIndex(idx.index, run, ids[:100] + 10**6)  # metadata that no longer holds these ids
-    with pytest.raises(IncompatibleRunError, match="stale"):
-        stale.search(run.vectors[:1], 5)
-    assert np.array_equal(idx.search(run.vectors[:1], 5)[1][0][:1], ids[:1])
 
 
 def test_histogram_auroc_is_close_and_states_its_error(tmp_path, monkeypatch):
@@ -429,103 +395,6 @@ def test_plot_sample_is_stratified_seeded_and_streamed(tmp_path, small_run):
     assert tsv["row_id"].tolist() == meta["row_id"].iloc[rows].tolist()
 
 
-# ---- indices --------------------------------------------------------------------------------------------------
-
-
-def test_auto_follows_the_size_rule():
-    from embedlab.runs.index_kinds import auto_kind
-
-    G = 1 << 30
-    assert auto_kind(500_000, 512, 4 * G)[0] == "flat"
-    assert auto_kind(2_000_000, 64, 4 * G)[0] == "hnsw"
-    assert auto_kind(4_000_000, 512, 4 * G)[0] == "ivfpqfs"  # re-ranked from the stored vectors
-    assert auto_kind(4_000_000, 512, 16 * G)[0] == "hnsw"
-    assert auto_kind(100_000_000, 768, 16 * G)[0] == "ivfpqfs"
-    assert auto_kind(100_000_000, 768, 4 * G)[0] == "ivfpq"  # only 8-bit codes of 32 bytes fit
-    with pytest.raises(ConfigError, match="No index"):
-        auto_kind(10**9, 768, 1 << 20)
-
-
-@pytest.mark.parametrize("kind", ["ivf", "ivfsq8", "ivfpqfs"])
-def test_approximate_index_recall_is_recorded_and_honest(tmp_path, kind):
-    """Quantised codes (ivfsq8) answer through exact re-ranking from the stored vectors: the recorded recall is
-    that of what `load_index` returns, recomputed here with numpy."""
-    import faiss
-
-    from embedlab.runs.index import index_run
-    from embedlab.runs.index_kinds import RerankedIndex, faiss_index
-
-    run = make_run(tmp_path / "ivf", 20_000, d=32, groups=400, shard_size=4096, dtype="float16")
-    info = index_run(run.path, kind, queries=150, recall_target=0.9)
-    rec = Run(run.path).manifest["index"]
-    assert isinstance(load_index(Run(run.path)), RerankedIndex) == (kind != "ivf") == ("rerank" in rec)
-    assert rec["kind"] == kind and set(rec["recall"]) == {"1", "10", "100"} and rec["latency"]["median_ms"] > 0
-    assert rec["recall"] == info["recall"] and (run.path / "index.faiss").exists()
-    # recompute recall@10 independently: numpy exact search against the written index with its recorded setting
-    X, ids = run.vectors, run.metadata["row_id"].to_numpy()
-    q = np.random.default_rng(5).choice(len(X), 200, replace=False)
-    exact = np.argsort(-(X[q] @ X.T), axis=1)[:, :11]
-    index = load_index(Run(run.path))
-    assert faiss.extract_index_ivf(faiss_index(index)).nprobe == int(rec["search_params"].split("=")[1].split(",")[0])
-    _, found = index.search(X[q], 11)
-    hits = [len(set(f[f != ids[i]][:10]) & set(ids[e[e != i][:10]])) / 10 for i, f, e in zip(q, found, exact)]
-    assert abs(np.mean(hits) - rec["recall"]["10"]) < 0.06, (np.mean(hits), rec["recall"])
-
-
-def test_finalize_keeps_exact_index_within_budget_else_points_to_index(tmp_path, small_run):
-    from embedlab.runs.index import finalize_index
-
-    assert small_run.manifest["index"]["kind"] == "flat" and load_index(small_run).ntotal == len(small_run)
-    run = make_run(tmp_path / "nb", 1500, d=16)
-    note = finalize_index(run.path, memory_budget=1000)
-    assert note["kind"] is None and "embedlab index" in note["note"]
-    with pytest.raises(ConfigError, match="embedlab index"):
-        load_index(Run(run.path))
-
-
-# ---- merge ----------------------------------------------------------------------------------------------------
-
-
-def test_merge_renumbers_and_refuses_mixed_runs(tmp_path):
-    a = make_run(tmp_path / "a", 1200, d=16, shard_size=500)
-    b = make_run(tmp_path / "b", 900, d=16, shard_size=500)
-    summary = merge_runs([a.path, b.path], tmp_path / "m")
-    m = Run(tmp_path / "m")
-    assert summary["embedded"] == 2100 and m.manifest["status"] == "complete"
-    assert {"manifest", "metadata", "errors"} <= set(summary["files"]) and all(
-        Path(p).exists() for p in summary["files"].values()
-    )
-    assert np.array_equal(m.vectors, np.r_[a.vectors, b.vectors]) and m.metadata["row_id"].is_unique
-    assert m.metadata["merged_from"].tolist() == [0] * 1200 + [1] * 900
-    other = make_run(tmp_path / "c", 300, d=16, seed=1)  # other weights
-    with pytest.raises(IncompatibleRunError, match="weights_sha256"):
-        merge_runs([a.path, other.path], tmp_path / "m2")
-    man = json.loads((b.path / "manifest.json").read_text())
-    man["preprocess"] = "resize 256"
-    (b.path / "manifest.json").write_text(json.dumps(man))
-    with pytest.raises(IncompatibleRunError, match="preprocess"):
-        merge_runs([a.path, b.path], tmp_path / "m3")
-    with pytest.raises(ConfigError, match="overwrite"):
-        merge_runs([a.path, a.path], tmp_path / "m")
-
-
-def test_index_and_merge_cli_help_lists_every_kind():
-    p = subprocess.run(
-        [sys.executable, "-m", "embedlab", "index", "--help"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
-    )
-    from embedlab.runs.index_kinds import KINDS
-
-    assert p.returncode == 0 and all(k in p.stdout for k in KINDS) and "--memory-budget" in p.stdout
-    bad = subprocess.run(
-        [sys.executable, "-m", "embedlab", "index", "x", "--kind", "annoy"], capture_output=True, text=True, cwd=REPO
-    )
-    assert bad.returncode == 2
-
-
 def test_residual_across_two_runs_streams_each(tmp_path):
     a = make_run(tmp_path / "a", 1500, d=16, no_groups=True)
     b = make_run(tmp_path / "b", 1300, d=16, no_groups=True)
@@ -544,15 +413,6 @@ def test_residual_across_two_runs_streams_each(tmp_path):
     r = compute_residual(a.vectors[ma], b.vectors[mb])[0]
     assert np.abs(res.vector - r).max() < 1e-6 and res.info["to"]["count"] == int(mb.sum())
     assert "Poisson" in res.info["bootstrap"]["scheme"] and 0.5 < res.info["bootstrap"]["mean_cosine"] <= 1
-
-
-def test_search_says_which_index_answered(tiny_run):
-    from embedlab.runs.search import search
-
-    info = search(tiny_run, text="a photo", k=3, device="cpu")
-    assert info["index"].startswith("flat") and info["exact"] and "recall" not in info
-    info = search(tiny_run, text="a photo", k=3, index="ivf", device="cpu")
-    assert not info["exact"] and 0 <= info["recall_at_k"] <= 1 and set(info["recall"]) >= {"1", "10", "3"}
 
 
 def test_nonsemantic_auroc_equals_scikit_learn():

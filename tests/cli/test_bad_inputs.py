@@ -1,4 +1,4 @@
-"""Issue 12: every bad input gets one clear line and nothing is lost.
+"""Every bad input gets one clear line and nothing is lost.
 
 The battery runs each bad input through the CLI's entry point (`embedlab.cli.main`) in a subprocess and asserts:
 exit code 1 (2 for a usage error), exactly one line on stderr that names the file and says what to do, no

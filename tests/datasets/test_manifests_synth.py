@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from embedlab.datasets import synth
-from embedlab.datasets.layouts import DEMO_BIAS_PHOTO, generate, manifest
+from embedlab.datasets.images import load_rgb
+from embedlab.datasets.layouts import DEMO_VIGNETTE_EV, generate, manifest
 from embedlab.datasets.manifest import materialize, read_manifest
 from embedlab.errors import ManifestError
 from tests.conftest import write_photo
@@ -69,17 +70,44 @@ def test_recipes_are_deterministic_and_distinct():
 
 
 def test_demo_manifest_is_split_by_photo_and_plants_a_bias(demo_manifest):
+    """Split by photo; every training photo is a group with backlit and well-lit images; every well-lit training
+    image (and no backlit one, and no held-out original) carries the planted vignette."""
     man = read_manifest(demo_manifest)
     test_groups = {e.group for e in man.entries if e.split == "test"}
     train_groups = {e.group for e in man.entries if e.split == "train"}
     assert test_groups and not test_groups & train_groups
-    welllit = [e.group for e in man.entries if e.role == "welllit" and e.split == "train"]
-    backlit = [e.group for e in man.entries if e.role == "backlit" and e.split == "train"]
-    assert welllit.count(DEMO_BIAS_PHOTO) > len(welllit) / 3  # over-represented on purpose
-    assert len(set(backlit)) == len(set(welllit)) and backlit.count(DEMO_BIAS_PHOTO) == len(backlit) / len(set(backlit))
+    welllit = [e for e in man.entries if e.role == "welllit" and e.split == "train"]
+    backlit = [e for e in man.entries if e.role == "backlit" and e.split == "train"]
+    assert {e.group for e in welllit} == {e.group for e in backlit} == train_groups and len(train_groups) >= 12
+    assert all(e.synth["recipe"] == "V" and e.synth["ev"] == DEMO_VIGNETTE_EV for e in welllit)
+    assert not any((e.synth or {}).get("recipe") == "V" for e in man.entries if e not in welllit)
     e = next(e for e in man.entries if e.path.startswith("synth:A"))
     p1 = materialize(man, e.path, e)
     assert Path(p1).exists() and materialize(man, e.path, e) == p1
+    v = next(e for e in welllit if e.synth.get("crop_seed") is None)
+    vig, orig = load_rgb(materialize(man, v.path, v)), load_rgb(materialize(man, v.synth["source"]))
+    assert vig.shape == orig.shape
+    assert synth.corner_centre_ratio(vig) < 0.6 * synth.corner_centre_ratio(orig)  # dark corners,
+    h, w, _ = vig.shape
+    c = (slice(h // 2 - 4, h // 2 + 4), slice(w // 2 - 4, w // 2 + 4))
+    assert np.abs(vig[c].astype(int) - orig[c]).max() <= 2  # the centre untouched
+
+
+def test_vignette_is_one_gain_per_pixel():
+    """The planted vignette keeps each pixel's chromaticity (linear RGB ratios): the enhancer's one gain per pixel can
+    make or undo it; its corners lose `ev` stops."""
+    from embedlab.colour import srgb_to_linear
+
+    flat = np.full((40, 60, 3), 200, np.uint8)
+    assert synth.corner_centre_ratio(flat) == 1.0
+    for ev in (1.0, 2.0):
+        out = synth.vignette(flat, ev)
+        ratio = synth.corner_centre_ratio(out)
+        assert 2.0**-ev < ratio < 2.0 ** (-ev / 3), (ev, ratio)  # patches, not the corner pixel alone
+    img = np.random.default_rng(0).integers(80, 250, (40, 60, 3), dtype=np.uint8)
+    lin_in, lin_out = srgb_to_linear(img / 255.0), srgb_to_linear(synth.vignette(img, 1.0) / 255.0)
+    gain = lin_out / lin_in
+    assert np.abs(gain - gain.mean(2, keepdims=True)).max() < 0.03  # one gain per pixel (up to uint8 rounding)
 
 
 def _tree(tmp_path, files):

@@ -6,7 +6,8 @@ import math
 
 import pytest
 import torch
-from test_enhance import _opts, residual_file  # noqa: F401  (module-scoped fixture reused)
+
+from tests.enhancement.test_enhance import _opts, residual_file  # noqa: F401  (module-scoped fixture reused)
 
 
 def test_scheduled_lr_constant_and_cosine():
@@ -73,7 +74,8 @@ def test_ema_run_resumes_bitwise_and_exports_the_average(tiny_run, residual_file
 
 @pytest.mark.slow
 def test_a_run_from_before_the_schedule_options_still_resumes(tiny_run, residual_file, tmp_path):  # noqa: F811
-    """config.json written before lr_schedule/grad_clip/ema/identity_weight/padding existed: their defaults are assumed."""
+    """config.json written before lr_schedule/grad_clip/ema/identity_weight/padding existed: their defaults are
+    assumed."""
     import json
 
     from embedlab.enhancement.train import train

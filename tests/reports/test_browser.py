@@ -103,6 +103,36 @@ def test_map_hover_thumbnail_search_and_views(tiny_demo, driver, shots, width):
     assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
 
 
+_LAYOUT = """
+const top = s => {
+  const e = document.querySelector(s); return e ? e.getBoundingClientRect().top + window.scrollY : null; };
+const first = document.querySelector('main h1 + *');
+return {first: first ? first.className : null, finding: top('p.finding'), grid: top('figure.grid'),
+        planted: top('table.planted'), metrics: top('div.cards'),
+        text: (document.querySelector('p.finding') || {}).innerText,
+        gridWidth: document.querySelector('figure.grid img').getBoundingClientRect().width};
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("width", WIDTHS)
+def test_demo_index_leads_with_the_finding(tiny_demo, driver, shots, width):
+    """The index opens with one paragraph on the finding (which bias, how significant, what `correct` removed, what it
+    changed in the enhancers' outputs), then both enhancers side by side in one grid that starts on the first
+    screen, then the corner-falloff numbers, then the metrics; the model is named by name, never by a cache path."""
+    out = tiny_demo[0]
+    assert not check_page(driver, (out / "index.html").as_uri(), width, shots, "index_lead")
+    got = driver.execute_script(_LAYOUT)
+    assert "finding" in got["first"], got
+    assert got["finding"] < got["grid"] < got["planted"] < got["metrics"], got
+    assert got["grid"] < 900, got  # the grid starts within the first screen (900 px high)
+    assert got["gridWidth"] > 0.5 * min(width, 1100), got  # wide enough to compare the columns
+    text = got["text"]
+    assert "vignett" in text and "p_fwer" in text and "stops" in text and "raw residual" in text, text
+    body = driver.find_element("tag name", "main").text
+    assert "cache:" not in body and "Model: embedlab-tiny" in body, body[:400]
+
+
 def _doctor(page_path, tmp_dir):
     """A copy of a page, next to the original (so its links still resolve), with a broken image, a table
     2000 px wide, a console error and a dead link injected."""

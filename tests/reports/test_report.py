@@ -84,7 +84,7 @@ def _table(report):
     return t[[c for c in COLUMNS if c in t.columns]]
 
 
-# --- issue 12, item 3: a `$` in a concept must not reach matplotlib's mathtext ---------------------------------
+# --- a `$` in a concept must not reach matplotlib's mathtext ---------------------------------
 
 
 def test_figures_render_dollar_signs_as_plain_text():
@@ -102,7 +102,7 @@ def test_figures_render_dollar_signs_as_plain_text():
     assert png_data_uri(fig).startswith("data:image/png;base64,")
 
 
-# --- issue 12, item 9: Markdown escaping and URL-encoded links --------------------------------------------------
+# --- Markdown escaping and URL-encoded links --------------------------------------------------
 
 
 def test_markdown_escapes_user_strings():
@@ -156,7 +156,7 @@ def test_demo_index_links_are_url_encoded_and_resolve(tmp_path):
         assert (tmp_path / unquote(link)).exists(), link
 
 
-# --- issue 14: the page explains itself ------------------------------------------------------------------------
+# --- the page explains itself ------------------------------------------------------------------------
 
 
 def test_report_page_opens_with_what_the_residual_is_and_why_nothing_is_significant():
@@ -199,7 +199,7 @@ def test_report_user_strings_are_escaped_in_html():
     assert "<script>alert(1)" not in page and "&lt;script&gt;" in page
 
 
-# --- issue 14.4: the interactive map and the projector sprite ------------------------------------------------
+# --- the interactive map and the projector sprite ------------------------------------------------
 
 
 def test_json_for_script_cannot_close_the_script_element():
@@ -254,7 +254,7 @@ def test_projector_export_has_a_sprite_of_thumbnails(tiny_run, tmp_path):
 
 
 def test_explain_residual_with_dollar_and_markdown_concepts_writes_its_report(tiny_run, tmp_path):
-    """Issue 12.3 and 12.9 end to end: a user vocabulary with '$$', '$x$' and Markdown syntax."""
+    """Mathtext and Markdown escaping end to end: a user vocabulary with '$$', '$x$' and Markdown syntax."""
     from embedlab.analysis.residual import residual
     from embedlab.reports.explain import explain_residual
 

@@ -17,11 +17,10 @@ from typing import Any
 from embedlab._io import atomic_write_json, display_path, read_json, usable_cores
 from embedlab._validate import Interval, check_param
 from embedlab.choices import ENGINES, VECTOR_DTYPES
-from embedlab.datasets.manifest import Manifest, read_manifest, scan_manifest
+from embedlab.datasets.manifest import WDS_COLUMNS, Manifest, read_manifest, scan_manifest
 from embedlab.errors import ConfigError
 from embedlab.runs.extract.device import recorded_decode, resolve_decode
-from embedlab.runs.extract.rows import WDS_COLUMNS
-from embedlab.runs.store import check_identity, clear_run
+from embedlab.runs.store import IDENTITY_KEYS, check_identity, clear_run
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +110,8 @@ def _prepare(
     man, entries = scan.manifest, scan.manifest.entries
     if not len(entries):
         read_manifest(manifest, check_files=False).select(role=roles[0])  # raises with the roles present
+    if not overwrite:  # a run of other inputs or another model: refused now, before the model loads
+        _precheck_identity(run_dir, model, pretrained, scan.input_hash, vector_dtype, shard_size)
     lm = loaded_model or models.load_model(model, pretrained, "cpu" if plan is not None else dev)
     identity = {
         "model": model,
@@ -144,7 +145,8 @@ def _prepare(
             "shards": (len(entries) + shard_size - 1) // shard_size,
         },
     )
-    extra = WDS_COLUMNS if scan.with_meta else ()
+    # metadata columns: those the manifest's header names (any input form, datasets/inputs.py), else webdataset's
+    extra = tuple(man.header.get("meta_columns") or ()) or (WDS_COLUMNS if scan.with_meta else ())
     return Job(
         run_dir,
         man,
@@ -162,6 +164,23 @@ def _prepare(
         extra,
         {"started": time.time()},
     )
+
+
+def _precheck_identity(run_dir: Path, model, pretrained, input_hash, vector_dtype, shard_size) -> None:
+    """The identity keys known before the model loads (model, weights tag, inputs, dtype, shard size) checked
+    against an existing run's; the rest (weights hash, preprocessing) is checked under the lock by `_open_run`."""
+    path = run_dir / "manifest.json"
+    if not path.is_file():
+        return
+    existing = read_json(path)
+    known = {
+        "model": model,
+        "pretrained": pretrained or "none",
+        "input_hash": input_hash,
+        "vector_dtype": vector_dtype,
+        "shard_size": int(shard_size),
+    }
+    check_identity(existing, dict({k: existing.get(k) for k in IDENTITY_KEYS}, **known), run_dir)
 
 
 def _open_run(job: Job, overwrite: bool) -> None:

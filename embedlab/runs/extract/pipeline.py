@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from embedlab.datasets.images import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS
+from embedlab.datasets.inputs import as_manifest
 from embedlab.runs.extract.job import _check_options, _open_run, _prepare
 from embedlab.runs.extract.local import _run_local
 from embedlab.runs.finalize import finalize
@@ -39,6 +40,8 @@ def extract(
     break_lock: bool = False,
     progress: bool = True,
     loaded_model: Any = None,
+    path_column: str | None = None,
+    image_column: str | None = None,
 ) -> dict:
     """Embed every image of a manifest into a run folder; rerunning the same call resumes where it stopped.
 
@@ -46,6 +49,9 @@ def extract(
     workers) or ray (the shards on Ray actors, `address` of a running cluster or a local instance; the run folder
     must be on storage every node sees). A run folder is locked while an extract writes it; `break_lock` takes
     over a lock left by a process that is gone. `loaded_model`: an already loaded model (benchmarks, Ray actors).
+    `manifest` may be any input form of `embedlab.datasets.inputs` (a folder, a table of paths with `path_column`,
+    a Hugging Face dataset on disk with `image_column`, webdataset tars): it is turned into a manifest first, and
+    the run records it (manifest.json "input").
     Returns the run's summary. Raises IncompatibleRunError when `out` holds a run made with another model,
     preprocessing or input list (unless `overwrite`), RunLockedError when another extract holds it.
     """
@@ -58,8 +64,9 @@ def extract(
             from embedlab.runs.extract import ray as extract_ray
 
             plan = extract_ray.plan(address, device, gpus_per_worker, workers)
+        src = as_manifest(manifest, path_column=path_column, image_column=image_column)  # before any model loads
         job = _prepare(
-            manifest,
+            src.manifest,
             model,
             pretrained,
             out,
@@ -77,6 +84,8 @@ def extract(
             plan=plan,
             overwrite=overwrite,
         )
+        if src.form != "manifest":
+            job.header["input"] = src.provenance
         job.run_dir.mkdir(parents=True, exist_ok=True)
         with RunLock(job.run_dir, break_lock=break_lock, what=f"extract --engine {engine}") as lock:
             job.lock_token = lock.token

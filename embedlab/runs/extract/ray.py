@@ -27,8 +27,8 @@ from pathlib import Path
 
 from embedlab._io import atomic_write_json, usable_cores
 from embedlab.datasets.manifest import Manifest, ManifestEntry, is_virtual
-from embedlab.errors import ConfigError, DeviceError, MissingDependencyError
-from embedlab.runs.lock import check_lock
+from embedlab.errors import ConfigError, DeviceError, DiskFullError, MissingDependencyError
+from embedlab.runs.lock import LockLostError, check_lock
 
 log = logging.getLogger(__name__)
 ACTOR_RESTARTS = 2
@@ -58,9 +58,30 @@ def _ray():
     return ray
 
 
+def ray_messages_to_stderr() -> None:
+    """Ray's driver prints raylet messages (a worker died, a task is retried) and, with log_to_driver, its workers'
+    output on sys.stdout; this sends them all to stderr, so stdout carries only embedlab's own output (`--json`
+    stays parseable when an actor dies). Called before ray.init (the worker-log handler binds the function then);
+    a Ray without that hook is left as it is."""
+    try:
+        from ray._private import worker as ray_worker
+    except ImportError:  # pragma: no cover - another Ray layout
+        return
+    real = getattr(ray_worker, "print_to_stdstream", None)
+    if real is None or getattr(real, "embedlab_to_stderr", False):
+        return
+
+    def to_stderr(data, *args, **kwargs):
+        return real(dict(data, is_err=True), *args, **kwargs)
+
+    to_stderr.embedlab_to_stderr = True
+    ray_worker.print_to_stdstream = to_stderr
+
+
 def plan(address: str | None, device: str, gpus_per_worker: float | None, workers: int | None) -> Plan:
     """Connect to Ray (ADDRESS, or a local instance started here) and size the actor pool from its resources."""
     ray = _ray()
+    ray_messages_to_stderr()
     t0 = time.perf_counter()
     started = False
     if not ray.is_initialized():
@@ -298,7 +319,7 @@ def run(job, todo: list[int], plan_: Plan, model: str, pretrained: str | None) -
             ray.kill(a)
         if bar is not None:
             bar.close()
-    shutil.rmtree(job.run_dir / ENGINE_DIR, ignore_errors=True)
+        shutil.rmtree(job.run_dir / ENGINE_DIR, ignore_errors=True)  # on the way out, whatever stopped the run
     if counts["failed_shards"]:
         log.error(
             "%d shard(s) failed and were not retried: %s",
@@ -347,11 +368,15 @@ def _schedule(ray, job, actors: list, todo: list[int], counts: dict, bar) -> Non
 
 
 def on_failure(ray, exc, actor, shard: int, alive: list, queue: deque, resubmits: dict, counts: dict) -> str:
-    """What a failed shard task means. The task raised (a data or code error): recorded, not retried. The actor is
+    """What a failed shard task means. A full disk or a lost run lock: raised here (the run stops, in one line).
+    The task raised (a data or code error): recorded, not retried. The actor is
     gone beyond Ray's restarts: dropped from the pool. It is only unreachable for now (ActorUnavailableError),
     or the node/worker/object died or ran out of memory: kept. In every case but the first the shard is queued
     again, at most MAX_RESUBMITS times. Returns the verdict ("failed", "dropped", "retried")."""
     exc_mod = ray.exceptions
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, (DiskFullError, LockLostError)):
+        raise cause from None  # the disk is full or the lock was taken over: no other shard can be written either
     if isinstance(exc, exc_mod.RayTaskError):
         counts["failed_shards"][str(shard)] = str(exc).strip().splitlines()[-1][:300]
         return "failed"

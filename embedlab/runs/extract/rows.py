@@ -7,33 +7,10 @@ import logging
 import pandas as pd
 
 from embedlab._io import display_path
-from embedlab.datasets.manifest import Manifest, materialize
+from embedlab.datasets.manifest import META_COLUMNS, WDS_COLUMNS, Manifest, materialize
 from embedlab.datasets.webdataset import WDS_SEP
 
 log = logging.getLogger(__name__)
-META_COLUMNS = (
-    "row_id",
-    "path",
-    "file",
-    "content_sha1",
-    "width",
-    "height",
-    "format",
-    "mode",
-    "jpeg_quality",
-    "mean_luma",
-    "frames",
-    "notes",
-    "decoder",
-    "role",
-    "split",
-    "group",
-    "pair_id",
-    "gt",
-    "source",
-    "manifest_line",
-)
-WDS_COLUMNS = ("url", "caption", "key", "status", "source_width", "source_height")
 
 
 def safe_text(value):
@@ -99,13 +76,16 @@ def meta_frame(metas: list, rows: Rows, extra_columns: tuple = ()) -> pd.DataFra
             "source": e.source,
             "manifest_line": e.line,
         }
-        if extra_columns:
+        if extra_columns == WDS_COLUMNS:
             src = e.meta or {}
             rec.update(
                 {k: src.get(k) for k in ("url", "caption", "key", "status")},
                 source_width=src.get("width"),
                 source_height=src.get("height"),
             )
+        elif extra_columns:  # the manifest's own metadata columns (header "meta_columns": datasets/inputs.py)
+            src = e.meta or {}
+            rec.update({k: src.get(k) for k in extra_columns})
         out.append(_safe_record(rec))
     df = pd.DataFrame(out, columns=list(META_COLUMNS) + ["bytes"] + list(extra_columns))
     df = df.astype(
@@ -119,6 +99,6 @@ def meta_frame(metas: list, rows: Rows, extra_columns: tuple = ()) -> pd.DataFra
             "mean_luma": "float64",
         }
     )
-    if extra_columns:
+    if extra_columns == WDS_COLUMNS:
         df = df.astype({"source_width": "float64", "source_height": "float64"})
     return df
