@@ -25,6 +25,7 @@ INNER = {
                     "evaluate": 3, "train": 3},
     "runs.extract": {"rows": 0, "device": 0, "dataset": 1, "encoder": 1, "job": 2, "collector": 3, "local": 4,
                      "ray": 4, "pipeline": 5},
+    "analysis": {"null_kernels": 0, "permutation": 1},
     "runs": {"lock": 0, "store": 0, "index_kinds": 1, "index": 2, "search": 3, "finalize": 3, "merge": 4,
              "importer": 4},
     "cli": {"defaults": 0, "app": 1, "data": 2, "runs": 2, "analysis": 2, "reports": 2, "enhancement": 2, "demos": 2,

@@ -45,6 +45,7 @@ def run_eval(device: str = "cpu", steps: int | None = None, seed: int | None = N
     from embedlab.analysis.correct import project_out
     from embedlab.analysis.formula import rave_residual
     from embedlab.demos import clip as dc
+    from embedlab.demos.clip_eval import zero_shot_lighting
     from embedlab.demos.pipeline import pick_bias_concept
 
     t0 = time.perf_counter()
@@ -56,7 +57,7 @@ def run_eval(device: str = "cpu", steps: int | None = None, seed: int | None = N
     pool = dc.render_pool(recipe, HELDOUT_SEEDS)
     images = [p[0] for p in pool]
     classes = np.array([dc.CLASSES.index(p[1]) for p in pool])
-    pred = dc.zero_shot_lighting(lm, images)
+    pred = zero_shot_lighting(lm, images)
     acc = float((pred == classes).mean())
     per_class = {c: float((pred[classes == i] == i).mean()) for i, c in enumerate(dc.CLASSES)}
     X = embed(lm, images)

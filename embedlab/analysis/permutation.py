@@ -23,6 +23,7 @@ import numpy as np
 from embedlab._io import usable_cores
 from embedlab.analysis.formula import group_codes, l2n
 from embedlab.analysis.image_sets import aligned_chunks
+from embedlab.analysis.null_kernels import _blas_controller, _kernels
 
 log = logging.getLogger(__name__)
 SIDES = {"adds": 1.0, "removes": -1.0}  # ranking side -> sign of the score it ranks by
@@ -471,96 +472,3 @@ def step_down_p(null: dict, family: str, order) -> np.ndarray:
         np.float64,
     )
     return np.maximum.accumulate(raw / len(null["max"])) if len(order) else raw
-
-
-_KERNELS = None
-_BLAS = None
-
-
-def _blas_controller():
-    """One threadpoolctl controller per process (finding the BLAS libraries takes ~10 ms per call otherwise)."""
-    global _BLAS
-    if _BLAS is None:
-        from threadpoolctl import ThreadpoolController
-
-        _BLAS = ThreadpoolController()
-    return _BLAS
-
-
-def _kernels():
-    """The numba kernel of the sequential null, compiled (or loaded from numba's cache) on first use."""
-    global _KERNELS
-    if _KERNELS is None:
-        from types import SimpleNamespace
-
-        import numba
-
-        # No NaN reaches the kernels, and neither a maximum nor (to float32 rounding) a dot product depends on
-        # the order of its terms; -inf stays meaningful (it marks concepts out of the race): no 'ninf' flag.
-        flags = {"nnan", "nsz", "reassoc", "contract"}
-
-        @numba.njit(nogil=True, cache=True, fastmath=flags)
-        def step(row, inv, pen, a, b, vals, keys):
-            """max_v (row * inv + pen), then row -= b * a. `keys` is `vals` viewed as int32: LLVM does not
-            vectorise a float max reduction here but does an integer one, so the maximum is taken over an
-            order-preserving integer image of the floats (flip the low 31 bits of negatives), its own inverse."""
-            for v in range(row.shape[0]):
-                vals[v] = row[v] * inv[v] + pen[v]
-            for v in range(row.shape[0]):
-                row[v] -= b * a[v]
-            best = np.int32(-2147483648)
-            for v in range(row.shape[0]):
-                x = keys[v]
-                best = max(best, x ^ ((x >> 31) & np.int32(0x7FFFFFFF)))
-            return best ^ ((best >> 31) & np.int32(0x7FFFFFFF))
-
-        @numba.njit(nogil=True, cache=True, fastmath=flags)
-        def sequential_max(S, sign, A, B, inv, pen, v0, best):
-            """Rows of S score the concepts v0 .. v0 + w; best[k, i] = max over them at step i (before the
-            division by |P r|). Per step: the maximum, then the deflation by pick i."""
-            K, w = S.shape
-            row = np.empty(w, np.float32)
-            vals = np.empty(w, np.float32)
-            keys = vals.view(np.int32)
-            out = np.empty(1, np.int32)
-            as_float = out.view(np.float32)
-            for k in range(K):
-                for v in range(w):
-                    row[v] = S[k, v] * sign
-                for i in range(A.shape[0]):
-                    out[0] = step(row, inv[i, v0 : v0 + w], pen[i, v0 : v0 + w], A[i, v0 : v0 + w], B[k, i], vals, keys)
-                    best[k, i] = as_float[0]
-
-        _KERNELS = SimpleNamespace(**vars(_label_kernels()), sequential_max=sequential_max)
-    return _KERNELS
-
-
-def _label_kernels():
-    """numba kernels of the labels and group sums: rows added into their group's sum; one shuffle within groups."""
-    from types import SimpleNamespace
-
-    import numba
-
-    @numba.njit(nogil=True, cache=True)
-    def add_by_code(U, codes, rows):
-        for i in range(rows.shape[0]):
-            g = codes[i]
-            for j in range(rows.shape[1]):
-                U[g, j] += rows[i, j]
-
-    @numba.njit(cache=True)
-    def shuffle_within(order, starts, sorted_labels, u, bits):
-        lab = sorted_labels.copy()
-        for g in range(len(starts) - 1):
-            a, b = starts[g], starts[g + 1]
-            for i in range(b - 1, a, -1):
-                j = a + int(u[i] * (i - a + 1))
-                t = lab[i]
-                lab[i] = lab[j]
-                lab[j] = t
-        for i in range(len(lab)):
-            if lab[i]:
-                idx = order[i]
-                bits[idx >> 3] |= np.uint8(128 >> (idx & 7))
-
-    return SimpleNamespace(add_by_code=add_by_code, shuffle_within=shuffle_within)

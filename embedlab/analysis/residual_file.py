@@ -1,4 +1,4 @@
-"""residual_file: split from residual.py."""
+"""The residual as an object and as a file: `Residual` (vector + sidecar), reading, checking and writing it."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from embedlab.errors import ConfigError, EmbedlabError, IncompatibleRunError
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(repr=False)
 class Residual:
     """A residual direction (unit, float32 (d,)) and its sidecar (provenance, thr, edits)."""
 
@@ -75,6 +75,24 @@ class Residual:
                 }
             ]
         )
+
+    def __repr__(self) -> str:
+        info = self.info
+        where = "in memory" if self.path is None else str(self.path)
+        return (
+            f"Residual({info.get('from', {}).get('selector')!s} -> {info.get('to', {}).get('selector')!s}, "
+            f"dim={len(self.vector)}, thr={self.thr:+.3f}, {where})"
+        )
+
+    def _repr_html_(self) -> str:
+        return self.to_pandas().drop(columns=["path"]).to_html(index=False)
+
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> "Residual":
+        """Write the vector and its sidecar (as `embedlab residual` does); an existing file embedlab did not write
+        is refused unless `overwrite`. Returns the saved Residual (with its `path`)."""
+        check_residual_target(path, overwrite)
+        save_residual(path, self.vector, self.info)
+        return Residual(self.vector, self.info, Path(path))
 
     def summary(self) -> dict:
         """JSON-ready: files, dim, thr and the sidecar's provenance (the vectors v_from/v_to left out)."""

@@ -12,6 +12,7 @@ from embedlab.cli.app import (
     TEMPLATES_HELP,
     _print_json,
     app,
+    call_api,
     choices,
     device_option,
     handle_errors,
@@ -53,21 +54,7 @@ def residual_cmd(
     """Compute the residual vector between two image sets (the paper's formula) with its sidecar.
 
     Streams the run's memory-mapped vectors once, block by block: runs larger than memory are fine."""
-    from embedlab.analysis.residual import residual
-
-    res = residual(
-        run,
-        from_,
-        to,
-        out,
-        to_run=to_run,
-        method=method.value,
-        bootstrap=bootstrap,
-        seed=seed,
-        memory_budget=memory_budget,
-        progress=progress,
-        overwrite=overwrite,
-    )
+    res = call_api("analysis.residual:residual", locals())
     if as_json:
         return _print_json(res.summary())
     info = res.info
@@ -119,24 +106,7 @@ def explain_residual_cmd(
     as_json: bool = json_option(),
 ):
     """Rank the concepts a residual carries, with significance, into report.{json,csv,md,html}."""
-    from embedlab.reports.explain import explain_residual
-
-    rep = explain_residual(
-        residual,
-        out,
-        vocab=vocab,
-        templates=templates,
-        top=top,
-        candidates=candidates,
-        permutations=permutations,
-        seed=seed,
-        exemplars=exemplars,
-        device=device,
-        progress=progress,
-        deflated_steps=deflated_steps,
-        family=family.value,
-        min_explained=min_explained,
-    )
+    rep = call_api("reports.explain:explain_residual", locals())
     if as_json:
         return _print_json(rep)
     for side in ("adds", "removes"):
@@ -239,11 +209,7 @@ def probe_residual_cmd(
 ):
     """Which image edits (exposure, gamma, contrast, saturation, shadows, highlights, glare, blur, JPEG, downscale)
     move the images' projection on a residual towards its target thr: a table with 95% CIs and a plot."""
-    from embedlab.analysis.probe import probe_residual
-
-    r = probe_residual(
-        residual, images, out, selector=selector, edits=edit, max_images=max_images, device=device, progress=progress
-    )
+    r = call_api("analysis.probe:probe_residual", locals())
     if as_json:
         return _print_json(r)
     typer.echo(r["table"])

@@ -103,10 +103,11 @@ def device_option():
     return typer.Option(FROM_API, help=DEVICE_HELP)
 
 
-def call_api(target: str, options: dict, **fixed):
+def call_api(target: str, options: dict, exclude: tuple = (), **fixed):
     """Call the API function `target` ("package.module:function" under embedlab, imported now, so that --help stays
     fast) with a command's options (its `locals()`): choices become their values, flags their Python parameters
-    (CLI_NAMES), and --json stays with the CLI. `fixed` are arguments the command computed itself."""
+    (CLI_NAMES), and --json stays with the CLI. `fixed` are arguments the command computed itself (from the
+    options in `exclude`)."""
     import importlib
     import inspect
 
@@ -116,13 +117,21 @@ def call_api(target: str, options: dict, **fixed):
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     kwargs = dict(fixed)
     for option, value in options.items():
-        if option == "as_json" or option in fixed:
+        if option == "as_json" or option in fixed or option in exclude:
             continue
         py = next((n for n in python_names(option) if n in params), option if takes_any else None)
         if py is None:
             raise TypeError(f"{target} has no parameter for the option {option!r}")
         kwargs[py] = value.value if isinstance(value, enum.Enum) else value
     return fn(**kwargs)
+
+
+def emit_files(result: dict, as_json: bool) -> None:
+    """A command's result: JSON with --json, else one line per file it wrote."""
+    if as_json:
+        return _print_json(result)
+    for name, path in result["files"].items():
+        typer.echo(f"{name}: {path}")
 
 
 def _fail(line: str):

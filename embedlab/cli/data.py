@@ -11,6 +11,7 @@ from embedlab.choices import RECIPES
 from embedlab.cli.app import (
     _print_json,
     app,
+    call_api,
     choices,
     handle_errors,
     json_option,
@@ -99,9 +100,7 @@ def synth_backlit_cmd(
     as_json: bool = json_option(),
 ):
     """Render paired synthetic backlit (or exposure-error) versions of photos, with a manifest."""
-    from embedlab.datasets.synth_sets import synth_backlit
-
-    r = synth_backlit(src, out, recipe=recipe.value, seeds=seeds, first_seed=first_seed, split=split, progress=progress)
+    r = call_api("datasets.synth_sets:synth_backlit", locals())
     if as_json:
         return _print_json(r)
     typer.echo(f"wrote {r['images']} images and {r['files']['manifest']}")

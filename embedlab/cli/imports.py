@@ -10,6 +10,7 @@ import typer
 
 from embedlab.cli.app import (
     _print_json,
+    call_api,
     handle_errors,
     json_option,
 )
@@ -43,18 +44,7 @@ def runs_import_cmd(
 ):
     """Make a run folder of embeddings computed elsewhere, usable by residual, explain-residual and the rest. Rows
     without a vector are kept as skipped rows; vectors are re-normalised only if they are not unit length."""
-    from embedlab.runs.importer import import_run
-
-    summary = import_run(
-        source,
-        out,
-        model=model,
-        paths=paths,
-        path_column=path_column,
-        allow_missing_images=allow_missing_images,
-        overwrite=overwrite,
-        shard_size=shard_size,
-    )
+    summary = call_api("runs.importer:import_run", locals())
     if as_json:
         return _print_json(summary)
     rec = summary["imported"]

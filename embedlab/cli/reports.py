@@ -10,6 +10,8 @@ import typer
 from embedlab.cli.app import (
     _print_json,
     app,
+    call_api,
+    emit_files,
     handle_errors,
     json_option,
     progress_option,
@@ -36,23 +38,8 @@ def plot_cmd(
     as_json: bool = json_option(),
 ):
     """2-D maps (PCA, UMAP) of a run's image embeddings, coloured by set, with the residual drawn."""
-    from embedlab.reports.plot import plot
-
-    result = plot(
-        run,
-        out,
-        color_by=color_by,
-        residual=residual,
-        methods=("pca", "umap") if umap else ("pca",),
-        projector=projector,
-        max_points=max_points,
-        seed=seed,
-        progress=progress,
-    )
-    if as_json:
-        return _print_json(result)
-    for k, v in result["files"].items():
-        typer.echo(f"{k}: {v}")
+    methods = ("pca", "umap") if umap else ("pca",)
+    emit_files(call_api("reports.plot:plot", locals(), exclude=("umap",), methods=methods), as_json)
 
 
 @app.command("embedding-map")
@@ -73,16 +60,8 @@ def embedding_map_cmd(
     as_json: bool = json_option(),
 ):
     """Interactive map of a run's image embeddings: one offline HTML page, PCA/UMAP, thumbnails on hover, search."""
-    from embedlab.reports.embedding_map import embedding_map
-
-    result = embedding_map(
-        run,
-        out,
-        residual=residual,
-        color_by=color_by,
-        max_points=max_points,
-        methods=("pca", "umap") if umap else ("pca",),
-    )
+    methods = ("pca", "umap") if umap else ("pca",)
+    result = call_api("reports.embedding_map:embedding_map", locals(), exclude=("umap",), methods=methods)
     if as_json:
         return _print_json(result)
     typer.echo(str(result["files"]["html"]))

@@ -183,6 +183,26 @@ def train_with_curve(
         torch.set_num_threads(threads)
 
 
+def planted_pattern(out: Path, held, raw: str | None) -> dict:
+    """The planted vignette in the held-out outputs, in stops of corner-to-centre luma against the originals, for the
+    inputs, the corrected residual's enhancer and (when trained) the raw residual's."""
+    from embedlab.datasets.images import load_rgb
+
+    outs = {"input": held.inputs}
+    if raw:
+        outs["raw"] = [load_rgb(str(out / "enhanced_raw" / f"{n}.png")) for n in held.names]
+    outs["corrected"] = [load_rgb(str(out / "enhanced" / f"{n}.png")) for n in held.names]
+    stops = {k: vignetting_stops(v, held.gts) for k, v in outs.items()}
+    res = {
+        "measure": "log2 of the corner-to-centre luma ratio (four corner patches of 20% x 20% vs the central one, "
+        "linear light) over the original's, mean over the held-out photos; 0 = the original's falloff",
+        "stops": stops,
+    }
+    if raw:
+        res["raw_minus_corrected"] = stops["raw"] - stops["corrected"]
+    return res
+
+
 def plot_curves(curves: dict, start: dict, thr: float, baselines: dict, path: str | os.PathLike) -> Path:
     """Held-out PSNR and mean projection over training iterations, one line per training (iteration 0 = input)."""
     import matplotlib

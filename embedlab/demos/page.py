@@ -206,6 +206,14 @@ def finding_paragraph(result: dict):
             f"<b>{st['raw']:+.2f} stops</b> from the originals' falloff, the one trained on the corrected residual "
             f"<b>{st['corrected']:+.2f} stops</b> (the backlit inputs: {st['input']:+.2f})."
         )
+        m = result.get("metrics") or {}
+        raw_m, cor_m, inp = m.get("enhanced, raw residual"), m.get("enhanced"), m.get("input")
+        if raw_m and cor_m and inp:
+            parts.append(
+                f"Held-out PSNR: input {inp['psnr']:.2f} dB, raw-residual enhancer {raw_m['psnr']:.2f} dB, "
+                f"corrected-residual enhancer {cor_m['psnr']:.2f} dB; mean luma {raw_m['mean_luma']:.3f} vs "
+                f"{cor_m['mean_luma']:.3f}."
+            )
     elif "corrected" in st:
         parts.append(f"The enhancer's held-out outputs: corners {st['corrected']:+.2f} stops from the originals'.")
     return Markup(" ".join(parts))
@@ -221,6 +229,7 @@ def write_index(out: Path, result: dict) -> Path:
         return os.path.relpath(p, out)
 
     tables, lists, extras = metric_views(result.get("metrics") or {})
+    lists = [(k, [(a, v) for a, v in items if a != "model"]) for k, items in lists]  # the model is named above
     cards, headline = compare_cards(tables)
     report_html = arts.get("report")
     map_href = rel(arts["map"]) if arts.get("map") else None

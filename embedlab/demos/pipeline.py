@@ -1,11 +1,12 @@
-"""`embedlab demo`: the whole chain on the bundled demo manifest, with one index.html to read it.
+"""`embedlab demo`: the whole chain on the bundled demo manifest, with one index.html to read it (docs/demo.md).
 
-manifest (package photos + Recipe-A backlit versions, split by source photo, a planted content bias)
--> extract -> residual (backlit -> well-lit, training photos only) -> explain-residual -> correct (remove the
-top-ranked concept that is not a lighting word) -> a short RAVE training with the corrected residual (the `demo`
-train preset; held-out photos scored every few iterations, and a second training on the raw residual for the curve
-figure) -> enhance the held-out backlit images -> evaluate against their originals and the input, CLAHE and gamma
-baselines (embedlab.demo_loop), with the issue-15 quality bars in demo.json["loop"]["bars"].
+manifest (15 package photos, one group each; Recipe-A backlit versions; split by source photo; the planted bias: a
+lens vignette on every well-lit training image) -> extract -> residual (backlit -> well-lit, training photos only)
+-> explain-residual (family-wise max-T test, shuffles within photos) -> correct (remove the report's finding: the
+top-ranked added concept at p_fwer < 0.05 that is not the lighting the residual is for) -> two short RAVE trainings
+(the `demo` preset), on the corrected and on the raw residual -> enhance the held-out backlit images with both ->
+evaluate against their originals and the input, CLAHE and gamma baselines (embedlab.demos.loop), with the quality
+bars in demo.json["loop"]["bars"] and the planted pattern (corner falloff) in demo.json["loop"]["planted"].
 """
 
 from __future__ import annotations
@@ -71,19 +72,24 @@ def lighting_words() -> set[str]:
 BIAS_ALPHA = 0.05  # a concept is removed only if the report's family-wise test finds it at this level
 
 
-def pick_bias_concept(concepts: list[dict], alpha: float = BIAS_ALPHA) -> str | None:
+def pick_bias_concept(concepts: list[dict], alpha: float = BIAS_ALPHA, toward: str | None = "welllit") -> str | None:
     """The report's finding: the top-ranked concept the residual adds that its family-wise permutation test finds
-    (p_fwer < alpha) and that is not a lighting word (lighting is what the residual is for). None when the report
-    finds no such concept: then nothing is removed."""
+    (p_fwer < alpha) and that is not the lighting the residual is for. Lighting words are skipped, except the demo
+    grammar's words for a condition other than `toward` (a residual toward well-lit that adds 'dim' or 'blown-out'
+    carries something besides that lighting). None when the report finds no such concept: nothing is removed."""
+    from embedlab.demos.clip import SYNONYMS
+
     light = lighting_words()
+    other = {w.lower() for cls, syn in SYNONYMS.items() if toward and cls != toward for w in syn}
     for c in concepts:
         if c["direction"] != "adds":
             continue
         p = c.get("p_fwer")
         if p is None or not p < alpha:
             continue
-        words = set(str(c["concept"]).lower().replace("-", " ").split())
-        if str(c["concept"]).lower() not in light and not words & light:
+        name = str(c["concept"]).lower()
+        words = set(name.replace("-", " ").split())
+        if name in other or (name not in light and not words & light):
             return str(c["concept"])
     return None
 
@@ -298,7 +304,7 @@ def _closed_loop(
     """Train (or take) the enhancer, enhance the held-out photos and score them against the input, CLAHE and gamma:
     returns (demo.json's "loop", its "metrics", the artifacts' paths)."""
     from embedlab.datasets.images import load_rgb
-    from embedlab.demos.loop import HeldOut, quality_bars
+    from embedlab.demos.loop import HeldOut, planted_pattern, quality_bars
     from embedlab.enhancement.evaluate import evaluate
     from embedlab.enhancement.infer import enhance
 
@@ -345,7 +351,7 @@ def _closed_loop(
         "gamma 0.5": base["gamma 0.5"],
     }
     loop["bars"] = quality_bars(scores["input"], scores["enhanced"], held.thr)
-    loop["planted"] = _planted_pattern(out, held, raw)
+    loop["planted"] = planted_pattern(out, held, raw)
     if raw:
         scores["enhanced, raw residual"] = held.scores(
             [load_rgb(str(out / "enhanced_raw" / f"{n}.png")) for n in held.names]
@@ -357,27 +363,6 @@ def _closed_loop(
         f"corrected {st['corrected']:+.2f} stops" + (f", raw {st['raw']:+.2f}" if "raw" in st else ""),
     )
     return loop, {**scores, "residual_projection": metrics.get("residual_projection")}, arts
-
-
-def _planted_pattern(out: Path, held, raw: str | None) -> dict:
-    """The planted vignette in the held-out outputs, in stops of corner-to-centre luma against the originals, for the
-    inputs, the corrected residual's enhancer and (when trained) the raw residual's."""
-    from embedlab.datasets.images import load_rgb
-    from embedlab.demos.loop import vignetting_stops
-
-    outs = {"input": held.inputs}
-    if raw:
-        outs["raw"] = [load_rgb(str(out / "enhanced_raw" / f"{n}.png")) for n in held.names]
-    outs["corrected"] = [load_rgb(str(out / "enhanced" / f"{n}.png")) for n in held.names]
-    stops = {k: vignetting_stops(v, held.gts) for k, v in outs.items()}
-    res = {
-        "measure": "log2 of the corner-to-centre luma ratio (four corner patches of 20% x 20% vs the central one, "
-        "linear light) over the original's, mean over the held-out photos; 0 = the original's falloff",
-        "stops": stops,
-    }
-    if raw:
-        res["raw_minus_corrected"] = stops["raw"] - stops["corrected"]
-    return res
 
 
 def _train_demo_enhancers(

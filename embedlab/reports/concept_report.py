@@ -80,11 +80,7 @@ def bar_chart(adds: pd.DataFrame, removes: pd.DataFrame, k: int = 15):
         fig.subplots_adjust(
             left=0.3, top=1 - 0.6 / (0.28 * len(labels) + 1.5), bottom=0.55 / (0.28 * len(labels) + 1.5)
         )
-        ax.set_xlabel(
-            "cosine_at_pick: cosine with the residual at the concept's deflation step (centred vocabulary; "
-            "the lists' order)",
-            fontsize=8,
-        )
+        ax.set_xlabel("cosine_at_pick: cosine with the residual at the deflation step (lists rank by it)", fontsize=8)
         ax.set_title("Top concepts of the residual from the 'from' set to the 'to' set", fontsize=10)
         ax.legend(
             handles=[

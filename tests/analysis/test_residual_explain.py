@@ -223,7 +223,10 @@ def _cli(*args):
     )
 
 
-def test_end_to_end_cli_flow(tmp_path, tiny_run):
+def test_end_to_end_cli_flow(tmp_path, tiny_run, demo_manifest):
+    from embedlab.datasets.manifest import read_manifest
+
+    n_backlit = sum(e.role == "backlit" and e.split == "train" for e in read_manifest(demo_manifest).entries)
     res = tmp_path / "residual.npy"
     r = _cli(
         "residual",
@@ -241,7 +244,7 @@ def test_end_to_end_cli_flow(tmp_path, tiny_run):
     vec = np.load(res, allow_pickle=False)
     assert vec.dtype == np.float32 and vec.shape == (64,)
     side = json.loads(res.with_suffix(".json").read_text())
-    assert side["from"]["count"] == 20 and side["bootstrap"]["unit"] == "group" and "thr" in side
+    assert side["from"]["count"] == n_backlit and side["bootstrap"]["unit"] == "group" and "thr" in side
     vocab_file = tmp_path / "vocab.txt"
     vocab_file.write_text("cat\nflower\n<b>bold</b>\nrocket\nbacklit\nwell-lit\nperson\nmotorcycle\n")
     rep = tmp_path / "report"

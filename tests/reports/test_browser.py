@@ -183,3 +183,26 @@ def test_screenshot_folder_follows_the_environment(tmp_path, monkeypatch):
     assert shots_dir(tmp_path / "default") == tmp_path / "artifacts"
     monkeypatch.delenv("EMBEDLAB_SCREENSHOTS")
     assert shots_dir(tmp_path / "default") == tmp_path / "default"
+
+
+@pytest.fixture(scope="module")
+def compare_page(tmp_path_factory):
+    """`embedlab compare` of two generated folders with the offline test model."""
+    from embedlab.demos.compare import compare
+    from tests.conftest import write_photo
+
+    tmp = tmp_path_factory.mktemp("compare")
+    for name, offset in (("day", 0), ("night", 10)):
+        for i in range(4):
+            write_photo(tmp / name / f"{i}.png", seed=i + offset)
+    (tmp / "vocab.txt").write_text("dark\nbright\nnight\nday\nsun\nlamp\n")
+    compare(tmp / "day", tmp / "night", tmp / "cmp", model="embedlab-tiny", pretrained="none", device="cpu",
+            workers=0, vocab=str(tmp / "vocab.txt"), permutations=50, bootstrap=10, progress=False)  # fmt: skip
+    return tmp / "cmp" / "index.html"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("width", WIDTHS)
+def test_compare_page_passes_in_chromium(compare_page, driver, shots, width):
+    problems = check_page(driver, compare_page.as_uri(), width, shots, "compare")
+    assert not problems, problems
