@@ -75,7 +75,7 @@ def test_packages_import_only_lower_layers_and_never_a_sibling():
         for t in targets:
             other = t.split(".")[0]
             if t.endswith("__init__") and t.count(".") == 0:
-                continue                      # the facade's lazy names are not imported by the package itself
+                continue  # the facade's lazy names are not imported by the package itself
             if other != top and LAYERS[other] >= LAYERS[top]:
                 problems.append(f"{me} imports {t}")
     assert not problems, problems
@@ -86,11 +86,11 @@ def test_modules_inside_a_package_import_downwards():
     for me, targets in _graph().items():
         for pkg, order in INNER.items():
             prefix = pkg + "."
-            if not me.startswith(prefix) or me[len(prefix):] not in order:
+            if not me.startswith(prefix) or me[len(prefix) :] not in order:
                 continue
             for t in targets:
-                inner = t[len(prefix):]
-                if t.startswith(prefix) and inner in order and order[inner] >= order[me[len(prefix):]]:
+                inner = t[len(prefix) :]
+                if t.startswith(prefix) and inner in order and order[inner] >= order[me[len(prefix) :]]:
                     problems.append(f"{me} imports {t}")
     assert not problems, problems
 
@@ -104,7 +104,7 @@ def test_no_import_cycle_between_modules():
         state[m] = 1
         for t in graph.get(m, ()):
             if state.get(t) == 1:
-                cycles.append(stack[stack.index(t):] + [t])
+                cycles.append(stack[stack.index(t) :] + [t])
             elif t not in state:
                 visit(t, [*stack, t])
         state[m] = 2

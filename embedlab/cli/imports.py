@@ -8,12 +8,7 @@ from typing import Optional
 
 import typer
 
-from embedlab.cli.app import (
-    _print_json,
-    call_api,
-    handle_errors,
-    json_option,
-)
+from embedlab.cli.app import _print_json, call_api, handle_errors, json_option
 from embedlab.cli.defaults import FROM_API
 from embedlab.cli.runs import runs_app
 

@@ -7,15 +7,7 @@ from typing import Optional
 
 import typer
 
-from embedlab.cli.app import (
-    _print_json,
-    app,
-    call_api,
-    emit_files,
-    handle_errors,
-    json_option,
-    progress_option,
-)
+from embedlab.cli.app import _print_json, app, call_api, emit_files, handle_errors, json_option, progress_option
 from embedlab.cli.defaults import FROM_API, default
 
 

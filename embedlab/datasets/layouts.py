@@ -388,13 +388,7 @@ def _gen_demo(
             if c:
                 synth_spec["crop_seed"] = c
             recs.append(
-                {
-                    "path": f"synth:V/{group}/c{c}",
-                    "role": "welllit",
-                    "split": "train",
-                    "synth": synth_spec,
-                    **base,
-                }
+                {"path": f"synth:V/{group}/c{c}", "role": "welllit", "split": "train", "synth": synth_spec, **base}
             )
         for seed in range(backlit_seeds):
             recs.append(

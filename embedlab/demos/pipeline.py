@@ -387,13 +387,7 @@ def _train_demo_enhancers(
         else {"identity": "pixel"}
     )
     iters = opts["iters"] or PRESETS["demo"]["iters"]
-    common = dict(
-        preset="demo",
-        backlit=f"{run_dir}:role=backlit,split=train",
-        iters=iters,
-        device=device,
-        **ident,
-    )
+    common = dict(preset="demo", backlit=f"{run_dir}:role=backlit,split=train", iters=iters, device=device, **ident)
     enhancers, curves, train_s = _train_with_curves(out, held, runs, common, opts["curve_every"], progress)
     ckpt = enhancers["RAVE, corrected residual"]
     plot = plot_curves(curves, base["input"], held.thr, base, out / "training_curves.png")

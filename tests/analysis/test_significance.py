@@ -5,7 +5,6 @@ The calibration tests run many random null splits of one synthetic population (t
 analyses/stats/calibration.py, which runs the same scenarios at 1,000 splits each) and count the splits where the
 page shows a "significant" concept."""
 
-
 import numpy as np
 import pytest
 from scipy.stats import binom

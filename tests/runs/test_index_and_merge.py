@@ -141,5 +141,3 @@ def test_search_says_which_index_answered(tiny_run):
     assert info["index"].startswith("flat") and info["exact"] and "recall" not in info
     info = search(tiny_run, text="a photo", k=3, index="ivf", device="cpu")
     assert not info["exact"] and 0 <= info["recall_at_k"] <= 1 and set(info["recall"]) >= {"1", "10", "3"}
-
-
