@@ -8,21 +8,12 @@ from typing import List, Optional
 import typer
 
 from embedlab.choices import CORRECT_PRESETS, FAMILIES, METHODS
-from embedlab.cli.app import (
-    TEMPLATES_HELP,
-    _print_json,
-    app,
-    call_api,
-    choices,
-    device_option,
-    handle_errors,
-    json_option,
-    progress_option,
-)
+from embedlab.cli import app as cli
+from embedlab.cli.app import app, handle_errors
 from embedlab.cli.defaults import FROM_API
 
-MethodChoice = choices("MethodChoice", METHODS)
-CorrectPresetChoice = choices("CorrectPresetChoice", CORRECT_PRESETS)
+MethodChoice = cli.choices("MethodChoice", METHODS)
+CorrectPresetChoice = cli.choices("CorrectPresetChoice", CORRECT_PRESETS)
 
 
 @app.command("residual")
@@ -47,16 +38,16 @@ def residual_cmd(
         help="Memory for what the streaming pass keeps beyond one block of "
         "vectors (per-group sums, bootstrap weights), e.g. 512M, 2G.",
     ),
-    progress: bool = progress_option(),
+    progress: bool = cli.progress_option(),
     overwrite: bool = typer.Option(FROM_API, help="Replace --out when it is a file embedlab did not write."),
-    as_json: bool = json_option(),
+    as_json: bool = cli.json_option(),
 ):
     """Compute the residual vector between two image sets (the paper's formula) with its sidecar.
 
     Streams the run's memory-mapped vectors once, block by block: runs larger than memory are fine."""
-    res = call_api("analysis.residual:residual", locals())
+    res = cli.call_api("analysis.residual:residual", locals())
     if as_json:
-        return _print_json(res.summary())
+        return cli.print_json(res.summary())
     info = res.info
     typer.echo(
         f"wrote {out} (dim {len(res.vector)}, thr {res.thr:.4f}; {info['from']['count']} '{from_}' -> "
@@ -70,7 +61,7 @@ def residual_cmd(
         )
 
 
-FamilyChoice = choices("FamilyChoice", FAMILIES)
+FamilyChoice = cli.choices("FamilyChoice", FAMILIES)
 
 
 @app.command("explain-residual")
@@ -83,7 +74,7 @@ def explain_residual_cmd(
         "(the model's own, default when it ships one), or a file with one concept per line. Default: model, else "
         "words.",
     ),
-    templates: Optional[str] = typer.Option(FROM_API, help=TEMPLATES_HELP),
+    templates: Optional[str] = typer.Option(FROM_API, help=cli.TEMPLATES_HELP),
     top: int = typer.Option(FROM_API, "--top", "-k", help="Concepts per side after deflation (the top k; 1-500)."),
     out: Path = typer.Option(FROM_API, "--out", "-o", help="Report folder."),
     candidates: int = typer.Option(FROM_API, help="Top concepts that get per-image statistics (AUROC, Welch p, BH q)."),
@@ -101,14 +92,14 @@ def explain_residual_cmd(
         FROM_API, help="A list ends at a pick that explains less than this share of |r|^2."
     ),
     exemplars: int = typer.Option(FROM_API, help="Exemplar images per top concept and set."),
-    device: str = device_option(),
-    progress: bool = progress_option(),
-    as_json: bool = json_option(),
+    device: str = cli.device_option(),
+    progress: bool = cli.progress_option(),
+    as_json: bool = cli.json_option(),
 ):
     """Rank the concepts a residual carries, with significance, into report.{json,csv,md,html}."""
-    rep = call_api("reports.explain:explain_residual", locals())
+    rep = cli.call_api("reports.explain:explain_residual", locals())
     if as_json:
-        return _print_json(rep)
+        return cli.print_json(rep)
     for side in ("adds", "removes"):
         rows = [c for c in rep["concepts"] if c["direction"] == side][:5]
         typer.echo(
@@ -144,9 +135,9 @@ def correct_cmd(
     vocab: Optional[str] = typer.Option(
         FROM_API, help="Vocabulary whose mean centres --remove concepts (as in explain-residual)."
     ),
-    templates: Optional[str] = typer.Option(FROM_API, help="Templates for --remove concepts. " + TEMPLATES_HELP),
-    device: str = device_option(),
-    as_json: bool = json_option(),
+    templates: Optional[str] = typer.Option(FROM_API, help="Templates for --remove concepts. " + cli.TEMPLATES_HELP),
+    device: str = cli.device_option(),
+    as_json: bool = cli.json_option(),
 ):
     """Remove bias directions from a residual by orthogonal projection; writes every edit to the sidecar."""
     from embedlab.analysis.correct import correct
@@ -181,7 +172,7 @@ def correct_cmd(
         device=device,
     )
     if as_json:
-        return _print_json(res.summary())
+        return cli.print_json(res.summary())
     c = res.info["correction"]
     typer.echo(
         f"wrote {out}: cos(r, r') = {c['cos_before_after']:.4f}, {100 * c['fraction_of_norm_removed']:.1f}% of |r| "
@@ -203,14 +194,14 @@ def probe_residual_cmd(
     selector: str = typer.Option(FROM_API, help="Selector for manifests (COLUMN=VALUE[,...])."),
     edit: Optional[List[str]] = typer.Option(FROM_API, help="Only these edits (repeatable; default all)."),
     max_images: int = typer.Option(FROM_API, help="At most this many images (a seeded sample)."),
-    device: str = device_option(),
-    progress: bool = progress_option(),
-    as_json: bool = json_option(),
+    device: str = cli.device_option(),
+    progress: bool = cli.progress_option(),
+    as_json: bool = cli.json_option(),
 ):
     """Which image edits (exposure, gamma, contrast, saturation, shadows, highlights, glare, blur, JPEG, downscale)
     move the images' projection on a residual towards its target thr: a table with 95% CIs and a plot."""
-    r = call_api("analysis.probe:probe_residual", locals())
+    r = cli.call_api("analysis.probe:probe_residual", locals())
     if as_json:
-        return _print_json(r)
+        return cli.print_json(r)
     typer.echo(r["table"])
     typer.echo(f"probe: {r['files']['png']} (also .json, .csv, .md)")

@@ -39,7 +39,7 @@ class _Group(_FlagsShowNoType, TyperGroup):
     pass
 
 
-class _Typer(typer.Typer):
+class StageTyper(typer.Typer):
     """typer.Typer whose commands and groups are the classes above, and whose options declared with default
     FROM_API take the default of the API function the command calls (one place, every command)."""
 
@@ -64,7 +64,7 @@ def registry_help(table: dict, sep: str = "; ") -> str:
     return sep.join(f"{k}: {v}" for k, v in table.items())
 
 
-app = _Typer(
+app = StageTyper(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -129,7 +129,7 @@ def call_api(target: str, options: dict, exclude: tuple = (), **fixed):
 def emit_files(result: dict, as_json: bool) -> None:
     """A command's result: JSON with --json, else one line per file it wrote."""
     if as_json:
-        return _print_json(result)
+        return print_json(result)
     for name, path in result["files"].items():
         typer.echo(f"{name}: {path}")
 
@@ -257,7 +257,7 @@ def _main(
     _STATE["debug"] = debug
 
 
-def _print_json(obj) -> None:
+def print_json(obj) -> None:
     from embedlab._io import dumps_json
 
     typer.echo(dumps_json(obj))

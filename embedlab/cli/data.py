@@ -8,28 +8,20 @@ from typing import List, Optional
 import typer
 
 from embedlab.choices import RECIPES
-from embedlab.cli.app import (
-    _print_json,
-    app,
-    call_api,
-    choices,
-    handle_errors,
-    json_option,
-    progress_option,
-    registry_help,
-)
+from embedlab.cli import app as cli
+from embedlab.cli.app import app, handle_errors
 from embedlab.cli.defaults import FROM_API
 from embedlab.datasets.layouts import get_layout, list_layouts
 
-RecipeChoice = choices("RecipeChoice", RECIPES)
-LayoutChoice = choices("LayoutChoice", list_layouts())  # the layout registry gives choices and help
+RecipeChoice = cli.choices("RecipeChoice", RECIPES)
+LayoutChoice = cli.choices("LayoutChoice", list_layouts())  # the layout registry gives cli.choices and help
 
 
 @app.command("models")
 @handle_errors
 def models_cmd(
     pattern: str = typer.Argument("", help="Only names containing this text."),
-    as_json: bool = json_option("Print {architecture: [pretrained tags]} as JSON."),
+    as_json: bool = cli.json_option("Print {architecture: [pretrained tags]} as JSON."),
 ):
     """List the open_clip architectures and pretrained tags embedlab can load."""
     import open_clip
@@ -43,7 +35,7 @@ def models_cmd(
         if pattern.lower() in name.lower()
     }
     if as_json:
-        return _print_json(found)
+        return cli.print_json(found)
     for name, tags in found.items():
         typer.echo(f"{name:40s} {', '.join(tags) if tags else '(no tags: pass a checkpoint file or none)'}")
 
@@ -52,7 +44,7 @@ def models_cmd(
 @handle_errors
 def manifest_cmd(
     layout: LayoutChoice = typer.Argument(
-        ..., help="Dataset layout. " + registry_help({n: get_layout(n).help for n in list_layouts()}) + "."
+        ..., help="Dataset layout. " + cli.registry_help({n: get_layout(n).help for n in list_layouts()}) + "."
     ),
     root: Path = typer.Argument(
         Path("."), help="Dataset root folder (ignored for demo); webdataset: a folder of .tar shards or a glob."
@@ -61,7 +53,7 @@ def manifest_cmd(
     role: str = typer.Option(FROM_API, help="Set label for every image (flat layout only)."),
     split: Optional[str] = typer.Option(None, help="Split for every image (flat: default train; baid: override)."),
     source: Optional[str] = typer.Option(FROM_API, help="Source name recorded per image (flat layout)."),
-    as_json: bool = json_option(),
+    as_json: bool = cli.json_option(),
 ):
     """Write a data manifest for a dataset folder layout (or the bundled demo)."""
     from embedlab.datasets.layouts import manifest
@@ -71,7 +63,7 @@ def manifest_cmd(
         opts["split"] = split
     report = manifest(layout.value, root, out, **opts)
     if as_json:
-        return _print_json(report)
+        return cli.print_json(report)
     typer.echo(f"wrote {report['files']['manifest']} ({report['count']} images)")
     for note in report.get("notes", [])[:10]:
         typer.echo(f"note: {note}")
@@ -96,11 +88,11 @@ def synth_backlit_cmd(
     seeds: int = typer.Option(FROM_API, help="Variants per photo (recipes A and B)."),
     first_seed: int = typer.Option(FROM_API, help="First seed."),
     split: str = typer.Option(FROM_API, help="Split recorded in the manifest."),
-    progress: bool = progress_option(),
-    as_json: bool = json_option(),
+    progress: bool = cli.progress_option(),
+    as_json: bool = cli.json_option(),
 ):
     """Render paired synthetic backlit (or exposure-error) versions of photos, with a manifest."""
-    r = call_api("datasets.synth_sets:synth_backlit", locals())
+    r = cli.call_api("datasets.synth_sets:synth_backlit", locals())
     if as_json:
-        return _print_json(r)
+        return cli.print_json(r)
     typer.echo(f"wrote {r['images']} images and {r['files']['manifest']}")

@@ -7,16 +7,8 @@ from typing import Optional
 
 import typer
 
-from embedlab.cli.app import (
-    MODEL_HELP,
-    PRETRAINED_HELP,
-    _print_json,
-    app,
-    device_option,
-    handle_errors,
-    json_option,
-    progress_option,
-)
+from embedlab.cli import app as cli
+from embedlab.cli.app import app, handle_errors
 from embedlab.cli.defaults import FROM_API
 
 
@@ -26,11 +18,11 @@ def pretrain_demo_cmd(
     out: Optional[Path] = typer.Option(
         FROM_API, "--out", "-o", help="Folder for the checkpoint (default: the user cache, keyed by the recipe)."
     ),
-    device: str = device_option(),
+    device: str = cli.device_option(),
     iters: Optional[int] = typer.Option(None, help="Training iterations (default: the full schedule)."),
     seed: int = typer.Option(FROM_API, help="Seed (the model is deterministic on the CPU for a seed)."),
     overwrite: bool = typer.Option(FROM_API, help="Retrain even when a cached (or shipped) model exists."),
-    progress: bool = progress_option(),
+    progress: bool = cli.progress_option(),
     pack: Optional[Path] = typer.Option(
         None,
         "--pack",
@@ -38,7 +30,7 @@ def pretrain_demo_cmd(
         "the grammar uses + all other tensors) into this folder, "
         "e.g. embedlab/data/demo_clip.",
     ),
-    as_json: bool = json_option(),
+    as_json: bool = cli.json_option(),
 ):
     """Train (or find cached) the small offline demo CLIP (a DEMO model: lighting words and package-photo objects
     only)."""
@@ -50,7 +42,7 @@ def pretrain_demo_cmd(
     if pack:
         result["files"]["pack"] = pack_model(ckpt, pack)
     if as_json:
-        return _print_json(result)
+        return cli.print_json(result)
     typer.echo(f"demo CLIP: {ckpt}\nuse it with: --model embedlab-demo --pretrained {ckpt}")
     if pack:
         typer.echo(f"pack: {result['files']['pack']}")
@@ -65,8 +57,8 @@ def demo_cmd(
         help="Default: the offline demo CLIP (trained and cached on first use). "
         "Or any open_clip model, e.g. ViT-B-32 with --pretrained openai.",
     ),
-    pretrained: Optional[str] = typer.Option(FROM_API, help=PRETRAINED_HELP),
-    device: str = device_option(),
+    pretrained: Optional[str] = typer.Option(FROM_API, help=cli.PRETRAINED_HELP),
+    device: str = cli.device_option(),
     enhancer: Optional[Path] = typer.Option(
         FROM_API, help="Use this enhancer (e.g. a published RAVE .pth) instead of training one."
     ),
@@ -76,8 +68,8 @@ def demo_cmd(
     permutations: int = typer.Option(FROM_API, help="Shuffles for the concept report's permutation test."),
     compare: bool = typer.Option(FROM_API, help="Also train CLIP-LIT-Latent on the same budget for the curve figure."),
     raw_curve: bool = typer.Option(FROM_API, help="Also train on the raw (uncorrected) residual for the curve figure."),
-    progress: bool = progress_option(),
-    as_json: bool = json_option(),
+    progress: bool = cli.progress_option(),
+    as_json: bool = cli.json_option(),
 ):
     """Run the whole chain on the bundled demo data and write one index.html."""
     import logging
@@ -105,7 +97,7 @@ def demo_cmd(
         echo=echo,
     )
     if as_json:
-        return _print_json(result)
+        return cli.print_json(result)
     typer.echo(f"done in {result['total_s']:.0f} s; open {out / 'index.html'}")
 
 
@@ -119,9 +111,9 @@ def compare_cmd(
     ),
     b: str = typer.Argument(..., help="Set B, the same forms."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the runs, residual, report, map and index.html."),
-    model: Optional[str] = typer.Option(FROM_API, help=MODEL_HELP + " Default: the model of A or B when a run."),
-    pretrained: Optional[str] = typer.Option(FROM_API, help=PRETRAINED_HELP),
-    device: str = device_option(),
+    model: Optional[str] = typer.Option(FROM_API, help=cli.MODEL_HELP + " Default: the model of A or B when a run."),
+    pretrained: Optional[str] = typer.Option(FROM_API, help=cli.PRETRAINED_HELP),
+    device: str = cli.device_option(),
     batch_size: int = typer.Option(FROM_API, help="Images per forward pass."),
     workers: Optional[int] = typer.Option(FROM_API, help="Decode worker processes (as for extract)."),
     path_column: Optional[str] = typer.Option(FROM_API, help="Table inputs: the column of image paths."),
@@ -132,8 +124,8 @@ def compare_cmd(
     ),
     permutations: int = typer.Option(FROM_API, help="Label shuffles for the significance test (0 = skip)."),
     overwrite: bool = typer.Option(FROM_API, help="Replace runs in OUT/runs made from other inputs or models."),
-    progress: bool = progress_option(),
-    as_json: bool = json_option(),
+    progress: bool = cli.progress_option(),
+    as_json: bool = cli.json_option(),
 ):
     """How do A and B differ? Embeds what is not embedded yet (resumable), computes the residual from A to B,
     explains it, draws the map, and writes OUT/index.html whose first paragraph answers the question."""
@@ -157,6 +149,6 @@ def compare_cmd(
         progress=progress,
     )
     if as_json:
-        return _print_json(result)
+        return cli.print_json(result)
     typer.echo(result["answer"])
     typer.echo(f"wrote {result['files']['index']}")

@@ -8,30 +8,19 @@ from typing import List, Optional
 import typer
 
 from embedlab.choices import PRECISIONS
-from embedlab.cli.app import (
-    MODEL_HELP,
-    PRETRAINED_HELP,
-    _print_json,
-    app,
-    call_api,
-    choices,
-    device_option,
-    handle_errors,
-    json_option,
-    progress_option,
-    registry_help,
-)
+from embedlab.cli import app as cli
+from embedlab.cli.app import app, handle_errors
 from embedlab.cli.defaults import FROM_API
 from embedlab.enhancement.guidance import list_guidance
 from embedlab.enhancement.presets import IDENTITY_LOSSES, LR_SCHEDULES, PADDINGS, TrainConfig, list_presets
 
-PrecisionChoice = choices("PrecisionChoice", PRECISIONS)
+PrecisionChoice = cli.choices("PrecisionChoice", PRECISIONS)
 
 
-GUIDANCE_MODES = list_guidance()  # the registry (embedlab.enhancement.guidance) is the source of choices and help
-GuidanceChoice = choices("GuidanceChoice", GUIDANCE_MODES)
-PresetChoice = choices("PresetChoice", list_presets())  # embedlab.enhancement.presets.PRESETS
-IdentityChoice = choices("IdentityChoice", IDENTITY_LOSSES)
+GUIDANCE_MODES = list_guidance()  # the registry (embedlab.enhancement.guidance) is the source of cli.choices and help
+GuidanceChoice = cli.choices("GuidanceChoice", GUIDANCE_MODES)
+PresetChoice = cli.choices("PresetChoice", list_presets())  # embedlab.enhancement.presets.PRESETS
+IdentityChoice = cli.choices("IdentityChoice", IDENTITY_LOSSES)
 _TC = TrainConfig()  # train's help states the defaults of the dataclass, never retyped
 
 
@@ -54,18 +43,18 @@ def train_cmd(
         help="Well-lit set (latent/prompt modes; default selector role=welllit). "
         "Unpaired: any well-lit set; paired: the GT of the same scenes.",
     ),
-    guidance: GuidanceChoice = typer.Option(FROM_API, help=registry_help(GUIDANCE_MODES) + "."),
+    guidance: GuidanceChoice = typer.Option(FROM_API, help=cli.registry_help(GUIDANCE_MODES) + "."),
     model: Optional[str] = typer.Option(
-        FROM_API, help="Guidance CLIP for latent/prompt (default ViT-B-32). " + MODEL_HELP
+        FROM_API, help="Guidance CLIP for latent/prompt (default ViT-B-32). " + cli.MODEL_HELP
     ),
-    pretrained: Optional[str] = typer.Option(FROM_API, help="Its weights (default openai). " + PRETRAINED_HELP),
-    identity: IdentityChoice = typer.Option(FROM_API, help=registry_help(IDENTITY_LOSSES) + "."),
+    pretrained: Optional[str] = typer.Option(FROM_API, help="Its weights (default openai). " + cli.PRETRAINED_HELP),
+    identity: IdentityChoice = typer.Option(FROM_API, help=cli.registry_help(IDENTITY_LOSSES) + "."),
     identity_model: str = typer.Option(
         FROM_API, help="open_clip image tower for the identity loss (ResNet: stem+4 stages; ViT: 5 blocks)."
     ),
-    identity_pretrained: str = typer.Option(FROM_API, help="Its weights. " + PRETRAINED_HELP),
+    identity_pretrained: str = typer.Option(FROM_API, help="Its weights. " + cli.PRETRAINED_HELP),
     preset: PresetChoice = typer.Option(
-        FROM_API, help="Overrides of the defaults below. " + registry_help(list_presets()) + "."
+        FROM_API, help="Overrides of the defaults below. " + cli.registry_help(list_presets()) + "."
     ),
     init: Optional[str] = typer.Option(
         None,
@@ -95,7 +84,7 @@ def train_cmd(
         None, help=f"EXTENSION (not in the paper): weight of a pixel loss ({_TC.pixel_loss:g} = off)."
     ),
     lr_schedule: Optional[str] = typer.Option(
-        None, help=f"Learning-rate schedule: {registry_help(LR_SCHEDULES)} ({_TC.lr_schedule})."
+        None, help=f"Learning-rate schedule: {cli.registry_help(LR_SCHEDULES)} ({_TC.lr_schedule})."
     ),
     grad_clip: Optional[float] = typer.Option(
         None, help=f"Clip the gradient's global norm at this ({_TC.grad_clip or 'off'}; the paper: off)."
@@ -109,19 +98,19 @@ def train_cmd(
         None, help=f"Weight of the identity term in guided training ({_TC.identity_weight:g}, the paper's)."
     ),
     padding: Optional[str] = typer.Option(
-        None, help=f"The trained network's padding: {registry_help(PADDINGS)} ({_TC.padding})."
+        None, help=f"The trained network's padding: {cli.registry_help(PADDINGS)} ({_TC.padding})."
     ),
     seed: Optional[int] = typer.Option(None, help=f"Random seed ({_TC.seed})."),
-    device: str = device_option(),
+    device: str = cli.device_option(),
     overwrite: bool = typer.Option(FROM_API, help="Start afresh, deleting an existing run in --out."),
-    progress: bool = progress_option(),
-    as_json: bool = json_option(),
+    progress: bool = cli.progress_option(),
+    as_json: bool = cli.json_option(),
 ):
     """Train the enhancement network with RAVE, CLIP-LIT-Latent or CLIP-LIT guidance (defaults: the paper's; a
     preset overrides them, a flag overrides both)."""
-    result = call_api("enhancement.train:train", locals())
+    result = cli.call_api("enhancement.train:train", locals())
     if as_json:
-        return _print_json(result)
+        return cli.print_json(result)
     typer.echo(
         f"trained {result['steps']} iterations in {result['seconds_this_call']} s; enhancer: {result['enhancer']}"
     )
@@ -135,7 +124,7 @@ def enhance_cmd(
     ),
     inputs: List[str] = typer.Argument(..., help="Image files or folders."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (PNG, named by input stem)."),
-    device: str = device_option(),
+    device: str = cli.device_option(),
     batch_size: int = typer.Option(FROM_API, help="Images of one size per forward pass."),
     max_pixels: int = typer.Option(
         FROM_API,
@@ -148,13 +137,13 @@ def enhance_cmd(
         help="fp32 (default; matches the published code's outputs to 1e-5) or "
         "bf16 (autocast: faster on a GPU, outputs differ by up to ~1e-2).",
     ),
-    progress: bool = progress_option(),
-    as_json: bool = json_option(),
+    progress: bool = cli.progress_option(),
+    as_json: bool = cli.json_option(),
 ):
     """Enhance images at full resolution with a trained or published network."""
-    result = call_api("enhancement.infer:enhance", locals())
+    result = cli.call_api("enhancement.infer:enhance", locals())
     if as_json:
-        return _print_json(result)
+        return cli.print_json(result)
     typer.echo(
         f"enhanced {result['enhanced']} image(s) into {out}"
         + (f"; {result['skipped']} skipped" if result["skipped"] else "")
@@ -177,14 +166,14 @@ def evaluate_cmd(
     residual: Optional[Path] = typer.Option(
         FROM_API, help="Report the mean projection of embeddings on this residual."
     ),
-    device: str = device_option(),
-    progress: bool = progress_option(),
-    as_json: bool = json_option(),
+    device: str = cli.device_option(),
+    progress: bool = cli.progress_option(),
+    as_json: bool = cli.json_option(),
 ):
     """PSNR/SSIM (and LPIPS) against ground truth, exposure statistics, and the residual projection."""
-    summary = call_api("enhancement.evaluate:evaluate", locals())
+    summary = cli.call_api("enhancement.evaluate:evaluate", locals())
     if as_json:
-        return _print_json(summary)
+        return cli.print_json(summary)
     shown = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     typer.echo(", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))
     for note in summary.get("notes", [])[:10]:

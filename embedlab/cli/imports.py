@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from embedlab.cli.app import _print_json, call_api, handle_errors, json_option
+from embedlab.cli import app as cli
+from embedlab.cli.app import handle_errors
 from embedlab.cli.defaults import FROM_API
 from embedlab.cli.runs import runs_app
 
@@ -35,13 +36,13 @@ def runs_import_cmd(
     ),
     overwrite: bool = typer.Option(FROM_API, help="Replace --out if it exists."),
     shard_size: int = typer.Option(FROM_API, help="Vectors per shard."),
-    as_json: bool = json_option(),
+    as_json: bool = cli.json_option(),
 ):
     """Make a run folder of embeddings computed elsewhere, usable by residual, explain-residual and the rest. Rows
     without a vector are kept as skipped rows; vectors are re-normalised only if they are not unit length."""
-    summary = call_api("runs.importer:import_run", locals())
+    summary = cli.call_api("runs.importer:import_run", locals())
     if as_json:
-        return _print_json(summary)
+        return cli.print_json(summary)
     rec = summary["imported"]
     typer.echo(
         f"run {out}: {summary['embedded']} vectors imported from {source} as {rec['model_named']}"

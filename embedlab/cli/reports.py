@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from embedlab.cli.app import _print_json, app, call_api, emit_files, handle_errors, json_option, progress_option
+from embedlab.cli import app as cli
+from embedlab.cli.app import app, handle_errors
 from embedlab.cli.defaults import FROM_API, default
 
 
@@ -26,12 +27,12 @@ def plot_cmd(
         "stratified by --color-by and group (the titles and sample.json say so).",
     ),
     seed: int = typer.Option(FROM_API, help="Seed for the sample and for UMAP."),
-    progress: bool = progress_option(),
-    as_json: bool = json_option(),
+    progress: bool = cli.progress_option(),
+    as_json: bool = cli.json_option(),
 ):
     """2-D maps (PCA, UMAP) of a run's image embeddings, coloured by set, with the residual drawn."""
     methods = ("pca", "umap") if umap else ("pca",)
-    emit_files(call_api("reports.plot:plot", locals(), exclude=("umap",), methods=methods), as_json)
+    cli.emit_files(cli.call_api("reports.plot:plot", locals(), exclude=("umap",), methods=methods), as_json)
 
 
 @app.command("embedding-map")
@@ -49,11 +50,11 @@ def embedding_map_cmd(
         FROM_API, help="Subsample bigger runs to this many images (seeded; the page states it)."
     ),
     umap: bool = typer.Option("umap" in default("embedding-map", "methods"), help="Also compute a UMAP (cosine) view."),
-    as_json: bool = json_option(),
+    as_json: bool = cli.json_option(),
 ):
     """Interactive map of a run's image embeddings: one offline HTML page, PCA/UMAP, thumbnails on hover, search."""
     methods = ("pca", "umap") if umap else ("pca",)
-    result = call_api("reports.embedding_map:embedding_map", locals(), exclude=("umap",), methods=methods)
+    result = cli.call_api("reports.embedding_map:embedding_map", locals(), exclude=("umap",), methods=methods)
     if as_json:
-        return _print_json(result)
+        return cli.print_json(result)
     typer.echo(str(result["files"]["html"]))

@@ -9,28 +9,17 @@ from typing import List, Optional
 import typer
 
 from embedlab.choices import DECODERS, ENGINES, VECTOR_DTYPES
-from embedlab.cli.app import (
-    MODEL_HELP,
-    PRETRAINED_HELP,
-    _print_json,
-    _Typer,
-    app,
-    call_api,
-    choices,
-    device_option,
-    handle_errors,
-    json_option,
-    progress_option,
-)
+from embedlab.cli import app as cli
+from embedlab.cli.app import app, handle_errors
 from embedlab.cli.defaults import FROM_API
 from embedlab.runs.index_kinds import KINDS as _INDEX_KINDS
 
 INDEX_KINDS = tuple(_INDEX_KINDS)
-SearchIndex = enum.Enum("SearchIndex", {k: k for k in ("run", *INDEX_KINDS)}, type=str)  # real choices
+SearchIndex = enum.Enum("SearchIndex", {k: k for k in ("run", *INDEX_KINDS)}, type=str)  # real cli.choices
 IndexKindChoice = enum.Enum("IndexKindChoice", {k: k for k in ("auto", *INDEX_KINDS)}, type=str)
-DecodeChoice = choices("DecodeChoice", DECODERS)
-DtypeChoice = choices("DtypeChoice", VECTOR_DTYPES)
-EngineChoice = choices("EngineChoice", ENGINES)
+DecodeChoice = cli.choices("DecodeChoice", DECODERS)
+DtypeChoice = cli.choices("DtypeChoice", VECTOR_DTYPES)
+EngineChoice = cli.choices("EngineChoice", ENGINES)
 
 
 @app.command("extract")
@@ -52,10 +41,10 @@ def extract_cmd(
     image_column: Optional[str] = typer.Option(
         FROM_API, help="A Hugging Face dataset input: the image column (default: its Image feature)."
     ),
-    model: str = typer.Option(..., help=MODEL_HELP),
-    pretrained: str = typer.Option(..., help=PRETRAINED_HELP),
+    model: str = typer.Option(..., help=cli.MODEL_HELP),
+    pretrained: str = typer.Option(..., help=cli.PRETRAINED_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder to create or resume."),
-    device: str = device_option(),
+    device: str = cli.device_option(),
     batch_size: int = typer.Option(FROM_API, help="Images per forward pass."),
     workers: Optional[int] = typer.Option(
         FROM_API,
@@ -92,14 +81,14 @@ def extract_cmd(
     break_lock: bool = typer.Option(
         FROM_API, help="Take over the run folder's lock from a process that is gone (e.g. killed on another machine)."
     ),
-    progress: bool = progress_option(),
-    as_json: bool = json_option(),
+    progress: bool = cli.progress_option(),
+    as_json: bool = cli.json_option(),
 ):
     """Embed images (a manifest, a folder, a table of paths, a Hugging Face dataset, webdataset tars) into a resumable
     run folder (vectors, metadata, FAISS index)."""
-    summary = call_api("runs.extract.pipeline:extract", locals())
+    summary = cli.call_api("runs.extract.pipeline:extract", locals())
     if as_json:
-        _print_json(summary)
+        cli.print_json(summary)
     else:
         typer.echo(
             f"run {out}: {summary['embedded']} embedded, {summary['skipped']} skipped"
@@ -133,8 +122,8 @@ def search_cmd(
         "A kind (" + ", ".join(INDEX_KINDS) + "): build that index in memory for this "
         "query. An approximate index's recall against exact search is printed.",
     ),
-    device: str = device_option(),
-    as_json: bool = json_option("Print JSON instead of a table."),
+    device: str = cli.device_option(),
+    as_json: bool = cli.json_option("Print JSON instead of a table."),
 ):
     """Top-k nearest images of a run to a text or image query, with scores."""
     from embedlab.runs.search import search
@@ -142,7 +131,7 @@ def search_cmd(
     info = search(run, text=text, image=image, k=top, index=index.value, device=device)
     table = info.pop("table")
     if as_json:
-        _print_json({"info": info, "results": table.to_dict(orient="records")})
+        cli.print_json({"info": info, "results": table.to_dict(orient="records")})
         return
     typer.echo(table.to_string(index=False))
     extra = ""
@@ -183,14 +172,14 @@ def index_cmd(
         FROM_API, help="recall@10 the search setting (nprobe / efSearch) is tuned to reach."
     ),
     seed: int = typer.Option(FROM_API, help="Seed for the training sample and the queries."),
-    progress: bool = progress_option(),
-    as_json: bool = json_option("Print the index record as JSON."),
+    progress: bool = cli.progress_option(),
+    as_json: bool = cli.json_option("Print the index record as JSON."),
 ):
     """Build the run's FAISS index out of core (trained on a sample, filled shard by shard, written atomically; on
     the GPU with a GPU build of FAISS) and record its recall and latency in the run manifest."""
-    info = call_api("runs.index:index_run", locals())
+    info = cli.call_api("runs.index:index_run", locals())
     if as_json:
-        _print_json(info)
+        cli.print_json(info)
         return
     typer.echo(
         f"wrote {run / info['file']}: {info['kind']} ({info['factory']}; {info['why']}), {info['ntotal']:,} vectors, "
@@ -206,7 +195,7 @@ def index_cmd(
     )
 
 
-runs_app = _Typer(
+runs_app = cli.StageTyper(
     prefix="runs ",
     no_args_is_help=True,
     help="Work with run folders as wholes (merge; import embeddings made elsewhere).",
@@ -227,14 +216,14 @@ def runs_merge_cmd(
         help="Build the exact index while its float32 vectors fit this "
         "memory; beyond, run `embedlab index` on the merged run.",
     ),
-    progress: bool = progress_option(),
-    as_json: bool = json_option(),
+    progress: bool = cli.progress_option(),
+    as_json: bool = cli.json_option(),
 ):
     """Merge runs extracted separately (several machines, days) into one run; refuses mixed models or preprocessing.
     Row ids are renumbered; the column merged_from names each image's source run."""
-    summary = call_api("runs.merge:merge_runs", locals())
+    summary = cli.call_api("runs.merge:merge_runs", locals())
     if as_json:
-        return _print_json(summary)
+        return cli.print_json(summary)
     typer.echo(
         f"merged {summary['merged']} runs into {out}: {summary['embedded']} images, {summary['skipped']} skipped"
         + (f"; {summary['index'].get('note')}" if summary.get("index", {}).get("note") else "")
