@@ -25,21 +25,18 @@ def residual_cmd(
     ),
     to: str = typer.Option(..., "--to", help="The target set, same syntax (e.g. welllit)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output .npy (a JSON sidecar is written beside it)."),
-    to_run: Optional[Path] = typer.Option(
-        FROM_API, help="Take the 'to' set from this run (same model and preprocessing required)."
+    to_run: Optional[Path] = cli.api_option("Take the 'to' set from this run (same model and preprocessing required)."),
+    method: MethodChoice = cli.api_option(
+        "rave (the paper: normalise, mean, normalise, subtract, normalise; docs/method.md) or mean-diff."
     ),
-    method: MethodChoice = typer.Option(
-        FROM_API, help="rave (the paper: normalise, mean, normalise, subtract, normalise; docs/method.md) or mean-diff."
-    ),
-    bootstrap: int = typer.Option(FROM_API, help="Bootstrap resamples for the stability figure (0 = skip)."),
-    seed: int = typer.Option(FROM_API, help="Random seed for the bootstrap."),
-    memory_budget: str = typer.Option(
-        FROM_API,
-        help="Memory for what the streaming pass keeps beyond one block of "
-        "vectors (per-group sums, bootstrap weights), e.g. 512M, 2G.",
+    bootstrap: int = cli.api_option("Bootstrap resamples for the stability figure (0 = skip)."),
+    seed: int = cli.api_option("Random seed for the bootstrap."),
+    memory_budget: str = cli.api_option(
+        "Memory for what the streaming pass keeps beyond one block of "
+        "vectors (per-group sums, bootstrap weights), e.g. 512M, 2G."
     ),
     progress: bool = cli.progress_option(),
-    overwrite: bool = typer.Option(FROM_API, help="Replace --out when it is a file embedlab did not write."),
+    overwrite: bool = cli.api_option("Replace --out when it is a file embedlab did not write."),
     as_json: bool = cli.json_option(),
 ):
     """Compute the residual vector between two image sets (the paper's formula) with its sidecar.
@@ -68,30 +65,24 @@ FamilyChoice = cli.choices("FamilyChoice", FAMILIES)
 @handle_errors
 def explain_residual_cmd(
     residual: Path = typer.Argument(..., help="residual.npy (with its sidecar)."),
-    vocab: Optional[str] = typer.Option(
-        FROM_API,
-        help="tokens (all tokenizer tokens, as RAVE), words, model "
+    vocab: Optional[str] = cli.api_option(
+        "tokens (all tokenizer tokens, as RAVE), words, model "
         "(the model's own, default when it ships one), or a file with one concept per line. Default: model, else "
-        "words.",
+        "words."
     ),
-    templates: Optional[str] = typer.Option(FROM_API, help=cli.TEMPLATES_HELP),
+    templates: Optional[str] = cli.api_option(cli.TEMPLATES_HELP),
     top: int = typer.Option(FROM_API, "--top", "-k", help="Concepts per side after deflation (the top k; 1-500)."),
     out: Path = typer.Option(FROM_API, "--out", "-o", help="Report folder."),
-    candidates: int = typer.Option(FROM_API, help="Top concepts that get per-image statistics (AUROC, Welch p, BH q)."),
-    permutations: int = typer.Option(FROM_API, help="Label shuffles for the family-wise permutation test (0 = skip)."),
-    seed: int = typer.Option(FROM_API, help="Seed for the shuffles."),
-    deflated_steps: int = typer.Option(
-        FROM_API, help="Deflation steps that get the sequential permutation test (p_fwer_deflated)."
+    candidates: int = cli.api_option("Top concepts that get per-image statistics (AUROC, Welch p, BH q)."),
+    permutations: int = cli.api_option("Label shuffles for the family-wise permutation test (0 = skip)."),
+    seed: int = cli.api_option("Seed for the shuffles."),
+    deflated_steps: int = cli.api_option("Deflation steps that get the sequential permutation test (p_fwer_deflated)."),
+    family: FamilyChoice = cli.api_option(
+        "What p_fwer controls: page (both lists, one family) or a one-sided question about one list (adds or "
+        "removes; the other list gets no p-values)."
     ),
-    family: FamilyChoice = typer.Option(
-        FROM_API,
-        help="What p_fwer controls: page (both lists, one family) or a one-sided question about one list (adds or "
-        "removes; the other list gets no p-values).",
-    ),
-    min_explained: float = typer.Option(
-        FROM_API, help="A list ends at a pick that explains less than this share of |r|^2."
-    ),
-    exemplars: int = typer.Option(FROM_API, help="Exemplar images per top concept and set."),
+    min_explained: float = cli.api_option("A list ends at a pick that explains less than this share of |r|^2."),
+    exemplars: int = cli.api_option("Exemplar images per top concept and set."),
     device: str = cli.device_option(),
     progress: bool = cli.progress_option(),
     as_json: bool = cli.json_option(),
@@ -119,23 +110,19 @@ def explain_residual_cmd(
 def correct_cmd(
     residual: Path = typer.Argument(..., help="residual.npy to correct."),
     out: Path = typer.Option(..., "--out", "-o", help="Corrected .npy (with sidecar)."),
-    remove: Optional[List[str]] = typer.Option(
-        FROM_API, help="A concept to project out (centred text embedding); repeatable."
+    remove: Optional[List[str]] = cli.api_option("A concept to project out (centred text embedding); repeatable."),
+    remove_pair: Optional[List[str]] = cli.api_option(
+        "'PROMPT|BASELINE': project out the difference of two prompts; repeatable."
     ),
-    remove_pair: Optional[List[str]] = typer.Option(
-        FROM_API, help="'PROMPT|BASELINE': project out the difference of two prompts; repeatable."
+    remove_labelled: Optional[str] = cli.api_option(
+        "'RUN:COLUMN=VALUE': learn directions separating those images (INLP)."
     ),
-    remove_labelled: Optional[str] = typer.Option(
-        FROM_API, help="'RUN:COLUMN=VALUE': learn directions separating those images (INLP)."
-    ),
-    preset: Optional[CorrectPresetChoice] = typer.Option(
-        FROM_API, help="rave-shift: the released RAVE code's shifted residual (docs/method.md)."
+    preset: Optional[CorrectPresetChoice] = cli.api_option(
+        "rave-shift: the released RAVE code's shifted residual (docs/method.md)."
     ),
     top: int = typer.Option(FROM_API, "--top", "-k", help="Tokens per side for --preset rave-shift (the top k)."),
-    vocab: Optional[str] = typer.Option(
-        FROM_API, help="Vocabulary whose mean centres --remove concepts (as in explain-residual)."
-    ),
-    templates: Optional[str] = typer.Option(FROM_API, help="Templates for --remove concepts. " + cli.TEMPLATES_HELP),
+    vocab: Optional[str] = cli.api_option("Vocabulary whose mean centres --remove concepts (as in explain-residual)."),
+    templates: Optional[str] = cli.api_option("Templates for --remove concepts. " + cli.TEMPLATES_HELP),
     device: str = cli.device_option(),
     as_json: bool = cli.json_option(),
 ):
@@ -191,9 +178,9 @@ def probe_residual_cmd(
     out: Optional[Path] = typer.Option(
         FROM_API, "--out", "-o", help="Output folder (default RESIDUAL_probe/ beside the residual)."
     ),
-    selector: str = typer.Option(FROM_API, help="Selector for manifests (COLUMN=VALUE[,...])."),
-    edit: Optional[List[str]] = typer.Option(FROM_API, help="Only these edits (repeatable; default all)."),
-    max_images: int = typer.Option(FROM_API, help="At most this many images (a seeded sample)."),
+    selector: str = cli.api_option("Selector for manifests (COLUMN=VALUE[,...])."),
+    edit: Optional[List[str]] = cli.api_option("Only these edits (repeatable; default all)."),
+    max_images: int = cli.api_option("At most this many images (a seeded sample)."),
     device: str = cli.device_option(),
     progress: bool = cli.progress_option(),
     as_json: bool = cli.json_option(),

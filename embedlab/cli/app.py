@@ -95,6 +95,11 @@ def json_option(help: str = JSON_HELP):
     return typer.Option(False, "--json", help=help)
 
 
+def api_option(help: str, *flags: str):
+    """An option whose default is the API function's (filled in by cli.defaults.from_api)."""
+    return typer.Option(FROM_API, *flags, help=help)
+
+
 def progress_option():
     return typer.Option(FROM_API, help=PROGRESS_HELP)
 

@@ -50,9 +50,9 @@ def manifest_cmd(
         Path("."), help="Dataset root folder (ignored for demo); webdataset: a folder of .tar shards or a glob."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Manifest file to write (.jsonl)."),
-    role: str = typer.Option(FROM_API, help="Set label for every image (flat layout only)."),
+    role: str = cli.api_option("Set label for every image (flat layout only)."),
     split: Optional[str] = typer.Option(None, help="Split for every image (flat: default train; baid: override)."),
-    source: Optional[str] = typer.Option(FROM_API, help="Source name recorded per image (flat layout)."),
+    source: Optional[str] = cli.api_option("Source name recorded per image (flat layout)."),
     as_json: bool = cli.json_option(),
 ):
     """Write a data manifest for a dataset folder layout (or the bundled demo)."""
@@ -85,9 +85,9 @@ def synth_backlit_cmd(
         case_sensitive=False,
         help="A: backlight (a background mask), B: radial light, C: global exposure (docs/method.md).",
     ),
-    seeds: int = typer.Option(FROM_API, help="Variants per photo (recipes A and B)."),
-    first_seed: int = typer.Option(FROM_API, help="First seed."),
-    split: str = typer.Option(FROM_API, help="Split recorded in the manifest."),
+    seeds: int = cli.api_option("Variants per photo (recipes A and B)."),
+    first_seed: int = cli.api_option("First seed."),
+    split: str = cli.api_option("Split recorded in the manifest."),
     progress: bool = cli.progress_option(),
     as_json: bool = cli.json_option(),
 ):

@@ -20,8 +20,8 @@ def pretrain_demo_cmd(
     ),
     device: str = cli.device_option(),
     iters: Optional[int] = typer.Option(None, help="Training iterations (default: the full schedule)."),
-    seed: int = typer.Option(FROM_API, help="Seed (the model is deterministic on the CPU for a seed)."),
-    overwrite: bool = typer.Option(FROM_API, help="Retrain even when a cached (or shipped) model exists."),
+    seed: int = cli.api_option("Seed (the model is deterministic on the CPU for a seed)."),
+    overwrite: bool = cli.api_option("Retrain even when a cached (or shipped) model exists."),
     progress: bool = cli.progress_option(),
     pack: Optional[Path] = typer.Option(
         None,
@@ -52,22 +52,21 @@ def pretrain_demo_cmd(
 @handle_errors
 def demo_cmd(
     out: Path = typer.Option(FROM_API, "--out", "-o", help="Output folder (index.html is the entry point)."),
-    model: Optional[str] = typer.Option(
-        FROM_API,
-        help="Default: the offline demo CLIP (trained and cached on first use). "
-        "Or any open_clip model, e.g. ViT-B-32 with --pretrained openai.",
+    model: Optional[str] = cli.api_option(
+        "Default: the offline demo CLIP (trained and cached on first use). "
+        "Or any open_clip model, e.g. ViT-B-32 with --pretrained openai."
     ),
-    pretrained: Optional[str] = typer.Option(FROM_API, help=cli.PRETRAINED_HELP),
+    pretrained: Optional[str] = cli.api_option(cli.PRETRAINED_HELP),
     device: str = cli.device_option(),
-    enhancer: Optional[Path] = typer.Option(
-        FROM_API, help="Use this enhancer (e.g. a published RAVE .pth) instead of training one."
+    enhancer: Optional[Path] = cli.api_option(
+        "Use this enhancer (e.g. a published RAVE .pth) instead of training one."
     ),
-    iters: Optional[int] = typer.Option(
-        FROM_API, help="Iterations of the short RAVE training (default: the 'demo' train preset's)."
+    iters: Optional[int] = cli.api_option(
+        "Iterations of the short RAVE training (default: the 'demo' train preset's)."
     ),
-    permutations: int = typer.Option(FROM_API, help="Shuffles for the concept report's permutation test."),
-    compare: bool = typer.Option(FROM_API, help="Also train CLIP-LIT-Latent on the same budget for the curve figure."),
-    raw_curve: bool = typer.Option(FROM_API, help="Also train on the raw (uncorrected) residual for the curve figure."),
+    permutations: int = cli.api_option("Shuffles for the concept report's permutation test."),
+    compare: bool = cli.api_option("Also train CLIP-LIT-Latent on the same budget for the curve figure."),
+    raw_curve: bool = cli.api_option("Also train on the raw (uncorrected) residual for the curve figure."),
     progress: bool = cli.progress_option(),
     as_json: bool = cli.json_option(),
 ):
@@ -111,19 +110,17 @@ def compare_cmd(
     ),
     b: str = typer.Argument(..., help="Set B, the same forms."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the runs, residual, report, map and index.html."),
-    model: Optional[str] = typer.Option(FROM_API, help=cli.MODEL_HELP + " Default: the model of A or B when a run."),
-    pretrained: Optional[str] = typer.Option(FROM_API, help=cli.PRETRAINED_HELP),
+    model: Optional[str] = cli.api_option(cli.MODEL_HELP + " Default: the model of A or B when a run."),
+    pretrained: Optional[str] = cli.api_option(cli.PRETRAINED_HELP),
     device: str = cli.device_option(),
-    batch_size: int = typer.Option(FROM_API, help="Images per forward pass."),
-    workers: Optional[int] = typer.Option(FROM_API, help="Decode worker processes (as for extract)."),
-    path_column: Optional[str] = typer.Option(FROM_API, help="Table inputs: the column of image paths."),
-    image_column: Optional[str] = typer.Option(FROM_API, help="Hugging Face inputs: the image column."),
-    bootstrap: int = typer.Option(FROM_API, help="Bootstrap resamples for the residual's stability (0 = skip)."),
-    vocab: Optional[str] = typer.Option(
-        FROM_API, help="Concepts: tokens, words, model, or a file (as explain-residual)."
-    ),
-    permutations: int = typer.Option(FROM_API, help="Label shuffles for the significance test (0 = skip)."),
-    overwrite: bool = typer.Option(FROM_API, help="Replace runs in OUT/runs made from other inputs or models."),
+    batch_size: int = cli.api_option("Images per forward pass."),
+    workers: Optional[int] = cli.api_option("Decode worker processes (as for extract)."),
+    path_column: Optional[str] = cli.api_option("Table inputs: the column of image paths."),
+    image_column: Optional[str] = cli.api_option("Hugging Face inputs: the image column."),
+    bootstrap: int = cli.api_option("Bootstrap resamples for the residual's stability (0 = skip)."),
+    vocab: Optional[str] = cli.api_option("Concepts: tokens, words, model, or a file (as explain-residual)."),
+    permutations: int = cli.api_option("Label shuffles for the significance test (0 = skip)."),
+    overwrite: bool = cli.api_option("Replace runs in OUT/runs made from other inputs or models."),
     progress: bool = cli.progress_option(),
     as_json: bool = cli.json_option(),
 ):

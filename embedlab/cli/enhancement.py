@@ -28,33 +28,28 @@ _TC = TrainConfig()  # train's help states the defaults of the dataclass, never 
 @handle_errors
 def train_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Training run folder (rerun the same command to resume)."),
-    residual: Optional[Path] = typer.Option(
-        FROM_API,
-        help="Residual .npy (e.g. corrected.npy) guiding --guidance residual; "
-        "its sidecar gives thr and the guidance model.",
+    residual: Optional[Path] = cli.api_option(
+        "Residual .npy (e.g. corrected.npy) guiding --guidance residual; its sidecar gives thr and the guidance model."
     ),
     backlit: str = typer.Option(
         ...,
         help="Images to enhance: MANIFEST.jsonl[:SELECTOR], RUN[:SELECTOR] or a folder "
         "(default selector role=backlit).",
     ),
-    welllit: Optional[str] = typer.Option(
-        FROM_API,
-        help="Well-lit set (latent/prompt modes; default selector role=welllit). "
-        "Unpaired: any well-lit set; paired: the GT of the same scenes.",
+    welllit: Optional[str] = cli.api_option(
+        "Well-lit set (latent/prompt modes; default selector role=welllit). "
+        "Unpaired: any well-lit set; paired: the GT of the same scenes."
     ),
-    guidance: GuidanceChoice = typer.Option(FROM_API, help=cli.registry_help(GUIDANCE_MODES) + "."),
-    model: Optional[str] = typer.Option(
-        FROM_API, help="Guidance CLIP for latent/prompt (default ViT-B-32). " + cli.MODEL_HELP
+    guidance: GuidanceChoice = cli.api_option(cli.registry_help(GUIDANCE_MODES) + "."),
+    model: Optional[str] = cli.api_option("Guidance CLIP for latent/prompt (default ViT-B-32). " + cli.MODEL_HELP),
+    pretrained: Optional[str] = cli.api_option("Its weights (default openai). " + cli.PRETRAINED_HELP),
+    identity: IdentityChoice = cli.api_option(cli.registry_help(IDENTITY_LOSSES) + "."),
+    identity_model: str = cli.api_option(
+        "open_clip image tower for the identity loss (ResNet: stem+4 stages; ViT: 5 blocks)."
     ),
-    pretrained: Optional[str] = typer.Option(FROM_API, help="Its weights (default openai). " + cli.PRETRAINED_HELP),
-    identity: IdentityChoice = typer.Option(FROM_API, help=cli.registry_help(IDENTITY_LOSSES) + "."),
-    identity_model: str = typer.Option(
-        FROM_API, help="open_clip image tower for the identity loss (ResNet: stem+4 stages; ViT: 5 blocks)."
-    ),
-    identity_pretrained: str = typer.Option(FROM_API, help="Its weights. " + cli.PRETRAINED_HELP),
-    preset: PresetChoice = typer.Option(
-        FROM_API, help="Overrides of the defaults below. " + cli.registry_help(list_presets()) + "."
+    identity_pretrained: str = cli.api_option("Its weights. " + cli.PRETRAINED_HELP),
+    preset: PresetChoice = cli.api_option(
+        "Overrides of the defaults below. " + cli.registry_help(list_presets()) + "."
     ),
     init: Optional[str] = typer.Option(
         None,
@@ -102,7 +97,7 @@ def train_cmd(
     ),
     seed: Optional[int] = typer.Option(None, help=f"Random seed ({_TC.seed})."),
     device: str = cli.device_option(),
-    overwrite: bool = typer.Option(FROM_API, help="Start afresh, deleting an existing run in --out."),
+    overwrite: bool = cli.api_option("Start afresh, deleting an existing run in --out."),
     progress: bool = cli.progress_option(),
     as_json: bool = cli.json_option(),
 ):
@@ -125,17 +120,15 @@ def enhance_cmd(
     inputs: List[str] = typer.Argument(..., help="Image files or folders."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (PNG, named by input stem)."),
     device: str = cli.device_option(),
-    batch_size: int = typer.Option(FROM_API, help="Images of one size per forward pass."),
-    max_pixels: int = typer.Option(
-        FROM_API,
-        help="Above this many pixels per image (default 16,000,000 = 16 MP) "
+    batch_size: int = cli.api_option("Images of one size per forward pass."),
+    max_pixels: int = cli.api_option(
+        "Above this many pixels per image (default 16,000,000 = 16 MP) "
         "the illumination map is estimated on a downscaled copy and upsampled; "
-        "logged once per image.",
+        "logged once per image."
     ),
-    precision: PrecisionChoice = typer.Option(
-        FROM_API,
-        help="fp32 (default; matches the published code's outputs to 1e-5) or "
-        "bf16 (autocast: faster on a GPU, outputs differ by up to ~1e-2).",
+    precision: PrecisionChoice = cli.api_option(
+        "fp32 (default; matches the published code's outputs to 1e-5) or "
+        "bf16 (autocast: faster on a GPU, outputs differ by up to ~1e-2)."
     ),
     progress: bool = cli.progress_option(),
     as_json: bool = cli.json_option(),
@@ -154,18 +147,14 @@ def enhance_cmd(
 @handle_errors
 def evaluate_cmd(
     pred: Path = typer.Option(..., help="Folder of enhanced images."),
-    gt: Optional[str] = typer.Option(
-        FROM_API, help="Ground-truth folder (pairs by exact stem) or a manifest (.jsonl)."
-    ),
+    gt: Optional[str] = cli.api_option("Ground-truth folder (pairs by exact stem) or a manifest (.jsonl)."),
     out: Optional[Path] = typer.Option(
         FROM_API, "--out", "-o", help="Where per_image.csv and summary.json go (default PRED/metrics)."
     ),
-    gray: bool = typer.Option(FROM_API, help="Also the RAVE repo's grayscale PSNR/SSIM protocol."),
-    lpips: bool = typer.Option(FROM_API, help="Also LPIPS (needs the lpips package and local AlexNet weights)."),
-    inputs: Optional[str] = typer.Option(FROM_API, help="Folder of the inputs, for the residual projection of inputs."),
-    residual: Optional[Path] = typer.Option(
-        FROM_API, help="Report the mean projection of embeddings on this residual."
-    ),
+    gray: bool = cli.api_option("Also the RAVE repo's grayscale PSNR/SSIM protocol."),
+    lpips: bool = cli.api_option("Also LPIPS (needs the lpips package and local AlexNet weights)."),
+    inputs: Optional[str] = cli.api_option("Folder of the inputs, for the residual projection of inputs."),
+    residual: Optional[Path] = cli.api_option("Report the mean projection of embeddings on this residual."),
     device: str = cli.device_option(),
     progress: bool = cli.progress_option(),
     as_json: bool = cli.json_option(),

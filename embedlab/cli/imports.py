@@ -10,7 +10,6 @@ import typer
 
 from embedlab.cli import app as cli
 from embedlab.cli.app import handle_errors
-from embedlab.cli.defaults import FROM_API
 from embedlab.cli.runs import runs_app
 
 
@@ -27,15 +26,15 @@ def runs_import_cmd(
     model: str = typer.Option(
         ..., help="The model that made the vectors, NAME[:TAG] (e.g. ViT-B-32:openai); checked against the dimension."
     ),
-    paths: Optional[Path] = typer.Option(FROM_API, help="A .npy source: the CSV/parquet table of its rows' images."),
-    path_column: Optional[str] = typer.Option(
-        FROM_API, help="The column of image paths (default: image_path, path, filepath, file_name, file, url or key)."
+    paths: Optional[Path] = cli.api_option("A .npy source: the CSV/parquet table of its rows' images."),
+    path_column: Optional[str] = cli.api_option(
+        "The column of image paths (default: image_path, path, filepath, file_name, file, url or key)."
     ),
-    allow_missing_images: bool = typer.Option(
-        FROM_API, help="Import even when image paths are not files here (the vectors are used; thumbnails are not)."
+    allow_missing_images: bool = cli.api_option(
+        "Import even when image paths are not files here (the vectors are used; thumbnails are not)."
     ),
-    overwrite: bool = typer.Option(FROM_API, help="Replace --out if it exists."),
-    shard_size: int = typer.Option(FROM_API, help="Vectors per shard."),
+    overwrite: bool = cli.api_option("Replace --out if it exists."),
+    shard_size: int = cli.api_option("Vectors per shard."),
     as_json: bool = cli.json_option(),
 ):
     """Make a run folder of embeddings computed elsewhere, usable by residual, explain-residual and the rest. Rows

@@ -17,16 +17,15 @@ from embedlab.cli.defaults import FROM_API, default
 def plot_cmd(
     run: Path = typer.Argument(..., help="Run folder."),
     out: Optional[Path] = typer.Option(FROM_API, "--out", "-o", help="Output folder (default RUN/plots)."),
-    color_by: str = typer.Option(FROM_API, help="Metadata column that colours the points."),
-    residual: Optional[Path] = typer.Option(FROM_API, help="Draw this residual's direction."),
+    color_by: str = cli.api_option("Metadata column that colours the points."),
+    residual: Optional[Path] = cli.api_option("Draw this residual's direction."),
     umap: bool = typer.Option("umap" in default("plot", "methods"), help="Also draw a UMAP (cosine) map."),
-    projector: bool = typer.Option(FROM_API, help="Export tensors.tsv/metadata.tsv for the TensorBoard projector."),
-    max_points: int = typer.Option(
-        FROM_API,
-        help="Larger runs are drawn from a seeded sample of this many images, "
-        "stratified by --color-by and group (the titles and sample.json say so).",
+    projector: bool = cli.api_option("Export tensors.tsv/metadata.tsv for the TensorBoard projector."),
+    max_points: int = cli.api_option(
+        "Larger runs are drawn from a seeded sample of this many images, "
+        "stratified by --color-by and group (the titles and sample.json say so)."
     ),
-    seed: int = typer.Option(FROM_API, help="Seed for the sample and for UMAP."),
+    seed: int = cli.api_option("Seed for the sample and for UMAP."),
     progress: bool = cli.progress_option(),
     as_json: bool = cli.json_option(),
 ):
@@ -40,15 +39,9 @@ def plot_cmd(
 def embedding_map_cmd(
     run: Path = typer.Argument(..., help="Run folder."),
     out: Optional[Path] = typer.Option(FROM_API, "--out", "-o", help="The .html to write (default RUN/map.html)."),
-    residual: Optional[Path] = typer.Option(
-        FROM_API, help="Draw this residual (its sets are found in the run by their selectors)."
-    ),
-    color_by: str = typer.Option(
-        FROM_API, help="Metadata column coloured at first (any column can be picked on the page)."
-    ),
-    max_points: int = typer.Option(
-        FROM_API, help="Subsample bigger runs to this many images (seeded; the page states it)."
-    ),
+    residual: Optional[Path] = cli.api_option("Draw this residual (its sets are found in the run by their selectors)."),
+    color_by: str = cli.api_option("Metadata column coloured at first (any column can be picked on the page)."),
+    max_points: int = cli.api_option("Subsample bigger runs to this many images (seeded; the page states it)."),
     umap: bool = typer.Option("umap" in default("embedding-map", "methods"), help="Also compute a UMAP (cosine) view."),
     as_json: bool = cli.json_option(),
 ):

@@ -35,51 +35,44 @@ def extract_cmd(
         "CSV/TSV/parquet table of image paths (other columns become metadata), a Hugging Face dataset saved to disk "
         "or its parquet files, or webdataset tars.",
     ),
-    path_column: Optional[str] = typer.Option(
-        FROM_API, help="A table input: the column of image paths (default: path)."
-    ),
-    image_column: Optional[str] = typer.Option(
-        FROM_API, help="A Hugging Face dataset input: the image column (default: its Image feature)."
+    path_column: Optional[str] = cli.api_option("A table input: the column of image paths (default: path)."),
+    image_column: Optional[str] = cli.api_option(
+        "A Hugging Face dataset input: the image column (default: its Image feature)."
     ),
     model: str = typer.Option(..., help=cli.MODEL_HELP),
     pretrained: str = typer.Option(..., help=cli.PRETRAINED_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder to create or resume."),
     device: str = cli.device_option(),
-    batch_size: int = typer.Option(FROM_API, help="Images per forward pass."),
-    workers: Optional[int] = typer.Option(
-        FROM_API,
-        help="DataLoader worker processes (default: on a GPU up to 8; on the CPU all cores for small towers, 1 for "
-        "large ones; 0 = in-process). With --engine ray: CPUs (decode threads) per actor.",
+    batch_size: int = cli.api_option("Images per forward pass."),
+    workers: Optional[int] = cli.api_option(
+        "DataLoader worker processes (default: on a GPU up to 8; on the CPU all cores for small towers, 1 for "
+        "large ones; 0 = in-process). With --engine ray: CPUs (decode threads) per actor."
     ),
-    shard_size: int = typer.Option(FROM_API, help="Images per shard (the unit of resume)."),
-    decode: DecodeChoice = typer.Option(
-        FROM_API,
-        help="auto (torchvision on CUDA, pil elsewhere), pil (PIL decode + open_clip preprocess) or torchvision "
-        "(batched torchvision.io.decode_jpeg on the device, nvJPEG on CUDA; a different, recorded preprocessing).",
+    shard_size: int = cli.api_option("Images per shard (the unit of resume)."),
+    decode: DecodeChoice = cli.api_option(
+        "auto (torchvision on CUDA, pil elsewhere), pil (PIL decode + open_clip preprocess) or torchvision "
+        "(batched torchvision.io.decode_jpeg on the device, nvJPEG on CUDA; a different, recorded preprocessing)."
     ),
-    dtype: DtypeChoice = typer.Option(FROM_API, help="Stored vector dtype."),
-    role: Optional[List[str]] = typer.Option(FROM_API, help="Only embed images with this set label (repeatable)."),
-    overwrite: bool = typer.Option(FROM_API, help="Replace a run folder made with another configuration."),
-    max_aspect: float = typer.Option(
-        FROM_API,
-        help="Refuse images whose long side exceeds this many times the short side (recorded as extreme-aspect; bounds "
-        "the memory of the short-side resize).",
+    dtype: DtypeChoice = cli.api_option("Stored vector dtype."),
+    role: Optional[List[str]] = cli.api_option("Only embed images with this set label (repeatable)."),
+    overwrite: bool = cli.api_option("Replace a run folder made with another configuration."),
+    max_aspect: float = cli.api_option(
+        "Refuse images whose long side exceeds this many times the short side (recorded as extreme-aspect; bounds "
+        "the memory of the short-side resize)."
     ),
-    engine: EngineChoice = typer.Option(
-        FROM_API,
-        help="local (this process and its decode workers) or ray (Ray actors: one per GPU, or per CPU share; pip "
-        "install 'embedlab[ray]').",
+    engine: EngineChoice = cli.api_option(
+        "local (this process and its decode workers) or ray (Ray actors: one per GPU, or per CPU share; pip "
+        "install 'embedlab[ray]')."
     ),
-    address: Optional[str] = typer.Option(
-        FROM_API,
-        help="--engine ray: address of a running Ray cluster (e.g. auto, or HEAD:6379); default: start a local "
-        "instance. The run folder must be on storage every node mounts at the same path.",
+    address: Optional[str] = cli.api_option(
+        "--engine ray: address of a running Ray cluster (e.g. auto, or HEAD:6379); default: start a local "
+        "instance. The run folder must be on storage every node mounts at the same path."
     ),
-    gpus_per_worker: Optional[float] = typer.Option(
-        FROM_API, help="--engine ray: GPUs per actor (default 1 when the cluster has GPUs)."
+    gpus_per_worker: Optional[float] = cli.api_option(
+        "--engine ray: GPUs per actor (default 1 when the cluster has GPUs)."
     ),
-    break_lock: bool = typer.Option(
-        FROM_API, help="Take over the run folder's lock from a process that is gone (e.g. killed on another machine)."
+    break_lock: bool = cli.api_option(
+        "Take over the run folder's lock from a process that is gone (e.g. killed on another machine)."
     ),
     progress: bool = cli.progress_option(),
     as_json: bool = cli.json_option(),
@@ -113,14 +106,13 @@ def extract_cmd(
 @handle_errors
 def search_cmd(
     run: Path = typer.Argument(..., help="Run folder made by `embedlab extract`."),
-    text: Optional[str] = typer.Option(FROM_API, help="Text query."),
-    image: Optional[Path] = typer.Option(FROM_API, help="Image query (a file)."),
+    text: Optional[str] = cli.api_option("Text query."),
+    image: Optional[Path] = cli.api_option("Image query (a file)."),
     top: int = typer.Option(FROM_API, "--top", "-k", help="How many results (the top k)."),
-    index: SearchIndex = typer.Option(
-        FROM_API,
-        help="run: the run's own index (built by extract or `embedlab index`; default). "
+    index: SearchIndex = cli.api_option(
+        "run: the run's own index (built by extract or `embedlab index`; default). "
         "A kind (" + ", ".join(INDEX_KINDS) + "): build that index in memory for this "
-        "query. An approximate index's recall against exact search is printed.",
+        "query. An approximate index's recall against exact search is printed."
     ),
     device: str = cli.device_option(),
     as_json: bool = cli.json_option("Print JSON instead of a table."),
@@ -145,33 +137,25 @@ def search_cmd(
 @handle_errors
 def index_cmd(
     run: Path = typer.Argument(..., help="Run folder made by `embedlab extract` (or `embedlab runs merge`)."),
-    kind: IndexKindChoice = typer.Option(
-        FROM_API,
-        help="auto: by size (exact below 1M vectors when they fit the budget, HNSW when its "
+    kind: IndexKindChoice = cli.api_option(
+        "auto: by size (exact below 1M vectors when they fit the budget, HNSW when its "
         "graph fits, else IVF with 4-bit fast-scan PQ codes re-ranked from the stored "
         "vectors, or 8-bit PQ when only those fit). Or: "
         + "; ".join(f"{k.name}: {k.help}" for k in _INDEX_KINDS.values())
-        + ".",
+        + "."
     ),
-    memory_budget: str = typer.Option(
-        FROM_API,
-        help="Memory the finished index may take (e.g. 4G, 512M); auto picks "
-        "by it, an explicit kind over it is refused.",
+    memory_budget: str = cli.api_option(
+        "Memory the finished index may take (e.g. 4G, 512M); auto picks by it, an explicit kind over it is refused."
     ),
-    nlist: Optional[int] = typer.Option(
-        FROM_API, help="Inverted lists for IVF kinds (default 2^round(log2(4 sqrt(N))))."
+    nlist: Optional[int] = cli.api_option("Inverted lists for IVF kinds (default 2^round(log2(4 sqrt(N))))."),
+    train_size: Optional[int] = cli.api_option(
+        "Vectors sampled to train IVF kinds (default 50 per list, at least 10,000)."
     ),
-    train_size: Optional[int] = typer.Option(
-        FROM_API, help="Vectors sampled to train IVF kinds (default 50 per list, at least 10,000)."
+    queries: int = cli.api_option(
+        "Held-out queries for tuning, and as many again for the recall@1/10/100 measured against exact search."
     ),
-    queries: int = typer.Option(
-        FROM_API,
-        help="Held-out queries for tuning, and as many again for the recall@1/10/100 measured against exact search.",
-    ),
-    recall_target: float = typer.Option(
-        FROM_API, help="recall@10 the search setting (nprobe / efSearch) is tuned to reach."
-    ),
-    seed: int = typer.Option(FROM_API, help="Seed for the training sample and the queries."),
+    recall_target: float = cli.api_option("recall@10 the search setting (nprobe / efSearch) is tuned to reach."),
+    seed: int = cli.api_option("Seed for the training sample and the queries."),
     progress: bool = cli.progress_option(),
     as_json: bool = cli.json_option("Print the index record as JSON."),
 ):
@@ -210,11 +194,10 @@ def runs_merge_cmd(
         ..., help="Two or more finished run folders of the same model and preprocessing."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="The merged run folder to write."),
-    overwrite: bool = typer.Option(FROM_API, help="Replace --out if it exists."),
-    index_budget: str = typer.Option(
-        FROM_API,
-        help="Build the exact index while its float32 vectors fit this "
-        "memory; beyond, run `embedlab index` on the merged run.",
+    overwrite: bool = cli.api_option("Replace --out if it exists."),
+    index_budget: str = cli.api_option(
+        "Build the exact index while its float32 vectors fit this "
+        "memory; beyond, run `embedlab index` on the merged run."
     ),
     progress: bool = cli.progress_option(),
     as_json: bool = cli.json_option(),

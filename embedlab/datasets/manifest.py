@@ -31,44 +31,15 @@ FORMAT_VERSION = 1
 MANIFEST_WHAT = "a data manifest (.jsonl: one JSON record per line)"
 WDS_PREFIX = "wds:"  # a virtual entry: a member of a webdataset tar, "wds:TAR::MEMBER"
 WDS_SEP = "::"
+# a manifest line's fields that describe its set and travel into the run's metadata, and all its fields
+SET_FIELDS = ("role", "split", "group", "pair_id", "gt", "source")
+RECORD_FIELDS = ("path", *SET_FIELDS, "license", "params", "synth", "tar", "meta")
 # the columns every run's metadata has (written by the extraction's rows), and those of webdataset members
-META_COLUMNS = (
-    "row_id",
-    "path",
-    "file",
-    "content_sha1",
-    "width",
-    "height",
-    "format",
-    "mode",
-    "jpeg_quality",
-    "mean_luma",
-    "frames",
-    "notes",
-    "decoder",
-    "role",
-    "split",
-    "group",
-    "pair_id",
-    "gt",
-    "source",
-    "manifest_line",
-)
+IMAGE_COLUMNS = (
+    "content_sha1", "width", "height", "format", "mode", "jpeg_quality", "mean_luma", "frames", "notes", "decoder"
+)  # fmt: skip
+META_COLUMNS = ("row_id", "path", "file", *IMAGE_COLUMNS, *SET_FIELDS, "manifest_line")
 WDS_COLUMNS = ("url", "caption", "key", "status", "source_width", "source_height")
-RECORD_FIELDS = (
-    "path",
-    "role",
-    "split",
-    "group",
-    "pair_id",
-    "gt",
-    "source",
-    "license",
-    "params",
-    "synth",
-    "tar",
-    "meta",
-)
 
 
 @dataclass
