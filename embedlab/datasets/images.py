@@ -252,6 +252,22 @@ def signature_format(data: bytes) -> str | None:
     return next((fmt for magic, fmt in _SIGNATURES if data.startswith(magic)), None)
 
 
+def _open(data: bytes):
+    """PIL's lazy open of an image's bytes, its failures as ImageError reasons (a bomb, damaged, not an image)."""
+    try:
+        return Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError("decompression-bomb", str(exc)) from None
+    except UnidentifiedImageError:
+        fmt = signature_format(data)
+        if fmt:  # the file says it is an image (magic bytes) but no decoder can read it: damaged
+            raise ImageError(
+                "truncated-or-corrupt",
+                f"starts with the {fmt} signature but cannot be decoded (damaged header or bad checksum)",
+            ) from None
+        raise ImageError("not-an-image", "no decoder recognises the content") from None
+
+
 def decode_image(
     path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS, data: bytes | None = None, max_aspect: float | None = None
 ) -> DecodedImage:
@@ -269,18 +285,7 @@ def decode_image(
         Image.MAX_IMAGE_PIXELS = max_pixels
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            try:
-                img = Image.open(io.BytesIO(data))
-            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-                raise ImageError("decompression-bomb", str(exc)) from None
-            except UnidentifiedImageError:
-                fmt = signature_format(data)
-                if fmt:  # the file says it is an image (magic bytes) but no decoder can read it: damaged
-                    raise ImageError(
-                        "truncated-or-corrupt",
-                        f"starts with the {fmt} signature but cannot be decoded (damaged header or bad checksum)",
-                    ) from None
-                raise ImageError("not-an-image", "no decoder recognises the content") from None
+            img = _open(data)
             fmt = img.format or "unknown"
             if fmt not in SUPPORTED_FORMATS:
                 raise ImageError("unsupported-format", fmt)

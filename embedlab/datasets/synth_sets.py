@@ -31,25 +31,7 @@ def synth_backlit(
     from embedlab.datasets.images import load_rgb
     from embedlab.datasets.manifest import write_manifest
 
-    specs = [src] if isinstance(src, (str, os.PathLike)) else list(src)
-    sources: list[tuple[str, str]] = []
-    for s in specs:
-        s = str(s)
-        if s == "pkg":
-            sources += [(p.uri, p.uri.split("/", 1)[1].split(".")[0]) for p in photos.package_photos()]
-        elif Path(s).is_dir():
-            sources += [(str(f.resolve()), f.stem) for f in list_images(s)]
-        elif Path(s).exists() or s.startswith("pkg:"):
-            sources.append(
-                (
-                    str(Path(s).resolve()) if not s.startswith("pkg:") else s,
-                    Path(s).stem if not s.startswith("pkg:") else s.split("/")[-1].split(".")[0],
-                )
-            )
-        else:
-            raise ConfigError(f"Source {s} not found (pass files, folders, or 'pkg' for the package photos).")
-    if not sources:
-        raise ConfigError("synth-backlit found no source images.")
+    sources = _sources([src] if isinstance(src, (str, os.PathLike)) else list(src))
     recipe = check_param(
         "recipe", recipe.upper() if isinstance(recipe, str) else recipe, tuple(synth.RECIPES), "synth_backlit"
     )
@@ -64,12 +46,7 @@ def synth_backlit(
         records.append(
             {"path": f"originals/{stem}.png", "role": "welllit", "split": split, "group": stem, "source": uri}
         )
-        variants = (
-            [("A" if recipe == "A" else "B", s, None) for s in range(first_seed, first_seed + seeds)]
-            if recipe != "C"
-            else [("C", 0, ev) for ev in evs]
-        )
-        for rec, seed, ev in variants:
+        for rec, seed, ev in _variants(recipe, first_seed, seeds, evs):
             result = synth.render(base, rec, seed, ev)
             name = f"{stem}_{rec}{seed}.png" if rec != "C" else f"{stem}_{synth.afifi_suffix(ev)}.png"
             Image.fromarray(result.image).save(out / "images" / name)
@@ -94,3 +71,33 @@ def synth_backlit(
         "images": len(params),
         "files": {"manifest": str(out / "manifest.jsonl"), "params": str(out / "params.json")},
     }
+
+
+def _sources(specs: list) -> list[tuple[str, str]]:
+    """(uri, stem) of every source image: files, folders (their images), or 'pkg' (the package photos)."""
+    sources: list[tuple[str, str]] = []
+    for s in specs:
+        s = str(s)
+        if s == "pkg":
+            sources += [(p.uri, p.uri.split("/", 1)[1].split(".")[0]) for p in photos.package_photos()]
+        elif Path(s).is_dir():
+            sources += [(str(f.resolve()), f.stem) for f in list_images(s)]
+        elif Path(s).exists() or s.startswith("pkg:"):
+            sources.append(
+                (
+                    str(Path(s).resolve()) if not s.startswith("pkg:") else s,
+                    Path(s).stem if not s.startswith("pkg:") else s.split("/")[-1].split(".")[0],
+                )
+            )
+        else:
+            raise ConfigError(f"Source {s} not found (pass files, folders, or 'pkg' for the package photos).")
+    if not sources:
+        raise ConfigError("synth-backlit found no source images.")
+    return sources
+
+
+def _variants(recipe: str, first_seed: int, seeds: int, evs: tuple) -> list[tuple[str, int, float | None]]:
+    """(recipe, seed, ev) of each rendered version of one photo: seeded A or B versions, or C's exposures."""
+    if recipe == "C":
+        return [("C", 0, ev) for ev in evs]
+    return [("A" if recipe == "A" else "B", s, None) for s in range(first_seed, first_seed + seeds)]
