@@ -68,28 +68,33 @@ def api_defaults(module: str, name: str) -> dict:
     return literal((arg.arg, d) for arg, d in pairs)
 
 
-# command -> where its option defaults live: (module, function or config dataclass), searched in order
-API = {
-    "manifest": [("datasets.layouts", "_gen_flat")],
-    "extract": [("runs.extract.pipeline", "extract")],
-    "search": [("runs.search", "search")],
-    "index": [("runs.index", "index_run")],
-    "runs merge": [("runs.merge", "merge_runs")],
-    "runs import": [("runs.importer", "import_run")],
-    "residual": [("analysis.residual", "residual")],
-    "explain-residual": [("reports.explain", "explain_residual")],
-    "correct": [("analysis.correct", "correct")],
-    "probe-residual": [("analysis.probe", "probe_residual")],
-    "plot": [("reports.plot", "plot")],
-    "embedding-map": [("reports.embedding_map", "embedding_map")],
-    "train": [("enhancement.train", "train"), ("enhancement.presets", "TrainConfig")],
-    "enhance": [("enhancement.infer", "enhance")],
-    "evaluate": [("enhancement.evaluate", "evaluate")],
-    "synth-backlit": [("datasets.synth_sets", "synth_backlit")],
-    "pretrain-demo": [("demos.clip", "pretrain_demo"), ("demos.clip", "DemoRecipe")],
-    "demo": [("demos.pipeline", "demo")],
-    "compare": [("demos.compare", "compare")],
+# command -> where its option defaults live: "module:function" (or a config dataclass) under embedlab, as
+# `call_api` names its target; several (space-separated) are searched in order
+_SOURCES = {
+    "manifest": "datasets.layouts:_gen_flat",
+    "extract": "runs.extract.pipeline:extract",
+    "search": "runs.search:search",
+    "index": "runs.index:index_run",
+    "runs merge": "runs.merge:merge_runs",
+    "runs import": "runs.importer:import_run",
+    "residual": "analysis.residual:residual",
+    "explain-residual": "reports.explain:explain_residual",
+    "audit": "reports.audit:audit analysis.audit:AuditConfig",
+    "correct": "analysis.correct:correct",
+    "probe-residual": "analysis.probe:probe_residual",
+    "plot": "reports.plot:plot",
+    "embedding-map": "reports.embedding_map:embedding_map",
+    "train": "enhancement.train:train enhancement.presets:TrainConfig",
+    "enhance": "enhancement.infer:enhance",
+    "evaluate": "enhancement.evaluate:evaluate",
+    "synth-backlit": "datasets.synth_sets:synth_backlit",
+    "pretrain-demo": "demos.clip:pretrain_demo demos.clip:DemoRecipe",
+    "demo": "demos.pipeline:demo",
+    "compare": "demos.compare:compare",
+    "export fiftyone": "exports.fiftyone_dataset:export_fiftyone",
+    "export concept-scores": "exports.concept_scores:export_concept_scores",
 }
+API = {command: [tuple(source.split(":")) for source in spec.split()] for command, spec in _SOURCES.items()}
 
 
 def default(command: str, param: str):

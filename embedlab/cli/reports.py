@@ -31,6 +31,7 @@ def plot_cmd(
 ):
     """2-D maps (PCA, UMAP) of a run's image embeddings, coloured by set, with the residual drawn."""
     methods = ("pca", "umap") if umap else ("pca",)
+    out = out or run / "plots"  # the API writes nothing without an out (it returns a Figure)
     cli.emit_files(cli.call_api("reports.plot:plot", locals(), exclude=("umap",), methods=methods), as_json)
 
 
@@ -47,7 +48,58 @@ def embedding_map_cmd(
 ):
     """Interactive map of a run's image embeddings: one offline HTML page, PCA/UMAP, thumbnails on hover, search."""
     methods = ("pca", "umap") if umap else ("pca",)
+    out = out or run / "map.html"  # the API writes nothing without an out (it returns a Figure)
     result = cli.call_api("reports.embedding_map:embedding_map", locals(), exclude=("umap",), methods=methods)
     if as_json:
         return cli.print_json(result)
     typer.echo(str(result["files"]["html"]))
+
+
+@app.command("audit")
+@handle_errors
+def audit_cmd(
+    runs: list[Path] = typer.Argument(
+        ..., help="Run folder(s) of one model; together they are the audited collection."
+    ),
+    by: str = cli.api_option(
+        "Metadata columns to audit, comma-separated: each value against the rest of the images ('all': every column "
+        "with 2 to 50 values, image size, format and decoder included)."
+    ),
+    out: Path = typer.Option(Path("audit"), "--out", "-o", help="Output folder (audit.html, *.parquet, residuals/)."),
+    metadata: Optional[Path] = cli.api_option(
+        "A .csv/.parquet side table with a 'path' column, joined on the image path."
+    ),
+    within: Optional[str] = cli.api_option("Permute only within this column's values (a confounder, e.g. camera)."),
+    score: Optional[str] = cli.api_option("A numeric per-image column (a loss, an error) tested per slice as well."),
+    vocab: Optional[str] = cli.api_option(
+        "Vocabulary that describes each slice, as in explain-residual: concepts, tokens, words, model, or a file "
+        "with one concept per line (default as there)."
+    ),
+    templates: Optional[str] = cli.api_option(cli.TEMPLATES_HELP),
+    bins: int = cli.api_option("Quantile bins of a numeric column (each bin is a slice and counts in the family)."),
+    depth: int = cli.api_option("Conjunctions of up to this many predicates of different columns (1: none)."),
+    min_groups: int = cli.api_option("Groups (or images, without groups) needed inside a slice and outside it."),
+    discover: int = cli.api_option(
+        "Also find this many slices in embedding space (k-means on a seeded half of the groups, described on the "
+        "other half)."
+    ),
+    permutations: int = cli.api_option("Shared permutations of the audit-wide test (p-values are at least 1/(K+1))."),
+    seed: int = cli.api_option("Seed of the permutations, the discovery split and the bootstrap."),
+    top: int = cli.api_option("Concepts listed per slice and side."),
+    alpha: float = cli.api_option("Family-wise level of the headline claims."),
+    q: float = cli.api_option("False discovery rate of the exploratory list (hierarchical: slices, then concepts)."),
+    bootstrap: int = cli.api_option("Group-bootstrap draws for each slice's effect interval (0: none)."),
+    device: str = cli.device_option(),
+    progress: bool = cli.progress_option(),
+    as_json: bool = cli.json_option(),
+):
+    """Which slices of a collection differ from the rest, and how, in words: every value of the named metadata columns
+    (and conjunctions, and clusters with --discover) against the rest of the images, with one audit-wide test over
+    all slices and concepts (the unit is the group when images come in groups)."""
+    result = cli.call_api("reports.audit:audit", locals())
+    if as_json:
+        return cli.print_json({"info": result.info, "slices": result.slices.to_dict(orient="records")})
+    from embedlab.reports.audit import summary_line
+
+    typer.echo(summary_line(result))
+    typer.echo(f"open {result.out / result.info.get('page', 'slices.csv')}")

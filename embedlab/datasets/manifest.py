@@ -259,9 +259,9 @@ def render_synth(manifest: Manifest, spec: dict) -> np.ndarray:
     recipe = str(spec.get("recipe", "A")).upper()
     if spec.get("crop_seed") is not None:
         base = seeded_crop(base, int(spec["crop_seed"]))
-    if recipe == "NONE":
-        return base
-    return synth.render(base, recipe, int(spec.get("seed", 0)), spec.get("ev")).image
+    out = base if recipe == "NONE" else synth.render(base, recipe, int(spec.get("seed", 0)), spec.get("ev")).image
+    edit = spec.get("edit")  # a non-lighting edit on top (BLUR or JPEG: the audit world's controls)
+    return out if not edit else synth.render(out, str(edit).upper()).image
 
 
 def seeded_crop(u8: np.ndarray, seed: int, min_frac: float = 0.75) -> np.ndarray:

@@ -1,8 +1,9 @@
 """One way to select images: a `Selector` parsed once, applied to run metadata (`.mask`) or to manifest
 entries (`.filter`).
 
-Syntax: a set label (``backlit``, meaning ``role=backlit``), ``COLUMN=VALUE`` (``split=test``), or several
-joined by commas, all of which must hold (``role=backlit,split=train``). `split_spec` reads the
+Syntax: a set label (``backlit``, meaning ``role=backlit``), ``COLUMN=VALUE`` (``split=test``), ``COLUMN!=VALUE``
+(every image but those; the rest of an audit's slice), or several joined by commas, all of which must hold
+(``role=backlit,split=train``). `split_spec` reads the
 ``PATH[:SELECTOR]`` form the training commands take.
 """
 
@@ -23,31 +24,33 @@ DEFAULT_COLUMN = "role"
 
 @dataclass(frozen=True)
 class Selector:
-    """A conjunction of COLUMN=VALUE clauses. Build it with `Selector.parse`."""
+    """A conjunction of COLUMN=VALUE clauses (and COLUMN!=VALUE ones, in `excluded`). Build it with `Selector.parse`."""
 
     clauses: tuple[tuple[str, str], ...]
     text: str = ""
+    excluded: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def parse(cls, text: "str | Selector") -> "Selector":
         if isinstance(text, Selector):
             return text
-        clauses = []
+        clauses, excluded = [], []
         for part in (p.strip() for p in str(text).split(",")):
             if not part:
                 continue
-            column, value = part.split("=", 1) if "=" in part else (DEFAULT_COLUMN, part)
+            negate = "!=" in part
+            column, value = part.split("!=" if negate else "=", 1) if "=" in part else (DEFAULT_COLUMN, part)
             if not column.strip():
                 raise ConfigError(f"Selector {text!r}: {part!r} names no column (write COLUMN=VALUE).")
-            clauses.append((column.strip(), value))
-        if not clauses:
+            (excluded if negate else clauses).append((column.strip(), value))
+        if not clauses and not excluded:
             raise ConfigError(f"Empty selector {text!r}: pass a set label (backlit) or COLUMN=VALUE, joined by commas.")
-        return cls(tuple(clauses), str(text))
+        return cls(tuple(clauses), str(text), tuple(excluded))
 
     @property
     def columns(self) -> list[str]:
         """The metadata columns the selector reads (each once, in order)."""
-        return list(dict.fromkeys(c for c, _ in self.clauses))
+        return list(dict.fromkeys(c for c, _ in self.clauses + self.excluded))
 
     def __str__(self) -> str:
         return self.text or ",".join(f"{c}={v}" for c, v in self.clauses)
@@ -66,6 +69,12 @@ class Selector:
                 present = sorted(map(str, pd.Series(metadata[column]).dropna().unique()))[:20]
                 raise ConfigError(f"No image in {where} has {column}={value!r}. Values present: {present}.")
             mask &= part
+        for column, value in self.excluded:
+            if column not in metadata.columns:
+                raise ConfigError(
+                    f"{where} has no metadata column {column!r}. Columns: {', '.join(map(str, metadata.columns))}."
+                )
+            mask &= ~column_equals(metadata[column], value)
         if not mask.any():
             raise ConfigError(f"No image in {where} matches {str(self)!r} (each part matches some, together none).")
         return mask
@@ -76,7 +85,11 @@ class Selector:
         def get(e, column):
             return e.get(column) if isinstance(e, dict) else getattr(e, column, None)
 
-        return [e for e in entries if all(str(get(e, c)) == v for c, v in self.clauses)]
+        return [
+            e
+            for e in entries
+            if all(str(get(e, c)) == v for c, v in self.clauses) and all(str(get(e, c)) != v for c, v in self.excluded)
+        ]
 
 
 def column_equals(col: pd.Series, value: str) -> np.ndarray:

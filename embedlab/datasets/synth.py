@@ -38,14 +38,34 @@ def sky_mask(img: np.ndarray) -> np.ndarray:
     r, g, b = img[..., 0], img[..., 1], img[..., 2]
     v = img.max(-1)
     s = (v - img.min(-1)) / (v + 1e-6)
-    y = img @ LUMA
-    sigma = 0.01 * max(h, w)
-    local_sd = np.sqrt(np.clip(ndi.gaussian_filter(y**2, sigma) - ndi.gaussian_filter(y, sigma) ** 2, 0, None))
+    local_sd = _local_sd(img @ LUMA, 0.01 * max(h, w))
     candidate = (v > 0.35) & ((((b - r) > 0.04) & (b >= g - 0.02)) | ((s < 0.15) & (v > 0.65))) & (local_sd < 0.06)
+    sky = _regions_reaching_top(candidate, max(1, h // 10))
+    return ndi.gaussian_filter(sky.astype(float), 0.005 * max(h, w))
+
+
+def _local_sd(y: np.ndarray, sigma: float) -> np.ndarray:
+    """The standard deviation of `y` in a Gaussian window of `sigma` px (smooth regions have a small one)."""
+    return np.sqrt(np.clip(ndi.gaussian_filter(y**2, sigma) - ndi.gaussian_filter(y, sigma) ** 2, 0, None))
+
+
+def _regions_reaching_top(candidate: np.ndarray, rows: int) -> np.ndarray:
+    """The connected regions of `candidate` that reach into its first `rows` rows."""
     labels, _ = ndi.label(candidate)
-    top = np.unique(labels[: max(1, h // 10)])
-    top = top[top > 0]
-    return ndi.gaussian_filter(np.isin(labels, top).astype(float), 0.005 * max(h, w))
+    top = np.unique(labels[:rows])
+    return np.isin(labels, top[top > 0])
+
+
+def _light_from_above(h: int, w: int) -> np.ndarray:
+    """A ramp from 1 near the top rows to 0 toward the bottom: the light is behind and above the scene."""
+    yy = np.mgrid[0:h, 0:w][0]
+    return smoothstep(0.3, 0.9, 1 - yy / (h - 1))
+
+
+def _subject_dip(h: int, w: int, cy: float, cx: float) -> np.ndarray:
+    """A factor down to 0.65 over the subject, a Gaussian blob centred at (cy, cx)."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    return 1 - 0.35 * np.exp(-(((yy - cy) / (0.35 * h)) ** 2 + ((xx - cx) / (0.3 * w)) ** 2) / 2)
 
 
 def backlight_mask(img: np.ndarray, rng: np.random.Generator, params: dict | None = None) -> np.ndarray:
@@ -57,10 +77,9 @@ def backlight_mask(img: np.ndarray, rng: np.random.Generator, params: dict | Non
     q_lo, q_hi = rng.uniform(0.4, 0.6), rng.uniform(0.8, 0.95)
     lo, hi = np.quantile(blur, [q_lo, q_hi])
     m = np.maximum(smoothstep(lo, hi, blur), sky_mask(img))
-    yy, xx = np.mgrid[0:h, 0:w]
-    m = 0.7 * m + 0.3 * smoothstep(0.3, 0.9, 1 - yy / (h - 1))
+    m = 0.7 * m + 0.3 * _light_from_above(h, w)
     cy, cx = rng.uniform(0.5, 0.7) * h, rng.uniform(0.35, 0.65) * w
-    m *= 1 - 0.35 * np.exp(-(((yy - cy) / (0.35 * h)) ** 2 + ((xx - cx) / (0.3 * w)) ** 2) / 2)
+    m *= _subject_dip(h, w, cy, cx)
     m = guided_filter(y, m, max(2, int(0.04 * max(h, w))), 1e-3)
     params.update(q_lo=q_lo, q_hi=q_hi, subject_cy=cy / h, subject_cx=cx / w)
     return np.clip(smoothstep(0.25, 0.75, m), 0, 1)
@@ -82,14 +101,21 @@ def _check_u8(u8: np.ndarray) -> np.ndarray:
     return u8
 
 
+def _light_source(m: np.ndarray) -> tuple:
+    """Where the light source sits: (row, column) of the peak of the blurred background mask `m` in the top 60% of
+    the frame."""
+    h, w = m.shape
+    m_blur = ndi.gaussian_filter(m, 0.05 * max(h, w))
+    m_blur[int(0.6 * h) :] = 0
+    return np.unravel_index(m_blur.argmax(), m_blur.shape)
+
+
 def add_veiling_glare(x: np.ndarray, m: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
     """Recipe A's veiling glare added to linear-light x (h, w, 3): a tinted Gaussian light source at the peak of the
     blurred background mask `m` in the top 60% of the frame, plus 2% of its strength everywhere. Draws the
     strength, the radius and the tint from `rng`, in that order."""
     h, w = m.shape
-    m_blur = ndi.gaussian_filter(m, 0.05 * max(h, w))
-    m_blur[int(0.6 * h) :] = 0
-    ys, xs = np.unravel_index(m_blur.argmax(), m_blur.shape)
+    ys, xs = _light_source(m)
     yy, xx = np.mgrid[0:h, 0:w]
     d2 = ((yy - ys) ** 2 + (xx - xs) ** 2) / max(h, w) ** 2
     glare = rng.uniform(0.03, 0.15)
@@ -204,7 +230,34 @@ def render(u8: np.ndarray, recipe: str, seed: int = 0, ev: float | None = None) 
     if recipe == "V":  # the demo's lens vignette (`ev` stops at the corners; not a lighting recipe of RECIPES)
         ev = 2.0 if ev is None else float(ev)
         return Synthesis(vignette(u8, ev), None, {"recipe": "V", "ev": ev})
+    if recipe in EDITS:  # edits that change no lighting (the audit's controls); `ev` is their strength
+        return EDITS[recipe](u8, ev)
     raise ValueError(f"Unknown recipe {recipe!r}. Choose A (backlight, mask), B (radial light) or C (global exposure).")
+
+
+def blur(u8: np.ndarray, sigma: float | None = None) -> Synthesis:
+    """A Gaussian blur of `sigma` pixels (default 2): sharpness changes, lighting does not."""
+    from scipy.ndimage import gaussian_filter
+
+    sigma = 2.0 if sigma is None else float(sigma)
+    out = gaussian_filter(_check_u8(u8).astype(np.float32), sigma=(sigma, sigma, 0))
+    return Synthesis(np.clip(out + 0.5, 0, 255).astype(np.uint8), None, {"recipe": "BLUR", "ev": sigma})
+
+
+def jpeg(u8: np.ndarray, quality: float | None = None) -> Synthesis:
+    """A JPEG round trip at `quality` (default 10): compression artefacts, the same lighting."""
+    import io
+
+    from PIL import Image
+
+    quality = 10 if quality is None else int(quality)
+    buf = io.BytesIO()
+    Image.fromarray(_check_u8(u8)).save(buf, format="JPEG", quality=quality)
+    out = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    return Synthesis(out, None, {"recipe": "JPEG", "ev": float(quality)})
+
+
+EDITS = {"BLUR": blur, "JPEG": jpeg}
 
 
 def _floats(params: dict) -> dict:

@@ -1,0 +1,273 @@
+"""`audit`: every slice of one or more runs against its rest, in words and with one audit-wide test, written as
+slices.parquet, concepts.parquet, columns.parquet, audit.json, one residual file per listed slice and audit.html.
+
+The computation is `embedlab.analysis.audit.audit_vectors`; this module reads the runs (vectors, metadata, a side
+table joined on the image path), embeds the vocabulary with the runs' model, and writes the files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from embedlab._io import atomic_write_json, check_output_dir, display_path
+from embedlab.analysis.audit import AuditConfig, audit_vectors
+from embedlab.analysis.audit_result import AuditResult
+from embedlab.analysis.slices import categorical_columns
+from embedlab.errors import ConfigError, IncompatibleRunError
+
+log = logging.getLogger(__name__)
+TABLE_FILES = {"slices": "slices.parquet", "concepts": "concepts.parquet", "columns": "columns.parquet"}
+
+
+def _open_runs(runs) -> list:
+    from embedlab.runs.store import Run
+
+    runs = [runs] if isinstance(runs, (str, os.PathLike, Run)) else list(runs)
+    if not runs:
+        raise ConfigError("audit needs at least one run.").naming("runs")
+    opened = [r if isinstance(r, Run) else Run(Path(r)) for r in runs]
+    first = opened[0].model_identity
+    for r in opened[1:]:
+        if r.model_identity != first:
+            raise IncompatibleRunError(
+                f"Run {r.path} was embedded with {r.model_identity['model']}/{r.model_identity['pretrained']} and run "
+                f"{opened[0].path} with {first['model']}/{first['pretrained']}: their vectors cannot be compared. Fix: "
+                "audit runs of one model."
+            )
+    return opened
+
+
+def read_side_table(path: str | os.PathLike) -> pd.DataFrame:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--metadata {display_path(str(p))} does not exist or is not a file.").naming("metadata")
+    if p.suffix.lower() == ".csv":
+        table = pd.read_csv(p)
+    elif p.suffix.lower() in (".parquet", ".pq"):
+        table = pd.read_parquet(p)
+    else:
+        raise ConfigError(f"--metadata {p.name}: a side table is a .csv or .parquet file.").naming("metadata")
+    if "path" not in table.columns:
+        raise ConfigError(
+            f"--metadata {p.name} has no 'path' column (its columns: {', '.join(map(str, table.columns))}). Fix: "
+            "name the column of image paths 'path'."
+        ).naming("metadata")
+    return table
+
+
+def join_side_table(meta: pd.DataFrame, table: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Left-join the side table's columns on the image path (as the manifest wrote it, else the file name). A table
+    that matches no image, or whose columns clash with the run's, is refused."""
+    clash = [c for c in table.columns if c != "path" and c in meta.columns]
+    if clash:
+        raise ConfigError(
+            f"--metadata {source} repeats the run's column(s) {clash}. Fix: rename them in the side table."
+        ).naming("metadata")
+    table = table.drop_duplicates("path").assign(path=lambda t: t["path"].astype(str))
+    for key in ("path", "file"):
+        left = meta[key].astype(str) if key == "path" else meta["path"].astype(str).map(lambda s: Path(s).name)
+        right = table["path"] if key == "path" else table["path"].map(lambda s: Path(s).name)
+        hits = left.isin(set(right))
+        if hits.any():
+            extra = table.assign(_key=right).drop(columns="path").drop_duplicates("_key").set_index("_key")
+            joined = extra.reindex(left.to_numpy()).reset_index(drop=True)
+            return pd.concat([meta.reset_index(drop=True), joined], axis=1)
+    example = meta["path"].astype(str).head(2).tolist()
+    raise ConfigError(
+        f"--metadata {source} matches no image path of the runs (the runs' paths look like {example}; the table's "
+        f"like {table['path'].head(2).tolist()}). Fix: write the paths as the manifest did."
+    ).naming("metadata")
+
+
+def _read(runs: list, metadata) -> tuple[np.ndarray, pd.DataFrame]:
+    metas, vecs = [], []
+    for r in runs:
+        m = r.metadata.copy()
+        if len(runs) > 1:
+            m["run"] = r.path.name
+        metas.append(m)
+        vecs.append(r.vectors)
+    meta = pd.concat(metas, ignore_index=True)
+    if metadata is not None:
+        meta = join_side_table(meta, read_side_table(metadata), Path(metadata).name)
+    return np.concatenate(vecs), meta
+
+
+def _vocabulary(run, vocab, templates, device: str, progress: bool):
+    from embedlab import models
+    from embedlab.analysis import vocab as vb
+
+    mi = run.manifest
+    lm = models.TextModelHandle(mi["model"], mi["pretrained"], mi["weights_sha256"], run.dim, device)
+    V = vb.resolve_vocab(vocab, lm)
+    tpls = vb.resolve_templates(templates)
+    E, _ = vb.embed_concepts(lm, V.concepts, tpls, progress=progress)
+    return V, E, tpls
+
+
+def _by_columns(by, meta: pd.DataFrame, bins: int) -> list[str]:
+    cols = [c.strip() for c in (by.split(",") if isinstance(by, str) else by) if c.strip()]
+    if cols == ["all"]:
+        cols = categorical_columns(meta, bins)
+        if not cols:
+            raise ConfigError("--by all: the runs' metadata has no column with 2 to 50 values.").naming("by")
+    return cols
+
+
+def audit(
+    runs,
+    by: "str | list[str]" = "all",
+    out: str | os.PathLike | None = None,
+    *,
+    metadata: str | os.PathLike | None = None,
+    within: str | None = None,
+    score: str | None = None,
+    vocab: str | None = None,
+    templates: str | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    **options,
+) -> AuditResult:
+    """Audit every slice of `runs` (run folders or `Run`s of one model) over the metadata columns `by` ("all": every
+    categorical column), each value against the rest of the audited images, with one audit-wide permutation test.
+
+    `metadata`: a .csv/.parquet side table joined on the image path; `within`: a column to stratify by (a possible
+    confounder); `score`: a per-image numeric column (a loss, an error) tested per slice too. `options` are the fields
+    of `AuditConfig` (bins, depth, min_groups, discover, permutations, seed, top, alpha, q, bootstrap). Nothing is
+    written unless `out` is given: then slices/concepts/columns .parquet, audit.json, residuals/ and audit.html."""
+    unknown = set(options) - set(AuditConfig.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(
+            f"audit got unknown option(s) {sorted(unknown)}; known: {list(AuditConfig.__dataclass_fields__)}."
+        )
+    cfg = AuditConfig(**options)
+    if out is not None:
+        check_output_dir(out)
+    opened = _open_runs(runs)
+    X, meta = _read(opened, metadata)
+    cols = _by_columns(by, meta, cfg.bins)
+    for name, col in (("within", within), ("score", score)):
+        if col is not None and col not in meta.columns:
+            raise ConfigError(
+                f"--{name} {col!r} is not a column of the runs' metadata. Columns: {', '.join(meta.columns)}."
+            ).naming(name)
+    groups = meta["group"].to_numpy() if "group" in meta and meta["group"].notna().any() else None
+    scores = None if score is None else pd.to_numeric(meta[score], errors="raise").to_numpy(np.float64)
+    V, E, tpls = _vocabulary(opened[0], vocab, templates, device, progress)
+    result = audit_vectors(X, meta, cols, E, V.concepts, groups=groups,
+                           within=None if within is None else meta[within].to_numpy(), scores=scores,
+                           config=cfg)  # fmt: skip
+    result.info.update(runs=[str(r.path) for r in opened], by=cols, within=within, score=score,
+                       vocabulary_name=V.name, vocabulary_source=V.source, templates=tpls,
+                       model=f"{opened[0].manifest['model']}/{opened[0].manifest['pretrained']}")  # fmt: skip
+    result.exemplars = {s: meta["file"].iloc[rows].astype(str).tolist() for s, rows in result.exemplars.items()}
+    if out is not None:
+        write_audit(result, Path(out), X, meta, opened[0])
+    return result
+
+
+def summary_line(result: AuditResult) -> str:
+    """One line for the console: how many slices were audited and which differ beyond chance."""
+    sig = result.significant(result.info.get("alpha", 0.05))
+    head = f"audit: {len(result.slices)} slices over {len(result.columns)} column(s), {result.info['unit']} as units"
+    if sig.empty:
+        return head + "; none differs from the rest beyond chance (audit-wide p_fwer >= alpha)."
+    named = ", ".join(
+        f"{r.name} ({r.top_concepts or 'no concept'}; p_fwer {r.p_fwer:.3g})" for r in sig.head(3).itertuples()
+    )
+    return head + f"; {len(sig)} differ beyond chance: {named}" + (" ..." if len(sig) > 3 else "")
+
+
+def write_audit(result: AuditResult, out: Path, X: np.ndarray, meta: pd.DataFrame, run) -> None:
+    """Write the audit's files into `out`; audit.json last, so that a folder with audit.json is a complete audit."""
+    from embedlab._io import atomic_write_bytes
+
+    out.mkdir(parents=True, exist_ok=True)
+    result.slices["residual_path"] = _write_residuals(result, out / "residuals", X, meta, run)
+    for table, name in TABLE_FILES.items():
+        frame = getattr(result, table)
+        tmp = out / f".{name}.tmp"
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, out / name)
+    page = _page(result, out)
+    if page is not None:
+        result.info["page"] = page.name
+    atomic_write_json(out / "audit.json", _json_ready(result.info))
+    atomic_write_bytes(out / "slices.csv", result.slices.to_csv(index=False).encode("utf-8"))
+    result.out = out
+
+
+def _page(result: AuditResult, out: Path):
+    try:
+        from embedlab.reports.audit_page import write_audit_page
+    except ImportError:  # the page module is optional while it is being built
+        return None
+    return write_audit_page(result, out)
+
+
+def _write_residuals(result: AuditResult, folder: Path, X: np.ndarray, meta: pd.DataFrame, run) -> list[str]:
+    """One ordinary residual file (RAVE, from the slice's rest to the slice) per listed slice, so that `correct`,
+    `train --residual` and `probe-residual` take it; '' for the others."""
+    from embedlab.analysis.formula import l2n, residual_from_sums
+    from embedlab.analysis.residual import _model_record
+    from embedlab.analysis.residual_file import save_residual
+
+    unit = l2n(np.asarray(X, np.float64))
+    total = unit.sum(0)
+    paths = []
+    for row in result.slices.itertuples():
+        if not row.listed:
+            paths.append("")
+            continue
+        mask = _slice_mask(row, meta, result)
+        s_in = unit[mask].sum(0)
+        r, thr, v_from, v_to = residual_from_sums(total - s_in, int((~mask).sum()), s_in, int(mask.sum()), "rave")
+        to_sel, from_sel = _selectors(row)
+        info = {
+            "embedlab_residual": 1, "method": "rave", "thr": thr, "model": _model_record(run.manifest),
+            "from": {"run": str(run.path.resolve()), "selector": from_sel, "count": int((~mask).sum())},
+            "to": {"run": str(run.path.resolve()), "selector": to_sel, "count": int(mask.sum())},
+            "cos_v_from_v_to": float(v_from @ v_to), "v_from": v_from.astype(np.float32).tolist(),
+            "v_to": v_to.astype(np.float32).tolist(), "bootstrap": None, "edits": [],
+            "audit": {"slice": row.name, "kind": row.kind, "p_fwer": _none_if_nan(row.p_fwer)},
+        }  # fmt: skip
+        path = folder / f"slice_{row.slice_id:04d}.npy"
+        save_residual(path, r, info)
+        paths.append(str(path.relative_to(folder.parent)))
+    return paths
+
+
+def _slice_mask(row, meta: pd.DataFrame, result: AuditResult) -> np.ndarray:
+    return np.asarray(result.masks[row.slice_id], bool)
+
+
+def _selectors(row) -> tuple[str, str]:
+    """Selectors of a value slice and its rest (`explain-residual` reads the sets back with them); other slices have
+    no selector form, and their sidecar names them in words."""
+    if row.kind == "value" and "&" not in row.name:
+        col, val = row.name.split("=", 1)
+        return f"{col}={val}", f"{col}!={val}"
+    return f"slice {row.name}", f"rest of {row.name}"
+
+
+def _none_if_nan(x):
+    return None if x is None or (isinstance(x, float) and np.isnan(x)) else float(x)
+
+
+def _json_ready(obj):
+    if isinstance(obj, dict):
+        return {str(k): _json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_ready(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        return None if np.isnan(obj) else float(obj)
+    if isinstance(obj, np.ndarray):
+        return _json_ready(obj.tolist())
+    return obj
