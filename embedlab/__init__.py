@@ -39,10 +39,16 @@ _API = {
     "explain_vectors": "embedlab.analysis.explain",
     "correct": "embedlab.analysis.correct",
     "probe_residual": "embedlab.analysis.probe",
+    "audit_vectors": "embedlab.analysis.audit",
+    "AuditConfig": "embedlab.analysis.audit",
     # reports
     "explain_residual": "embedlab.reports.explain",
     "plot": "embedlab.reports.plot",
     "embedding_map": "embedlab.reports.embedding_map",
+    "audit": "embedlab.reports.audit",
+    # exports (after reports; fiftyone is an optional extra, imported only when export_fiftyone runs)
+    "export_concept_scores": "embedlab.exports.concept_scores",
+    "export_fiftyone": "embedlab.exports.fiftyone_dataset",
     # enhancement
     "train": "embedlab.enhancement.train",
     "register_guidance": "embedlab.enhancement.guidance",

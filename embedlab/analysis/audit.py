@@ -200,13 +200,14 @@ def _tests(fam, des, C, perms, cfg, columns: pd.DataFrame) -> dict:
     q_c = np.full((S, len(C)), np.nan)
     if tested.any():
         q_s[tested], q_c[tested] = st.hierarchical_q(p_slice[tested], p_concept[tested], cfg.q)
-    col_p = {}
-    for col in columns["column"]:
+    col_p, col_stat = {}, {}
+    for col in columns["column"]:  # the column's omnibus statistic: the sum of its slices' T (mean: its slice count)
         member = [i for i, sl in enumerate(fam.slices) if sl.columns == (col,)]
         if member:
             col_p[col] = st.slice_p(null.T[:, member].sum(1, keepdims=True))[0]
-    out = {"null": null, "tested": tested, "p": p_slice, "p_fwer": p_fwer, "q": q_s, "column_p": col_p,
-           "p_fwer_omnibus": np.where(tested, omnibus, np.nan)}  # fmt: skip
+            col_stat[col] = float(null.T[0, member].sum())
+    out = {"null": null, "tested": tested, "p": p_slice, "p_fwer": p_fwer, "q": q_s, "column_p": col_p}
+    out.update(column_stat=col_stat, p_fwer_omnibus=np.where(tested, omnibus, np.nan))
     out.update(p_fwer_concept=p_fwer_c, p_concept=p_concept, q_concept=q_c)
     if null.score_t is not None:
         out["score_p"] = st.slice_p(np.abs(null.score_t))
@@ -283,7 +284,10 @@ def _assemble(X, meta, units, fam, E, concepts, within, y, test_half, split, cfg
     rows = [r for s, sl in enumerate(fam.slices) for r in _concept_rows(s, sl, l2n(D[s]), C, concepts, ctx)]
     concept_table = pd.DataFrame(rows)
     _listing(table, fam, D, concept_table, cfg.alpha)
-    columns = fam.columns.assign(p=[tests["column_p"].get(c, np.nan) for c in fam.columns["column"]])
+    columns = fam.columns.assign(
+        statistic=[tests["column_stat"].get(c, np.nan) for c in fam.columns["column"]],
+        p=[tests["column_p"].get(c, np.nan) for c in fam.columns["column"]],
+    )
     info = _info(units, fam, cfg, within, split, len(concepts), y is not None)
     result = AuditResult(table, concept_table, columns, info)
     result.jaccard = _jaccard_table(table, fam)
@@ -372,7 +376,7 @@ def _info(units, fam, cfg, within, split, n_concepts: int, has_score: bool) -> d
         "permutations": cfg.permutations,
         "seed": cfg.seed,
         "family_slices": tested,
-        "family_concepts": tested * n_concepts,
+        "family_concepts": n_concepts,  # per slice: the family is family_slices x family_concepts x both signs
         "family_sides": ["slices", "concepts"] + (["scores"] if has_score else []),
         "within": within is not None,
         "split": split,

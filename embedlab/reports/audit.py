@@ -167,7 +167,7 @@ def audit(
                        model=f"{opened[0].manifest['model']}/{opened[0].manifest['pretrained']}")  # fmt: skip
     result.exemplars = {s: meta["file"].iloc[rows].astype(str).tolist() for s, rows in result.exemplars.items()}
     if out is not None:
-        write_audit(result, Path(out), X, meta, opened[0])
+        write_audit(result, Path(out), X, meta, opened[0], device=device)
     return result
 
 
@@ -183,12 +183,13 @@ def summary_line(result: AuditResult) -> str:
     return head + f"; {len(sig)} differ beyond chance: {named}" + (" ..." if len(sig) > 3 else "")
 
 
-def write_audit(result: AuditResult, out: Path, X: np.ndarray, meta: pd.DataFrame, run) -> None:
+def write_audit(result: AuditResult, out: Path, X: np.ndarray, meta: pd.DataFrame, run, device: str = "auto") -> None:
     """Write the audit's files into `out`; audit.json last, so that a folder with audit.json is a complete audit."""
     from embedlab._io import atomic_write_bytes
 
     out.mkdir(parents=True, exist_ok=True)
     result.slices["residual_path"] = _write_residuals(result, out / "residuals", X, meta, run)
+    result.slices["report_href"] = _concept_reports(result, out, device)
     for table, name in TABLE_FILES.items():
         frame = getattr(result, table)
         tmp = out / f".{name}.tmp"
@@ -200,6 +201,30 @@ def write_audit(result: AuditResult, out: Path, X: np.ndarray, meta: pd.DataFram
     atomic_write_json(out / "audit.json", _json_ready(result.info))
     atomic_write_bytes(out / "slices.csv", result.slices.to_csv(index=False).encode("utf-8"))
     result.out = out
+
+
+MAX_REPORTS = 5  # concept reports written for the strongest significant slices (each takes one explain-residual)
+
+
+def _concept_reports(result: AuditResult, out: Path, device: str) -> list[str]:
+    """A full concept report (explain-residual of the slice's residual file: its page, histograms and exemplars) for
+    the strongest listed significant slices; '' for the others."""
+    from embedlab.reports.explain import explain_residual
+
+    s = result.slices
+    alpha = result.info.get("alpha", 0.05)
+    chosen = s[s["listed"] & (s["p_fwer"] < alpha) & (s["residual_path"] != "")]
+    chosen = set(chosen.sort_values("effect", ascending=False)["slice_id"].head(MAX_REPORTS))
+    hrefs = []
+    for row in s.itertuples():
+        if row.slice_id not in chosen:
+            hrefs.append("")
+            continue
+        folder = out / "reports" / f"slice_{row.slice_id:04d}"
+        explain_residual(out / row.residual_path, folder, permutations=result.info["permutations"],
+                         seed=result.info["seed"], device=device, progress=False)  # fmt: skip
+        hrefs.append(f"reports/slice_{row.slice_id:04d}/report.html")
+    return hrefs
 
 
 def _page(result: AuditResult, out: Path):

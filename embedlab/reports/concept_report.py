@@ -93,6 +93,23 @@ def bar_chart(adds: pd.DataFrame, removes: pd.DataFrame, k: int = 15):
     return fig
 
 
+SIDE_COLOURS = {"adds": "#2b8a3e", "removes": "#c92a2a"}
+
+
+def overlaid_histograms(ax, first, second, labels: tuple[str, str], n_bins: int = 25) -> None:
+    """Two samples on shared bins, grey then orange, as densities (the samples' sizes differ, the shapes are what
+    compares). Filled step outlines (one patch per sample, not one per bin) keep drawing cheap."""
+    from matplotlib.ticker import MaxNLocator
+
+    lo, hi = min(first.min(), second.min()), max(first.max(), second.max())
+    bins = np.linspace(lo, hi + 1e-9, n_bins)
+    for values, label, colour in zip((first, second), labels, ("#495057", "#f08c00")):
+        ax.hist(values, bins=bins, density=True, histtype="stepfilled", alpha=0.55, color=colour, label=label)
+    ax.set_yticks([])
+    ax.xaxis.set_major_locator(MaxNLocator(4))
+    ax.tick_params(labelsize=7)
+
+
 def similarity_histograms(items: list[tuple], name_from: str, name_to: str):
     """One figure: per top concept, a histogram of per-image similarity in the from set vs the to set.
 
@@ -100,7 +117,6 @@ def similarity_histograms(items: list[tuple], name_from: str, name_to: str):
     Filled step outlines (one patch per set, not one per bin) and a fixed grid instead of tight_layout keep
     this to a fraction of a second: it is drawn on every explain call."""
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     with plain_text_figures():
         cols = 4
@@ -112,32 +128,11 @@ def similarity_histograms(items: list[tuple], name_from: str, name_to: str):
         for ax, item in zip(axes.flat, items):
             concept, s_from, s_to = item[:3]
             side = item[3] if len(item) > 3 else None
-            bins = np.linspace(min(s_from.min(), s_to.min()), max(s_from.max(), s_to.max()) + 1e-9, 25)
-            ax.hist(
-                s_from,
-                bins=bins,
-                density=True,
-                histtype="stepfilled",
-                alpha=0.55,
-                color="#495057",
-                label=f"from set: {name_from} (n={len(s_from)})",
-            )
-            ax.hist(
-                s_to,
-                bins=bins,
-                density=True,
-                histtype="stepfilled",
-                alpha=0.55,
-                color="#f08c00",
-                label=f"to set: {name_to} (n={len(s_to)})",
+            overlaid_histograms(
+                ax, s_from, s_to, (f"from set: {name_from} (n={len(s_from)})", f"to set: {name_to} (n={len(s_to)})")
             )
             prefix = {"adds": "added: ", "removes": "removed: "}.get(side, "")
-            ax.set_title(
-                f"{prefix}{concept}", fontsize=9, color={"adds": "#2b8a3e", "removes": "#c92a2a"}.get(side, "k")
-            )
-            ax.set_yticks([])  # densities: the sets' sizes differ, the shapes are what compares
-            ax.xaxis.set_major_locator(MaxNLocator(4))
-            ax.tick_params(labelsize=7)
+            ax.set_title(f"{prefix}{concept}", fontsize=9, color=SIDE_COLOURS.get(side, "k"))
             handles = handles or ax.get_legend_handles_labels()
         for ax in list(axes.flat)[len(items) :]:
             ax.axis("off")

@@ -4,47 +4,14 @@ map's hover thumbnail appears. Screenshots go to $EMBEDLAB_SCREENSHOTS (a CI art
 Each check is also run against doctored copies of the pages (a broken image, an over-wide table, a console
 error, a dead link, a broken thumbnail) to show it catches them."""
 
-import os
 import re
 
 import pytest
 
-from tests.helpers.browser_check import check_page, find_browser, make_driver, shots_dir
+from tests.helpers.browser_check import check_page, shots_dir
+from tests.reports.conftest import WIDTHS
 
-WIDTHS = (1400, 1024)
 PAGES = {"index": "index.html", "report": "report/report.html", "map": "map.html"}
-
-
-def _need_browser():
-    browser, driver = find_browser()
-    import importlib.util
-
-    if importlib.util.find_spec("selenium") is None:
-        browser = None
-    if browser and driver:
-        return
-    msg = (
-        "headless Chromium is missing: install Debian's chromium and chromium-driver "
-        "(apt-get install -y chromium chromium-driver) and selenium (pip install -e '.[test]')"
-    )
-    if os.environ.get("CI"):
-        pytest.fail(msg)
-    pytest.skip(msg)
-
-
-@pytest.fixture(scope="module")
-def driver():
-    _need_browser()
-    d = make_driver()
-    yield d
-    d.quit()
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory):
-    path = shots_dir(tmp_path_factory.mktemp("screenshots"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def hover_problems(driver) -> list[str]:

@@ -1,0 +1,150 @@
+"""The slice audit on planted worlds: a real slice is found and named, nothing is claimed in worlds without one,
+a confounder is handled by stratifying, and bad input gets one line."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import binom
+
+from embedlab.analysis import audit_stats as st
+from embedlab.analysis.audit import AuditConfig, audit_vectors
+from embedlab.analysis.slices import define_slices
+from embedlab.errors import ConfigError
+from tests.helpers.audit_worlds import vocabulary, world
+
+FAST = dict(bootstrap=0, exemplars=0)
+
+
+def _audit(X, meta, by, E, words, **kw):
+    within = kw.pop("within", None)
+    scores = kw.pop("scores", None)
+    groups = kw.pop("groups", meta["group"].to_numpy())
+    return audit_vectors(X, meta, by, E, words, groups=groups, within=within, scores=scores, config=AuditConfig(**kw))
+
+
+def test_a_planted_slice_is_found_named_and_the_others_are_not_claimed():
+    X, meta, E, words = world(seed=0)
+    r = _audit(X, meta, ["light", "camera", "iso"], E, words, bootstrap=100)
+    s = r.slices.set_index("name")
+    assert s.loc["light=dark", "p_fwer"] < 0.01 and s.loc["light=dark", "listed"]
+    top = r.concepts[(r.concepts.slice == "light=dark") & (r.concepts.side == "adds")].sort_values("rank")
+    assert top.iloc[0]["concept"] == "dim" and top.iloc[0]["p_fwer"] < 0.01 and top.iloc[0]["auroc"] > 0.9
+    # the slice is more "dim" than its rest: list side, t, AUROC side and mean similarities agree
+    assert top.iloc[0]["t"] > 0 and top.iloc[0]["mean_sim_slice"] > top.iloc[0]["mean_sim_rest"]
+    others = r.slices[~r.slices["name"].str.contains("light")]
+    assert (others["p_fwer"] >= 0.05).all()
+    lo, hi = s.loc["light=dark", ["effect_lo", "effect_hi"]]
+    assert 0 < lo <= s.loc["light=dark", "effect"] <= hi
+    assert list(r.significant()["name"]) == ["light=dark"]
+    assert "1 significant" in repr(r) and set(r.to_pandas("concepts").columns) >= {"concept", "t", "p_fwer", "q"}
+
+
+def test_a_two_valued_column_is_one_contrast_and_conjunctions_need_support():
+    X, meta, E, words = world(seed=0)
+    r = _audit(X, meta, ["light", "camera"], E, words, depth=2, permutations=99, **FAST)
+    names = set(r.slices["name"])
+    assert ("light=dark" in names) != ("light=bright" in names)
+    assert any("two-valued" in line for line in r.info["skipped"])
+    conj = r.slices[r.slices.kind == "conjunction"]
+    assert len(conj) and (conj[["n_groups", "n_groups_rest"]].min(axis=1) >= 2).all()
+    # a conjunction inside the planted slice repeats it: not listed, and says which one it repeats
+    inside = conj[conj["name"].str.contains("light=dark")]
+    assert (~inside["listed"]).any() and (inside.loc[~inside["listed"], "duplicates"] == "light=dark").all()
+
+
+def test_null_worlds_rarely_claim_anything():
+    """40 worlds without any planted slice: the audit-wide rate of any claim (slice or concept) stays near 5%
+    (a binomial bound that fails with probability < 0.2% when the rate is 5%)."""
+    claims = 0
+    for w in range(40):
+        X, meta, E, words = world(seed=100 + w, effect=0.0, G=24)
+        r = _audit(X, meta, ["light", "camera", "iso"], E, words, permutations=99, seed=w, **FAST)
+        claims += bool((r.slices["p_fwer"] < 0.05).any() or (r.concepts["p_fwer"] < 0.05).any())
+    assert claims <= binom.ppf(0.998, 40, 0.05)
+
+
+def test_a_confounder_is_flagged_until_the_audit_stratifies_by_it():
+    """'night' images all come from camera B, whose images differ; night itself changes nothing. Unstratified, the
+    night slice differs (it does, in this data); within camera it must not."""
+    rng = np.random.default_rng(3)
+    d, G, per = 48, 48, 3
+    E, words, direction = vocabulary(rng, d, 30)
+    cam = np.repeat(["A", "B"], G // 2)
+    night = np.where((cam == "B") & (rng.random(G) < 0.7), "yes", "no")
+    X = rng.normal(size=(G * per, d)) / np.sqrt(d) + np.repeat(rng.normal(size=(G, d)), per, 0)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    X[np.repeat(cam == "B", per)] += 0.6 * direction
+    meta = pd.DataFrame({"group": np.repeat(np.arange(G), per), "night": np.repeat(night, per)})
+    plain = _audit(X, meta, ["night"], E, words, permutations=199, **FAST)
+    strat = _audit(X, meta, ["night"], E, words, permutations=199, within=np.repeat(cam, per), **FAST)
+    assert plain.slices["p_fwer"].iloc[0] < 0.05
+    assert strat.slices["p_fwer"].iloc[0] >= 0.05 and strat.info["within"]
+
+
+def test_a_score_difference_is_tested_per_slice():
+    X, meta, E, words = world(seed=1, effect=0.0)
+    loss = np.random.default_rng(0).normal(size=len(X)) + 1.5 * (meta["camera"] == "C").to_numpy()
+    r = _audit(X, meta, ["camera"], E, words, permutations=199, scores=loss, **FAST)
+    s = r.slices.set_index("name")
+    assert s.loc["camera=C", "score_p_fwer"] < 0.05 and s.loc["camera=C", "score_diff"] > 1
+    assert (s.drop("camera=C")["score_diff"] < 0).all()
+
+
+def test_discovery_finds_a_hidden_subset_on_the_half_it_did_not_fit():
+    X, meta, E, words = world(seed=2, G=60, effect=1.2, share=0.3)
+    hidden = (meta["light"] == "dark").to_numpy()
+    r = _audit(X, meta.drop(columns="light"), ["camera"], E, words, discover=3, permutations=99, **FAST)
+    found = r.slices[r.slices.kind == "discovered"]
+    assert r.info["split"]["test_units"] + r.info["split"]["discovery_units"] == 60
+    best = max(found["slice_id"], key=lambda s: (r.masks[s] & hidden).sum() / max(r.masks[s].sum(), 1))
+    mask = r.masks[best]
+    assert (mask & hidden).sum() / mask.sum() > 0.8
+    units_in = set(meta.loc[mask, "group"])
+    assert len(units_in) <= 30  # described on the test half only
+    first = r.concepts[(r.concepts.slice_id == best) & (r.concepts.side == "adds")].sort_values("rank").iloc[0]
+    assert first["concept"] == "dim"
+    assert np.isnan(found["p_fwer"]).all()  # a cluster differs by construction: described, not tested
+
+
+def test_a_column_that_varies_within_groups_is_audited_with_shares():
+    X, meta, E, words = world(seed=0)
+    r = _audit(X, meta, ["iso"], E, words, bins=2, permutations=99, **FAST)
+    assert len(r.slices) == 2 and (r.slices["n_groups"] > 0).all()
+
+
+def test_the_permutation_null_has_the_moments_the_statistics_assume():
+    """T_s has mean 1 and each concept's t unit variance over the permutations (that is what makes slices of
+    different sizes and concepts of different spread comparable in one maximum)."""
+    rng = np.random.default_rng(0)
+    G, d = 30, 8
+    U = rng.normal(size=(G, d))
+    F = (rng.random((G, 3)) < np.array([0.2, 0.5, 0.8])).astype(float)
+    des = st.design(U, st.contrast_weights(F))
+    perms = st.within_strata_permutations(des.strata, 4000, 1)
+    C = rng.normal(size=(5, d))
+    C /= np.linalg.norm(C, axis=1, keepdims=True)
+    null = st.run_permutations(des, C, perms, np.ones(3, bool))
+    assert np.allclose(null.T[1:].mean(0), 1.0, atol=0.08)
+    D = np.einsum("kgs,gd->ksd", des.W[perms[1:]], des.U)
+    t = D @ C.T / des.concept_sd(C)
+    assert np.allclose(t.std(0), 1.0, atol=0.06)
+
+
+def test_bad_input_gets_one_line():
+    X, meta, E, words = world(seed=0)
+    with pytest.raises(ConfigError, match="no column 'colour'.*Its columns: group, light, camera, iso"):
+        _audit(X, meta, ["colour"], E, words)
+    with pytest.raises(ConfigError, match="has 1 value"):
+        _audit(X, meta.assign(site="x"), ["site"], E, words)
+    with pytest.raises(ConfigError, match="No slice has 30 units"):
+        _audit(X, meta, ["camera"], E, words, min_groups=30)
+    with pytest.raises(ConfigError, match="varies within"):
+        _audit(X, meta, ["camera"], E, words, within=meta["iso"].to_numpy())
+
+
+def test_define_slices_bins_numeric_columns_and_drops_repeats():
+    meta = pd.DataFrame({"v": np.arange(40.0), "a": ["x", "y"] * 20, "b": ["x", "y"] * 20})
+    fam = define_slices(meta, ["v", "a", "b"], np.arange(40), bins=4)
+    names = [s.name for s in fam.slices]
+    assert sum(n.startswith("v in") for n in names) == 4
+    assert any("same images" in line for line in fam.skipped)  # b repeats a

@@ -1,0 +1,113 @@
+"""`embedlab audit` end to end on the demo-CLIP world (package photos, crops of one photo in one group): the planted
+backlit slice is found and described in lighting words, non-lighting edits and an unrelated column are not, every
+file is written, and bad input gets one line with nothing written."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from embedlab.analysis.residual_file import load_residual
+from embedlab.datasets.audit_world import audit_world_records
+from embedlab.datasets.manifest import write_manifest
+from embedlab.demos import clip as dc
+from embedlab.runs.store import Run
+from tests.helpers.browser_check import check_page
+from tests.helpers.extraction import run_cli
+from tests.reports.conftest import WIDTHS
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def world_run(tmp_path_factory):
+    from embedlab.runs.extract.pipeline import extract
+
+    root = tmp_path_factory.mktemp("audit_world")
+    recs, truth = audit_world_records()
+    write_manifest(root / "world.jsonl", recs, {"meta_columns": ["light", "edit", "camera"]})
+    ckpt = dc.unpack_packaged(root / "clip")
+    extract(root / "world.jsonl", out=root / "run", model="embedlab-demo", pretrained=str(ckpt), device="cpu",
+            progress=False)  # fmt: skip
+    return root, truth
+
+
+@pytest.fixture(scope="module")
+def audited(world_run):
+    root, _ = world_run
+    out = root / "audit"
+    proc = run_cli("audit", str(root / "run"), "--by", "light,edit,camera", "--discover", "3", "--out", str(out),
+                   "--no-progress")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return out, proc
+
+
+def test_the_backlit_slice_is_found_in_lighting_words(audited):
+    out, proc = audited
+    slices = pd.read_parquet(out / "slices.parquet").set_index("name")
+    concepts = pd.read_parquet(out / "concepts.parquet")
+    lighting = dc.lighting_words()
+    assert slices.loc["light=backlit", "p_fwer"] < 0.05
+    adds = concepts[(concepts.slice == "light=backlit") & (concepts.side == "adds")].sort_values("rank")
+    assert adds["concept"].iloc[0] in lighting and adds["p_fwer"].iloc[0] < 0.05
+    assert "light=backlit" in proc.stdout and "open " in proc.stdout
+    # blur and JPEG change no lighting: no lighting word is claimed for them; the camera column holds nothing
+    edits = concepts[concepts.slice.str.startswith("edit=") & concepts.concept.isin(lighting)]
+    assert (edits["p_fwer"] >= 0.05).all()
+    assert (slices.filter(like="camera=", axis=0)["p_fwer"] >= 0.05).all()
+
+
+def test_every_file_is_written_and_the_slice_residual_is_an_ordinary_one(audited, world_run):
+    out, _ = audited
+    info = json.loads((out / "audit.json").read_text())
+    assert info["unit"] == "groups" and info["n_units"] == 15 and info["split"]["k"] == 3
+    slices = pd.read_parquet(out / "slices.parquet").set_index("name")
+    res = load_residual(out / slices.loc["light=backlit", "residual_path"])
+    assert res.info["to"]["selector"] == "light=backlit" and res.info["from"]["selector"] == "light!=backlit"
+    run = Run(world_run[0] / "run")
+    assert run.select("light=backlit").sum() == res.info["to"]["count"] == slices.loc["light=backlit", "n_images"]
+    assert abs(float(np.linalg.norm(res.vector)) - 1) < 1e-5
+    report = out / slices.loc["light=backlit", "report_href"]
+    found = json.loads(report.with_suffix(".json").read_text())["concepts"]
+    assert any(c["concept"] in dc.lighting_words() and c["p_fwer"] < 0.05 for c in found)
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_the_audit_page_of_a_real_run_passes_in_chromium(audited, driver, shots, width):
+    out, _ = audited
+    problems = check_page(driver, (out / "audit.html").as_uri(), width, shots, "audit_run")
+    assert not problems, problems
+    assert "light=backlit" in driver.find_element("tag name", "main").text
+
+
+def test_bad_input_gets_one_line_and_writes_nothing(world_run, tmp_path):
+    root, _ = world_run
+    run = str(root / "run")
+    cases = [
+        (["--by", "colour"], "no column 'colour'"),
+        (["--by", "light", "--min-groups", "9"], "No slice has 9 units"),
+        (["--by", "light", "--within", "nope"], "--within 'nope' is not a column"),
+    ]
+    table = tmp_path / "side.csv"
+    pd.DataFrame({"path": ["elsewhere/a.png"], "site": ["x"]}).to_csv(table, index=False)
+    cases.append((["--by", "site", "--metadata", str(table)], "matches no image path"))
+    for extra, message in cases:
+        out = tmp_path / "out"
+        proc = run_cli("audit", run, "--out", str(out), "--no-progress", *extra)
+        assert proc.returncode == 1, proc.stderr
+        lines = [x for x in proc.stderr.splitlines() if x.startswith("Error")]
+        assert len(lines) == 1 and message in lines[0], proc.stderr
+        assert not out.exists()
+
+
+def test_a_side_table_joined_on_the_path_adds_columns(world_run, tmp_path):
+    from embedlab import audit
+
+    root, _ = world_run
+    meta = Run(root / "run").metadata
+    site = np.where(meta["group"].isin(["astronaut", "coffee", "chelsea", "rocket"]), "north", "south")
+    table = tmp_path / "side.parquet"
+    pd.DataFrame({"path": meta["path"], "site": site}).to_parquet(table)
+    r = audit(root / "run", "site", metadata=table, permutations=99, bootstrap=0, progress=False, device="cpu")
+    assert list(r.slices["name"]) == ["site=north"] and r.slices["n_groups"].iloc[0] == 4
