@@ -63,6 +63,42 @@ def make_units(X: np.ndarray, groups) -> Units:
     return Units(codes, U, sizes, "groups" if groups is not None and G < len(X) else "images")
 
 
+def make_paired_units(X: np.ndarray, groups, is_to: np.ndarray) -> Units:
+    """Units for auditing a residual: per group, the difference of its 'to' and 'from' images' mean unit vectors
+    (the group's own residual). Every group must hold images of both sets."""
+    codes = group_codes(None if groups is None else np.asarray(groups), len(X))
+    G = int(codes.max()) + 1 if len(codes) else 0
+    is_to = np.asarray(is_to, bool)
+    n_to = np.bincount(codes, weights=is_to, minlength=G)
+    n_all = np.bincount(codes, minlength=G)
+    lacking = int(((n_to == 0) | (n_to == n_all)).sum())
+    if groups is None or lacking:
+        raise ConfigError(
+            f"Auditing a residual compares each group's own 'to' minus 'from' difference, so every group must hold "
+            f"images of both sets; {lacking if groups is not None else 'no'} group(s) do not. Fix: pass groups that "
+            "span both sets (pairs, scenes taken both ways), or audit each set on its own."
+        )
+    U_to, _ = st.unit_means(X[is_to], codes[is_to], G)
+    U_from, _ = st.unit_means(X[~is_to], codes[~is_to], G)
+    return Units(codes, U_to - U_from, n_all.astype(np.float64), "paired groups")
+
+
+def slice_residual_cosines(X: np.ndarray, is_to: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
+    """Per slice, the cosine between the residual (RAVE) within the slice and the residual over all images: how far
+    a slice's own residual departs from the global one."""
+    from embedlab.analysis.formula import residual_from_sums
+
+    unit = l2n(np.asarray(X, np.float64))
+    is_to = np.asarray(is_to, bool)
+    r_all = residual_from_sums(unit[~is_to].sum(0), int((~is_to).sum()), unit[is_to].sum(0), int(is_to.sum()))[0]
+    out = []
+    for m in masks:
+        f, t = m & ~is_to, m & is_to
+        r = residual_from_sums(unit[f].sum(0), int(f.sum()), unit[t].sum(0), int(t.sum()))[0]
+        out.append(float(r @ r_all))
+    return np.asarray(out)
+
+
 def unit_values(values: pd.Series | np.ndarray, codes: np.ndarray, G: int, what: str) -> np.ndarray:
     """Per unit the most common value of a per-image column (strata), or refuse one that varies within a unit."""
     s = pd.Series(np.asarray(values)).astype(str)
@@ -225,18 +261,23 @@ def audit_vectors(
     groups=None,
     within=None,
     scores=None,
+    sets=None,
     config: AuditConfig | None = None,
 ) -> AuditResult:
     """Audit every slice of the images X (n, d) over the metadata columns `by` of `meta` (n rows), describing each
     with the vocabulary `concepts` (text embeddings E (V, d)). `groups`, `within` and `scores` are per-image arrays
-    (the group of correlated images, a confounder to stratify by, a per-image score such as a loss)."""
+    (the group of correlated images, a confounder to stratify by, a per-image score such as a loss).
+
+    `sets` (per image, True for the 'to' set, False for 'from') audits the residual instead: each group's unit is its
+    own to-minus-from difference, so a slice differs when the residual within it differs from the residual in the
+    rest (does the backlit -> well-lit residual carry something extra in some slice?)."""
     cfg = config or AuditConfig()
     if len(meta) != len(X):
         raise ConfigError(f"{len(meta)} metadata rows but {len(X)} vectors.")
     if E.shape[1] != X.shape[1]:
         raise ConfigError(f"The vocabulary's embeddings have dimension {E.shape[1]}, the images {X.shape[1]}.")
     check_columns(meta, by, "The audited images' metadata")
-    units = make_units(X, groups)
+    units = make_units(X, groups) if sets is None else make_paired_units(X, groups, sets)
     fam = define_slices(meta, by, units.codes, bins=cfg.bins, depth=cfg.depth, min_groups=cfg.min_groups,
                         max_slices=cfg.max_slices)  # fmt: skip
     y = None
@@ -252,7 +293,11 @@ def audit_vectors(
             f"No slice has {cfg.min_groups} units inside and outside it ({'; '.join(fam.skipped[:5])}). Fix: lower "
             "--min-groups, audit other columns, or add images."
         ).naming("min_groups")
-    return _assemble(X, meta, units, fam, E, concepts, within, y, test_half, split, cfg)
+    result = _assemble(X, meta, units, fam, E, concepts, within, y, test_half, split, cfg)
+    if sets is not None:
+        result.slices["residual_cos_global"] = slice_residual_cosines(X, sets, [sl.mask for sl in fam.slices])
+        result.info["audits"] = "the residual: each group's to-minus-from difference, slice against rest"
+    return result
 
 
 def _assemble(X, meta, units, fam, E, concepts, within, y, test_half, split, cfg) -> AuditResult:

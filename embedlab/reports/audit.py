@@ -98,6 +98,24 @@ def _read(runs: list, metadata) -> tuple[np.ndarray, pd.DataFrame]:
     return np.concatenate(vecs), meta
 
 
+def _paired_sets(X: np.ndarray, meta: pd.DataFrame, from_: str, to: str):
+    """The images of the two sets, in groups that hold both (the others are left out, with a warning), and the 'to'
+    flag of each."""
+    from embedlab.datasets.selector import Selector
+
+    m_from = Selector.parse(from_).mask(meta, "the audited runs")
+    m_to = Selector.parse(to).mask(meta, "the audited runs")
+    if (m_from & m_to).any():
+        raise ConfigError(f"--from {from_!r} and --to {to!r} share {int((m_from & m_to).sum())} image(s).")
+    group = meta["group"].astype(str)
+    both = set(group[m_from]) & set(group[m_to])
+    keep = (m_from | m_to) & group.isin(both).to_numpy()
+    dropped = int(((m_from | m_to) & ~keep).sum())
+    if dropped:
+        log.warning("audit: %d image(s) of groups without images of both sets are left out.", dropped)
+    return X[keep], meta[keep].reset_index(drop=True), m_to[keep]
+
+
 def _vocabulary(run, vocab, templates, device: str, progress: bool):
     from embedlab import models
     from embedlab.analysis import vocab as vb
@@ -127,6 +145,8 @@ def audit(
     metadata: str | os.PathLike | None = None,
     within: str | None = None,
     score: str | None = None,
+    from_: str | None = None,
+    to: str | None = None,
     vocab: str | None = None,
     templates: str | None = None,
     device: str = "auto",
@@ -139,7 +159,10 @@ def audit(
     `metadata`: a .csv/.parquet side table joined on the image path; `within`: a column to stratify by (a possible
     confounder); `score`: a per-image numeric column (a loss, an error) tested per slice too. `options` are the fields
     of `AuditConfig` (bins, depth, min_groups, discover, permutations, seed, top, alpha, q, bootstrap). Nothing is
-    written unless `out` is given: then slices/concepts/columns .parquet, audit.json, residuals/ and audit.html."""
+    written unless `out` is given: then slices/concepts/columns .parquet, audit.json, residuals/ and audit.html.
+
+    `from_` and `to` (selectors, e.g. "backlit" and "welllit") audit the residual between the two sets instead: each
+    slice's own to-minus-from difference against the rest's, on groups that hold both sets."""
     unknown = set(options) - set(AuditConfig.__dataclass_fields__)
     if unknown:
         raise ConfigError(
@@ -156,18 +179,23 @@ def audit(
             raise ConfigError(
                 f"--{name} {col!r} is not a column of the runs' metadata. Columns: {', '.join(meta.columns)}."
             ).naming(name)
+    sets = None
+    if (from_ is None) != (to is None):
+        raise ConfigError("Pass both --from and --to (the two sets whose residual is audited), or neither.")
+    if from_ is not None:
+        X, meta, sets = _paired_sets(X, meta, from_, to)
     groups = meta["group"].to_numpy() if "group" in meta and meta["group"].notna().any() else None
     scores = None if score is None else pd.to_numeric(meta[score], errors="raise").to_numpy(np.float64)
     V, E, tpls = _vocabulary(opened[0], vocab, templates, device, progress)
     result = audit_vectors(X, meta, cols, E, V.concepts, groups=groups,
-                           within=None if within is None else meta[within].to_numpy(), scores=scores,
+                           within=None if within is None else meta[within].to_numpy(), scores=scores, sets=sets,
                            config=cfg)  # fmt: skip
-    result.info.update(runs=[str(r.path) for r in opened], by=cols, within=within, score=score,
+    result.info.update(runs=[str(r.path) for r in opened], by=cols, within=within, score=score, from_=from_, to=to,
                        vocabulary_name=V.name, vocabulary_source=V.source, templates=tpls,
                        model=f"{opened[0].manifest['model']}/{opened[0].manifest['pretrained']}")  # fmt: skip
     result.exemplars = {s: meta["file"].iloc[rows].astype(str).tolist() for s, rows in result.exemplars.items()}
     if out is not None:
-        write_audit(result, Path(out), X, meta, opened[0], device=device)
+        write_audit(result, Path(out), X, opened, sets, device=device)
     return result
 
 
@@ -183,12 +211,12 @@ def summary_line(result: AuditResult) -> str:
     return head + f"; {len(sig)} differ beyond chance: {named}" + (" ..." if len(sig) > 3 else "")
 
 
-def write_audit(result: AuditResult, out: Path, X: np.ndarray, meta: pd.DataFrame, run, device: str = "auto") -> None:
+def write_audit(result: AuditResult, out: Path, X: np.ndarray, runs: list, is_to=None, device: str = "auto") -> None:
     """Write the audit's files into `out`; audit.json last, so that a folder with audit.json is a complete audit."""
     from embedlab._io import atomic_write_bytes
 
     out.mkdir(parents=True, exist_ok=True)
-    result.slices["residual_path"] = _write_residuals(result, out / "residuals", X, meta, run)
+    result.slices["residual_path"] = _write_residuals(result, out / "residuals", X, runs[0], is_to, len(runs) == 1)
     result.slices["report_href"] = _concept_reports(result, out, device)
     for table, name in TABLE_FILES.items():
         frame = getattr(result, table)
@@ -235,28 +263,28 @@ def _page(result: AuditResult, out: Path):
     return write_audit_page(result, out)
 
 
-def _write_residuals(result: AuditResult, folder: Path, X: np.ndarray, meta: pd.DataFrame, run) -> list[str]:
-    """One ordinary residual file (RAVE, from the slice's rest to the slice) per listed slice, so that `correct`,
-    `train --residual` and `probe-residual` take it; '' for the others."""
+def _write_residuals(result: AuditResult, folder: Path, X: np.ndarray, run, is_to, single_run: bool) -> list[str]:
+    """One ordinary residual file (RAVE) per listed slice, so that `correct`, `train --residual` and `probe-residual`
+    take it: from the slice's rest to the slice, or, auditing a residual (`is_to`), from the 'from' set to the 'to'
+    set within the slice; '' for slices not listed."""
     from embedlab.analysis.formula import l2n, residual_from_sums
     from embedlab.analysis.residual import _model_record
     from embedlab.analysis.residual_file import save_residual
 
     unit = l2n(np.asarray(X, np.float64))
-    total = unit.sum(0)
     paths = []
     for row in result.slices.itertuples():
         if not row.listed:
             paths.append("")
             continue
-        mask = _slice_mask(row, meta, result)
-        s_in = unit[mask].sum(0)
-        r, thr, v_from, v_to = residual_from_sums(total - s_in, int((~mask).sum()), s_in, int(mask.sum()), "rave")
-        to_sel, from_sel = _selectors(row)
+        mask = np.asarray(result.masks[row.slice_id], bool)
+        a, b = (~mask, mask) if is_to is None else (mask & ~is_to, mask & is_to)
+        r, thr, v_from, v_to = residual_from_sums(unit[a].sum(0), int(a.sum()), unit[b].sum(0), int(b.sum()), "rave")
+        from_sel, to_sel = _selectors(row, result.info, single_run)
         info = {
             "embedlab_residual": 1, "method": "rave", "thr": thr, "model": _model_record(run.manifest),
-            "from": {"run": str(run.path.resolve()), "selector": from_sel, "count": int((~mask).sum())},
-            "to": {"run": str(run.path.resolve()), "selector": to_sel, "count": int(mask.sum())},
+            "from": {"run": str(run.path.resolve()), "selector": from_sel, "count": int(a.sum())},
+            "to": {"run": str(run.path.resolve()), "selector": to_sel, "count": int(b.sum())},
             "cos_v_from_v_to": float(v_from @ v_to), "v_from": v_from.astype(np.float32).tolist(),
             "v_to": v_to.astype(np.float32).tolist(), "bootstrap": None, "edits": [],
             "audit": {"slice": row.name, "kind": row.kind, "p_fwer": _none_if_nan(row.p_fwer)},
@@ -267,17 +295,19 @@ def _write_residuals(result: AuditResult, folder: Path, X: np.ndarray, meta: pd.
     return paths
 
 
-def _slice_mask(row, meta: pd.DataFrame, result: AuditResult) -> np.ndarray:
-    return np.asarray(result.masks[row.slice_id], bool)
-
-
-def _selectors(row) -> tuple[str, str]:
-    """Selectors of a value slice and its rest (`explain-residual` reads the sets back with them); other slices have
-    no selector form, and their sidecar names them in words."""
-    if row.kind == "value" and "&" not in row.name:
+def _selectors(row, info: dict, single_run: bool) -> tuple[str, str]:
+    """Selectors (from, to) of a slice's residual, with which `explain-residual` reads its sets back: a value slice of
+    a single run and its rest (or, auditing a residual, the two sets within the slice). Other slices have no selector
+    form; their sidecar names them in words (explain-residual then ranks without significance)."""
+    plain = single_run and row.kind == "value" and "&" not in row.name
+    if info.get("from_") is not None:
+        if plain:
+            return f"{info['from_']},{row.name}", f"{info['to']},{row.name}"
+        return f"{info['from_']} in slice {row.name}", f"{info['to']} in slice {row.name}"
+    if plain:
         col, val = row.name.split("=", 1)
-        return f"{col}={val}", f"{col}!={val}"
-    return f"slice {row.name}", f"rest of {row.name}"
+        return f"{col}!={val}", f"{col}={val}"
+    return f"rest of {row.name}", f"slice {row.name}"
 
 
 def _none_if_nan(x):

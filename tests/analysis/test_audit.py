@@ -148,3 +148,44 @@ def test_define_slices_bins_numeric_columns_and_drops_repeats():
     names = [s.name for s in fam.slices]
     assert sum(n.startswith("v in") for n in names) == 4
     assert any("same images" in line for line in fam.skipped)  # b repeats a
+
+
+def _paired_world(seed: int, extra: float):
+    """Groups of 2 'from' and 2 'to' images; every group's to-minus-from shift is the same direction, and in the
+    camera=B groups it carries `extra` more along the planted concept."""
+    rng = np.random.default_rng(seed)
+    d, G = 48, 36
+    E, words, direction = vocabulary(rng, d, 30)
+    common = rng.normal(size=d)
+    common /= np.linalg.norm(common)
+    cam = np.array(["A", "B", "C"] * (G // 3))
+    X, rows, is_to = [], [], []
+    for g in range(G):
+        centre = rng.normal(size=d)
+        centre /= np.linalg.norm(centre)
+        for k in range(4):
+            x = centre + 0.3 * rng.normal(size=d) / np.sqrt(d)
+            if k >= 2:
+                x = x + 0.5 * common + (extra * direction if cam[g] == "B" else 0)
+            X.append(x / np.linalg.norm(x))
+            rows.append({"group": g, "camera": cam[g]})
+            is_to.append(k >= 2)
+    return np.asarray(X), pd.DataFrame(rows), E, words, np.asarray(is_to)
+
+
+@pytest.mark.parametrize("extra", [0.0, 0.4])
+def test_auditing_a_residual_finds_the_slice_whose_residual_carries_more(extra):
+    X, meta, E, words, is_to = _paired_world(5, extra)
+    r = audit_vectors(X, meta, ["camera"], E, words, groups=meta["group"].to_numpy(), sets=is_to,
+                      config=AuditConfig(permutations=199, **FAST))  # fmt: skip
+    s = r.slices.set_index("name")
+    assert r.info["unit"] == "paired groups"
+    if extra:
+        assert s.loc["camera=B", "p_fwer"] < 0.05
+        top = r.concepts[(r.concepts.slice == "camera=B") & (r.concepts.side == "adds")].sort_values("rank")
+        assert top.iloc[0]["concept"] == "dim"
+        assert s.loc["camera=B", "residual_cos_global"] < s.drop("camera=B")["residual_cos_global"].min()
+    else:
+        assert (s["p_fwer"] >= 0.05).all()
+    with pytest.raises(ConfigError, match="every group must hold images of both sets"):
+        audit_vectors(X, meta, ["camera"], E, words, groups=meta["group"].to_numpy(), sets=np.zeros(len(X), bool))
