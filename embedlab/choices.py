@@ -9,3 +9,6 @@ PRECISIONS = ("fp32", "bf16")  # train / enhance --precision
 FAMILIES = ("page", "adds", "removes")  # explain-residual --family: one family for both lists, or one list
 RECIPES = ("A", "B", "C")  # synth-backlit --recipe (help text: datasets.synth.RECIPES)
 CORRECT_PRESETS = ("rave-shift",)  # correct --preset (help text: analysis.correct.PRESETS)
+# the concept bank's categories, in the bank's order (embedlab/data/concepts/<name>.txt; --vocab concepts:NAME,...)
+CONCEPT_CATEGORIES = ("objects", "scenes", "attributes", "photographic", "people")
+SCORE_LAYOUTS = ("wide", "tidy")  # export concept-scores --layout

@@ -291,7 +291,7 @@ def audit_vectors(
     if not fam.slices:
         raise ConfigError(
             f"No slice has {cfg.min_groups} units inside and outside it ({'; '.join(fam.skipped[:5])}). Fix: lower "
-            "--min-groups, audit other columns, or add images."
+            "'min_groups', audit other columns, or add images."
         ).naming("min_groups")
     result = _assemble(X, meta, units, fam, E, concepts, within, y, test_half, split, cfg)
     if sets is not None:
@@ -308,7 +308,7 @@ def _assemble(X, meta, units, fam, E, concepts, within, y, test_half, split, cfg
     active = np.ones_like(F, bool)
     disc = np.array([s.kind == "discovered" for s in fam.slices])
     active[:, disc] = test_half[:, None]
-    strata = None if within is None else unit_values(within, units.codes, units.G, "--within")
+    strata = None if within is None else unit_values(within, units.codes, units.G, "'within'")
     des = st.design(units.U, st.contrast_weights(F, active), strata, y)
     C, _ = centre(unit_rows32(E))
     perms = st.within_strata_permutations(des.strata, cfg.permutations, cfg.seed)

@@ -86,13 +86,13 @@ def check_columns(meta: pd.DataFrame, by: list[str], where: str) -> None:
     if missing:
         raise ConfigError(
             f"{where} has no column {', '.join(map(repr, missing))}. Its columns: {', '.join(meta.columns)}. Fix: "
-            "name one of these with --by (or add a side table with --metadata)."
-        ).naming("by")
+            "name one of these in 'by' (or add a side table as 'metadata')."
+        ).naming("by", "metadata")
     for c in by:
         if meta[c].nunique(dropna=True) < 2:
             raise ConfigError(
                 f"Column {c!r} of {where} has {meta[c].nunique(dropna=True)} value(s): there is no slice to compare "
-                "with the rest. Fix: leave it out of --by."
+                "with the rest. Fix: leave it out of 'by'."
             ).naming("by")
 
 

@@ -1,9 +1,13 @@
 """Vocabularies and prompt templates for reading residuals in words, with cached text embeddings.
 
-Vocabularies: `tokens` (every token of the model's tokenizer, as RAVE ranks: 49,408 for CLIP's BPE), `words`
-(whole alphabetic words derived from those tokens), `model` (the model's own vocabulary where it ships one,
-e.g. embedlab-demo), or a file with one concept or phrase per line. Templates: `none` ("{}"), `photo`
-("a photo of {}."), `ensemble` (several photo templates, averaged), or any string containing "{}".
+Vocabularies: `concepts` (embedlab's concept bank for bias studies, package data in embedlab/data/concepts/:
+objects, scenes, attributes, photographic and lighting qualities, people-neutral descriptors; `concepts:CATEGORY,...`
+takes some of its categories), `tokens` (every token of the model's tokenizer, as RAVE ranks: 49,408 for CLIP's
+BPE), `words` (whole alphabetic words derived from those tokens), `model` (the model's own vocabulary where it ships
+one, e.g. embedlab-demo), or a file with one concept or phrase per line. The default (`default_vocab`): the model's
+own, else the concept bank for a real open_clip model, else `words` (embedlab's own small test configs).
+Templates: `none` ("{}"), `photo` ("a photo of {}."), `ensemble` (several photo templates, averaged), or any string
+containing "{}".
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from embedlab._io import atomic_save_npy, atomic_write_json, cache_dir, load_npy, read_json, read_text
+from embedlab.choices import CONCEPT_CATEGORIES
 from embedlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -118,7 +123,8 @@ def read_vocab_file(path: str | os.PathLike) -> list[str]:
     p = Path(path)
     if not p.exists():
         raise ConfigError(
-            f"Vocabulary file {p} not found. Pass tokens, words, model, or a text file with one concept per line."
+            f"Vocabulary file {p} not found. Pass concepts, tokens, words, model, or a text file with one concept "
+            "per line."
         )
     lines = [ln.strip() for ln in read_text(p, VOCAB_WHAT, "vocab").splitlines()]
     concepts = list(dict.fromkeys(ln for ln in lines if ln and not ln.startswith("#")))
@@ -139,15 +145,63 @@ def model_vocab_path(lm_info: dict) -> Path | None:
     return None
 
 
+BANK = "concepts"  # the concept bank's vocabulary name (`--vocab concepts`, `--vocab concepts:photographic`)
+BANK_SOURCE = "embedlab's concept bank (embedlab/data/concepts, written for embedlab, MIT licence)"
+
+
+def concept_bank(categories: tuple[str, ...] | list[str] | None = None) -> dict[str, list[str]]:
+    """{category: concepts} of the concept bank shipped with embedlab (embedlab/data/concepts/<category>.txt), in
+    the order of `choices.CONCEPT_CATEGORIES` or of `categories`; a concept listed in an earlier category is not
+    repeated in a later one."""
+    from importlib import resources
+
+    wanted = list(categories or CONCEPT_CATEGORIES)
+    unknown = [c for c in wanted if c not in CONCEPT_CATEGORIES]
+    if unknown:
+        raise ConfigError(
+            f"The concept bank has no category {unknown[0]!r}. Fix: use concepts:CATEGORY[,CATEGORY] with "
+            f"categories from {', '.join(CONCEPT_CATEGORIES)}."
+        ).naming("vocab")
+    folder = resources.files("embedlab") / "data" / "concepts"
+    seen: set[str] = set()
+    out = {}
+    for cat in wanted:
+        lines = (ln.strip() for ln in (folder / f"{cat}.txt").read_text(encoding="utf-8").splitlines())
+        out[cat] = [c for c in dict.fromkeys(ln for ln in lines if ln and not ln.startswith("#")) if c not in seen]
+        seen.update(out[cat])
+    return out
+
+
+def bank_vocabulary(spec: str = BANK) -> Vocabulary:
+    """The concept bank as a Vocabulary: `concepts` (every category) or `concepts:CAT,CAT` (some of them)."""
+    cats = [c.strip() for c in spec.partition(":")[2].split(",") if c.strip()] or None
+    bank = concept_bank(cats)
+    concepts = [c for cs in bank.values() for c in cs]
+    sizes = ", ".join(f"{k} {len(v)}" for k, v in bank.items())
+    return Vocabulary(spec, concepts, f"{len(concepts)} concepts of {BANK_SOURCE}: {sizes}")
+
+
+def default_vocab(lm_info: dict) -> str:
+    """The vocabulary a model gets when none is named: its own (`model`) when it ships one (the demo CLIP), the
+    concept bank for a real open_clip model, `words` for embedlab's own small configs (embedlab-tiny, tests)."""
+    if model_vocab_path(lm_info) is not None:
+        return "model"
+    return "words" if str(lm_info.get("model", "")).startswith("embedlab-") else BANK
+
+
 def resolve_vocab(spec: str | None, lm) -> Vocabulary:
-    """`spec` None picks the model's own vocabulary when it ships one, else `words`."""
+    """`spec` None picks `default_vocab`: the model's own vocabulary when it ships one, else the concept bank for a
+    real open_clip model, else `words`."""
     own = model_vocab_path(lm.info)
     if spec in (None, "", "default"):
-        spec = "model" if own else "words"
+        spec = default_vocab(lm.info)
+    if spec == BANK or spec.startswith(BANK + ":"):
+        return bank_vocabulary(spec)
     if spec == "model":
         if own is None:
             raise ConfigError(
-                f"{lm.info['model']}/{lm.info['pretrained']} ships no vocabulary; use tokens, words or a file."
+                f"{lm.info['model']}/{lm.info['pretrained']} ships no vocabulary; use concepts, tokens, words or a "
+                "file."
             )
         return Vocabulary("model", read_vocab_file(own), f"the model's own vocabulary ({own.name})")
     if spec in ("tokens", "words"):
@@ -159,8 +213,9 @@ def resolve_vocab(spec: str | None, lm) -> Vocabulary:
         return Vocabulary("words", words, f"{len(words)} whole alphabetic words from the tokenizer")
     if Path(spec).is_dir():  # a folder where the vocabulary file goes
         raise ConfigError(
-            f"The 'vocab' {spec} is a folder; a vocabulary is a text file with one concept per line (or tokens, "
-            "words, model). Fix: pass such a file, e.g. one written with `printf 'sky\\nface\\n' > concepts.txt`."
+            f"The 'vocab' {spec} is a folder; a vocabulary is a text file with one concept per line (or concepts, "
+            "tokens, words, model). Fix: pass such a file, e.g. one written with "
+            "`printf 'sky\\nface\\n' > concepts.txt`."
         ).naming("vocab")
     return Vocabulary(Path(spec).stem, read_vocab_file(spec), f"file {spec}")
 

@@ -3,7 +3,7 @@
 order `--help` lists them (the order of the stages)."""
 # isort: skip_file
 
-from embedlab.cli import data, runs, imports, analysis, reports, enhancement, demos  # noqa: F401  (registers the commands)
+from embedlab.cli import data, runs, imports, analysis, reports, enhancement, exports, demos  # noqa: F401  (registers the commands)
 from embedlab.cli.app import app, main
 
 __all__ = ["app", "main"]

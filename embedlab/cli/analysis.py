@@ -66,9 +66,10 @@ FamilyChoice = cli.choices("FamilyChoice", FAMILIES)
 def explain_residual_cmd(
     residual: Path = typer.Argument(..., help="residual.npy (with its sidecar)."),
     vocab: Optional[str] = cli.api_option(
-        "tokens (all tokenizer tokens, as RAVE), words, model "
-        "(the model's own, default when it ships one), or a file with one concept per line. Default: model, else "
-        "words."
+        "concepts (embedlab's concept bank for bias studies: objects, scenes, attributes, photographic and lighting "
+        "qualities, people-neutral descriptors; concepts:CATEGORY,... for some), tokens (all tokenizer tokens, as "
+        "RAVE), words, model (the model's own), or a file with one concept per line. Default: model when the model "
+        "ships one (the demo CLIP), else concepts for a real CLIP, else words."
     ),
     templates: Optional[str] = cli.api_option(cli.TEMPLATES_HELP),
     top: int = typer.Option(FROM_API, "--top", "-k", help="Concepts per side after deflation (the top k; 1-500)."),
@@ -128,30 +129,13 @@ def correct_cmd(
 ):
     """Remove bias directions from a residual by orthogonal projection; writes every edit to the sidecar."""
     from embedlab.analysis.correct import correct
-    from embedlab.errors import ConfigError
 
-    pairs = []
-    for spec in remove_pair or []:
-        if "|" not in spec:
-            raise ConfigError(
-                f"--remove-pair takes 'PROMPT|BASELINE' (e.g. 'a photo of a person|a photo'). Got {spec!r}."
-            )
-        a, b = spec.split("|", 1)
-        pairs.append((a.strip(), b.strip()))
-    labelled = None
-    if remove_labelled:
-        from embedlab.datasets.selector import split_spec
-
-        if ":" not in remove_labelled:
-            raise ConfigError(f"--remove-labelled takes RUN:COLUMN=VALUE. Got {remove_labelled!r}.")
-        run_path, selector = split_spec(remove_labelled, "")
-        labelled = (run_path, str(selector))
     res = correct(
         residual,
         out,
         remove=remove,
-        remove_pair=pairs,
-        remove_labelled=labelled,
+        remove_pair=_remove_pairs(remove_pair),
+        remove_labelled=_remove_labelled(remove_labelled),
         preset=preset.value if preset else None,
         k=top,
         vocab=vocab,
@@ -168,6 +152,34 @@ def correct_cmd(
     )
     for d in c["directions"]:
         typer.echo(f"  {d['label']}: projection {d['projection_before']:.4f} -> {d['projection_after']:.2e}")
+
+
+def _remove_pairs(specs: Optional[List[str]]) -> list:
+    """--remove-pair 'PROMPT|BASELINE' values as (prompt, baseline) pairs."""
+    from embedlab.errors import ConfigError
+
+    pairs = []
+    for spec in specs or []:
+        if "|" not in spec:
+            raise ConfigError(
+                f"--remove-pair takes 'PROMPT|BASELINE' (e.g. 'a photo of a person|a photo'). Got {spec!r}."
+            )
+        a, b = spec.split("|", 1)
+        pairs.append((a.strip(), b.strip()))
+    return pairs
+
+
+def _remove_labelled(spec: Optional[str]) -> Optional[tuple]:
+    """--remove-labelled RUN:COLUMN=VALUE as (run, selector), or None."""
+    if not spec:
+        return None
+    from embedlab.datasets.selector import split_spec
+    from embedlab.errors import ConfigError
+
+    if ":" not in spec:
+        raise ConfigError(f"--remove-labelled takes RUN:COLUMN=VALUE. Got {spec!r}.")
+    run_path, selector = split_spec(spec, "")
+    return (run_path, str(selector))
 
 
 @app.command("probe-residual")

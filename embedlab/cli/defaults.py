@@ -115,6 +115,7 @@ FROM_API = _FromAPI()  # an option's default: the API's (filled in by `from_api`
 # options whose CLI default differs on purpose from the API default of the same name
 OWN_DEFAULTS = {
     ("manifest", "split"): "None: each layout's own split (flat: train; baid: from its folders)",
+    ("audit", "out"): "audit: the command writes a folder; the API writes nothing unless given one",
     **{
         ("train", k): "None: the preset's value (the help states TrainConfig's)"
         for k in (

@@ -118,7 +118,10 @@ def compare_cmd(
     path_column: Optional[str] = cli.api_option("Table inputs: the column of image paths."),
     image_column: Optional[str] = cli.api_option("Hugging Face inputs: the image column."),
     bootstrap: int = cli.api_option("Bootstrap resamples for the residual's stability (0 = skip)."),
-    vocab: Optional[str] = cli.api_option("Concepts: tokens, words, model, or a file (as explain-residual)."),
+    vocab: Optional[str] = cli.api_option(
+        "Concepts: concepts (the concept bank, default for a real CLIP), tokens, words, model, or a file (as "
+        "explain-residual)."
+    ),
     permutations: int = cli.api_option("Label shuffles for the significance test (0 = skip)."),
     overwrite: bool = cli.api_option("Replace runs in OUT/runs made from other inputs or models."),
     progress: bool = cli.progress_option(),
@@ -126,25 +129,7 @@ def compare_cmd(
 ):
     """How do A and B differ? Embeds what is not embedded yet (resumable), computes the residual from A to B,
     explains it, draws the map, and writes OUT/index.html whose first paragraph answers the question."""
-    from embedlab.demos.compare import compare
-
-    result = compare(
-        a,
-        b,
-        out,
-        model=model,
-        pretrained=pretrained,
-        device=device,
-        batch_size=batch_size,
-        workers=workers,
-        path_column=path_column,
-        image_column=image_column,
-        bootstrap=bootstrap,
-        vocab=vocab,
-        permutations=permutations,
-        overwrite=overwrite,
-        progress=progress,
-    )
+    result = cli.call_api("demos.compare:compare", locals())
     if as_json:
         return cli.print_json(result)
     typer.echo(result["answer"])

@@ -71,11 +71,11 @@ def audit_cmd(
     ),
     within: Optional[str] = cli.api_option("Permute only within this column's values (a confounder, e.g. camera)."),
     score: Optional[str] = cli.api_option("A numeric per-image column (a loss, an error) tested per slice as well."),
-    from_: Optional[str] = typer.Option(
-        None, "--from", help="With --to: audit the residual from this set (a selector) in every slice, not the images."
+    from_: Optional[str] = cli.api_option(
+        "With --to: audit the residual from this set (a selector) in every slice, not the images.", "--from"
     ),
-    to: Optional[str] = typer.Option(
-        None, help="The residual's target set; each group holding both sets gives its own to-minus-from difference."
+    to: Optional[str] = cli.api_option(
+        "The residual's target set; each group holding both sets gives its own to-minus-from difference."
     ),
     vocab: Optional[str] = cli.api_option(
         "Vocabulary that describes each slice, as in explain-residual: concepts, tokens, words, model, or a file "

@@ -45,16 +45,16 @@ def _open_runs(runs) -> list:
 def read_side_table(path: str | os.PathLike) -> pd.DataFrame:
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"--metadata {display_path(str(p))} does not exist or is not a file.").naming("metadata")
+        raise ConfigError(f"'metadata' {display_path(str(p))} does not exist or is not a file.").naming("metadata")
     if p.suffix.lower() == ".csv":
         table = pd.read_csv(p)
     elif p.suffix.lower() in (".parquet", ".pq"):
         table = pd.read_parquet(p)
     else:
-        raise ConfigError(f"--metadata {p.name}: a side table is a .csv or .parquet file.").naming("metadata")
+        raise ConfigError(f"'metadata' {p.name}: a side table is a .csv or .parquet file.").naming("metadata")
     if "path" not in table.columns:
         raise ConfigError(
-            f"--metadata {p.name} has no 'path' column (its columns: {', '.join(map(str, table.columns))}). Fix: "
+            f"'metadata' {p.name} has no 'path' column (its columns: {', '.join(map(str, table.columns))}). Fix: "
             "name the column of image paths 'path'."
         ).naming("metadata")
     return table
@@ -66,7 +66,7 @@ def join_side_table(meta: pd.DataFrame, table: pd.DataFrame, source: str) -> pd.
     clash = [c for c in table.columns if c != "path" and c in meta.columns]
     if clash:
         raise ConfigError(
-            f"--metadata {source} repeats the run's column(s) {clash}. Fix: rename them in the side table."
+            f"'metadata' {source} repeats the run's column(s) {clash}. Fix: rename them in the side table."
         ).naming("metadata")
     table = table.drop_duplicates("path").assign(path=lambda t: t["path"].astype(str))
     for key in ("path", "file"):
@@ -79,7 +79,7 @@ def join_side_table(meta: pd.DataFrame, table: pd.DataFrame, source: str) -> pd.
             return pd.concat([meta.reset_index(drop=True), joined], axis=1)
     example = meta["path"].astype(str).head(2).tolist()
     raise ConfigError(
-        f"--metadata {source} matches no image path of the runs (the runs' paths look like {example}; the table's "
+        f"'metadata' {source} matches no image path of the runs (the runs' paths look like {example}; the table's "
         f"like {table['path'].head(2).tolist()}). Fix: write the paths as the manifest did."
     ).naming("metadata")
 
@@ -106,7 +106,7 @@ def _paired_sets(X: np.ndarray, meta: pd.DataFrame, from_: str, to: str):
     m_from = Selector.parse(from_).mask(meta, "the audited runs")
     m_to = Selector.parse(to).mask(meta, "the audited runs")
     if (m_from & m_to).any():
-        raise ConfigError(f"--from {from_!r} and --to {to!r} share {int((m_from & m_to).sum())} image(s).")
+        raise ConfigError(f"'from_' {from_!r} and 'to' {to!r} share {int((m_from & m_to).sum())} image(s).")
     group = meta["group"].astype(str)
     both = set(group[m_from]) & set(group[m_to])
     keep = (m_from | m_to) & group.isin(both).to_numpy()
@@ -133,7 +133,7 @@ def _by_columns(by, meta: pd.DataFrame, bins: int) -> list[str]:
     if cols == ["all"]:
         cols = categorical_columns(meta, bins)
         if not cols:
-            raise ConfigError("--by all: the runs' metadata has no column with 2 to 50 values.").naming("by")
+            raise ConfigError("by='all': the runs' metadata has no column with 2 to 50 values.").naming("by")
     return cols
 
 
@@ -177,11 +177,11 @@ def audit(
     for name, col in (("within", within), ("score", score)):
         if col is not None and col not in meta.columns:
             raise ConfigError(
-                f"--{name} {col!r} is not a column of the runs' metadata. Columns: {', '.join(meta.columns)}."
+                f"{col!r} (given as '{name}') is not a column of the runs' metadata. Columns: {', '.join(meta.columns)}."
             ).naming(name)
     sets = None
     if (from_ is None) != (to is None):
-        raise ConfigError("Pass both --from and --to (the two sets whose residual is audited), or neither.")
+        raise ConfigError("Pass both 'from_' and 'to' (the two sets whose residual is audited), or neither.")
     if from_ is not None:
         X, meta, sets = _paired_sets(X, meta, from_, to)
     groups = meta["group"].to_numpy() if "group" in meta and meta["group"].notna().any() else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from embedlab._validate import Interval, check_param
 from embedlab.analysis.formula import l2n
 from embedlab.errors import ConfigError, InvalidParameterError
 from embedlab.reports.projection import pca_arrow, subsample
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 HIDDEN_COLUMNS = {"content_sha1", "manifest_line", "file", "notes", "frames", "mode"}
@@ -78,6 +82,16 @@ def map_views(X: np.ndarray, methods, seed: int, res_vec, masks) -> list[dict]:
     return views
 
 
+def _residual_overlay(residual, meta, dim: int) -> tuple:
+    """The residual drawn over the map: its unit vector, its sets' masks over the sample, and its info."""
+    from embedlab.analysis.residual_file import load_residual
+
+    res = load_residual(residual)
+    if len(res.vector) != dim:
+        raise ConfigError(f"Residual {residual} has dimension {len(res.vector)}, the run {dim}.")
+    return l2n(res.vector), _masks(meta, res.info), res.info
+
+
 def map_data(
     run,
     *,
@@ -100,20 +114,12 @@ def map_data(
     idx = subsample(n_total, max_points, seed)
     X = np.asarray(r.take(idx), np.float64)  # only the sample is read into memory
     meta = r.metadata.iloc[idx].reset_index(drop=True)
-    res_vec, masks, res_info = None, None, None
-    if residual:
-        from embedlab.analysis.residual_file import load_residual
-
-        res = load_residual(residual)
-        if len(res.vector) != X.shape[1]:
-            raise ConfigError(f"Residual {residual} has dimension {len(res.vector)}, the run {X.shape[1]}.")
-        res_vec, res_info = l2n(res.vector), res.info
-        masks = _masks(meta, res.info)
+    res_vec, masks, res_info = _residual_overlay(residual, meta, X.shape[1]) if residual else (None, None, None)
     columns = _columns(meta)
     if color_by not in columns:
         raise ConfigError(f"No metadata column {color_by!r} to colour by. Columns: {', '.join(columns)}.")
     files = meta["file"].astype(str).tolist() if "file" in meta.columns else [None] * len(meta)
-    thumbs = [thumb_data_uri(f, thumb_px) if f else None for f in files]
+    thumbs = [thumb_data_uri(f, thumb_px) if f and thumb_px else None for f in files]  # thumb_px 0: none
     label_col = "path" if "path" in meta.columns else next(iter(columns))
     sample = (
         f"all {n_total} images"
@@ -153,12 +159,16 @@ def embedding_map(
     seed: int = 0,
     methods=("pca", "umap"),
     nav: list | None = None,
-) -> dict:
-    """Write the interactive map of a run (default RUN/map.html); returns {"files": {"html": path}, "points": shown,
-    "of": images in the run}."""
+) -> "dict | Figure":
+    """Write the interactive map of a run to `out` (the CLI: RUN/map.html); returns {"files": {"html": path},
+    "points": shown, "of": images in the run}. Without `out` (a notebook) nothing is written: returns a static
+    matplotlib Figure of the same views (`map_figure`)."""
     from embedlab.reports.html import asset, json_for_script, render_page
 
-    out = Path(out) if out else Path(run) / "map.html"
+    if out is None:
+        kw = dict(residual=residual, color_by=color_by, max_points=max_points, seed=seed, methods=methods)
+        return map_figure(map_data(run, thumb_px=0, **kw))
+    out = Path(out)
     if out.exists() and out.is_dir():
         raise InvalidParameterError(
             f"The 'out' parameter of embedding_map is a folder ({out}); give the .html file to write.",
@@ -185,6 +195,41 @@ def embedding_map(
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, page.encode())
     return {"files": {"html": out}, "points": data["n_shown"], "of": data["n_total"]}
+
+
+def map_figure(data: dict):
+    """The map's views (`map_data`) as one matplotlib Figure, a panel per view: points coloured by the
+    `color_by` column (categories, or a colour scale for numbers), the residual's arrow, the sample in the title. A
+    Figure not registered with pyplot: no backend is switched and a notebook shows it once."""
+    import matplotlib.text
+    from matplotlib.figure import Figure
+
+    views = data["views"]
+    fig = Figure(figsize=(6.5 * max(1, len(views)), 5.5), layout="constrained")
+    axes = fig.subplots(1, max(1, len(views)), squeeze=False)[0]
+    values = data["columns"][data["color_by"]]
+    numeric = all(v is None or isinstance(v, (int, float)) for v in values)
+    for ax, view in zip(axes, views):
+        xy = np.asarray(view["xy"], float).reshape(-1, 2)
+        if numeric:
+            c = np.array([np.nan if v is None else v for v in values], float)
+            fig.colorbar(ax.scatter(xy[:, 0], xy[:, 1], c=c, s=14, alpha=0.8), ax=ax, label=data["color_by"])
+        else:
+            labels = np.asarray(values, object)
+            for lab in sorted(set(values)):
+                m = labels == lab
+                ax.scatter(xy[m, 0], xy[m, 1], s=14, alpha=0.75, label=f"{lab} ({int(m.sum())})")
+            ax.legend(fontsize=8, loc="best")
+        if view["arrow"] is not None:
+            (x0, y0), (x1, y1) = view["arrow"]
+            ax.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops=dict(arrowstyle="->", lw=2.2, color="k"))
+        ax.set_xlabel(view["axes"][0])
+        ax.set_ylabel(view["axes"][1])
+        title = f"{view['name']} of {Path(data['run']).name}, by {data['color_by']}\n{data['sample']}"
+        ax.set_title(title, fontsize=10)
+    for t in fig.findobj(matplotlib.text.Text):  # metadata values as plain text, never mathtext
+        t.set_parse_math(False)
+    return fig
 
 
 def _shown(path: str, base: Path) -> str:

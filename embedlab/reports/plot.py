@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -16,6 +17,9 @@ from embedlab.analysis.formula import l2n
 from embedlab.errors import ConfigError
 from embedlab.reports.projection import pca_2d, stratified_sample, umap_2d
 from embedlab.runs.store import Run
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -72,20 +76,24 @@ def plot(
     seed: int = 0,
     max_points: int = 10_000,
     progress: bool = True,
-) -> dict:
-    """Write embedding maps (PNG) and, optionally, a TensorBoard projector export into `out` (default RUN/plots).
+) -> "dict | Figure":
+    """Write embedding maps (PNG) and, optionally, a TensorBoard projector export into `out` (the CLI: RUN/plots).
     Returns {"files": {"pca", "umap", "projector", "sample": path}, "points": drawn, "of": images in the run}.
 
     A run of more than `max_points` images is drawn from a seeded sample stratified by `color_by` and group
     (`stratified_sample`), read block by block from the memory-mapped shards; every title and sample.json state
-    its size."""
+    its size.
+
+    Without `out` (a notebook) nothing is written: returns one matplotlib Figure with a panel per map (the CLI
+    passes RUN/plots)."""
     import matplotlib
 
-    matplotlib.use("Agg")
-
     r = Run(run)
-    out = Path(out) if out else r.path / "plots"
-    out.mkdir(parents=True, exist_ok=True)
+    figure = None if out is not None else _panels(len(methods))
+    if out is not None:
+        matplotlib.use("Agg")
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
     X, meta, sample, size_note = _sampled(r, color_by, residual, max_points, seed, progress)
     labels = meta[color_by].astype(str).to_numpy()
     res = res_vec = None
@@ -107,11 +115,15 @@ def plot(
             Y, pca = umap_2d(X, seed), None
         else:
             raise ConfigError(f"Unknown map method {method!r}; choose pca or umap.")
-        path = out / f"map_{method}.png"
-        _draw_map(
-            X, Y, pca, labels, meta, method, color_by, size_note, path, residual=residual, res=res, res_vec=res_vec
-        )
+        path = out / f"map_{method}.png" if out is not None else None
+        arrow = (res, res_vec) if residual is not None else None
+        ax = figure.axes[len(files)] if figure is not None else None
+        _draw_map(X, Y, pca, labels, meta, method, color_by, size_note, path, arrow=arrow, ax=ax)
         files[method] = str(path)
+    if figure is not None:  # a notebook: the Figure, nothing written (panels of skipped maps removed)
+        for ax in figure.axes[len(files) :]:
+            figure.delaxes(ax)
+        return figure
     if projector:
         files["projector"] = str(export_projector(X, meta, out / "projector"))
     from embedlab._io import atomic_write_json
@@ -121,31 +133,29 @@ def plot(
     return {"files": files, "points": sample["points"], "of": sample["of"]}
 
 
+def _panels(n: int):
+    """A matplotlib Figure (not registered with pyplot: no backend is switched, nothing shown twice) with n panels."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5 * max(1, n), 5.5), layout="constrained")
+    fig.subplots(1, max(1, n), squeeze=False)
+    return fig
+
+
 def _draw_map(
-    X,
-    Y,
-    pca,
-    labels,
-    meta,
-    method: str,
-    color_by: str,
-    size_note: str,
-    path: Path,
-    *,
-    residual=None,
-    res=None,
-    res_vec=None,
+    X, Y, pca, labels, meta, method: str, color_by: str, size_note: str, path: Path | None, *, arrow=None, ax=None
 ) -> None:
-    """Draw one 2-D map (points by label, optional residual arrow) and save it as PNG at `path`."""
+    """Draw one 2-D map (points by label, optional residual arrow: `arrow` is (the Residual, its unit vector)) on
+    `ax`, or on a figure of its own saved as PNG at `path`."""
     import matplotlib
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    fig, ax = plt.subplots(figsize=(6.5, 5.5)) if ax is None else (ax.figure, ax)
     for lab in sorted(set(labels)):
         m = labels == lab
         ax.scatter(Y[m, 0], Y[m, 1], s=14, alpha=0.75, label=f"{lab} ({m.sum()})")
-    if residual is not None:
-        _draw_residual_arrow(ax, X, Y, pca, meta, res, res_vec)
+    if arrow is not None:
+        _draw_residual_arrow(ax, X, Y, pca, meta, *arrow)
     ax.set_title(
         f"{method.upper()} of image embeddings ({'cosine' if method == 'umap' else 'linear'}), by {color_by}\n"
         f"{size_note}",
@@ -161,8 +171,9 @@ def _draw_map(
     ax.legend(fontsize=8, loc="best")
     for t in fig.findobj(matplotlib.text.Text):  # user strings (metadata values) as plain text, never mathtext
         t.set_parse_math(False)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    if path is not None:
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
 
 
 def _draw_residual_arrow(ax, X, Y, pca, meta, res, res_vec) -> None:
