@@ -42,6 +42,8 @@ class AuditConfig:
     bootstrap: int = 200  # group-bootstrap draws of each slice's effect
     max_slices: int = 2000
     exemplars: int = 6
+    engine: str = "local"  # the pass over the runs' vectors: local, or ray (one task per shard)
+    memory_budget: str = "4G"  # the unit vectors held for the permutations must fit in this
 
 
 @dataclass
@@ -271,15 +273,42 @@ def audit_vectors(
     `sets` (per image, True for the 'to' set, False for 'from') audits the residual instead: each group's unit is its
     own to-minus-from difference, so a slice differs when the residual within it differs from the residual in the
     rest (does the backlit -> well-lit residual carry something extra in some slice?)."""
-    cfg = config or AuditConfig()
     if len(meta) != len(X):
         raise ConfigError(f"{len(meta)} metadata rows but {len(X)} vectors.")
     if E.shape[1] != X.shape[1]:
         raise ConfigError(f"The vocabulary's embeddings have dimension {E.shape[1]}, the images {X.shape[1]}.")
     check_columns(meta, by, "The audited images' metadata")
     units = make_units(X, groups) if sets is None else make_paired_units(X, groups, sets)
-    fam = define_slices(meta, by, units.codes, bins=cfg.bins, depth=cfg.depth, min_groups=cfg.min_groups,
-                        max_slices=cfg.max_slices)  # fmt: skip
+    result = audit_units(units, meta, by, E, concepts, within=within, scores=scores, config=config)
+    if sets is not None:
+        result.slices["residual_cos_global"] = slice_residual_cosines(X, sets, [result.masks[s] for s in result.masks])
+        result.info["audits"] = PAIRED
+    return result
+
+
+PAIRED = "the residual: each group's to-minus-from difference, slice against rest"
+
+
+def audit_units(
+    units: Units,
+    meta: pd.DataFrame,
+    by: list[str],
+    E: np.ndarray,
+    concepts: list[str],
+    *,
+    within=None,
+    scores=None,
+    config: AuditConfig | None = None,
+    family: SliceFamily | None = None,
+) -> AuditResult:
+    """`audit_vectors` from the test units' mean vectors (`Units`: what one streamed pass over a run gives, so that
+    no image vector is held). `family`: the metadata slices when already defined (`define_slices`)."""
+    cfg = config or AuditConfig()
+    if family is None:
+        check_columns(meta, by, "The audited images' metadata")
+        family = define_slices(meta, by, units.codes, bins=cfg.bins, depth=cfg.depth, min_groups=cfg.min_groups,
+                               max_slices=cfg.max_slices)  # fmt: skip
+    fam = SliceFamily(list(family.slices), family.columns, list(family.skipped))
     y = None
     if scores is not None:
         y = np.bincount(units.codes, weights=np.asarray(scores, np.float64), minlength=units.G) / units.sizes
@@ -293,14 +322,10 @@ def audit_vectors(
             f"No slice has {cfg.min_groups} units inside and outside it ({'; '.join(fam.skipped[:5])}). Fix: lower "
             "'min_groups', audit other columns, or add images."
         ).naming("min_groups")
-    result = _assemble(X, meta, units, fam, E, concepts, within, y, test_half, split, cfg)
-    if sets is not None:
-        result.slices["residual_cos_global"] = slice_residual_cosines(X, sets, [sl.mask for sl in fam.slices])
-        result.info["audits"] = "the residual: each group's to-minus-from difference, slice against rest"
-    return result
+    return _assemble(meta, units, fam, E, concepts, within, y, test_half, split, cfg)
 
 
-def _assemble(X, meta, units, fam, E, concepts, within, y, test_half, split, cfg) -> AuditResult:
+def _assemble(meta, units, fam, E, concepts, within, y, test_half, split, cfg) -> AuditResult:
     from embedlab.analysis.slices import unit_fractions
 
     S = len(fam.slices)
@@ -337,7 +362,7 @@ def _assemble(X, meta, units, fam, E, concepts, within, y, test_half, split, cfg
     result = AuditResult(table, concept_table, columns, info)
     result.jaccard = _jaccard_table(table, fam)
     result.masks = {s: sl.mask for s, sl in enumerate(fam.slices)}
-    result.figures, result.exemplars = _figures(table, concept_table, ctx, X, units, fam, D, cfg.exemplars)
+    result.figures, result.exemplars = _figures(concept_table, ctx, des.U, units, fam, D, cfg.exemplars)
     return result
 
 
@@ -394,21 +419,25 @@ def _jaccard_table(table: pd.DataFrame, fam: SliceFamily, most: int = 12) -> pd.
     return pd.DataFrame(J, index=listed["name"], columns=listed["name"])
 
 
-def _figures(table, concepts, ctx, X, units, fam, D, n_exemplars: int):
+def _figures(concepts, ctx, U: np.ndarray, units: Units, fam, D, n_exemplars: int):
     """Per slice: its units' similarity to its first concept, inside and outside (the page's histograms), and the
-    rows of its most typical images (largest projection on its difference vector)."""
+    first image of each of its most typical units (largest projection of the unit's vector on the slice's difference
+    vector), so that an exemplar shows what the slice has more of."""
     figures, exemplars = {}, {}
+    first_row = np.zeros(units.G, np.int64)
+    present, first = np.unique(units.codes, return_index=True)
+    first_row[present] = first
     for s, sl in enumerate(fam.slices):
         mine = concepts[concepts["slice_id"] == s] if not concepts.empty else concepts
         if len(mine):
-            j = int(mine.sort_values(["rank", "side"]).iloc[0]["vocab_index"])
-            sims = ctx["sims"][:, j]
-            figures[s] = {"concept": str(mine.sort_values(["rank", "side"]).iloc[0]["concept"]),
-                          "slice": sims[ctx["inside"][:, s]], "rest": sims[ctx["outside"][:, s]]}  # fmt: skip
-        rows = np.flatnonzero(sl.mask)
-        if n_exemplars and len(rows):
-            proj = l2n(np.asarray(X[rows], np.float64)) @ l2n(D[s])
-            exemplars[s] = rows[np.argsort(-proj)[:n_exemplars]].tolist()
+            top = mine.sort_values(["rank", "side"]).iloc[0]
+            sims = ctx["sims"][:, int(top["vocab_index"])]
+            figures[s] = {"concept": str(top["concept"]), "slice": sims[ctx["inside"][:, s]],
+                          "rest": sims[ctx["outside"][:, s]]}  # fmt: skip
+        inside = np.flatnonzero(ctx["inside"][:, s])
+        if n_exemplars and len(inside):
+            proj = U[inside] @ l2n(D[s])
+            exemplars[s] = first_row[inside[np.argsort(-proj)[:n_exemplars]]].tolist()
     return figures, exemplars
 
 

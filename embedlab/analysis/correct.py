@@ -193,6 +193,43 @@ def _origins(parts: list, first: int) -> tuple[list, list, list]:
     return dirs, edits, origin
 
 
+def _edit_parts(res, r, remove, remove_pair, remove_labelled, preset, k, vocab, templates, device, source) -> list:
+    """Each kind of edit asked for as (directions, edits), in the order concepts, pairs, labelled images, preset."""
+    from embedlab import models
+
+    mi = res.info["model"]
+    # as in explain: the network is built (and its weights checked against the residual's) only if some text
+    # is not in the text-embedding cache
+    lm = (
+        models.TextModelHandle(mi["model"], mi["pretrained"], mi["weights_sha256"], len(r), device)
+        if (remove or remove_pair or preset)
+        else None
+    )
+    parts = []
+    if remove:
+        parts.append(_concept_edits(lm, remove, vocab, templates))
+    if remove_pair:
+        parts.append(_pair_edits(lm, remove_pair))
+    if remove_labelled:
+        parts.append(_labelled_edits(remove_labelled, mi, len(r), source))
+    if preset == "rave-shift":
+        parts.append(_rave_shift_edits(lm, r, k))
+    return parts
+
+
+def _per_direction(D: np.ndarray, origin: list, edits: list, r: np.ndarray, r_new: np.ndarray) -> list[dict]:
+    """Per removed direction: its edit's index, label, and the residual's projection on it before and after."""
+    return [
+        {
+            "edit": e,
+            "label": edit_label(edits[e], j, n),
+            "projection_before": float(l2n(d) @ r),
+            "projection_after": float(l2n(d) @ r_new),
+        }
+        for d, (e, j, n) in zip(D, origin)
+    ]
+
+
 def correct(
     residual: "str | os.PathLike | Residual",
     out: str | os.PathLike | None = None,
@@ -215,10 +252,7 @@ def correct(
     `residual`: its .npy or a `Residual` (a notebook's); `out` None: the result stays in memory (not written).
     Returns the corrected Residual (`.files`: the .npy and its sidecar); its info["correction"]["directions"] has,
     per removed direction, `edit` (its index in info["edits"]), `label` and the projections before and after."""
-    from embedlab import models
-
     res = as_residual(residual)  # a Residual (a notebook's) or its file
-    mi = res.info["model"]
     if not (remove or remove_pair or remove_labelled or preset):
         raise InvalidParameterError(
             "The 'remove' parameter of correct, or 'remove_pair', 'remove_labelled' or "
@@ -229,22 +263,7 @@ def correct(
         )
     check_param("preset", preset, tuple(PRESETS), "correct", allow_none=True)
     r = l2n(res.vector)
-    # as in explain: the network is built (and its weights checked against the residual's) only if some text
-    # is not in the text-embedding cache
-    lm = (
-        models.TextModelHandle(mi["model"], mi["pretrained"], mi["weights_sha256"], len(r), device)
-        if (remove or remove_pair or preset)
-        else None
-    )
-    parts = []
-    if remove:
-        parts.append(_concept_edits(lm, remove, vocab, templates))
-    if remove_pair:
-        parts.append(_pair_edits(lm, remove_pair))
-    if remove_labelled:
-        parts.append(_labelled_edits(remove_labelled, mi, len(r), residual))
-    if preset == "rave-shift":
-        parts.append(_rave_shift_edits(lm, r, k))
+    parts = _edit_parts(res, r, remove, remove_pair, remove_labelled, preset, k, vocab, templates, device, residual)
     earlier = list(res.info.get("edits", []))
     dirs, edits, origin = _origins(parts, len(earlier))
     D = np.array(dirs)
@@ -253,19 +272,10 @@ def correct(
     r_new, stats = project_out(r, D)
     info = dict(res.info)
     info["edits"] = earlier + [dict(e) for e in edits]
-    per_dir = [
-        {
-            "edit": e,
-            "label": edit_label(info["edits"][e], j, n),
-            "projection_before": float(l2n(d) @ r),
-            "projection_after": float(l2n(d) @ r_new),
-        }
-        for d, (e, j, n) in zip(D, origin)
-    ]
     v_to = res.v_to
     info["correction"] = dict(
         stats,
-        directions=per_dir,
+        directions=_per_direction(D, origin, info["edits"], r, r_new),
         thr_before=res.thr,
         thr_after=float(v_to @ r_new),
         source_residual=str(res.path.resolve()) if res.path is not None else None,

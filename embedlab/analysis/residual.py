@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +169,65 @@ def _open_runs(run, to_run) -> tuple[Run, Run]:
     return r_from, r_to
 
 
+def _resolve_sets(run, from_, to, to_run) -> tuple[Run, Run, str, str]:
+    """The run of each set and each set's selector (a run's only set where it is not named); `residual(run_a,
+    run_b)`: the second argument is the second run, not a selector."""
+    if to_run is None and _is_run(from_):
+        from_, to_run = None, from_
+    r_from, r_to = _open_runs(run, to_run)
+    from_ = _only_set(r_from, "from_") if from_ is None else from_
+    to = _only_set(r_to, "to") if to is None else to
+    return r_from, r_to, from_, to
+
+
+@dataclass
+class _Pass:
+    """What the pass over the runs gives: each set's mask, metadata rows and sums, the bootstrap's unit and scheme,
+    the group codes, the group bootstrap's draws (a future, or None) and the non-semantic samples."""
+
+    m_from: np.ndarray
+    m_to: np.ndarray
+    meta_from: SetRows
+    meta_to: SetRows
+    st_from: dict
+    st_to: dict
+    unit: str
+    scheme: str
+    c_from: np.ndarray | None
+    c_to: np.ndarray | None
+    draws: object
+    samples: tuple
+
+
+def _one_pass(r_from: Run, r_to: Run, from_: str, to: str, method, bootstrap, seed, budget, block, progress) -> _Pass:
+    """Read the sets and stream their sums, then check that the sets' means are told apart at the stored precision.
+    One side thread: numba's start-up overlaps the metadata read; the sample's parquet reads and the bootstrap
+    draws overlap the vector pass."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as side:
+        kernel = side.submit(preload_accumulate_kernel)
+        m_from, m_to, meta_from, meta_to = _read_sets(r_from, r_to, from_, to)
+        samples = side.submit(nonsemantic_samples, meta_from, meta_to, NONSEMANTIC_SAMPLE, seed)
+        st_from, st_to, unit, scheme, c_from, c_to, draws = _stream_sets(
+            r_from, r_to, m_from, m_to, meta_from, meta_to, method, bootstrap, seed, budget, block, progress, side
+        )
+        kernel.result()
+    check_separation(
+        separation(st_from["sum"], st_from["count"], st_to["sum"], st_to["count"], method),
+        r_from.manifest.get("vector_dtype", "float32"),
+        f"{r_from.path}:{from_}",
+        f"{r_to.path}:{to}",
+    )
+    return _Pass(m_from, m_to, meta_from, meta_to, st_from, st_to, unit, scheme, c_from, c_to, draws, samples.result())
+
+
+def _stability(p: _Pass, r: np.ndarray, bootstrap: int, seed: int, method: str, progress: bool) -> dict:
+    """The bootstrap's summary of the residual's stability, from the pass's sums (and draws)."""
+    draws = p.draws.result() if p.draws is not None else None
+    return _bootstrap([p.st_from, p.st_to], r, bootstrap, seed, method, p.unit, BOOT_SCHEMES[p.scheme], progress, draws)
+
+
 def residual(
     run: "str | os.PathLike | Run",
     from_: "str | os.PathLike | Run | None" = None,
@@ -199,97 +259,62 @@ def residual(
     budget = parse_bytes(memory_budget)
     if out is not None:
         check_residual_target(out, overwrite)  # before any run is read: an existing file not ours needs 'overwrite'
-    if to_run is None and _is_run(from_):  # residual(run_a, run_b): the second run, not a selector
-        from_, to_run = None, from_
-    r_from, r_to = _open_runs(run, to_run)
-    from_ = _only_set(r_from, "from_") if from_ is None else from_
-    to = _only_set(r_to, "to") if to is None else to
-    from concurrent.futures import ThreadPoolExecutor
-
-    # one side thread: numba's start-up overlaps the metadata read; the sample's parquet reads and the bootstrap
-    # draws overlap the vector pass
-    with ThreadPoolExecutor(1) as side:
-        kernel = side.submit(preload_accumulate_kernel)
-        m_from, m_to, meta_from, meta_to = _read_sets(r_from, r_to, from_, to)
-        samples = side.submit(nonsemantic_samples, meta_from, meta_to, NONSEMANTIC_SAMPLE, seed)
-        st_from, st_to, unit, scheme, c_from, c_to, draws = _stream_sets(
-            r_from, r_to, m_from, m_to, meta_from, meta_to, method, bootstrap, seed, budget, block, progress, side
-        )
-        kernel.result()
-
-    r, thr, v_from, v_to = residual_from_sums(st_from["sum"], st_from["count"], st_to["sum"], st_to["count"], method)
-    check_separation(
-        separation(st_from["sum"], st_from["count"], st_to["sum"], st_to["count"], method),
-        r_from.manifest.get("vector_dtype", "float32"),
-        f"{r_from.path}:{from_}",
-        f"{r_to.path}:{to}",
-    )
-    stab = (
-        _bootstrap(
-            [st_from, st_to],
-            r,
-            bootstrap,
-            seed,
-            method,
-            unit,
-            BOOT_SCHEMES[scheme],
-            progress,
-            draws.result() if draws is not None else None,
-        )
-        if bootstrap > 0
-        else None
-    )
-    nonsem = compare_nonsemantic(*samples.result())
-    nonsem["sample"] = {
-        "max_per_set": NONSEMANTIC_SAMPLE,
-        "seed": seed,
-        "from": min(len(meta_from), NONSEMANTIC_SAMPLE),
-        "to": min(len(meta_to), NONSEMANTIC_SAMPLE),
-    }
-    for w in nonsem["warnings"]:
-        log.warning("residual: %s", w)
-    mi = r_from.manifest
+    r_from, r_to, from_, to = _resolve_sets(run, from_, to, to_run)
+    p = _one_pass(r_from, r_to, from_, to, method, bootstrap, seed, budget, block, progress)
+    a, b = p.st_from, p.st_to
+    r, thr, v_from, v_to = residual_from_sums(a["sum"], a["count"], b["sum"], b["count"], method)
+    stab = _stability(p, r, bootstrap, seed, method, progress) if bootstrap > 0 else None
     info = {
         "embedlab_residual": 1,
         "method": method,
         "thr": thr,
         "thr_definition": "<v_to, r> (the paper's target projection)",
-        "model": {
-            "model": mi["model"],
-            "pretrained": mi["pretrained"],
-            "weights_sha256": mi["weights_sha256"],
-            "preprocess": mi["preprocess"],
-            "decode": mi["decode"],
-            "embed_dim": mi["embed_dim"],
-            "image_size": mi.get("image_size"),
-        },
-        "from": {
-            "run": str(r_from.path.resolve()),
-            "selector": from_,
-            "count": int(m_from.sum()),
-            "groups": int(c_from.max()) + 1 if c_from is not None and len(c_from) else None,
-            "manifest_fingerprint": mi.get("source_manifest_fingerprint"),
-            "input_hash": mi.get("input_hash"),
-        },
-        "to": {
-            "run": str(r_to.path.resolve()),
-            "selector": to,
-            "count": int(m_to.sum()),
-            "groups": int(c_to.max()) + 1 if c_to is not None and len(c_to) else None,
-            "manifest_fingerprint": r_to.manifest.get("source_manifest_fingerprint"),
-            "input_hash": r_to.manifest.get("input_hash"),
-        },
+        "model": _model_record(r_from.manifest),
+        "from": _set_record(r_from, from_, p.m_from, p.c_from),
+        "to": _set_record(r_to, to, p.m_to, p.c_to),
         "cos_v_from_v_to": float(v_from @ v_to),
         "v_from": v_from.astype(np.float32).tolist(),
         "v_to": v_to.astype(np.float32).tolist(),
         "bootstrap": stab,
-        "nonsemantic": nonsem,
+        "nonsemantic": _nonsemantic(p.samples, len(p.meta_from), len(p.meta_to), seed),
         "edits": [],
     }
     if out is None:
         return Residual(r.astype(np.float32), dict(info, dim=int(len(r))), None)
     save_residual(out, r, info)
     return Residual(r.astype(np.float32), info, Path(out))
+
+
+def _nonsemantic(samples, n_from: int, n_to: int, seed: int) -> dict:
+    """The non-semantic comparison of the two sets' samples, with how they were sampled; its warnings logged."""
+    nonsem = compare_nonsemantic(*samples)
+    nonsem["sample"] = {
+        "max_per_set": NONSEMANTIC_SAMPLE,
+        "seed": seed,
+        "from": min(n_from, NONSEMANTIC_SAMPLE),
+        "to": min(n_to, NONSEMANTIC_SAMPLE),
+    }
+    for w in nonsem["warnings"]:
+        log.warning("residual: %s", w)
+    return nonsem
+
+
+def _model_record(mi: dict) -> dict:
+    """The sidecar's record of the model (from the run manifest of the `from_` set)."""
+    keys = ("model", "pretrained", "weights_sha256", "preprocess", "decode", "embed_dim")
+    return {**{k: mi[k] for k in keys}, "image_size": mi.get("image_size")}
+
+
+def _set_record(run: Run, selector: str, mask: np.ndarray, codes) -> dict:
+    """The sidecar's record of one set: its run, selector, size, groups and the run's input provenance."""
+    return {
+        "run": str(run.path.resolve()),
+        "selector": selector,
+        "count": int(mask.sum()),
+        "groups": int(codes.max()) + 1 if codes is not None and len(codes) else None,
+        "manifest_fingerprint": run.manifest.get("source_manifest_fingerprint"),
+        "input_hash": run.manifest.get("input_hash"),
+    }
 
 
 def _is_run(value) -> bool:

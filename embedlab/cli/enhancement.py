@@ -24,6 +24,34 @@ IdentityChoice = cli.choices("IdentityChoice", IDENTITY_LOSSES)
 _TC = TrainConfig()  # train's help states the defaults of the dataclass, never retyped
 
 
+# train's help of the options that override the preset (default None), each stating TrainConfig's default
+_PRESET_HELP = {
+    "init": "reconstruct (the paper's identity-loss warm-up), identity "
+    "(output = input at step 0) or a checkpoint (embedlab's or a published .pth).",
+    "iters": f"Network iterations in total, reconstruction included ({_TC.iters:,}).",
+    "recon_iters": f"Reconstruction warm-up iterations, init reconstruct ({_TC.recon_iters:,}).",
+    "stage_iters": f"Network iterations per stage ({_TC.stage_iters:,}).",
+    "guidance_iters": f"Prompt/latent refinement iterations per cycle ({_TC.guidance_iters:,}).",
+    "guidance_init_iters": f"Prompt/latent cross-entropy initialisation ({_TC.guidance_init_iters:,}).",
+    "lr": f"Adam learning rate of the network ({_TC.lr:g}).",
+    "batch_size": f"Batch size ({_TC.batch_size}).",
+    "size": f"Images are squash-resized to SIZE x SIZE before augmentation ({_TC.size}).",
+    "crop": f"Random crop after resizing ({_TC.crop or 'off'}).",
+    "pixel_loss": f"EXTENSION (not in the paper): weight of a pixel loss ({_TC.pixel_loss:g} = off).",
+    "lr_schedule": f"Learning-rate schedule: {cli.registry_help(LR_SCHEDULES)} ({_TC.lr_schedule}).",
+    "grad_clip": f"Clip the gradient's global norm at this ({_TC.grad_clip or 'off'}; the paper: off).",
+    "ema": f"Export an exponential moving average of the weights with this decay ({_TC.ema or 'off'}; the paper: off).",
+    "identity_weight": f"Weight of the identity term in guided training ({_TC.identity_weight:g}, the paper's).",
+    "padding": f"The trained network's padding: {cli.registry_help(PADDINGS)} ({_TC.padding}).",
+    "seed": f"Random seed ({_TC.seed}).",
+}
+
+
+def _preset_option(name: str):
+    """An option of train that overrides the preset's value (default None: the preset's)."""
+    return typer.Option(None, help=_PRESET_HELP[name])
+
+
 @app.command("train")
 @handle_errors
 def train_cmd(
@@ -51,51 +79,23 @@ def train_cmd(
     preset: PresetChoice = cli.api_option(
         "Overrides of the defaults below. " + cli.registry_help(list_presets()) + "."
     ),
-    init: Optional[str] = typer.Option(
-        None,
-        help="reconstruct (the paper's identity-loss warm-up), identity "
-        "(output = input at step 0) or a checkpoint (embedlab's or a published .pth).",
-    ),
-    iters: Optional[int] = typer.Option(
-        None, help=f"Network iterations in total, reconstruction included ({_TC.iters:,})."
-    ),
-    recon_iters: Optional[int] = typer.Option(
-        None, help=f"Reconstruction warm-up iterations, init reconstruct ({_TC.recon_iters:,})."
-    ),
-    stage_iters: Optional[int] = typer.Option(None, help=f"Network iterations per stage ({_TC.stage_iters:,})."),
-    guidance_iters: Optional[int] = typer.Option(
-        None, help=f"Prompt/latent refinement iterations per cycle ({_TC.guidance_iters:,})."
-    ),
-    guidance_init_iters: Optional[int] = typer.Option(
-        None, help=f"Prompt/latent cross-entropy initialisation ({_TC.guidance_init_iters:,})."
-    ),
-    lr: Optional[float] = typer.Option(None, help=f"Adam learning rate of the network ({_TC.lr:g})."),
-    batch_size: Optional[int] = typer.Option(None, help=f"Batch size ({_TC.batch_size})."),
-    size: Optional[int] = typer.Option(
-        None, help=f"Images are squash-resized to SIZE x SIZE before augmentation ({_TC.size})."
-    ),
-    crop: Optional[int] = typer.Option(None, help=f"Random crop after resizing ({_TC.crop or 'off'})."),
-    pixel_loss: Optional[float] = typer.Option(
-        None, help=f"EXTENSION (not in the paper): weight of a pixel loss ({_TC.pixel_loss:g} = off)."
-    ),
-    lr_schedule: Optional[str] = typer.Option(
-        None, help=f"Learning-rate schedule: {cli.registry_help(LR_SCHEDULES)} ({_TC.lr_schedule})."
-    ),
-    grad_clip: Optional[float] = typer.Option(
-        None, help=f"Clip the gradient's global norm at this ({_TC.grad_clip or 'off'}; the paper: off)."
-    ),
-    ema: Optional[float] = typer.Option(
-        None,
-        help=f"Export an exponential moving average of the weights with this decay ({_TC.ema or 'off'}; the paper: "
-        f"off).",
-    ),
-    identity_weight: Optional[float] = typer.Option(
-        None, help=f"Weight of the identity term in guided training ({_TC.identity_weight:g}, the paper's)."
-    ),
-    padding: Optional[str] = typer.Option(
-        None, help=f"The trained network's padding: {cli.registry_help(PADDINGS)} ({_TC.padding})."
-    ),
-    seed: Optional[int] = typer.Option(None, help=f"Random seed ({_TC.seed})."),
+    init: Optional[str] = _preset_option("init"),
+    iters: Optional[int] = _preset_option("iters"),
+    recon_iters: Optional[int] = _preset_option("recon_iters"),
+    stage_iters: Optional[int] = _preset_option("stage_iters"),
+    guidance_iters: Optional[int] = _preset_option("guidance_iters"),
+    guidance_init_iters: Optional[int] = _preset_option("guidance_init_iters"),
+    lr: Optional[float] = _preset_option("lr"),
+    batch_size: Optional[int] = _preset_option("batch_size"),
+    size: Optional[int] = _preset_option("size"),
+    crop: Optional[int] = _preset_option("crop"),
+    pixel_loss: Optional[float] = _preset_option("pixel_loss"),
+    lr_schedule: Optional[str] = _preset_option("lr_schedule"),
+    grad_clip: Optional[float] = _preset_option("grad_clip"),
+    ema: Optional[float] = _preset_option("ema"),
+    identity_weight: Optional[float] = _preset_option("identity_weight"),
+    padding: Optional[str] = _preset_option("padding"),
+    seed: Optional[int] = _preset_option("seed"),
     device: str = cli.device_option(),
     overwrite: bool = cli.api_option("Start afresh, deleting an existing run in --out."),
     progress: bool = cli.progress_option(),

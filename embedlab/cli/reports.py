@@ -95,6 +95,10 @@ def audit_cmd(
     alpha: float = cli.api_option("Family-wise level of the headline claims."),
     q: float = cli.api_option("False discovery rate of the exploratory list (hierarchical: slices, then concepts)."),
     bootstrap: int = cli.api_option("Group-bootstrap draws for each slice's effect interval (0: none)."),
+    engine: str = cli.api_option(
+        "local, or ray: the pass over the vectors as one Ray task per shard (a local Ray instance is started)."
+    ),
+    memory_budget: str = cli.api_option("The unit vectors held for the permutations must fit in this (e.g. 4G)."),
     device: str = cli.device_option(),
     progress: bool = cli.progress_option(),
     as_json: bool = cli.json_option(),

@@ -22,19 +22,29 @@ DtypeChoice = cli.choices("DtypeChoice", VECTOR_DTYPES)
 EngineChoice = cli.choices("EngineChoice", ENGINES)
 
 
+# extract's help of its options whose text is longer than a line
+_EXTRACT_HELP = {
+    "manifest": "The images: a data manifest (.jsonl), a folder of images (recursive; role: the folder's name), a "
+    "CSV/TSV/parquet table of image paths (other columns become metadata), a Hugging Face dataset saved to disk "
+    "or its parquet files, or webdataset tars.",
+    "workers": "DataLoader worker processes (default: on a GPU up to 8; on the CPU all cores for small towers, 1 for "
+    "large ones; 0 = in-process). With --engine ray: CPUs (decode threads) per actor.",
+    "decode": "auto (torchvision on CUDA, pil elsewhere), pil (PIL decode + open_clip preprocess) or torchvision "
+    "(batched torchvision.io.decode_jpeg on the device, nvJPEG on CUDA; a different, recorded preprocessing).",
+    "max_aspect": "Refuse images whose long side exceeds this many times the short side (recorded as extreme-aspect; "
+    "bounds the memory of the short-side resize).",
+    "engine": "local (this process and its decode workers) or ray (Ray actors: one per GPU, or per CPU share; pip "
+    "install 'embedlab[ray]').",
+    "address": "--engine ray: address of a running Ray cluster (e.g. auto, or HEAD:6379); default: start a local "
+    "instance. The run folder must be on storage every node mounts at the same path.",
+    "break_lock": "Take over the run folder's lock from a process that is gone (e.g. killed on another machine).",
+}
+
+
 @app.command("extract")
 @handle_errors
 def extract_cmd(
-    manifest: Path = typer.Option(
-        ...,
-        "--manifest",
-        "-m",
-        "--input",
-        "-i",
-        help="The images: a data manifest (.jsonl), a folder of images (recursive; role: the folder's name), a "
-        "CSV/TSV/parquet table of image paths (other columns become metadata), a Hugging Face dataset saved to disk "
-        "or its parquet files, or webdataset tars.",
-    ),
+    manifest: Path = typer.Option(..., "--manifest", "-m", "--input", "-i", help=_EXTRACT_HELP["manifest"]),
     path_column: Optional[str] = cli.api_option("A table input: the column of image paths (default: path)."),
     image_column: Optional[str] = cli.api_option(
         "A Hugging Face dataset input: the image column (default: its Image feature)."
@@ -44,36 +54,19 @@ def extract_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder to create or resume."),
     device: str = cli.device_option(),
     batch_size: int = cli.api_option("Images per forward pass."),
-    workers: Optional[int] = cli.api_option(
-        "DataLoader worker processes (default: on a GPU up to 8; on the CPU all cores for small towers, 1 for "
-        "large ones; 0 = in-process). With --engine ray: CPUs (decode threads) per actor."
-    ),
+    workers: Optional[int] = cli.api_option(_EXTRACT_HELP["workers"]),
     shard_size: int = cli.api_option("Images per shard (the unit of resume)."),
-    decode: DecodeChoice = cli.api_option(
-        "auto (torchvision on CUDA, pil elsewhere), pil (PIL decode + open_clip preprocess) or torchvision "
-        "(batched torchvision.io.decode_jpeg on the device, nvJPEG on CUDA; a different, recorded preprocessing)."
-    ),
+    decode: DecodeChoice = cli.api_option(_EXTRACT_HELP["decode"]),
     dtype: DtypeChoice = cli.api_option("Stored vector dtype."),
     role: Optional[List[str]] = cli.api_option("Only embed images with this set label (repeatable)."),
     overwrite: bool = cli.api_option("Replace a run folder made with another configuration."),
-    max_aspect: float = cli.api_option(
-        "Refuse images whose long side exceeds this many times the short side (recorded as extreme-aspect; bounds "
-        "the memory of the short-side resize)."
-    ),
-    engine: EngineChoice = cli.api_option(
-        "local (this process and its decode workers) or ray (Ray actors: one per GPU, or per CPU share; pip "
-        "install 'embedlab[ray]')."
-    ),
-    address: Optional[str] = cli.api_option(
-        "--engine ray: address of a running Ray cluster (e.g. auto, or HEAD:6379); default: start a local "
-        "instance. The run folder must be on storage every node mounts at the same path."
-    ),
+    max_aspect: float = cli.api_option(_EXTRACT_HELP["max_aspect"]),
+    engine: EngineChoice = cli.api_option(_EXTRACT_HELP["engine"]),
+    address: Optional[str] = cli.api_option(_EXTRACT_HELP["address"]),
     gpus_per_worker: Optional[float] = cli.api_option(
         "--engine ray: GPUs per actor (default 1 when the cluster has GPUs)."
     ),
-    break_lock: bool = cli.api_option(
-        "Take over the run folder's lock from a process that is gone (e.g. killed on another machine)."
-    ),
+    break_lock: bool = cli.api_option(_EXTRACT_HELP["break_lock"]),
     progress: bool = cli.progress_option(),
     as_json: bool = cli.json_option(),
 ):
@@ -83,15 +76,7 @@ def extract_cmd(
     if as_json:
         cli.print_json(summary)
     else:
-        typer.echo(
-            f"run {out}: {summary['embedded']} embedded, {summary['skipped']} skipped"
-            + (
-                f" ({', '.join(f'{k}: {v}' for k, v in summary['skipped_by_reason'].items())}; see {out}/errors.csv)"
-                if summary["skipped"]
-                else ""
-            )
-            + (f"; {summary['this_call']['images_per_second']} img/s" if summary.get("this_call") else "")
-        )
+        typer.echo(_extract_line(summary, out))
     failed = (summary.get("this_call") or {}).get("failed_shards")
     if failed:
         typer.echo(
@@ -100,6 +85,19 @@ def extract_cmd(
             err=True,
         )
         raise typer.Exit(1)
+
+
+def _extract_line(summary: dict, out: Path) -> str:
+    """extract's summary in one line: embedded, skipped (by reason), and this call's speed."""
+    return (
+        f"run {out}: {summary['embedded']} embedded, {summary['skipped']} skipped"
+        + (
+            f" ({', '.join(f'{k}: {v}' for k, v in summary['skipped_by_reason'].items())}; see {out}/errors.csv)"
+            if summary["skipped"]
+            else ""
+        )
+        + (f"; {summary['this_call']['images_per_second']} img/s" if summary.get("this_call") else "")
+    )
 
 
 @app.command("search")
@@ -133,6 +131,15 @@ def search_cmd(
     typer.echo(f"[answered by {info['index']} index, {info['ntotal']} vectors{extra}]")
 
 
+# index's help of its options whose text is longer than a line
+_INDEX_HELP = {
+    "memory_budget": "Memory the finished index may take (e.g. 4G, 512M); auto picks by it, an explicit kind over it "
+    "is refused.",
+    "train_size": "Vectors sampled to train IVF kinds (default 50 per list, at least 10,000).",
+    "queries": "Held-out queries for tuning, and as many again for the recall@1/10/100 measured against exact search.",
+}
+
+
 @app.command("index")
 @handle_errors
 def index_cmd(
@@ -144,16 +151,10 @@ def index_cmd(
         + "; ".join(f"{k.name}: {k.help}" for k in _INDEX_KINDS.values())
         + "."
     ),
-    memory_budget: str = cli.api_option(
-        "Memory the finished index may take (e.g. 4G, 512M); auto picks by it, an explicit kind over it is refused."
-    ),
+    memory_budget: str = cli.api_option(_INDEX_HELP["memory_budget"]),
     nlist: Optional[int] = cli.api_option("Inverted lists for IVF kinds (default 2^round(log2(4 sqrt(N))))."),
-    train_size: Optional[int] = cli.api_option(
-        "Vectors sampled to train IVF kinds (default 50 per list, at least 10,000)."
-    ),
-    queries: int = cli.api_option(
-        "Held-out queries for tuning, and as many again for the recall@1/10/100 measured against exact search."
-    ),
+    train_size: Optional[int] = cli.api_option(_INDEX_HELP["train_size"]),
+    queries: int = cli.api_option(_INDEX_HELP["queries"]),
     recall_target: float = cli.api_option("recall@10 the search setting (nprobe / efSearch) is tuned to reach."),
     seed: int = cli.api_option("Seed for the training sample and the queries."),
     progress: bool = cli.progress_option(),

@@ -174,29 +174,16 @@ def _gen_lol(root: Path, **_):
             high = root / sub / "high" / low.name
             if not high.exists():
                 raise ManifestError(f"LOL: {low} has no partner {high} (broken pair).")
-            pid = f"lol:{sub}/{low.stem}"
-            recs.append(
-                {
-                    "path": _rel(low, root),
-                    "role": "lowlight",
-                    "split": sp,
-                    "group": pid,
-                    "pair_id": pid,
-                    "gt": _rel(high, root),
-                    "source": "LOL",
-                }
-            )
-            recs.append(
-                {
-                    "path": _rel(high, root),
-                    "role": "welllit",
-                    "split": sp,
-                    "group": pid,
-                    "pair_id": pid,
-                    "source": "LOL",
-                }
-            )
+            recs += _low_high_pair(_rel(low, root), _rel(high, root), sp, f"lol:{sub}/{low.stem}", "LOL")
     return recs, {}
+
+
+def _low_high_pair(low: str, high: str, split: str, pid: str, source: str) -> list[dict]:
+    """The records of a low-light image and its well-lit partner (its ground truth): one group, one pair id."""
+    return [
+        {"path": low, "role": "lowlight", "split": split, "group": pid, "pair_id": pid, "gt": high, "source": source},
+        {"path": high, "role": "welllit", "split": split, "group": pid, "pair_id": pid, "source": source},
+    ]
 
 
 @register_layout(
@@ -215,27 +202,7 @@ def _gen_lolv2(root: Path, **_):
                 if not high.exists():
                     raise ManifestError(f"LOL-v2: {low} has no partner {high} (broken pair).")
                 pid = f"lolv2:{subset}/{sp}/{low.stem}"
-                recs.append(
-                    {
-                        "path": _rel(low, root),
-                        "role": "lowlight",
-                        "split": sp.lower(),
-                        "group": pid,
-                        "pair_id": pid,
-                        "gt": _rel(high, root),
-                        "source": f"LOL-v2 {subset}",
-                    }
-                )
-                recs.append(
-                    {
-                        "path": _rel(high, root),
-                        "role": "welllit",
-                        "split": sp.lower(),
-                        "group": pid,
-                        "pair_id": pid,
-                        "source": f"LOL-v2 {subset}",
-                    }
-                )
+                recs += _low_high_pair(_rel(low, root), _rel(high, root), sp.lower(), pid, f"LOL-v2 {subset}")
     return recs, {}
 
 
@@ -369,18 +336,7 @@ def _gen_demo(
         group = name.split(".")[0]
         base = {"group": group, "source": photo.source, "license": photo.license}
         if name in DEMO_TEST_PHOTOS:
-            for seed in range(100, 100 + test_seeds):
-                recs.append(
-                    {
-                        "path": f"synth:A/{group}/s{seed}",
-                        "role": "backlit",
-                        "split": "test",
-                        "gt": photo.uri,
-                        "pair_id": f"{group}:s{seed}",
-                        "synth": {"recipe": "A", "source": photo.uri, "seed": seed},
-                        **base,
-                    }
-                )
+            recs += [_demo_backlit(photo.uri, seed, "test", base) for seed in range(100, 100 + test_seeds)]
             recs.append({"path": photo.uri, "role": "welllit", "split": "test", **base})
             continue
         for c in range(welllit_crops):
@@ -390,23 +346,26 @@ def _gen_demo(
             recs.append(
                 {"path": f"synth:V/{group}/c{c}", "role": "welllit", "split": "train", "synth": synth_spec, **base}
             )
-        for seed in range(backlit_seeds):
-            recs.append(
-                {
-                    "path": f"synth:A/{group}/s{seed}",
-                    "role": "backlit",
-                    "split": "train",
-                    "gt": photo.uri,
-                    "pair_id": f"{group}:s{seed}",
-                    "synth": {"recipe": "A", "source": photo.uri, "seed": seed},
-                    **base,
-                }
-            )
+        recs += [_demo_backlit(photo.uri, seed, "train", base) for seed in range(backlit_seeds)]
     train_groups = sorted({r["group"] for r in recs if r["split"] == "train"})
     return recs, {
         "bias": {"concept": DEMO_BIAS_CONCEPT, "vignette_ev": float(vignette_ev), "on": "role=welllit,split=train"},
         "train_groups": len(train_groups),
         "test_photos": list(DEMO_TEST_PHOTOS),
+    }
+
+
+def _demo_backlit(uri: str, seed: int, split: str, base: dict) -> dict:
+    """The record of a Recipe-A backlit version (seed `seed`) of a demo photo, paired with the photo as its GT."""
+    group = base["group"]
+    return {
+        "path": f"synth:A/{group}/s{seed}",
+        "role": "backlit",
+        "split": split,
+        "gt": uri,
+        "pair_id": f"{group}:s{seed}",
+        "synth": {"recipe": "A", "source": uri, "seed": seed},
+        **base,
     }
 
 

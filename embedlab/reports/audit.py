@@ -14,10 +14,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from embedlab._io import atomic_write_json, check_output_dir, display_path
-from embedlab.analysis.audit import AuditConfig, audit_vectors
+from embedlab._io import atomic_write_json, check_output_dir, display_path, parse_bytes
+from embedlab.analysis.audit import PAIRED, AuditConfig, audit_units
+from embedlab.analysis.audit_pass import residual_cosines, run_pass, slice_set_sums
 from embedlab.analysis.audit_result import AuditResult
-from embedlab.analysis.slices import categorical_columns
+from embedlab.analysis.formula import group_codes
+from embedlab.analysis.slices import categorical_columns, check_columns, define_slices
+from embedlab.choices import ENGINES
 from embedlab.errors import ConfigError, IncompatibleRunError
 
 log = logging.getLogger(__name__)
@@ -84,23 +87,22 @@ def join_side_table(meta: pd.DataFrame, table: pd.DataFrame, source: str) -> pd.
     ).naming("metadata")
 
 
-def _read(runs: list, metadata) -> tuple[np.ndarray, pd.DataFrame]:
-    metas, vecs = [], []
+def _read_meta(runs: list, metadata) -> pd.DataFrame:
+    metas = []
     for r in runs:
         m = r.metadata.copy()
         if len(runs) > 1:
             m["run"] = r.path.name
         metas.append(m)
-        vecs.append(r.vectors)
     meta = pd.concat(metas, ignore_index=True)
     if metadata is not None:
         meta = join_side_table(meta, read_side_table(metadata), Path(metadata).name)
-    return np.concatenate(vecs), meta
+    return meta
 
 
-def _paired_sets(X: np.ndarray, meta: pd.DataFrame, from_: str, to: str):
-    """The images of the two sets, in groups that hold both (the others are left out, with a warning), and the 'to'
-    flag of each."""
+def _paired_sets(meta: pd.DataFrame, from_: str, to: str) -> tuple[np.ndarray, np.ndarray]:
+    """(rows kept: the images of the two sets in groups that hold both, the 'to' flag of each kept row); images of
+    groups with one set only are left out, with a warning."""
     from embedlab.datasets.selector import Selector
 
     m_from = Selector.parse(from_).mask(meta, "the audited runs")
@@ -113,7 +115,7 @@ def _paired_sets(X: np.ndarray, meta: pd.DataFrame, from_: str, to: str):
     dropped = int(((m_from | m_to) & ~keep).sum())
     if dropped:
         log.warning("audit: %d image(s) of groups without images of both sets are left out.", dropped)
-    return X[keep], meta[keep].reset_index(drop=True), m_to[keep]
+    return keep, m_to[keep]
 
 
 def _vocabulary(run, vocab, templates, device: str, progress: bool):
@@ -158,45 +160,71 @@ def audit(
 
     `metadata`: a .csv/.parquet side table joined on the image path; `within`: a column to stratify by (a possible
     confounder); `score`: a per-image numeric column (a loss, an error) tested per slice too. `options` are the fields
-    of `AuditConfig` (bins, depth, min_groups, discover, permutations, seed, top, alpha, q, bootstrap). Nothing is
+    of `AuditConfig` (bins, depth, min_groups, discover, permutations, seed, top, alpha, q, bootstrap, engine,
+    memory_budget). The runs' vectors are read once, shard by shard ("local", or one Ray task per shard with
+    engine="ray"), into one mean vector per test unit; no image vector is held. Nothing is
     written unless `out` is given: then slices/concepts/columns .parquet, audit.json, residuals/ and audit.html.
 
     `from_` and `to` (selectors, e.g. "backlit" and "welllit") audit the residual between the two sets instead: each
     slice's own to-minus-from difference against the rest's, on groups that hold both sets."""
+    cfg = _config(options)
+    if out is not None:
+        check_output_dir(out)
+    opened = _open_runs(runs)
+    meta = _read_meta(opened, metadata)
+    cols = _by_columns(by, meta, cfg.bins)
+    _check_column_options(meta, within=within, score=score)
+    keep, is_to = np.ones(len(meta), bool), None
+    if (from_ is None) != (to is None):
+        raise ConfigError("Pass both 'from_' and 'to' (the two sets whose residual is audited), or neither.")
+    if from_ is not None:
+        keep, is_to = _paired_sets(meta, from_, to)
+    kept = meta[keep].reset_index(drop=True)
+    check_columns(kept, cols, "The audited images' metadata")
+    groups = kept["group"].to_numpy() if "group" in kept and kept["group"].notna().any() else None
+    codes = group_codes(groups, len(kept))
+    fam = define_slices(kept, cols, codes, bins=cfg.bins, depth=cfg.depth, min_groups=cfg.min_groups,
+                        max_slices=cfg.max_slices)  # fmt: skip
+    V, E, tpls = _vocabulary(opened[0], vocab, templates, device, progress)  # before the pass: errors first
+    units, sums = run_pass(opened, keep, codes, fam.slices, is_to, engine=cfg.engine, progress=progress,
+                           memory_budget=parse_bytes(cfg.memory_budget))  # fmt: skip
+    scores = None if score is None else pd.to_numeric(kept[score], errors="raise").to_numpy(np.float64)
+    result = audit_units(units, kept, cols, E, V.concepts, within=None if within is None else kept[within].to_numpy(),
+                         scores=scores, config=cfg, family=fam)  # fmt: skip
+    set_sums = slice_set_sums([result.masks[s] for s in sorted(result.masks)], len(fam.slices), sums, codes, is_to)
+    if is_to is not None:
+        totals = sums["unit_sums"].sum(-2)
+        glob = (totals[0], int((~is_to).sum()), totals[1], int(is_to.sum()))
+        result.slices["residual_cos_global"] = residual_cosines(set_sums, glob)
+        result.info["audits"] = PAIRED
+    result.info.update(runs=[str(r.path) for r in opened], by=cols, within=within, score=score, from_=from_, to=to,
+                       vocabulary_name=V.name, vocabulary_source=V.source, templates=tpls,
+                       model=f"{opened[0].manifest['model']}/{opened[0].manifest['pretrained']}")  # fmt: skip
+    result.exemplars = {s: kept["file"].iloc[rows].astype(str).tolist() for s, rows in result.exemplars.items()}
+    if out is not None:
+        write_audit(result, Path(out), set_sums, opened, device=device)
+    return result
+
+
+def _config(options: dict) -> AuditConfig:
     unknown = set(options) - set(AuditConfig.__dataclass_fields__)
     if unknown:
         raise ConfigError(
             f"audit got unknown option(s) {sorted(unknown)}; known: {list(AuditConfig.__dataclass_fields__)}."
         )
     cfg = AuditConfig(**options)
-    if out is not None:
-        check_output_dir(out)
-    opened = _open_runs(runs)
-    X, meta = _read(opened, metadata)
-    cols = _by_columns(by, meta, cfg.bins)
-    for name, col in (("within", within), ("score", score)):
+    if cfg.engine not in ENGINES:
+        raise ConfigError(f"The 'engine' parameter must be one of {ENGINES}. Got {cfg.engine!r} instead.")
+    return cfg
+
+
+def _check_column_options(meta: pd.DataFrame, **named) -> None:
+    for name, col in named.items():
         if col is not None and col not in meta.columns:
             raise ConfigError(
-                f"{col!r} (given as '{name}') is not a column of the runs' metadata. Columns: {', '.join(meta.columns)}."
+                f"{col!r} (given as '{name}') is not a column of the runs' metadata. Columns: "
+                f"{', '.join(meta.columns)}."
             ).naming(name)
-    sets = None
-    if (from_ is None) != (to is None):
-        raise ConfigError("Pass both 'from_' and 'to' (the two sets whose residual is audited), or neither.")
-    if from_ is not None:
-        X, meta, sets = _paired_sets(X, meta, from_, to)
-    groups = meta["group"].to_numpy() if "group" in meta and meta["group"].notna().any() else None
-    scores = None if score is None else pd.to_numeric(meta[score], errors="raise").to_numpy(np.float64)
-    V, E, tpls = _vocabulary(opened[0], vocab, templates, device, progress)
-    result = audit_vectors(X, meta, cols, E, V.concepts, groups=groups,
-                           within=None if within is None else meta[within].to_numpy(), scores=scores, sets=sets,
-                           config=cfg)  # fmt: skip
-    result.info.update(runs=[str(r.path) for r in opened], by=cols, within=within, score=score, from_=from_, to=to,
-                       vocabulary_name=V.name, vocabulary_source=V.source, templates=tpls,
-                       model=f"{opened[0].manifest['model']}/{opened[0].manifest['pretrained']}")  # fmt: skip
-    result.exemplars = {s: meta["file"].iloc[rows].astype(str).tolist() for s, rows in result.exemplars.items()}
-    if out is not None:
-        write_audit(result, Path(out), X, opened, sets, device=device)
-    return result
 
 
 def summary_line(result: AuditResult) -> str:
@@ -211,12 +239,13 @@ def summary_line(result: AuditResult) -> str:
     return head + f"; {len(sig)} differ beyond chance: {named}" + (" ..." if len(sig) > 3 else "")
 
 
-def write_audit(result: AuditResult, out: Path, X: np.ndarray, runs: list, is_to=None, device: str = "auto") -> None:
-    """Write the audit's files into `out`; audit.json last, so that a folder with audit.json is a complete audit."""
+def write_audit(result: AuditResult, out: Path, set_sums: list, runs: list, device: str = "auto") -> None:
+    """Write the audit's files into `out`; audit.json last, so that a folder with audit.json is a complete audit.
+    `set_sums`: per slice the (from_sum, n_from, to_sum, n_to) of its residual (`audit_pass.slice_set_sums`)."""
     from embedlab._io import atomic_write_bytes
 
     out.mkdir(parents=True, exist_ok=True)
-    result.slices["residual_path"] = _write_residuals(result, out / "residuals", X, runs[0], is_to, len(runs) == 1)
+    result.slices["residual_path"] = _write_residuals(result, out / "residuals", set_sums, runs[0], len(runs) == 1)
     result.slices["report_href"] = _concept_reports(result, out, device)
     for table, name in TABLE_FILES.items():
         frame = getattr(result, table)
@@ -263,28 +292,26 @@ def _page(result: AuditResult, out: Path):
     return write_audit_page(result, out)
 
 
-def _write_residuals(result: AuditResult, folder: Path, X: np.ndarray, run, is_to, single_run: bool) -> list[str]:
+def _write_residuals(result: AuditResult, folder: Path, set_sums: list, run, single_run: bool) -> list[str]:
     """One ordinary residual file (RAVE) per listed slice, so that `correct`, `train --residual` and `probe-residual`
-    take it: from the slice's rest to the slice, or, auditing a residual (`is_to`), from the 'from' set to the 'to'
-    set within the slice; '' for slices not listed."""
-    from embedlab.analysis.formula import l2n, residual_from_sums
+    take it: from the slice's rest to the slice, or, auditing a residual, from the 'from' set to the 'to' set within
+    the slice; '' for slices not listed."""
+    from embedlab.analysis.formula import residual_from_sums
     from embedlab.analysis.residual import _model_record
     from embedlab.analysis.residual_file import save_residual
 
-    unit = l2n(np.asarray(X, np.float64))
     paths = []
     for row in result.slices.itertuples():
         if not row.listed:
             paths.append("")
             continue
-        mask = np.asarray(result.masks[row.slice_id], bool)
-        a, b = (~mask, mask) if is_to is None else (mask & ~is_to, mask & is_to)
-        r, thr, v_from, v_to = residual_from_sums(unit[a].sum(0), int(a.sum()), unit[b].sum(0), int(b.sum()), "rave")
+        s_from, n_from, s_to, n_to = set_sums[row.slice_id]
+        r, thr, v_from, v_to = residual_from_sums(s_from, n_from, s_to, n_to, "rave")
         from_sel, to_sel = _selectors(row, result.info, single_run)
         info = {
             "embedlab_residual": 1, "method": "rave", "thr": thr, "model": _model_record(run.manifest),
-            "from": {"run": str(run.path.resolve()), "selector": from_sel, "count": int(a.sum())},
-            "to": {"run": str(run.path.resolve()), "selector": to_sel, "count": int(b.sum())},
+            "from": {"run": str(run.path.resolve()), "selector": from_sel, "count": n_from},
+            "to": {"run": str(run.path.resolve()), "selector": to_sel, "count": n_to},
             "cos_v_from_v_to": float(v_from @ v_to), "v_from": v_from.astype(np.float32).tolist(),
             "v_to": v_to.astype(np.float32).tolist(), "bootstrap": None, "edits": [],
             "audit": {"slice": row.name, "kind": row.kind, "p_fwer": _none_if_nan(row.p_fwer)},

@@ -63,8 +63,6 @@ def explain_residual(
 ) -> dict:
     """Rank concepts for a residual (its .npy, or a `Residual`, e.g. one computed in memory) and write
     report.{json,csv,md,html} into `out`. Returns the report: a dict whose `.to_pandas()` is the concept table."""
-    from embedlab import models
-    from embedlab.analysis import vocab as vb
     from embedlab.analysis.residual_file import as_residual
 
     check_param("top", top, Interval(int, 1, 500), "explain_residual")
@@ -72,25 +70,8 @@ def explain_residual(
     check_param("candidates", candidates, Interval(int, 1), "explain_residual")
     check_output_dir(out)  # an --out that is an existing file: one line now, not a traceback at the end
     res = as_residual(residual)  # a Residual (a notebook's, maybe in memory) or its file
-    mi = res.info["model"]
-    # the network is built (and its weights checked against the residual's) only if some text is not cached
-    lm = models.TextModelHandle(mi["model"], mi["pretrained"], mi["weights_sha256"], len(res.vector), device)
-    V = vb.resolve_vocab(vocab, lm)
-    tpls = vb.resolve_templates(templates)
-    t0 = time.perf_counter()
-    E, cache_info = vb.embed_concepts(lm, V.concepts, tpls, progress=progress)
-    t_embed = time.perf_counter() - t0
-    sets = groups = runs = note = None
-    try:
-        (run_a, mask_a), (run_b, mask_b) = _set_vectors(res.info["from"]), _set_vectors(res.info["to"])
-        sets = ImageSets.from_runs(run_a, mask_a, run_b, mask_b, progress=progress)  # read in blocks, never held
-        groups = set_group_ids(
-            run_a.read_metadata(["group"])["group"][mask_a], run_b.read_metadata(["group"])["group"][mask_b]
-        )
-        runs = (run_a, mask_a, run_b, mask_b)
-    except (ConfigError, FileNotFoundError, KeyError) as exc:
-        note = f"Significance skipped: the source runs could not be read ({exc})."
-        log.warning(note)
+    V, E, text_info = _embed_vocabulary(res, vocab, templates, device, progress)
+    sets, groups, runs, note = _source_sets(res, progress)
     result = explain_vectors(
         res.vector,
         E,
@@ -108,33 +89,12 @@ def explain_residual(
         min_explained=min_explained,
         exemplars=exemplars,
     )
-    info = dict(
-        result["info"],
-        vocabulary=V.name,
-        vocabulary_source=V.source,
-        templates=tpls,
-        text_embedding_seconds=round(t_embed, 3),
-        text_cache=cache_info["cache"],
-        significance_note=note,
-    )
-    if V.name == "model":
-        info["vocabulary_note"] = (
-            "Default vocabulary for this model: the words and phrases it was trained on "
-            "(other words would score as noise)."
-        )
+    info = _report_info(result["info"], text_info, note)
     table = pd.concat([result["adds"], result["removes"]], ignore_index=True)
     report = {
         "embedlab_report": 1,
         "info": info,
-        "residual": {
-            "path": str(res.path) if res.path is not None else None,
-            "method": res.info.get("method"),
-            "from": res.info["from"]["selector"],
-            "to": res.info["to"]["selector"],
-            "model": f"{mi['model']}/{mi['pretrained']}",
-            "thr": res.thr,
-            "edits": res.info.get("edits", []),
-        },
+        "residual": _residual_record(res),
         "concepts": table.replace({np.nan: None}).to_dict(orient="records"),
         "exemplars": [],
     }
@@ -144,6 +104,70 @@ def explain_residual(
     html_exemplars = _html_exemplars(report)
     report["files"] = write_report(out, report, figures, html_exemplars)
     return Result(report, "concepts")  # a dict; .to_pandas(): the ranked concepts
+
+
+def _embed_vocabulary(res, vocab, templates, device: str, progress: bool) -> tuple:
+    """The vocabulary, its concepts' text embeddings with the residual's model, and the report's record of both.
+    The network is built (and its weights checked against the residual's) only if some text is not cached."""
+    from embedlab import models
+    from embedlab.analysis import vocab as vb
+
+    mi = res.info["model"]
+    lm = models.TextModelHandle(mi["model"], mi["pretrained"], mi["weights_sha256"], len(res.vector), device)
+    V = vb.resolve_vocab(vocab, lm)
+    tpls = vb.resolve_templates(templates)
+    t0 = time.perf_counter()
+    E, cache_info = vb.embed_concepts(lm, V.concepts, tpls, progress=progress)
+    t_embed = time.perf_counter() - t0
+    text_info = dict(
+        vocabulary=V.name,
+        vocabulary_source=V.source,
+        templates=tpls,
+        text_embedding_seconds=round(t_embed, 3),
+        text_cache=cache_info["cache"],
+    )
+    return V, E, text_info
+
+
+def _report_info(result_info: dict, text_info: dict, note: str | None) -> dict:
+    """The report's info: the ranking's, the vocabulary's and text embeddings', and why significance was skipped."""
+    info = dict(result_info, **text_info, significance_note=note)
+    if text_info["vocabulary"] == "model":
+        info["vocabulary_note"] = (
+            "Default vocabulary for this model: the words and phrases it was trained on "
+            "(other words would score as noise)."
+        )
+    return info
+
+
+def _source_sets(res, progress: bool) -> tuple:
+    """The residual's two image sets read back from its source runs, for significance: (sets, group ids, (run_a,
+    mask_a, run_b, mask_b), None), or (None, None, None, why) where the runs cannot be read."""
+    try:
+        (run_a, mask_a), (run_b, mask_b) = _set_vectors(res.info["from"]), _set_vectors(res.info["to"])
+        sets = ImageSets.from_runs(run_a, mask_a, run_b, mask_b, progress=progress)  # read in blocks, never held
+        groups = set_group_ids(
+            run_a.read_metadata(["group"])["group"][mask_a], run_b.read_metadata(["group"])["group"][mask_b]
+        )
+    except (ConfigError, FileNotFoundError, KeyError) as exc:
+        note = f"Significance skipped: the source runs could not be read ({exc})."
+        log.warning(note)
+        return None, None, None, note
+    return sets, groups, (run_a, mask_a, run_b, mask_b), None
+
+
+def _residual_record(res) -> dict:
+    """The report's record of the residual it explains."""
+    mi = res.info["model"]
+    return {
+        "path": str(res.path) if res.path is not None else None,
+        "method": res.info.get("method"),
+        "from": res.info["from"]["selector"],
+        "to": res.info["to"]["selector"],
+        "model": f"{mi['model']}/{mi['pretrained']}",
+        "thr": res.thr,
+        "edits": res.info.get("edits", []),
+    }
 
 
 def _exemplars_and_histograms(report: dict, result: dict, runs, exemplars: int, res) -> str:

@@ -183,37 +183,28 @@ def _resolve(path: str, base: Path) -> str | None:
     return path if os.path.isabs(path) else str(base / path)
 
 
-def import_run(
-    source: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    model: str,
-    paths: str | os.PathLike | None = None,
-    path_column: str | None = None,
-    allow_missing_images: bool = False,
-    overwrite: bool = False,
-    shard_size: int = 65536,
-    index_budget: str = "4G",
-) -> dict:
-    """Import vectors made elsewhere into the run folder `out` (see the module doc); `model` is 'NAME[:TAG]' (e.g.
-    ViT-B-32:openai), checked against the vectors' dimension when its config is known. Every check runs before
-    anything is written. Returns the run's summary (like `extract`) with `import`: the record written."""
-    source = Path(source)
+def _check_source(source: Path, paths) -> None:
+    """The source and its paths table exist."""
     if not source.exists():
         raise ConfigError(f"Source {display_path(str(source))} does not exist. Fix: pass the embeddings to import.")
     if paths is not None and not Path(paths).is_file():
         raise ConfigError(
             f"The 'paths' table {display_path(os.fspath(paths))} is not a file. Fix: pass a CSV or parquet."
         )
-    name, tag = parse_model(model)
-    out = Path(out)
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """`out` is a folder (or not there yet), empty unless `overwrite`."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"'out' {display_path(str(out))} is an existing file, not a run folder.").naming("out")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(
             f"{display_path(str(out))} exists and is not empty. Fix: pass another 'out', or 'overwrite' to replace it."
         ).naming("out", "overwrite")
-    parts = _parts(source, paths)
+
+
+def _dimension(parts: list, source: Path, name: str) -> int:
+    """The vectors' one dimension, checked against the named model's where its config is known."""
     dims = {p.vectors.shape[1] for p in parts}
     if len(dims) > 1:
         raise ConfigError(f"The vector files of {display_path(str(source))} have different dimensions {sorted(dims)}.")
@@ -224,7 +215,13 @@ def import_run(
             f"{display_path(str(parts[0].vectors_file))} holds {dim}-dimensional vectors, but {name} makes "
             f"{want}-dimensional embeddings. Fix: name the model that made them with 'model' (NAME[:TAG])."
         ).naming("model")
-    rows, vec_parts, missing, urls = [], [], [], 0
+    return dim
+
+
+def _image_rows(parts: list, path_column: str | None) -> tuple[list, list, int]:
+    """Per row of every part: (path as given, local file or None for a URL, table file, row); the rows whose local
+    file is missing; how many paths are URLs. Each part's vectors and table must match row for row."""
+    rows, missing, urls = [], [], 0
     for part in parts:
         if len(part.vectors) != len(part.table):
             raise ConfigError(
@@ -241,7 +238,31 @@ def import_run(
             if local is not None and (not local or not os.path.isfile(local)):
                 missing.append((part.table_file, i, text))
             rows.append((text, local, part.table_file, i))
-        vec_parts.append(part)
+    return rows, missing, urls
+
+
+def import_run(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    model: str,
+    paths: str | os.PathLike | None = None,
+    path_column: str | None = None,
+    allow_missing_images: bool = False,
+    overwrite: bool = False,
+    shard_size: int = 65536,
+    index_budget: str = "4G",
+) -> dict:
+    """Import vectors made elsewhere into the run folder `out` (see the module doc); `model` is 'NAME[:TAG]' (e.g.
+    ViT-B-32:openai), checked against the vectors' dimension when its config is known. Every check runs before
+    anything is written. Returns the run's summary (like `extract`) with `import`: the record written."""
+    source, out = Path(source), Path(out)
+    _check_source(source, paths)
+    name, tag = parse_model(model)
+    _check_out(out, overwrite)
+    parts = _parts(source, paths)
+    dim = _dimension(parts, source, name)
+    rows, missing, urls = _image_rows(parts, path_column)
     local_rows = len(rows) - urls
     if missing and not allow_missing_images:
         f, i, text = missing[0]
@@ -250,8 +271,8 @@ def import_run(
             f"{text!r}). Fix: 'path_column' naming the column of paths (relative to the table's folder), or "
             "'allow_missing_images' to import the vectors without their images."
         ).naming("path_column", "allow_missing_images")
-    vectors = np.concatenate([p.vectors for p in vec_parts])
-    meta_extra = pd.concat([p.table.reset_index(drop=True) for p in vec_parts], ignore_index=True)
+    vectors = np.concatenate([p.vectors for p in parts])
+    meta_extra = pd.concat([p.table.reset_index(drop=True) for p in parts], ignore_index=True)
     notes = dict(missing_images=len(missing), url_paths=urls)
     return _write(
         source, out, (name, tag, dim), vectors, meta_extra, rows, parts, overwrite, shard_size, index_budget, notes
@@ -266,8 +287,6 @@ def _write(source, out, model, vectors, extra, rows, parts, overwrite, shard_siz
     from embedlab.runs.lock import RunLock, check_lock
     from embedlab.runs.store import write_shard
 
-    name, tag, dim = model
-    cols = META_COLUMNS
     dtype = "float16" if vectors.dtype == np.float16 else "float32"
     norms, has = row_norms(vectors)
     dev = float(np.abs(norms[has] - 1).max()) if has.any() else 0.0
@@ -281,16 +300,48 @@ def _write(source, out, model, vectors, extra, rows, parts, overwrite, shard_siz
     record = {
         "source": str(source.resolve()),
         "files": [{"vectors": str(p.vectors_file.resolve()), "table": str(p.table_file.resolve())} for p in parts],
-        "model_named": f"{name}:{tag}",
+        "model_named": f"{model[0]}:{model[1]}",
         "source_dtype": str(vectors.dtype),
         "renormalised": bool(renorm),
         "max_norm_deviation": dev,
         "rows_without_vector": int((~has).sum()),
         **notes,
     }
-    input_hash = hashlib.sha256("\n".join(r[0] for r in rows).encode("utf-8", "surrogateescape")).hexdigest()
     n, shard_size = len(rows), max(1, int(shard_size))
-    header = {
+    header = _header(source, model, dtype, rows, shard_size, renorm, record)
+    if out.exists() and overwrite:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    extra = extra.copy()
+    fields = {c: extra.pop(c) for c in FIELD_COLUMNS if c in extra.columns}  # the table's own role, split, group...
+    extra = extra.rename(
+        columns={c: f"meta_{c}" if c in META_COLUMNS or c == "bytes" else str(c) for c in extra.columns}
+    )
+    with RunLock(out, what="runs import") as lock:
+        atomic_write_json(out / "manifest.json", header)
+        for s in range(header["shards"]):
+            lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
+            ok = np.flatnonzero(has[lo:hi]) + lo
+            bad = np.flatnonzero(~has[lo:hi]) + lo
+            meta = _shard_metadata(rows, ok, source.stem, fields, extra)
+            errs = _shard_errors(rows, bad)
+            write_shard(out, s, stored(ok), meta, errs, hi - lo, lo, guard=lambda: check_lock(out, lock.token))
+        lock.verify()
+        summary = finalize(out, header, index_budget=index_budget)
+    if (~has).any():
+        log.warning("runs import: %d row(s) without a usable vector, kept in %s/errors.csv", int((~has).sum()), out)
+    if renorm:
+        log.warning("runs import: vectors were not unit length (max deviation %.3g); re-normalised", dev)
+    Run(out)  # the folder reads back as a run
+    return dict(summary, imported=record)
+
+
+def _header(source: Path, model: tuple, dtype: str, rows: list, shard_size: int, renorm: bool, record: dict) -> dict:
+    """The imported run's manifest as it starts (status running): the model named, what is unknown said so."""
+    name, tag, dim = model
+    input_hash = hashlib.sha256("\n".join(r[0] for r in rows).encode("utf-8", "surrogateescape")).hexdigest()
+    n = len(rows)
+    return {
         "embedlab_run": 1,
         "kind": "image-embeddings",
         "model": name,
@@ -315,54 +366,38 @@ def _write(source, out, model, vectors, extra, rows, parts, overwrite, shard_siz
         "shards": (n + shard_size - 1) // shard_size,
         "imported": record,
     }
-    if out.exists() and overwrite:
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    extra = extra.copy()
-    fields = {c: extra.pop(c) for c in FIELD_COLUMNS if c in extra.columns}  # the table's own role, split, group...
-    extra = extra.rename(columns={c: f"meta_{c}" if c in cols or c == "bytes" else str(c) for c in extra.columns})
-    with RunLock(out, what="runs import") as lock:
-        atomic_write_json(out / "manifest.json", header)
-        for s in range(header["shards"]):
-            lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
-            ok = np.flatnonzero(has[lo:hi]) + lo
-            bad = np.flatnonzero(~has[lo:hi]) + lo
-            meta = pd.DataFrame(
-                {
-                    "row_id": ok.astype(np.int64),
-                    "path": [rows[i][0] for i in ok],
-                    "file": [rows[i][1] or rows[i][0] for i in ok],
-                    **{c: None for c in cols if c not in ("row_id", "path", "file")},
-                }
-            )
-            for c in ("width", "height", "jpeg_quality", "mean_luma", "frames", "manifest_line"):
-                meta[c] = np.nan
-            meta["role"] = source.stem
-            meta["split"] = "train"
-            meta["group"] = meta["path"]
-            meta["source"] = source.stem
-            for c, given in fields.items():  # a value the table gives wins over the default
-                meta[c] = [
-                    str(v) if v is not None and v == v else d for v, d in zip(given.iloc[ok].tolist(), meta[c].tolist())
-                ]
-            meta = pd.concat([meta, extra.iloc[ok].reset_index(drop=True)], axis=1)
-            errs = pd.DataFrame(
-                {
-                    "row_id": bad.astype(np.int64),
-                    "path": [rows[i][0] for i in bad],
-                    "reason": "no-vector",
-                    "detail": [
-                        f"{rows[i][2].name} row {rows[i][3] + 1}: vector missing, not finite or zero" for i in bad
-                    ],
-                },
-                columns=["row_id", "path", "reason", "detail"],
-            )
-            write_shard(out, s, stored(ok), meta, errs, hi - lo, lo, guard=lambda: check_lock(out, lock.token))
-        lock.verify()
-        summary = finalize(out, header, index_budget=index_budget)
-    if (~has).any():
-        log.warning("runs import: %d row(s) without a usable vector, kept in %s/errors.csv", int((~has).sum()), out)
-    if renorm:
-        log.warning("runs import: vectors were not unit length (max deviation %.3g); re-normalised", dev)
-    Run(out)  # the folder reads back as a run
-    return dict(summary, imported=record)
+
+
+def _shard_metadata(rows: list, ok: np.ndarray, stem: str, fields: dict, extra: pd.DataFrame) -> pd.DataFrame:
+    """The metadata of a shard's rows with a vector: run columns (the source's stem as role and source), the table's
+    own values of FIELD_COLUMNS over those defaults, then its other columns."""
+    meta = pd.DataFrame(
+        {
+            "row_id": ok.astype(np.int64),
+            "path": [rows[i][0] for i in ok],
+            "file": [rows[i][1] or rows[i][0] for i in ok],
+            **{c: None for c in META_COLUMNS if c not in ("row_id", "path", "file")},
+        }
+    )
+    for c in ("width", "height", "jpeg_quality", "mean_luma", "frames", "manifest_line"):
+        meta[c] = np.nan
+    meta["role"] = stem
+    meta["split"] = "train"
+    meta["group"] = meta["path"]
+    meta["source"] = stem
+    for c, given in fields.items():  # a value the table gives wins over the default
+        meta[c] = [str(v) if v is not None and v == v else d for v, d in zip(given.iloc[ok].tolist(), meta[c].tolist())]
+    return pd.concat([meta, extra.iloc[ok].reset_index(drop=True)], axis=1)
+
+
+def _shard_errors(rows: list, bad: np.ndarray) -> pd.DataFrame:
+    """The errors.csv rows of a shard's rows without a usable vector."""
+    return pd.DataFrame(
+        {
+            "row_id": bad.astype(np.int64),
+            "path": [rows[i][0] for i in bad],
+            "reason": "no-vector",
+            "detail": [f"{rows[i][2].name} row {rows[i][3] + 1}: vector missing, not finite or zero" for i in bad],
+        },
+        columns=["row_id", "path", "reason", "detail"],
+    )

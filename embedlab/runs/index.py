@@ -213,25 +213,9 @@ def index_run(
     n, d = len(r), r.dim
     if n == 0:
         raise ConfigError(f"Run {r.path} holds no vectors to index.")
-    why = "requested"
-    if kind == "auto":
-        kind, why = auto_kind(n, d, budget)
-    k_lists = (nlist or ivf_lists(n, use_gpu())) if kind.startswith("ivf") else None
-    need = KINDS[kind].memory(n, d, k_lists or 0)
-    if need > budget:
-        raise ConfigError(
-            f"A {kind} index of {n:,} x {d} vectors needs about {need / 2**30:.2f} GiB, over the memory "
-            f"budget of {budget / 2**30:.2f} GiB. Use kind='auto' or raise memory_budget."
-        )
+    kind, why, k_lists, need = _choose_kind(kind, n, d, budget, nlist)
     ids = r.read_metadata(["row_id"])["row_id"].to_numpy().astype(np.int64)
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(n)
-    n_q = min(queries, n // 4) if not KINDS[kind].exact else 0
-    n_train = (
-        0 if KINDS[kind].exact or kind == "hnsw" else min(n - 2 * n_q, train_size or max(50 * (k_lists or 1), 10_000))
-    )
-    train_pos = np.sort(perm[:n_train])
-    tune_pos, eval_pos = np.sort(perm[n_train : n_train + n_q]), np.sort(perm[n_train + n_q : n_train + 2 * n_q])
+    perm, n_q, n_train, train_pos, tune_pos, eval_pos = _sample_positions(n, kind, k_lists, queries, train_size, seed)
     t0 = time.perf_counter()
     idx, key, gpu = _fill(r, kind, n, d, budget, k_lists, ids, train_pos, block, progress)
     info = {
@@ -249,23 +233,64 @@ def index_run(
         "seed": seed,
     }
     if kind in RERANKED:
-        idx = RerankedIndex(idx, r, ids, RERANK_FACTORS[kind])
-        info["rerank"] = {
-            "factor": RERANK_FACTORS[kind],
-            "from": "the run's stored vectors (memory-mapped shards)",
-            "note": f"the top k x {RERANK_FACTORS[kind]} candidates of the codes are re-scored exactly",
-        }
+        idx, info["rerank"] = _reranked(idx, r, ids, kind)
     if not KINDS[kind].exact and n_q:
         info.update(_tune_and_measure(idx, r, kind, ids, tune_pos, eval_pos, recall_target))
     else:
         info["latency"] = query_latency_ms(idx, r.take(np.sort(perm[: min(n, 20)])))  # exact: a scan, few suffice
     if not write:
         return dict(info, index_object=idx)
+    return _write_and_record(r, idx, info)
+
+
+def _reranked(idx, r, ids, kind: str) -> tuple:
+    """The index whose codes' candidates are re-scored exactly from the run's stored vectors, and its record."""
+    factor = RERANK_FACTORS[kind]
+    return RerankedIndex(idx, r, ids, factor), {
+        "factor": factor,
+        "from": "the run's stored vectors (memory-mapped shards)",
+        "note": f"the top k x {factor} candidates of the codes are re-scored exactly",
+    }
+
+
+def _choose_kind(kind: str, n: int, d: int, budget: int, nlist: int | None) -> tuple[str, str, int | None, int]:
+    """(kind, why it was chosen, IVF lists or None, the bytes it needs), refused when it needs more than `budget`."""
+    why = "requested"
+    if kind == "auto":
+        kind, why = auto_kind(n, d, budget)
+    k_lists = (nlist or ivf_lists(n, use_gpu())) if kind.startswith("ivf") else None
+    need = KINDS[kind].memory(n, d, k_lists or 0)
+    if need > budget:
+        raise ConfigError(
+            f"A {kind} index of {n:,} x {d} vectors needs about {need / 2**30:.2f} GiB, over the memory "
+            f"budget of {budget / 2**30:.2f} GiB. Use kind='auto' or raise memory_budget."
+        )
+    return kind, why, k_lists, need
+
+
+def _sample_positions(n: int, kind: str, k_lists, queries: int, train_size, seed: int) -> tuple:
+    """One seeded permutation of the vectors' positions cut into the training sample, the tuning queries and the
+    held-out queries (no queries for exact kinds, no training for exact kinds and HNSW): (perm, queries per part,
+    training size, training positions, tuning positions, held-out positions), positions sorted."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_q = min(queries, n // 4) if not KINDS[kind].exact else 0
+    n_train = (
+        0 if KINDS[kind].exact or kind == "hnsw" else min(n - 2 * n_q, train_size or max(50 * (k_lists or 1), 10_000))
+    )
+    train_pos = np.sort(perm[:n_train])
+    tune_pos, eval_pos = np.sort(perm[n_train : n_train + n_q]), np.sort(perm[n_train + n_q : n_train + 2 * n_q])
+    return perm, n_q, n_train, train_pos, tune_pos, eval_pos
+
+
+def _write_and_record(r, idx, info: dict) -> dict:
+    """Write the index atomically to RUN/index.faiss and its record into the run manifest."""
     path = r.path / INDEX_FILE
     write_index(faiss_index(idx), path)
     info["file"], info["size_bytes"] = INDEX_FILE, path.stat().st_size
     record_index(r.path, info)
-    log.info("index %s: %s (%s), %d vectors, %.1f s", r.path, kind, key, n, info["build_seconds"])
+    log.info(
+        "index %s: %s (%s), %d vectors, %.1f s", r.path, info["kind"], info["factory"], len(r), info["build_seconds"]
+    )
     return dict(info, files={"index": str(path), "manifest": str(r.path / "manifest.json")})
 
 

@@ -37,7 +37,6 @@ def search(
     `index`: "run" (the run's own index, built by extract or `embedlab index`, with the recall recorded then) or
     a kind of `embedlab.index.KINDS`, built in memory for this query and measured on held-out queries."""
     from embedlab import models
-    from embedlab.runs.index import held_out_recall
     from embedlab.runs.index import index_run as build
     from embedlab.runs.index_kinds import KINDS, maybe_to_gpu
     from embedlab.runs.index_kinds import search as faiss_search
@@ -71,18 +70,31 @@ def search(
         "ntotal": int(idx.ntotal),
     }
     if not rec.get("exact"):
-        recall = dict(rec.get("recall") or {})
-        if str(k) not in recall and len(r) <= 1_000_000:  # measure this k (a streamed exact pass per query set)
-            sample = np.sort(np.random.default_rng(1).choice(len(r), min(200, len(r)), replace=False))
-            ids_all = r.read_metadata(["row_id"])["row_id"].to_numpy()
-            recall.update(held_out_recall(idx, r, r.take(sample), ids_all[sample], (k,), ids_all))
-        info.update(recall=recall, recall_queries=rec.get("recall_queries"), search_params=rec.get("search_params"))
-        if str(k) in recall:
-            info["recall_at_k"] = recall[str(k)]
+        _add_recall(info, rec, idx, r, k)
+    return {"table": _results_table(r, scores[0], ids[0]), "files": {}, **info}
+
+
+def _add_recall(info: dict, rec: dict, idx, r: Run, k: int) -> None:
+    """An approximate index's recall against exact search into `info`: as recorded, and at this `k`, measured now
+    on a seeded sample of the run's own vectors when not recorded (runs up to 1M vectors)."""
+    from embedlab.runs.index import held_out_recall
+
+    recall = dict(rec.get("recall") or {})
+    if str(k) not in recall and len(r) <= 1_000_000:  # measure this k (a streamed exact pass per query set)
+        sample = np.sort(np.random.default_rng(1).choice(len(r), min(200, len(r)), replace=False))
+        ids_all = r.read_metadata(["row_id"])["row_id"].to_numpy()
+        recall.update(held_out_recall(idx, r, r.take(sample), ids_all[sample], (k,), ids_all))
+    info.update(recall=recall, recall_queries=rec.get("recall_queries"), search_params=rec.get("search_params"))
+    if str(k) in recall:
+        info["recall_at_k"] = recall[str(k)]
+
+
+def _results_table(r: Run, scores: np.ndarray, ids: np.ndarray) -> pd.DataFrame:
+    """The ranked results (rank, score, row_id, path, role, split); FAISS's -1 (no result) left out."""
     meta = r.read_metadata(r.available_columns(["row_id", "path", "role", "split"]))
-    meta = meta[meta["row_id"].isin(ids[0])].set_index("row_id")
+    meta = meta[meta["row_id"].isin(ids)].set_index("row_id")
     rows = []
-    for rank, (s, i) in enumerate(zip(scores[0], ids[0]), 1):
+    for rank, (s, i) in enumerate(zip(scores, ids), 1):
         if i < 0:
             continue
         m = meta.loc[int(i)]
@@ -96,4 +108,4 @@ def search(
                 "split": str(m["split"]),
             }
         )
-    return {"table": pd.DataFrame(rows), "files": {}, **info}
+    return pd.DataFrame(rows)

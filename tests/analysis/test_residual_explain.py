@@ -1,7 +1,4 @@
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,7 +10,7 @@ from embedlab.analysis.correct import gram_schmidt, project_out, rave_shift_dire
 from embedlab.analysis.explain import centre, deflation_rankings, explain_vectors
 from embedlab.analysis.formula import l2n, rave_residual
 from embedlab.analysis.residual_file import load_residual
-from tests.conftest import REPO
+from tests.helpers.extraction import run_cli
 
 
 def test_rave_formula_and_thr():
@@ -213,14 +210,7 @@ def test_nonsemantic_comparison_warns_on_resolution():
 
 
 def _cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "embedlab", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=dict(os.environ),
-        timeout=600,
-    )
+    return run_cli(*args, timeout=600)
 
 
 def test_end_to_end_cli_flow(tmp_path, tiny_run, demo_manifest):

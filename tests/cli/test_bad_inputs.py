@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, write_photo
+from tests.helpers.extraction import tiny_extract_argv
 
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
 
@@ -86,6 +87,15 @@ def bad(tmp_path_factory):
     return d
 
 
+def _case(name: str, argv: list, words: list, absent: list, code: int = 1) -> dict:
+    """A bad input: its argv, the words its one line must hold (the file and the fix), the paths that must not exist
+    afterwards, and the expected exit code (1: an embedlab error, 2: a usage error)."""
+    case = dict(name=name, argv=argv, words=words, absent=absent)
+    if code != 1:
+        case["code"] = code
+    return case
+
+
 def _cases(d: Path) -> list[dict]:
     """name, argv, expected exit code, words the one line must hold (the file and the fix), paths that must not
     exist afterwards."""
@@ -93,139 +103,77 @@ def _cases(d: Path) -> list[dict]:
     explain = ["--permutations", "0", *cpu]
     train = ["--backlit", f"{d / 'b.jsonl'}:role=welllit", "--preset", "cpu-small", "--identity", "pixel", *cpu]
     res_fix = "embedlab residual"
+    out_is_file = ["afile", "existing file", "--out"]
+
+    def residual(to: str, to_run: str, out: Path) -> list:  # from role=backlit of run_a
+        return ["residual", d / "run_a", "--from", "role=backlit", "--to", to, "--to-run", d / to_run, "--out", out,
+                "--bootstrap", "0", "--no-progress"]  # fmt: skip
+
+    def explain_res(npy: str, out: str) -> list:
+        return ["explain-residual", d / npy, "--out", d / out, *explain]
+
+    def train_with(out: str, *flags) -> list:
+        return ["train", "--out", d / out, *flags, *train]
+
+    pth_words = ["evil.pth", "not a plain weights file", "safety", "state_dict"]
     return [
-        dict(
-            name="object-npy/explain",
-            argv=["explain-residual", d / "obj.npy", "--out", d / "o1", *explain],
-            words=["obj.npy", "pickle", "refuses", res_fix],
-            absent=["o1"],
+        _case("object-npy/explain", explain_res("obj.npy", "o1"), ["obj.npy", "pickle", "refuses", res_fix], ["o1"]),
+        _case(
+            "pickle-npy/correct",
+            ["correct", d / "pick.npy", "--out", d / "o2.npy", "--remove", "cat", *cpu],
+            ["pick.npy", "pickle", "refuses", res_fix],
+            ["o2.npy", "o2.json"],
         ),
-        dict(
-            name="pickle-npy/correct",
-            argv=["correct", d / "pick.npy", "--out", d / "o2.npy", "--remove", "cat", *cpu],
-            words=["pick.npy", "pickle", "refuses", res_fix],
-            absent=["o2.npy", "o2.json"],
+        _case(
+            "object-npy/train",
+            train_with("o3", "--residual", d / "obj.npy"),
+            ["obj.npy", "pickle", "refuses", res_fix],
+            ["o3"],
         ),
-        dict(
-            name="object-npy/train",
-            argv=["train", "--out", d / "o3", "--residual", d / "obj.npy", *train],
-            words=["obj.npy", "pickle", "refuses", res_fix],
-            absent=["o3"],
+        _case("zero-residual/explain", explain_res("zero.npy", "o4"), ["zero.npy", "norm 0", res_fix], ["o4"]),
+        _case(
+            "zero-residual/train",
+            train_with("o4t", "--residual", d / "zero.npy"),
+            ["zero.npy", "norm 0", res_fix],
+            ["o4t"],
         ),
-        dict(
-            name="zero-residual/explain",
-            argv=["explain-residual", d / "zero.npy", "--out", d / "o4", *explain],
-            words=["zero.npy", "norm 0", res_fix],
-            absent=["o4"],
+        _case("nan-residual/explain", explain_res("nan.npy", "o5"), ["nan.npy", "1 NaN", res_fix], ["o5"]),
+        _case(
+            "512d-residual-64d-model/explain",
+            explain_res("big.npy", "o6"),
+            ["big.npy", "512", "64-dimensional"],
+            ["o6"],
         ),
-        dict(
-            name="zero-residual/train",
-            argv=["train", "--out", d / "o4t", "--residual", d / "zero.npy", *train],
-            words=["zero.npy", "norm 0", res_fix],
-            absent=["o4t"],
+        _case(
+            "non-tensor-pth/enhance", ["enhance", d / "evil.pth", d / "a", "--out", d / "o7", *cpu], pth_words, ["o7"]
         ),
-        dict(
-            name="nan-residual/explain",
-            argv=["explain-residual", d / "nan.npy", "--out", d / "o5", *explain],
-            words=["nan.npy", "1 NaN", res_fix],
-            absent=["o5"],
+        _case(
+            "non-tensor-pth/train-init",
+            train_with("o8", "--init", d / "evil.pth", "--residual", d / "res.npy"),
+            pth_words,
+            ["o8"],
         ),
-        dict(
-            name="512d-residual-64d-model/explain",
-            argv=["explain-residual", d / "big.npy", "--out", d / "o6", *explain],
-            words=["big.npy", "512", "64-dimensional"],
-            absent=["o6"],
+        _case(
+            "out-is-file/extract",
+            tiny_extract_argv(d / "a.jsonl", d / "afile", "--workers", "0", "--no-progress"),
+            out_is_file,
+            [],
         ),
-        dict(
-            name="non-tensor-pth/enhance",
-            argv=["enhance", d / "evil.pth", d / "a", "--out", d / "o7", *cpu],
-            words=["evil.pth", "not a plain weights file", "safety", "state_dict"],
-            absent=["o7"],
+        _case("out-is-file/residual", residual("role=welllit", "run_b", d / "afile" / "r.npy"), out_is_file, []),
+        _case("out-is-file/explain", explain_res("res.npy", "afile"), out_is_file, []),
+        _case("out-is-file/enhance", ["enhance", d / "enh.pth", d / "a", "--out", d / "afile", *cpu], out_is_file, []),
+        _case(
+            "identical-sets/residual",
+            residual("role=backlit", "run_a2", d / "o13.npy"),
+            ["run_a", "run_a2", "numerical noise", "different"],
+            ["o13.npy", "o13.json"],
         ),
-        dict(
-            name="non-tensor-pth/train-init",
-            argv=["train", "--out", d / "o8", "--init", d / "evil.pth", "--residual", d / "res.npy", *train],
-            words=["evil.pth", "not a plain weights file", "safety", "state_dict"],
-            absent=["o8"],
-        ),
-        dict(
-            name="out-is-file/extract",
-            argv=[
-                "extract",
-                "-m",
-                d / "a.jsonl",
-                "--model",
-                "embedlab-tiny",
-                "--pretrained",
-                "none",
-                "--out",
-                d / "afile",
-                "--workers",
-                "0",
-                "--no-progress",
-                *cpu,
-            ],
-            words=["afile", "existing file", "--out"],
-            absent=[],
-        ),
-        dict(
-            name="out-is-file/residual",
-            argv=[
-                "residual",
-                d / "run_a",
-                "--from",
-                "role=backlit",
-                "--to",
-                "role=welllit",
-                "--to-run",
-                d / "run_b",
-                "--out",
-                d / "afile" / "r.npy",
-                "--bootstrap",
-                "0",
-                "--no-progress",
-            ],
-            words=["afile", "existing file", "--out"],
-            absent=[],
-        ),
-        dict(
-            name="out-is-file/explain",
-            argv=["explain-residual", d / "res.npy", "--out", d / "afile", *explain],
-            words=["afile", "existing file", "--out"],
-            absent=[],
-        ),
-        dict(
-            name="out-is-file/enhance",
-            argv=["enhance", d / "enh.pth", d / "a", "--out", d / "afile", *cpu],
-            words=["afile", "existing file", "--out"],
-            absent=[],
-        ),
-        dict(
-            name="identical-sets/residual",
-            argv=[
-                "residual",
-                d / "run_a",
-                "--from",
-                "role=backlit",
-                "--to",
-                "role=backlit",
-                "--to-run",
-                d / "run_a2",
-                "--out",
-                d / "o13.npy",
-                "--bootstrap",
-                "0",
-                "--no-progress",
-            ],
-            words=["run_a", "run_a2", "numerical noise", "different"],
-            absent=["o13.npy", "o13.json"],
-        ),
-        dict(
-            name="usage-error/explain",
-            argv=["explain-residual", d / "res.npy", "--top", "many"],
+        _case(
+            "usage-error/explain",
+            ["explain-residual", d / "res.npy", "--top", "many"],
+            ["--top", "integer", "explain-residual --help"],
+            [],
             code=2,
-            words=["--top", "integer", "explain-residual --help"],
-            absent=[],
         ),
     ]
 

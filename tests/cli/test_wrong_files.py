@@ -2,25 +2,13 @@
 file, where it is not UTF-8 the line and byte offset, and what was expected (`embedlab._io.read_text`)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, write_photo
-
-
-def _cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "embedlab", "-q", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-        env=dict(os.environ, HF_HUB_OFFLINE="1"),
-    )
+from tests.conftest import write_photo
+from tests.helpers.extraction import quiet_cli as _cli
+from tests.helpers.extraction import tiny_extract_argv
 
 
 def _one_line(r) -> str:
@@ -32,10 +20,7 @@ def _one_line(r) -> str:
 
 
 def _extract(manifest, out):
-    return _cli(
-        "extract", "-m", manifest, "--model", "embedlab-tiny", "--pretrained", "none", "--out", out,
-        "--device", "cpu", "--workers", "0", "--no-progress",
-    )  # fmt: skip
+    return _cli(*tiny_extract_argv(manifest, out, "--workers", "0", "--no-progress"))
 
 
 def test_a_jpeg_as_manifest(tmp_path):

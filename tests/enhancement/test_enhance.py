@@ -1,5 +1,4 @@
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ import torch
 from embedlab.enhancement import losses as L
 from embedlab.enhancement.network import EnhancementNet, load_enhancer_state
 from tests.conftest import REPO, shared_dir
+from tests.helpers.extraction import run_cli
 
 
 def test_network_size_and_identity_init():
@@ -199,14 +199,7 @@ def test_train_refuses_a_residual_of_another_model(tiny_run, residual_file, tmp_
 
 def test_cpu_training_end_to_end_through_the_cli(tiny_run, residual_file, tmp_path):
     def cli(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "embedlab", *args],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            env=dict(os.environ),
-            timeout=900,
-        )
+        return run_cli(*args, timeout=900)
 
     r = cli(
         "train",

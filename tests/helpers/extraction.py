@@ -33,3 +33,21 @@ def photo_folder(folder: Path, n: int, size=(64, 48)) -> Path:
         )
     out = manifest("flat", folder, folder.parent / f"{folder.name}.jsonl", role="welllit")["files"]["manifest"]
     return out
+
+
+def jpeg_folder(folder: Path, n: int) -> Path:
+    """`n` small JPEGs of slightly different sizes in `folder`, and their manifest (role welllit)."""
+    for i in range(n):
+        write_photo(folder / f"{i:03d}.jpg", size=(40 + i, 32), seed=i, fmt="JPEG")
+    return manifest("flat", folder, folder.parent / f"{folder.name}.jsonl", role="welllit")["files"]["manifest"]
+
+
+def quiet_cli(*args, timeout=300):
+    """`embedlab -q ARGS` in a subprocess (only warnings and errors on stderr)."""
+    return run_cli("-q", *args, timeout=timeout)
+
+
+def tiny_extract_argv(manifest, out, *extra, device="cpu") -> list:
+    """The argv of `embedlab extract` of `manifest` into `out` with the tiny random-init model, then `extra`."""
+    return ["extract", "-m", manifest, "--model", "embedlab-tiny", "--pretrained", "none", "--out", out,
+            "--device", device, *extra]  # fmt: skip

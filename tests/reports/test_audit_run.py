@@ -87,7 +87,7 @@ def test_bad_input_gets_one_line_and_writes_nothing(world_run, tmp_path):
     cases = [
         (["--by", "colour"], "no column 'colour'"),
         (["--by", "light", "--min-groups", "9"], "No slice has 9 units"),
-        (["--by", "light", "--within", "nope"], "--within 'nope' is not a column"),
+        (["--by", "light", "--within", "nope"], "'nope' (given as '--within') is not a column"),
     ]
     table = tmp_path / "side.csv"
     pd.DataFrame({"path": ["elsewhere/a.png"], "site": ["x"]}).to_csv(table, index=False)
@@ -111,3 +111,36 @@ def test_a_side_table_joined_on_the_path_adds_columns(world_run, tmp_path):
     pd.DataFrame({"path": meta["path"], "site": site}).to_parquet(table)
     r = audit(root / "run", "site", metadata=table, permutations=99, bootstrap=0, progress=False, device="cpu")
     assert list(r.slices["name"]) == ["site=north"] and r.slices["n_groups"].iloc[0] == 4
+
+
+def test_the_ray_engine_equals_the_local_engine(world_run):
+    """One Ray task per shard, reduced on the driver in shard order: the same sums (to float64 rounding) and so
+    the same audit."""
+    ray = pytest.importorskip("ray")
+    from embedlab import audit
+    from embedlab.analysis.audit_pass import stream_sums
+
+    root, _ = world_run
+    run = Run(root / "run")
+    codes = np.arange(len(run))
+    M = np.eye(len(run))[:, :5]
+    ray.init(num_cpus=2, object_store_memory=1_000_000_000, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = stream_sums([run], codes, len(run), M, engine="ray")
+        r_ray = audit(run, "light", permutations=99, bootstrap=0, progress=False, device="cpu", engine="ray")
+    finally:
+        ray.shutdown()
+    local = stream_sums([run], codes, len(run), M, engine="local")
+    for key in ("unit_sums", "slice_sums"):
+        assert np.allclose(remote[key], local[key], rtol=1e-12, atol=1e-12)
+    r_local = audit(run, "light", permutations=99, bootstrap=0, progress=False, device="cpu")
+    cols = ["effect", "statistic", "p", "p_fwer"]
+    assert np.allclose(r_ray.slices[cols].to_numpy(float), r_local.slices[cols].to_numpy(float), rtol=1e-9)
+
+
+def test_units_that_do_not_fit_the_budget_are_refused_before_reading(world_run):
+    from embedlab import audit
+    from embedlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="over 'memory_budget'"):
+        audit(world_run[0] / "run", "light", memory_budget="1K", progress=False, device="cpu")

@@ -6,13 +6,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from embedlab.datasets.layouts import manifest
-from tests.conftest import REPO, write_photo
+from tests.helpers.extraction import jpeg_folder as _photos
+from tests.helpers.extraction import quiet_cli as _cli
+from tests.helpers.extraction import tiny_extract_argv
 
 
 @pytest.fixture
@@ -48,28 +48,11 @@ def _fill(disk: Path, leave: int = 0) -> Path:
     return ballast
 
 
-def _photos(folder: Path, n: int) -> Path:
-    for i in range(n):
-        write_photo(folder / f"{i:03d}.jpg", size=(40 + i, 32), seed=i, fmt="JPEG")
-    return manifest("flat", folder, folder.parent / f"{folder.name}.jsonl", role="welllit")["files"]["manifest"]
-
-
-def _cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "embedlab", "-q", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-        env=dict(os.environ, HF_HUB_OFFLINE="1"),
-    )
+_FLAGS = ("--workers", "0", "--no-progress", "--shard-size", "2", "--batch-size", "2", "--json")
 
 
 def _extract(man, out, *extra):
-    return _cli(
-        "extract", "-m", man, "--model", "embedlab-tiny", "--pretrained", "none", "--out", out, "--device", "cpu",
-        "--workers", "0", "--no-progress", "--shard-size", "2", "--batch-size", "2", "--json", *extra,
-    )  # fmt: skip
+    return _cli(*tiny_extract_argv(man, out, *_FLAGS, *extra))
 
 
 def _disk_full_line(r, folder: Path) -> str:

@@ -15,6 +15,7 @@ from embedlab.runs.extract.pipeline import extract
 from embedlab.runs.index import load_index
 from embedlab.runs.store import Run
 from tests.conftest import REPO, write_photo
+from tests.helpers.extraction import tiny_extract_argv
 
 
 def _cli(*args, env=None, timeout=600, kill_after_shards=None):
@@ -33,17 +34,8 @@ def _cli(*args, env=None, timeout=600, kill_after_shards=None):
 def test_run_folder_contract(tiny_run):
     run = Run(tiny_run)
     m = run.manifest
-    for key in (
-        "model",
-        "pretrained",
-        "weights_sha256",
-        "preprocess",
-        "decode",
-        "vector_dtype",
-        "device",
-        "input_hash",
-        "open_clip_version",
-    ):
+    recorded = "model pretrained weights_sha256 preprocess decode vector_dtype device input_hash open_clip_version"
+    for key in recorded.split():
         assert key in m or key in m["model_info"]
     assert m["status"] == "complete" and m["counts"]["embedded"] == len(run.metadata)
     norms = np.linalg.norm(run.vectors, axis=1)
@@ -84,32 +76,19 @@ def _mixed_manifest(tmp_path, n=24):
 
 def test_killed_extraction_resumes_to_the_same_vectors(tmp_path):
     manifest = _mixed_manifest(tmp_path)
-    args = [
-        "extract",
-        "-m",
-        str(manifest),
-        "--model",
-        "embedlab-tiny",
-        "--pretrained",
-        "none",
-        "--device",
-        "cpu",
-        "--shard-size",
-        "4",
-        "--batch-size",
-        "3",
-        "--workers",
-        "0",
-        "--no-progress",
-    ]
-    killed = _cli(*args, "--out", str(tmp_path / "resumed"), kill_after_shards=2)
+    flags = ("--shard-size", "4", "--batch-size", "3", "--workers", "0", "--no-progress")
+
+    def args(out: str) -> list:
+        return tiny_extract_argv(str(manifest), str(tmp_path / out), *flags)
+
+    killed = _cli(*args("resumed"), kill_after_shards=2)
     assert killed.returncode == -9, killed.stderr[-2000:]
     partial = Run(tmp_path / "resumed")
     assert partial.manifest["status"] == "running" and len(partial.done_shards()) == 2
     assert not (tmp_path / "resumed" / "index.faiss").exists()
-    again = _cli(*args, "--out", str(tmp_path / "resumed"))
+    again = _cli(*args("resumed"))
     assert again.returncode == 0, again.stderr[-2000:]
-    fresh = _cli(*args, "--out", str(tmp_path / "fresh"))
+    fresh = _cli(*args("fresh"))
     assert fresh.returncode == 0
     a, b = Run(tmp_path / "resumed"), Run(tmp_path / "fresh")
     assert list(a.metadata["row_id"]) == list(range(24)) == list(b.metadata["row_id"])
@@ -123,30 +102,10 @@ def test_other_model_is_refused_unless_overwrite(tmp_path, tiny_run, demo_manife
 
     target = tmp_path / "run"
     shutil.copytree(tiny_run, target)
+    config = dict(device="cpu", workers=0, shard_size=16, decode="torchvision", progress=False)
     with pytest.raises(IncompatibleRunError, match="different configuration"):
-        extract(
-            demo_manifest,
-            "embedlab-tiny",
-            "none",
-            target,
-            device="cpu",
-            workers=0,
-            shard_size=16,
-            decode="torchvision",
-            progress=False,
-        )
-    summary = extract(
-        demo_manifest,
-        "embedlab-tiny",
-        "none",
-        target,
-        device="cpu",
-        workers=0,
-        shard_size=16,
-        decode="torchvision",
-        overwrite=True,
-        progress=False,
-    )
+        extract(demo_manifest, "embedlab-tiny", "none", target, **config)
+    summary = extract(demo_manifest, "embedlab-tiny", "none", target, overwrite=True, **config)
     run = Run(target)
     assert run.manifest["decode"] == "torchvision" and "decode_jpeg" in run.manifest["preprocess"]
     assert summary["embedded"] == len(Run(tiny_run).metadata)
@@ -265,19 +224,7 @@ def test_checkpoint_file_path_and_device_errors(tmp_path, tiny_model):
     if not torch.cuda.is_available():
         with pytest.raises(DeviceError, match="no CUDA GPU"):
             models.resolve_device("cuda")
-        r = _cli(
-            "extract",
-            "-m",
-            "data_manifests/demo.jsonl",
-            "--model",
-            "embedlab-tiny",
-            "--pretrained",
-            "none",
-            "--out",
-            str(tmp_path / "r"),
-            "--device",
-            "cuda",
-        )
+        r = _cli(*tiny_extract_argv("data_manifests/demo.jsonl", str(tmp_path / "r"), device="cuda"))
         assert r.returncode == 1 and "no CUDA GPU" in r.stderr
 
 

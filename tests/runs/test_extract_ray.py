@@ -13,7 +13,7 @@ import pytest
 from embedlab.runs.extract.pipeline import extract
 from embedlab.runs.index import load_index
 from embedlab.runs.store import Run
-from tests.helpers.extraction import TINY
+from tests.helpers.extraction import TINY, tiny_extract_argv
 from tests.helpers.extraction import photo_folder as _photos
 from tests.helpers.extraction import run_cli as _cli
 
@@ -91,28 +91,8 @@ _KILL_DRIVER = (
 @pytest.mark.slow
 def test_ray_killed_driver_resumes_on_rerun(tmp_path, ray_address, ray_inputs):
     man, local = ray_inputs
-    args = [
-        "extract",
-        "-m",
-        man,
-        "--model",
-        "embedlab-tiny",
-        "--pretrained",
-        "none",
-        "--out",
-        tmp_path / "run",
-        "--shard-size",
-        "2",
-        "--batch-size",
-        "2",
-        "--engine",
-        "ray",
-        "--address",
-        ray_address,
-        "--device",
-        "cpu",
-        "--no-progress",
-    ]
+    flags = ("--shard-size", "2", "--batch-size", "2", "--engine", "ray", "--address", ray_address, "--no-progress")
+    args = tiny_extract_argv(man, tmp_path / "run", *flags)
     r = _cli(*args, code=_KILL_DRIVER)
     assert r.returncode == -9, r.stderr[-3000:]
     partial = Run(tmp_path / "run")

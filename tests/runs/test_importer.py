@@ -1,8 +1,5 @@
 """`embedlab runs import`: embeddings made elsewhere become an ordinary run."""
 
-import subprocess
-import sys
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,7 +7,8 @@ import pytest
 from embedlab.errors import ConfigError, IncompatibleRunError
 from embedlab.runs.importer import import_run
 from embedlab.runs.store import Run
-from tests.conftest import REPO, write_photo
+from tests.conftest import write_photo
+from tests.helpers.extraction import run_cli
 
 DIM = 64  # embedlab-tiny
 
@@ -94,21 +92,9 @@ def test_bad_inputs_one_line_each(tmp_path):
     )
     assert summary["embedded"] == 3 and summary["imported"]["missing_images"] == 3
     # the CLI: one line, exit 1
-    r = subprocess.run(
-        [sys.executable, "-m", "embedlab", "runs", "import", str(tmp_path / "cr"), "--out", str(tmp_path / "r7")]
-        + ["--model", "ViT-B-32:openai"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
+    r = run_cli("runs", "import", tmp_path / "cr", "--out", tmp_path / "r7", "--model", "ViT-B-32:openai")
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "512-dimensional" in r.stderr
-    r = subprocess.run(
-        [sys.executable, "-m", "embedlab", "runs", "import", str(tmp_path / "v.npy"), "--out", str(tmp_path / "r8")]
-        + ["--model", "embedlab-tiny"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
+    r = run_cli("runs", "import", tmp_path / "v.npy", "--out", tmp_path / "r8", "--model", "embedlab-tiny")
     assert r.returncode == 1 and "Fix: add a '--paths' table" in r.stderr  # the parameter shown as its flag
 
 

@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 
 import embedlab.runs.extract.local as local_engine
-from embedlab.datasets.layouts import manifest
 from embedlab.runs.extract.pipeline import extract
 from embedlab.runs.lock import RunLock, RunLockedError, machine_ids
-from tests.conftest import REPO, write_photo
+from tests.conftest import REPO
+from tests.helpers.extraction import jpeg_folder as _photos
+from tests.helpers.extraction import run_cli as _cli
+from tests.helpers.extraction import tiny_extract_argv
 
 TINY = dict(device="cpu", progress=False, workers=0)
 
@@ -38,23 +40,6 @@ s = extract(sys.argv[1], 'embedlab-tiny', 'none', sys.argv[2], device='cpu', wor
             progress=False)
 print(s['embedded'], flush=True)
 """
-
-
-def _photos(folder: Path, n: int) -> Path:
-    for i in range(n):
-        write_photo(folder / f"{i:03d}.jpg", size=(40 + i, 32), seed=i, fmt="JPEG")
-    return manifest("flat", folder, folder.parent / f"{folder.name}.jsonl", role="welllit")["files"]["manifest"]
-
-
-def _cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "embedlab", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-        env=dict(os.environ, HF_HUB_OFFLINE="1"),
-    )
 
 
 def _wait_for(cond, what: str, timeout: float = 120) -> None:
@@ -93,28 +78,8 @@ def test_break_lock_is_refused_ten_of_ten_while_the_holder_runs_here(tmp_path):
             refused += 1
         assert refused == 10
         # the CLI: one line, who holds it (host, pid, command) and since when
-        r = _cli(
-            "extract",
-            "-m",
-            man,
-            "--model",
-            "embedlab-tiny",
-            "--pretrained",
-            "none",
-            "--device",
-            "cpu",
-            "--out",
-            run,
-            "--dtype",
-            "float16",
-            "--shard-size",
-            "1",
-            "--workers",
-            "0",
-            "--no-progress",
-            "--overwrite",
-            "--break-lock",
-        )
+        flags = ("--dtype", "float16", "--shard-size", "1", "--workers", "0", "--no-progress", "--overwrite")
+        r = _cli(*tiny_extract_argv(man, run, *flags, "--break-lock"))
         lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("INFO")]
         assert r.returncode == 1 and len(lines) == 1, r.stderr
         line = lines[0]

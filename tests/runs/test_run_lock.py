@@ -9,7 +9,7 @@ import pytest
 
 from embedlab.runs.extract.pipeline import extract
 from tests.conftest import REPO
-from tests.helpers.extraction import TINY
+from tests.helpers.extraction import TINY, tiny_extract_argv
 from tests.helpers.extraction import photo_folder as _photos
 from tests.helpers.extraction import run_cli as _cli
 
@@ -41,22 +41,7 @@ _HOLDER = (
 def test_a_locked_run_folder_refuses_a_second_extract_in_one_line(tmp_path):
     man = _photos(tmp_path / "imgs", 3)
     run = tmp_path / "run"
-    args = [
-        "extract",
-        "-m",
-        man,
-        "--model",
-        "embedlab-tiny",
-        "--pretrained",
-        "none",
-        "--device",
-        "cpu",
-        "--out",
-        run,
-        "--no-progress",
-        "--workers",
-        "0",
-    ]
+    args = tiny_extract_argv(man, run, "--no-progress", "--workers", "0")
     holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(run)], stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
         assert holder.stdout.readline().strip() == "held"

@@ -113,38 +113,7 @@ def _prepare(
     if not overwrite:  # a run of other inputs or another model: refused now, before the model loads
         _precheck_identity(run_dir, model, pretrained, scan.input_hash, vector_dtype, shard_size)
     lm = loaded_model or models.load_model(model, pretrained, "cpu" if plan is not None else dev)
-    identity = {
-        "model": model,
-        "pretrained": pretrained or "none",
-        "weights_sha256": lm.info["weights_sha256"],
-        "preprocess": lm.info["preprocess"]
-        if decode == "pil"
-        else f"torchvision.io.decode_jpeg on {dev.type}; resize shortest side to {lm.image_size} (bicubic, antialias), "
-        f"centre-crop {lm.image_size}, normalize mean={lm.info['mean']} std={lm.info['std']}; non-JPEG via PIL",
-        "decode": decode,
-        "vector_dtype": vector_dtype,
-        "compute_dtype": plan.compute_dtype if plan is not None else models.compute_dtype(dev),
-        "input_hash": scan.input_hash,
-        "shard_size": int(shard_size),
-    }
-    header = dict(
-        identity,
-        **{
-            "embedlab_run": 1,
-            "kind": "image-embeddings",
-            "embed_dim": lm.dim,
-            "image_size": lm.image_size,
-            "model_info": lm.info,
-            "device": str(dev),
-            "source_manifest": str(Path(manifest).resolve()),
-            "source_manifest_name": man.name,
-            "source_manifest_fingerprint": scan.fingerprint,
-            "normalisation": "L2 per vector",
-            "status": "running",
-            "inputs": len(entries),
-            "shards": (len(entries) + shard_size - 1) // shard_size,
-        },
-    )
+    header = _header(manifest, model, pretrained, lm, dev, decode, vector_dtype, shard_size, plan, scan)
     # metadata columns: those the manifest's header names (any input form, datasets/inputs.py), else webdataset's
     extra = tuple(man.header.get("meta_columns") or ()) or (WDS_COLUMNS if scan.with_meta else ())
     return Job(
@@ -163,6 +132,46 @@ def _prepare(
         progress,
         extra,
         {"started": time.time()},
+    )
+
+
+def _header(manifest, model, pretrained, lm, dev, decode, vector_dtype, shard_size, plan, scan) -> dict:
+    """The run's manifest as it starts (status running): its identity (`IDENTITY_KEYS`), the model's record and the
+    inputs' counts and provenance."""
+    from embedlab import models
+
+    man, entries = scan.manifest, scan.manifest.entries
+    identity = {
+        "model": model,
+        "pretrained": pretrained or "none",
+        "weights_sha256": lm.info["weights_sha256"],
+        "preprocess": lm.info["preprocess"]
+        if decode == "pil"
+        else f"torchvision.io.decode_jpeg on {dev.type}; resize shortest side to {lm.image_size} (bicubic, antialias), "
+        f"centre-crop {lm.image_size}, normalize mean={lm.info['mean']} std={lm.info['std']}; non-JPEG via PIL",
+        "decode": decode,
+        "vector_dtype": vector_dtype,
+        "compute_dtype": plan.compute_dtype if plan is not None else models.compute_dtype(dev),
+        "input_hash": scan.input_hash,
+        "shard_size": int(shard_size),
+    }
+    return dict(
+        identity,
+        **{
+            "embedlab_run": 1,
+            "kind": "image-embeddings",
+            "embed_dim": lm.dim,
+            "image_size": lm.image_size,
+            "model_info": lm.info,
+            "device": str(dev),
+            "source_manifest": str(Path(manifest).resolve()),
+            "source_manifest_name": man.name,
+            "source_manifest_fingerprint": scan.fingerprint,
+            "normalisation": "L2 per vector",
+            "status": "running",
+            "inputs": len(entries),
+            "shards": (len(entries) + shard_size - 1) // shard_size,
+        },
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from contextlib import contextmanager
 from typing import Any
 
 from embedlab.datasets.images import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS
@@ -56,21 +57,14 @@ def extract(
     preprocessing or input list (unless `overwrite`), RunLockedError when another extract holds it.
     """
     _check_options(vector_dtype, batch_size, shard_size, engine, max_aspect)
-    plan = None
-    try:
-        if engine == "ray":
-            import torch
-
-            from embedlab.runs.extract import ray as extract_ray
-
-            plan = extract_ray.plan(address, device, gpus_per_worker, workers)
+    with _engine_plan(engine, address, device, gpus_per_worker, workers) as (plan, job_device):
         src = as_manifest(manifest, path_column=path_column, image_column=image_column)  # before any model loads
         job = _prepare(
             src.manifest,
             model,
             pretrained,
             out,
-            device=device if plan is None else torch.device(plan.device),
+            device=job_device,
             decode=decode,
             batch_size=batch_size,
             workers=workers,
@@ -84,21 +78,45 @@ def extract(
             plan=plan,
             overwrite=overwrite,
         )
-        if src.form != "manifest":
-            job.header["input"] = src.provenance
-        job.run_dir.mkdir(parents=True, exist_ok=True)
-        with RunLock(job.run_dir, break_lock=break_lock, what=f"extract --engine {engine}") as lock:
-            job.lock_token = lock.token
-            _open_run(job, overwrite)
-            done = set(Run(job.run_dir).done_shards())
-            todo = [s for s in range(job.header["shards"]) if s not in done]
-            t0 = time.perf_counter()
-            counts = extract_ray.run(job, todo, plan, model, pretrained) if plan is not None else _run_local(job, todo)
-            elapsed = time.perf_counter() - t0 - counts.pop("startup_seconds", 0.0)
-            lock.verify()  # taken over meanwhile: finalising would mix another configuration's shards
-            return finalize(
-                job.run_dir, job.header, this_call=dict(counts, seconds=elapsed, started=job.stats["started"])
-            )
+        return _run_job(job, src, plan, model, pretrained, engine, break_lock, overwrite)
+
+
+@contextmanager
+def _engine_plan(engine: str, address, device, gpus_per_worker, workers):
+    """(the Ray plan, the device the job is prepared for): (None, `device`) for the local engine; with Ray, the
+    plan's device, and the Ray instance started here shut down on the way out."""
+    if engine != "ray":
+        yield None, device
+        return
+    import torch
+
+    from embedlab.runs.extract import ray as extract_ray
+
+    plan = extract_ray.plan(address, device, gpus_per_worker, workers)
+    try:
+        yield plan, torch.device(plan.device)
     finally:
-        if plan is not None and plan.started_here:
+        if plan.started_here:
             extract_ray.shutdown()
+
+
+def _run_job(job, src, plan, model, pretrained, engine: str, break_lock: bool, overwrite: bool) -> dict:
+    """Run the job's remaining shards under the run lock (on Ray with a plan, else here), then finalise the run."""
+    if src.form != "manifest":
+        job.header["input"] = src.provenance
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(job.run_dir, break_lock=break_lock, what=f"extract --engine {engine}") as lock:
+        job.lock_token = lock.token
+        _open_run(job, overwrite)
+        done = set(Run(job.run_dir).done_shards())
+        todo = [s for s in range(job.header["shards"]) if s not in done]
+        t0 = time.perf_counter()
+        if plan is not None:
+            from embedlab.runs.extract import ray as extract_ray
+
+            counts = extract_ray.run(job, todo, plan, model, pretrained)
+        else:
+            counts = _run_local(job, todo)
+        elapsed = time.perf_counter() - t0 - counts.pop("startup_seconds", 0.0)
+        lock.verify()  # taken over meanwhile: finalising would mix another configuration's shards
+        return finalize(job.run_dir, job.header, this_call=dict(counts, seconds=elapsed, started=job.stats["started"]))
