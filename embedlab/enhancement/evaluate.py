@@ -103,6 +103,34 @@ def _lpips_model():
         ) from None
 
 
+def _image_row(p: Path, g: Path | None, with_gt: bool, gray: bool, lp) -> dict:
+    """One prediction's metrics: exposure statistics; against its ground truth `g` (the prediction resized to it
+    where sizes differ), PSNR/SSIM, in grayscale too with `gray`, and LPIPS with a model `lp`."""
+    from embedlab.datasets.images import decode_image
+
+    pu8 = np.asarray(decode_image(str(p)).image, dtype=np.uint8)
+    row = {"pred": str(p), "gt": cache_ref(g) if g else None, **exposure_stats(pu8)}  # no cache root shown
+    if with_gt and g is None:
+        row["note"] = "no ground truth paired"
+    if g is not None:
+        gu8 = np.asarray(decode_image(str(g)).image, dtype=np.uint8)
+        if gu8.shape != pu8.shape:
+            from PIL import Image
+
+            pu8 = np.asarray(Image.fromarray(pu8).resize((gu8.shape[1], gu8.shape[0]), Image.BICUBIC))
+            row["note"] = "prediction resized to the ground truth's size"
+        row["psnr"], row["ssim"] = psnr_ssim_rgb(pu8 / 255.0, gu8 / 255.0)
+        if gray:
+            row["psnr_gray"], row["ssim_gray"] = psnr_ssim_gray(pu8, gu8)
+        if lp is not None:
+            import torch
+
+            to_t = lambda a: torch.from_numpy(a / 127.5 - 1).permute(2, 0, 1)[None].float()  # noqa: E731
+            with torch.no_grad():
+                row["lpips"] = float(lp(to_t(pu8), to_t(gu8)))
+    return row
+
+
 def evaluate(
     pred: str | os.PathLike,
     gt: str | os.PathLike | None = None,
@@ -118,7 +146,6 @@ def evaluate(
     """Per-image metrics (CSV) and a summary (JSON). With `gt`: PSNR/SSIM (RGB; grayscale too with `gray`), LPIPS
     if asked and available. Always: exposure statistics. With `residual`: mean projection on the residual of the
     enhanced images (and of `inputs`, if given) through the residual's model."""
-    from embedlab.datasets.images import decode_image
     from embedlab.enhancement.infer import list_inputs
 
     pred_dir = Path(pred)
@@ -132,29 +159,7 @@ def evaluate(
         except MissingDependencyError as exc:
             notes.append(str(exc))
             log.warning("%s", exc)
-    rows = []
-    for p, g in progress_bar(progress, pairs, desc="evaluate", unit="img"):
-        pu8 = np.asarray(decode_image(str(p)).image, dtype=np.uint8)
-        row = {"pred": str(p), "gt": cache_ref(g) if g else None, **exposure_stats(pu8)}  # no cache root shown
-        if gt and g is None:
-            row["note"] = "no ground truth paired"
-        if g is not None:
-            gu8 = np.asarray(decode_image(str(g)).image, dtype=np.uint8)
-            if gu8.shape != pu8.shape:
-                from PIL import Image
-
-                pu8 = np.asarray(Image.fromarray(pu8).resize((gu8.shape[1], gu8.shape[0]), Image.BICUBIC))
-                row["note"] = "prediction resized to the ground truth's size"
-            row["psnr"], row["ssim"] = psnr_ssim_rgb(pu8 / 255.0, gu8 / 255.0)
-            if gray:
-                row["psnr_gray"], row["ssim_gray"] = psnr_ssim_gray(pu8, gu8)
-            if lp is not None:
-                import torch
-
-                to_t = lambda a: torch.from_numpy(a / 127.5 - 1).permute(2, 0, 1)[None].float()  # noqa: E731
-                with torch.no_grad():
-                    row["lpips"] = float(lp(to_t(pu8), to_t(gu8)))
-        rows.append(row)
+    rows = [_image_row(p, g, bool(gt), gray, lp) for p, g in progress_bar(progress, pairs, desc="evaluate", unit="img")]
     table = pd.DataFrame(rows)
     if gt and table.get("psnr") is not None and table["psnr"].notna().sum() == 0:
         raise ConfigError(

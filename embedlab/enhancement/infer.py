@@ -94,6 +94,34 @@ def list_inputs(inputs: list[str]) -> list[Path]:
     return files
 
 
+def _enhance_batch(net, items: list, out: Path, max_pixels, precision: str, results: list, bar) -> None:
+    """Enhance a batch of same-size images [(file, tensor)] and write each as OUT/<stem>.png; append a record each
+    to `results`."""
+    from PIL import Image
+
+    x = torch.stack([t for _, t in items])
+    y = enhance_array(net, x, max_pixels, precision)
+    small = illumination_size(x.shape[-2], x.shape[-1], max_pixels)
+    for (src, _), img in zip(items, y):
+        if small is not None:
+            log.info(
+                "%s: %dx%d px is above max_pixels %d: its illumination map is estimated on a downscaled "
+                "%dx%d copy and upsampled",
+                display_path(str(src)),
+                x.shape[-1],
+                x.shape[-2],
+                max_pixels,
+                small[1],
+                small[0],
+            )
+        arr = (img.permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+        dst = out / f"{src.stem}.png"
+        Image.fromarray(arr).save(dst)
+        results.append({"input": str(src), "output": str(dst), "width": arr.shape[1], "height": arr.shape[0]})
+        if bar is not None:
+            bar.update(1)
+
+
 def enhance(
     checkpoint: str | os.PathLike,
     inputs: list[str] | str,
@@ -107,8 +135,6 @@ def enhance(
 ) -> dict:
     """Enhance files or folders into `out` as PNGs (name = input stem), batching same-size images. Returns {"files":
     {input: output PNG}, "images": a record per input (output or None, size or error), "enhanced", "skipped"}."""
-    from PIL import Image
-
     from embedlab import models
     from embedlab.datasets.images import ImageError, decode_image
 
@@ -127,28 +153,7 @@ def enhance(
         bar = tqdm(total=len(files), desc="enhance", unit="img", dynamic_ncols=True)
 
     def flush(key):
-        items = pending.pop(key)
-        x = torch.stack([t for _, t in items])
-        y = enhance_array(net, x, max_pixels, precision)
-        small = illumination_size(x.shape[-2], x.shape[-1], max_pixels)
-        for (src, _), img in zip(items, y):
-            if small is not None:
-                log.info(
-                    "%s: %dx%d px is above max_pixels %d: its illumination map is estimated on a downscaled "
-                    "%dx%d copy and upsampled",
-                    display_path(str(src)),
-                    x.shape[-1],
-                    x.shape[-2],
-                    max_pixels,
-                    small[1],
-                    small[0],
-                )
-            arr = (img.permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
-            dst = out / f"{src.stem}.png"
-            Image.fromarray(arr).save(dst)
-            results.append({"input": str(src), "output": str(dst), "width": arr.shape[1], "height": arr.shape[0]})
-            if bar is not None:
-                bar.update(1)
+        _enhance_batch(net, pending.pop(key), out, max_pixels, precision, results, bar)
 
     for f in files:
         try:

@@ -19,21 +19,12 @@ def _folder(path, base, n=5):
     return path
 
 
+QUICK = dict(device="cpu", workers=0, bootstrap=0, map_methods=("pca",), progress=False)  # small work on a CPU
+
+
 def _run(a, b, out, vocab, **kw):
     return compare(
-        a,
-        b,
-        out,
-        model="embedlab-tiny",
-        pretrained="none",
-        device="cpu",
-        workers=0,
-        vocab=str(vocab),
-        permutations=20,
-        bootstrap=0,
-        map_methods=("pca",),
-        progress=False,
-        **kw,
+        a, b, out, model="embedlab-tiny", pretrained="none", vocab=str(vocab), permutations=20, **QUICK, **kw
     )
 
 
@@ -57,18 +48,7 @@ def test_compare_two_folders_writes_its_page(tmp_path):
     _run(a, b, out, vocab)
     assert [p.stat().st_mtime_ns for p in done] == stamps
     # a run folder is accepted as A (its model is used)
-    again = compare(
-        out / "runs" / "a",
-        b,
-        tmp_path / "cmp2",
-        device="cpu",
-        workers=0,
-        vocab=str(vocab),
-        permutations=0,
-        bootstrap=0,
-        map_methods=("pca",),
-        progress=False,
-    )
+    again = compare(out / "runs" / "a", b, tmp_path / "cmp2", vocab=str(vocab), permutations=0, **QUICK)
     assert again["sets"][0]["form"] == "run" and (tmp_path / "cmp2" / "index.html").exists()
 
 
