@@ -32,7 +32,7 @@ def plot_cmd(
     """2-D maps (PCA, UMAP) of a run's image embeddings, coloured by set, with the residual drawn."""
     methods = ("pca", "umap") if umap else ("pca",)
     out = out or run / "plots"  # the API writes nothing without an out (it returns a Figure)
-    cli.emit_files(cli.call_api("reports.plot:plot", locals(), exclude=("umap",), methods=methods), as_json)
+    cli.finish(cli.call_api("reports.plot:plot", locals(), exclude=("umap",), methods=methods), as_json)
 
 
 @app.command("embedding-map")
@@ -106,9 +106,16 @@ def audit_cmd(
     """Which slices of a collection differ from the rest, and how, in words: every value of the named metadata columns
     (and conjunctions, and clusters with --discover) against the rest of the images, with one audit-wide test over
     all slices and concepts (the unit is the group when images come in groups)."""
-    result = cli.call_api("reports.audit:audit", locals())
-    if as_json:
-        return cli.print_json({"info": result.info, "slices": result.slices.to_dict(orient="records")})
+    cli.finish(cli.call_api("reports.audit:audit", locals()), as_json, _show_audit, summary=_audit_summary)
+
+
+def _audit_summary(result) -> dict:
+    """audit's --json: the audit's info and its slices as records."""
+    return {"info": result.info, "slices": result.slices.to_dict(orient="records")}
+
+
+def _show_audit(result) -> None:
+    """audit's text: its summary line and the page (or table) to open."""
     from embedlab.reports.audit import summary_line
 
     typer.echo(summary_line(result))

@@ -84,7 +84,7 @@ def generate(layout: str, root: str | os.PathLike, **opts: Any) -> tuple[list[di
     """Records and a report (counts, dropped duplicates) for a dataset layout. See `list_layouts()`."""
     spec = get_layout(layout)
     root = Path(root)
-    if layout not in ("demo", "webdataset") and not root.is_dir():
+    if layout not in (*ROOTLESS, "webdataset") and not root.is_dir():
         raise ManifestError(f"Dataset root {root} does not exist. Fix: pass the folder that holds the {layout} data.")
     records, report = spec.generate(root, **opts)
     if not records:
@@ -369,6 +369,21 @@ def _demo_backlit(uri: str, seed: int, split: str, base: dict) -> dict:
     }
 
 
+@register_layout(
+    "audit-demo",
+    "(no ROOT needed) the slice audit's planted world: package photos as groups of 3 crops, with columns light "
+    "(backlit: Recipe A, planted), edit (blur/jpeg/none: no lighting change) and camera (no effect)",
+)
+def _gen_audit_demo(root: Path, **_):
+    from embedlab.datasets.audit_world import audit_world_records
+
+    recs, truth = audit_world_records()
+    return recs, {"planted": truth, "meta_columns": ["light", "edit", "camera"]}
+
+
+ROOTLESS = ("demo", "audit-demo")
+
+
 @register_layout("webdataset", WDS_HELP)
 def _gen_webdataset(root: Path, **opts):
     return list(iter_webdataset_records(root, **opts)[1]), {}
@@ -384,6 +399,9 @@ def manifest(layout: str, root: str | os.PathLike, out: str | os.PathLike, **opt
         out, report = webdataset_manifest(root, out, **opts)
     else:
         records, report = generate(layout, root, **opts)
-        root_rel = os.path.relpath(Path(root).resolve(), out.resolve().parent) if layout != "demo" else "."
-        write_manifest(out, records, {"name": out.stem, "layout": layout, "root": root_rel})
+        root_rel = os.path.relpath(Path(root).resolve(), out.resolve().parent) if layout not in ROOTLESS else "."
+        header = {"name": out.stem, "layout": layout, "root": root_rel}
+        if report.get("meta_columns"):  # the records' `meta` keys that become run metadata columns
+            header["meta_columns"] = list(report["meta_columns"])
+        write_manifest(out, records, header)
     return {"files": {"manifest": out}, **report}

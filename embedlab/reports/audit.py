@@ -236,7 +236,8 @@ def summary_line(result: AuditResult) -> str:
     named = ", ".join(
         f"{r.name} ({r.top_concepts or 'no concept'}; p_fwer {r.p_fwer:.3g})" for r in sig.head(3).itertuples()
     )
-    return head + f"; {len(sig)} differ beyond chance: {named}" + (" ..." if len(sig) > 3 else "")
+    verb = "differs" if len(sig) == 1 else "differ"
+    return head + f"; {len(sig)} {verb} beyond chance: {named}" + (" ..." if len(sig) > 3 else "")
 
 
 def write_audit(result: AuditResult, out: Path, set_sums: list, runs: list, device: str = "auto") -> None:
