@@ -153,7 +153,7 @@ def _concept_rows(s: int, sl: Slice, r: np.ndarray, C: np.ndarray, concepts, ctx
     for side, sign in SIDES.items():
         order = [j for j in np.argsort(-sign * t, kind="stable")[: ctx["top"]] if sign * t[j] > 0]
         for rank, j in enumerate(order, 1):
-            sims = ctx["sims"][:, j]
+            sims = ctx["sims"](j)
             rows.append(
                 {
                     "slice_id": s,
@@ -296,10 +296,10 @@ def audit_units(
     E: np.ndarray,
     concepts: list[str],
     *,
+    family: SliceFamily | None = None,
+    config: AuditConfig | None = None,
     within=None,
     scores=None,
-    config: AuditConfig | None = None,
-    family: SliceFamily | None = None,
 ) -> AuditResult:
     """`audit_vectors` from the test units' mean vectors (`Units`: what one streamed pass over a run gives, so that
     no image vector is held). `family`: the metadata slices when already defined (`define_slices`)."""
@@ -348,7 +348,8 @@ def _assemble(meta, units, fam, E, concepts, within, y, test_half, split, cfg) -
     if y is not None:
         _score_columns(table, y, hard, S, tests)
     D = des.W.T @ des.U
-    ctx = {"top": cfg.top, "sims": des.U @ C.T.astype(np.float64), "t": tests["null"].t_obs,
+    # each unit's similarity to concept j, computed for the listed concepts only (never units x vocabulary)
+    ctx = {"top": cfg.top, "sims": lambda j: des.U @ C[j].astype(np.float64), "t": tests["null"].t_obs,
            "inside": hard[:, :S], "outside": hard[:, S:], **{k: tests[k] for k in ("p_concept", "p_fwer_concept",
            "q_concept")}}  # fmt: skip
     rows = [r for s, sl in enumerate(fam.slices) for r in _concept_rows(s, sl, l2n(D[s]), C, concepts, ctx)]
@@ -431,7 +432,7 @@ def _figures(concepts, ctx, U: np.ndarray, units: Units, fam, D, n_exemplars: in
         mine = concepts[concepts["slice_id"] == s] if not concepts.empty else concepts
         if len(mine):
             top = mine.sort_values(["rank", "side"]).iloc[0]
-            sims = ctx["sims"][:, int(top["vocab_index"])]
+            sims = ctx["sims"](int(top["vocab_index"]))
             figures[s] = {"concept": str(top["concept"]), "slice": sims[ctx["inside"][:, s]],
                           "rest": sims[ctx["outside"][:, s]]}  # fmt: skip
         inside = np.flatnonzero(ctx["inside"][:, s])

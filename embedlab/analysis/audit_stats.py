@@ -71,9 +71,12 @@ class Design:
         """(S, V) the permutation standard deviation of c . D_s."""
         H = len(self.tr)
         B = np.zeros((H, len(C)))
+        Ct = np.asarray(C, np.float64).T
         for h in range(H):
-            P = self.U[self.strata == h] @ np.asarray(C, np.float64).T
-            B[h] = (P * P).sum(0)
+            Uh = self.U[self.strata == h]
+            for a in range(0, len(Uh), 8192):  # units x concepts a chunk at a time
+                P = Uh[a : a + 8192] @ Ct
+                B[h] += (P * P).sum(0)
         return np.sqrt(np.maximum(self.A @ B, 0.0))
 
     def score_sd(self) -> np.ndarray:
@@ -150,7 +153,9 @@ def run_permutations(
     t_max = np.zeros(K1)
     t_count = np.zeros((S, V))
     t_obs = None
-    B = max(1, min(256, batch_floats // max(S * max(V, des.U.shape[1]), 1)))
+    G = len(des.U)
+    # a batch holds its permuted weights (b, G, S) and its statistics (b, S, V): both within `batch_floats`
+    B = max(1, min(256, batch_floats // max(S * max(V, des.U.shape[1]) + G * S, 1)))
     for k0 in range(0, K1, B):
         idx = perms[k0 : k0 + B]
         Wp = des.W[idx]  # (b, G, S)
