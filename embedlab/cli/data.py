@@ -76,7 +76,11 @@ def manifest_cmd(
 @app.command("synth-backlit")
 @handle_errors
 def synth_backlit_cmd(
-    src: List[str] = typer.Argument(..., help="Photos: files, folders, or 'pkg' (the package photos)."),
+    src: List[str] = typer.Argument(
+        ...,
+        help="Photos: image files, 'pkg' (the package photos), folders (recursive), manifests, CSV/parquet tables of "
+        "paths, saved HF datasets or webdataset tars.",
+    ),
     out: Path = typer.Option(
         ..., "--out", "-o", help="Output folder (images/, originals/, manifest.jsonl, params.json)."
     ),

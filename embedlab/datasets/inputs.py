@@ -155,6 +155,31 @@ def as_manifest(
     return Input(out, form, resolved, options, len(records), tuple(meta_cols))
 
 
+def input_entries(source: str | os.PathLike, selector=None, *, selector_given: bool = True, **options):
+    """(manifest, entries) of any input form, for the commands that read image files (train, enhance, evaluate,
+    synth-backlit): a manifest's entries picked by `selector` (all without one); another form's by `selector` only
+    when the user gave it (`selector_given`; a folder's role is its name, so a default such as role=backlit would
+    pick none). `options` go to `as_manifest`. The error when a selector picks none lists the labels present."""
+    from embedlab.datasets.manifest import read_manifest
+
+    src = as_manifest(source, **options)
+    man = read_manifest(src.manifest)
+    if selector is None or (src.form != "manifest" and not selector_given):
+        return man, list(man.entries)
+    try:
+        return man, man.select(selector)
+    except ManifestError as exc:  # name the input given, not the manifest written for it in the cache
+        raise ManifestError(str(exc).replace(str(src.manifest), display_path(os.fspath(source)))) from None
+
+
+def input_images(source: str | os.PathLike, selector=None, *, selector_given: bool = True, **options) -> list[str]:
+    """Real file paths of the images of any input form (see `input_entries`)."""
+    from embedlab.datasets.manifest import materialize
+
+    man, entries = input_entries(source, selector, selector_given=selector_given, **options)
+    return [materialize(man, e.path, e) for e in entries]
+
+
 # ---------------------------------------------------------------- folders
 def _folder_images(folder: Path) -> list[Path]:
     out = []

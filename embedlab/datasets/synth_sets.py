@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from embedlab._io import atomic_write_json, list_images, progress_bar
+from embedlab._io import IMAGE_EXTENSIONS, atomic_write_json, check_output_dir, progress_bar
 from embedlab._validate import check_param
 from embedlab.datasets import photos, synth
 from embedlab.errors import ConfigError
@@ -23,7 +23,8 @@ def synth_backlit(
     split: str = "train",
     progress: bool = True,
 ) -> dict:
-    """Render synthetic versions of photos (files, folders, or 'pkg' for the package photos) into `out`, with
+    """Render synthetic versions of photos (image files, 'pkg' for the package photos, or any input form of
+    embedlab.datasets.inputs: a folder, a manifest, a table of paths, ...) into `out`, with
     `out/manifest.jsonl` pairing each rendered image (role backlit / underexposed / overexposed) with its original
     (role welllit) and `out/params.json` recording every seed and drawn parameter."""
     from PIL import Image
@@ -35,6 +36,7 @@ def synth_backlit(
     recipe = check_param(
         "recipe", recipe.upper() if isinstance(recipe, str) else recipe, tuple(synth.RECIPES), "synth_backlit"
     )
+    check_output_dir(out)  # a file where the folder goes: one line, before any work
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "originals").mkdir(parents=True, exist_ok=True)
@@ -74,26 +76,41 @@ def synth_backlit(
 
 
 def _sources(specs: list) -> list[tuple[str, str]]:
-    """(uri, stem) of every source image: files, folders (their images), or 'pkg' (the package photos)."""
+    """(uri, stem) of every source image: image files, 'pkg' (the package photos) or 'pkg:NAME', and any input
+    form of embedlab.datasets.inputs (a folder, recursively; a manifest; a table of paths; ...)."""
+    from embedlab.datasets.inputs import INPUT_HELP, input_images
+
     sources: list[tuple[str, str]] = []
     for s in specs:
         s = str(s)
         if s == "pkg":
             sources += [(p.uri, p.uri.split("/", 1)[1].split(".")[0]) for p in photos.package_photos()]
-        elif Path(s).is_dir():
-            sources += [(str(f.resolve()), f.stem) for f in list_images(s)]
-        elif Path(s).exists() or s.startswith("pkg:"):
-            sources.append(
-                (
-                    str(Path(s).resolve()) if not s.startswith("pkg:") else s,
-                    Path(s).stem if not s.startswith("pkg:") else s.split("/")[-1].split(".")[0],
-                )
+        elif s.startswith("pkg:"):
+            sources.append((s, s.split("/")[-1].split(".")[0]))
+        elif Path(s).is_file() and Path(s).suffix.lower() in IMAGE_EXTENSIONS:
+            sources.append((str(Path(s).resolve()), Path(s).stem))
+        elif not Path(s).exists() and not any(ch in s for ch in "*?["):
+            raise ConfigError(
+                f"Source {s} not found. Fix: pass image files, 'pkg' (the package photos) or {INPUT_HELP}."
             )
-        else:
-            raise ConfigError(f"Source {s} not found (pass files, folders, or 'pkg' for the package photos).")
+        else:  # a wrong form (vectors, one run, ...): one line naming the forms accepted
+            sources += [(str(Path(f).resolve()), Path(f).stem) for f in input_images(s)]
     if not sources:
         raise ConfigError("synth-backlit found no source images.")
+    _check_stems(sources)
     return sources
+
+
+def _check_stems(sources: list[tuple[str, str]]) -> None:
+    """Refuse, before any work, two sources that would be written under the same name (originals/<stem>.png)."""
+    seen: dict[str, str] = {}
+    for uri, stem in sources:
+        if seen.get(stem, uri) != uri:
+            raise ConfigError(
+                f"Sources {seen[stem]} and {uri} would both be written as originals/{stem}.png. Fix: rename one, or "
+                "render them into separate 'out' folders."
+            )
+        seen[stem] = uri
 
 
 def _variants(recipe: str, first_seed: int, seeds: int, evs: tuple) -> list[tuple[str, int, float | None]]:

@@ -11,18 +11,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from embedlab._io import list_images
 from embedlab.datasets.manifest import materialize, read_manifest
-from embedlab.errors import ConfigError, InvalidParameterError
+from embedlab.errors import InvalidParameterError
 
 
 def _is_run(p: Path) -> bool:
     return p.is_dir() and (p / "manifest.json").exists()
 
 
-def resolve_images(spec: str, default_selector: str) -> list[str]:
-    """Real file paths for 'MANIFEST.jsonl[:SELECTOR]', 'RUN[:SELECTOR]' or a folder of images."""
+def _selector_given(spec: str) -> bool:
+    """Whether 'PATH[:SELECTOR]' names a selector (split_spec's rule: a path that exists as written has none)."""
+    return ":" in str(spec) and not os.path.exists(str(spec))
 
+
+def resolve_images(spec: str, default_selector: str) -> list[str]:
+    """Real file paths for 'RUN[:SELECTOR]' or 'INPUT[:SELECTOR]', INPUT any form of embedlab.datasets.inputs (a
+    manifest, a folder, a table of paths, ...); the default selector applies to a run or a manifest only."""
+
+    from embedlab.datasets.inputs import input_images
     from embedlab.datasets.selector import split_spec
     from embedlab.runs.store import Run
 
@@ -30,20 +36,13 @@ def resolve_images(spec: str, default_selector: str) -> list[str]:
     if _is_run(p):
         run = Run(p)
         return list(run.metadata.loc[run.select(selector), "file"])
-    if p.is_dir():
-        files = [str(f) for f in list_images(p)]
-        if not files:
-            raise ConfigError(f"Folder {p} holds no images.")
-        return files
-    if p.suffix == ".jsonl":
-        man = read_manifest(p)
-        entries = man.select(selector)  # raises, listing the labels present, when none match
-        return [materialize(man, e.path, e) for e in entries]
-    raise ConfigError(f"{spec!r} is neither a manifest (.jsonl), a run folder nor a folder of images.")
+    # a manifest's selector picks none: the error lists the labels present
+    return input_images(p, selector, selector_given=_selector_given(spec))
 
 
 def resolve_pairs(spec: str, default_selector: str) -> tuple[list[str], list[str]]:
-    """(images, paired ground truths) for a manifest or run spec; every selected image must have a `gt`."""
+    """(images, paired ground truths) for a run, manifest or other input spec (a table's `gt` column); every
+    selected image must have a `gt`."""
 
     from embedlab.datasets.selector import split_spec
     from embedlab.runs.store import Run
@@ -58,13 +57,10 @@ def resolve_pairs(spec: str, default_selector: str) -> tuple[list[str], list[str
     elif p.suffix == ".jsonl":
         man = read_manifest(p)
         entries = selector.filter(man.entries)
-    else:
-        raise InvalidParameterError(
-            f"The 'pixel_loss' parameter of train needs paired data: pass a manifest or run whose "
-            f'records have "gt" ({spec}).',
-            param="pixel_loss",
-            owner="train",
-        )
+    else:  # a table with a gt column (or any other input form, whose images then have no gt)
+        from embedlab.datasets.inputs import input_entries
+
+        man, entries = input_entries(p, selector, selector_given=_selector_given(spec))
     missing = [e.path for e in entries if not e.gt]
     if missing or not entries:
         raise InvalidParameterError(

@@ -14,7 +14,7 @@ import pandas as pd
 from embedlab._io import atomic_write_bytes, atomic_write_json, cache_ref, progress_bar
 from embedlab.colour import LUMA, LUMA_601
 from embedlab.datasets.manifest import materialize, read_manifest
-from embedlab.errors import ConfigError, InvalidParameterError, MissingDependencyError
+from embedlab.errors import ConfigError, MissingDependencyError
 
 log = logging.getLogger(__name__)
 
@@ -61,30 +61,34 @@ def _stem(name: str) -> str:
     return baid_stem(Path(name).stem)[0]
 
 
-def pair_files(pred_dir: Path, gt: str) -> list[tuple[Path, Path | None]]:
-    """Pairs (pred, gt) by manifest (the stem of each record's image -> its gt) or by exact stem in a GT folder."""
+def _gt_by_record(man) -> dict:
+    """{stem of a record's image: its gt} of the records of `man` that have a `gt`."""
+    by_stem = {}
+    for e in man.entries:
+        if e.gt:
+            by_stem[Path(materialize(man, e.path, e)).stem] = materialize(man, e.gt)
+            by_stem.setdefault(Path(e.path).stem, materialize(man, e.gt))
+    return by_stem
 
+
+def pair_files(pred: Path, gt: str) -> list[tuple[Path, Path | None]]:
+    """Pairs (pred, gt) by manifest (the stem of each record's image -> its gt), or, for any other input form (a
+    folder, a table of paths, ...), by the stem of each ground-truth image; a table with a `gt` column pairs as a
+    manifest does."""
+    from embedlab.datasets.inputs import as_manifest
     from embedlab.enhancement.infer import list_inputs
 
-    preds = list_inputs([str(pred_dir)])
+    preds = list_inputs([str(pred)])
     g = Path(gt)
     if g.suffix == ".jsonl":
-        man = read_manifest(g)
-        by_stem = {}
-        for e in man.entries:
-            if e.gt:
-                by_stem[Path(materialize(man, e.path, e)).stem] = materialize(man, e.gt)
-                by_stem.setdefault(Path(e.path).stem, materialize(man, e.gt))
+        by_stem = _gt_by_record(read_manifest(g))
         return [(p, Path(by_stem[p.stem]) if p.stem in by_stem else None) for p in preds]
-    if g.is_dir():
-        gts = {_stem(f.name): f for f in list_inputs([str(g)])}
-        return [(p, gts.get(_stem(p.name))) for p in preds]
-    raise InvalidParameterError(
-        f"The 'gt' parameter of evaluate must be a folder of ground-truth images or a manifest "
-        f"(.jsonl). Got {str(gt)!r} instead.",
-        param="gt",
-        owner="evaluate",
-    )
+    man = read_manifest(as_manifest(g).manifest)  # a wrong form (one image, vectors, ...): one line naming the forms
+    if any(e.gt for e in man.entries):
+        by_stem = _gt_by_record(man)
+        return [(p, Path(by_stem[p.stem]) if p.stem in by_stem else None) for p in preds]
+    gts = {_stem(f): Path(f) for f in (materialize(man, e.path, e) for e in man.entries)}
+    return [(p, gts.get(_stem(p.name))) for p in preds]
 
 
 def _lpips_model():
@@ -143,13 +147,14 @@ def evaluate(
     device: str = "auto",
     progress: bool = True,
 ) -> dict:
-    """Per-image metrics (CSV) and a summary (JSON). With `gt`: PSNR/SSIM (RGB; grayscale too with `gray`), LPIPS
+    """Per-image metrics (CSV) and a summary (JSON) of `pred` (a folder, recursively, or any other input form; see
+    `pair_files` for `gt`). With `gt`: PSNR/SSIM (RGB; grayscale too with `gray`), LPIPS
     if asked and available. Always: exposure statistics. With `residual`: mean projection on the residual of the
     enhanced images (and of `inputs`, if given) through the residual's model."""
     from embedlab.enhancement.infer import list_inputs
 
-    pred_dir = Path(pred)
-    out = Path(out) if out else pred_dir / "metrics"
+    pred_dir = Path(pred)  # a folder (recursively) or any other input form (a manifest, a table of paths, ...)
+    out = Path(out) if out else pred_dir / "metrics" if pred_dir.is_dir() else pred_dir.parent / "metrics"
     pairs = pair_files(pred_dir, gt) if gt else [(p, None) for p in list_inputs([str(pred_dir)])]
     notes = []
     lp = None

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from embedlab._io import check_output_dir, display_path, list_images
+from embedlab._io import IMAGE_EXTENSIONS, check_output_dir, display_path
 from embedlab._validate import check_param
 from embedlab.choices import PRECISIONS
 from embedlab.enhancement.network import EnhancementNet, apply_illumination, load_enhancer_state
@@ -80,18 +80,32 @@ def enhance_array(
 
 
 def list_inputs(inputs: list[str]) -> list[Path]:
+    """The image files of `inputs`: image files as they are, and any input form of embedlab.datasets.inputs (a
+    folder, recursively; a manifest; a table of paths; ...); a wrong form gets one line naming those accepted."""
+    from embedlab.datasets.inputs import input_images
+
     files: list[Path] = []
     for spec in inputs:
         p = Path(spec)
-        if p.is_dir():
-            files += list_images(p)
-        elif p.exists():
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
             files.append(p)
         else:
-            raise ConfigError(f"Input {p} not found.")
+            files += [Path(f) for f in input_images(p)]
     if not files:
-        raise ConfigError(f"No images found in {', '.join(inputs)}.")
+        raise ConfigError(f"No images found in {', '.join(map(str, inputs))}.")
     return files
+
+
+def _check_output_names(files: list[Path]) -> None:
+    """Refuse, before any work, two inputs that would be written to the same OUT/<stem>.png."""
+    seen: dict[str, Path] = {}
+    for f in files:
+        if f.stem in seen and seen[f.stem] != f:
+            raise ConfigError(
+                f"{display_path(str(seen[f.stem]))} and {display_path(str(f))} would both be written as "
+                f"{f.stem}.png. Fix: enhance them into separate 'out' folders, or rename one."
+            )
+        seen[f.stem] = f
 
 
 def _enhance_batch(net, items: list, out: Path, max_pixels, precision: str, results: list, bar) -> None:
@@ -133,16 +147,18 @@ def enhance(
     progress: bool = True,
     precision: str = "fp32",
 ) -> dict:
-    """Enhance files or folders into `out` as PNGs (name = input stem), batching same-size images. Returns {"files":
+    """Enhance image files or any input form (a folder, recursively; a manifest; a table of paths; ...) into `out`
+    as PNGs (name = input stem; two inputs of one stem are refused), batching same-size images. Returns {"files":
     {input: output PNG}, "images": a record per input (output or None, size or error), "enhanced", "skipped"}."""
     from embedlab import models
     from embedlab.datasets.images import ImageError, decode_image
 
     precision_context(torch.device("cpu"), precision)  # validates the option before any work
     check_output_dir(out)
+    files = list_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs))  # before the model
+    _check_output_names(files)
     dev = models.resolve_device(device)
     net = load_enhancer(checkpoint, dev)
-    files = list_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results, pending = [], {}

@@ -116,6 +116,13 @@ def load_enhancer_state(path: str | os.PathLike) -> dict:
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"Checkpoint {p} not found.")
+    if p.is_dir():  # a training run's folder, most often: name the file in it
+        found = next((p / n for n in ("enhancer.safetensors", "ckpt_last.pt") if (p / n).is_file()), None)
+        fix = f"pass {found}" if found else f"pass the enhancer.safetensors that `embedlab train --out {p}` writes"
+        raise ConfigError(
+            f"Checkpoint {p} is a folder; a checkpoint is a file (enhancer.safetensors, ckpt_last.pt or a published "
+            f"CLIP-LIT/RAVE .pth). Fix: {fix}."
+        )
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
