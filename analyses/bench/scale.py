@@ -247,7 +247,8 @@ def time_residual(run_dir: Path, res_path: Path, repeats: int) -> dict:
     }
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
+    """The command line, parsed (and --repeats checked)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=4_000_000, help="Vectors in the synthetic run.")
     ap.add_argument("--dim", type=int, default=512)
@@ -269,6 +270,7 @@ def main() -> None:
         help="Address-space limit of the explain process (GiB): past it, a MemoryError is recorded.",
     )
     ap.add_argument("--work", default="/tmp/embedlab_bench_scale", help="Where the run is written (deleted after).")
+    ap.add_argument("--out", default=None, help="JSON name (default bench_scale.json, or bench_scale_N.json off-size).")
     ap.add_argument("--skip", nargs="*", default=[], choices=["explain", "index"], help="Parts to skip.")
     ap.add_argument("--keep", action="store_true", help="Keep the synthetic run.")
     ap.add_argument(
@@ -276,21 +278,30 @@ def main() -> None:
         action="store_true",
         help="Reuse the run already in --work (its write time is then only the finalisation's).",
     )
-    ap.add_argument("--out", default=None, help="JSON name (default bench_scale.json, or bench_scale_N.json off-size).")
     a = parse_args(ap)
     if a.repeats < 1:
         ap.error(f"--repeats must be at least 1. Got {a.repeats}.")
-    work = Path(a.work)
-    run_dir, res_path = work / "run", work / "residual.npy"
-    t0 = time.perf_counter()
+    return a
+
+
+def _write_run(a: argparse.Namespace, run_dir: Path) -> dict:
+    """The synthetic run written into `run_dir` (with --reuse, the one already there, finalised if it is not):
+    its counts."""
     if a.reuse and (run_dir / "manifest.json").exists():  # shards already written by an interrupted call
         from embedlab._io import read_json
         from embedlab.runs.finalize import finalize
 
         header = read_json(run_dir / "manifest.json")
-        written = header.get("counts") if header.get("status") == "complete" else finalize(run_dir, header)
-    else:
-        written = write_synthetic_run(run_dir, a.n, a.dim, a.groups, V=a.vocab)
+        return header.get("counts") if header.get("status") == "complete" else finalize(run_dir, header)
+    return write_synthetic_run(run_dir, a.n, a.dim, a.groups, V=a.vocab)
+
+
+def main() -> None:
+    a = _arguments()
+    work = Path(a.work)
+    run_dir, res_path = work / "run", work / "residual.npy"
+    t0 = time.perf_counter()
+    written = _write_run(a, run_dir)
     t_write = time.perf_counter() - t0
     t0 = time.perf_counter()
     os.sync()  # the kernel's writeback of the run just written must not run during the timed parts

@@ -304,12 +304,7 @@ def _significance(
     seen = collect(sets, groups, C[cand_idx], figure_rows, queries, exemplars)
     units = seen["units"]
     stats, how = unit_statistics(units, C, cand_idx)
-    design = contrast(units)
-    sd = design.sd(C)
-    observed = np.asarray(C[cand_idx], np.float64) @ design.diff
-    stats["t"] = design.student_t(
-        np.divide(observed, sd[cand_idx], out=np.zeros(len(cand_idx)), where=sd[cand_idx] > 0)
-    )
+    design, sd = _observed_t(stats, units, C, cand_idx)
     perm_info, pvals = {"K": permutations, "family": family, "statistic": design.describe()}, {}
     if permutations > 0:
         perm_info, pvals = permutation_test(
@@ -324,24 +319,7 @@ def _significance(
             deflated_steps=deflated_steps,
             family=family,
         )
-    for side, tab in tables.items():
-        rows = stats.loc[tab["vocab_index"].to_numpy(int)]
-        for col in STAT_COLUMNS:
-            tab[col] = rows[col].to_numpy()
-        if permutations > 0:
-            tab["p_fwer"], tab["p_fwer_deflated"] = pvals.get(side, (np.full(len(tab), np.nan),) * 2)
-    count = {
-        col: int(sum((t[col] < 0.05).sum() for t in tables.values() if col in t))
-        for col in ("p_fwer", "p_fwer_deflated")
-    }
-    test_unit = {k: units[k] for k in ("unit", "n_from", "n_to", "effective_n", "shuffle")}
-    test_unit.update(
-        shuffle=units["shuffle"] if permutations > 0 else "none",
-        family=family,
-        effective_n=round(test_unit["effective_n"], 1),
-        **how,
-    )
-    n_groups = seen["groups"]
+    _write_statistics(tables, stats, pvals if permutations > 0 else None)
     return (
         {
             "candidates": int(len(cand_idx)),
@@ -349,16 +327,53 @@ def _significance(
             "n_from": sets.n_from,
             "n_to": sets.n_to,
             "images": sets.n,
-            "groups": n_groups,
+            "groups": seen["groups"],
             "read_from": sets.source,
-            "test_unit": test_unit,
-            "significant_fwer_05": count["p_fwer"],
-            "significant_fwer_deflated_05": count["p_fwer_deflated"],
+            "test_unit": _test_unit(units, how, permutations, family),
+            "significant_fwer_05": _significant(tables, "p_fwer"),
+            "significant_fwer_deflated_05": _significant(tables, "p_fwer_deflated"),
             "candidates_q_below_05": int((stats["q_bh"] < 0.05).sum()),
         },
         stats,
         seen,
     )
+
+
+def _observed_t(stats: pd.DataFrame, units: dict, C, cand_idx: np.ndarray) -> tuple[Contrast, np.ndarray]:
+    """The units' contrast and each concept's sd along it, (design, sd); the candidates' t goes into `stats`."""
+    design = contrast(units)
+    sd = design.sd(C)
+    observed = np.asarray(C[cand_idx], np.float64) @ design.diff
+    t = np.divide(observed, sd[cand_idx], out=np.zeros(len(cand_idx)), where=sd[cand_idx] > 0)
+    stats["t"] = design.student_t(t)
+    return design, sd
+
+
+def _write_statistics(tables: dict, stats: pd.DataFrame, pvals: dict | None) -> None:
+    """Each listed concept's STAT_COLUMNS into its table, and its p-values from `pvals` (None: no test run)."""
+    for side, tab in tables.items():
+        rows = stats.loc[tab["vocab_index"].to_numpy(int)]
+        for col in STAT_COLUMNS:
+            tab[col] = rows[col].to_numpy()
+        if pvals is not None:
+            tab["p_fwer"], tab["p_fwer_deflated"] = pvals.get(side, (np.full(len(tab), np.nan),) * 2)
+
+
+def _test_unit(units: dict, how: dict, permutations: int, family: str) -> dict:
+    """What the test counted and shuffled, for the result's info."""
+    test_unit = {k: units[k] for k in ("unit", "n_from", "n_to", "effective_n", "shuffle")}
+    test_unit.update(
+        shuffle=units["shuffle"] if permutations > 0 else "none",
+        family=family,
+        effective_n=round(test_unit["effective_n"], 1),
+        **how,
+    )
+    return test_unit
+
+
+def _significant(tables: dict, col: str) -> int:
+    """How many listed concepts, both sides together, have `col` (a p-value column) below 0.05."""
+    return int(sum((t[col] < 0.05).sum() for t in tables.values() if col in t))
 
 
 FIGURE_CONCEPTS = {"adds": 5, "removes": 3}  # the similarity histograms and exemplars show these many per side
@@ -395,6 +410,21 @@ def explain_vectors(
     never held (a run of millions of images). With the sets, the result also holds "figure" (concept indices and
     each image's similarity to them, per set) and, with `exemplars` > 0, "nearest" (per set and figure concept,
     the `exemplars` images nearest to its text embedding: (scores, positions within the set))."""
+    sets = _checked_sets(r, E, concepts, x_from, x_to, family, min_explained)
+    E = unit_rows32(E)
+    out, tables, lists, C, s_centred = _ranking(l2n(np.asarray(r, np.float64)), E, concepts, top, min_explained)
+    if sets is not None and sets.n_from and sets.n_to:
+        options = dict(candidates=candidates, permutations=permutations, seed=seed, method=method)
+        options.update(deflated_steps=deflated_steps, family=family, exemplars=exemplars)
+        _add_significance(out, tables, lists, sets, groups, C, E, s_centred, **options)
+    out["adds"], out["removes"] = tables["adds"], tables["removes"]
+    out["centred"] = C
+    out["scores_centred"] = s_centred
+    return out
+
+
+def _checked_sets(r, E, concepts, x_from, x_to, family: str, min_explained: float) -> ImageSets | None:
+    """`explain_vectors`' inputs checked, and its two sets as `ImageSets` (None without them)."""
     if E.shape[0] != len(concepts):
         raise ConfigError(f"{len(concepts)} concepts but {E.shape[0]} embeddings.")
     if E.shape[1] != len(r):
@@ -405,16 +435,18 @@ def explain_vectors(
         raise ConfigError(f"The 'family' parameter must be one of {FAMILIES}. Got {family!r} instead.")
     if not 0 <= min_explained < 1:
         raise ConfigError(f"The 'min_explained' parameter must be a float in [0, 1). Got {min_explained!r} instead.")
-    sets = (
-        x_from
-        if isinstance(x_from, ImageSets)
-        else (ImageSets.from_arrays(x_from, x_to) if x_from is not None and x_to is not None else None)
-    )
+    sets = x_from if isinstance(x_from, ImageSets) else None
+    if sets is None and x_from is not None and x_to is not None:
+        sets = ImageSets.from_arrays(x_from, x_to)
     for name, arr in (("r", r), ("E", E), ("x_from", x_from), ("x_to", x_to)):
         if isinstance(arr, np.ndarray) and not np.isfinite(arr).all():
             raise ConfigError(f"The '{name}' input of explain_vectors holds NaN or infinite values.")
-    r = l2n(np.asarray(r, np.float64))
-    E = unit_rows32(E)
+    return sets
+
+
+def _ranking(r: np.ndarray, E: np.ndarray, concepts: list[str], top: int, min_explained: float):
+    """Unit residual `r` against the unit vocabulary `E`: the result begun ({"info"}), each side's table and
+    list, the centred vocabulary C and the centred scores: (out, tables, lists, C, s_centred)."""
     C, text_mean = centre(E)
     s_centred = C @ r.astype(np.float32)
     s_raw = E @ r.astype(np.float32)
@@ -429,32 +461,18 @@ def explain_vectors(
     }
     lists = side_lists(deflation_rankings(r, C, top, tuple(SIDES.values())), s_centred, min_explained)
     tables = {side: _ranking_table(side, lists[side], concepts, s_centred, z, s_raw) for side in SIDES}
-    if sets is not None and sets.n_from and sets.n_to:
-        fig = [int(j) for side, n in FIGURE_CONCEPTS.items() for j in tables[side]["vocab_index"].iloc[:n]]
-        info, out["candidate_stats"], seen = _significance(
-            tables,
-            lists,
-            sets,
-            groups,
-            C,
-            s_centred,
-            candidates=candidates,
-            permutations=permutations,
-            seed=seed,
-            method=method,
-            deflated_steps=deflated_steps,
-            family=family,
-            figure_rows=C[fig],
-            queries=E[fig],
-            exemplars=exemplars,
-        )
-        out["info"].update(info)
-        out["figure"] = {"index": fig, "from": seen["figure"][0], "to": seen["figure"][1]}
-        out["nearest"] = {"from": seen["nearest"][0], "to": seen["nearest"][1]}
-    out["adds"], out["removes"] = tables["adds"], tables["removes"]
-    out["centred"] = C
-    out["scores_centred"] = s_centred
-    return out
+    return out, tables, lists, C, s_centred
+
+
+def _add_significance(out: dict, tables: dict, lists: dict, sets: ImageSets, groups, C, E, s_centred, **options):
+    """`_significance` (`options`: its keywords) into `out`: info, candidate_stats, figure and nearest."""
+    fig = [int(j) for side, n in FIGURE_CONCEPTS.items() for j in tables[side]["vocab_index"].iloc[:n]]
+    info, out["candidate_stats"], seen = _significance(
+        tables, lists, sets, groups, C, s_centred, figure_rows=C[fig], queries=E[fig], **options
+    )
+    out["info"].update(info)
+    out["figure"] = {"index": fig, "from": seen["figure"][0], "to": seen["figure"][1]}
+    out["nearest"] = {"from": seen["nearest"][0], "to": seen["nearest"][1]}
 
 
 _KERNELS = None

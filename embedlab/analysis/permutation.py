@@ -230,17 +230,10 @@ def null_scores(
     so memory holds `threads` x rows x block scores, never shuffles x vocabulary. `keep_first` also returns
     "first": the (V,) scores of the first shuffle (the observed labelling when `draw_shuffles(observed=True)` put
     it there)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     R = np.ascontiguousarray(R, np.float32)
     K = len(R)
     Cf = np.ascontiguousarray(C, dtype=np.float32)
-    sides = []
-    for side, (sign, idx, T) in (deflations or {}).items():
-        T = np.asarray(T, np.float32).reshape(len(idx), Cf.shape[1])
-        A = np.ascontiguousarray(T @ Cf.T)  # (m, V): pick . concept
-        B = np.ascontiguousarray(sign * (R @ T.T), dtype=np.float32)  # (K, m): shuffled r . pick
-        sides.append((side, np.float32(sign), A, B, step_tables(A, np.asarray(idx, np.int64))))
+    sides = _deflation_sides(R, Cf, deflations)
     starts = list(range(0, len(Cf), block))
     kernel = _kernels().sequential_max
     first = np.empty(len(Cf), np.float32)
@@ -259,13 +252,7 @@ def null_scores(
                     kernel(S, sign, A, B[k0 : k0 + rows], inv, pen, v0, out[k0 : k0 + rows])
         return mx, mn, seq
 
-    workers = max(1, min(threads or usable_cores(), len(starts)))
-    with _blas_controller().limit(limits=1, user_api="blas"):
-        if workers == 1:
-            parts = [work(v0) for v0 in starts]
-        else:
-            with ThreadPoolExecutor(workers) as pool:
-                parts = list(pool.map(work, starts))
+    parts = _map_blocks(work, starts, threads)
     out = {
         "max": np.max([p[0] for p in parts], 0).astype(np.float64),
         "min": np.min([p[1] for p in parts], 0).astype(np.float64),
@@ -276,6 +263,31 @@ def null_scores(
     if keep_first:
         out["first"] = first.astype(np.float64)
     return out
+
+
+def _deflation_sides(R: np.ndarray, Cf: np.ndarray, deflations: dict | None) -> list[tuple]:
+    """Per ranking side of `deflations` ({side: (sign, picked indices, pick directions)}), what `null_scores`'
+    kernel needs: (side, sign, picks . concepts (m, V), shuffled residuals . picks (K, m), step tables)."""
+    sides = []
+    for side, (sign, idx, T) in (deflations or {}).items():
+        T = np.asarray(T, np.float32).reshape(len(idx), Cf.shape[1])
+        A = np.ascontiguousarray(T @ Cf.T)  # (m, V): pick . concept
+        B = np.ascontiguousarray(sign * (R @ T.T), dtype=np.float32)  # (K, m): shuffled r . pick
+        sides.append((side, np.float32(sign), A, B, step_tables(A, np.asarray(idx, np.int64))))
+    return sides
+
+
+def _map_blocks(work, starts: list[int], threads: int | None) -> list:
+    """`work` on each vocabulary block start, on up to `threads` workers (default: the usable cores), with BLAS
+    held to one thread per worker."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = max(1, min(threads or usable_cores(), len(starts)))
+    with _blas_controller().limit(limits=1, user_api="blas"):
+        if workers == 1:
+            return [work(v0) for v0 in starts]
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(work, starts))
 
 
 def permutation_null(

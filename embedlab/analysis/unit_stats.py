@@ -140,16 +140,10 @@ def collect(
             gsums = None if by_image else np.zeros((2, len(sizes), d))
             ref = x.mean(0)  # a reference point for the within-group scatter (the first chunk's mean)
             kscatter = np.zeros((d, d)) if spanning else None
-            cand = (
-                Scores(candidates, histogram=by_image and sets.n * len(candidates) > EXACT_SCORE_LIMIT)
-                if by_image
-                else None
-            )
+            cand = Scores(candidates, histogram=sets.n * len(candidates) > EXACT_SCORE_LIMIT) if by_image else None
         cut = min(max(sets.n_from - start, 0), len(x))  # rows before `cut` are 'from' rows
-        for lo in range(0, len(x), 512) if spanning else ():  # small temporaries: centred, scaled in place
-            xc = np.subtract(x[lo : lo + 512], ref)
-            xc *= root_kappa[codes[start + lo : start + lo + len(xc)], None]
-            kscatter += xc.T @ xc
+        if spanning:
+            _add_kappa_scatter(kscatter, x, ref, root_kappa[codes[start : start + len(x)]])
         for s, part, first in ((0, x[:cut], start), (1, x[cut:], start + cut - sets.n_from)):
             if not len(part):
                 continue
@@ -170,16 +164,24 @@ def collect(
         if by_image
         else group_units(gsums[0], gsums[1], sizes - counts_to, counts_to, sizes, nested)
     )
-    units.update(ref=ref, group_sums=gsums, sizes=sizes, counts_to=counts_to, kappa_scatter=kscatter)
-    units["contrast"] = contrast(units)
-    for key in ("group_sums", "kappa_scatter"):  # what the contrast needed; not held beyond the pass
-        del units[key]
+    units.update(ref=ref, sizes=sizes, counts_to=counts_to)
+    # the group sums and the kappa scatter: what the contrast needs, not held beyond the pass
+    units["contrast"] = contrast(dict(units, group_sums=gsums, kappa_scatter=kscatter))
     return {
         "units": units,
         "figure": figure.arrays(),
         "nearest": nearest.best,
         "groups": None if groups is None else int(len(sizes)),
     }
+
+
+def _add_kappa_scatter(kscatter: np.ndarray, x: np.ndarray, ref: np.ndarray, root_kappa: np.ndarray) -> None:
+    """Add the block's scatter about `ref`, each row weighted by its group's kappa (`root_kappa`: per row, its
+    square root), to `kscatter`, 512 rows at a time (small temporaries: centred, scaled in place)."""
+    for lo in range(0, len(x), 512):
+        xc = np.subtract(x[lo : lo + 512], ref)
+        xc *= root_kappa[lo : lo + len(xc), None]
+        kscatter += xc.T @ xc
 
 
 def image_units(sets: ImageSets, moments: Moments, cand: Scores) -> dict:

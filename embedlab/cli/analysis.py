@@ -59,18 +59,23 @@ def residual_cmd(
 
 
 FamilyChoice = cli.choices("FamilyChoice", FAMILIES)
+VOCAB_HELP = (
+    "concepts (embedlab's concept bank for bias studies: objects, scenes, attributes, photographic and lighting "
+    "qualities, people-neutral descriptors; concepts:CATEGORY,... for some), tokens (all tokenizer tokens, as "
+    "RAVE), words, model (the model's own), or a file with one concept per line. Default: model when the model "
+    "ships one (the demo CLIP), else concepts for a real CLIP, else words."
+)
+FAMILY_HELP = (
+    "What p_fwer controls: page (both lists, one family) or a one-sided question about one list (adds or "
+    "removes; the other list gets no p-values)."
+)
 
 
 @app.command("explain-residual")
 @handle_errors
 def explain_residual_cmd(
     residual: Path = typer.Argument(..., help="residual.npy (with its sidecar)."),
-    vocab: Optional[str] = cli.api_option(
-        "concepts (embedlab's concept bank for bias studies: objects, scenes, attributes, photographic and lighting "
-        "qualities, people-neutral descriptors; concepts:CATEGORY,... for some), tokens (all tokenizer tokens, as "
-        "RAVE), words, model (the model's own), or a file with one concept per line. Default: model when the model "
-        "ships one (the demo CLIP), else concepts for a real CLIP, else words."
-    ),
+    vocab: Optional[str] = cli.api_option(VOCAB_HELP),
     templates: Optional[str] = cli.api_option(cli.TEMPLATES_HELP),
     top: int = typer.Option(FROM_API, "--top", "-k", help="Concepts per side after deflation (the top k; 1-500)."),
     out: Path = typer.Option(FROM_API, "--out", "-o", help="Report folder."),
@@ -78,10 +83,7 @@ def explain_residual_cmd(
     permutations: int = cli.api_option("Label shuffles for the family-wise permutation test (0 = skip)."),
     seed: int = cli.api_option("Seed for the shuffles."),
     deflated_steps: int = cli.api_option("Deflation steps that get the sequential permutation test (p_fwer_deflated)."),
-    family: FamilyChoice = cli.api_option(
-        "What p_fwer controls: page (both lists, one family) or a one-sided question about one list (adds or "
-        "removes; the other list gets no p-values)."
-    ),
+    family: FamilyChoice = cli.api_option(FAMILY_HELP),
     min_explained: float = cli.api_option("A list ends at a pick that explains less than this share of |r|^2."),
     exemplars: int = cli.api_option("Exemplar images per top concept and set."),
     device: str = cli.device_option(),
@@ -89,9 +91,11 @@ def explain_residual_cmd(
     as_json: bool = cli.json_option(),
 ):
     """Rank the concepts a residual carries, with significance, into report.{json,csv,md,html}."""
-    rep = cli.call_api("reports.explain:explain_residual", locals())
-    if as_json:
-        return cli.print_json(rep)
+    cli.finish(cli.call_api("reports.explain:explain_residual", locals()), as_json, _show_explanation)
+
+
+def _show_explanation(rep: dict) -> None:
+    """explain-residual's text: each side's first five concepts, and the report's file."""
     for side in ("adds", "removes"):
         rows = [c for c in rep["concepts"] if c["direction"] == side][:5]
         typer.echo(
@@ -186,7 +190,9 @@ def _remove_labelled(spec: Optional[str]) -> Optional[tuple]:
 @handle_errors
 def probe_residual_cmd(
     residual: Path = typer.Argument(..., help="residual.npy (with its sidecar: model and thr)."),
-    images: List[str] = typer.Argument(..., help="Images: files, folders, or MANIFEST.jsonl[:SELECTOR]."),
+    images: List[str] = typer.Argument(
+        ..., help="Images: files, folders, tables of paths, saved datasets, or MANIFEST.jsonl[:SELECTOR]."
+    ),
     out: Optional[Path] = typer.Option(
         FROM_API, "--out", "-o", help="Output folder (default RESIDUAL_probe/ beside the residual)."
     ),

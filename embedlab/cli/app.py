@@ -131,10 +131,13 @@ def call_api(target: str, options: dict, exclude: tuple = (), **fixed):
     return fn(**kwargs)
 
 
-def emit_files(result: dict, as_json: bool) -> None:
-    """A command's result: JSON with --json, else one line per file it wrote."""
+def finish(result, as_json: bool, show=None, summary=None) -> None:
+    """A command's ending: with --json the result as JSON on stdout (`summary(result)` when given: what of it
+    to print), else `show(result)`, which prints it as text; without `show`, one line per file it wrote."""
     if as_json:
-        return print_json(result)
+        return print_json(result if summary is None else summary(result))
+    if show is not None:
+        return show(result)
     for name, path in result["files"].items():
         typer.echo(f"{name}: {path}")
 

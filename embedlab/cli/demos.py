@@ -129,8 +129,10 @@ def compare_cmd(
 ):
     """How do A and B differ? Embeds what is not embedded yet (resumable), computes the residual from A to B,
     explains it, draws the map, and writes OUT/index.html whose first paragraph answers the question."""
-    result = cli.call_api("demos.compare:compare", locals())
-    if as_json:
-        return cli.print_json(result)
+    cli.finish(cli.call_api("demos.compare:compare", locals()), as_json, _show_comparison)
+
+
+def _show_comparison(result: dict) -> None:
+    """compare's text: the answer, and the page it wrote."""
     typer.echo(result["answer"])
     typer.echo(f"wrote {result['files']['index']}")

@@ -61,11 +61,12 @@ def train_cmd(
     ),
     backlit: str = typer.Option(
         ...,
-        help="Images to enhance: MANIFEST.jsonl[:SELECTOR], RUN[:SELECTOR] or a folder "
-        "(default selector role=backlit).",
+        help="Images to enhance: RUN[:SELECTOR] or INPUT[:SELECTOR], INPUT a manifest, a folder (recursive), a "
+        "CSV/parquet table of paths, a saved HF dataset or webdataset tars (default selector role=backlit; on a "
+        "folder or table only if given).",
     ),
     welllit: Optional[str] = cli.api_option(
-        "Well-lit set (latent/prompt modes; default selector role=welllit). "
+        "Well-lit set (latent/prompt modes), in the forms of --backlit (default selector role=welllit). "
         "Unpaired: any well-lit set; paired: the GT of the same scenes."
     ),
     guidance: GuidanceChoice = cli.api_option(cli.registry_help(GUIDANCE_MODES) + "."),
@@ -117,7 +118,9 @@ def enhance_cmd(
     checkpoint: Path = typer.Argument(
         ..., help="enhancer.safetensors, ckpt_last.pt, or a published CLIP-LIT/RAVE .pth."
     ),
-    inputs: List[str] = typer.Argument(..., help="Image files or folders."),
+    inputs: List[str] = typer.Argument(
+        ..., help="Image files, folders (recursive), manifests, CSV/parquet tables of paths, saved HF datasets or tars."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (PNG, named by input stem)."),
     device: str = cli.device_option(),
     batch_size: int = cli.api_option("Images of one size per forward pass."),
@@ -146,23 +149,28 @@ def enhance_cmd(
 @app.command("evaluate")
 @handle_errors
 def evaluate_cmd(
-    pred: Path = typer.Option(..., help="Folder of enhanced images."),
-    gt: Optional[str] = cli.api_option("Ground-truth folder (pairs by exact stem) or a manifest (.jsonl)."),
+    pred: Path = typer.Option(..., help="Enhanced images: a folder (recursive), a manifest or a table of paths."),
+    gt: Optional[str] = cli.api_option(
+        "Ground truths: a manifest (.jsonl; pairs by its records' gt), or a folder or table of paths (pairs by "
+        "exact stem; a table with a gt column pairs as a manifest)."
+    ),
     out: Optional[Path] = typer.Option(
-        FROM_API, "--out", "-o", help="Where per_image.csv and summary.json go (default PRED/metrics)."
+        FROM_API, "--out", "-o", help="Where per_image.csv and summary.json go (default PRED/metrics; beside a file)."
     ),
     gray: bool = cli.api_option("Also the RAVE repo's grayscale PSNR/SSIM protocol."),
     lpips: bool = cli.api_option("Also LPIPS (needs the lpips package and local AlexNet weights)."),
-    inputs: Optional[str] = cli.api_option("Folder of the inputs, for the residual projection of inputs."),
+    inputs: Optional[str] = cli.api_option("The inputs (any form of --pred), for the residual projection of inputs."),
     residual: Optional[Path] = cli.api_option("Report the mean projection of embeddings on this residual."),
     device: str = cli.device_option(),
     progress: bool = cli.progress_option(),
     as_json: bool = cli.json_option(),
 ):
     """PSNR/SSIM (and LPIPS) against ground truth, exposure statistics, and the residual projection."""
-    summary = cli.call_api("enhancement.evaluate:evaluate", locals())
-    if as_json:
-        return cli.print_json(summary)
+    cli.finish(cli.call_api("enhancement.evaluate:evaluate", locals()), as_json, _show_metrics)
+
+
+def _show_metrics(summary: dict) -> None:
+    """evaluate's text: the numeric metrics on one line, up to ten notes, and the files."""
     shown = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     typer.echo(", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))
     for note in summary.get("notes", [])[:10]:

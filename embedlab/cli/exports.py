@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -27,6 +28,10 @@ VOCAB_HELP = (
     "model's own vocabulary, else the concept bank (a real CLIP), else words."
 )
 RESIDUAL_HELP = "A residual .npy of this run's model: each image's projection on it and which of its sets it is in."
+CENTRED_HELP = (
+    "Score: cosine with the centred concept (vocabulary mean removed, as explain-residual), or --no-centred for "
+    "the raw cosine."
+)
 
 
 def _missing_extra(exc) -> None:
@@ -83,10 +88,7 @@ def export_concept_scores_cmd(
     top: Optional[int] = typer.Option(
         FROM_API, "--top", "-k", help="tidy: each image's top k concepts only (default: every concept)."
     ),
-    centred: bool = cli.api_option(
-        "Score: cosine with the centred concept (vocabulary mean removed, as explain-residual), or --no-centred for "
-        "the raw cosine."
-    ),
+    centred: bool = cli.api_option(CENTRED_HELP),
     overwrite: bool = cli.api_option("Replace --out if it exists."),
     device: str = cli.device_option(),
     progress: bool = cli.progress_option(),
@@ -94,9 +96,16 @@ def export_concept_scores_cmd(
 ):
     """Per-image concept similarity scores of a run as one parquet table (wide or tidy) that any tool reads."""
     table = cli.call_api("exports.concept_scores:export_concept_scores", locals())
-    summary = dict(table.attrs, rows=len(table), columns=len(table.columns))
-    if as_json:
-        return cli.print_json(summary)
+    cli.finish(table, as_json, partial(_show_table, out), summary=_table_summary)
+
+
+def _table_summary(table) -> dict:
+    """export concept-scores' --json: the table's attributes and its size."""
+    return dict(table.attrs, rows=len(table), columns=len(table.columns))
+
+
+def _show_table(out: Path, table) -> None:
+    """export concept-scores' text: the file written, the table's size and layout, and the vocabulary."""
     typer.echo(
         f"wrote {out} ({len(table):,} rows x {len(table.columns):,} columns, {table.attrs['layout']}; "
         f"{table.attrs['vocabulary_source']})"

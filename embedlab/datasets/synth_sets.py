@@ -52,19 +52,7 @@ def synth_backlit(
             result = synth.render(base, rec, seed, ev)
             name = f"{stem}_{rec}{seed}.png" if rec != "C" else f"{stem}_{synth.afifi_suffix(ev)}.png"
             Image.fromarray(result.image).save(out / "images" / name)
-            role = "backlit" if rec != "C" else ("underexposed" if ev < 0 else "overexposed")
-            records.append(
-                {
-                    "path": f"images/{name}",
-                    "role": role,
-                    "split": split,
-                    "group": stem,
-                    "pair_id": f"{stem}:{Path(name).stem}",
-                    "gt": f"originals/{stem}.png",
-                    "source": f"synthetic-{rec}",
-                    "params": result.params,
-                }
-            )
+            records.append(_rendered_record(name, stem, rec, ev, split, result.params))
             params.append({"file": name, "source": uri, **result.params})
     write_manifest(out / "manifest.jsonl", records, {"name": "synth-" + recipe, "root": "."})
     atomic_write_json(out / "params.json", params)
@@ -72,6 +60,21 @@ def synth_backlit(
         "out": str(out),
         "images": len(params),
         "files": {"manifest": str(out / "manifest.jsonl"), "params": str(out / "params.json")},
+    }
+
+
+def _rendered_record(name: str, stem: str, rec: str, ev: float, split: str, params: dict) -> dict:
+    """The manifest record of rendered image `name` (recipe `rec`, exposure `ev`), paired with the original of
+    `stem` as its ground truth."""
+    return {
+        "path": f"images/{name}",
+        "role": "backlit" if rec != "C" else ("underexposed" if ev < 0 else "overexposed"),
+        "split": split,
+        "group": stem,
+        "pair_id": f"{stem}:{Path(name).stem}",
+        "gt": f"originals/{stem}.png",
+        "source": f"synthetic-{rec}",
+        "params": params,
     }
 
 

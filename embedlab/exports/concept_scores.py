@@ -151,7 +151,6 @@ def image_scores(
     progress: bool = True,
 ) -> ImageScores:
     """Score the run's images (every row, or the sorted positions `rows`) against a vocabulary, block by block."""
-    from embedlab._io import progress_bar
     from embedlab.analysis import vocab as vb
     from embedlab.analysis.explain import centre, unit_rows32
     from embedlab.analysis.residual_file import as_residual
@@ -167,19 +166,7 @@ def image_scores(
     E, cache_info = vb.embed_concepts(lm, V.concepts, tpls, progress=progress)
     C = centre(E)[0] if centred else unit_rows32(E)
     n = len(run) if rows is None else len(rows)
-    S = np.empty((n, len(C)), np.float32)
-    X = np.empty((n, run.dim), np.float32) if keep_vectors else None
-    proj = np.empty(n, np.float32) if res is not None else None
-    at = 0
-    with progress_bar(progress, total=n, desc=f"scores {run.path.name}", unit="img") as bar:
-        for pos, block in run.iter_vectors(rows):
-            S[at : at + len(pos)] = image_concept_scores(block, C)
-            if X is not None:
-                X[at : at + len(pos)] = block
-            if proj is not None:
-                proj[at : at + len(pos)] = residual_projection(block, res.vector)
-            at += len(pos)
-            bar.update(len(pos))
+    S, X, proj = _score_blocks(run, rows, n, C, res, keep_vectors, progress)
     take = (lambda df: df) if rows is None else (lambda df: df.iloc[rows].reset_index(drop=True))
     meta = take(run.read_metadata(run.available_columns(ID_COLUMNS)))
     extra = None
@@ -208,6 +195,28 @@ def image_scores(
             "projection": "cos(image, residual)",
         }
     return ImageScores(meta, S, list(V.concepts), info, X, extra)
+
+
+def _score_blocks(run, rows, n: int, C: np.ndarray, res, keep_vectors: bool, progress: bool):
+    """One pass over the run's `n` images (every row, or the sorted positions `rows`), block by block: (scores
+    against the vocabulary `C` (n, V), the vectors (n, d) when `keep_vectors` else None, the projections on the
+    residual `res` (n,) when there is one else None)."""
+    from embedlab._io import progress_bar
+
+    S = np.empty((n, len(C)), np.float32)
+    X = np.empty((n, run.dim), np.float32) if keep_vectors else None
+    proj = np.empty(n, np.float32) if res is not None else None
+    at = 0
+    with progress_bar(progress, total=n, desc=f"scores {run.path.name}", unit="img") as bar:
+        for pos, block in run.iter_vectors(rows):
+            S[at : at + len(pos)] = image_concept_scores(block, C)
+            if X is not None:
+                X[at : at + len(pos)] = block
+            if proj is not None:
+                proj[at : at + len(pos)] = residual_projection(block, res.vector)
+            at += len(pos)
+            bar.update(len(pos))
+    return S, X, proj
 
 
 def check_table_out(out, overwrite: bool) -> Path:

@@ -149,6 +149,18 @@ def export_fiftyone(
     if len(sc.rows) < 3:
         raise ConfigError(f"Run {run} has {len(sc.rows)} embedded images; a map needs at least 3.")
     points = _projections(sc.vectors, methods, seed)
+    samples = _samples(fo, sc, top)
+    ds = fo.Dataset(name, overwrite=overwrite, persistent=persistent)
+    ds.add_samples(samples, progress=progress)
+    ds.info = {"embedlab": dict(sc.info, top=top, maps=sorted(points), sample=None if rows is None else len(rows))}
+    ds.save()
+    _add_maps(ds, sc.vectors, points)
+    return ds
+
+
+def _samples(fo, sc, top: int) -> list:
+    """One `fo.Sample` per scored image (`sc`, an `ImageScores` with vectors and extra columns): its file, metadata,
+    embedding, its `top` concepts and the first of them."""
     meta = pd.concat([sc.rows, sc.extra], axis=1)
     files = sc.extra["file"].astype(str).tolist() if "file" in sc.extra else sc.rows["path"].astype(str).tolist()
     samples = []
@@ -163,12 +175,7 @@ def export_fiftyone(
                 **rec,
             )
         )
-    ds = fo.Dataset(name, overwrite=overwrite, persistent=persistent)
-    ds.add_samples(samples, progress=progress)
-    ds.info = {"embedlab": dict(sc.info, top=top, maps=sorted(points), sample=None if rows is None else len(rows))}
-    ds.save()
-    _add_maps(ds, sc.vectors, points)
-    return ds
+    return samples
 
 
 def _add_maps(ds, X: np.ndarray, points: dict[str, np.ndarray]) -> None:

@@ -174,11 +174,7 @@ def audit(
     meta = _read_meta(opened, metadata)
     cols = _by_columns(by, meta, cfg.bins)
     _check_column_options(meta, within=within, score=score)
-    keep, is_to = np.ones(len(meta), bool), None
-    if (from_ is None) != (to is None):
-        raise ConfigError("Pass both 'from_' and 'to' (the two sets whose residual is audited), or neither.")
-    if from_ is not None:
-        keep, is_to = _paired_sets(meta, from_, to)
+    keep, is_to = _audited_rows(meta, from_, to)
     kept = meta[keep].reset_index(drop=True)
     check_columns(kept, cols, "The audited images' metadata")
     groups = kept["group"].to_numpy() if "group" in kept and kept["group"].notna().any() else None
@@ -193,10 +189,7 @@ def audit(
                          scores=scores, config=cfg, family=fam)  # fmt: skip
     set_sums = slice_set_sums([result.masks[s] for s in sorted(result.masks)], len(fam.slices), sums, codes, is_to)
     if is_to is not None:
-        totals = sums["unit_sums"].sum(-2)
-        glob = (totals[0], int((~is_to).sum()), totals[1], int(is_to.sum()))
-        result.slices["residual_cos_global"] = residual_cosines(set_sums, glob)
-        result.info["audits"] = PAIRED
+        _residual_columns(result, set_sums, sums, is_to)
     result.info.update(runs=[str(r.path) for r in opened], by=cols, within=within, score=score, from_=from_, to=to,
                        vocabulary_name=V.name, vocabulary_source=V.source, templates=tpls,
                        model=f"{opened[0].manifest['model']}/{opened[0].manifest['pretrained']}")  # fmt: skip
@@ -204,6 +197,22 @@ def audit(
     if out is not None:
         write_audit(result, Path(out), set_sums, opened, device=device)
     return result
+
+
+def _audited_rows(meta: pd.DataFrame, from_, to) -> tuple[np.ndarray, np.ndarray | None]:
+    """(rows audited, the 'to' flag of each when a residual is audited)."""
+    if (from_ is None) != (to is None):
+        raise ConfigError("Pass both 'from_' and 'to' (the two sets whose residual is audited), or neither.")
+    if from_ is None:
+        return np.ones(len(meta), bool), None
+    return _paired_sets(meta, from_, to)
+
+
+def _residual_columns(result: AuditResult, set_sums: list, sums: dict, is_to: np.ndarray) -> None:
+    totals = sums["unit_sums"].sum(-2)
+    glob = (totals[0], int((~is_to).sum()), totals[1], int(is_to.sum()))
+    result.slices["residual_cos_global"] = residual_cosines(set_sums, glob)
+    result.info["audits"] = PAIRED
 
 
 def _config(options: dict) -> AuditConfig:

@@ -96,25 +96,13 @@ def plot(
         out.mkdir(parents=True, exist_ok=True)
     X, meta, sample, size_note = _sampled(r, color_by, residual, max_points, seed, progress)
     labels = meta[color_by].astype(str).to_numpy()
-    res = res_vec = None
-    if residual:
-        from embedlab.analysis.residual_file import load_residual
-
-        res = load_residual(residual)
-        if len(res.vector) != X.shape[1]:
-            raise ConfigError(f"Residual {residual} has dimension {len(res.vector)}, the run {X.shape[1]}.")
-        res_vec = l2n(res.vector)
+    res, res_vec = _load_arrow(residual, X.shape[1])
     files = {}
     for method in methods:
-        if method == "pca":
-            Y, pca = pca_2d(X)
-        elif method == "umap":
-            if len(X) < 5:
-                log.warning("UMAP skipped: fewer than 5 images")
-                continue
-            Y, pca = umap_2d(X, seed), None
-        else:
-            raise ConfigError(f"Unknown map method {method!r}; choose pca or umap.")
+        mapped = _map_points(X, method, seed)
+        if mapped is None:
+            continue
+        Y, pca = mapped
         path = out / f"map_{method}.png" if out is not None else None
         arrow = (res, res_vec) if residual is not None else None
         ax = figure.axes[len(files)] if figure is not None else None
@@ -131,6 +119,31 @@ def plot(
     atomic_write_json(out / "sample.json", sample)
     files["sample"] = str(out / "sample.json")
     return {"files": files, "points": sample["points"], "of": sample["of"]}
+
+
+def _load_arrow(residual, dim: int) -> tuple:
+    """(the residual, its unit vector) for the maps' arrow, (None, None) without one; a residual of another
+    dimension than the run's (`dim`) is refused."""
+    if not residual:
+        return None, None
+    from embedlab.analysis.residual_file import load_residual
+
+    res = load_residual(residual)
+    if len(res.vector) != dim:
+        raise ConfigError(f"Residual {residual} has dimension {len(res.vector)}, the run {dim}.")
+    return res, l2n(res.vector)
+
+
+def _map_points(X: np.ndarray, method: str, seed: int):
+    """(2-D points, the fitted PCA or None) of one map method, or None for a UMAP of fewer than 5 images (skipped)."""
+    if method == "pca":
+        return pca_2d(X)
+    if method == "umap":
+        if len(X) < 5:
+            log.warning("UMAP skipped: fewer than 5 images")
+            return None
+        return umap_2d(X, seed), None
+    raise ConfigError(f"Unknown map method {method!r}; choose pca or umap.")
 
 
 def _panels(n: int):
