@@ -7,7 +7,8 @@ Slices come from metadata (`slices.define_slices`) and, with `discover`, from k-
 are split in two halves (seeded, by group), the clusters are found on one and described and tested on the other, so
 no slice is described or tested with the data that found it. A cluster differs from its rest in embedding space by
 construction, so a discovered slice gets an effect and concepts but no embedding test; with a score it gets the
-score test (is the score different in the cluster?), whose null does not depend on how the cluster was found.
+score test (is the score different in the cluster?): the test half's units join a cluster by their vectors alone, so
+under the null (a score unrelated to the vectors) their scores are exchangeable whatever the clusters.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pandas as pd
 
 from embedlab.analysis import audit_stats as st
 from embedlab.analysis.audit_result import AuditResult
+from embedlab.analysis.discovery import discover_slices
 from embedlab.analysis.explain import centre, unit_rows32
 from embedlab.analysis.formula import group_codes, l2n
 from embedlab.analysis.permutation import SIDES
@@ -113,33 +115,6 @@ def unit_values(values: pd.Series | np.ndarray, codes: np.ndarray, G: int, what:
         )
     first = frame.drop_duplicates("u").set_index("u")["v"].reindex(range(G))
     return pd.factorize(first)[0]
-
-
-def discover_slices(units: Units, k: int, seed: int, scores: np.ndarray | None, min_groups: int):
-    """(slices, test-half unit mask, split record): k-means (scikit-learn, seeded) on the discovery half's unit
-    vectors (and the standardised score, when given, so that clusters follow where the score is worst as well), each
-    test-half unit assigned to its nearest centre. A cluster with fewer than `min_groups` test-half units in it or
-    out of it is left out."""
-    from sklearn.cluster import KMeans
-
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(units.G)
-    test = np.zeros(units.G, bool)
-    test[order[units.G // 2 :]] = True
-    feats = l2n(units.U)
-    if scores is not None:
-        z = (scores - scores.mean()) / (scores.std() or 1.0)
-        feats = np.c_[feats, z[:, None] * np.sqrt(np.mean(np.sum((feats - feats.mean(0)) ** 2, 1)))]
-    km = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(feats[~test])
-    label = km.predict(feats)
-    slices = []
-    for c in range(k):
-        unit_in = test & (label == c)
-        if min(unit_in.sum(), (test & ~unit_in).sum()) < min_groups:
-            continue
-        slices.append(Slice(f"cluster {c + 1}", "discovered", ("embedding",), unit_in[units.codes]))
-    split = {"discovery_units": int((~test).sum()), "test_units": int(test.sum()), "seed": seed, "k": k}
-    return slices, test, split
 
 
 def _concept_rows(s: int, sl: Slice, r: np.ndarray, C: np.ndarray, concepts, ctx: dict) -> list[dict]:
@@ -312,27 +287,27 @@ def audit_units(
     y = None
     if scores is not None:
         y = np.bincount(units.codes, weights=np.asarray(scores, np.float64), minlength=units.G) / units.sizes
-    split = None
-    test_half = np.ones(units.G, bool)
+    split = disc = None
     if cfg.discover:
-        found, test_half, split = discover_slices(units, cfg.discover, cfg.seed, y, cfg.min_groups)
+        found, split, disc = discover_slices(units, cfg.discover, cfg.seed, y, cfg.min_groups)
         fam.slices += found
     if not fam.slices:
         raise ConfigError(
             f"No slice has {cfg.min_groups} units inside and outside it ({'; '.join(fam.skipped[:5])}). Fix: lower "
             "'min_groups', audit other columns, or add images."
         ).naming("min_groups")
-    return _assemble(meta, units, fam, E, concepts, within, y, test_half, split, cfg)
+    return _assemble(meta, units, fam, E, concepts, within, y, disc, split, cfg)
 
 
-def _assemble(meta, units, fam, E, concepts, within, y, test_half, split, cfg) -> AuditResult:
+def _assemble(meta, units, fam, E, concepts, within, y, disc, split, cfg) -> AuditResult:
     from embedlab.analysis.slices import unit_fractions
 
     S = len(fam.slices)
     F = unit_fractions(fam.slices, units.codes, units.G)
     active = np.ones_like(F, bool)
-    disc = np.array([s.kind == "discovered" for s in fam.slices])
-    active[:, disc] = test_half[:, None]
+    found = np.array([s.kind == "discovered" for s in fam.slices])
+    if disc is not None:
+        active[:, found] = disc.test[:, None]
     strata = None if within is None else unit_values(within, units.codes, units.G, "'within'")
     des = st.design(units.U, st.contrast_weights(F, active), strata, y)
     C, _ = centre(unit_rows32(E))

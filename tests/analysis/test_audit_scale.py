@@ -1,0 +1,78 @@
+"""The audit's streamed one-vs-rest pass equals a direct numpy computation on a small array."""
+
+import numpy as np
+import pytest
+
+from embedlab.analysis.audit_scale import column_screen, omnibus_screen, slice_sums
+
+
+def _data(seed=0, n=503, d=7):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    n_values = [3, 5, 2]
+    codes = [rng.integers(k, size=n) for k in n_values]
+    codes[1][:9] = -1  # missing values belong to no slice
+    return X, codes, n_values
+
+
+def _direct(X, mask):
+    X = X.astype(np.float64)
+    n, n_in = len(X), int(mask.sum())
+    d = X[mask].mean(0) - X[~mask].mean(0)
+    tr = float(((X - X.mean(0)) ** 2).sum())
+    e0 = (1 / n_in + 1 / (n - n_in)) * tr / (n - 1)
+    return float(d @ d), e0
+
+
+@pytest.mark.parametrize("block,threads", [(64, 1), (503, 1), (1000, 1), (100, 3)])
+def test_slice_sums_and_screen_match_numpy(block, threads):
+    X, codes, n_values = _data()
+    blocks = (X[i : i + block] for i in range(0, len(X), block))
+    acc = slice_sums(blocks, codes, n_values, threads=threads)
+    assert acc["n"] == len(X)
+    np.testing.assert_allclose(acc["total"], X.astype(np.float64).sum(0), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(acc["sumsq"], float((X.astype(np.float64) ** 2).sum()), rtol=1e-6)  # float32 rows
+    scr = omnibus_screen(acc["sums"], acc["counts"], acc["total"], acc["sumsq"], acc["n"])
+    row = 0
+    for k, nk in enumerate(n_values):
+        for v in range(nk):
+            mask = codes[k] == v
+            assert acc["counts"][row] == mask.sum()
+            np.testing.assert_allclose(acc["sums"][row], X[mask].astype(np.float64).sum(0), rtol=1e-5, atol=2e-5)
+            d2, e0 = _direct(X, mask)
+            assert scr["d2"][row] == pytest.approx(d2, rel=1e-4, abs=1e-7)
+            assert scr["e0"][row] == pytest.approx(e0, rel=1e-6)
+            assert scr["effect"][row] == pytest.approx(d2 - e0, rel=1e-4, abs=1e-7)
+            assert scr["T"][row] == pytest.approx(d2 / e0, rel=1e-4, abs=1e-5)
+            row += 1
+    cols = column_screen(scr["T"], n_values)
+    assert cols.shape == (3,) and cols[0] == pytest.approx(scr["T"][:3].mean())
+
+
+def test_null_ratio_is_about_one_and_a_planted_value_stands_out():
+    rng = np.random.default_rng(1)
+    n, d = 4000, 16
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    codes = [rng.integers(10, size=n)]
+    X[codes[0] == 3, 0] += 0.5
+    acc = slice_sums([X[:1500], X[1500:]], codes, [10])
+    T = omnibus_screen(acc["sums"], acc["counts"], acc["total"], acc["sumsq"], acc["n"])["T"]
+    assert np.argmax(T) == 3 and T[3] > 5
+    assert 0.3 < np.median(np.delete(T, 3)) < 2.5
+
+
+def test_rows_and_codes_must_agree():
+    X, codes, n_values = _data()
+    with pytest.raises(ValueError, match="rows"):
+        slice_sums([X[:100]], codes, n_values)
+    with pytest.raises(ValueError, match="more rows"):
+        slice_sums([X, X], codes, n_values)
+
+
+def test_empty_slice_is_nan():
+    X, codes, n_values = _data()
+    codes[2][:] = 0  # value 1 of the last column has no image
+    acc = slice_sums([X], codes, n_values)
+    scr = omnibus_screen(acc["sums"], acc["counts"], acc["total"], acc["sumsq"], acc["n"])
+    assert np.isnan(scr["T"][-1]) and np.isnan(scr["T"][-2])  # no image inside / none outside
