@@ -41,8 +41,9 @@ def _standard(y: np.ndarray) -> np.ndarray:
 def discover_slices(units, k: int, seed: int, scores: np.ndarray | None, min_groups: int):
     """(slices, split record, `Discovery`): k-means (scikit-learn, seeded) on the discovery half's unit vectors (and
     the standardised score, when given, so that the centres lean to where the score is worst), each test-half unit
-    assigned to its nearest centre by its vector (`Discovery.labels`). A cluster with fewer than `min_groups`
-    test-half units in it or out of it is left out."""
+    assigned to its nearest centre by its vector (`Discovery.labels`); with a score, one more slice: the test-half
+    units where a regression on the vectors predicts the worst score (`worst_score_units`). A slice with fewer than
+    `min_groups` test-half units in it or out of it is left out."""
     from sklearn.cluster import KMeans
 
     rng = np.random.default_rng(seed)
@@ -62,5 +63,21 @@ def discover_slices(units, k: int, seed: int, scores: np.ndarray | None, min_gro
             continue
         disc.kept.append(c)
         slices.append(Slice(f"cluster {c + 1}", "discovered", ("embedding",), unit_in[units.codes]))
+    if scores is not None:
+        worst = worst_score_units(feats, scores, test, 1.0 / k)
+        if min(worst.sum(), (test & ~worst).sum()) >= min_groups:
+            slices.append(Slice("predicted worst score", "discovered", ("embedding", "score"), worst[units.codes]))
     split = {"discovery_units": int((~test).sum()), "test_units": int(test.sum()), "seed": seed, "k": k}
     return slices, split, disc
+
+
+def worst_score_units(feats: np.ndarray, scores: np.ndarray, test: np.ndarray, share: float) -> np.ndarray:
+    """The test-half units whose score a ridge regression on the vectors, fitted on the discovery half, predicts
+    worst (the top `share` of the test half): where in embedding space the score is high, learned on one half and
+    applied to the other by the vectors alone, so that the test half's own scores choose nothing."""
+    from sklearn.linear_model import RidgeCV
+
+    model = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(feats[~test], _standard(scores)[~test])
+    pred = model.predict(feats)
+    cut = np.quantile(pred[test], 1.0 - share)
+    return test & (pred >= cut)
