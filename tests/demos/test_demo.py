@@ -228,25 +228,20 @@ def demo_loop_result(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="known regression since the v5 demo world (issue 27: 15 photos, vignetted well-lit set, recipe v5 demo "
-    "CLIP): +0.72 dB at iteration 200, under the +1 dB bar, after a held-out peak near iteration 100 "
-    "(analyses/results/eval_demo_loop.json); the stopping point is not yet chosen on a validation set",
-)
 def test_demo_loop_enhances_the_held_out_photos(demo_loop_result):
     """The closed loop's bars on the held-out photos: the enhancer gains >= 1 dB PSNR over the input, lifts the darkest
     40% of pixels, and moves the mean projection on the corrected residual at least halfway to thr (no wall-time
-    bound). Measured margins are small (+1.30 dB, 51% of the gap; analyses/results/eval_demo_loop.json), so a
-    change to the demo's chain that costs quality fails here. The schedule is stable: the last three held-out
-    points (the last 50 iterations) agree within 0.5 dB, where the old constant-lr preset swung by 5 dB between
-    points 25 iterations apart (the point at iteration 175 sits at +0.95 dB, just under the bar: the bar is met
-    at the end, not before)."""
+    bound). The stopping point (the `demo` preset's 150 iterations, the end of its cosine schedule) was chosen on a
+    validation set, never on these photos (analyses/results/validate_demo_schedule.json); the measured held-out
+    margins are in analyses/results/eval_demo_loop.json (+1.28 dB, 56% of the gap). The bar is not a lucky last
+    point: each of the last three held-out points (the last 50 iterations) is at least input + 1 dB. They do not
+    agree within 0.5 dB as they did under the 200-iteration schedule: the held-out curve peaks at iteration 100
+    (17.13 dB) and falls to 16.12 dB at 150, while the validation curve still rises there (the choice's data)."""
     b, m = demo_loop_result["bars"], demo_loop_result["metrics"]
     assert b["psnr_ok"] and b["dark40_ok"] and b["projection_ok"], (b, m)
     assert m["enhanced"]["mean_luma"] > m["input"]["mean_luma"], m
     last = [p["psnr"] for p in demo_loop_result["curves"]["RAVE, corrected residual"][-3:]]
-    assert len(last) == 3 and min(last) >= m["input"]["psnr"] + 0.8 and max(last) - min(last) < 0.5, last
+    assert len(last) == 3 and min(last) >= m["input"]["psnr"] + 1.0, last
 
 
 @pytest.mark.slow
@@ -254,7 +249,7 @@ def test_demo_finds_the_planted_bias_and_the_corrected_enhancer_shows_less_of_it
     """The default demo's report finds a concept besides the lighting at p_fwer < 0.05 on its group-level test (13
     photo groups), `correct` removes it, and on the held-out photos the enhancer trained on the raw residual darkens
     the corners more than the one trained on the corrected residual (corner falloff vs the originals, in stops).
-    The measured margin is small: 'dim' removed at p_fwer 0.001, raw +0.22 vs corrected +0.26 stops
+    The measured margin is small: 'dim' removed at p_fwer 0.001, raw +0.18 vs corrected +0.32 stops
     (analyses/results/eval_demo_loop.json), so this fails on any change that loses it."""
     r = demo_loop_result
     f, st = r["finding"], r["planted"]["stops"]
