@@ -70,31 +70,18 @@ def retrain_seed(folder: Path, seed: int, iters: int | None = None) -> dict:
     """Retrain a finished demo folder's two enhancers (the `demo` preset on its corrected and on its raw residual,
     as `embedlab demo` trains them) with enhancer seed `seed`, and score the held-out photos as the demo does: the
     corrected enhancer's PSNR gain over the input and the planted pattern (corner falloff) in both outputs."""
-    from embedlab.analysis.residual_file import load_residual
+    from analyses.demo._train import train_demo_enhancer
     from embedlab.datasets.manifest import read_manifest
-    from embedlab.demos.loop import HeldOut, run_net, train_with_curve, vignetting_stops
+    from embedlab.demos.loop import HeldOut, run_net, vignetting_stops
     from embedlab.demos.pipeline import LOOP_MAX_PIXELS, _copy_held_out_inputs
     from embedlab.enhancement.network import load_enhancer_state
 
     pairs = _copy_held_out_inputs(read_manifest(folder / "manifest.jsonl"), folder / "test_inputs")
     held = HeldOut([p for p, _ in pairs], [g for _, g in pairs], str(folder / "corrected.npy"), "cpu")
-    model = load_residual(str(folder / "corrected.npy")).info["model"]
     outs, curves = {}, {}
     for name, res in (("corrected", "corrected.npy"), ("raw", "residual.npy")):
-        r = train_with_curve(
-            folder / f"train_seed{seed}_{name}",
-            held,
-            25,
-            LOOP_MAX_PIXELS,
-            preset="demo",
-            residual=str(folder / res),
-            backlit=f"{folder / 'run'}:role=backlit,split=train",
-            identity_model=model["model"],
-            identity_pretrained=model["pretrained"],
-            iters=iters,
-            seed=seed,
-            device="cpu",
-        )
+        r = train_demo_enhancer(folder / f"train_seed{seed}_{name}", held, 25, folder, str(folder / res),
+                                iters=iters, seed=seed)  # fmt: skip
         outs[name], curves[name] = run_net(load_enhancer_state(r["enhancer"]), held.inputs, LOOP_MAX_PIXELS), r["curve"]
     inp, cor = held.scores(held.inputs), held.scores(outs["corrected"])
     stops = {k: vignetting_stops(v, held.gts) for k, v in {"input": held.inputs, **outs}.items()}

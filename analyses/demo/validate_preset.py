@@ -89,9 +89,9 @@ def main() -> None:
     from unittest import mock
 
     from analyses._common import parse_args, write_json
-    from embedlab.analysis.residual_file import load_residual
+    from analyses.demo._train import train_demo_enhancer
     from embedlab.datasets.manifest import read_manifest
-    from embedlab.demos.loop import HeldOut, quality_bars, run_net, train_with_curve
+    from embedlab.demos.loop import HeldOut, quality_bars, run_net
     from embedlab.demos.pipeline import LOOP_MAX_PIXELS, _copy_held_out_inputs
     from embedlab.enhancement import losses
     from embedlab.enhancement.network import load_enhancer_state
@@ -124,7 +124,6 @@ def main() -> None:
         )
     man = read_manifest(demo / "manifest.jsonl")
     residual = str(demo / "corrected.npy")
-    model = load_residual(residual).info["model"]
     work = demo / "validate_preset"
     sets = {
         "validation": validation_pairs(man, work / "validation"),
@@ -143,20 +142,10 @@ def main() -> None:
             else contextlib.nullcontext()
         )
         with flat:
-            r = train_with_curve(
-                work / f"train_{name}",
-                scorers["held-out"],
-                200,
-                LOOP_MAX_PIXELS,
-                preset="demo",
-                residual=residual,
-                backlit=f"{demo / 'run'}:role=backlit,split=train",
-                identity_model=model["model"],
-                identity_pretrained=model["pretrained"],
-                identity_weight=v["identity_weight"],
-                padding=v["padding"],
-                device="cpu",
-            )
+            r = train_demo_enhancer(
+                work / f"train_{name}", scorers["held-out"], 200, demo, residual,
+                identity_weight=v["identity_weight"], padding=v["padding"],
+            )  # fmt: skip
         state = load_enhancer_state(r["enhancer"])
         row = {**v, "train_seconds": r["train_seconds"]}
         for set_name, s in scorers.items():

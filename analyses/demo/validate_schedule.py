@@ -31,27 +31,14 @@ TIE_DB = 0.25  # validation PSNR gains this close count as a tie, and the tie go
 def train_and_score(demo: Path, scorers: dict, iters: int, seed: int, work: Path) -> dict:
     """One demo-preset training of `iters` iterations with enhancer seed `seed`; its validation curve and the final
     network's scores and bars on every set in `scorers`."""
-    from embedlab.analysis.residual_file import load_residual
-    from embedlab.demos.loop import quality_bars, run_net, train_with_curve
+    from analyses.demo._train import train_demo_enhancer
+    from embedlab.demos.loop import quality_bars, run_net
     from embedlab.demos.pipeline import LOOP_MAX_PIXELS
     from embedlab.enhancement.network import load_enhancer_state
 
     residual = str(demo / "corrected.npy")
-    model = load_residual(residual).info["model"]
-    r = train_with_curve(
-        work / f"train_i{iters}_s{seed}",
-        scorers["validation"],
-        25,
-        LOOP_MAX_PIXELS,
-        preset="demo",
-        residual=residual,
-        backlit=f"{demo / 'run'}:role=backlit,split=train",
-        identity_model=model["model"],
-        identity_pretrained=model["pretrained"],
-        iters=iters,
-        seed=seed,
-        device="cpu",
-    )
+    r = train_demo_enhancer(work / f"train_i{iters}_s{seed}", scorers["validation"], 25, demo, residual,
+                            iters=iters, seed=seed)  # fmt: skip
     state = load_enhancer_state(r["enhancer"])
     row = {"iters": iters, "seed": seed, "train_seconds": r["train_seconds"], "validation_curve": r["curve"]}
     for name, s in scorers.items():

@@ -183,20 +183,13 @@ def _tune_and_measure(idx, r, kind: str, ids, tune_pos, eval_pos, recall_target:
     )
 
 
+# fmt: off
 def index_run(
-    run,
-    kind: str = "auto",
-    *,
-    memory_budget: "str | int" = DEFAULT_BUDGET,
-    nlist: int | None = None,
-    train_size: int | None = None,
-    queries: int = 500,
-    recall_target: float = 0.95,
-    seed: int = 0,
-    block: int = 65536,
-    write: bool = True,
-    progress: bool = True,
+    run, kind: str = "auto", *, memory_budget: "str | int" = DEFAULT_BUDGET, nlist: int | None = None,
+    train_size: int | None = None, queries: int = 500, recall_target: float = 0.95, seed: int = 0, block: int = 65536,
+    write: bool = True, progress: bool = True,
 ) -> dict:
+    # fmt: on
     """Build the run's FAISS index out of core and write it atomically to RUN/index.faiss.
 
     `kind`: auto (by size, see `auto_kind`) or a name of `KINDS`. Approximate kinds are trained on a seeded sample
