@@ -233,12 +233,7 @@ def write_index(out: Path, result: dict) -> Path:
     cards, headline = compare_cards(tables)
     report_html = arts.get("report")
     map_href = rel(arts["map"]) if arts.get("map") else None
-    nav = (
-        [("demo index", "index.html")]
-        + ([("concept report", rel(report_html))] if report_html else [])
-        + ([("embedding map", map_href)] if map_href else [])
-        + ([("demo.json", "demo.json")] if (out / "demo.json").exists() else [])
-    )
+    nav = _nav_links(out, rel, report_html, map_href)
     figures = [
         (k.removeprefix("plot_").replace("_", " "), rel(v))
         for k, v in arts.items()
@@ -250,13 +245,6 @@ def write_index(out: Path, result: dict) -> Path:
         if report_html and Path(report_html).with_suffix(f".{s}").exists()
     ]
     extras += [(k, json.dumps(v, default=str)[:400]) for k, v in result.items() if k not in PAGE_KEYS]
-    train_dir = Path(arts["training_log"]).parent if arts.get("training_log") else None
-    samples = sorted((train_dir / "samples").glob("*.png")) if train_dir else []
-    training = (
-        {"log": rel(arts["training_log"]), "samples": [rel(p) for p in samples], "folder": rel(train_dir) + "/"}
-        if train_dir
-        else None
-    )
     page = render_page(
         "index.html.j2",
         nav_links=nav,
@@ -282,12 +270,36 @@ def write_index(out: Path, result: dict) -> Path:
         figures=figures,
         extras=extras,
         files=file_groups(out),
-        training=training,
+        training=_training_links(arts, rel),
         timings=list((result.get("timings_s") or {}).items()),
         total=result.get("total_s"),
     )
     path = out / "index.html"
     atomic_write_bytes(path, page.encode())
+    _link_back(out, nav, map_href, report_html)
+    return path
+
+
+def _nav_links(out: Path, rel, report_html, map_href) -> list[tuple[str, str]]:
+    return (
+        [("demo index", "index.html")]
+        + ([("concept report", rel(report_html))] if report_html else [])
+        + ([("embedding map", map_href)] if map_href else [])
+        + ([("demo.json", "demo.json")] if (out / "demo.json").exists() else [])
+    )
+
+
+def _training_links(arts: dict, rel) -> dict | None:
+    """The training log, its sample images and its folder, relative to the page (None when nothing was trained)."""
+    train_dir = Path(arts["training_log"]).parent if arts.get("training_log") else None
+    if train_dir is None:
+        return None
+    samples = sorted((train_dir / "samples").glob("*.png"))
+    return {"log": rel(arts["training_log"]), "samples": [rel(p) for p in samples], "folder": rel(train_dir) + "/"}
+
+
+def _link_back(out: Path, nav: list, map_href, report_html) -> None:
+    """The map's and the report's navigation bars link back to the demo's pages."""
     if map_href:
         set_nav(out / map_href, nav)
     if report_html and Path(report_html).exists():
@@ -296,7 +308,6 @@ def write_index(out: Path, result: dict) -> Path:
             report_html,
             [(label, href if href.startswith(("http", "/")) else os.path.join(up, href)) for label, href in nav],
         )
-    return path
 
 
 def _f(v) -> str:

@@ -168,8 +168,17 @@ def demo(
     arts = {**chain["files"], **arts}
     arts.update(figures(out, chain["run_dir"], chain["res_path"], out / "test_inputs", chain["man"]))
     lap("figures")
+    result = _result(chain, arts, model, pretrained, model_label, scores, loop, lap)
+    atomic_write_json(out / "demo.json", result)
+    write_index(out, result)
+    arts["index"] = str(out / "index.html")
+    return result
+
+
+def _result(chain: dict, arts: dict, model, pretrained, model_label, scores: dict, loop: dict, lap) -> dict:
+    """demo.json: every artifact's path, the finding, the model, the metrics and the timings."""
     report, c = chain["report"], chain["correction"]
-    result = {
+    return {
         "files": arts,
         "bias_concept": chain["bias"],
         "finding": chain["finding"],
@@ -186,10 +195,6 @@ def demo(
         "timings_s": lap.timings,
         "total_s": lap.total(),
     }
-    atomic_write_json(out / "demo.json", result)
-    write_index(out, result)
-    arts["index"] = str(out / "index.html")
-    return result
 
 
 class _Laps:
@@ -303,10 +308,8 @@ def _closed_loop(
 ) -> tuple[dict, dict, dict]:
     """Train (or take) the enhancer, enhance the held-out photos and score them against the input, CLAHE and gamma:
     returns (demo.json's "loop", its "metrics", the artifacts' paths)."""
-    from embedlab.datasets.images import load_rgb
     from embedlab.demos.loop import HeldOut, planted_pattern, quality_bars
     from embedlab.enhancement.evaluate import evaluate
-    from embedlab.enhancement.infer import enhance
 
     test_inputs = out / "test_inputs"
     pairs = _copy_held_out_inputs(chain["man"], test_inputs)
@@ -323,13 +326,7 @@ def _closed_loop(
         raw = trained.pop("raw_enhancer", None)
         loop.update(trained)
     lap("train", f"{1 + bool(raw)} enhancer(s) (corrected{' and raw' if raw else ''} residual)" if not enhancer else "")
-    enhance(ckpt, [str(test_inputs)], out / "enhanced", device=device, progress=False, max_pixels=LOOP_MAX_PIXELS)
-    arts["enhanced"] = str(out / "enhanced")
-    if raw:  # the enhancer trained on the raw residual, on the same held-out photos: does it show the bias?
-        enhance(
-            raw, [str(test_inputs)], out / "enhanced_raw", device=device, progress=False, max_pixels=LOOP_MAX_PIXELS
-        )
-        arts["enhanced_raw"], arts["enhancer_raw"] = str(out / "enhanced_raw"), raw
+    arts.update(_enhance_held_out(out, ckpt, raw, test_inputs, device))
     lap("enhance", f"{len(held.names)} held-out photos")
     metrics = evaluate(
         out / "enhanced",
@@ -344,18 +341,9 @@ def _closed_loop(
     loop["enhanced_by"] = (
         f"published enhancer {enhancer}" if enhancer else "RAVE guidance, corrected residual, demo preset"
     )
-    scores = {
-        "input": base["input"],
-        "enhanced": held.scores([load_rgb(str(out / "enhanced" / f"{n}.png")) for n in held.names]),
-        "CLAHE": base["CLAHE"],
-        "gamma 0.5": base["gamma 0.5"],
-    }
+    scores = _held_out_scores(out, held, base, raw)
     loop["bars"] = quality_bars(scores["input"], scores["enhanced"], held.thr)
     loop["planted"] = planted_pattern(out, held, raw)
-    if raw:
-        scores["enhanced, raw residual"] = held.scores(
-            [load_rgb(str(out / "enhanced_raw" / f"{n}.png")) for n in held.names]
-        )
     st = loop["planted"]["stops"]
     lap(
         "evaluate",
@@ -363,6 +351,39 @@ def _closed_loop(
         f"corrected {st['corrected']:+.2f} stops" + (f", raw {st['raw']:+.2f}" if "raw" in st else ""),
     )
     return loop, {**scores, "residual_projection": metrics.get("residual_projection")}, arts
+
+
+def _enhance_held_out(out: Path, ckpt: str, raw: str | None, test_inputs: Path, device: str) -> dict:
+    """Enhance the held-out photos with the (corrected) enhancer and, when there is one, the enhancer trained on the
+    raw residual (does it show the bias?); returns their artifacts' paths."""
+    from embedlab.enhancement.infer import enhance
+
+    arts = {}
+    for name, net in (("enhanced", ckpt), ("enhanced_raw", raw)):
+        if net:
+            enhance(net, [str(test_inputs)], out / name, device=device, progress=False, max_pixels=LOOP_MAX_PIXELS)
+            arts[name] = str(out / name)
+    if raw:
+        arts["enhancer_raw"] = raw
+    return arts
+
+
+def _held_out_scores(out: Path, held, base: dict, raw: str | None) -> dict:
+    """The held-out photos' scores: the input, the enhanced outputs, CLAHE and gamma, and the raw residual's outputs
+    when there are some."""
+    from embedlab.datasets.images import load_rgb
+
+    scores = {
+        "input": base["input"],
+        "enhanced": held.scores([load_rgb(str(out / "enhanced" / f"{n}.png")) for n in held.names]),
+        "CLAHE": base["CLAHE"],
+        "gamma 0.5": base["gamma 0.5"],
+    }
+    if raw:
+        scores["enhanced, raw residual"] = held.scores(
+            [load_rgb(str(out / "enhanced_raw" / f"{n}.png")) for n in held.names]
+        )
+    return scores
 
 
 def _train_demo_enhancers(
