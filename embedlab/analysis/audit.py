@@ -286,7 +286,13 @@ def audit_units(
     fam = SliceFamily(list(family.slices), family.columns, list(family.skipped))
     y = None
     if scores is not None:
-        y = np.bincount(units.codes, weights=np.asarray(scores, np.float64), minlength=units.G) / units.sizes
+        scores = np.asarray(scores, np.float64)
+        if not np.isfinite(scores).all():
+            raise ConfigError(
+                f"The 'score' column has {int((~np.isfinite(scores)).sum())} missing or infinite value(s). Fix: give "
+                "every audited image a score, or audit a subset that has one."
+            ).naming("score")
+        y = np.bincount(units.codes, weights=scores, minlength=units.G) / units.sizes
     split = disc = None
     if cfg.discover:
         found, split, disc = discover_slices(units, cfg.discover, cfg.seed, y, cfg.min_groups)
@@ -313,7 +319,8 @@ def _assemble(meta, units, fam, E, concepts, within, y, disc, split, cfg) -> Aud
     C, _ = centre(unit_rows32(E))
     perms = st.within_strata_permutations(des.strata, cfg.permutations, cfg.seed)
     tests = _tests(fam, des, C, perms, cfg, fam.columns)
-    hard = np.c_[_hard(F, active), _hard(1 - F, active)]
+    inside = _hard(F, active)
+    hard = np.c_[inside, active & ~inside & (F < 1)]  # disjoint: a unit counts inside or in the rest, never both
     table = _slice_table(fam, units, des, hard, cfg)
     table["statistic"] = tests["null"].T[0]
     for key in ("p", "p_fwer", "p_fwer_omnibus", "q"):

@@ -9,7 +9,8 @@ Tables (one row per record, the same columns as the parquet files the CLI writes
   duplicates (the larger listed slice it repeats, if any), overlaps, residual_path, top_concepts, and with a score
   column score_diff/score_lo/score_hi/score_p.
 - `concepts`: per slice its top concepts: slice_id, slice, rank, concept, side ("adds": more of it in the slice than in
-  the rest, "removes": less), score (centred, deflated), t, auroc, mean_sim_slice, mean_sim_rest, p_fwer, q.
+  the rest, "removes": less), score (cosine of the slice's difference vector with the centred concept), t, auroc,
+  mean_sim_slice, mean_sim_rest, p_fwer, q.
 - `columns`: per audited column: column, kind, n_values, n_slices, statistic, p.
 - `jaccard`: the overlap (Jaccard index of image sets) of the listed slices, a square DataFrame.
 """

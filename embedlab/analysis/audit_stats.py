@@ -240,10 +240,18 @@ def bootstrap_effect(U: np.ndarray, inside: np.ndarray, outside: np.ndarray, n_b
 
 
 def jaccard(masks: list[np.ndarray]) -> np.ndarray:
-    """(m, m) Jaccard index of the image sets."""
-    M = np.asarray(masks, np.float64)
-    inter = M @ M.T
-    sizes = M.sum(1)
+    """(m, m) Jaccard index of the image sets (a sparse product: never slices x images dense)."""
+    import scipy.sparse as sp
+
+    cols = [np.flatnonzero(m) for m in masks]
+    n = len(masks[0]) if masks else 0
+    M = sp.csr_matrix(
+        (np.ones(sum(map(len, cols))), (np.repeat(np.arange(len(cols)), [len(c) for c in cols]),
+                                        np.concatenate(cols or [np.zeros(0, np.int64)]))),
+        shape=(len(cols), n),
+    )  # fmt: skip
+    inter = np.asarray((M @ M.T).todense(), np.float64)
+    sizes = np.asarray(M.sum(1)).ravel()
     union = sizes[:, None] + sizes[None, :] - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 

@@ -65,13 +65,18 @@ def column_predicates(s: pd.Series, column: str, bins: int) -> tuple[str, list[t
     if is_numeric(s, bins):
         cut = pd.qcut(s, bins, duplicates="drop")
         cats = cut.cat.categories
-        return "numeric", [(f"{column} in {iv}", (cut == iv).to_numpy()) for iv in cats]
+        return "numeric", [(f"{column} in {iv}", _bool(cut == iv)) for iv in cats]
     values = pd.unique(s.dropna())
     try:
         values = sorted(values)
     except TypeError:
         values = sorted(values, key=str)
-    return "categorical", [(f"{column}={v}", (s == v).to_numpy()) for v in values]
+    return "categorical", [(f"{column}={v}", _bool(s == v)) for v in values]
+
+
+def _bool(mask: pd.Series) -> np.ndarray:
+    """A plain bool mask; a nullable column's missing values (pd.NA) are in no slice."""
+    return mask.fillna(False).to_numpy(bool)
 
 
 def unit_support(mask: np.ndarray, codes: np.ndarray, n_units: int) -> tuple[int, int]:
@@ -121,7 +126,8 @@ def define_slices(
     for col in by:
         kind, ps = column_predicates(meta[col], col, bins)
         kept_here = 0
-        binary_done = kind == "categorical" and len(ps) == 2
+        # two values and nothing missing: the second value's slice is the first one's rest
+        binary_done = kind == "categorical" and len(ps) == 2 and bool(meta[col].notna().all())
         ordered = sorted(ps, key=lambda p: int(p[1].sum())) if binary_done else ps
         for i, (name, mask) in enumerate(ordered):
             inside, outside = unit_support(mask, codes, n_units)

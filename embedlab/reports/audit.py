@@ -105,6 +105,11 @@ def _paired_sets(meta: pd.DataFrame, from_: str, to: str) -> tuple[np.ndarray, n
     groups with one set only are left out, with a warning."""
     from embedlab.datasets.selector import Selector
 
+    if "group" not in meta.columns or meta["group"].isna().all():
+        raise ConfigError(
+            "Auditing a residual ('from_' and 'to') compares each group's own difference, but the runs' images have "
+            "no groups. Fix: give the manifest a 'group' per pair or scene, or audit the images without 'from_'/'to'."
+        )
     m_from = Selector.parse(from_).mask(meta, "the audited runs")
     m_to = Selector.parse(to).mask(meta, "the audited runs")
     if (m_from & m_to).any():
@@ -184,7 +189,7 @@ def audit(
     V, E, tpls = _vocabulary(opened[0], vocab, templates, device, progress)  # before the pass: errors first
     units, sums = run_pass(opened, keep, codes, fam.slices, is_to, engine=cfg.engine, progress=progress,
                            memory_budget=parse_bytes(cfg.memory_budget))  # fmt: skip
-    scores = None if score is None else pd.to_numeric(kept[score], errors="raise").to_numpy(np.float64)
+    scores = None if score is None else pd.to_numeric(kept[score], errors="coerce").to_numpy(np.float64)
     result = audit_units(units, kept, cols, E, V.concepts, within=None if within is None else kept[within].to_numpy(),
                          scores=scores, config=cfg, family=fam)  # fmt: skip
     set_sums = slice_set_sums([result.masks[s] for s in sorted(result.masks)], len(fam.slices), sums, codes, is_to)

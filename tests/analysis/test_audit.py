@@ -208,3 +208,22 @@ def test_clusters_chosen_with_the_score_are_tested_on_it_validly():
     r = _audit(X, meta.drop(columns="light"), ["camera"], E, words, discover=3, permutations=199, scores=loss, **FAST)
     found = r.slices[r.slices.kind == "discovered"].sort_values("score_diff", ascending=False).iloc[0]
     assert found["score_p_fwer"] < 0.05 and dark[r.masks[found["slice_id"]]].mean() > 0.8
+
+
+def test_missing_values_are_in_no_slice_and_a_missing_score_is_refused():
+    """Nullable columns from parquet side tables carry pd.NA; a two-valued column with gaps is two contrasts (the
+    second value is not the first one's rest); units are either in a slice or in its rest, never both."""
+    X, meta, E, words = world(seed=0)
+    flag = pd.array(np.where(meta["camera"] == "A", 1, 0), dtype="Int64")
+    flag[meta["group"].isin(["g0", "g1", "g2"]).to_numpy()] = pd.NA
+    b = meta["light"].where(~meta["group"].isin(["g5", "g6", "g7"]), None)
+    r = _audit(X, meta.assign(flag=flag, b=b), ["flag", "b", "iso"], E, words, permutations=99, bootstrap=20,
+               exemplars=0)  # fmt: skip
+    names = set(r.slices["name"])
+    assert {"flag=0", "flag=1", "b=bright", "b=dark"} <= names
+    iso = r.slices[r.slices["columns"] == "iso"]
+    assert (iso["n_groups"] + iso["n_groups_rest"] <= 40).all()  # disjoint: no unit counted on both sides
+    loss = np.ones(len(X))
+    loss[0] = np.nan
+    with pytest.raises(ConfigError, match="'score' column has 1 missing"):
+        _audit(X, meta, ["camera"], E, words, scores=loss)
