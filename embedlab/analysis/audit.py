@@ -90,17 +90,14 @@ def make_paired_units(X: np.ndarray, groups, is_to: np.ndarray) -> Units:
 def slice_residual_cosines(X: np.ndarray, is_to: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
     """Per slice, the cosine between the residual (RAVE) within the slice and the residual over all images: how far
     a slice's own residual departs from the global one."""
-    from embedlab.analysis.formula import residual_from_sums
-
     unit = l2n(np.asarray(X, np.float64))
     is_to = np.asarray(is_to, bool)
-    r_all = residual_from_sums(unit[~is_to].sum(0), int((~is_to).sum()), unit[is_to].sum(0), int(is_to.sum()))[0]
-    out = []
-    for m in masks:
+
+    def sums(m):
         f, t = m & ~is_to, m & is_to
-        r = residual_from_sums(unit[f].sum(0), int(f.sum()), unit[t].sum(0), int(t.sum()))[0]
-        out.append(float(r @ r_all))
-    return np.asarray(out)
+        return unit[f].sum(0), int(f.sum()), unit[t].sum(0), int(t.sum())
+
+    return st.residual_cosines([sums(m) for m in masks], sums(np.ones(len(unit), bool)))
 
 
 def unit_values(values: pd.Series | np.ndarray, codes: np.ndarray, G: int, what: str) -> np.ndarray:

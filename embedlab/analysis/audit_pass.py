@@ -9,11 +9,12 @@ sums on the driver in shard order, so the two agree to float64 rounding.
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 
 from embedlab.analysis.formula import l2n
+from embedlab.analysis.permutation import add_group_sums
+from embedlab.analysis.slices import membership
 from embedlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ def block_sums(X: np.ndarray, codes: np.ndarray, M, is_to: np.ndarray | None) ->
     unit_sums, slice_sums = [], []
     for keep in sets:
         u = np.zeros((len(present), x.shape[1]))
-        np.add.at(u, inverse[keep], x[keep])
+        add_group_sums(u, inverse[keep], x[keep])
         unit_sums.append(u)
         slice_sums.append(np.asarray(M[keep].T @ x[keep]))
     squeeze = is_to is None
@@ -105,13 +106,9 @@ def _ray_parts(shards, codes, M, is_to):
     finished first)."""
     import ray
 
-    started = False
-    if not ray.is_initialized():
-        from embedlab._io import usable_cores
+    from embedlab.runs.extract.ray import start_local_ray
 
-        mem = min(1_000_000_000, int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.3))
-        ray.init(num_cpus=usable_cores(), object_store_memory=mem, include_dashboard=False, log_to_driver=False)
-        started = True
+    started = not ray.is_initialized() and start_local_ray()
     try:
         task = ray.remote(_shard_task)
         refs = []
@@ -142,7 +139,6 @@ def run_pass(runs: list, keep: np.ndarray, codes: np.ndarray, slices: list, is_t
     `codes` each kept row's unit, `slices` the metadata slices (masks over kept rows), `is_to` (kept rows) when a
     residual is audited. `opts`: engine, progress, memory_budget (bytes). Returns (Units, sums): sums holds
     "unit_sums" ((G, d) or (2, G, d)) and "slice_sums" ((S, d) or (2, S, d)), image sums of unit vectors."""
-    import scipy.sparse as sp
 
     from embedlab.analysis.audit import Units
 
@@ -151,13 +147,7 @@ def run_pass(runs: list, keep: np.ndarray, codes: np.ndarray, slices: list, is_t
     check_units_fit(G, d, is_to is not None, int(opts.get("memory_budget", 4 << 30)))
     full = np.full(len(keep), G, np.int64)  # rows left out go to one extra unit, dropped after the pass
     full[keep] = codes
-    rows = np.flatnonzero(keep)
-    cols = [np.flatnonzero(sl.mask) for sl in slices]
-    M = sp.csr_matrix(
-        (np.ones(sum(map(len, cols))), (np.concatenate([rows[c] for c in cols] or [[]]).astype(np.int64),
-                                        np.repeat(np.arange(len(slices)), [len(c) for c in cols]))),
-        shape=(len(keep), len(slices)),
-    )  # fmt: skip
+    M = membership([sl.mask for sl in slices], len(keep), np.flatnonzero(keep))
     full_to = None
     if is_to is not None:
         full_to = np.zeros(len(keep), bool)
@@ -194,11 +184,3 @@ def slice_set_sums(masks: list, n_metadata: int, sums: dict, codes: np.ndarray, 
         else:
             out.append((total - part, int((~mask).sum()), part, int(mask.sum())))
     return out
-
-
-def residual_cosines(set_sums: list[tuple], global_sums: tuple) -> np.ndarray:
-    """Cosine of each slice's residual (RAVE, from its sums) with the residual over all audited images."""
-    from embedlab.analysis.formula import residual_from_sums
-
-    r_all = residual_from_sums(*global_sums)[0]
-    return np.array([float(residual_from_sums(*s)[0] @ r_all) for s in set_sums])

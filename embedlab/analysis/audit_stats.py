@@ -241,19 +241,22 @@ def bootstrap_effect(U: np.ndarray, inside: np.ndarray, outside: np.ndarray, n_b
 
 def jaccard(masks: list[np.ndarray]) -> np.ndarray:
     """(m, m) Jaccard index of the image sets (a sparse product: never slices x images dense)."""
-    import scipy.sparse as sp
+    from embedlab.analysis.slices import membership
 
-    cols = [np.flatnonzero(m) for m in masks]
-    n = len(masks[0]) if masks else 0
-    M = sp.csr_matrix(
-        (np.ones(sum(map(len, cols))), (np.repeat(np.arange(len(cols)), [len(c) for c in cols]),
-                                        np.concatenate(cols or [np.zeros(0, np.int64)]))),
-        shape=(len(cols), n),
-    )  # fmt: skip
-    inter = np.asarray((M @ M.T).todense(), np.float64)
-    sizes = np.asarray(M.sum(1)).ravel()
+    M = membership(masks)
+    inter = np.asarray((M.T @ M).todense(), np.float64)
+    sizes = np.diag(inter).copy()
     union = sizes[:, None] + sizes[None, :] - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def residual_cosines(set_sums: list[tuple], global_sums: tuple) -> np.ndarray:
+    """Cosine of each slice's residual (RAVE, from its (from_sum, n_from, to_sum, n_to)) with the residual of
+    `global_sums`, all the audited images."""
+    from embedlab.analysis.formula import residual_from_sums
+
+    r_all = residual_from_sums(*global_sums)[0]
+    return np.array([float(residual_from_sums(*s)[0] @ r_all) for s in set_sums])
 
 
 def survives_deflation(

@@ -6,7 +6,6 @@ never extended). Pure functions of a metadata DataFrame and the images' test uni
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import combinations
 
 import numpy as np
 import pandas as pd
@@ -176,6 +175,20 @@ def _conjunctions(preds, codes, n_units, depth, min_groups, seen, room) -> list[
     return out
 
 
+def membership(masks: list[np.ndarray], n_rows: int | None = None, rows: np.ndarray | None = None):
+    """(rows, slices) sparse 0/1 matrix of the masks' images; `rows` places mask position i at row rows[i] of
+    `n_rows` (the audited images among a run's rows), else the masks index the rows directly."""
+    import scipy.sparse as sp
+
+    cols = [np.flatnonzero(m) for m in masks]
+    at = np.concatenate(cols).astype(np.int64) if cols else np.zeros(0, np.int64)
+    if rows is not None:
+        at = np.asarray(rows, np.int64)[at]
+    n = n_rows if n_rows is not None else (len(masks[0]) if masks else 0)
+    which = np.repeat(np.arange(len(masks)), [len(c) for c in cols])
+    return sp.csr_matrix((np.ones(len(at)), (at, which)), shape=(n, len(masks)))
+
+
 def unit_fractions(slices: list[Slice], codes: np.ndarray, n_units: int) -> np.ndarray:
     """(units, slices) float64: the share of each unit's images that lie in each slice (0 or 1 when the slice's
     columns are constant within groups)."""
@@ -185,14 +198,7 @@ def unit_fractions(slices: list[Slice], codes: np.ndarray, n_units: int) -> np.n
     n = len(codes)
     if not slices:
         return np.zeros((n_units, 0))
-    cols = np.concatenate([np.flatnonzero(s.mask) for s in slices])
-    which = np.repeat(np.arange(len(slices)), [s.n_images for s in slices])
-    M = sp.csr_matrix((np.ones(len(cols)), (cols, which)), shape=(n, len(slices)))
     onehot = sp.csr_matrix((np.ones(n), (codes, np.arange(n))), shape=(n_units, n))
-    counts = np.asarray((onehot @ M).todense())
+    counts = np.asarray((onehot @ membership([s.mask for s in slices], n)).todense())
     sizes = np.bincount(codes, minlength=n_units).astype(np.float64)
     return counts / np.maximum(sizes, 1)[:, None]
-
-
-def distinct_pairs(names: list[str]) -> list[tuple[int, int]]:
-    return list(combinations(range(len(names)), 2))

@@ -16,8 +16,9 @@ import pandas as pd
 
 from embedlab._io import atomic_write_json, check_output_dir, display_path, parse_bytes
 from embedlab.analysis.audit import PAIRED, AuditConfig, audit_units
-from embedlab.analysis.audit_pass import residual_cosines, run_pass, slice_set_sums
+from embedlab.analysis.audit_pass import run_pass, slice_set_sums
 from embedlab.analysis.audit_result import AuditResult
+from embedlab.analysis.audit_stats import residual_cosines
 from embedlab.analysis.formula import group_codes
 from embedlab.analysis.slices import categorical_columns, check_columns, define_slices
 from embedlab.choices import ENGINES

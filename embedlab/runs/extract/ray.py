@@ -78,6 +78,15 @@ def ray_messages_to_stderr() -> None:
     ray_worker.print_to_stdstream = to_stderr
 
 
+def start_local_ray() -> bool:
+    """Start a Ray instance on this machine (its cores; an object store of at most 1 GB, 30% of the memory where
+    that is less: Ray's own default can be 0 bytes in containers). Returns True: the caller started it."""
+    ray = _ray()
+    mem = min(1_000_000_000, int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.3))
+    ray.init(num_cpus=usable_cores(), object_store_memory=mem, include_dashboard=False, log_to_driver=False)
+    return True
+
+
 def plan(address: str | None, device: str, gpus_per_worker: float | None, workers: int | None) -> Plan:
     """Connect to Ray (ADDRESS, or a local instance started here) and size the actor pool from its resources."""
     ray = _ray()
@@ -95,9 +104,7 @@ def plan(address: str | None, device: str, gpus_per_worker: float | None, worker
                     "or leave 'address' out to start a local instance."
                 ).naming("engine", "address") from None
         else:
-            mem = min(1_000_000_000, int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.3))
-            ray.init(num_cpus=usable_cores(), object_store_memory=mem, include_dashboard=False, log_to_driver=False)
-            started = True
+            started = start_local_ray()
     res = ray.cluster_resources()
     gpus, cpus = float(res.get("GPU", 0)), float(res.get("CPU", 1))
     spec = (device or "auto").lower()
