@@ -415,3 +415,48 @@ def parse_bytes(size: "str | int") -> int:
         raise ConfigError(
             f"A memory size must look like 4G, 512M or a number of bytes. Got {size!r} instead."
         ) from None
+
+
+def prefetched(items: Iterable, depth: int = 1) -> Iterator:
+    """`items` produced in a background thread, up to `depth` ahead of the consumer: a reader's I/O (which releases
+    the GIL) overlaps the work on the item before. A producer that reuses buffers needs `depth + 2` of them in turn
+(one with the consumer, `depth` queued, one being filled).
+    An exception in the producer is raised in the consumer; a consumer that stops early stops the producer."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((done, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            put((done, exc))
+
+    worker = threading.Thread(target=produce, daemon=True, name="embedlab-prefetch")
+    worker.start()
+    try:
+        while True:
+            item, exc = q.get()
+            if item is done:
+                if exc is not None:
+                    raise exc
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=5)

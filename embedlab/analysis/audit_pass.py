@@ -13,6 +13,7 @@ import logging
 import numpy as np
 
 from embedlab.analysis.formula import l2n
+from embedlab.analysis.null_kernels import membership_sums
 from embedlab.analysis.permutation import add_group_sums
 from embedlab.analysis.slices import membership
 from embedlab.errors import ConfigError
@@ -33,7 +34,8 @@ def block_sums(X: np.ndarray, codes: np.ndarray, M, is_to: np.ndarray | None) ->
         u = np.zeros((len(present), x.shape[1]))
         add_group_sums(u, inverse[keep], x[keep])
         unit_sums.append(u)
-        slice_sums.append(np.asarray(M[keep].T @ x[keep]))
+        part = M[keep]
+        slice_sums.append(membership_sums(x[keep], part.indptr, part.indices, M.shape[1])[0])
     squeeze = is_to is None
     return {
         "units": present,
@@ -87,18 +89,20 @@ def stream_sums(runs: list, codes: np.ndarray, G: int, M, is_to=None, engine: st
 
 
 def _local_parts(shards, codes, M, is_to, progress):
-    from embedlab._io import progress_bar
+    from embedlab._io import prefetched, progress_bar
 
-    total = sum(n for _, _, n in shards)
-    with progress_bar(progress, total=total, desc="audit: reading the vectors", unit="img") as bar:
+    def blocks():  # read (page faults of the memory map, float32 copy) one block ahead of the sums, in a thread
         for emb, start, n in shards:
             mm = np.load(emb, mmap_mode="r", allow_pickle=False)
             for a in range(0, n, BLOCK):
                 b = min(n, a + BLOCK)
-                rows = slice(start + a, start + b)
-                yield block_sums(np.asarray(mm[a:b], np.float32), codes[rows], M[rows],
-                                 None if is_to is None else is_to[rows])  # fmt: skip
-                bar.update(b - a)
+                yield slice(start + a, start + b), np.asarray(mm[a:b], np.float32)
+
+    total = sum(n for _, _, n in shards)
+    with progress_bar(progress, total=total, desc="audit: reading the vectors", unit="img") as bar:
+        for rows, X in prefetched(blocks()):
+            yield block_sums(X, codes[rows], M[rows], None if is_to is None else is_to[rows])
+            bar.update(len(X))
 
 
 def _ray_parts(shards, codes, M, is_to):

@@ -1,8 +1,8 @@
 """The audit's one streamed pass at scale: every one-vs-rest slice sum of every categorical column from blocks of
 image vectors, then each slice's debiased effect and omnibus ratio from the sums alone (images as units).
 
-Per block, a sparse one-hot matrix (block rows x all values of all columns, one 1 per row and column) transposed
-times the block gives every value's vector sum at once (float32 products, accumulated in float64 across blocks);
+Per block, every row is added to the sum of each value it has (one per column: the sparse one-hot product,
+transposed, done as a numba loop over the rows in threads; float32 within a block, float64 across blocks);
 the same pass accumulates the total, the sum of squared norms and the counts. From these, per slice s with n_in
 images (n_out = n - n_in):
 
@@ -25,17 +25,16 @@ def _offsets(n_values: Sequence[int]) -> np.ndarray:
     return np.r_[0, np.cumsum(np.asarray(n_values, np.int64))[:-1]]
 
 
-def _block_product(block: np.ndarray, c: np.ndarray, offs: np.ndarray, V: int) -> tuple[np.ndarray, np.ndarray]:
-    """(one-hot' block (V, d) in the block's dtype, the value index of every (row, column) that has one)."""
-    import scipy.sparse as sp
-
+def _block_membership(c: np.ndarray, offs: np.ndarray, V: int) -> tuple[np.ndarray, np.ndarray]:
+    """(CSR indptr, indices) of a block's (b, K) codes: the value index of every (row, column) that has one (a
+    negative code, missing, has none), and last in each row index V, the slice of every row, so that the total is
+    one more sum of the same pass."""
     ok = c >= 0
-    if ok.all():  # one value per row and column: the CSR structure directly (no COO sort)
-        cols, indptr = (c + offs).ravel(), np.arange(0, c.size + 1, c.shape[1])
-    else:
-        cols, indptr = (c + offs)[ok], np.r_[0, np.cumsum(ok.sum(1))]
-    onehot = sp.csr_matrix((np.ones(len(cols), block.dtype), cols, indptr), shape=(len(block), V))
-    return onehot.T @ block, cols
+    idx = np.c_[c + offs, np.full(len(c), V)]
+    if ok.all():  # one value per row and column: the CSR structure directly
+        return np.arange(0, idx.size + 1, idx.shape[1]), idx.ravel()
+    ok = np.c_[ok, np.ones(len(c), bool)]
+    return np.r_[0, np.cumsum(ok.sum(1))], idx[ok]
 
 
 def slice_sums(
@@ -45,32 +44,30 @@ def slice_sums(
     vector sum and image count, with the total, the sum of squared norms and n.
 
     `codes_per_column[k]`: (n,) int codes of column k (0 .. n_values[k] - 1; negative = missing, in no slice).
-    `threads`: each block's rows are split into this many parts whose products run in threads.
+    `threads`: each block's rows are split into this many parts, added in threads (`membership_sums`).
     Returns {"sums": (V, d) float64, "counts": (V,), "total": (d,), "sumsq": float, "n": int}, V = sum(n_values),
     value j of column k at row offset_k + j."""
-    from concurrent.futures import ThreadPoolExecutor
+    from embedlab.analysis.null_kernels import membership_sums
 
     codes = np.stack([np.asarray(c) for c in codes_per_column], axis=1)  # (n, K), as stored (cast per block)
     offs = _offsets(n_values)
     V = int(np.sum(n_values))
     sums = counts = total = None
     sumsq, start = 0.0, 0
-    with ThreadPoolExecutor(max(1, threads)) as pool:  # scipy's sparse product releases the GIL
-        for block in blocks:
-            b = len(block)
-            c = codes[start : start + b].astype(np.int64)
-            if len(c) != b:
-                raise ValueError(f"the blocks hold more rows than the {len(codes)} codes")
-            if sums is None:
-                sums, counts, total = np.zeros((V, block.shape[1])), np.zeros(V), np.zeros(block.shape[1])
-            cuts = np.linspace(0, b, max(1, threads) + 1).astype(int)
-            jobs = [(block[lo:hi], c[lo:hi]) for lo, hi in zip(cuts[:-1], cuts[1:]) if hi > lo]
-            for part, cols in pool.map(lambda job: _block_product(*job, offs, V), jobs):
-                sums += part  # float32 products of up to a block's rows, accumulated in float64
-                counts += np.bincount(cols, minlength=V)
-            total += block.sum(0, dtype=np.float64)
-            sumsq += float(np.einsum("ij,ij->i", block, block).sum(dtype=np.float64))  # row norms, then float64
-            start += b
+    for block in blocks:
+        b = len(block)
+        c = codes[start : start + b].astype(np.int64)
+        if len(c) != b:
+            raise ValueError(f"the blocks hold more rows than the {len(codes)} codes")
+        if sums is None:
+            sums, counts, total = np.zeros((V, block.shape[1])), np.zeros(V), np.zeros(block.shape[1])
+        indptr, cols = _block_membership(c, offs, V)
+        part, sq = membership_sums(block, indptr, cols, V + 1, threads)  # in the block's dtype, then float64
+        sums += part[:V]
+        total += part[V]
+        sumsq += sq
+        counts += np.bincount(cols, minlength=V + 1)[:V]
+        start += b
     if start != len(codes):
         raise ValueError(f"the blocks hold {start} rows but there are {len(codes)} codes")
     return {"sums": sums, "counts": counts, "total": total, "sumsq": sumsq, "n": start}

@@ -68,7 +68,7 @@ def _kernels():
                     out[0] = step(row, inv[i, v0 : v0 + w], pen[i, v0 : v0 + w], A[i, v0 : v0 + w], B[k, i], vals, keys)
                     best[k, i] = as_float[0]
 
-        _KERNELS = SimpleNamespace(**vars(_label_kernels()), sequential_max=sequential_max)
+        _KERNELS = SimpleNamespace(**vars(_label_kernels_cached()), sequential_max=sequential_max)
     return _KERNELS
 
 
@@ -100,4 +100,56 @@ def _label_kernels():
                 idx = order[i]
                 bits[idx >> 3] |= np.uint8(128 >> (idx & 7))
 
-    return SimpleNamespace(add_by_code=add_by_code, shuffle_within=shuffle_within)
+    # reassociation lets LLVM vectorise the squared norm's reduction; the slice sums are element-wise (no reduction)
+    @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz"})
+    def add_by_membership(acc, sq, X, indptr, indices, lo, hi):
+        """acc[s] += X[i] for every slice s that row i (lo <= i < hi) belongs to (CSR membership); sq[0] += the
+        rows' squared norms (each row's in X's dtype, their sum in sq's)."""
+        for i in range(lo, hi):
+            r = X[i, 0] * X[i, 0]
+            for j in range(1, X.shape[1]):
+                r += X[i, j] * X[i, j]
+            sq[0] += r
+            for p in range(indptr[i], indptr[i + 1]):
+                s = indices[p]
+                for j in range(X.shape[1]):
+                    acc[s, j] += X[i, j]
+
+    return SimpleNamespace(add_by_code=add_by_code, shuffle_within=shuffle_within, add_by_membership=add_by_membership)
+
+
+def membership_sums(X: np.ndarray, indptr: np.ndarray, indices: np.ndarray, n_slices: int, threads: int = 2):
+    """((n_slices, d) float64, float): each slice's sum of the rows of `X` in it, from a CSR membership (row i in the
+    slices indices[indptr[i]:indptr[i + 1]]), and the sum of the rows' squared norms. Each thread adds its share of the rows into its own accumulator in X's dtype
+    (no locks; the kernel releases the GIL), and the accumulators are summed in float64. A row costs d additions per
+    slice it is in, however many slices there are: a sparse product with one row per slice, without scipy's
+    single-threaded CSR loop."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    X = np.ascontiguousarray(X)
+    indptr = np.ascontiguousarray(indptr, np.int64)
+    indices = np.ascontiguousarray(indices, np.int64)
+    n = len(X)
+    if len(indptr) != n + 1 or indptr[-1] != len(indices) or (len(indices) and not 0 <= indices.min() <= indices.max() < n_slices):
+        raise ValueError(f"membership_sums: a CSR membership of {n} rows into {n_slices} slices was expected")  # the kernel does not check bounds
+    threads = max(1, min(threads, n // 1024 or 1))
+    acc = np.zeros((threads, n_slices, X.shape[1]), X.dtype)
+    sq = np.zeros((threads, 1))
+    cuts = np.linspace(0, n, threads + 1).astype(np.int64)
+    kernel = _label_kernels_cached().add_by_membership
+    if threads == 1:
+        kernel(acc[0], sq[0], X, indptr, indices, 0, n)
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda t: kernel(acc[t], sq[t], X, indptr, indices, cuts[t], cuts[t + 1]), range(threads)))
+    return acc.sum(0, dtype=np.float64), float(sq.sum())
+
+
+_LABEL_KERNELS = None
+
+
+def _label_kernels_cached():
+    global _LABEL_KERNELS
+    if _LABEL_KERNELS is None:
+        _LABEL_KERNELS = _label_kernels()
+    return _LABEL_KERNELS

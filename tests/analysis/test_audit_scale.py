@@ -31,7 +31,7 @@ def test_slice_sums_and_screen_match_numpy(block, threads):
     blocks = (X[i : i + block] for i in range(0, len(X), block))
     acc = slice_sums(blocks, codes, n_values, threads=threads)
     assert acc["n"] == len(X)
-    np.testing.assert_allclose(acc["total"], X.astype(np.float64).sum(0), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(acc["total"], X.astype(np.float64).sum(0), rtol=1e-5, atol=2e-5)  # float32 per block
     np.testing.assert_allclose(acc["sumsq"], float((X.astype(np.float64) ** 2).sum()), rtol=1e-6)  # float32 rows
     scr = omnibus_screen(acc["sums"], acc["counts"], acc["total"], acc["sumsq"], acc["n"])
     row = 0
@@ -76,3 +76,78 @@ def test_empty_slice_is_nan():
     acc = slice_sums([X], codes, n_values)
     scr = omnibus_screen(acc["sums"], acc["counts"], acc["total"], acc["sumsq"], acc["n"])
     assert np.isnan(scr["T"][-1]) and np.isnan(scr["T"][-2])  # no image inside / none outside
+
+
+@pytest.mark.parametrize("threads,dtype", [(1, np.float64), (2, np.float32), (3, np.float64)])
+def test_membership_sums_equal_the_sparse_product(threads, dtype):
+    """Rows in no slice, in one, in many (conjunctions overlap): the threaded kernel equals M.T @ X."""
+    import scipy.sparse as sp
+
+    from embedlab.analysis.null_kernels import membership_sums
+
+    rng = np.random.default_rng(3)
+    n, d, S = 5000, 9, 13
+    X = rng.normal(size=(n, d)).astype(dtype)
+    M = sp.csr_matrix(rng.random((n, S)) < 0.2)
+    sums, sq = membership_sums(X, M.indptr, M.indices, S, threads=threads)
+    expect = np.asarray(M.T.astype(np.float64) @ X.astype(np.float64))
+    np.testing.assert_allclose(sums, expect, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-4)
+    assert sq == pytest.approx(float((X.astype(np.float64) ** 2).sum()), rel=1e-6)
+
+
+def test_membership_sums_refuse_an_index_out_of_range():
+    from embedlab.analysis.null_kernels import membership_sums
+
+    with pytest.raises(ValueError, match="CSR membership"):
+        membership_sums(np.ones((2, 3)), np.array([0, 1, 2]), np.array([0, 5]), 3)  # slice 5 of 3
+    with pytest.raises(ValueError, match="CSR membership"):
+        membership_sums(np.ones((2, 3)), np.array([0, 1]), np.array([0]), 3)  # indptr of one row for two
+
+
+def test_prefetched_keeps_order_raises_the_readers_error_and_stops_early():
+    from embedlab._io import prefetched
+
+    assert list(prefetched(iter(range(50)), depth=2)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        list(prefetched(failing()))
+    produced = []
+
+    def counting():
+        for i in range(1000):
+            produced.append(i)
+            yield i
+
+    it = prefetched(counting())
+    assert next(it) == 0
+    it.close()  # the consumer stops: the producer stops too, a queue's length ahead at most
+    assert len(produced) <= 4
+
+
+def test_prefetched_blocks_with_three_buffers_are_not_overwritten_while_used():
+    """The reader of the scale benchmark reuses three buffers; one block ahead, no block changes while summed."""
+    from analyses.bench.audit_scale import read_blocks
+
+    from embedlab._io import prefetched
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(1000, 8)).astype(np.float32)
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "x.npy"
+        np.save(path, X)
+        seen = []
+        for block in prefetched(read_blocks(path, rows=64, buffers=3)):
+            copy = block.copy()
+            import time
+
+            time.sleep(0.002)  # the producer reads ahead meanwhile
+            np.testing.assert_array_equal(block, copy)
+            seen.append(copy)
+    np.testing.assert_array_equal(np.concatenate(seen), X)
