@@ -163,7 +163,8 @@ def main() -> None:
         "threads": args.threads, "file_gib": args.n * args.dim * 4 / 2**30, "write_seconds": write_s,
         "repeats": args.repeats, "targets": {"ratio": 3.0, "peak_rss_mb": 2048},
         "peak_rss_mb": {"plain": max(x["peak_rss_mb"] for x in plain), "audit": max(x["peak_rss_mb"] for x in audit)},
-        "screen": {k: v for k, v in audit[-1].items() if k not in ("seconds", "peak_rss_mb", "pass_wall", "pass_cpu", "kernel_load")},
+        "screen": {k: v for k, v in audit[-1].items()
+                   if k not in ("seconds", "peak_rss_mb", "pass_wall", "pass_cpu", "kernel_load")},
         "cache": "cold (page cache dropped before each measurement)" if args.cold else "warm",
         "note": "pass_wall of the audit starts after its compiled numba kernel is loaded from numba's disk cache "
                 "(kernel_load_seconds, once per process, like an import; ratio_with_kernel_load counts it in). "
@@ -183,8 +184,10 @@ def main() -> None:
     payload["kernel_load_seconds"] = loads
     with_load = [x["pass_wall"] + x["kernel_load"] for x in audit]
     payload["ratio_with_kernel_load"] = min(with_load) / min(x["pass_wall"] for x in plain)
-    print(f"numba kernel load (once per process, before the pass): {min(loads):.2f} s; ratio with it "
-          f"{payload['ratio_with_kernel_load']:.2f}")
+    print(
+        f"numba kernel load (once per process, before the pass): {min(loads):.2f} s; ratio with it "
+        f"{payload['ratio_with_kernel_load']:.2f}"
+    )
     print(f"peak RSS plain {payload['peak_rss_mb']['plain']} MB, audit {payload['peak_rss_mb']['audit']} MB")
     write_json("bench_audit_scale_cold.json" if args.cold else "bench_audit_scale.json", payload, args.out)
 

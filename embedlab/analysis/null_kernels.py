@@ -130,8 +130,9 @@ def membership_sums(X: np.ndarray, indptr: np.ndarray, indices: np.ndarray, n_sl
     indptr = np.ascontiguousarray(indptr, np.int64)
     indices = np.ascontiguousarray(indices, np.int64)
     n = len(X)
-    if len(indptr) != n + 1 or indptr[-1] != len(indices) or (len(indices) and not 0 <= indices.min() <= indices.max() < n_slices):
-        raise ValueError(f"membership_sums: a CSR membership of {n} rows into {n_slices} slices was expected")  # the kernel does not check bounds
+    bad = len(indptr) != n + 1 or indptr[-1] != len(indices)
+    if bad or (len(indices) and not 0 <= indices.min() <= indices.max() < n_slices):  # the kernel checks no bounds
+        raise ValueError(f"membership_sums: a CSR membership of {n} rows into {n_slices} slices was expected")
     threads = max(1, min(threads, n // 1024 or 1))
     acc = np.zeros((threads, n_slices, X.shape[1]), X.dtype)
     sq = np.zeros((threads, 1))

@@ -131,7 +131,6 @@ def test_prefetched_keeps_order_raises_the_readers_error_and_stops_early():
 def test_prefetched_blocks_with_three_buffers_are_not_overwritten_while_used():
     """The reader of the scale benchmark reuses three buffers; one block ahead, no block changes while summed."""
     from analyses.bench.audit_scale import read_blocks
-
     from embedlab._io import prefetched
 
     rng = np.random.default_rng(0)
