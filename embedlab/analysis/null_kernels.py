@@ -120,10 +120,10 @@ def _label_kernels():
 
 def membership_sums(X: np.ndarray, indptr: np.ndarray, indices: np.ndarray, n_slices: int, threads: int = 2):
     """((n_slices, d) float64, float): each slice's sum of the rows of `X` in it, from a CSR membership (row i in the
-    slices indices[indptr[i]:indptr[i + 1]]), and the sum of the rows' squared norms. Each thread adds its share of the rows into its own accumulator in X's dtype
-    (no locks; the kernel releases the GIL), and the accumulators are summed in float64. A row costs d additions per
-    slice it is in, however many slices there are: a sparse product with one row per slice, without scipy's
-    single-threaded CSR loop."""
+    slices indices[indptr[i]:indptr[i + 1]]), and the sum of the rows' squared norms. Each thread adds its share of
+    the rows into its own accumulator in X's dtype (no locks; the kernel releases the GIL), and the accumulators are
+    summed in float64. A row costs d additions per slice it is in, however many slices there are: the sparse
+    product, without scipy's single-threaded CSR loop."""
     from concurrent.futures import ThreadPoolExecutor
 
     X = np.ascontiguousarray(X)
