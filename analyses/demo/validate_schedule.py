@@ -1,6 +1,7 @@
 """The demo enhancer's stopping point (its iteration count, the end of its cosine schedule) chosen on a validation set.
 
     python -m analyses.demo.validate_schedule --demo demo_out [--iters 75,100,125,150,200] [--seeds 0,1,2] [--out DIR]
+    python -m analyses.demo.validate_schedule --demo demo_out --folds 4 [--iters ...] [--seeds 0]
 
 The held-out photos (coffee, china) carry the demo's quality bars; a stopping point read off their curve would be
 fitted to them. This script trains the demo's enhancer (the `demo` preset on the demo's corrected residual, the
@@ -8,6 +9,12 @@ demo's fixed training-thread count) once per iteration count and enhancer seed, 
 - validation: the training photos under Recipe-A seeds never rendered for training (300 and 301; training uses
   0-3), against their originals (analyses.demo.validate_preset.validation_pairs): the only set the choice reads;
 - held-out: the demo's test photos, as `embedlab demo` reports them: recorded beside it, never read by the choice.
+
+With --folds K the validation set is photo folds instead: the training photos are dealt into K seeded folds, and per
+fold the enhancer trains without that fold's photos and is scored on their Recipe-A renders under the validation
+seeds. These are photos the enhancer never saw, as the held-out ones are, whereas the first validation set re-uses
+the photos it trained on (under new seeds), which rewards fitting them: there the gain grows to 150 iterations and
+beyond while the held-out photos' peaks near 75 (analyses/results/eval_demo_loop_seeds.json's curves).
 
 The choice: among the iteration counts whose validation scores meet all three of the demo's bars (PSNR >= input +
 1 dB, darkest-40% luma up, projection at least halfway to thr) for every enhancer seed (all counts if none does),
@@ -28,19 +35,23 @@ import numpy as np
 TIE_DB = 0.25  # validation PSNR gains this close count as a tie, and the tie goes to fewer iterations
 
 
-def train_and_score(demo: Path, scorers: dict, iters: int, seed: int, work: Path) -> dict:
-    """One demo-preset training of `iters` iterations with enhancer seed `seed`; its validation curve and the final
-    network's scores and bars on every set in `scorers`."""
+def train_and_score(demo: Path, scorers: dict, iters: int, seed: int, work: Path, fold: dict | None = None) -> dict:
+    """One demo-preset training of `iters` iterations with enhancer seed `seed` (without the photos of `fold`, when
+    given: {"index", "groups"}); its validation curve and the final network's scores and bars on every set in
+    `scorers`."""
     from analyses.demo._train import train_demo_enhancer
     from embedlab.demos.loop import quality_bars, run_net
     from embedlab.demos.pipeline import LOOP_MAX_PIXELS
     from embedlab.enhancement.network import load_enhancer_state
 
     residual = str(demo / "corrected.npy")
-    r = train_demo_enhancer(work / f"train_i{iters}_s{seed}", scorers["validation"], 25, demo, residual,
-                            iters=iters, seed=seed)  # fmt: skip
+    name = f"train_i{iters}_s{seed}" + (f"_f{fold['index']}" if fold else "")
+    r = train_demo_enhancer(work / name, scorers["validation"], 25, demo, residual, iters=iters, seed=seed,
+                            exclude_groups=fold["groups"] if fold else ())  # fmt: skip
     state = load_enhancer_state(r["enhancer"])
     row = {"iters": iters, "seed": seed, "train_seconds": r["train_seconds"], "validation_curve": r["curve"]}
+    if fold:
+        row["fold"] = fold
     for name, s in scorers.items():
         scores = s.scores(run_net(state, s.inputs, LOOP_MAX_PIXELS))
         row[name] = {"scores": scores, "bars": quality_bars(s.scores(s.inputs), scores, s.thr)}
@@ -72,9 +83,43 @@ def choose(rows: list[dict]) -> dict:
     return {"iters": best, "rule": rule, "by_iters": summary}
 
 
+def photo_folds(man, k: int, seed: int = 0) -> list[list[str]]:
+    """The training photos (groups of the training backlit images) dealt into `k` seeded folds."""
+    groups = sorted({e.group for e in man.entries if e.split == "train" and e.role == "backlit" and e.group})
+    order = np.random.default_rng(seed).permutation(len(groups))
+    return [sorted(groups[i] for i in order[f::k]) for f in range(k)]
+
+
+def fold_pairs(man, folder: Path, groups: list[str]) -> list[tuple[str, str]]:
+    """Validation renders (VALIDATION_SEEDS) of the training photos in `groups` only."""
+    from analyses.demo.validate_preset import validation_pairs
+    from embedlab.datasets.manifest import materialize
+
+    keep = {str(materialize(man, e.gt)) for e in man.entries if e.group in groups and e.gt}
+    return [(i, g) for i, g in validation_pairs(man, folder) if str(g) in keep]
+
+
+def _report(demo, sets, rows, args) -> dict:
+    from analyses._common import write_json
+    from analyses.demo.validate_preset import VALIDATION_SEEDS
+
+    chosen = choose(rows)  # written after every training, so an interrupted sweep keeps what it measured
+    result = {"demo": str(demo), "validation_seeds": list(VALIDATION_SEEDS), "sets": sets, "chosen": chosen,
+              "rows": rows, "validation": VALIDATION_KINDS["folds" if args.folds else "seeds"]}  # fmt: skip
+    write_json("validate_demo_schedule.json", result, args.out)
+    return chosen
+
+
+VALIDATION_KINDS = {
+    "seeds": "the enhancer's own training photos under Recipe-A seeds never rendered for training",
+    "folds": "photo folds: each fold's training photos left out of the enhancer's training and scored under "
+    "Recipe-A seeds never rendered for training (photos the enhancer never saw, as the held-out ones)",
+}
+
+
 def main() -> None:
-    from analyses._common import parse_args, write_json
-    from analyses.demo.validate_preset import VALIDATION_SEEDS, validation_pairs
+    from analyses._common import parse_args
+    from analyses.demo.validate_preset import validation_pairs
     from embedlab.datasets.manifest import read_manifest
     from embedlab.demos.loop import HeldOut
     from embedlab.demos.pipeline import _copy_held_out_inputs
@@ -84,37 +129,47 @@ def main() -> None:
     ap.add_argument("--iters", default="75,100,125,150,200", help="Comma-separated iteration counts to train.")
     ap.add_argument("--seeds", default="0,1,2", help="Comma-separated enhancer seeds.")
     ap.add_argument("--out", default=None, help="Folder for validate_demo_schedule.json (default analyses/results).")
+    ap.add_argument(
+        "--folds", type=int, default=0,
+        help="Validate on photo folds: deal the training photos into this many folds, train without each fold's "
+        "photos and score them (default 0: the training photos under unseen Recipe-A seeds).",
+    )  # fmt: skip
     args = parse_args(ap)
     demo = Path(args.demo)
     if not (demo / "manifest.jsonl").exists() or not (demo / "corrected.npy").exists():
         raise SystemExit(f"{demo} is not a finished demo folder (no manifest.jsonl / corrected.npy)")
     man = read_manifest(demo / "manifest.jsonl")
     work = demo / "validate_schedule"
-    sets = {
-        "validation": validation_pairs(man, work / "validation"),
-        "held-out": _copy_held_out_inputs(man, work / "held_out"),
-    }
     residual = str(demo / "corrected.npy")
-    scorers = {n: HeldOut([p for p, _ in v], [g for _, g in v], residual, "cpu") for n, v in sets.items()}
+
+    def scorer(pairs):
+        return HeldOut([p for p, _ in pairs], [g for _, g in pairs], residual, "cpu")
+
+    work.mkdir(parents=True, exist_ok=True)
+    held = _copy_held_out_inputs(man, work / "held_out")
+    folds = photo_folds(man, args.folds) if args.folds else [None]
+    sets = {"held-out": len(held)}
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
         for iters in (int(i) for i in args.iters.split(",")):
-            row = train_and_score(demo, scorers, iters, seed, work)
-            rows.append(row)
-            print(
-                f"iters {iters} seed {seed}: validation {row['validation']['bars']['psnr_gain_db']:+.2f} dB, "
-                f"held-out {row['held-out']['bars']['psnr_gain_db']:+.2f} dB ({row['train_seconds']:.0f} s)",
-                flush=True,
-            )
-            chosen = choose(rows)  # written after every training, so an interrupted sweep keeps what it measured
-            result = {
-                "demo": str(demo),
-                "validation_seeds": list(VALIDATION_SEEDS),
-                "sets": {k: len(v) for k, v in sets.items()},
-                "chosen": chosen,
-                "rows": rows,
-            }
-            write_json("validate_demo_schedule.json", result, args.out)
+            for f, groups in enumerate(folds):
+                val = (
+                    fold_pairs(man, work / "validation", groups)
+                    if groups
+                    else validation_pairs(man, work / "validation")
+                )
+                sets[f"validation{'' if groups is None else f' fold {f}'}"] = len(val)
+                fold = None if groups is None else {"index": f, "groups": groups}
+                row = train_and_score(demo, {"validation": scorer(val), "held-out": scorer(held)}, iters, seed, work,
+                                      fold)  # fmt: skip
+                rows.append(row)
+                print(
+                    f"iters {iters} seed {seed}{'' if fold is None else f' fold {f}'}: validation "
+                    f"{row['validation']['bars']['psnr_gain_db']:+.2f} dB, held-out "
+                    f"{row['held-out']['bars']['psnr_gain_db']:+.2f} dB ({row['train_seconds']:.0f} s)",
+                    flush=True,
+                )
+                chosen = _report(demo, sets, rows, args)
     print(f"chosen on validation: {chosen['iters']} iterations")
 
 

@@ -342,7 +342,7 @@ def _assemble(meta, units, fam, E, concepts, within, y, disc, split, cfg) -> Aud
     result = AuditResult(table, concept_table, columns, info)
     result.jaccard = _jaccard_table(table, fam)
     result.masks = {s: sl.mask for s, sl in enumerate(fam.slices)}
-    result.figures, result.exemplars = _figures(concept_table, ctx, des.U, units, fam, D, cfg.exemplars)
+    result.figures, result.exemplars = _figures(concept_table, ctx, des.U, units, fam, D, cfg.exemplars, y)
     return result
 
 
@@ -399,10 +399,12 @@ def _jaccard_table(table: pd.DataFrame, fam: SliceFamily, most: int = 12) -> pd.
     return pd.DataFrame(J, index=listed["name"], columns=listed["name"])
 
 
-def _figures(concepts, ctx, U: np.ndarray, units: Units, fam, D, n_exemplars: int):
+def _figures(concepts, ctx, U: np.ndarray, units: Units, fam, D, n_exemplars: int, y=None):
     """Per slice: its units' similarity to its first concept, inside and outside (the page's histograms), and the
-    first image of each of its most typical units (largest projection of the unit's vector on the slice's difference
-    vector), so that an exemplar shows what the slice has more of."""
+    first image of each of its exemplar units: without a score its most typical units (largest projection of the
+    unit's vector on the slice's difference vector), so that an exemplar shows what the slice has more of; with a
+    score its worst units (highest unit score first, ties by typicality), the examples a user looks at to see what
+    fails. Only the order inside a slice changes: no slice's membership or test depends on it."""
     figures, exemplars = {}, {}
     first_row = np.zeros(units.G, np.int64)
     present, first = np.unique(units.codes, return_index=True)
@@ -417,7 +419,8 @@ def _figures(concepts, ctx, U: np.ndarray, units: Units, fam, D, n_exemplars: in
         inside = np.flatnonzero(ctx["inside"][:, s])
         if n_exemplars and len(inside):
             proj = U[inside] @ l2n(D[s])
-            exemplars[s] = first_row[inside[np.argsort(-proj)[:n_exemplars]]].tolist()
+            order = np.argsort(-proj) if y is None else np.lexsort((-proj, -y[inside]))
+            exemplars[s] = first_row[inside[order[:n_exemplars]]].tolist()
     return figures, exemplars
 
 

@@ -32,7 +32,8 @@ class AuditResult:
     jaccard: pd.DataFrame = field(default_factory=pd.DataFrame)
     # per slice_id: {"concept": name, "slice": (n,) similarities of its units to the concept, "rest": (m,) likewise}
     figures: dict = field(default_factory=dict)
-    # per slice_id: image paths most typical of the slice (largest projection on its residual)
+    # per slice_id: image paths of its exemplar units: most typical of the slice (largest projection on its
+    # residual) without a score, its worst units (highest unit score first) with one
     exemplars: dict = field(default_factory=dict)
     out: Path | None = None
     # per slice_id: (n,) bool over the audited images (not written; the parquet tables name the slices)

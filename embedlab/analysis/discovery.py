@@ -41,9 +41,10 @@ def _standard(y: np.ndarray) -> np.ndarray:
 def discover_slices(units, k: int, seed: int, scores: np.ndarray | None, min_groups: int):
     """(slices, split record, `Discovery`): k-means (scikit-learn, seeded) on the discovery half's unit vectors (and
     the standardised score, when given, so that the centres lean to where the score is worst), each test-half unit
-    assigned to its nearest centre by its vector (`Discovery.labels`); with a score, one more slice: the test-half
-    units where a regression on the vectors predicts the worst score (`worst_score_units`). A slice with fewer than
-    `min_groups` test-half units in it or out of it is left out."""
+    assigned to its nearest centre by its vector (`Discovery.labels`); with a score, one more slice: the 2/k (at most
+    half) of the test-half units where a regression on the vectors predicts the worst score (`worst_score_units`;
+    twice a cluster's average share, so that a problem smaller than a cluster is mostly inside it). A slice with
+    fewer than `min_groups` test-half units in it or out of it is left out."""
     from sklearn.cluster import KMeans
 
     rng = np.random.default_rng(seed)
@@ -64,7 +65,7 @@ def discover_slices(units, k: int, seed: int, scores: np.ndarray | None, min_gro
         disc.kept.append(c)
         slices.append(Slice(f"cluster {c + 1}", "discovered", ("embedding",), unit_in[units.codes]))
     if scores is not None:
-        worst = worst_score_units(feats, scores, test, 1.0 / k)
+        worst = worst_score_units(feats, scores, test, min(2.0 / k, 0.5))
         if min(worst.sum(), (test & ~worst).sum()) >= min_groups:
             slices.append(Slice("predicted worst score", "discovered", ("embedding", "score"), worst[units.codes]))
     split = {"discovery_units": int((~test).sum()), "test_units": int(test.sum()), "seed": seed, "k": k}

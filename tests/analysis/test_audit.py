@@ -210,6 +210,40 @@ def test_clusters_chosen_with_the_score_are_tested_on_it_validly():
     assert found["score_p_fwer"] < 0.05 and dark[r.masks[found["slice_id"]]].mean() > 0.8
 
 
+def test_a_planted_error_slice_is_found_with_the_score_and_shown_by_its_worst_units():
+    """With an error score planted in a hidden subset (15% of the groups), some discovered slice's first exemplars
+    (its worst units with a score) all come from that subset, as a precision@k would count them."""
+    X, meta, E, words = world(seed=11, effect=0.6, G=80, share=0.15)
+    dark = (meta["light"] == "dark").to_numpy()
+    loss = 0.3 * np.random.default_rng(2).normal(size=len(X)) + 1.5 * dark
+    r = _audit(X, meta.drop(columns="light"), ["camera"], E, words, discover=4, permutations=99, scores=loss,
+               bootstrap=0, exemplars=5)  # fmt: skip
+    found = r.slices.loc[r.slices.kind == "discovered", "slice_id"]
+    assert "predicted worst score" in set(r.slices["name"])
+    assert max(dark[r.exemplars[s][:3]].mean() for s in found) == 1.0
+    for s in found:  # worst first: the exemplar units' scores do not increase
+        unit_loss = [loss[(meta["group"] == meta["group"][row]).to_numpy()].mean() for row in r.exemplars[s]]
+        assert np.all(np.diff(unit_loss) <= 1e-12)
+
+
+def test_the_test_half_joins_discovered_slices_whatever_its_own_scores():
+    """Permuting the test half's scores (which the score test compares) changes no discovered slice's membership."""
+    from embedlab.analysis.audit import make_units
+    from embedlab.analysis.discovery import discover_slices
+
+    X, meta, E, words = world(seed=12, effect=0.6, G=80, share=0.2)
+    units = make_units(X, meta["group"].to_numpy())
+    y = np.random.default_rng(3).normal(size=units.G) + 1.5 * (meta.groupby("group", sort=False)["light"].first()
+                                                                 .to_numpy() == "dark")  # fmt: skip
+    slices, _, disc = discover_slices(units, 4, 0, y, 2)
+    y2 = y.copy()
+    y2[disc.test] = np.random.default_rng(4).permutation(y[disc.test])
+    again, _, _ = discover_slices(units, 4, 0, y2, 2)
+    assert [s.name for s in slices] == [s.name for s in again] and "predicted worst score" in [s.name for s in slices]
+    for a, b in zip(slices, again):
+        assert np.array_equal(a.mask, b.mask)
+
+
 def test_missing_values_are_in_no_slice_and_a_missing_score_is_refused():
     """Nullable columns from parquet side tables carry pd.NA; a two-valued column with gaps is two contrasts (the
     second value is not the first one's rest); units are either in a slice or in its rest, never both."""
