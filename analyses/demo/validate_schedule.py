@@ -106,7 +106,7 @@ def _report(demo, sets, rows, args) -> dict:
     chosen = choose(rows)  # written after every training, so an interrupted sweep keeps what it measured
     result = {"demo": str(demo), "validation_seeds": list(VALIDATION_SEEDS), "sets": sets, "chosen": chosen,
               "rows": rows, "validation": VALIDATION_KINDS["folds" if args.folds else "seeds"]}  # fmt: skip
-    write_json("validate_demo_schedule.json", result, args.out)
+    write_json("validate_demo_schedule_folds.json" if args.folds else "validate_demo_schedule.json", result, args.out)
     return chosen
 
 
@@ -128,7 +128,12 @@ def main() -> None:
     ap.add_argument("--demo", required=True, help="A finished `embedlab demo --out DIR` folder.")
     ap.add_argument("--iters", default="75,100,125,150,200", help="Comma-separated iteration counts to train.")
     ap.add_argument("--seeds", default="0,1,2", help="Comma-separated enhancer seeds.")
-    ap.add_argument("--out", default=None, help="Folder for validate_demo_schedule.json (default analyses/results).")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="Folder for validate_demo_schedule.json (with --folds: validate_demo_schedule_folds.json; default "
+        "analyses/results).",
+    )
     ap.add_argument(
         "--folds", type=int, default=0,
         help="Validate on photo folds: deal the training photos into this many folds, train without each fold's "

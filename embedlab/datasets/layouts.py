@@ -372,7 +372,8 @@ def _demo_backlit(uri: str, seed: int, split: str, base: dict) -> dict:
 @register_layout(
     "audit-demo",
     "(no ROOT needed) the slice audit's planted world: package photos as groups of 3 crops, with columns light "
-    "(backlit: Recipe A, planted), edit (blur/jpeg/none: no lighting change) and camera (no effect)",
+    "(backlit: Recipe A, planted), edit (blur/jpeg/none: no lighting change) and camera (no effect); 5 groups "
+    "under-exposed with no column naming them (for --discover)",
 )
 def _gen_audit_demo(root: Path, **_):
     from embedlab.datasets.audit_world import audit_world_records

@@ -153,7 +153,29 @@ def audit_answer(result: AuditResult) -> str:
         text += " No single value stands out beyond chance."
     elif "p_fwer" in s and s["p_fwer"].notna().any():
         text += " With these images the differences may be noise."
+    text += _discovered_sentence(result)
     return text
+
+
+def _discovered_sentence(result: AuditResult, most: int = 2) -> str:
+    """The strongest clusters found in embedding space (not repeats of a listed slice), described in words: they
+    carry no embedding p-value (they differ from their rest by construction), so they are leads, not findings."""
+    s = result.slices
+    if "kind" not in s:
+        return ""
+    disc = s[s["kind"] == "discovered"]
+    if "listed" in disc:
+        disc = disc[disc["listed"].astype(bool)]
+    if disc.empty:
+        return ""
+    rows = by_effect(disc).head(most)
+    names = [
+        f"“{r['name']}” ({_size(r, result.info.get('unit'))}; {concept_phrase(result, r)})" for _, r in rows.iterrows()
+    ]
+    return (
+        f" Found in embedding space on half of the groups and described on the other (leads: their embedding difference is not tested): "
+        f"{_and(names)}."
+    )
 
 
 def _repeats_sentence(s: pd.DataFrame, alpha: float) -> str:

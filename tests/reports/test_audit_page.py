@@ -27,6 +27,9 @@ def test_the_answer_names_the_significant_slices_and_their_top_concepts(tmp_path
     assert "repeats “time=night”" in text  # the conjunction passes but is not a finding of its own
     assert "'camera' (omnibus p = 0.003)" in text and "'width'" not in text
     assert "Nothing else holds beyond chance." in text and "noise" not in text
+    # the cluster found in embedding space is named as a lead, after the findings, with its size and words
+    lead = text[text.index("Found in embedding space") :]
+    assert "“cluster 3” (24 images in 6 groups; more" in lead and "not tested" in lead, text
 
 
 def test_the_answer_says_nothing_is_significant_when_no_p_fwer_is_below_alpha(tmp_path):

@@ -37,7 +37,7 @@ def world_run(tmp_path_factory):
 def audited(world_run):
     root, _ = world_run
     out = root / "audit"
-    proc = run_cli("audit", str(root / "run"), "--by", "light,edit,camera", "--discover", "3", "--out", str(out),
+    proc = run_cli("audit", str(root / "run"), "--by", "light,edit,camera", "--discover", "4", "--out", str(out),
                    "--no-progress")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     return out, proc
@@ -58,10 +58,34 @@ def test_the_backlit_slice_is_found_in_lighting_words(audited):
     assert (slices.filter(like="camera=", axis=0)["p_fwer"] >= 0.05).all()
 
 
+def test_discovery_finds_the_hidden_under_exposed_groups_and_names_their_lighting(audited, world_run):
+    """No column names the 5 under-exposed groups: a cluster found on one half holds, on the other, only them, and
+    its first added concept is a lighting word."""
+    out, _ = audited
+    truth = world_run[1]
+    slices = pd.read_parquet(out / "slices.parquet")
+    concepts = pd.read_parquet(out / "concepts.parquet")
+    meta = Run(world_run[0] / "run").metadata
+    from embedlab import audit
+
+    res = audit(world_run[0] / "run", "light,edit,camera", discover=4, progress=False)
+    found = []
+    for s, mask in res.masks.items():
+        name = res.slices.iloc[s]["name"]
+        if not name.startswith("cluster"):
+            continue
+        groups = set(meta["group"][mask])
+        first = concepts[(concepts.slice == name) & (concepts.side == "adds")].sort_values("rank")["concept"].iloc[0]
+        if len(groups) >= 2 and groups <= set(truth["hidden_dark_groups"]):
+            found.append((name, first))
+    assert found and all(first in dc.lighting_words() for _, first in found), found
+    assert set(slices["name"]) == set(res.slices["name"])  # the CLI and the API audit the same family
+
+
 def test_every_file_is_written_and_the_slice_residual_is_an_ordinary_one(audited, world_run):
     out, _ = audited
     info = json.loads((out / "audit.json").read_text())
-    assert info["unit"] == "groups" and info["n_units"] == 15 and info["split"]["k"] == 3
+    assert info["unit"] == "groups" and info["n_units"] == 15 and info["split"]["k"] == 4
     slices = pd.read_parquet(out / "slices.parquet").set_index("name")
     res = load_residual(out / slices.loc["light=backlit", "residual_path"])
     assert res.info["to"]["selector"] == "light=backlit" and res.info["from"]["selector"] == "light!=backlit"
