@@ -173,7 +173,8 @@ def _discovered_sentence(result: AuditResult, most: int = 2) -> str:
         f"“{r['name']}” ({_size(r, result.info.get('unit'))}; {concept_phrase(result, r)})" for _, r in rows.iterrows()
     ]
     return (
-        f" Found in embedding space on half of the groups and described on the other (leads: their embedding difference is not tested): "
+        " Found in embedding space on half of the groups and described on the other (leads: their embedding "
+        "difference is not tested): "
         f"{_and(names)}."
     )
 
