@@ -45,7 +45,7 @@ class AuditConfig:
     max_slices: int = 2000
     exemplars: int = 6
     engine: str = "local"  # the pass over the runs' vectors: local, or ray (one task per shard)
-    memory_budget: str = "4G"  # the unit vectors held for the permutations must fit in this
+    memory_budget: str = "4G"  # unit vectors, slice weights and permutation table must fit in this
 
 
 @dataclass

@@ -126,29 +126,35 @@ def _ray_parts(shards, codes, M, is_to):
             ray.shutdown()
 
 
-def check_units_fit(G: int, d: int, paired: bool, budget: int) -> None:
-    """The permutation test holds one mean vector per unit; refuse, before reading any vector, when they would not
-    fit in `budget` bytes."""
-    need = G * d * 8 * (3 if paired else 1)
+def check_units_fit(G: int, d: int, paired: bool, budget: int, n_slices: int = 0, permutations: int = 0) -> None:
+    """The permutation test holds every unit's mean vector (and its centred copy; a residual audit also its two
+    sets' sums), the slices' (G, S) contrast weights and the (K + 1, G) permutation table: refuse, before reading
+    any vector, when they would not fit in `budget` bytes."""
+    vectors = G * d * 8 * (4 if paired else 3)
+    need = vectors + G * n_slices * 8 + (permutations + 1) * G * 4
     if need > budget:
         raise ConfigError(
-            f"The audit would hold {G:,} unit vectors ({need / 2**30:.1f} GiB of float64), over 'memory_budget' "
-            f"({budget / 2**30:.1f} GiB). Fix: give the images groups (one unit per group), audit a subset, or raise "
-            "'memory_budget'."
+            f"The audit would hold {need / 2**30:.1f} GiB for its {G:,} units ({vectors / 2**30:.1f} GiB of unit "
+            f"vectors, {G * n_slices * 8 / 2**30:.1f} GiB of slice weights for {n_slices:,} slices, "
+            f"{(permutations + 1) * G * 4 / 2**30:.1f} GiB of permutations), over 'memory_budget' "
+            f"({budget / 2**30:.1f} GiB). Fix: give the images groups (one unit per group), audit a subset, fewer "
+            "slices or permutations, or raise 'memory_budget'."
         ).naming("memory_budget")
 
 
 def run_pass(runs: list, keep: np.ndarray, codes: np.ndarray, slices: list, is_to=None, **opts):
     """The audit's units from one pass over `runs`: `keep` (n,) the audited rows of the runs' concatenated metadata,
     `codes` each kept row's unit, `slices` the metadata slices (masks over kept rows), `is_to` (kept rows) when a
-    residual is audited. `opts`: engine, progress, memory_budget (bytes). Returns (Units, sums): sums holds
-    "unit_sums" ((G, d) or (2, G, d)) and "slice_sums" ((S, d) or (2, S, d)), image sums of unit vectors."""
+    residual is audited. `opts`: engine, progress, memory_budget (bytes), permutations (for the budget). Returns
+    (Units, sums): sums holds "unit_sums" ((G, d) or (2, G, d)) and "slice_sums" ((S, d) or (2, S, d)), image sums
+    of unit vectors."""
 
     from embedlab.analysis.audit import Units
 
     G = int(codes.max()) + 1 if len(codes) else 0
     d = runs[0].dim
-    check_units_fit(G, d, is_to is not None, int(opts.get("memory_budget", 4 << 30)))
+    check_units_fit(G, d, is_to is not None, int(opts.get("memory_budget", 4 << 30)), len(slices),
+                    int(opts.get("permutations", 0)))  # fmt: skip
     full = np.full(len(keep), G, np.int64)  # rows left out go to one extra unit, dropped after the pass
     full[keep] = codes
     M = membership([sl.mask for sl in slices], len(keep), np.flatnonzero(keep))

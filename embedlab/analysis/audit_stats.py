@@ -113,7 +113,7 @@ def within_strata_permutations(strata: np.ndarray, K: int, seed: int) -> np.ndar
     positions within each stratum."""
     rng = np.random.default_rng(seed)
     G = len(strata)
-    out = np.empty((K + 1, G), np.int64)
+    out = np.empty((K + 1, G), np.int32 if G < 2**31 else np.int64)  # int32 halves the table
     out[0] = np.arange(G)
     members = [np.flatnonzero(strata == h) for h in range(int(strata.max()) + 1 if G else 0)]
     for k in range(1, K + 1):

@@ -98,7 +98,10 @@ def audit_cmd(
     engine: str = cli.api_option(
         "local, or ray: the pass over the vectors as one Ray task per shard (a local Ray instance is started)."
     ),
-    memory_budget: str = cli.api_option("The unit vectors held for the permutations must fit in this (e.g. 4G)."),
+    memory_budget: str = cli.api_option(
+        "What the permutation test holds must fit in this (e.g. 4G): the unit vectors, the slices' weights per unit "
+        "and the permutation table; refused before any vector is read."
+    ),
     device: str = cli.device_option(),
     progress: bool = cli.progress_option(),
     as_json: bool = cli.json_option(),

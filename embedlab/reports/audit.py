@@ -189,7 +189,7 @@ def audit(
                         max_slices=cfg.max_slices)  # fmt: skip
     V, E, tpls = _vocabulary(opened[0], vocab, templates, device, progress)  # before the pass: errors first
     units, sums = run_pass(opened, keep, codes, fam.slices, is_to, engine=cfg.engine, progress=progress,
-                           memory_budget=parse_bytes(cfg.memory_budget))  # fmt: skip
+                           memory_budget=parse_bytes(cfg.memory_budget), permutations=cfg.permutations)  # fmt: skip
     scores = None if score is None else pd.to_numeric(kept[score], errors="coerce").to_numpy(np.float64)
     result = audit_units(units, kept, cols, E, V.concepts, within=None if within is None else kept[within].to_numpy(),
                          scores=scores, config=cfg, family=fam)  # fmt: skip

@@ -150,3 +150,15 @@ def test_prefetched_blocks_with_three_buffers_are_not_overwritten_while_used():
             np.testing.assert_array_equal(block, copy)
             seen.append(copy)
     np.testing.assert_array_equal(np.concatenate(seen), X)
+
+
+def test_the_memory_budget_counts_slice_weights_and_the_permutation_table():
+    """A million units with 1,000 slices and 999 permutations need far more than their vectors: refused up front."""
+    from embedlab.analysis.audit_pass import check_units_fit
+    from embedlab.errors import ConfigError
+
+    G, d = 1_000_000, 512
+    fits = 3 * G * d * 8 + 4 * G  # the vectors and the observed labelling
+    check_units_fit(G, d, False, fits)
+    with pytest.raises(ConfigError, match="permutations"):
+        check_units_fit(G, d, False, fits, n_slices=1000, permutations=999)
