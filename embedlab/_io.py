@@ -419,9 +419,9 @@ def parse_bytes(size: "str | int") -> int:
 
 def prefetched(items: Iterable, depth: int = 1) -> Iterator:
     """`items` produced in a background thread, up to `depth` ahead of the consumer: a reader's I/O (which releases
-        the GIL) overlaps the work on the item before. A producer that reuses buffers needs `depth + 2` of them in turn
-    (one with the consumer, `depth` queued, one being filled).
-        An exception in the producer is raised in the consumer; a consumer that stops early stops the producer."""
+    the GIL) overlaps the work on the item before. A producer that reuses buffers needs `depth + 2` of them in turn
+    (one with the consumer, `depth` queued, one being filled). An exception in the producer is raised in the
+    consumer; a consumer that stops early stops the producer."""
     import queue
     import threading
 

@@ -168,10 +168,10 @@ def _discovered_sentence(result: AuditResult, most: int = 2) -> str:
         disc = disc[disc["listed"].astype(bool)]
     if disc.empty:
         return ""
-    rows = by_effect(disc).head(most)
-    names = [
-        f"“{r['name']}” ({_size(r, result.info.get('unit'))}; {concept_phrase(result, r)})" for _, r in rows.iterrows()
-    ]
+    names = []
+    for _, r in by_effect(disc).head(most).iterrows():
+        what = concept_phrase(result, r)
+        names.append(f"“{r['name']}” ({_size(r, result.info.get('unit'))}" + (f"; {what})" if what else ")"))
     return (
         " Found in embedding space on half of the groups and described on the other (leads: their embedding "
         "difference is not tested): "
