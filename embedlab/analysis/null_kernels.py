@@ -68,7 +68,7 @@ def _kernels():
                     out[0] = step(row, inv[i, v0 : v0 + w], pen[i, v0 : v0 + w], A[i, v0 : v0 + w], B[k, i], vals, keys)
                     best[k, i] = as_float[0]
 
-        _KERNELS = SimpleNamespace(**vars(_label_kernels_cached()), sequential_max=sequential_max)
+        _KERNELS = SimpleNamespace(**vars(_label_kernels()), sequential_max=sequential_max)
     return _KERNELS
 
 
@@ -137,20 +137,10 @@ def membership_sums(X: np.ndarray, indptr: np.ndarray, indices: np.ndarray, n_sl
     acc = np.zeros((threads, n_slices, X.shape[1]), X.dtype)
     sq = np.zeros((threads, 1))
     cuts = np.linspace(0, n, threads + 1).astype(np.int64)
-    kernel = _label_kernels_cached().add_by_membership
+    kernel = _kernels().add_by_membership
     if threads == 1:
         kernel(acc[0], sq[0], X, indptr, indices, 0, n)
     else:
         with ThreadPoolExecutor(threads) as pool:
             list(pool.map(lambda t: kernel(acc[t], sq[t], X, indptr, indices, cuts[t], cuts[t + 1]), range(threads)))
     return acc.sum(0, dtype=np.float64), float(sq.sum())
-
-
-_LABEL_KERNELS = None
-
-
-def _label_kernels_cached():
-    global _LABEL_KERNELS
-    if _LABEL_KERNELS is None:
-        _LABEL_KERNELS = _label_kernels()
-    return _LABEL_KERNELS

@@ -128,27 +128,21 @@ def test_prefetched_keeps_order_raises_the_readers_error_and_stops_early():
     assert len(produced) <= 4
 
 
-def test_prefetched_blocks_with_three_buffers_are_not_overwritten_while_used():
+def test_prefetched_blocks_with_three_buffers_are_not_overwritten_while_used(tmp_path):
     """The reader of the scale benchmark reuses three buffers; one block ahead, no block changes while summed."""
+    import time
+
     from analyses.bench.audit_scale import read_blocks
     from embedlab._io import prefetched
 
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(1000, 8)).astype(np.float32)
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "x.npy"
-        np.save(path, X)
-        seen = []
-        for block in prefetched(read_blocks(path, rows=64, buffers=3)):
-            copy = block.copy()
-            import time
-
-            time.sleep(0.002)  # the producer reads ahead meanwhile
-            np.testing.assert_array_equal(block, copy)
-            seen.append(copy)
+    X = np.random.default_rng(0).normal(size=(1000, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", X)
+    seen = []
+    for block in prefetched(read_blocks(tmp_path / "x.npy", rows=64, buffers=3)):
+        copy = block.copy()
+        time.sleep(0.002)  # the producer reads ahead meanwhile
+        np.testing.assert_array_equal(block, copy)
+        seen.append(copy)
     np.testing.assert_array_equal(np.concatenate(seen), X)
 
 
