@@ -2,6 +2,7 @@
 
     python -m analyses.demo.validate_schedule --demo demo_out [--iters 75,100,125,150,200] [--seeds 0,1,2] [--out DIR]
     python -m analyses.demo.validate_schedule --demo demo_out --folds 4 [--iters ...] [--seeds 0]
+    python -m analyses.demo.validate_schedule --demo demo_out --colour-photos [--iters ...] [--seeds 0]
 
 The held-out photos (coffee, china) carry the demo's quality bars; a stopping point read off their curve would be
 fitted to them. This script trains the demo's enhancer (the `demo` preset on the demo's corrected residual, the
@@ -15,6 +16,12 @@ fold the enhancer trains without that fold's photos and is scored on their Recip
 seeds. These are photos the enhancer never saw, as the held-out ones are, whereas the first validation set re-uses
 the photos it trained on (under new seeds), which rewards fitting them: there the gain grows to 150 iterations and
 beyond while the held-out photos' peaks near 75 (analyses/results/eval_demo_loop_seeds.json's curves).
+
+With --colour-photos the validation set is colour photos the demo never uses: the Debian wallpaper photos
+(`apt-get install lomiri-wallpapers-16.04 mate-backgrounds`; embedlab.datasets.photos.debian_photos), each
+resized to COLOUR_LONG_SIDE px on its long side (the package photos' scale) and rendered under the validation seeds.
+Both held-out scenes are colour photos, and china's bright sky is a kind of scene that no training photo shows; the
+other two validation sets hold 5 colour photos at most and no sky.
 
 The choice: among the iteration counts whose validation scores meet all three of the demo's bars (PSNR >= input +
 1 dB, darkest-40% luma up, projection at least halfway to thr) for every enhancer seed (all counts if none does),
@@ -53,9 +60,21 @@ def train_and_score(demo: Path, scorers: dict, iters: int, seed: int, work: Path
     if fold:
         row["fold"] = fold
     for name, s in scorers.items():
-        scores = s.scores(run_net(state, s.inputs, LOOP_MAX_PIXELS))
-        row[name] = {"scores": scores, "bars": quality_bars(s.scores(s.inputs), scores, s.thr)}
+        outs = run_net(state, s.inputs, LOOP_MAX_PIXELS)
+        scores = s.scores(outs)
+        row[name] = {"scores": scores, "bars": quality_bars(s.scores(s.inputs), scores, s.thr),
+                     "psnr_gain_db_per_image": per_image_gain(s, outs)}  # fmt: skip
     return row
+
+
+def per_image_gain(s, outs: list) -> dict:
+    """{image name: output PSNR - input PSNR} (which scenes gain, which lose)."""
+    from skimage.metrics import peak_signal_noise_ratio
+
+    def psnr(x, gt):  # as embedlab.enhancement.evaluate.psnr_ssim_rgb, without its SSIM
+        return float(peak_signal_noise_ratio(gt / 255.0, x / 255.0, data_range=1.0))
+
+    return {n: round(psnr(o, g) - psnr(i, g), 3) for n, o, i, g in zip(s.names, outs, s.inputs, s.gts)}
 
 
 def choose(rows: list[dict]) -> dict:
@@ -99,21 +118,61 @@ def fold_pairs(man, folder: Path, groups: list[str]) -> list[tuple[str, str]]:
     return [(i, g) for i, g in validation_pairs(man, folder) if str(g) in keep]
 
 
+COLOUR_LONG_SIDE = 640
+
+
+def colour_pairs(folder: Path) -> list[tuple[str, str]]:
+    """Validation renders (VALIDATION_SEEDS) of the installed Debian wallpaper photos, resized to COLOUR_LONG_SIDE;
+    returns (input, original) path pairs."""
+    from PIL import Image
+
+    from analyses.demo.validate_preset import VALIDATION_SEEDS
+    from embedlab.datasets import synth
+    from embedlab.datasets.photos import debian_photos
+
+    photos = debian_photos()
+    if not photos:
+        raise SystemExit(
+            "no Debian wallpaper photos installed: apt-get install lomiri-wallpapers-16.04 mate-backgrounds"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    pairs = []
+    for src in photos:
+        gt = folder / f"{Path(src).stem}.png"
+        if not gt.exists():
+            im = Image.open(src).convert("RGB")
+            scale = COLOUR_LONG_SIDE / max(im.size)
+            im.resize((round(im.width * scale), round(im.height * scale)), Image.LANCZOS).save(gt)
+        base = np.asarray(Image.open(gt).convert("RGB"))
+        for seed in VALIDATION_SEEDS:
+            path = folder / f"{gt.stem}_A_s{seed}.png"
+            if not path.exists():
+                Image.fromarray(synth.recipe_a(base, seed).image).save(path)
+            pairs.append((str(path), str(gt)))
+    return pairs
+
+
 def _report(demo, sets, rows, args) -> dict:
     from analyses._common import write_json
     from analyses.demo.validate_preset import VALIDATION_SEEDS
 
     chosen = choose(rows)  # written after every training, so an interrupted sweep keeps what it measured
     result = {"demo": str(demo), "validation_seeds": list(VALIDATION_SEEDS), "sets": sets, "chosen": chosen,
-              "rows": rows, "validation": VALIDATION_KINDS["folds" if args.folds else "seeds"]}  # fmt: skip
-    write_json("validate_demo_schedule_folds.json" if args.folds else "validate_demo_schedule.json", result, args.out)
+              "rows": rows, "validation": VALIDATION_KINDS[_kind(args)]}  # fmt: skip
+    write_json(f"validate_demo_schedule{'' if _kind(args) == 'seeds' else '_' + _kind(args)}.json", result, args.out)
     return chosen
+
+
+def _kind(args) -> str:
+    return "colour" if args.colour_photos else "folds" if args.folds else "seeds"
 
 
 VALIDATION_KINDS = {
     "seeds": "the enhancer's own training photos under Recipe-A seeds never rendered for training",
     "folds": "photo folds: each fold's training photos left out of the enhancer's training and scored under "
     "Recipe-A seeds never rendered for training (photos the enhancer never saw, as the held-out ones)",
+    "colour": "colour photos the demo never uses (Debian wallpapers, long side 640 px) under Recipe-A seeds never "
+    "rendered for training",
 }
 
 
@@ -139,7 +198,14 @@ def main() -> None:
         help="Validate on photo folds: deal the training photos into this many folds, train without each fold's "
         "photos and score them (default 0: the training photos under unseen Recipe-A seeds).",
     )  # fmt: skip
+    ap.add_argument(
+        "--colour-photos", action="store_true",
+        help="Validate on colour photos the demo never uses: the installed Debian wallpaper photos (apt-get install "
+        "lomiri-wallpapers-16.04 mate-backgrounds) under Recipe-A seeds never rendered for training.",
+    )  # fmt: skip
     args = parse_args(ap)
+    if args.colour_photos and args.folds:
+        raise SystemExit("--colour-photos and --folds are two different validation sets: pick one")
     demo = Path(args.demo)
     if not (demo / "manifest.jsonl").exists() or not (demo / "corrected.npy").exists():
         raise SystemExit(f"{demo} is not a finished demo folder (no manifest.jsonl / corrected.npy)")
@@ -158,11 +224,12 @@ def main() -> None:
     for seed in (int(s) for s in args.seeds.split(",")):
         for iters in (int(i) for i in args.iters.split(",")):
             for f, groups in enumerate(folds):
-                val = (
-                    fold_pairs(man, work / "validation", groups)
-                    if groups
-                    else validation_pairs(man, work / "validation")
-                )
+                if args.colour_photos:
+                    val = colour_pairs(work / "colour_validation")
+                elif groups:
+                    val = fold_pairs(man, work / "validation", groups)
+                else:
+                    val = validation_pairs(man, work / "validation")
                 sets[f"validation{'' if groups is None else f' fold {f}'}"] = len(val)
                 fold = None if groups is None else {"index": f, "groups": groups}
                 row = train_and_score(demo, {"validation": scorer(val), "held-out": scorer(held)}, iters, seed, work,
