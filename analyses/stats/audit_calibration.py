@@ -209,9 +209,12 @@ def run_power(worlds: int, permutations: int, seed: int) -> dict:
             res = audit_vectors(X, meta, ["light", "camera"], E, [f"c{j}" for j in range(V)], groups=groups,
                                 config=cfg)  # fmt: skip
             sl = res.slices.set_index("name")
-            hit += bool(sl.loc["light=dark", "p_fwer"] < ALPHA)
+            # a two-valued column is one contrast, named by its smaller value: light=bright when dark is the larger
+            name = sl.index[sl["columns"] == "light"][0]
+            hit += bool(sl.loc[name, "p_fwer"] < ALPHA)
             con = res.concepts
-            top = con[(con["slice"] == "light=dark") & (con["side"] == "adds")].sort_values("rank")
+            side = "adds" if name == "light=dark" else "removes"
+            top = con[(con["slice"] == name) & (con["side"] == side)].sort_values("rank")
             first += bool(len(top) and top.iloc[0]["concept"] == "c0")
             false += bool((sl.loc[sl["columns"] == "camera", "p_fwer"] < ALPHA).any())
         out[str(effect)] = {"detected": rate(hit, worlds), "planted_first": first / worlds,
@@ -246,22 +249,28 @@ def main() -> None:
     path = (RESULTS if args.out is None else __import__("pathlib").Path(args.out)) / "audit_calibration.json"
     old = json.loads(path.read_text()) if args.merge and path.exists() else {}
     results = dict(old.get("scenarios", {}))
+    power = old.get("power")
+
+    def save() -> None:  # after every scenario: an interrupted or failed run keeps what it measured
+        payload = {"alpha": ALPHA, "q": Q, "dim": D, "vocabulary": V, "permutations": args.permutations,
+                   "scenarios": results, "power": power,
+                   "note": "rates are P(any false claim at p_fwer < alpha) per world; ok: the Clopper-Pearson 95% "
+                           "interval reaches down to alpha. confounded: camera and night claims are true "
+                           "differences (not counted); confounded_within: every claim counts as false."}  # fmt: skip
+        write_json("audit_calibration.json", payload, args.out)
+
     for sc in args.scenarios:
         results[sc] = run_scenario(sc, args.worlds, args.permutations, args.seed)
         print_table({sc: results[sc]})
-    power = old.get("power")
+        save()
     if args.power:
-        power = {"worlds_per_effect": args.worlds, "effects": run_power(args.worlds, args.permutations, args.seed)}
+        power = {"worlds_per_effect": args.worlds, "effects": run_power(args.worlds, args.permutations, args.seed),
+                 "code": code_version()}  # fmt: skip
         for eff, r in power["effects"].items():
             print(f"power effect {eff}: detected {r['detected']['rate']:.3f}, planted concept first "
                   f"{r['planted_first']:.3f}, false camera claim {r['false_camera_claim']['rate']:.3f}")  # fmt: skip
+        save()
     print_table(results)
-    payload = {"alpha": ALPHA, "q": Q, "dim": D, "vocabulary": V, "permutations": args.permutations,
-               "scenarios": results, "power": power,
-               "note": "rates are P(any false claim at p_fwer < alpha) per world; ok: the Clopper-Pearson 95% "
-                       "interval reaches down to alpha. confounded: camera and night claims are true differences "
-                       "(not counted); confounded_within: every claim counts as false."}  # fmt: skip
-    write_json("audit_calibration.json", payload, args.out)
 
 
 if __name__ == "__main__":
