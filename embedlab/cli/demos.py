@@ -30,6 +30,12 @@ def pretrain_demo_cmd(
         "the grammar uses + all other tensors) into this folder, "
         "e.g. embedlab/data/demo_clip.",
     ),
+    debian_photos: bool = typer.Option(
+        False,
+        "--debian-photos",
+        help="Also train on the Debian wallpaper photos installed on this machine (apt-get install "
+        "lomiri-wallpapers-16.04 mate-backgrounds): another recipe, so it trains its own model (no shipped copy).",
+    ),
     as_json: bool = cli.json_option(),
 ):
     """Train (or find cached) the small offline demo CLIP (a DEMO model: lighting words and package-photo objects
@@ -37,7 +43,8 @@ def pretrain_demo_cmd(
     from embedlab.demos.clip import pack_model, pretrain_demo
 
     extra = {"steps": iters} if iters else {}
-    result = pretrain_demo(out, device=device, overwrite=overwrite, seed=seed, progress=progress, **extra)
+    result = pretrain_demo(out, device=device, overwrite=overwrite, seed=seed, progress=progress,
+                           debian_photos=debian_photos, **extra)  # fmt: skip
     ckpt = result["files"]["checkpoint"]
     if pack:
         result["files"]["pack"] = pack_model(ckpt, pack)

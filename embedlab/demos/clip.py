@@ -81,8 +81,14 @@ class DemoRecipe:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def default_recipe(**overrides) -> DemoRecipe:
-    uris = tuple(p.uri for p in photos.demo_photos()) + tuple(f"deb:{p}" for p in photos.debian_photos())
+def default_recipe(debian_photos: bool = False, **overrides) -> DemoRecipe:
+    """The demo CLIP's recipe: the package photos (`photos.demo_photos`), and with `debian_photos` also the Debian
+    wallpaper photos installed on this machine. Those join only on request: a default that took whatever a
+    machine has installed (an Ubuntu desktop ships wallpapers there) would miss the shipped copy and train for
+    minutes, and give other figures than the documented ones."""
+    uris = tuple(p.uri for p in photos.demo_photos())
+    if debian_photos:
+        uris += tuple(f"deb:{p}" for p in photos.debian_photos())
     return DemoRecipe(photos=uris, **overrides)
 
 
@@ -368,13 +374,15 @@ def pretrain_demo(
     device: str = "auto",
     overwrite: bool = False,
     progress: bool = True,
+    debian_photos: bool = False,
     **recipe_overrides,
 ) -> dict:
     """Train (or reuse from the cache) the demo CLIP. Returns {"files": {"checkpoint": Path}, "source": "cache",
     "package" or "trained", "recipe_key"}.
 
-    The cache key is the recipe's hash, so the second call with the same recipe is instant."""
-    recipe = default_recipe(**recipe_overrides)
+    `debian_photos`: also train on the installed Debian wallpaper photos (`default_recipe`; another recipe, so never
+    the shipped copy). The cache key is the recipe's hash, so the second call with the same recipe is instant."""
+    recipe = default_recipe(debian_photos, **recipe_overrides)
     out_dir = Path(out) if out else cache_dir() / "demo_clip" / recipe.key()
     ckpt = out_dir / f"{MODEL_NAME}.safetensors"
     found = {"recipe_key": recipe.key()}

@@ -217,6 +217,21 @@ def test_shipped_demo_clip_is_the_default_recipe_and_unpacks(tmp_path):
     assert set(lm.tokenizer(dc.vocabulary()).unique().tolist()) <= kept
 
 
+def test_demo_clip_recipe_ignores_installed_wallpapers_unless_asked(monkeypatch):
+    """Wallpaper photos installed on the machine (an Ubuntu desktop has some) leave the default recipe, hence the
+    shipped copy and the documented figures, alone; `debian_photos=True` (`pretrain-demo --debian-photos`) adds
+    them, as another recipe."""
+    from embedlab.datasets import photos
+    from embedlab.demos import clip as dc
+
+    plain = dc.default_recipe()
+    monkeypatch.setattr(photos, "debian_photos", lambda: ["/usr/share/backgrounds/hill.jpg"])
+    assert dc.default_recipe().key() == plain.key() == dc.packaged_key()
+    asked = dc.default_recipe(debian_photos=True)
+    assert asked.photos == plain.photos + ("deb:/usr/share/backgrounds/hill.jpg",)
+    assert asked.key() != plain.key()
+
+
 @pytest.fixture(scope="module")
 def demo_loop_result(tmp_path_factory):
     """One default demo run (the shipped demo CLIP, the `demo` train preset, fixed seed, the demo's fixed training
