@@ -46,6 +46,7 @@ class AuditConfig:
     exemplars: int = 6
     engine: str = "local"  # the pass over the runs' vectors: local, or ray (one task per shard)
     memory_budget: str = "4G"  # unit vectors, slice weights and permutation table must fit in this
+    screen: bool = False  # only the streamed pass: images as units, slices ranked, nothing tested
 
 
 @dataclass

@@ -138,7 +138,7 @@ def check_units_fit(G: int, d: int, paired: bool, budget: int, n_slices: int = 0
             f"vectors, {G * n_slices * 8 / 2**30:.1f} GiB of slice weights for {n_slices:,} slices, "
             f"{(permutations + 1) * G * 4 / 2**30:.1f} GiB of permutations), over 'memory_budget' "
             f"({budget / 2**30:.1f} GiB). Fix: give the images groups (one unit per group), audit a subset, fewer "
-            "slices or permutations, or raise 'memory_budget'."
+            "slices or permutations, raise 'memory_budget', or rank the slices untested with 'screen'."
         ).naming("memory_budget")
 
 

@@ -56,6 +56,10 @@ class AuditResult:
         return s[keep].sort_values("effect", ascending=False).reset_index(drop=True)
 
     def __repr__(self) -> str:
+        if self.info.get("mode") == "screen":
+            return (
+                f"AuditResult(screen: {len(self.slices)} slices over {len(self.columns)} columns ranked by T, untested)"
+            )
         n_sig = len(self.significant())
         return (
             f"AuditResult({len(self.slices)} slices over {len(self.columns)} columns, {n_sig} significant at "
@@ -64,6 +68,8 @@ class AuditResult:
 
     def _repr_html_(self) -> str:
         cols = [
-            c for c in ("name", "n_images", "n_groups", "effect", "p_fwer", "q", "top_concepts") if c in self.slices
+            c
+            for c in ("name", "n_images", "n_groups", "effect", "statistic", "p_fwer", "q", "top_concepts")
+            if c in self.slices
         ]
         return self.slices[cols].head(20).to_html(index=False)

@@ -73,16 +73,30 @@ def slice_sums(
     return {"sums": sums, "counts": counts, "total": total, "sumsq": sumsq, "n": start}
 
 
+def slice_differences(sums: np.ndarray, counts: np.ndarray, total: np.ndarray, n: int) -> np.ndarray:
+    """(S, d) each slice's mean minus its rest's mean, from the streamed sums (NaN rows for an empty side)."""
+    sums = np.asarray(sums, np.float64)
+    counts = np.asarray(counts, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return sums / counts[:, None] - (np.asarray(total, np.float64)[None, :] - sums) / (n - counts)[:, None]
+
+
+def screen_concept_scores(D: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """(S, V) centred cosine of each slice's difference direction (rows of D) with each centred concept (rows of C,
+    unit length): the descriptive score of the concept reports, without their test."""
+    D = np.nan_to_num(np.asarray(D, np.float64))
+    return (D / np.maximum(np.linalg.norm(D, axis=1, keepdims=True), 1e-12)) @ np.asarray(C, np.float64).T
+
+
 def omnibus_screen(sums: np.ndarray, counts: np.ndarray, total: np.ndarray, sumsq: float, n: int) -> dict:
     """Per slice (row of `sums`) from the streamed sums: {"d2": ||d||^2, "e0": its expectation under random
     relabelling, "effect": d2 - e0, "T": d2 / e0, "tr": tr(S)}; a slice with no image inside or outside gets NaN."""
-    sums = np.asarray(sums, np.float64)
     counts = np.asarray(counts, np.float64)
     total = np.asarray(total, np.float64)
     n_out = n - counts
     tr = float(sumsq - total @ total / n)
+    d = slice_differences(sums, counts, total, n)
     with np.errstate(divide="ignore", invalid="ignore"):
-        d = sums / counts[:, None] - (total[None, :] - sums) / n_out[:, None]
         d2 = np.einsum("ij,ij->i", d, d)
         e0 = (1.0 / counts + 1.0 / n_out) * tr / (n - 1)
         bad = (counts < 1) | (n_out < 1)

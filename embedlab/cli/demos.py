@@ -30,11 +30,10 @@ def pretrain_demo_cmd(
         "the grammar uses + all other tensors) into this folder, "
         "e.g. embedlab/data/demo_clip.",
     ),
-    debian_photos: bool = typer.Option(
-        False,
-        "--debian-photos",
-        help="Also train on the Debian wallpaper photos installed on this machine (apt-get install "
+    debian_photos: bool = cli.api_option(
+        "Also train on the Debian wallpaper photos installed on this machine (apt-get install "
         "lomiri-wallpapers-16.04 mate-backgrounds): another recipe, so it trains its own model (no shipped copy).",
+        "--debian-photos",
     ),
     as_json: bool = cli.json_option(),
 ):

@@ -102,6 +102,11 @@ def audit_cmd(
         "What the permutation test holds must fit in this (e.g. 4G): the unit vectors, the slices' weights per unit "
         "and the permutation table; refused before any vector is read."
     ),
+    screen: bool = cli.api_option(
+        "Only the streamed pass, for collections whose units do not fit in memory: images as units, every slice's "
+        "effect, omnibus ratio T and top concepts from its sums, nothing tested (no page; slices.parquet ranked by T). "
+        "Not with --from/--to, --within, --score or --discover."
+    ),
     device: str = cli.device_option(),
     progress: bool = cli.progress_option(),
     as_json: bool = cli.json_option(),

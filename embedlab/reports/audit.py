@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from embedlab._io import atomic_write_json, check_output_dir, display_path, parse_bytes
+from embedlab._io import check_output_dir, display_path, parse_bytes
 from embedlab.analysis.audit import PAIRED, AuditConfig, audit_units
 from embedlab.analysis.audit_pass import run_pass, slice_set_sums
 from embedlab.analysis.audit_result import AuditResult
@@ -23,9 +23,10 @@ from embedlab.analysis.formula import group_codes
 from embedlab.analysis.slices import categorical_columns, check_columns, define_slices
 from embedlab.choices import ENGINES
 from embedlab.errors import ConfigError, IncompatibleRunError
+from embedlab.reports.audit_files import write_summary, write_tables
+from embedlab.reports.audit_screen import check_screen_options, screen_line, screen_runs, write_screen
 
 log = logging.getLogger(__name__)
-TABLE_FILES = {"slices": "slices.parquet", "concepts": "concepts.parquet", "columns": "columns.parquet"}
 
 
 def _open_runs(runs) -> list:
@@ -167,13 +168,18 @@ def audit(
     `metadata`: a .csv/.parquet side table joined on the image path; `within`: a column to stratify by (a possible
     confounder); `score`: a per-image numeric column (a loss, an error) tested per slice too. `options` are the fields
     of `AuditConfig` (bins, depth, min_groups, discover, permutations, seed, top, alpha, q, bootstrap, engine,
-    memory_budget). The runs' vectors are read once, shard by shard ("local", or one Ray task per shard with
+    memory_budget, screen). The runs' vectors are read once, shard by shard ("local", or one Ray task per shard with
     engine="ray"), into one mean vector per test unit; no image vector is held. Nothing is
     written unless `out` is given: then slices/concepts/columns .parquet, audit.json, residuals/ and audit.html.
 
     `from_` and `to` (selectors, e.g. "backlit" and "welllit") audit the residual between the two sets instead: each
-    slice's own to-minus-from difference against the rest's, on groups that hold both sets."""
+    slice's own to-minus-from difference against the rest's, on groups that hold both sets.
+
+    `screen=True` runs the pass alone (`embedlab.reports.audit_screen`): images as units, each slice's effect, omnibus
+    ratio T and top concepts from the sums, nothing tested; for collections whose units do not fit in memory."""
     cfg = _config(options)
+    if cfg.screen:
+        check_screen_options(cfg, from_, within, score)
     if out is not None:
         check_output_dir(out)
     opened = _open_runs(runs)
@@ -188,6 +194,13 @@ def audit(
     fam = define_slices(kept, cols, codes, bins=cfg.bins, depth=cfg.depth, min_groups=cfg.min_groups,
                         max_slices=cfg.max_slices)  # fmt: skip
     V, E, tpls = _vocabulary(opened[0], vocab, templates, device, progress)  # before the pass: errors first
+    if cfg.screen:
+        result = screen_runs(opened, keep, fam, E, V.concepts, cfg, progress)
+        result.info.update(runs=[str(r.path) for r in opened], by=cols, vocabulary_name=V.name, templates=tpls,
+                           model=f"{opened[0].manifest['model']}/{opened[0].manifest['pretrained']}")  # fmt: skip
+        if out is not None:
+            write_screen(result, Path(out))
+        return result
     units, sums = run_pass(opened, keep, codes, fam.slices, is_to, engine=cfg.engine, progress=progress,
                            memory_budget=parse_bytes(cfg.memory_budget), permutations=cfg.permutations)  # fmt: skip
     scores = None if score is None else pd.to_numeric(kept[score], errors="coerce").to_numpy(np.float64)
@@ -244,6 +257,8 @@ def _check_column_options(meta: pd.DataFrame, **named) -> None:
 
 def summary_line(result: AuditResult) -> str:
     """One line for the console: how many slices were audited and which differ beyond chance."""
+    if result.info.get("mode") == "screen":
+        return screen_line(result)
     sig = result.significant(result.info.get("alpha", 0.05))
     head = f"audit: {len(result.slices)} slices over {len(result.columns)} column(s), {result.info['unit']} as units"
     if sig.empty:
@@ -258,21 +273,14 @@ def summary_line(result: AuditResult) -> str:
 def write_audit(result: AuditResult, out: Path, set_sums: list, runs: list, device: str = "auto") -> None:
     """Write the audit's files into `out`; audit.json last, so that a folder with audit.json is a complete audit.
     `set_sums`: per slice the (from_sum, n_from, to_sum, n_to) of its residual (`audit_pass.slice_set_sums`)."""
-    from embedlab._io import atomic_write_bytes
-
     out.mkdir(parents=True, exist_ok=True)
     result.slices["residual_path"] = _write_residuals(result, out / "residuals", set_sums, runs[0], len(runs) == 1)
     result.slices["report_href"] = _concept_reports(result, out, device)
-    for table, name in TABLE_FILES.items():
-        frame = getattr(result, table)
-        tmp = out / f".{name}.tmp"
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, out / name)
+    write_tables(result, out)
     page = _page(result, out)
     if page is not None:
         result.info["page"] = page.name
-    atomic_write_json(out / "audit.json", _json_ready(result.info))
-    atomic_write_bytes(out / "slices.csv", result.slices.to_csv(index=False).encode("utf-8"))
+    write_summary(result, out)
     result.out = out
 
 
@@ -355,17 +363,3 @@ def _selectors(row, info: dict, single_run: bool) -> tuple[str, str]:
 
 def _none_if_nan(x):
     return None if x is None or (isinstance(x, float) and np.isnan(x)) else float(x)
-
-
-def _json_ready(obj):
-    if isinstance(obj, dict):
-        return {str(k): _json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_ready(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        return None if np.isnan(obj) else float(obj)
-    if isinstance(obj, np.ndarray):
-        return _json_ready(obj.tolist())
-    return obj

@@ -156,3 +156,23 @@ def test_the_memory_budget_counts_slice_weights_and_the_permutation_table():
     check_units_fit(G, d, False, fits)
     with pytest.raises(ConfigError, match="permutations"):
         check_units_fit(G, d, False, fits, n_slices=1000, permutations=999)
+
+
+def test_screen_concept_scores_name_the_planted_direction():
+    """A value whose images are moved along one centred concept: its difference direction scores that concept first
+    (positive), and the opposite value's scores it last (negative)."""
+    from embedlab.analysis.audit_scale import screen_concept_scores, slice_differences
+
+    rng = np.random.default_rng(2)
+    n, d, V = 3000, 24, 12
+    C = rng.normal(size=(V, d))
+    C /= np.linalg.norm(C, axis=1, keepdims=True)
+    X = rng.normal(size=(n, d))
+    hit = rng.random(n) < 0.2
+    X[hit] += 0.8 * C[5]
+    sums = np.stack([X[hit].sum(0), X[~hit].sum(0)])
+    D = slice_differences(sums, [hit.sum(), (~hit).sum()], X.sum(0), n)
+    np.testing.assert_allclose(D[0], X[hit].mean(0) - X[~hit].mean(0))
+    scores = screen_concept_scores(D, C)
+    assert scores[0].argmax() == 5 and scores[0, 5] > 0.5
+    assert scores[1].argmin() == 5 and scores[1, 5] < -0.5

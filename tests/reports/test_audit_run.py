@@ -116,6 +116,7 @@ def test_bad_input_gets_one_line_and_writes_nothing(world_run, tmp_path):
     table = tmp_path / "side.csv"
     pd.DataFrame({"path": ["elsewhere/a.png"], "site": ["x"]}).to_csv(table, index=False)
     cases.append((["--by", "site", "--metadata", str(table)], "matches no image path"))
+    cases.append((["--by", "light", "--screen", "--within", "camera"], "does not take '--within'"))
     for extra, message in cases:
         out = tmp_path / "out"
         proc = run_cli("audit", run, "--out", str(out), "--no-progress", *extra)
@@ -135,6 +136,37 @@ def test_a_side_table_joined_on_the_path_adds_columns(world_run, tmp_path):
     pd.DataFrame({"path": meta["path"], "site": site}).to_parquet(table)
     r = audit(root / "run", "site", metadata=table, permutations=99, bootstrap=0, progress=False, device="cpu")
     assert list(r.slices["name"]) == ["site=north"] and r.slices["n_groups"].iloc[0] == 4
+
+
+def test_the_screen_ranks_the_backlit_slice_first_from_one_pass(world_run, tmp_path):
+    """--screen (the streamed pass alone: images as units, nothing tested) puts the planted backlit value first by its
+    omnibus ratio, with a lighting word among its first three added concepts (the raw direction also carries the
+    backlit photos' content: 'camera' and 'man' of the camera photo come first here, which the full audit's
+    group-wise t ranks below the lighting), and its ratio equals a direct computation on the run's vectors."""
+    root, _ = world_run
+    out = tmp_path / "screen"
+    proc = run_cli("audit", str(root / "run"), "--by", "light,edit,camera", "--screen", "--out", str(out),
+                   "--no-progress")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "not tested" in proc.stdout and "light=backlit" in proc.stdout
+    slices = pd.read_parquet(out / "slices.parquet")
+    assert slices["name"].iloc[0] == "light=backlit" and "p_fwer" not in slices
+    concepts = pd.read_parquet(out / "concepts.parquet")
+    adds = concepts[(concepts.slice == "light=backlit") & (concepts.side == "adds")].sort_values("rank")
+    assert len(adds) == 3 and set(adds["concept"]) & dc.lighting_words()
+    assert json.loads((out / "audit.json").read_text())["mode"] == "screen"
+    run = Run(root / "run")
+    X = run.vectors.astype(np.float64)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    mask = run.select("light=backlit")
+    d = X[mask].mean(0) - X[~mask].mean(0)
+    e0 = (1 / mask.sum() + 1 / (~mask).sum()) * float(((X - X.mean(0)) ** 2).sum()) / (len(X) - 1)
+    assert slices["statistic"].iloc[0] == pytest.approx(float(d @ d) / e0, rel=1e-5)
+    from embedlab import audit  # the API: the same screen, in memory
+
+    res = audit(run, "light,edit,camera", screen=True, progress=False, device="cpu")
+    assert res.out is None and "untested" in repr(res)
+    pd.testing.assert_frame_equal(res.slices, slices, check_dtype=False)
 
 
 def test_the_ray_engine_equals_the_local_engine(world_run):
