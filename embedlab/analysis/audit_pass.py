@@ -44,6 +44,13 @@ def block_sums(X: np.ndarray, codes: np.ndarray, M, is_to: np.ndarray | None) ->
     }
 
 
+def screen_block_sums(X: np.ndarray, codes: np.ndarray, M, is_to=None) -> dict:
+    """`block_sums` for the screen: the rows as stored (a run's vectors are unit length), in float32, and no sums
+    per unit: the last column of `M` marks the audited rows, whose total is returned as the sum of unit 0."""
+    part, _ = membership_sums(np.asarray(X, np.float32), M.indptr, M.indices, M.shape[1])
+    return {"units": np.array([0]), "unit_sums": part[-1:], "slice_sums": part[:-1]}
+
+
 def _add(acc: dict, part: dict) -> None:
     if acc["unit_sums"] is None:
         d = part["unit_sums"].shape[-1]
@@ -64,23 +71,25 @@ def _shard_rows(runs: list) -> list[tuple]:
     return out
 
 
-def _shard_task(emb_path: str, start: int, n: int, codes, M, is_to) -> dict:
+def _shard_task(emb_path: str, start: int, n: int, codes, M, is_to, block_fn=block_sums) -> dict:
     X = np.asarray(np.load(emb_path, mmap_mode="r", allow_pickle=False)[:n], np.float32)
-    return block_sums(X, codes, M, is_to)
+    return block_fn(X, codes, M, is_to)
 
 
-def stream_sums(runs: list, codes: np.ndarray, G: int, M, is_to=None, engine: str = "local", progress=False) -> dict:
+def stream_sums(runs: list, codes: np.ndarray, G: int, M, is_to=None, engine: str = "local", progress=False,
+                block_fn=block_sums) -> dict:  # fmt: skip
     """Unit sums ((G, d), or (2, G, d) from/to) and slice image sums ((S, d) or (2, S, d)) of the runs' vectors in
-    the order of their concatenated metadata; `codes` each row's unit, `M` the (n, S) sparse slice membership."""
+    the order of their concatenated metadata; `codes` each row's unit, `M` the (n, S) sparse slice membership.
+    `block_fn`: the per-block sums (`block_sums`, or `screen_block_sums` for the screen)."""
     import scipy.sparse as sp
 
     M = sp.csr_matrix(M)
     acc = {"G": G, "unit_sums": None, "slice_sums": None}
     shards = _shard_rows(runs)
     if engine == "ray":
-        parts = _ray_parts(shards, codes, M, is_to)
+        parts = _ray_parts(shards, codes, M, is_to, block_fn)
     elif engine == "local":
-        parts = _local_parts(shards, codes, M, is_to, progress)
+        parts = _local_parts(shards, codes, M, is_to, progress, block_fn)
     else:
         raise ConfigError(f"The 'engine' parameter must be one of ('local', 'ray'). Got {engine!r} instead.")
     for part in parts:
@@ -88,7 +97,7 @@ def stream_sums(runs: list, codes: np.ndarray, G: int, M, is_to=None, engine: st
     return acc
 
 
-def _local_parts(shards, codes, M, is_to, progress):
+def _local_parts(shards, codes, M, is_to, progress, block_fn):
     from embedlab._io import prefetched, progress_bar
 
     def blocks():  # read (page faults of the memory map, float32 copy) one block ahead of the sums, in a thread
@@ -101,11 +110,11 @@ def _local_parts(shards, codes, M, is_to, progress):
     total = sum(n for _, _, n in shards)
     with progress_bar(progress, total=total, desc="audit: reading the vectors", unit="img") as bar:
         for rows, X in prefetched(blocks()):
-            yield block_sums(X, codes[rows], M[rows], None if is_to is None else is_to[rows])
+            yield block_fn(X, codes[rows], M[rows], None if is_to is None else is_to[rows])
             bar.update(len(X))
 
 
-def _ray_parts(shards, codes, M, is_to):
+def _ray_parts(shards, codes, M, is_to, block_fn):
     """One Ray task per shard; results are taken in shard order (the driver's sum does not depend on which task
     finished first)."""
     import ray
@@ -118,7 +127,8 @@ def _ray_parts(shards, codes, M, is_to):
         refs = []
         for emb, start, n in shards:
             rows = slice(start, start + n)
-            refs.append(task.remote(emb, start, n, codes[rows], M[rows], None if is_to is None else is_to[rows]))
+            refs.append(task.remote(emb, start, n, codes[rows], M[rows], None if is_to is None else is_to[rows],
+                                    block_fn))  # fmt: skip
         for ref in refs:
             yield ray.get(ref)
     finally:

@@ -65,12 +65,13 @@ def column_predicates(s: pd.Series, column: str, bins: int) -> tuple[str, list[t
         cut = pd.qcut(s, bins, duplicates="drop")
         cats = cut.cat.categories
         return "numeric", [(f"{column} in {iv}", _bool(cut == iv)) for iv in cats]
-    values = pd.unique(s.dropna())
+    codes, values = pd.factorize(s)  # one pass over the column (a comparison per value is one pass per value)
+    order = list(range(len(values)))
     try:
-        values = sorted(values)
+        order.sort(key=lambda i: values[i])
     except TypeError:
-        values = sorted(values, key=str)
-    return "categorical", [(f"{column}={v}", _bool(s == v)) for v in values]
+        order.sort(key=lambda i: str(values[i]))
+    return "categorical", [(f"{column}={values[i]}", codes == i) for i in order]  # missing: code -1, no value
 
 
 def _bool(mask: pd.Series) -> np.ndarray:
@@ -78,8 +79,12 @@ def _bool(mask: pd.Series) -> np.ndarray:
     return mask.fillna(False).to_numpy(bool)
 
 
-def unit_support(mask: np.ndarray, codes: np.ndarray, n_units: int) -> tuple[int, int]:
-    """(units with an image in the slice, units with an image outside it)."""
+def unit_support(mask: np.ndarray, codes: np.ndarray, n_units: int, one_image_each: bool = False) -> tuple[int, int]:
+    """(units with an image in the slice, units with an image outside it). `one_image_each`: the caller knows every
+    unit holds exactly one image (images as units), so the counts are the mask's."""
+    if one_image_each:
+        k = int(np.count_nonzero(mask))
+        return k, len(mask) - k
     inside = np.bincount(codes[mask], minlength=n_units) > 0
     outside = np.bincount(codes[~mask], minlength=n_units) > 0
     return int(inside.sum()), int(outside.sum())
@@ -119,6 +124,11 @@ def define_slices(
     slice, or lack the support."""
     codes = np.asarray(codes, np.int64)
     n_units = int(codes.max()) + 1 if len(codes) else 0
+    single = n_units == len(codes) and bool((np.bincount(codes, minlength=n_units) == 1).all())
+
+    def support(mask):
+        return unit_support(mask, codes, n_units, single)
+
     slices: list[Slice] = []
     preds: list[tuple[str, str, np.ndarray]] = []  # (column, name, mask) with the support, for conjunctions
     rows, skipped, seen = [], [], set()
@@ -129,7 +139,7 @@ def define_slices(
         binary_done = kind == "categorical" and len(ps) == 2 and bool(meta[col].notna().all())
         ordered = sorted(ps, key=lambda p: int(p[1].sum())) if binary_done else ps
         for i, (name, mask) in enumerate(ordered):
-            inside, outside = unit_support(mask, codes, n_units)
+            inside, outside = support(mask)
             if min(inside, outside) < min_groups:
                 skipped.append(f"{name}: {inside} unit(s) inside, {outside} outside (minimum {min_groups} each)")
                 continue
@@ -145,11 +155,11 @@ def define_slices(
             slices.append(Slice(name, "bin" if kind == "numeric" else "value", (col,), mask))
             kept_here += 1
         rows.append({"column": col, "kind": kind, "n_values": len(ps), "n_slices": kept_here})
-    slices += _conjunctions(preds, codes, n_units, depth, min_groups, seen, max_slices - len(slices))
+    slices += _conjunctions(preds, support, depth, min_groups, seen, max_slices - len(slices))
     return SliceFamily(slices, pd.DataFrame(rows, columns=["column", "kind", "n_values", "n_slices"]), skipped)
 
 
-def _conjunctions(preds, codes, n_units, depth, min_groups, seen, room) -> list[Slice]:
+def _conjunctions(preds, support, depth, min_groups, seen, room) -> list[Slice]:
     """Conjunctions of 2..depth predicates of distinct columns, level by level, each extended only while it has the
     support (a conjunction is never larger than its parts)."""
     out: list[Slice] = []
@@ -162,7 +172,7 @@ def _conjunctions(preds, codes, n_units, depth, min_groups, seen, room) -> list[
             mask = m & m2
             if mask.sum() in (m.sum(), m2.sum()):
                 continue  # equals one of its parts: nothing new
-            inside, outside = unit_support(mask, codes, n_units)
+            inside, outside = support(mask)
             if min(inside, outside) < min_groups:
                 continue
             key = np.packbits(mask).tobytes()

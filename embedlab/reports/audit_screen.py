@@ -43,17 +43,17 @@ def check_screen_options(cfg: AuditConfig, from_, within, score) -> None:
 def screen_runs(opened: list, keep: np.ndarray, fam, E: np.ndarray, concepts: list[str], cfg: AuditConfig,
                 progress: bool) -> AuditResult:  # fmt: skip
     """The screen of the metadata slices `fam` over the audited rows `keep` of the runs `opened`."""
-    from embedlab.analysis.audit_pass import stream_sums
+    from embedlab.analysis.audit_pass import screen_block_sums, stream_sums
     from embedlab.analysis.slices import membership
 
     masks = [sl.mask for sl in fam.slices]
-    M = membership(masks, len(keep), np.flatnonzero(keep))
-    # one unit: the audited images, whose unit sum is their total; the rows left out go to a second one
-    acc = stream_sums(opened, np.where(keep, 0, 1), 2, M, None, cfg.engine, progress)
     n = int(keep.sum())
+    # one more column: every audited image, whose sum (the total) the pass returns as unit 0's
+    M = membership([*masks, np.ones(n, bool)], len(keep), np.flatnonzero(keep))
+    acc = stream_sums(opened, np.where(keep, 0, 1), 2, M, None, cfg.engine, progress, block_fn=screen_block_sums)
     total = acc["unit_sums"][0]
     counts = np.array([m.sum() for m in masks], np.float64)
-    # the pass adds unit-normalised rows, so their squared norms sum to n
+    # a run stores unit vectors, so their squared norms sum to n
     scr = omnibus_screen(acc["slice_sums"], counts, total, float(n), n)
     C, _ = centre(unit_rows32(E))
     scores = screen_concept_scores(slice_differences(acc["slice_sums"], counts, total, n), C)

@@ -184,6 +184,7 @@ def test_the_ray_engine_equals_the_local_engine(world_run):
     try:
         remote = stream_sums([run], codes, len(run), M, engine="ray")
         r_ray = audit(run, "light", permutations=99, bootstrap=0, progress=False, device="cpu", engine="ray")
+        s_ray = audit(run, "light,edit", screen=True, progress=False, device="cpu", engine="ray")
     finally:
         ray.shutdown()
     local = stream_sums([run], codes, len(run), M, engine="local")
@@ -192,6 +193,8 @@ def test_the_ray_engine_equals_the_local_engine(world_run):
     r_local = audit(run, "light", permutations=99, bootstrap=0, progress=False, device="cpu")
     cols = ["effect", "statistic", "p", "p_fwer"]
     assert np.allclose(r_ray.slices[cols].to_numpy(float), r_local.slices[cols].to_numpy(float), rtol=1e-9)
+    s_local = audit(run, "light,edit", screen=True, progress=False, device="cpu")
+    assert np.allclose(s_ray.slices["statistic"], s_local.slices["statistic"], rtol=1e-9)
 
 
 def test_units_that_do_not_fit_the_budget_are_refused_before_reading(world_run):
