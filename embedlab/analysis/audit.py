@@ -295,12 +295,17 @@ def audit_units(
     if cfg.discover:
         found, split, disc = discover_slices(units, cfg.discover, cfg.seed, y, cfg.min_groups)
         fam.slices += found
+    check_family(fam, cfg)
+    return _assemble(meta, units, fam, E, concepts, within, y, disc, split, cfg)
+
+
+def check_family(fam: SliceFamily, cfg: AuditConfig) -> None:
+    """Refuse an audit with no slice to test (every predicate lacked the support)."""
     if not fam.slices:
         raise ConfigError(
             f"No slice has {cfg.min_groups} units inside and outside it ({'; '.join(fam.skipped[:5])}). Fix: lower "
             "'min_groups', audit other columns, or add images."
         ).naming("min_groups")
-    return _assemble(meta, units, fam, E, concepts, within, y, disc, split, cfg)
 
 
 def _assemble(meta, units, fam, E, concepts, within, y, disc, split, cfg) -> AuditResult:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from embedlab.analysis.audit import AuditConfig
+from embedlab.analysis.audit import AuditConfig, check_family
 from embedlab.analysis.audit_result import AuditResult
 from embedlab.analysis.audit_scale import omnibus_screen, screen_concept_scores, slice_differences
 from embedlab.analysis.explain import centre, unit_rows32
@@ -46,6 +46,7 @@ def screen_runs(opened: list, keep: np.ndarray, fam, E: np.ndarray, concepts: li
     from embedlab.analysis.audit_pass import screen_block_sums, stream_sums
     from embedlab.analysis.slices import membership
 
+    check_family(fam, cfg)
     masks = [sl.mask for sl in fam.slices]
     n = int(keep.sum())
     # one more column: every audited image, whose sum (the total) the pass returns as unit 0's

@@ -117,6 +117,7 @@ def test_bad_input_gets_one_line_and_writes_nothing(world_run, tmp_path):
     pd.DataFrame({"path": ["elsewhere/a.png"], "site": ["x"]}).to_csv(table, index=False)
     cases.append((["--by", "site", "--metadata", str(table)], "matches no image path"))
     cases.append((["--by", "light", "--screen", "--within", "camera"], "does not take '--within'"))
+    cases.append((["--by", "light", "--screen", "--min-groups", "9"], "No slice has 9 units"))
     for extra, message in cases:
         out = tmp_path / "out"
         proc = run_cli("audit", run, "--out", str(out), "--no-progress", *extra)
