@@ -20,8 +20,8 @@ beyond while the held-out photos' peaks near 75 (analyses/results/eval_demo_loop
 With --colour-photos the validation set is colour photos the demo never uses: the Debian wallpaper photos
 (`apt-get install lomiri-wallpapers-16.04 mate-backgrounds`; embedlab.datasets.photos.debian_photos), each
 resized to COLOUR_LONG_SIDE px on its long side (the package photos' scale) and rendered under the validation seeds.
-Both held-out scenes are colour photos, and china's bright sky is a kind of scene that no training photo shows; the
-other two validation sets hold 5 colour photos at most and no sky.
+Both held-out scenes are colour photos, and china's sky is nearly white, brighter than any training photo's; the
+other two validation sets hold 5 colour photos at most.
 
 The choice: among the iteration counts whose validation scores meet all three of the demo's bars (PSNR >= input +
 1 dB, darkest-40% luma up, projection at least halfway to thr) for every enhancer seed (all counts if none does),
