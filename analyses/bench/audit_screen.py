@@ -28,13 +28,17 @@ import numpy as np
 
 DIM = 512
 
+# prepended to each timed script
+PEAK = """
+def peak_mb():  # this process image's own peak (ru_maxrss would carry the parent's across exec)
+    line = [x for x in open("/proc/self/status") if x.startswith("VmHWM")][0]
+    return int(line.split()[1]) / 1024
+"""
+
 PLAIN = """
 import json, sys, time
 import numpy as np
 from embedlab.runs.store import Run
-def peak_mb():  # this process image's own peak (ru_maxrss would carry the parent's across exec)
-    line = [x for x in open("/proc/self/status") if x.startswith("VmHWM")][0]
-    return int(line.split()[1]) / 1024
 run = Run(sys.argv[1])
 copy = sys.argv[2] == "copy"
 w0 = time.perf_counter()
@@ -52,9 +56,6 @@ print(json.dumps({"wall": wall, "rss_mb": peak_mb(),
 SCREEN = """
 import json, sys, time
 import numpy as np
-def peak_mb():  # this process image's own peak (ru_maxrss would carry the parent's across exec)
-    line = [x for x in open("/proc/self/status") if x.startswith("VmHWM")][0]
-    return int(line.split()[1]) / 1024
 from embedlab.analysis.audit import AuditConfig
 from embedlab.analysis.null_kernels import membership_sums
 from embedlab.analysis.slices import define_slices
@@ -109,7 +110,7 @@ def make_run(folder: Path, n: int, columns: int, values: int, seed: int = 0) -> 
 
 
 def timed(script: str, run: Path, *extra: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", script, str(run), *extra], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", PEAK + script, str(run), *extra], capture_output=True, text=True,
                          check=True)  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
 

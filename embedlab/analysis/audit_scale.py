@@ -89,8 +89,9 @@ def screen_concept_scores(D: np.ndarray, C: np.ndarray) -> np.ndarray:
 
 
 def omnibus_screen(sums: np.ndarray, counts: np.ndarray, total: np.ndarray, sumsq: float, n: int) -> dict:
-    """Per slice (row of `sums`) from the streamed sums: {"d2": ||d||^2, "e0": its expectation under random
-    relabelling, "effect": d2 - e0, "T": d2 / e0, "tr": tr(S)}; a slice with no image inside or outside gets NaN."""
+    """Per slice (row of `sums`) from the streamed sums: {"d": its (S, d) difference vectors, "d2": ||d||^2, "e0":
+    its expectation under random relabelling, "effect": d2 - e0, "T": d2 / e0, "tr": tr(S)}; a slice with no image
+    inside or outside gets NaN."""
     counts = np.asarray(counts, np.float64)
     total = np.asarray(total, np.float64)
     n_out = n - counts
@@ -101,7 +102,7 @@ def omnibus_screen(sums: np.ndarray, counts: np.ndarray, total: np.ndarray, sums
         e0 = (1.0 / counts + 1.0 / n_out) * tr / (n - 1)
         bad = (counts < 1) | (n_out < 1)
         d2[bad] = e0[bad] = np.nan
-        return {"d2": d2, "e0": e0, "effect": d2 - e0, "T": d2 / e0, "tr": tr}
+        return {"d": d, "d2": d2, "e0": e0, "effect": d2 - e0, "T": d2 / e0, "tr": tr}
 
 
 def column_screen(T: np.ndarray, n_values: Sequence[int]) -> np.ndarray:

@@ -169,17 +169,13 @@ def audit(
     confounder); `score`: a per-image numeric column (a loss, an error) tested per slice too. `options` are the fields
     of `AuditConfig` (bins, depth, min_groups, discover, permutations, seed, top, alpha, q, bootstrap, engine,
     memory_budget, screen). The runs' vectors are read once, shard by shard ("local", or one Ray task per shard with
-    engine="ray"), into one mean vector per test unit; no image vector is held. Nothing is
-    written unless `out` is given: then slices/concepts/columns .parquet, audit.json, residuals/ and audit.html.
+    engine="ray"), into one mean vector per test unit; no image vector is held. Nothing is written unless `out` is
+    given: then slices/concepts/columns .parquet, audit.json, residuals/ and audit.html.
 
     `from_` and `to` (selectors, e.g. "backlit" and "welllit") audit the residual between the two sets instead: each
-    slice's own to-minus-from difference against the rest's, on groups that hold both sets.
-
-    `screen=True` runs the pass alone (`embedlab.reports.audit_screen`): images as units, each slice's effect, omnibus
-    ratio T and top concepts from the sums, nothing tested; for collections whose units do not fit in memory."""
-    cfg = _config(options)
-    if cfg.screen:
-        check_screen_options(cfg, from_, within, score)
+    slice's own to-minus-from difference against the rest's, on groups that hold both sets. `screen=True`: the pass
+    alone, untested, for collections whose units do not fit (`embedlab.reports.audit_screen`)."""
+    cfg = _config(options, from_=from_, within=within, score=score)
     if out is not None:
         check_output_dir(out)
     opened = _open_runs(runs)
@@ -189,18 +185,13 @@ def audit(
     keep, is_to = _audited_rows(meta, from_, to)
     kept = meta[keep].reset_index(drop=True)
     check_columns(kept, cols, "The audited images' metadata")
-    groups = kept["group"].to_numpy() if "group" in kept and kept["group"].notna().any() else None
-    codes = group_codes(groups, len(kept))
+    codes = _unit_codes(kept)
     fam = define_slices(kept, cols, codes, bins=cfg.bins, depth=cfg.depth, min_groups=cfg.min_groups,
                         max_slices=cfg.max_slices)  # fmt: skip
     V, E, tpls = _vocabulary(opened[0], vocab, templates, device, progress)  # before the pass: errors first
+    provenance = _provenance(opened, cols, V, tpls)
     if cfg.screen:
-        result = screen_runs(opened, keep, fam, E, V.concepts, cfg, progress)
-        result.info.update(runs=[str(r.path) for r in opened], by=cols, vocabulary_name=V.name, templates=tpls,
-                           model=f"{opened[0].manifest['model']}/{opened[0].manifest['pretrained']}")  # fmt: skip
-        if out is not None:
-            write_screen(result, Path(out))
-        return result
+        return _screen(opened, keep, fam, E, V.concepts, cfg, provenance, out, progress)
     units, sums = run_pass(opened, keep, codes, fam.slices, is_to, engine=cfg.engine, progress=progress,
                            memory_budget=parse_bytes(cfg.memory_budget), permutations=cfg.permutations)  # fmt: skip
     scores = None if score is None else pd.to_numeric(kept[score], errors="coerce").to_numpy(np.float64)
@@ -209,12 +200,32 @@ def audit(
     set_sums = slice_set_sums([result.masks[s] for s in sorted(result.masks)], len(fam.slices), sums, codes, is_to)
     if is_to is not None:
         _residual_columns(result, set_sums, sums, is_to)
-    result.info.update(runs=[str(r.path) for r in opened], by=cols, within=within, score=score, from_=from_, to=to,
-                       vocabulary_name=V.name, vocabulary_source=V.source, templates=tpls,
-                       model=f"{opened[0].manifest['model']}/{opened[0].manifest['pretrained']}")  # fmt: skip
+    result.info.update(provenance, within=within, score=score, from_=from_, to=to)
     result.exemplars = {s: kept["file"].iloc[rows].astype(str).tolist() for s, rows in result.exemplars.items()}
     if out is not None:
         write_audit(result, Path(out), set_sums, opened, device=device)
+    return result
+
+
+def _unit_codes(kept: pd.DataFrame) -> np.ndarray:
+    """Each audited image's test unit: its group when the images have groups, else itself."""
+    groups = kept["group"].to_numpy() if "group" in kept and kept["group"].notna().any() else None
+    return group_codes(groups, len(kept))
+
+
+def _provenance(opened: list, cols: list[str], V, tpls) -> dict:
+    """What every audit records of its inputs: the runs, the audited columns, the vocabulary and the model."""
+    mi = opened[0].manifest
+    return {"runs": [str(r.path) for r in opened], "by": cols, "vocabulary_name": V.name,
+            "vocabulary_source": V.source, "templates": tpls, "model": f"{mi['model']}/{mi['pretrained']}"}  # fmt: skip
+
+
+def _screen(opened, keep, fam, E, concepts, cfg, provenance: dict, out, progress: bool) -> AuditResult:
+    """`screen=True`: the pass alone (no units, no test), written when `out` is given."""
+    result = screen_runs(opened, keep, fam, E, concepts, cfg, progress)
+    result.info.update(provenance)
+    if out is not None:
+        write_screen(result, Path(out))
     return result
 
 
@@ -234,7 +245,8 @@ def _residual_columns(result: AuditResult, set_sums: list, sums: dict, is_to: np
     result.info["audits"] = PAIRED
 
 
-def _config(options: dict) -> AuditConfig:
+def _config(options: dict, from_=None, within=None, score=None) -> AuditConfig:
+    """The checked `AuditConfig` of `options`; a screen also refuses the arguments it cannot use (`from_`, ...)."""
     unknown = set(options) - set(AuditConfig.__dataclass_fields__)
     if unknown:
         raise ConfigError(
@@ -243,6 +255,8 @@ def _config(options: dict) -> AuditConfig:
     cfg = AuditConfig(**options)
     if cfg.engine not in ENGINES:
         raise ConfigError(f"The 'engine' parameter must be one of {ENGINES}. Got {cfg.engine!r} instead.")
+    if cfg.screen:
+        check_screen_options(cfg, from_, within, score)
     return cfg
 
 

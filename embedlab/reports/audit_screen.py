@@ -14,7 +14,7 @@ import pandas as pd
 
 from embedlab.analysis.audit import AuditConfig, check_family
 from embedlab.analysis.audit_result import AuditResult
-from embedlab.analysis.audit_scale import omnibus_screen, screen_concept_scores, slice_differences
+from embedlab.analysis.audit_scale import omnibus_screen, screen_concept_scores
 from embedlab.analysis.explain import centre, unit_rows32
 from embedlab.errors import ConfigError
 from embedlab.reports.audit_files import write_summary, write_tables
@@ -57,7 +57,7 @@ def screen_runs(opened: list, keep: np.ndarray, fam, E: np.ndarray, concepts: li
     # a run stores unit vectors, so their squared norms sum to n
     scr = omnibus_screen(acc["slice_sums"], counts, total, float(n), n)
     C, _ = centre(unit_rows32(E))
-    scores = screen_concept_scores(slice_differences(acc["slice_sums"], counts, total, n), C)
+    scores = screen_concept_scores(scr["d"], C)
     table, concept_rows = [], []
     for s, sl in enumerate(fam.slices):
         named = {}
