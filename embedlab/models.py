@@ -98,7 +98,7 @@ class LoadedModel:
 
 def _classify_pretrained(model: str, pretrained: str | None) -> tuple[str, str, str | None]:
     """(model_name_for_open_clip, kind, pretrained_arg) where kind is random|file|hf-hub|tag."""
-    p = (pretrained or "").strip()
+    p = (os.fspath(pretrained) if pretrained is not None else "").strip()  # a Path from a notebook too
     if model.startswith("hf-hub:"):
         return model, "hf-hub", None
     if p.startswith("hf-hub:"):

@@ -46,7 +46,7 @@ def run_eval(device: str = "cpu", steps: int | None = None, seed: int | None = N
     from embedlab.analysis.formula import rave_residual
     from embedlab.demos import clip as dc
     from embedlab.demos.clip_eval import zero_shot_lighting
-    from embedlab.demos.pipeline import pick_bias_concept
+    from embedlab.demos.finding import pick_bias_concept
 
     t0 = time.perf_counter()
     overrides = {k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None}

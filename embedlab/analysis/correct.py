@@ -1,7 +1,8 @@
 """Corrective edits of a residual: orthogonal projection out of chosen directions (docs/method.md section 3).
 
 Directions: text concepts (on the centred vocabulary), prompt differences ("a photo of a person" minus
-"a photo"), directions learned from user-labelled images (INLP), and the paper's own `rave-shift` preset.
+"a photo"), image edits (the mean change an edit makes to the residual's own images; analysis.edit_directions),
+directions learned from user-labelled images (INLP), and the paper's own `rave-shift` preset.
 Pure functions first; `correct()` does the I/O.
 """
 
@@ -175,6 +176,9 @@ def edit_label(edit: dict, index: int = 0, count: int = 1) -> str:
     """A short name of an edit for printing: its concept, prompt, attribute (with the direction's number when the
     edit learned several, as INLP does) or kind."""
     name = edit.get("concept") or edit.get("prompt") or edit.get("attribute") or edit["kind"]
+    if edit["kind"] == "image-edit":
+        like = f", like '{edit['like']}'" if edit.get("like") else ""
+        name = f"{edit['edit']} {edit['strength']:g} (image edit{like})"
     return f"{name} ({edit['kind']} direction {index + 1} of {count})" if count > 1 else name
 
 
@@ -193,16 +197,21 @@ def _origins(parts: list, first: int) -> tuple[list, list, list]:
     return dirs, edits, origin
 
 
-def _edit_parts(res, r, remove, remove_pair, remove_labelled, preset, k, vocab, templates, device, source) -> list:
-    """Each kind of edit asked for as (directions, edits), in the order concepts, pairs, labelled images, preset."""
+def _edit_parts(res, r, ask: dict, k, vocab, templates, device, source, edit_images) -> list:
+    """Each kind of edit asked for as (directions, edits), in the order concepts, pairs, image edits, labelled
+    images, preset."""
     from embedlab import models
+    from embedlab.analysis.edit_directions import image_edit_parts
 
+    remove, remove_pair, remove_labelled, preset = (
+        ask[n] for n in ("remove", "remove_pair", "remove_labelled", "preset")
+    )
     mi = res.info["model"]
     # as in explain: the network is built (and its weights checked against the residual's) only if some text
     # is not in the text-embedding cache
     lm = (
         models.TextModelHandle(mi["model"], mi["pretrained"], mi["weights_sha256"], len(r), device)
-        if (remove or remove_pair or preset)
+        if (remove or remove_pair or preset or ask["remove_edit_like"])
         else None
     )
     parts = []
@@ -210,6 +219,9 @@ def _edit_parts(res, r, remove, remove_pair, remove_labelled, preset, k, vocab, 
         parts.append(_concept_edits(lm, remove, vocab, templates))
     if remove_pair:
         parts.append(_pair_edits(lm, remove_pair))
+    if ask["remove_edit"] or ask["remove_edit_like"]:
+        like = lambda c: _concept_edits(lm, [c], vocab, templates)[0][0]  # noqa: E731 - the centred text direction
+        parts.append(image_edit_parts(res, ask["remove_edit"], ask["remove_edit_like"], like, device, edit_images))
     if remove_labelled:
         parts.append(_labelled_edits(remove_labelled, mi, len(r), source))
     if preset == "rave-shift":
@@ -237,33 +249,43 @@ def correct(
     remove: list[str] | None = None,
     remove_pair: list[tuple[str, str]] | None = None,
     remove_labelled: tuple[str, str] | None = None,
+    remove_edit: list[str] | None = None,
+    remove_edit_like: list[str] | None = None,
     preset: str | None = None,
     k: int = 15,
     vocab: str | None = None,
     templates: str | None = None,
+    edit_images: int = 64,
     device: str = "auto",
 ) -> Residual:
     """Project chosen directions out of a residual and write `out` (.npy) with a sidecar listing every edit.
 
     remove: concept names (centred text embeddings); remove_pair: (prompt, baseline prompt) differences;
     remove_labelled: (RUN, COLUMN=VALUE) learns directions (INLP) separating images with that attribute;
-    preset 'rave-shift' (`PRESETS`) reproduces the released code's shift with `k` tokens per side.
+    remove_edit: image edits of `embedlab probe-residual` as 'EDIT[:STRENGTH]' (e.g. 'vignette:2'; no strength: the
+    edit's first listed), each the mean change it makes to `edit_images` images of the residual's 'from' set;
+    remove_edit_like: concepts, each removed through the non-lighting edit whose direction is closest to its text
+    direction (the candidates and cosines go to the sidecar); preset 'rave-shift' (`PRESETS`) reproduces the
+    released code's shift with `k` tokens per side.
 
     `residual`: its .npy or a `Residual` (a notebook's); `out` None: the result stays in memory (not written).
     Returns the corrected Residual (`.files`: the .npy and its sidecar); its info["correction"]["directions"] has,
     per removed direction, `edit` (its index in info["edits"]), `label` and the projections before and after."""
     res = as_residual(residual)  # a Residual (a notebook's) or its file
-    if not (remove or remove_pair or remove_labelled or preset):
+    ask = dict(remove=remove, remove_pair=remove_pair, remove_labelled=remove_labelled, remove_edit=remove_edit,
+               remove_edit_like=remove_edit_like, preset=preset)  # fmt: skip
+    if not any(ask.values()):
         raise InvalidParameterError(
-            "The 'remove' parameter of correct, or 'remove_pair', 'remove_labelled' or "
-            "'preset', must name at least one edit. Got none.",
+            "The 'remove' parameter of correct, or 'remove_pair', 'remove_labelled', 'remove_edit', "
+            "'remove_edit_like' or 'preset', must name at least one edit. Got none.",
             param="remove",
             owner="correct",
-            also=("remove_pair", "remove_labelled", "preset"),
+            also=("remove_pair", "remove_labelled", "remove_edit", "remove_edit_like", "preset"),
         )
     check_param("preset", preset, tuple(PRESETS), "correct", allow_none=True)
+    check_param("edit_images", edit_images, Interval(int, 2), "correct")
     r = l2n(res.vector)
-    parts = _edit_parts(res, r, remove, remove_pair, remove_labelled, preset, k, vocab, templates, device, residual)
+    parts = _edit_parts(res, r, ask, k, vocab, templates, device, residual, edit_images)
     earlier = list(res.info.get("edits", []))
     dirs, edits, origin = _origins(parts, len(earlier))
     D = np.array(dirs)

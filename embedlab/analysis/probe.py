@@ -1,7 +1,8 @@
 """`embedlab probe-residual`: which image edits move an image's projection on a residual towards its target?
 
 A fixed family of parametric edits (global exposure, gamma, contrast, saturation, shadow/highlight exposure through
-a luminance mask, veiling glare, blur, JPEG quality, downscaling) is applied at several strengths to sample images.
+a luminance mask, veiling glare, blur, JPEG quality, downscaling, a lens vignette) is applied at several strengths
+to sample images.
 For each edit and strength the probe reports the mean change of the projection <embedding, r> over the images with
 a 95% confidence interval (Student t over images), and ranks the edits by how far their best strength moves the
 projection along the residual (towards its 'to' set and, for images below it, towards thr, the target of RAVE's
@@ -23,7 +24,7 @@ from scipy import ndimage as ndi
 from embedlab._io import atomic_write_bytes, atomic_write_json, list_images, progress_bar
 from embedlab.colour import LUMA, linear_to_srgb, scale_chroma, srgb_to_linear
 from embedlab.datasets.manifest import materialize, read_manifest
-from embedlab.datasets.synth import smoothstep
+from embedlab.datasets.synth import smoothstep, vignette_gain
 from embedlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,11 @@ def edit_blur(x: np.ndarray, frac: float) -> np.ndarray:
     return ndi.gaussian_filter(x, (s, s, 0), mode="reflect")
 
 
+def edit_vignette(x: np.ndarray, ev: float) -> np.ndarray:
+    """A lens vignette in linear light: the corners lose `ev` stops, the centre none (datasets.synth.vignette)."""
+    return linear_to_srgb(srgb_to_linear(x) * vignette_gain(*x.shape[:2], ev)[..., None])
+
+
 def _pil(x: np.ndarray):
     from PIL import Image
 
@@ -129,6 +135,7 @@ EDITS = (
     Edit("blur", "other", edit_blur, (0.01, 0.02, 0.04), "Gaussian sigma / long side"),
     Edit("jpeg", "other", edit_jpeg, (50.0, 20.0, 8.0), "JPEG quality"),
     Edit("downscale", "other", edit_downscale, (0.5, 0.25), "scale factor (down, then back up)"),
+    Edit("vignette", "other", edit_vignette, (1.0, 2.0), "lens vignette, stops lost at the corners"),
 )
 
 

@@ -122,10 +122,21 @@ def correct_cmd(
     remove_labelled: Optional[str] = cli.api_option(
         "'RUN:COLUMN=VALUE': learn directions separating those images (INLP)."
     ),
+    remove_edit: Optional[List[str]] = cli.api_option(
+        "'EDIT[:STRENGTH]': project out the mean change an image edit of probe-residual (e.g. vignette:2, blur, "
+        "jpeg:20) makes to the residual's 'from' images; no strength: the edit's first listed; repeatable."
+    ),
+    remove_edit_like: Optional[List[str]] = cli.api_option(
+        "A concept to remove through the non-lighting image edit whose direction is closest to its text direction "
+        "(a report's finding, e.g. 'vignetted'); the candidates and cosines go to the sidecar; repeatable."
+    ),
     preset: Optional[CorrectPresetChoice] = cli.api_option(
         "rave-shift: the released RAVE code's shifted residual (docs/method.md)."
     ),
     top: int = typer.Option(FROM_API, "--top", "-k", help="Tokens per side for --preset rave-shift (the top k)."),
+    edit_images: int = typer.Option(
+        FROM_API, "--edit-images", help="Images of the 'from' set an image edit is measured on (a seeded sample)."
+    ),
     vocab: Optional[str] = cli.api_option("Vocabulary whose mean centres --remove concepts (as in explain-residual)."),
     templates: Optional[str] = cli.api_option("Templates for --remove concepts. " + cli.TEMPLATES_HELP),
     device: str = cli.device_option(),
@@ -140,8 +151,11 @@ def correct_cmd(
         remove=remove,
         remove_pair=_remove_pairs(remove_pair),
         remove_labelled=_remove_labelled(remove_labelled),
+        remove_edit=remove_edit,
+        remove_edit_like=remove_edit_like,
         preset=preset.value if preset else None,
         k=top,
+        edit_images=edit_images,
         vocab=vocab,
         templates=templates,
         device=device,

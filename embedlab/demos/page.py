@@ -44,6 +44,7 @@ PAGE_KEYS = {
     "residual_top",
     "metrics",
     "correction",
+    "removed_edit",
     "timings_s",
     "total_s",
 }
@@ -190,9 +191,18 @@ def finding_paragraph(result: dict):
         other = (
             f" (not the planted <b>{escape(planted_word)}</b>)" if planted_word and f["concept"] != planted_word else ""
         )
+        e = result.get("removed_edit") or {}
+        how = (
+            f" through the image edit closest to the word, <b>{escape(e['edit'])} {e['strength']:g}</b> (cosine "
+            f"{e['cosine_to_concept']:.2f} with its text direction): <code>correct --remove-edit-like</code> takes the "
+            "mean change that edit makes to the backlit training images, because a word's own text direction "
+            "removes little of what the images carry"
+            if e.get("edit")
+            else ""
+        )
         parts.append(
             f"The concept report finds <b>{escape(f['concept'])}</b>{other} among the concepts it adds at "
-            f"<b>p_fwer = {f['p_fwer']:.3g}</b> ({test}), and <code>correct</code> removed it from the residual."
+            f"<b>p_fwer = {f['p_fwer']:.3g}</b> ({test}), and <code>correct</code> removed it from the residual{how}."
         )
     else:
         parts.append(

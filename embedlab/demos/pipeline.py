@@ -20,78 +20,12 @@ from typing import Callable
 
 from embedlab._io import atomic_write_json, cache_ref
 from embedlab.demos.figures import figures
+from embedlab.demos.finding import bias_finding, pick_bias_concept, removal_line, remove_bias
 from embedlab.demos.page import write_index
 from embedlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 LOOP_MAX_PIXELS = 64 * 96  # held-out illumination maps are estimated at the training scale (64 px images)
-
-# Words that name lighting or exposure. The demo model's caption grammar is the authority for its own words;
-# this list extends the rule to real CLIP vocabularies.
-GENERAL_LIGHTING_WORDS = {
-    "light",
-    "lit",
-    "lighting",
-    "bright",
-    "brightness",
-    "dark",
-    "darkness",
-    "shadow",
-    "shadows",
-    "sun",
-    "sunny",
-    "sunlight",
-    "sunlit",
-    "backlit",
-    "backlight",
-    "silhouette",
-    "silhouetted",
-    "exposure",
-    "exposed",
-    "overexposed",
-    "underexposed",
-    "dim",
-    "glare",
-    "glow",
-    "night",
-    "daylight",
-    "contrast",
-    "haze",
-    "hazy",
-    "flare",
-}
-
-
-def lighting_words() -> set[str]:
-    from embedlab.demos.clip import lighting_words as grammar_words
-
-    words = set(GENERAL_LIGHTING_WORDS) | grammar_words()
-    return words | {w for phrase in words for w in phrase.replace("-", " ").split()}
-
-
-BIAS_ALPHA = 0.05  # a concept is removed only if the report's family-wise test finds it at this level
-
-
-def pick_bias_concept(concepts: list[dict], alpha: float = BIAS_ALPHA, toward: str | None = "welllit") -> str | None:
-    """The report's finding: the top-ranked concept the residual adds that its family-wise permutation test finds
-    (p_fwer < alpha) and that is not the lighting the residual is for. Lighting words are skipped, except the demo
-    grammar's words for a condition other than `toward` (a residual toward well-lit that adds 'dim' or 'blown-out'
-    carries something besides that lighting). None when the report finds no such concept: nothing is removed."""
-    from embedlab.demos.clip import SYNONYMS
-
-    light = lighting_words()
-    other = {w.lower() for cls, syn in SYNONYMS.items() if toward and cls != toward for w in syn}
-    for c in concepts:
-        if c["direction"] != "adds":
-            continue
-        p = c.get("p_fwer")
-        if p is None or not p < alpha:
-            continue
-        name = str(c["concept"]).lower()
-        words = set(name.replace("-", " ").split())
-        if name in other or (name not in light and not words & light):
-            return str(c["concept"])
-    return None
 
 
 def quiet_third_party() -> None:
@@ -191,6 +125,7 @@ def _result(chain: dict, arts: dict, model, pretrained, model_label, scores: dic
         "correction": {k: v for k, v in c.info.get("correction", {}).items() if k != "directions"}
         if chain["bias"]
         else None,
+        "removed_edit": c.info["edits"][-1] if chain["bias"] else None,
         "extract": {k: chain["summary"][k] for k in ("embedded", "skipped")},
         "timings_s": lap.timings,
         "total_s": lap.total(),
@@ -242,8 +177,8 @@ def _embed_and_explain(
     finding = bias_finding(report, bias)
     lap("concept report", finding["line"])
     corrected = out / "corrected.npy"
-    c = _remove_bias(bias, res, res_path, corrected, device)
-    lap("correct", f"removed {bias!r}" if bias else "nothing removed (no significant non-lighting concept)")
+    c = remove_bias(bias, res, res_path, corrected, device)
+    lap("correct", removal_line(c, bias))
     files = {
         "manifest": str(man_path),
         "run": str(run_dir),
@@ -265,34 +200,6 @@ def _embed_and_explain(
         "correction": c,
         "summary": summary,
     }
-
-
-def bias_finding(report: dict, bias: str | None) -> dict:
-    """What the concept report found about the removed concept: its row's statistics and the test's units, and a
-    one-line summary."""
-    info = report["info"]
-    unit = info.get("test_unit") or {}
-    row = next((c for c in report["concepts"] if c["concept"] == bias and c["direction"] == "adds"), None)
-    n_sig = info.get("significant_fwer_05")
-    out = {
-        "concept": bias,
-        "p_fwer": row.get("p_fwer") if row else None,
-        "t": row.get("t") if row else None,
-        "rank": row.get("rank") if row else None,
-        "groups": info.get("groups"),
-        "unit": unit.get("unit"),
-        "shuffle": unit.get("shuffle"),
-        "permutations": (info.get("permutation") or {}).get("K"),
-        "significant": n_sig,
-    }
-    if bias and row:
-        out["line"] = (
-            f"{bias!r} added, p_fwer {row['p_fwer']:.3g} ({unit.get('unit')}: {info.get('groups')}, shuffled "
-            f"{unit.get('shuffle')}); {n_sig} concept(s) at p_fwer < {BIAS_ALPHA}"
-        )
-    else:
-        out["line"] = f"{n_sig} concept(s) at p_fwer < {BIAS_ALPHA}, none of them a non-lighting concept"
-    return out
 
 
 def _closed_loop(
@@ -438,20 +345,6 @@ def _demo_clip(device: str, progress: bool, steps: int | None) -> tuple[str, str
         f"{rec.image_size} px; {source})"
     )
     return MODEL_NAME, cache_ref(r["files"]["checkpoint"]), label, f"{MODEL_NAME} recipe v{rec.version} ({source})"
-
-
-def _remove_bias(bias: str | None, res, res_path: Path, corrected: Path, device: str):
-    """`correct` the residual by removing the bias concept; without one, the residual is copied as it is."""
-    from embedlab.analysis import correct as corr
-
-    if bias is not None:
-        return corr.correct(res_path, corrected, remove=[bias], device=device)
-    log.warning(
-        "demo: the report finds no added concept (p_fwer < %s) that is not a lighting word; nothing removed", BIAS_ALPHA
-    )
-    shutil.copy(res_path, corrected)
-    shutil.copy(res_path.with_suffix(".json"), corrected.with_suffix(".json"))
-    return res
 
 
 def _copy_held_out_inputs(man, folder: Path) -> list[tuple[str, str]]:

@@ -127,7 +127,7 @@ def test_bias_rule_takes_the_reports_significant_finding_and_skips_lighting_word
     """`correct` removes what the report's family-wise test finds (p_fwer < 0.05) among the added concepts, skipping
     the lighting the residual is for; a top-ranked concept the test does not find is not removed, and without a
     finding nothing is."""
-    from embedlab.demos.pipeline import pick_bias_concept
+    from embedlab.demos.finding import pick_bias_concept
 
     concepts = [
         {"direction": "adds", "concept": "well-lit", "p_fwer": 0.001},
