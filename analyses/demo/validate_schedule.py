@@ -42,21 +42,26 @@ import numpy as np
 TIE_DB = 0.25  # validation PSNR gains this close count as a tie, and the tie goes to fewer iterations
 
 
-def train_and_score(demo: Path, scorers: dict, iters: int, seed: int, work: Path, fold: dict | None = None) -> dict:
+def train_and_score(
+    demo: Path, scorers: dict, iters: int, seed: int, work: Path, fold: dict | None = None, weight: float | None = None
+) -> dict:
     """One demo-preset training of `iters` iterations with enhancer seed `seed` (without the photos of `fold`, when
-    given: {"index", "groups"}); its validation curve and the final network's scores and bars on every set in
-    `scorers`."""
+    given: {"index", "groups"}; with identity weight `weight`, when given, instead of the preset's); its validation
+    curve and the final network's scores and bars on every set in `scorers`."""
     from analyses.demo._train import train_demo_enhancer
     from embedlab.demos.loop import quality_bars, run_net
     from embedlab.demos.pipeline import LOOP_MAX_PIXELS
     from embedlab.enhancement.network import load_enhancer_state
+    from embedlab.enhancement.presets import PRESETS
 
     residual = str(demo / "corrected.npy")
-    name = f"train_i{iters}_s{seed}" + (f"_f{fold['index']}" if fold else "")
+    w = PRESETS["demo"]["identity_weight"] if weight is None else float(weight)
+    name = f"train_i{iters}_s{seed}" + (f"_f{fold['index']}" if fold else "") + (f"_w{w:g}" if weight else "")
     r = train_demo_enhancer(work / name, scorers["validation"], 25, demo, residual, iters=iters, seed=seed,
-                            exclude_groups=fold["groups"] if fold else ())  # fmt: skip
+                            exclude_groups=fold["groups"] if fold else (), identity_weight=w)  # fmt: skip
     state = load_enhancer_state(r["enhancer"])
-    row = {"iters": iters, "seed": seed, "train_seconds": r["train_seconds"], "validation_curve": r["curve"]}
+    row = {"iters": iters, "identity_weight": w, "seed": seed, "train_seconds": r["train_seconds"],
+           "validation_curve": r["curve"]}  # fmt: skip
     if fold:
         row["fold"] = fold
     for name, s in scorers.items():
@@ -77,12 +82,20 @@ def per_image_gain(s, outs: list) -> dict:
     return {n: round(psnr(o, g) - psnr(i, g), 3) for n, o, i, g in zip(s.names, outs, s.inputs, s.gts)}
 
 
+def _candidate(row: dict, weights: set) -> str:
+    """A row's candidate: its iteration count, with its identity weight when the sweep has several."""
+    w = row.get("identity_weight")
+    return str(row["iters"]) if len(weights) < 2 else f"{row['iters']}@w{w:g}"
+
+
 def choose(rows: list[dict]) -> dict:
-    """The iteration count chosen on validation (the module's rule) and the per-count summary it was chosen from
-    (held-out means beside it, never read)."""
+    """The candidate (iteration count, and identity weight when several were swept) chosen on validation (the
+    module's rule) and the per-candidate summary it was chosen from (held-out means beside it, never read)."""
+    weights = {r.get("identity_weight") for r in rows}
+    cand = {_candidate(r, weights): (r["iters"], -(r.get("identity_weight") or 0)) for r in rows}
     summary = {}
-    for it in sorted({r["iters"] for r in rows}):
-        sel = [r for r in rows if r["iters"] == it]
+    for it in sorted(cand, key=cand.get):
+        sel = [r for r in rows if _candidate(r, weights) == it]
         summary[it] = {
             f"{k}_psnr_gain_db": {
                 "mean": float(np.mean([r[k]["bars"]["psnr_gain_db"] for r in sel])),
@@ -94,12 +107,13 @@ def choose(rows: list[dict]) -> dict:
         summary[it]["seeds"] = [r["seed"] for r in sel]
     ok = [it for it, v in summary.items() if v["validation_all_bars"] == len(v["seeds"])] or list(summary)
     top = max(summary[it]["validation_psnr_gain_db"]["mean"] for it in ok)
-    best = min(it for it in ok if summary[it]["validation_psnr_gain_db"]["mean"] >= top - TIE_DB)
+    best = min((it for it in ok if summary[it]["validation_psnr_gain_db"]["mean"] >= top - TIE_DB), key=cand.get)
     rule = (
-        f"among the counts meeting all three bars on validation for every seed, the fewest iterations within "
-        f"{TIE_DB} dB of the best mean validation PSNR gain"
+        f"among the candidates meeting all three bars on validation for every seed, the fewest iterations within "
+        f"{TIE_DB} dB of the best mean validation PSNR gain (between identity weights at the same count, the larger)"
     )
-    return {"iters": best, "rule": rule, "by_iters": summary}
+    iters, neg_w = cand[best]
+    return {"iters": iters, "identity_weight": -neg_w or None, "candidate": best, "rule": rule, "by_iters": summary}
 
 
 def photo_folds(man, k: int, seed: int = 0) -> list[list[str]]:
@@ -188,6 +202,10 @@ def main() -> None:
     ap.add_argument("--iters", default="75,100,125,150,200", help="Comma-separated iteration counts to train.")
     ap.add_argument("--seeds", default="0,1,2", help="Comma-separated enhancer seeds.")
     ap.add_argument(
+        "--identity-weights", default="",
+        help="Comma-separated identity weights to sweep with the counts (default: the demo preset's only).",
+    )  # fmt: skip
+    ap.add_argument(
         "--out",
         default=None,
         help="Folder for validate_demo_schedule.json (with --folds: validate_demo_schedule_folds.json; default "
@@ -221,28 +239,31 @@ def main() -> None:
     folds = photo_folds(man, args.folds) if args.folds else [None]
     sets = {"held-out": len(held)}
     rows = []
-    for seed in (int(s) for s in args.seeds.split(",")):
-        for iters in (int(i) for i in args.iters.split(",")):
-            for f, groups in enumerate(folds):
-                if args.colour_photos:
-                    val = colour_pairs(work / "colour_validation")
-                elif groups:
-                    val = fold_pairs(man, work / "validation", groups)
-                else:
-                    val = validation_pairs(man, work / "validation")
-                sets[f"validation{'' if groups is None else f' fold {f}'}"] = len(val)
-                fold = None if groups is None else {"index": f, "groups": groups}
-                row = train_and_score(demo, {"validation": scorer(val), "held-out": scorer(held)}, iters, seed, work,
-                                      fold)  # fmt: skip
-                rows.append(row)
-                print(
-                    f"iters {iters} seed {seed}{'' if fold is None else f' fold {f}'}: validation "
-                    f"{row['validation']['bars']['psnr_gain_db']:+.2f} dB, held-out "
-                    f"{row['held-out']['bars']['psnr_gain_db']:+.2f} dB ({row['train_seconds']:.0f} s)",
-                    flush=True,
-                )
-                chosen = _report(demo, sets, rows, args)
-    print(f"chosen on validation: {chosen['iters']} iterations")
+    weights = [float(w) for w in args.identity_weights.split(",") if w.strip()] or [None]
+    grid = [(seed, iters, w) for seed in (int(s) for s in args.seeds.split(",")) for iters in
+            (int(i) for i in args.iters.split(",")) for w in weights]  # fmt: skip
+    for seed, iters, weight in grid:
+        for f, groups in enumerate(folds):
+            if args.colour_photos:
+                val = colour_pairs(work / "colour_validation")
+            elif groups:
+                val = fold_pairs(man, work / "validation", groups)
+            else:
+                val = validation_pairs(man, work / "validation")
+            sets[f"validation{'' if groups is None else f' fold {f}'}"] = len(val)
+            fold = None if groups is None else {"index": f, "groups": groups}
+            row = train_and_score(demo, {"validation": scorer(val), "held-out": scorer(held)}, iters, seed, work,
+                                  fold, weight)  # fmt: skip
+            rows.append(row)
+            print(
+                f"iters {iters} identity weight {row['identity_weight']:g} seed {seed}"
+                f"{'' if fold is None else f' fold {f}'}: validation "
+                f"{row['validation']['bars']['psnr_gain_db']:+.2f} dB, held-out "
+                f"{row['held-out']['bars']['psnr_gain_db']:+.2f} dB ({row['train_seconds']:.0f} s)",
+                flush=True,
+            )
+            chosen = _report(demo, sets, rows, args)
+    print(f"chosen on validation: {chosen['candidate']} ({chosen['iters']} iterations)")
 
 
 if __name__ == "__main__":

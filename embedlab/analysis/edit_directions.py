@@ -23,7 +23,6 @@ from embedlab.errors import ConfigError, InvalidParameterError
 
 log = logging.getLogger(__name__)
 
-EDIT_IMAGES = 64  # images of the residual's "from" set the edit is applied to (a seeded sample when it has more)
 # Edits are applied at this many times the model's input size (long side), never above the image's own: the
 # model sees a downsampled copy anyway, and full-size photos would make the edits most of `correct`'s time.
 WORK_SCALE = 4
@@ -69,7 +68,7 @@ def _at_most(u8: np.ndarray, side: int) -> np.ndarray:
     return u8 / 255.0
 
 
-def residual_images(res, n: int = EDIT_IMAGES, seed: int = 0, side: int | None = None) -> tuple[list, dict]:
+def residual_images(res, n: int, seed: int = 0, side: int | None = None) -> tuple[list, dict]:
     """Up to `n` images (float RGB in [0, 1], long side at most `side`) of the residual's "from" set, read from its
     run; with where they came from. A residual made from arrays (no run recorded) gets one line with the fix."""
     from embedlab.datasets.images import load_rgb

@@ -25,6 +25,8 @@ HIGHER_IS_BETTER = {
     "ciede2000": False,
     "mae": False,
     "mse": False,
+    # the demo's projection on the corrected residual: the guidance pulls outputs toward well-lit (up to thr)
+    "projection": True,
 }
 METRIC_NAMES = {  # demo.json's metric keys as the page shows them
     "psnr": "PSNR (dB)",
@@ -194,9 +196,8 @@ def finding_paragraph(result: dict):
         e = result.get("removed_edit") or {}
         how = (
             f" through the image edit closest to the word, <b>{escape(e['edit'])} {e['strength']:g}</b> (cosine "
-            f"{e['cosine_to_concept']:.2f} with its text direction): <code>correct --remove-edit-like</code> takes the "
-            "mean change that edit makes to the backlit training images, because a word's own text direction "
-            "removes little of what the images carry"
+            f"{e['cosine_to_concept']:.2f}; <code>correct --remove-edit-like</code>: the change that edit makes to "
+            "the backlit training images, which a word's text direction only approximates)"
             if e.get("edit")
             else ""
         )
