@@ -117,6 +117,11 @@ def image_edit_parts(res, remove_edit, remove_edit_like, concept_direction, devi
         e = edits[name]
         s = e.strengths[0] if strength is None else strength
         d = edit_direction(base, encode([e.fn(x, s) for x in images]))
+        if np.linalg.norm(d) < 1e-9:
+            raise ConfigError(
+                f"The edit {name}:{s:g} does not change the embeddings of the residual's images (at that strength it "
+                f"leaves them as they are), so it has no direction to remove. Fix: another strength ({e.meaning})."
+            )
         dirs.append(l2n(d))
         records.append({"kind": "image-edit", "edit": name, "strength": s, "shift": float(np.linalg.norm(d)), **where})
     if remove_edit_like:

@@ -104,6 +104,8 @@ def test_an_unknown_edit_or_a_residual_without_its_run_gets_one_line(vignette_wo
     raw, _ = vignette_world
     with pytest.raises(ConfigError, match="Unknown edit.*Available: exposure"):
         correct(raw, None, remove_edit=["sepia"], device="cpu")
+    with pytest.raises(ConfigError, match="saturation:1 does not change the embeddings"):
+        correct(raw, None, remove_edit=["saturation:1"], edit_images=2, device="cpu")
     moved = load_residual(raw.path)
     moved.info["from"] = dict(moved.info["from"], run=str(tmp_path / "gone"))
     with pytest.raises(ConfigError, match="names no run that exists here"):
