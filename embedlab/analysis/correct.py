@@ -242,6 +242,20 @@ def _per_direction(D: np.ndarray, origin: list, edits: list, r: np.ndarray, r_ne
     ]
 
 
+def _corrected_info(res, edits: list, D: np.ndarray, origin: list, r, r_new, stats: dict) -> dict:
+    """The corrected residual's sidecar: the residual's own, with every edit, the correction's statistics per removed
+    direction and thr recomputed on the corrected vector."""
+    thr_after = float(res.v_to @ r_new)
+    correction = dict(
+        stats,
+        directions=_per_direction(D, origin, edits, r, r_new),
+        thr_before=res.thr,
+        thr_after=thr_after,
+        source_residual=str(res.path.resolve()) if res.path is not None else None,
+    )
+    return dict(res.info, edits=edits, correction=correction, thr=thr_after)
+
+
 def correct(
     residual: "str | os.PathLike | Residual",
     out: str | os.PathLike | None = None,
@@ -292,17 +306,7 @@ def correct(
     if D.shape[1] != len(r):
         raise IncompatibleRunError(f"Edit directions have dimension {D.shape[1]} but the residual {len(r)}.")
     r_new, stats = project_out(r, D)
-    info = dict(res.info)
-    info["edits"] = earlier + [dict(e) for e in edits]
-    v_to = res.v_to
-    info["correction"] = dict(
-        stats,
-        directions=_per_direction(D, origin, info["edits"], r, r_new),
-        thr_before=res.thr,
-        thr_after=float(v_to @ r_new),
-        source_residual=str(res.path.resolve()) if res.path is not None else None,
-    )
-    info["thr"] = float(v_to @ r_new)
+    info = _corrected_info(res, earlier + [dict(e) for e in edits], D, origin, r, r_new, stats)
     if out is None:  # a notebook's: kept in memory
         return Residual(r_new.astype(np.float32), dict(info, dim=int(len(r_new))), None)
     save_residual(out, r_new, info)

@@ -167,6 +167,34 @@ def _label(im, text: str):
 PLANTED_NAMES = {"input": "backlit input", "raw": "enhancer, raw residual", "corrected": "enhancer, corrected residual"}
 
 
+def _removal_clause(e: dict | None) -> str:
+    """How `correct` removed the finding, when it went through an image edit (demo.json's removed_edit)."""
+    from markupsafe import escape
+
+    if not (e or {}).get("edit"):
+        return ""
+    return (
+        f" through the image edit closest to the word, <b>{escape(e['edit'])} {e['strength']:g}</b> (cosine "
+        f"{e['cosine_to_concept']:.2f}; <code>correct --remove-edit-like</code>: the change that edit makes to "
+        "the backlit training images, which a word's text direction only approximates)"
+    )
+
+
+def _corners_sentence(st: dict) -> str:
+    """Both enhancers' corner falloff on the held-out photos, and whether the raw residual's darkens them more."""
+    more = (
+        f"the raw residual's enhancer darkens the corners {st['corrected'] - st['raw']:.2f} stops more, the planted "
+        "vignette it learned."
+        if st["raw"] < st["corrected"]
+        else "the raw residual's enhancer does not darken the corners more than the corrected one's."
+    )
+    return (
+        f"On the held-out photos, the enhancer trained on the raw residual leaves the corners "
+        f"<b>{st['raw']:+.2f} stops</b> from the originals' falloff, the one trained on the corrected residual "
+        f"<b>{st['corrected']:+.2f} stops</b> (the backlit inputs: {st['input']:+.2f}): {more}"
+    )
+
+
 def finding_paragraph(result: dict):
     """The page's first paragraph: which bias the residual carried, how significant, what `correct` removed and what
     that changed in the enhancers' outputs (every number from demo.json)."""
@@ -193,14 +221,7 @@ def finding_paragraph(result: dict):
         other = (
             f" (not the planted <b>{escape(planted_word)}</b>)" if planted_word and f["concept"] != planted_word else ""
         )
-        e = result.get("removed_edit") or {}
-        how = (
-            f" through the image edit closest to the word, <b>{escape(e['edit'])} {e['strength']:g}</b> (cosine "
-            f"{e['cosine_to_concept']:.2f}; <code>correct --remove-edit-like</code>: the change that edit makes to "
-            "the backlit training images, which a word's text direction only approximates)"
-            if e.get("edit")
-            else ""
-        )
+        how = _removal_clause(result.get("removed_edit"))
         parts.append(
             f"The concept report finds <b>{escape(f['concept'])}</b>{other} among the concepts it adds at "
             f"<b>p_fwer = {f['p_fwer']:.3g}</b> ({test}), and <code>correct</code> removed it from the residual{how}."
@@ -212,17 +233,7 @@ def finding_paragraph(result: dict):
         )
     st = planted.get("stops") or {}
     if "raw" in st and "corrected" in st:
-        parts.append(
-            f"On the held-out photos, the enhancer trained on the raw residual leaves the corners "
-            f"<b>{st['raw']:+.2f} stops</b> from the originals' falloff, the one trained on the corrected residual "
-            f"<b>{st['corrected']:+.2f} stops</b> (the backlit inputs: {st['input']:+.2f}): "
-            + (
-                f"the raw residual's enhancer darkens the corners {st['corrected'] - st['raw']:.2f} stops more, the "
-                "planted vignette it learned."
-                if st["raw"] < st["corrected"]
-                else "the raw residual's enhancer does not darken the corners more than the corrected one's."
-            )
-        )
+        parts.append(_corners_sentence(st))
         m = result.get("metrics") or {}
         raw_m, cor_m, inp = m.get("enhanced, raw residual"), m.get("enhanced"), m.get("input")
         if raw_m and cor_m and inp:
